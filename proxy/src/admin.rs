@@ -1,0 +1,340 @@
+//! The admin listener: health, readiness, metrics, and the JSON API operators and reviewers use.
+//!
+//! Owns: `/healthz`, `/readyz`, `/metrics` (unauthenticated, for probes and scrapers) and `/api/*` behind the
+//! admin bearer token (compared in constant time; without a configured token every `/api` call is refused).
+//! Must not: serve agent traffic. It runs on its own listener so that no agent request can reach it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::identity::{self, NewAgent};
+use crate::metrics::Metrics;
+use crate::policy::PolicyHandle;
+use crate::store::{DecisionFilter, DecisionRow, OutcomeRow, Store, StoreError};
+
+/// How often the store's reachability is checked for `/readyz` and `tollgate_store_up`.
+const STORE_PROBE_EVERY: Duration = Duration::from_secs(2);
+const MAX_PAGE: i64 = 500;
+
+pub struct Admin {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub policy: Arc<PolicyHandle>,
+    pub frozen: Arc<AtomicBool>,
+    pub draining: Arc<AtomicBool>,
+}
+
+pub fn router(admin: Arc<Admin>) -> Router {
+    let api = Router::new()
+        .route("/api/decisions", get(list_decisions))
+        .route("/api/decisions/{id}", get(get_decision))
+        .route("/api/agents", get(list_agents).post(create_agent))
+        .route("/api/agents/{name}/revoke", post(revoke_agent))
+        .route("/api/policy", get(policy_status))
+        .route("/api/freeze", post(freeze).delete(unfreeze))
+        .layer(middleware::from_fn_with_state(
+            admin.clone(),
+            require_admin_token,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .with_state(admin)
+}
+
+/// Keeps `tollgate_store_up` current.
+pub fn spawn_store_probe(admin: Arc<Admin>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let up = admin.store.ping().await;
+            admin.metrics.store_up.set(i64::from(up));
+            tokio::time::sleep(STORE_PROBE_EVERY).await;
+        }
+    })
+}
+
+async fn require_admin_token(
+    State(admin): State<Arc<Admin>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = match (&admin.config.admin.token, presented) {
+        (Some(token), Some(p)) => constant_time_eq(token.expose_secret().as_bytes(), p.as_bytes()),
+        _ => false,
+    };
+    if !ok {
+        return api_error(
+            StatusCode::UNAUTHORIZED,
+            "admin_unauthenticated",
+            "a valid admin bearer token is required",
+        );
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::Conflict(what) => api_error(
+            StatusCode::CONFLICT,
+            "conflict",
+            &format!("{what} already exists"),
+        ),
+        other => {
+            tracing::error!(error = %other, "admin store call failed");
+            api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the store is unavailable",
+            )
+        }
+    }
+}
+
+async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
+    let store = admin.store.ping().await;
+    let draining = admin.draining.load(Ordering::Acquire);
+    let bundle = admin.policy.current();
+    let body = json!({
+        "store": store,
+        "policy_revision": bundle.revision(),
+        "draining": draining,
+    });
+    let status = if store && !draining {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        admin.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct DecisionQuery {
+    agent: Option<String>,
+    action: Option<String>,
+    outcome: Option<String>,
+    since: Option<DateTime<Utc>>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+async fn list_decisions(
+    State(admin): State<Arc<Admin>>,
+    Query(q): Query<DecisionQuery>,
+) -> Response {
+    let before = match q.cursor.as_deref().map(parse_cursor) {
+        Some(Some(c)) => Some(c),
+        Some(None) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "bad_cursor",
+                "cursor is not one this API issued",
+            );
+        }
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, MAX_PAGE);
+    let filter = DecisionFilter {
+        agent: q.agent,
+        action: q.action,
+        outcome: q.outcome,
+        since: q.since,
+        before,
+        limit,
+    };
+    match admin.store.list_decisions(&filter).await {
+        Ok(rows) => {
+            let next = if rows.len() as i64 == limit {
+                rows.last()
+                    .map(|(d, _)| format!("{}_{}", d.at.timestamp_micros(), d.id))
+            } else {
+                None
+            };
+            let items: Vec<Value> = rows
+                .iter()
+                .map(|(d, o)| decision_json(d, o.as_ref(), false))
+                .collect();
+            Json(json!({"decisions": items, "next_cursor": next})).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+fn parse_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let (micros, id) = c.split_once('_')?;
+    Some((
+        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        id.parse().ok()?,
+    ))
+}
+
+async fn get_decision(State(admin): State<Arc<Admin>>, Path(id): Path<Uuid>) -> Response {
+    match admin.store.decision(id).await {
+        Ok(Some((d, o))) => Json(decision_json(&d, o.as_ref(), true)).into_response(),
+        Ok(None) => api_error(StatusCode::NOT_FOUND, "not_found", "no such decision"),
+        Err(e) => store_error(e),
+    }
+}
+
+/// The API shape of a decision record; `full` adds the policy input and chain fields.
+pub fn decision_json(d: &DecisionRow, o: Option<&OutcomeRow>, full: bool) -> Value {
+    let mut v = json!({
+        "id": d.id, "at": d.at, "agent": d.agent_name, "agent_id": d.agent_id, "run_id": d.run_id,
+        "on_behalf_of": d.on_behalf_of, "provider": d.provider, "method": d.method, "path": d.path,
+        "query": d.query, "action": d.action, "risk": d.risk, "outcome": d.outcome, "code": d.code,
+        "rules": d.rules, "reasons": d.reasons, "policy_revision": d.policy_revision,
+        "charge_cents": d.charge_cents, "approval_id": d.approval_id,
+        "upstream": o.map(|o| json!({"status": o.upstream_status, "latency_us": o.latency_us, "error": o.error, "flagged": o.flagged, "at": o.at})),
+    });
+    if full {
+        v["input"] = d.input.clone().unwrap_or(Value::Null);
+        v["chain"] = json!({"writer_id": d.writer_id, "seq": d.seq, "prev_hash": d.prev_hash, "hash": d.hash});
+    }
+    v
+}
+
+async fn list_agents(State(admin): State<Arc<Admin>>) -> Response {
+    match admin.store.list_agents().await {
+        Ok(rows) => {
+            let items: Vec<Value> = rows.iter().map(agent_json).collect();
+            Json(json!({"agents": items})).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+pub fn agent_json(a: &crate::store::AgentRow) -> Value {
+    json!({
+        "id": a.id, "name": a.name, "team": a.team, "scopes": a.scopes, "labels": a.labels,
+        "key_prefix": a.key_prefix, "status": a.status, "created_at": a.created_at,
+        "expires_at": a.expires_at, "revoked_at": a.revoked_at,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateAgent {
+    name: String,
+    team: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    /// RFC 3339 or a duration like `30d`.
+    expires: Option<String>,
+}
+
+async fn create_agent(State(admin): State<Arc<Admin>>, Json(body): Json<CreateAgent>) -> Response {
+    let expires_at = match body
+        .expires
+        .as_deref()
+        .map(|e| identity::parse_expiry(e, Utc::now()))
+    {
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => return api_error(StatusCode::BAD_REQUEST, "invalid", &e),
+        None => None,
+    };
+    let new = NewAgent {
+        name: body.name,
+        team: body.team,
+        scopes: body.scopes,
+        labels: body.labels,
+        expires_at,
+    };
+    match identity::create_agent(&admin.store, new).await {
+        Ok((row, key)) => {
+            let mut v = agent_json(&row);
+            // The only time the key is ever returned.
+            v["key"] = Value::String(key.expose().to_string());
+            (StatusCode::CREATED, Json(v)).into_response()
+        }
+        Err(identity::CreateAgentError::Invalid(m)) => {
+            api_error(StatusCode::BAD_REQUEST, "invalid", &m)
+        }
+        Err(identity::CreateAgentError::Store(e)) => store_error(e),
+    }
+}
+
+async fn revoke_agent(State(admin): State<Arc<Admin>>, Path(name): Path<String>) -> Response {
+    match admin.store.revoke_agent(&name).await {
+        Ok(true) => Json(json!({"name": name, "status": "revoked"})).into_response(),
+        Ok(false) => api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no active agent with that name",
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn policy_status(State(admin): State<Arc<Admin>>) -> Response {
+    let b = admin.policy.current();
+    Json(json!({
+        "revision": b.revision(),
+        "loaded_at": b.loaded_at(),
+        "dir": b.dir().display().to_string(),
+        "engine": if b.uses_bytecode() { "rvm" } else { "interpreter" },
+        "last_error": null,
+    }))
+    .into_response()
+}
+
+async fn freeze(State(admin): State<Arc<Admin>>) -> Response {
+    admin.frozen.store(true, Ordering::Release);
+    admin.metrics.frozen.set(1);
+    tracing::warn!("agent traffic frozen by an operator");
+    Json(json!({"frozen": true})).into_response()
+}
+
+async fn unfreeze(State(admin): State<Arc<Admin>>) -> Response {
+    admin.frozen.store(false, Ordering::Release);
+    admin.metrics.frozen.set(0);
+    tracing::warn!("agent traffic unfrozen by an operator");
+    Json(json!({"frozen": false})).into_response()
+}

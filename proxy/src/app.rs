@@ -1,0 +1,185 @@
+//! Building and running the two listeners: agent traffic and admin.
+//!
+//! Owns: the agent router and its tower stack (one function, outermost layer first, each layer's place
+//! explained), the admin router's mounting, and [`start`], which wires store, identity, policy, audit writer
+//! and forwarder together and returns a [`Running`] server (tests start it on port 0).
+//! Must not: hold business rules; every decision is made in the modules it wires together.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use tower::ServiceBuilder;
+use tower_http::trace::TraceLayer;
+
+use crate::admin::{self, Admin};
+use crate::audit::AuditWriter;
+use crate::classify::Catalog;
+use crate::config::Config;
+use crate::error::{Envelope, Refusal, RefusalCode};
+use crate::forward::Forwarder;
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+use crate::policy::{Bundle, PolicyHandle};
+use crate::proxy::{self, Gate};
+use crate::store::Store;
+
+/// A started tollgate: its bound addresses and the handle that stops it.
+pub struct Running {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish, then stops background tasks.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for s in self.servers {
+            let _ = s.await;
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Waits until either listener stops (which only happens on error or shutdown).
+    pub async fn wait(&mut self) -> std::io::Result<()> {
+        let servers = std::mem::take(&mut self.servers);
+        let (result, _, rest) = futures_select_all(servers).await;
+        self.servers = rest;
+        result
+    }
+}
+
+async fn futures_select_all(
+    handles: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+) -> (
+    std::io::Result<()>,
+    usize,
+    Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, h) in handles.into_iter().enumerate() {
+        set.spawn(async move { (i, h.await) });
+    }
+    match set.join_next().await {
+        Some(Ok((i, Ok(r)))) => (r, i, Vec::new()),
+        Some(Ok((i, Err(e)))) => (Err(std::io::Error::other(e)), i, Vec::new()),
+        _ => (Ok(()), 0, Vec::new()),
+    }
+}
+
+/// Loads the policy bundle and route catalog from `config.policy.dir`.
+pub fn load_policy(config: &Config) -> Result<(Bundle, Catalog), String> {
+    let bundle =
+        Bundle::load(&config.policy.dir, config.policy.timeout).map_err(|e| e.to_string())?;
+    let catalog = Catalog::load(&config.policy.dir.join("catalog")).map_err(|e| e.to_string())?;
+    for name in config.providers.keys() {
+        if !catalog.has_provider(name) {
+            tracing::warn!(provider = %name, "no route catalog for this provider: every call is action 'unknown'");
+        }
+    }
+    Ok((bundle, catalog))
+}
+
+/// Wires everything and binds both listeners.
+pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let (bundle, catalog) = load_policy(&config).map_err(anyhow::Error::msg)?;
+    metrics.set_policy_revision(bundle.revision());
+    let policy = Arc::new(PolicyHandle::new(bundle));
+    let identity = Arc::new(Identity::new(store.clone()));
+    identity.refresh().await?;
+    let (audit, audit_task) =
+        AuditWriter::start(store.clone(), config.audit.max_batch, metrics.clone());
+    let forwarder = Arc::new(Forwarder::new(&config).map_err(anyhow::Error::msg)?);
+    let frozen = Arc::new(AtomicBool::new(false));
+    let catalog = Arc::new(catalog);
+
+    let gate = Arc::new(Gate {
+        config: config.clone(),
+        catalog: catalog.clone(),
+        policy: policy.clone(),
+        identity: identity.clone(),
+        audit,
+        forwarder,
+        metrics: metrics.clone(),
+        frozen: frozen.clone(),
+    });
+    let admin = Arc::new(Admin {
+        config: config.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        policy,
+        frozen,
+        draining: Arc::new(AtomicBool::new(false)),
+    });
+
+    let proxy_listener = tokio::net::TcpListener::bind(config.server.listen).await?;
+    let admin_listener = tokio::net::TcpListener::bind(config.server.admin_listen).await?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let (shutdown, watch) = tokio::sync::watch::channel(false);
+
+    let mut tasks = vec![
+        audit_task,
+        identity.spawn_refresh(config.server.identity_refresh),
+    ];
+    tasks.push(admin::spawn_store_probe(admin.clone()));
+
+    let stop = |mut w: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = w.wait_for(|s| *s).await;
+    };
+    let agent_app = agent_router(gate, config.server.max_concurrency);
+    let admin_app = admin::router(admin.clone());
+    let servers = vec![
+        tokio::spawn(
+            axum::serve(proxy_listener, agent_app)
+                .with_graceful_shutdown(stop(watch.clone()))
+                .into_future(),
+        ),
+        tokio::spawn(
+            axum::serve(admin_listener, admin_app)
+                .with_graceful_shutdown(stop(watch))
+                .into_future(),
+        ),
+    ];
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        shutdown,
+        tasks,
+        servers,
+    })
+}
+
+/// The agent listener: one catch-all handler under the tower stack, outermost layer first.
+pub fn agent_router(gate: Arc<Gate>, max_concurrency: usize) -> Router {
+    let stack = ServiceBuilder::new()
+        // Load shedding errors become a 503 in a neutral envelope: the shed request never reached the
+        // handler, so its provider is unknown here. This is outermost so that no shed request is dropped
+        // without an answer.
+        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+            Refusal::new(RefusalCode::Overloaded, "tollgate: overloaded, retry later")
+                .into_response(Envelope::Plain, uuid::Uuid::now_v7())
+        }))
+        // Shed instead of queueing once the concurrency limit is reached: an agent retrying beats an
+        // unbounded queue that holds memory and inflates every request's latency.
+        .load_shed()
+        .concurrency_limit(max_concurrency)
+        // Tracing inside the limits, so its spans cover only admitted requests. Request bodies are never
+        // logged; the decision id in `Tollgate-Decision` is the correlation key.
+        .layer(TraceLayer::new_for_http());
+    // Body size and timeouts are enforced inside the handler, not by tower-http layers, because their
+    // refusals must be in the provider's envelope and leave a decision record.
+    Router::new()
+        .fallback(proxy::handle)
+        .with_state(gate)
+        .layer(stack)
+}

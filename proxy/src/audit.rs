@@ -1,0 +1,319 @@
+//! Decision records and the group-commit writer that makes them durable.
+//!
+//! Owns: the [`DecisionRecord`] every request leaves, the single writer task that batches concurrent records
+//! into one transaction and wakes each waiting request, the per-writer hash chain, and `audit verify`.
+//! A request proceeds only with a [`Recorded`] receipt, which only this module can create, and only after
+//! the transaction holding the record committed.
+//! Must not: decide anything, or drop a record silently: a failed commit fails every waiter in the batch,
+//! and they refuse with `store_unavailable`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+use crate::store::{DecisionRow, OutcomeRow, Store, StoreError};
+
+/// Room for bursts well beyond one batch; past it, `record` waits (back-pressure, not loss).
+const QUEUE_CAPACITY: usize = 65_536;
+/// The hash a writer's chain starts from.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One request's decision, as the proxy knows it. The writer adds the chain fields.
+#[derive(Debug, Clone)]
+pub struct DecisionRecord {
+    pub id: Uuid,
+    pub at: DateTime<Utc>,
+    pub agent_id: Option<Uuid>,
+    pub agent_name: Option<String>,
+    pub run_id: Option<String>,
+    pub on_behalf_of: Option<String>,
+    pub provider: String,
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub action: String,
+    pub risk: String,
+    /// `allow`, `deny`, `approve` (the policy's word) or `refused` (refused before or after the policy).
+    pub outcome: String,
+    pub code: Option<String>,
+    pub rules: Vec<String>,
+    pub reasons: Value,
+    pub policy_revision: Option<String>,
+    pub charge_cents: Option<i64>,
+    pub approval_id: Option<String>,
+    /// The policy input with secrets removed (identity never puts keys in it; `redact` strips body secrets).
+    pub input: Option<Value>,
+}
+
+/// Proof that a decision record is durably committed. Only the writer creates it.
+#[derive(Debug)]
+pub struct Recorded {
+    decision_id: Uuid,
+}
+
+impl Recorded {
+    pub fn decision_id(&self) -> Uuid {
+        self.decision_id
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("the decision record could not be committed")]
+    NotCommitted,
+    #[error("the audit writer has stopped")]
+    WriterStopped,
+}
+
+enum Job {
+    Decision(Box<DecisionRecord>, oneshot::Sender<Result<(), AuditError>>),
+    Outcome(OutcomeRow),
+}
+
+/// The handle requests use; cheap to clone.
+#[derive(Clone)]
+pub struct AuditWriter {
+    queue: mpsc::Sender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+impl AuditWriter {
+    /// Starts the writer task. Each process is one writer with a fresh id and its own hash chain.
+    pub fn start(
+        store: Store,
+        max_batch: usize,
+        metrics: Arc<Metrics>,
+    ) -> (AuditWriter, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let writer = Writer {
+            store,
+            writer_id: Uuid::now_v7(),
+            seq: 0,
+            head: GENESIS_HASH.to_string(),
+            max_batch,
+            metrics: metrics.clone(),
+        };
+        let handle = tokio::spawn(writer.run(rx));
+        (AuditWriter { queue: tx, metrics }, handle)
+    }
+
+    /// Queues the record and waits until the transaction holding it has committed.
+    pub async fn record(&self, record: DecisionRecord) -> Result<Recorded, AuditError> {
+        let id = record.id;
+        let (done, wait) = oneshot::channel();
+        self.metrics.audit_queue_depth.inc();
+        if self
+            .queue
+            .send(Job::Decision(Box::new(record), done))
+            .await
+            .is_err()
+        {
+            self.metrics.audit_queue_depth.dec();
+            return Err(AuditError::WriterStopped);
+        }
+        match wait.await {
+            Ok(Ok(())) => Ok(Recorded { decision_id: id }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(AuditError::WriterStopped),
+        }
+    }
+
+    /// Queues what happened upstream. Nobody waits for it: the decision itself is already durable.
+    pub fn record_outcome(&self, outcome: OutcomeRow) {
+        self.metrics.audit_queue_depth.inc();
+        if self.queue.try_send(Job::Outcome(outcome)).is_err() {
+            self.metrics.audit_queue_depth.dec();
+            self.metrics.audit_errors_total.inc();
+            tracing::error!("audit queue full or closed: an upstream outcome was not recorded");
+        }
+    }
+}
+
+struct Writer {
+    store: Store,
+    writer_id: Uuid,
+    seq: i64,
+    head: String,
+    max_batch: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut jobs = Vec::with_capacity(self.max_batch);
+        // `recv_many` takes whatever is queued (up to the batch size) after waiting for the first job, so
+        // under load batches grow by themselves while one transaction is committing.
+        while rx.recv_many(&mut jobs, self.max_batch).await > 0 {
+            self.metrics.audit_queue_depth.sub(jobs.len() as i64);
+            self.commit(&mut jobs).await;
+            jobs.clear();
+        }
+    }
+
+    async fn commit(&mut self, jobs: &mut Vec<Job>) {
+        let mut rows = Vec::new();
+        let mut outcomes = Vec::new();
+        let mut waiters = Vec::new();
+        let (mut seq, mut head) = (self.seq, self.head.clone());
+        for job in jobs.drain(..) {
+            match job {
+                Job::Decision(record, done) => {
+                    seq += 1;
+                    let row = chain_row(*record, self.writer_id, seq, &head);
+                    head = row.hash.clone();
+                    rows.push(row);
+                    waiters.push(done);
+                }
+                Job::Outcome(o) => outcomes.push(o),
+            }
+        }
+        let started = Instant::now();
+        let result = self.store.insert_decisions(&rows, &outcomes).await;
+        self.metrics
+            .audit_commit_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .audit_batch_size
+            .observe((rows.len() + outcomes.len()) as f64);
+        match result {
+            Ok(()) => {
+                self.seq = seq;
+                self.head = head;
+                for w in waiters {
+                    let _ = w.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                // The chain head stays where the last committed batch left it, so the chain has no gap.
+                self.metrics.audit_errors_total.inc();
+                log_store_error(&e, rows.len(), outcomes.len());
+                for w in waiters {
+                    let _ = w.send(Err(AuditError::NotCommitted));
+                }
+            }
+        }
+    }
+}
+
+fn log_store_error(e: &StoreError, decisions: usize, outcomes: usize) {
+    tracing::error!(error = %e, decisions, outcomes, "audit batch not committed; its requests are refused");
+}
+
+/// Fills in the chain fields. Timestamps are cut to microseconds, which is what Postgres stores, so that a
+/// record read back hashes the same.
+fn chain_row(r: DecisionRecord, writer_id: Uuid, seq: i64, prev_hash: &str) -> DecisionRow {
+    let mut row = DecisionRow {
+        id: r.id,
+        at: r.at.trunc_subsecs(6),
+        writer_id,
+        seq,
+        prev_hash: prev_hash.to_string(),
+        hash: String::new(),
+        agent_id: r.agent_id,
+        agent_name: r.agent_name,
+        run_id: r.run_id,
+        on_behalf_of: r.on_behalf_of,
+        provider: r.provider,
+        method: r.method,
+        path: r.path,
+        query: r.query,
+        action: r.action,
+        risk: r.risk,
+        outcome: r.outcome,
+        code: r.code,
+        rules: Value::from(r.rules),
+        reasons: r.reasons,
+        policy_revision: r.policy_revision,
+        charge_cents: r.charge_cents,
+        approval_id: r.approval_id,
+        input: r.input,
+    };
+    row.hash = record_hash(&row);
+    row
+}
+
+/// sha256(prev_hash || canonical JSON of the record's fields), lower-case hex.
+pub fn record_hash(row: &DecisionRow) -> String {
+    let canonical = serde_json::json!([
+        row.id.to_string(),
+        row.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        row.writer_id.to_string(),
+        row.seq,
+        row.agent_id.map(|u| u.to_string()),
+        row.agent_name,
+        row.run_id,
+        row.on_behalf_of,
+        row.provider,
+        row.method,
+        row.path,
+        row.query,
+        row.action,
+        row.risk,
+        row.outcome,
+        row.code,
+        row.rules.to_string(),
+        row.reasons.to_string(),
+        row.policy_revision,
+        row.charge_cents,
+        row.approval_id,
+        row.input.as_ref().map(|v| v.to_string()),
+    ]);
+    let mut h = Sha256::new();
+    h.update(row.prev_hash.as_bytes());
+    h.update(canonical.to_string().as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// What `audit verify` found for one writer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChainReport {
+    pub writer_id: Uuid,
+    pub records: usize,
+    /// The first broken link, if any: (seq, what is wrong).
+    pub broken: Option<(i64, String)>,
+}
+
+/// Re-computes every writer's chain from the stored rows.
+pub async fn verify(store: &Store) -> Result<Vec<ChainReport>, StoreError> {
+    let mut reports = Vec::new();
+    for writer_id in store.writers().await? {
+        let rows = store.writer_chain(writer_id).await?;
+        let mut broken = None;
+        let mut prev = GENESIS_HASH.to_string();
+        for (i, row) in rows.iter().enumerate() {
+            let expected_seq = i as i64 + 1;
+            let problem = if row.seq != expected_seq {
+                Some(format!(
+                    "expected seq {expected_seq}, found {} (a record is missing)",
+                    row.seq
+                ))
+            } else if row.prev_hash != prev {
+                Some("prev_hash does not match the previous record's hash".to_string())
+            } else if record_hash(row) != row.hash {
+                Some(
+                    "hash does not match the record's contents (the record was altered)"
+                        .to_string(),
+                )
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                broken = Some((row.seq, p));
+                break;
+            }
+            prev = row.hash.clone();
+        }
+        reports.push(ChainReport {
+            writer_id,
+            records: rows.len(),
+            broken,
+        });
+    }
+    Ok(reports)
+}

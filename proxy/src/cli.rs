@@ -1,0 +1,432 @@
+//! The command line: argument shapes (clap) and one function per subcommand.
+//!
+//! Owns: turning a command into calls on the library and its result into text or `--json` output and an
+//! exit code. Agent keys are printed exactly once, by `agents create`; no other output contains a secret.
+//! Must not: hold business rules; every subcommand calls the module that owns the behaviour.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::config::{Config, ConfigSource};
+use crate::identity::{self, NewAgent};
+use crate::policy::Bundle;
+use crate::store::{DecisionFilter, Store};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Policy-gating reverse proxy for AI agents that provision cloud resources"
+)]
+pub struct Cli {
+    /// Configuration file (tollgate.toml). Without it, ./tollgate.toml if present, else defaults.
+    #[arg(long, global = true, env = "TOLLGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy and admin listeners.
+    Serve {
+        /// Apply database migrations before serving.
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Validate the configuration and compile the policy bundle; exit 0 when both are good.
+    CheckConfig,
+    /// Manage agent identities.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+    /// Work with policy bundles.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// List recent decisions, newest first.
+    Decisions {
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify the decision log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// Create an agent and print its key (shown once).
+    Create(CreateAgentArgs),
+    /// List agents (never their keys).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an agent's key; every replica refuses it within a second.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateAgentArgs {
+    pub name: String,
+    #[arg(long)]
+    pub team: Option<String>,
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// k=v, repeatable.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// RFC 3339 time or a duration like 30d, 12h.
+    #[arg(long)]
+    pub expires: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print the decision for one policy input (JSON file).
+    Eval {
+        #[arg(long)]
+        input: PathBuf,
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Re-compute every writer's hash chain.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses arguments and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    // One provider for every rustls user in the process (upstream client, Postgres TLS).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tollgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tollgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let default = PathBuf::from("tollgate.toml");
+    let file = match &cli.config {
+        Some(p) => Some(p.clone()),
+        None if default.exists() => Some(default),
+        None => None,
+    };
+    Config::load(&ConfigSource::from_process(file.as_deref())).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn connect(config: &Config) -> anyhow::Result<Store> {
+    let url = config.database.url.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "no database configured: set database.url or DATABASE_URL to a postgres:// URL"
+        )
+    })?;
+    Store::connect(url, config.database.max_connections)
+        .await
+        .context("cannot connect to the database")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::CheckConfig => Ok(check_config(&cli)),
+        Command::Serve { migrate } => serve(&cli, *migrate).await,
+        Command::Migrate => {
+            let store = connect(&load_config(&cli)?).await?;
+            store.migrate().await?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agents(cmd) => agents(&cli, cmd).await,
+        Command::Policy(PolicyCommand::Eval { input, dir }) => {
+            let dir = match dir {
+                Some(d) => d.clone(),
+                None => load_config(&cli)?.policy.dir,
+            };
+            let bundle = Bundle::load(&dir, std::time::Duration::from_secs(5))?;
+            let text = std::fs::read_to_string(input)
+                .with_context(|| format!("reading {}", input.display()))?;
+            let value: Value = serde_json::from_str(&text).context("the input is not JSON")?;
+            // A recorded decision (from the admin API) carries its input under "input".
+            let value = match value.get("input") {
+                Some(inner) if inner.is_object() => inner.clone(),
+                _ => value,
+            };
+            let decision = bundle.evaluate(&value)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &json!({"revision": bundle.revision(), "decision": decision})
+                )?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Decisions { agent, limit, json } => {
+            let store = connect(&load_config(&cli)?).await?;
+            let filter = DecisionFilter {
+                agent: agent.clone(),
+                limit: (*limit).clamp(1, 10_000),
+                ..DecisionFilter::default()
+            };
+            let rows = store.list_decisions(&filter).await?;
+            if *json {
+                let items: Vec<Value> = rows
+                    .iter()
+                    .map(|(d, o)| crate::admin::decision_json(d, o.as_ref(), false))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                for (d, o) in rows {
+                    let upstream = o
+                        .and_then(|o| o.upstream_status)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default();
+                    println!(
+                        "{}  {}  {:<10} {:<8} {:<32} {:<8} {:<22} {}",
+                        d.at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                        d.id,
+                        d.agent_name.unwrap_or_else(|| "-".into()),
+                        d.method,
+                        d.action,
+                        d.outcome,
+                        d.code.unwrap_or_default(),
+                        upstream
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify { json }) => {
+            let store = connect(&load_config(&cli)?).await?;
+            let reports = crate::audit::verify(&store).await?;
+            let broken = reports.iter().filter(|r| r.broken.is_some()).count();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            } else {
+                for r in &reports {
+                    match &r.broken {
+                        None => println!(
+                            "writer {}: {} records, chain intact",
+                            r.writer_id, r.records
+                        ),
+                        Some((seq, why)) => {
+                            println!("writer {}: BROKEN at seq {seq}: {why}", r.writer_id)
+                        }
+                    }
+                }
+                println!("{} writer(s), {} broken", reports.len(), broken);
+            }
+            Ok(if broken == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn check_config(cli: &Cli) -> ExitCode {
+    let mut problems = Vec::new();
+    let config = match load_config(cli) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
+    if let Some(config) = &config {
+        if let Err(e) = config.check_serveable() {
+            problems.extend(e.0);
+        }
+        match crate::app::load_policy(config) {
+            Ok((bundle, catalog)) => println!(
+                "policy bundle {} (revision {}, {}), {} catalog actions",
+                config.policy.dir.display(),
+                bundle.revision(),
+                if bundle.uses_bytecode() {
+                    "bytecode VM"
+                } else {
+                    "interpreter"
+                },
+                catalog.action_names().len()
+            ),
+            Err(e) => problems.push(e),
+        }
+    }
+    if problems.is_empty() {
+        println!("configuration OK");
+        ExitCode::SUCCESS
+    } else {
+        for p in problems {
+            eprintln!("error: {}", p.trim_end());
+        }
+        ExitCode::FAILURE
+    }
+}
+
+async fn serve(cli: &Cli, migrate: bool) -> anyhow::Result<ExitCode> {
+    let config = load_config(cli)?;
+    config
+        .check_serveable()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = connect(&config).await?;
+    if migrate || config.database.migrate_on_start {
+        store.migrate().await?;
+    }
+    let mut running = crate::app::start(config, store).await?;
+    println!(
+        "tollgate listening for agents on http://{}",
+        running.proxy_addr
+    );
+    println!(
+        "admin API, /metrics and /readyz on http://{}",
+        running.admin_addr
+    );
+    tracing::info!(proxy = %running.proxy_addr, admin = %running.admin_addr, "tollgate started");
+    tokio::select! {
+        r = running.wait() => {
+            r?;
+        }
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down: finishing in-flight requests");
+            running.shutdown().await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn agents(cli: &Cli, cmd: &AgentsCommand) -> anyhow::Result<ExitCode> {
+    let store = connect(&load_config(cli)?).await?;
+    match cmd {
+        AgentsCommand::Create(args) => {
+            let mut labels = BTreeMap::new();
+            for l in &args.labels {
+                let (k, v) = l
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--label '{l}' is not k=v"))?;
+                labels.insert(k.to_string(), v.to_string());
+            }
+            let expires_at = match &args.expires {
+                Some(e) => Some(identity::parse_expiry(e, Utc::now()).map_err(anyhow::Error::msg)?),
+                None => None,
+            };
+            let new = NewAgent {
+                name: args.name.clone(),
+                team: args.team.clone(),
+                scopes: args.scopes.clone(),
+                labels,
+                expires_at,
+            };
+            let (row, key) = identity::create_agent(&store, new).await?;
+            if args.json {
+                let mut v = crate::admin::agent_json(&row);
+                v["key"] = Value::String(key.expose().to_string());
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("created agent '{}' ({})", row.name, row.id);
+                println!("key (shown once, store it now): {}", key.expose());
+            }
+        }
+        AgentsCommand::List { json } => {
+            let rows = store.list_agents().await?;
+            if *json {
+                let items: Vec<Value> = rows.iter().map(crate::admin::agent_json).collect();
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                for a in rows {
+                    println!(
+                        "{:<24} {:<8} team={:<12} key={}…  scopes={}  expires={}",
+                        a.name,
+                        a.status,
+                        a.team.unwrap_or_else(|| "-".into()),
+                        a.key_prefix,
+                        a.scopes.join(","),
+                        a.expires_at
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_else(|| "never".into())
+                    );
+                }
+            }
+        }
+        AgentsCommand::Revoke { name } => {
+            if store.revoke_agent(name).await? {
+                println!("revoked agent '{name}'");
+            } else {
+                eprintln!("no active agent named '{name}'");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

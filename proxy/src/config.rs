@@ -1,0 +1,622 @@
+//! Configuration: `tollgate.toml`, `TOLLGATE_SECTION__KEY` overrides and `DATABASE_URL` → a checked [`Config`].
+//!
+//! Owns: the raw file shape ([`RawConfig`], unknown keys rejected), the named defaults and why they are what
+//! they are, and validation that reports every error at once. Secrets (provider credentials, the admin
+//! token) are read from the environment variables the file names and held as [`SecretString`], so they are
+//! redacted in `Debug` and never printed.
+//! Must not: open sockets or the database, or read the policy bundle (check-config does that separately).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::error::Envelope;
+
+/// Agent traffic listens on loopback by default: exposing a gate to the network is a decision the operator
+/// makes explicitly.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The admin listener is separate so that agent traffic can never reach approval or agent endpoints.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// 10 MiB: Workers uploads are the largest legitimate bodies; anything bigger is refused before parsing.
+pub const DEFAULT_BODY_LIMIT_BYTES: u64 = 10 * 1024 * 1024;
+/// Providers answer slow writes (domain registration) within seconds; 30 s bounds a stuck upstream.
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
+/// Above this many in-flight agent requests the proxy sheds load with 503 instead of queueing unboundedly.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 4096;
+/// A policy evaluation is a few microseconds; 250 ms means a runaway policy, which is refused.
+pub const DEFAULT_POLICY_TIMEOUT_MS: u64 = 250;
+/// How often each replica checks the agents table for revocations; keeps revocation well within a second.
+pub const DEFAULT_IDENTITY_REFRESH_MS: u64 = 250;
+/// Enough connections for the audit writer, identity refresh and admin queries on a small Postgres.
+pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 16;
+/// The most decision records the audit writer commits in one transaction.
+pub const DEFAULT_AUDIT_MAX_BATCH: usize = 1024;
+
+/// What a user may write in `tollgate.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub database: RawDatabase,
+    #[serde(default)]
+    pub policy: RawPolicy,
+    pub providers: Option<BTreeMap<String, RawProvider>>,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub audit: RawAudit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub body_limit_bytes: Option<u64>,
+    pub upstream_timeout_ms: Option<u64>,
+    pub max_concurrency: Option<usize>,
+    pub identity_refresh_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub url: Option<String>,
+    pub max_connections: Option<u32>,
+    pub migrate_on_start: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub dir: Option<PathBuf>,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub upstream: String,
+    pub envelope: Option<String>,
+    pub credential: Option<RawCredential>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredential {
+    pub env: String,
+    pub scheme: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub max_batch: Option<usize>,
+}
+
+/// The checked configuration every other module reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub policy: PolicyConfig,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub admin: AdminConfig,
+    pub audit: AuditConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub body_limit_bytes: u64,
+    pub upstream_timeout: Duration,
+    pub max_concurrency: usize,
+    pub identity_refresh: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `None` means the embedded default; the store decides what that is.
+    pub url: Option<SecretString>,
+    pub max_connections: u32,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub dir: PathBuf,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    /// Scheme and authority, plus an optional path prefix without a trailing slash.
+    pub upstream: http::Uri,
+    pub envelope: Envelope,
+    pub credential: Option<Credential>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialScheme {
+    /// `Authorization: Bearer <secret>` (Cloudflare API tokens, Stripe also accepts it).
+    Bearer,
+    /// `Authorization: Basic base64(<secret>:)` — the secret as user name, as Stripe SDKs send it.
+    Basic,
+}
+
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub env: String,
+    pub scheme: CredentialScheme,
+    /// Absent when the environment variable is not set; `serve` refuses to start then.
+    pub secret: Option<SecretString>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub token_env: String,
+    pub token: Option<SecretString>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub max_batch: usize,
+}
+
+/// Every problem found in a configuration, reported together.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} configuration error(s):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Where configuration comes from; tests pass their own environment instead of the process's.
+pub struct ConfigSource<'a> {
+    pub file: Option<&'a Path>,
+    pub env: Vec<(String, String)>,
+}
+
+impl ConfigSource<'_> {
+    /// The process environment and the given file (if any).
+    pub fn from_process(file: Option<&Path>) -> ConfigSource<'_> {
+        ConfigSource {
+            file,
+            env: std::env::vars().collect(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, overrides and validates. A missing `--config` file is an error; no file at all means defaults.
+    pub fn load(source: &ConfigSource<'_>) -> Result<Config, ConfigErrors> {
+        let mut table = match source.file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigErrors(vec![format!("cannot read {}: {e}", path.display())])
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?
+            }
+            None => toml::Table::new(),
+        };
+        if !table.contains_key("providers")
+            && let Ok(defaults) = DEFAULT_PROVIDERS.parse::<toml::Table>()
+        {
+            table.insert("providers".to_string(), toml::Value::Table(defaults));
+        }
+        apply_env_overrides(&mut table, &source.env).map_err(|e| ConfigErrors(vec![e]))?;
+        let raw: RawConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigErrors(vec![e.message().to_string()]))?;
+        let lookup = |name: &str| {
+            source
+                .env
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        Config::validate(raw, &lookup)
+    }
+
+    /// Turns what the user wrote into a checked `Config`, collecting every error.
+    pub fn validate(
+        raw: RawConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut addr = |value: Option<String>, default: &str, key: &str| -> SocketAddr {
+            let text = value.unwrap_or_else(|| default.to_string());
+            match text.parse() {
+                Ok(a) => a,
+                Err(_) => {
+                    errors.push(format!(
+                        "{key}: '{text}' is not an address like 127.0.0.1:8080"
+                    ));
+                    SocketAddr::from(([127, 0, 0, 1], 0))
+                }
+            }
+        };
+        let listen = addr(raw.server.listen, DEFAULT_LISTEN, "server.listen");
+        let admin_listen = addr(
+            raw.server.admin_listen,
+            DEFAULT_ADMIN_LISTEN,
+            "server.admin_listen",
+        );
+        if listen == admin_listen && listen.port() != 0 {
+            errors.push("server.listen and server.admin_listen must differ".to_string());
+        }
+        let body_limit_bytes = raw
+            .server
+            .body_limit_bytes
+            .unwrap_or(DEFAULT_BODY_LIMIT_BYTES);
+        if body_limit_bytes == 0 {
+            errors.push("server.body_limit_bytes must be positive".to_string());
+        }
+        let max_concurrency = raw
+            .server
+            .max_concurrency
+            .unwrap_or(DEFAULT_MAX_CONCURRENCY);
+        if max_concurrency == 0 {
+            errors.push("server.max_concurrency must be positive".to_string());
+        }
+        let upstream_timeout_ms = raw
+            .server
+            .upstream_timeout_ms
+            .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS);
+        if upstream_timeout_ms == 0 {
+            errors.push("server.upstream_timeout_ms must be positive".to_string());
+        }
+        let identity_refresh_ms = raw
+            .server
+            .identity_refresh_ms
+            .unwrap_or(DEFAULT_IDENTITY_REFRESH_MS);
+        if identity_refresh_ms == 0 || identity_refresh_ms > 1000 {
+            errors.push("server.identity_refresh_ms must be between 1 and 1000 (revocation within a second)".into());
+        }
+
+        let url = raw.database.url.or_else(|| env("DATABASE_URL"));
+        if let Some(u) = &url
+            && !(u.starts_with("postgres://")
+                || u.starts_with("postgresql://")
+                || u.starts_with("sqlite:"))
+        {
+            errors.push(
+                "database.url must start with postgres://, postgresql:// or sqlite:".to_string(),
+            );
+        }
+        let max_connections = raw
+            .database
+            .max_connections
+            .unwrap_or(DEFAULT_DB_MAX_CONNECTIONS);
+        if max_connections < 2 {
+            errors.push(
+                "database.max_connections must be at least 2 (the audit writer holds one)".into(),
+            );
+        }
+
+        let policy_dir = raw.policy.dir.unwrap_or_else(|| PathBuf::from("policies"));
+        let policy_timeout_ms = raw.policy.timeout_ms.unwrap_or(DEFAULT_POLICY_TIMEOUT_MS);
+        if policy_timeout_ms == 0 {
+            errors.push("policy.timeout_ms must be positive".to_string());
+        }
+
+        let raw_providers = raw.providers.unwrap_or_default();
+        let mut providers = BTreeMap::new();
+        for (name, p) in raw_providers {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                errors.push(format!(
+                    "providers.{name}: a provider name is lower-case letters, digits and '-'"
+                ));
+            }
+            let upstream = match p.upstream.parse::<http::Uri>() {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.authority().is_some()
+                        && uri.query().is_none()
+                        && (uri.path() == "/" || !uri.path().ends_with('/')) =>
+                {
+                    uri
+                }
+                _ => {
+                    errors.push(format!(
+                        "providers.{name}.upstream: '{}' must be an http(s) URL without query or trailing slash",
+                        p.upstream
+                    ));
+                    http::Uri::from_static("http://invalid")
+                }
+            };
+            let envelope = match p.envelope.as_deref().unwrap_or(name.as_str()) {
+                "cloudflare" => Envelope::Cloudflare,
+                "stripe" => Envelope::Stripe,
+                "plain" => Envelope::Plain,
+                other => {
+                    errors.push(format!(
+                        "providers.{name}.envelope: '{other}' is not one of cloudflare, stripe, plain"
+                    ));
+                    Envelope::Plain
+                }
+            };
+            let credential = p.credential.map(|c| {
+                let scheme = match c.scheme.as_str() {
+                    "bearer" => CredentialScheme::Bearer,
+                    "basic" => CredentialScheme::Basic,
+                    other => {
+                        errors.push(format!(
+                            "providers.{name}.credential.scheme: '{other}' is not one of bearer, basic"
+                        ));
+                        CredentialScheme::Bearer
+                    }
+                };
+                let secret = env(&c.env).filter(|v| !v.is_empty()).map(SecretString::from);
+                Credential {
+                    env: c.env,
+                    scheme,
+                    secret,
+                }
+            });
+            providers.insert(
+                name.clone(),
+                ProviderConfig {
+                    name,
+                    upstream,
+                    envelope,
+                    credential,
+                },
+            );
+        }
+        if providers.is_empty() {
+            errors.push("providers: at least one provider must be configured".to_string());
+        }
+
+        let token_env = raw
+            .admin
+            .token_env
+            .unwrap_or_else(|| "TOLLGATE_ADMIN_TOKEN".to_string());
+        let token = env(&token_env)
+            .filter(|v| !v.is_empty())
+            .map(SecretString::from);
+
+        let max_batch = raw.audit.max_batch.unwrap_or(DEFAULT_AUDIT_MAX_BATCH);
+        if max_batch == 0 || max_batch > 10_000 {
+            errors.push("audit.max_batch must be between 1 and 10000".to_string());
+        }
+
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Config {
+            server: ServerConfig {
+                listen,
+                admin_listen,
+                body_limit_bytes,
+                upstream_timeout: Duration::from_millis(upstream_timeout_ms),
+                max_concurrency,
+                identity_refresh: Duration::from_millis(identity_refresh_ms),
+            },
+            database: DatabaseConfig {
+                url: url.map(SecretString::from),
+                max_connections,
+                migrate_on_start: raw.database.migrate_on_start.unwrap_or(false),
+            },
+            policy: PolicyConfig {
+                dir: policy_dir,
+                timeout: Duration::from_millis(policy_timeout_ms),
+            },
+            providers,
+            admin: AdminConfig { token_env, token },
+            audit: AuditConfig { max_batch },
+        })
+    }
+
+    /// What `serve` needs beyond a valid file: every provider credential present. Reported together.
+    pub fn check_serveable(&self) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        for p in self.providers.values() {
+            match &p.credential {
+                None => errors.push(format!("providers.{}.credential is not configured", p.name)),
+                Some(c) if c.secret.is_none() => errors.push(format!(
+                    "providers.{}: environment variable {} (the provider credential) is not set",
+                    p.name, c.env
+                )),
+                Some(_) => {}
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// The two providers of the contract, at their real upstreams. Used when the file has no `[providers]`
+/// section, before environment overrides apply, so `TOLLGATE_PROVIDERS__STRIPE__UPSTREAM` changes one
+/// default provider without dropping the other.
+const DEFAULT_PROVIDERS: &str = r#"
+[cloudflare]
+upstream = "https://api.cloudflare.com"
+envelope = "cloudflare"
+credential = { env = "CLOUDFLARE_API_TOKEN", scheme = "bearer" }
+
+[stripe]
+upstream = "https://api.stripe.com"
+envelope = "stripe"
+credential = { env = "STRIPE_SECRET_KEY", scheme = "basic" }
+"#;
+
+/// Applies `TOLLGATE_SECTION__KEY[__KEY…]=value`. Values that parse as a TOML scalar (numbers, booleans)
+/// take that type; anything else is a string.
+fn apply_env_overrides(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), String> {
+    let mut vars: Vec<&(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("TOLLGATE_"))
+        .collect();
+    vars.sort();
+    for (key, value) in vars {
+        let rest = &key["TOLLGATE_".len()..];
+        if !rest.contains("__") {
+            continue; // TOLLGATE_CONFIG, TOLLGATE_ADMIN_TOKEN and the like are not overrides.
+        }
+        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if path.iter().any(|s| s.is_empty()) {
+            return Err(format!("{key}: empty section or key in override"));
+        }
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .filter(|v| !matches!(v, toml::Value::Table(_)))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let mut cursor = &mut *table;
+        for (i, part) in path.iter().enumerate() {
+            if i + 1 == path.len() {
+                cursor.insert(part.clone(), parsed.clone());
+            } else {
+                let entry = cursor
+                    .entry(part.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                cursor = match entry {
+                    toml::Value::Table(t) => t,
+                    _ => return Err(format!("{key}: '{part}' is not a section")),
+                };
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn load(toml_text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tollgate.toml");
+        std::fs::write(&path, toml_text).unwrap();
+        let source = ConfigSource {
+            file: Some(&path),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        Config::load(&source)
+    }
+
+    #[test]
+    fn defaults_give_both_providers() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.providers.len(), 2);
+        assert_eq!(
+            c.providers["stripe"].credential.as_ref().unwrap().scheme,
+            CredentialScheme::Basic
+        );
+        assert!(c.database.url.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = load("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn every_error_is_reported_together() {
+        let text = "[server]\nlisten = \"nope\"\nadmin_listen = \"also-nope\"\n[providers.x]\nupstream = \"ftp://a\"\nenvelope = \"soap\"\n";
+        let e = load(text, &[]).unwrap_err();
+        assert_eq!(e.0.len(), 4, "{e}");
+    }
+
+    #[test]
+    fn env_overrides_and_database_url() {
+        let c = load(
+            "",
+            &[
+                ("TOLLGATE_SERVER__BODY_LIMIT_BYTES", "1234"),
+                ("TOLLGATE_SERVER__LISTEN", "127.0.0.1:7000"),
+                (
+                    "TOLLGATE_PROVIDERS__CLOUDFLARE__UPSTREAM",
+                    "http://127.0.0.1:9",
+                ),
+                ("DATABASE_URL", "postgres://u@h/db"),
+                ("CLOUDFLARE_API_TOKEN", "cf-secret"),
+            ],
+        );
+        // Overriding one default provider keeps the other.
+        let c = c.unwrap();
+        assert_eq!(c.providers.len(), 2);
+        assert_eq!(
+            c.providers["cloudflare"].upstream.to_string(),
+            "http://127.0.0.1:9/"
+        );
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:7000");
+        let c = load(
+            "[providers.cloudflare]\nupstream = \"https://api.cloudflare.com\"\ncredential = { env = \"CF\", scheme = \"bearer\" }\n",
+            &[
+                ("TOLLGATE_SERVER__BODY_LIMIT_BYTES", "1234"),
+                ("TOLLGATE_PROVIDERS__CLOUDFLARE__UPSTREAM", "http://127.0.0.1:9"),
+                ("DATABASE_URL", "postgres://u@h/db"),
+                ("CF", "cf-secret"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.body_limit_bytes, 1234);
+        assert_eq!(
+            c.providers["cloudflare"].upstream.to_string(),
+            "http://127.0.0.1:9/"
+        );
+        assert_eq!(
+            c.database.url.as_ref().unwrap().expose_secret(),
+            "postgres://u@h/db"
+        );
+        let secret = c.providers["cloudflare"]
+            .credential
+            .as_ref()
+            .unwrap()
+            .secret
+            .as_ref()
+            .unwrap();
+        assert_eq!(secret.expose_secret(), "cf-secret");
+        assert!(
+            !format!("{c:?}").contains("cf-secret"),
+            "Debug must redact secrets"
+        );
+    }
+
+    #[test]
+    fn serve_needs_every_credential() {
+        let c = load("", &[("CLOUDFLARE_API_TOKEN", "x")]).unwrap();
+        let e = c.check_serveable().unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert!(e.0[0].contains("STRIPE_SECRET_KEY"));
+    }
+}

@@ -1,0 +1,312 @@
+//! Forwarding a permitted request to its provider.
+//!
+//! Owns: the upstream HTTP client (hyper over rustls, pooled keep-alive connections, HTTP/1.1 and HTTP/2),
+//! the [`Permit`] that every forward requires, request and response header hygiene (hop-by-hop headers per
+//! RFC 9110 §7.6.1, agent credentials and `Tollgate-*` headers stripped), and injection of the provider
+//! credential that the agent never holds.
+//! Must not: check policy. It trusts the `Permit`, whose only constructor demands an allow decision and a
+//! durably committed record. Requests are never retried here; hyper's pool re-sends only a request it
+//! could not start writing on a connection the server had already closed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use secrecy::ExposeSecret;
+use uuid::Uuid;
+
+use crate::audit::Recorded;
+use crate::config::{Config, CredentialScheme};
+use crate::policy::{Decision, Outcome};
+
+/// Idle pooled connections are kept this long; providers close theirs after about a minute.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// Headers that belong to one connection, never forwarded in either direction (RFC 9110 §7.6.1), plus the
+/// proxy-auth pair.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Agent-side credentials: tollgate authenticates the agent with them and never passes them on.
+const AGENT_CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "x-auth-email",
+    "x-auth-key",
+    "x-auth-user-service-key",
+];
+
+/// The authority to forward one request: an allow decision that is durably recorded.
+#[derive(Debug)]
+pub struct Permit {
+    decision_id: Uuid,
+    provider: String,
+    path: String,
+    query: Option<String>,
+}
+
+/// Where a permitted request goes.
+pub struct Target<'a> {
+    pub provider: &'a str,
+    /// The canonical path, exactly as classified.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// The connection could not be made: the provider never saw the request.
+    Connect,
+    /// No response in time; the provider may or may not have acted.
+    Timeout,
+    /// The exchange broke after the request may have been sent.
+    Broken,
+}
+
+struct Upstream {
+    base: Uri,
+    authorization: Option<HeaderValue>,
+}
+
+pub struct Forwarder {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    upstreams: BTreeMap<String, Upstream>,
+    timeout: Duration,
+}
+
+impl Permit {
+    /// Only an `allow` decision backed by a committed record becomes a permit.
+    pub fn issue(decision: &Decision, recorded: &Recorded, target: Target<'_>) -> Option<Permit> {
+        if decision.outcome != Outcome::Allow {
+            return None;
+        }
+        Some(Permit {
+            decision_id: recorded.decision_id(),
+            provider: target.provider.to_string(),
+            path: target.path.to_string(),
+            query: target.query.map(str::to_string),
+        })
+    }
+
+    pub fn decision_id(&self) -> Uuid {
+        self.decision_id
+    }
+}
+
+impl Forwarder {
+    pub fn new(config: &Config) -> Result<Forwarder, String> {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(https);
+        let mut upstreams = BTreeMap::new();
+        for (name, p) in &config.providers {
+            let authorization = match &p.credential {
+                Some(c) => match &c.secret {
+                    Some(secret) => {
+                        let text = match c.scheme {
+                            CredentialScheme::Bearer => {
+                                format!("Bearer {}", secret.expose_secret())
+                            }
+                            CredentialScheme::Basic => format!(
+                                "Basic {}",
+                                base64::engine::general_purpose::STANDARD
+                                    .encode(format!("{}:", secret.expose_secret()))
+                            ),
+                        };
+                        let mut value = HeaderValue::from_str(&text)
+                            .map_err(|_| format!("providers.{name}: the credential contains characters not allowed in a header"))?;
+                        value.set_sensitive(true);
+                        Some(value)
+                    }
+                    None => None,
+                },
+                None => None,
+            };
+            upstreams.insert(
+                name.clone(),
+                Upstream {
+                    base: p.upstream.clone(),
+                    authorization,
+                },
+            );
+        }
+        Ok(Forwarder {
+            client,
+            upstreams,
+            timeout: config.server.upstream_timeout,
+        })
+    }
+
+    /// Sends the permitted request upstream and returns the response head with its body still streaming.
+    pub async fn forward(
+        &self,
+        permit: &Permit,
+        method: Method,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<(Response<Incoming>, Duration), (UpstreamFailure, Duration)> {
+        let started = Instant::now();
+        let Some(upstream) = self.upstreams.get(&permit.provider) else {
+            return Err((UpstreamFailure::Connect, started.elapsed()));
+        };
+        let uri = match target_uri(&upstream.base, &permit.path, permit.query.as_deref()) {
+            Some(u) => u,
+            None => return Err((UpstreamFailure::Connect, started.elapsed())),
+        };
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = upstream_request_headers(headers);
+        if let Some(auth) = &upstream.authorization {
+            request
+                .headers_mut()
+                .insert(header::AUTHORIZATION, auth.clone());
+        }
+        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Err(_) => Err((UpstreamFailure::Timeout, started.elapsed())),
+            Ok(Err(e)) if e.is_connect() => {
+                tracing::warn!(provider = %permit.provider, error = %e, "upstream connect failed");
+                Err((UpstreamFailure::Connect, started.elapsed()))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(provider = %permit.provider, error = %e, "upstream exchange failed");
+                Err((UpstreamFailure::Broken, started.elapsed()))
+            }
+            Ok(Ok(mut response)) => {
+                strip_hop_by_hop(response.headers_mut());
+                Ok((response, started.elapsed()))
+            }
+        }
+    }
+}
+
+/// `{upstream}{prefix}{path}?{query}`.
+fn target_uri(base: &Uri, path: &str, query: Option<&str>) -> Option<Uri> {
+    let prefix = base.path().trim_end_matches('/');
+    let mut pq =
+        String::with_capacity(prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    pq.push_str(prefix);
+    pq.push_str(path);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(pq.parse().ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+/// The agent's headers minus hop-by-hop, agent credentials, `Host` (set from the upstream URI),
+/// `Content-Length` (set from the body) and every `Tollgate-*` header.
+pub fn upstream_request_headers(incoming: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(incoming.len());
+    let connection_listed = connection_tokens(incoming);
+    for (name, value) in incoming {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n)
+            || AGENT_CREDENTIAL_HEADERS.contains(&n)
+            || n == "host"
+            || n == "content-length"
+            || n.starts_with("tollgate-")
+            || connection_listed.iter().any(|c| c == n)
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Removes hop-by-hop headers from an upstream response before it goes back to the agent.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for token in connection_tokens(headers) {
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_header_hygiene() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer tg_secret"),
+            ("x-auth-key", "global"),
+            ("x-auth-email", "a@b"),
+            ("tollgate-run", "run-1"),
+            ("tollgate-approval", "ap"),
+            ("connection", "keep-alive, x-custom-hop"),
+            ("x-custom-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("host", "tollgate.local"),
+            ("content-length", "12"),
+            ("content-type", "application/json"),
+            ("idempotency-key", "k1"),
+            ("stripe-account", "acct_1"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let out = upstream_request_headers(&h);
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            vec!["content-type", "idempotency-key", "stripe-account"]
+        );
+    }
+
+    #[test]
+    fn target_uri_joins_prefix_path_and_query() {
+        let base: Uri = "http://127.0.0.1:9000".parse().unwrap();
+        assert_eq!(
+            target_uri(&base, "/client/v4/zones", Some("page=2"))
+                .unwrap()
+                .to_string(),
+            "http://127.0.0.1:9000/client/v4/zones?page=2"
+        );
+        let base: Uri = "https://example.test/mirror".parse().unwrap();
+        assert_eq!(
+            target_uri(&base, "/v1/charges", None).unwrap().to_string(),
+            "https://example.test/mirror/v1/charges"
+        );
+    }
+}

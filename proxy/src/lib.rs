@@ -1,0 +1,25 @@
+//! tollgate: a policy-gating reverse proxy between AI agents and the provider APIs they provision with.
+//!
+//! The request lifecycle lives in [`proxy`]; [`app`] wires the modules together; `ARCHITECTURE.md` at the
+//! repository root has the code map and the invariants each module keeps.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod admin;
+pub mod app;
+pub mod audit;
+pub mod body;
+pub mod canon;
+pub mod classify;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod identity;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod store;
+
+/// The response header naming the decision record of every request.
+pub const DECISION_HEADER: http::HeaderName = http::HeaderName::from_static("tollgate-decision");

@@ -1,0 +1,225 @@
+//! The Prometheus registry and typed handles for every tollgate metric.
+//!
+//! Owns: metric names, help texts, label sets and buckets. Label values are bounded by construction: providers
+//! come from the configuration, actions from the route catalog, codes from [`RefusalCode`]; raw paths and
+//! agent keys never become labels.
+//! Must not: hold logic. Modules call the handles; the admin listener renders [`Metrics::render`].
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::error::RefusalCode;
+
+/// Latency buckets from 100 µs to 30 s: the proxy's own overhead lives in the first few, upstream calls in
+/// the rest.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+/// Policy evaluations take microseconds; buckets from 2 µs to 100 ms.
+const POLICY_BUCKETS: &[f64] = &[
+    0.000002, 0.000005, 0.00001, 0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025,
+    0.1,
+];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests_total: IntCounterVec,
+    pub request_duration_seconds: HistogramVec,
+    pub refusals_total: IntCounterVec,
+    pub policy_evaluation_duration_seconds: Histogram,
+    pub policy_info: IntGaugeVec,
+    pub upstream_duration_seconds: HistogramVec,
+    pub upstream_errors_total: IntCounterVec,
+    pub audit_queue_depth: IntGauge,
+    pub audit_batch_size: Histogram,
+    pub audit_commit_duration_seconds: Histogram,
+    pub audit_errors_total: IntCounter,
+    pub store_up: IntGauge,
+    pub frozen: IntGauge,
+    pub build_info: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Registers every metric. Registration fails only on a programming error (a duplicate or invalid name),
+    /// which the unit test below catches; so the handles are built with `expect` in [`Metrics::new`].
+    pub fn try_new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("tollgate".to_string()), None)?;
+        let requests_total = IntCounterVec::new(
+            Opts::new(
+                "requests_total",
+                "Agent requests by provider, action and final outcome",
+            ),
+            &["provider", "action", "outcome"],
+        )?;
+        let request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Time from accept to response headers",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["provider", "outcome"],
+        )?;
+        let refusals_total =
+            IntCounterVec::new(Opts::new("refusals_total", "Refusals by code"), &["code"])?;
+        let policy_evaluation_duration_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "policy_evaluation_duration_seconds",
+                "Time to evaluate data.tollgate.decision",
+            )
+            .buckets(POLICY_BUCKETS.to_vec()),
+        )?;
+        let policy_info = IntGaugeVec::new(
+            Opts::new(
+                "policy_info",
+                "The loaded policy bundle revision (value is always 1)",
+            ),
+            &["revision"],
+        )?;
+        let upstream_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "upstream_duration_seconds",
+                "Time from forwarding to upstream response headers",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["provider", "status_class"],
+        )?;
+        let upstream_errors_total = IntCounterVec::new(
+            Opts::new(
+                "upstream_errors_total",
+                "Upstream failures by kind (connect, timeout, io)",
+            ),
+            &["provider", "kind"],
+        )?;
+        let audit_queue_depth =
+            IntGauge::new("audit_queue_depth", "Records waiting for the audit writer")?;
+        let audit_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "audit_batch_size",
+                "Records committed per audit transaction",
+            )
+            .buckets(BATCH_BUCKETS.to_vec()),
+        )?;
+        let audit_commit_duration_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "audit_commit_duration_seconds",
+                "Time to commit one audit batch",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let audit_errors_total = IntCounter::new(
+            "audit_errors_total",
+            "Audit batches or outcomes not committed",
+        )?;
+        let store_up = IntGauge::new("store_up", "1 when the last store health check succeeded")?;
+        let frozen = IntGauge::new(
+            "frozen",
+            "1 when the proxy is frozen and refuses all agent traffic",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "Build version (value is always 1)"),
+            &["version"],
+        )?;
+
+        registry.register(Box::new(requests_total.clone()))?;
+        registry.register(Box::new(request_duration_seconds.clone()))?;
+        registry.register(Box::new(refusals_total.clone()))?;
+        registry.register(Box::new(policy_evaluation_duration_seconds.clone()))?;
+        registry.register(Box::new(policy_info.clone()))?;
+        registry.register(Box::new(upstream_duration_seconds.clone()))?;
+        registry.register(Box::new(upstream_errors_total.clone()))?;
+        registry.register(Box::new(audit_queue_depth.clone()))?;
+        registry.register(Box::new(audit_batch_size.clone()))?;
+        registry.register(Box::new(audit_commit_duration_seconds.clone()))?;
+        registry.register(Box::new(audit_errors_total.clone()))?;
+        registry.register(Box::new(store_up.clone()))?;
+        registry.register(Box::new(frozen.clone()))?;
+        registry.register(Box::new(build_info.clone()))?;
+
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // Every refusal code exists from the start, so a dashboard's rate() has a series to work on.
+        for code in RefusalCode::ALL {
+            refusals_total.with_label_values(&[code.as_str()]);
+        }
+        Ok(Metrics {
+            registry,
+            requests_total,
+            request_duration_seconds,
+            refusals_total,
+            policy_evaluation_duration_seconds,
+            policy_info,
+            upstream_duration_seconds,
+            upstream_errors_total,
+            audit_queue_depth,
+            audit_batch_size,
+            audit_commit_duration_seconds,
+            audit_errors_total,
+            store_up,
+            frozen,
+            build_info,
+        })
+    }
+
+    pub fn new() -> Metrics {
+        // Infallible in practice: names and labels are constants checked by `metrics_register` below.
+        #[allow(clippy::expect_used)]
+        Metrics::try_new().expect("metric definitions are valid")
+    }
+
+    /// Publishes the loaded policy revision, clearing the previous one.
+    pub fn set_policy_revision(&self, revision: &str) {
+        self.policy_info.reset();
+        self.policy_info.with_label_values(&[revision]).set(1);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// The status class label of an upstream response ("2xx" … "5xx").
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_register() {
+        let m = Metrics::try_new().unwrap();
+        m.requests_total
+            .with_label_values(&["cloudflare", "cloudflare.dns.create", "allow"])
+            .inc();
+        let text = m.render();
+        assert!(text.contains("tollgate_requests_total{action=\"cloudflare.dns.create\",outcome=\"allow\",provider=\"cloudflare\"} 1"), "{text}");
+        assert!(text.contains("tollgate_build_info"));
+        assert!(text.contains("tollgate_refusals_total{code=\"frozen\"} 0"));
+    }
+}

@@ -1,0 +1,557 @@
+//! The policy engine: loading a Rego bundle, building the policy input, evaluating `data.tollgate.decision`,
+//! and parsing what comes back into a [`Decision`].
+//!
+//! Owns: the bundle on disk (`*.rego` outside `tests/`, data files under `data/`), its revision (a hash of
+//! every file that shapes a decision, catalog included), compilation to regorus's bytecode VM with the
+//! tree-walking interpreter as fallback, the warm-up evaluation that catches unknown builtins at load, and
+//! the strict reading of the output: anything but a well-formed decision is an error, which callers refuse
+//! as `policy_unavailable` — never an allow.
+//! Must not: see hyper types, SQL or metrics. Evaluation is synchronous and CPU-bound; callers run it on a
+//! blocking pool, because regorus's time limits are cooperative.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::program::Program;
+use regorus::rvm::vm::RegoVM;
+use regorus::utils::limits::ExecutionTimerConfig;
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::classify::Action;
+use crate::identity::Agent;
+
+/// The rule every bundle must define.
+pub const ENTRYPOINT: &str = "data.tollgate.decision";
+/// A generous bound on VM instructions: the bundled library runs a few thousand.
+const MAX_INSTRUCTIONS: usize = 5_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Allow,
+    Deny,
+    /// A human must approve this exact request first.
+    Approve,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reason {
+    pub rule: String,
+    pub message: String,
+}
+
+/// Money the policy says this request will spend, against which budget and cap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Charge {
+    pub cents: i64,
+    pub budget: String,
+    pub cap_cents: i64,
+}
+
+/// The policy's verdict on one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub reasons: Vec<Reason>,
+    pub charge: Option<Charge>,
+    /// For `approve`: how long the request may be held open waiting for a reviewer.
+    pub hold_seconds: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy bundle: {}", .0.join("; "))]
+    Load(Vec<String>),
+    #[error("policy evaluation failed: {0}")]
+    Eval(String),
+    #[error("policy returned a malformed decision: {0}")]
+    Shape(String),
+}
+
+/// What the proxy knows about the request, in plain types (no hyper).
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestFacts {
+    pub provider: String,
+    pub method: String,
+    pub path: String,
+    pub query: BTreeMap<String, Vec<String>>,
+    /// Lower-case names; secrets already removed by the caller (see `SECRET_HEADERS` in `proxy`).
+    pub headers: BTreeMap<String, String>,
+    pub body: Value,
+    pub body_sha256: String,
+}
+
+/// Who is calling and for whom.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunFacts {
+    pub id: Option<String>,
+    pub on_behalf_of: Option<String>,
+}
+
+/// A loaded, compiled, warmed-up policy bundle. Immutable; a reload builds a new one.
+pub struct Bundle {
+    /// Distinguishes bundles in the per-thread VM cache.
+    serial: u64,
+    revision: String,
+    loaded_at: DateTime<Utc>,
+    dir: PathBuf,
+    engine: regorus::Engine,
+    program: Option<Arc<Program>>,
+    data: regorus::Value,
+    timeout: Duration,
+}
+
+/// The live bundle, swappable as a whole; in-flight evaluations keep the `Arc` they started with.
+pub struct PolicyHandle {
+    current: RwLock<Arc<Bundle>>,
+}
+
+static BUNDLE_SERIAL: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// One VM per blocking-pool thread, reused while the bundle stays the same.
+    static VM: RefCell<Option<(u64, RegoVM)>> = const { RefCell::new(None) };
+}
+
+impl Bundle {
+    /// Loads every policy and data file under `dir`, compiles, and warms up. `timeout` bounds one evaluation.
+    pub fn load(dir: &Path, timeout: Duration) -> Result<Bundle, PolicyError> {
+        let files = bundle_files(dir).map_err(|e| PolicyError::Load(vec![e]))?;
+        let mut errors = Vec::new();
+        let mut engine = regorus::Engine::new();
+        engine.set_rego_v0(false);
+        let mut hasher = Sha256::new();
+        let mut policies = 0;
+        for file in &files {
+            let rel = file
+                .strip_prefix(dir)
+                .unwrap_or(file)
+                .to_string_lossy()
+                .replace('\\', "/");
+            let text = match std::fs::read_to_string(file) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(format!("{rel}: {e}"));
+                    continue;
+                }
+            };
+            hasher.update(rel.as_bytes());
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+            hasher.update([0]);
+            match kind_of(&rel) {
+                FileKind::Policy => {
+                    policies += 1;
+                    if let Err(e) = engine.add_policy(rel.clone(), text) {
+                        errors.push(format!("{rel}: {e}"));
+                    }
+                }
+                FileKind::Data(key) => {
+                    let parsed = if rel.ends_with(".json") {
+                        regorus::Value::from_json_str(&text)
+                    } else {
+                        regorus::Value::from_yaml_str(&text)
+                    };
+                    match parsed {
+                        Ok(value) => {
+                            let mut wrapper = regorus::Value::new_object();
+                            if let Ok(map) = wrapper.as_object_mut() {
+                                map.insert(regorus::Value::from(key.as_str()), value);
+                            }
+                            if let Err(e) = engine.add_data(wrapper) {
+                                errors.push(format!("{rel}: {e}"));
+                            }
+                        }
+                        Err(e) => errors.push(format!("{rel}: {e}")),
+                    }
+                }
+                FileKind::HashedOnly | FileKind::Test => {}
+            }
+        }
+        if policies == 0 {
+            errors.push(format!("no .rego policy files under {}", dir.display()));
+        }
+        if !errors.is_empty() {
+            return Err(PolicyError::Load(errors));
+        }
+        let revision = hex::encode(hasher.finalize())[..16].to_string();
+        let data = engine.get_data();
+        let entry: regorus::Rc<str> = ENTRYPOINT.into();
+        // The VM is several times faster; where it cannot compile the bundle (e.g. `with`), the interpreter
+        // evaluates the same rules.
+        let program = match engine.compile_with_entrypoint(&entry) {
+            Ok(compiled) => match Compiler::compile_from_policy(&compiled, &[ENTRYPOINT]) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::info!(error = %e, "policy bundle runs on the interpreter (bytecode compile failed)");
+                    None
+                }
+            },
+            Err(e) => return Err(PolicyError::Load(vec![format!("{ENTRYPOINT}: {e}")])),
+        };
+        let bundle = Bundle {
+            serial: BUNDLE_SERIAL.fetch_add(1, Ordering::Relaxed),
+            revision,
+            loaded_at: Utc::now(),
+            dir: dir.to_path_buf(),
+            engine,
+            program,
+            data,
+            timeout,
+        };
+        // regorus reports unknown builtins and many type errors only when a rule is first evaluated.
+        bundle
+            .evaluate(&warm_up_input())
+            .map_err(|e| PolicyError::Load(vec![format!("warm-up evaluation: {e}")]))?;
+        Ok(bundle)
+    }
+
+    pub fn revision(&self) -> &str {
+        &self.revision
+    }
+
+    pub fn loaded_at(&self) -> DateTime<Utc> {
+        self.loaded_at
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn uses_bytecode(&self) -> bool {
+        self.program.is_some()
+    }
+
+    /// Evaluates the entrypoint for one input. Synchronous and CPU-bound: run it on a blocking pool.
+    pub fn evaluate(&self, input: &Value) -> Result<Decision, PolicyError> {
+        let input = regorus::Value::from(input.clone());
+        let result = match &self.program {
+            Some(program) => self.evaluate_vm(program, input),
+            None => self.evaluate_interpreter(input),
+        }?;
+        let json = serde_json::to_value(&result).map_err(|e| PolicyError::Shape(e.to_string()))?;
+        parse_decision(&json)
+    }
+
+    fn evaluate_vm(
+        &self,
+        program: &Arc<Program>,
+        input: regorus::Value,
+    ) -> Result<regorus::Value, PolicyError> {
+        VM.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            if slot
+                .as_ref()
+                .is_none_or(|(serial, _)| *serial != self.serial)
+            {
+                let mut vm = RegoVM::new();
+                vm.load_program(program.clone());
+                vm.set_data(self.data.clone())
+                    .map_err(|e| PolicyError::Eval(e.to_string()))?;
+                vm.set_max_instructions(MAX_INSTRUCTIONS);
+                vm.set_execution_timer_config(Some(ExecutionTimerConfig {
+                    limit: self.timeout,
+                    check_interval: NonZeroU32::MIN.saturating_add(999),
+                }));
+                *slot = Some((self.serial, vm));
+            }
+            let Some((_, vm)) = slot.as_mut() else {
+                return Err(PolicyError::Eval("no VM".into()));
+            };
+            vm.set_input(input);
+            let out = vm.execute().map_err(|e| PolicyError::Eval(e.to_string()));
+            if out.is_err() {
+                // A failed run may leave the VM mid-state; start the next evaluation from a fresh one.
+                *slot = None;
+            }
+            out
+        })
+    }
+
+    fn evaluate_interpreter(&self, input: regorus::Value) -> Result<regorus::Value, PolicyError> {
+        let mut engine = self.engine.clone();
+        engine.set_execution_timer_config(ExecutionTimerConfig {
+            limit: self.timeout,
+            check_interval: NonZeroU32::MIN.saturating_add(999),
+        });
+        engine.set_input(input);
+        engine
+            .eval_rule(ENTRYPOINT.to_string())
+            .map_err(|e| PolicyError::Eval(e.to_string()))
+    }
+
+    /// The prepared engine with this bundle's policies and data (for the test runner and tooling).
+    pub fn engine(&self) -> regorus::Engine {
+        self.engine.clone()
+    }
+}
+
+impl PolicyHandle {
+    pub fn new(bundle: Bundle) -> PolicyHandle {
+        PolicyHandle {
+            current: RwLock::new(Arc::new(bundle)),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Bundle> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn swap(&self, bundle: Bundle) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(bundle);
+    }
+}
+
+enum FileKind {
+    Policy,
+    Data(String),
+    Test,
+    /// Part of the revision but not loaded here (the route catalog).
+    HashedOnly,
+}
+
+fn kind_of(rel: &str) -> FileKind {
+    let in_dir = |d: &str| rel.starts_with(&format!("{d}/"));
+    let stem = Path::new(rel)
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    if in_dir("tests") || rel.ends_with("_test.rego") {
+        FileKind::Test
+    } else if rel.ends_with(".rego") {
+        FileKind::Policy
+    } else if in_dir("data") {
+        FileKind::Data(stem)
+    } else {
+        FileKind::HashedOnly
+    }
+}
+
+/// Every file of the bundle in a stable order: `.rego`, and `.json`/`.yaml`/`.yml` (data and catalog).
+fn bundle_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        for entry in entries {
+            let path = entry.map_err(|e| format!("{}: {e}", d.display()))?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("rego" | "json" | "yaml" | "yml")
+            ) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads the entrypoint's value strictly. Extra keys are ignored; known keys must have the documented types.
+pub fn parse_decision(v: &Value) -> Result<Decision, PolicyError> {
+    let shape = |m: &str| PolicyError::Shape(m.to_string());
+    let obj = v
+        .as_object()
+        .ok_or_else(|| shape("decision is not an object (is the rule defined?)"))?;
+    let outcome = match obj.get("outcome").and_then(Value::as_str) {
+        Some("allow") => Outcome::Allow,
+        Some("deny") => Outcome::Deny,
+        Some("approve") => Outcome::Approve,
+        _ => return Err(shape("outcome must be \"allow\", \"deny\" or \"approve\"")),
+    };
+    let reasons = match obj.get("reasons") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|r| {
+                let rule = r.get("rule").and_then(Value::as_str);
+                let message = r.get("message").and_then(Value::as_str);
+                match (rule, message) {
+                    (Some(rule), Some(message)) if !rule.is_empty() => Ok(Reason {
+                        rule: rule.to_string(),
+                        message: message.to_string(),
+                    }),
+                    _ => Err(shape(
+                        "each reason needs a non-empty string rule and a string message",
+                    )),
+                }
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(shape("reasons must be an array")),
+    };
+    if outcome != Outcome::Allow && reasons.is_empty() {
+        return Err(shape(
+            "a deny or approve decision must give at least one reason",
+        ));
+    }
+    let cents = |key: &str, o: &serde_json::Map<String, Value>| -> Result<i64, PolicyError> {
+        o.get(key)
+            .and_then(Value::as_i64)
+            .filter(|c| *c >= 0)
+            .ok_or_else(|| {
+                PolicyError::Shape(format!(
+                    "charge.{key} must be a non-negative integer number of cents"
+                ))
+            })
+    };
+    let charge = match obj.get("charge") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(c)) => Some(Charge {
+            cents: cents("cents", c)?,
+            cap_cents: cents("cap_cents", c)?,
+            budget: c
+                .get("budget")
+                .and_then(Value::as_str)
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| shape("charge.budget must be a non-empty string"))?
+                .to_string(),
+        }),
+        Some(_) => return Err(shape("charge must be an object")),
+    };
+    let hold_seconds = match obj.get("hold_seconds") {
+        None | Some(Value::Null) => None,
+        Some(h) => Some(
+            h.as_u64()
+                .ok_or_else(|| shape("hold_seconds must be a non-negative integer"))?,
+        ),
+    };
+    Ok(Decision {
+        outcome,
+        reasons,
+        charge,
+        hold_seconds,
+    })
+}
+
+/// The policy input of DESIGN.md ("Policy contract").
+pub fn build_input(
+    agent: &Agent,
+    run: &RunFacts,
+    request: &RequestFacts,
+    action: &Action,
+    spend: Value,
+    approval: Option<Value>,
+    now: DateTime<Utc>,
+) -> Value {
+    json!({
+        "agent": {
+            "id": agent.id.to_string(),
+            "name": agent.name,
+            "team": agent.team,
+            "scopes": agent.scopes,
+            "labels": agent.labels,
+        },
+        "run": {"id": run.id, "on_behalf_of": run.on_behalf_of},
+        "request": request,
+        "action": action,
+        "spend": spend,
+        "approval": approval,
+        "now": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}
+
+/// A harmless read used to exercise every rule path that a GET touches at load time.
+fn warm_up_input() -> Value {
+    json!({
+        "agent": {"id": "00000000-0000-0000-0000-000000000000", "name": "warm-up", "team": null,
+                  "scopes": [], "labels": {}},
+        "run": {"id": null, "on_behalf_of": null},
+        "request": {"provider": "cloudflare", "method": "GET", "path": "/client/v4/zones", "query": {},
+                    "headers": {}, "body": null, "body_sha256": ""},
+        "action": {"name": "unknown", "risk": "read", "params": {}},
+        "spend": {"window": "1970-01", "agent_provider_cents": 0},
+        "approval": null,
+        "now": "1970-01-01T00:00:00Z",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle_with(rego: &str) -> Result<Bundle, PolicyError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("main.rego"), rego).unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::write(dir.path().join("data/limits.yaml"), "cap: 100\n").unwrap();
+        Bundle::load(dir.path(), Duration::from_millis(250))
+    }
+
+    #[test]
+    fn parse_decision_is_strict() {
+        let ok = |v: Value| parse_decision(&v).is_ok();
+        assert!(ok(json!({"outcome": "allow"})));
+        assert!(ok(
+            json!({"outcome": "deny", "reasons": [{"rule": "r", "message": "m"}]})
+        ));
+        assert!(!ok(json!({"outcome": "deny"})), "a deny needs a reason");
+        assert!(!ok(json!({"outcome": "yes"})));
+        assert!(!ok(json!("allow")));
+        assert!(!ok(json!(null)));
+        assert!(!ok(
+            json!({"outcome": "allow", "charge": {"cents": "10", "budget": "b", "cap_cents": 1}})
+        ));
+        assert!(!ok(
+            json!({"outcome": "allow", "charge": {"cents": -1, "budget": "b", "cap_cents": 1}})
+        ));
+        assert!(!ok(
+            json!({"outcome": "allow", "charge": {"cents": 1.5, "budget": "b", "cap_cents": 1}})
+        ));
+        assert!(!ok(
+            json!({"outcome": "allow", "reasons": [{"rule": 1, "message": "m"}]})
+        ));
+        let d = parse_decision(&json!({"outcome": "allow", "charge": {"cents": 1044, "budget": "b", "cap_cents": 10000}}))
+            .unwrap();
+        assert_eq!(d.charge.unwrap().cents, 1044);
+    }
+
+    #[test]
+    fn evaluates_on_the_vm_with_data() {
+        let b = bundle_with(
+            "package tollgate\n\ndecision := {\"outcome\": \"allow\"} if input.request.method == \"GET\"\n\
+             decision := {\"outcome\": \"deny\", \"reasons\": [{\"rule\": \"t\", \"message\": sprintf(\"cap %d\", [data.limits.cap])}]} if input.request.method != \"GET\"\n",
+        )
+        .unwrap();
+        assert!(b.uses_bytecode());
+        assert_eq!(b.revision().len(), 16);
+        let mut input = warm_up_input();
+        assert_eq!(b.evaluate(&input).unwrap().outcome, Outcome::Allow);
+        input["request"]["method"] = json!("POST");
+        let d = b.evaluate(&input).unwrap();
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert_eq!(d.reasons[0].message, "cap 100");
+    }
+
+    #[test]
+    fn undefined_decision_is_an_error_not_an_allow() {
+        let b = bundle_with("package tollgate\n\ndecision := {\"outcome\": \"allow\"} if input.request.method == \"GET\"\n")
+            .unwrap();
+        let mut input = warm_up_input();
+        input["request"]["method"] = json!("POST");
+        assert!(b.evaluate(&input).is_err());
+    }
+
+    #[test]
+    fn broken_bundles_do_not_load() {
+        assert!(bundle_with("package tollgate\n\ndecision := {").is_err());
+        assert!(
+            bundle_with("package tollgate\n\ndecision := {\"outcome\": no_such_builtin(1)}\n")
+                .is_err()
+        );
+        assert!(bundle_with("package other\n\nx := 1\n").is_err());
+    }
+}

@@ -1,0 +1,633 @@
+//! The lifecycle of one agent request, phase by phase, in the order the code runs:
+//! canonicalize → identify → classify → parse body → decide → record → forward → settle → respond.
+//!
+//! Owns: the [`Gate`] (shared state of the agent listener) and the handler that walks the phases, turning
+//! each failure into a [`Refusal`] that is recorded before the agent sees it. Every request that reaches this
+//! handler leaves exactly one decision record; a request is forwarded only with a [`Permit`], which needs an
+//! allow decision and a committed record.
+//! Must not: contain SQL, policy rules or header hygiene; those live in `store`, the bundle and `forward`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::audit::{AuditWriter, DecisionRecord};
+use crate::canon;
+use crate::classify::{Action, Catalog, Risk};
+use crate::config::Config;
+use crate::error::{Envelope, Refusal, RefusalCode};
+use crate::forward::{Forwarder, Permit, Target, UpstreamFailure};
+use crate::identity::{Agent, AuthError, Identity, presented_key};
+use crate::metrics::{Metrics, status_class};
+use crate::policy::{Decision, Outcome, PolicyHandle, RequestFacts, RunFacts, build_input};
+use crate::store::OutcomeRow;
+
+/// Request headers that carry secrets: never in the policy input, never in a decision record.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-auth-email",
+    "x-auth-key",
+    "x-auth-user-service-key",
+];
+/// Body fields whose values are secrets (a certificate's private key, a domain's transfer code, card data).
+/// The policy sees them; the decision record keeps `"[redacted]"` in their place.
+const SECRET_BODY_FIELDS: &[&str] = &[
+    "private_key",
+    "auth_code",
+    "password",
+    "secret",
+    "client_secret",
+    "cvc",
+    "account_number",
+    "value",
+];
+/// Longest accepted `Tollgate-Run` / `Tollgate-On-Behalf-Of`.
+const ATTRIBUTION_MAX: usize = 256;
+
+/// Everything the agent listener shares between requests.
+pub struct Gate {
+    pub config: Arc<Config>,
+    pub catalog: Arc<Catalog>,
+    pub policy: Arc<PolicyHandle>,
+    pub identity: Arc<Identity>,
+    pub audit: AuditWriter,
+    pub forwarder: Arc<Forwarder>,
+    pub metrics: Arc<Metrics>,
+    pub frozen: Arc<AtomicBool>,
+}
+
+/// What is known about a request so far; becomes its decision record.
+struct Draft {
+    id: Uuid,
+    started: Instant,
+    at: DateTime<Utc>,
+    envelope: Envelope,
+    provider: String,
+    method: String,
+    path: String,
+    query: Option<String>,
+    agent: Option<Arc<Agent>>,
+    run: RunFacts,
+    action: Option<Action>,
+    decision: Option<Decision>,
+    policy_revision: Option<String>,
+    input: Option<Value>,
+}
+
+/// The agent listener's one handler.
+pub async fn handle(State(gate): State<Arc<Gate>>, request: Request<Body>) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let mut draft = Draft {
+        id: Uuid::now_v7(),
+        started: Instant::now(),
+        at: Utc::now(),
+        envelope: Envelope::Plain,
+        provider: "unknown".to_string(),
+        method: parts.method.as_str().to_string(),
+        path: String::new(),
+        query: parts.uri.query().map(str::to_string),
+        agent: None,
+        run: RunFacts::default(),
+        action: None,
+        decision: None,
+        policy_revision: None,
+        input: None,
+    };
+    match gate.admit(&mut draft, &parts, body).await {
+        Ok(response) => response,
+        Err(refusal) => gate.refuse(draft, refusal).await,
+    }
+}
+
+impl Gate {
+    /// The phases up to and including the response; any refusal returns early and is recorded by the caller.
+    async fn admit(
+        &self,
+        draft: &mut Draft,
+        parts: &http::request::Parts,
+        body: Body,
+    ) -> Result<Response<Body>, Refusal> {
+        // The provider is the first path segment; the rest is the provider's own path.
+        let raw_path = parts.uri.path();
+        let (provider_name, rest) = split_provider(raw_path);
+        draft.path = rest.to_string();
+        let Some(provider) = self.config.providers.get(provider_name) else {
+            return Err(Refusal::malformed(format!(
+                "tollgate: unknown provider; requests go to /{{provider}}/… with provider one of: {}",
+                self.config
+                    .providers
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        draft.provider = provider.name.clone();
+        draft.envelope = provider.envelope;
+        if self.frozen.load(Ordering::Acquire) {
+            return Err(Refusal::new(
+                RefusalCode::Frozen,
+                "tollgate: agent traffic is frozen by an operator",
+            ));
+        }
+
+        // canonicalize
+        let path = canon::canonicalize_path(rest).map_err(|m| Refusal::malformed(m.message()))?;
+        draft.path = path.as_str().to_string();
+        let query =
+            canon::parse_query(parts.uri.query()).map_err(|m| Refusal::malformed(m.message()))?;
+        canon::check_headers(&parts.headers, has_body(&parts.headers))
+            .map_err(|m| Refusal::malformed(m.message()))?;
+        draft.run = RunFacts {
+            id: attribution(&parts.headers, "tollgate-run")?,
+            on_behalf_of: attribution(&parts.headers, "tollgate-on-behalf-of")?,
+        };
+
+        // identify
+        let key = presented_key(&parts.headers).ok_or_else(Refusal::unauthenticated)?;
+        let agent = match self.identity.authenticate(&key).await {
+            Ok(agent) => agent,
+            Err(AuthError::Unauthenticated) => return Err(Refusal::unauthenticated()),
+            Err(AuthError::Store(e)) => {
+                tracing::error!(error = %e, "agent lookup failed");
+                return Err(Refusal::store_unavailable());
+            }
+        };
+        draft.agent = Some(agent.clone());
+
+        // classify
+        let action = self
+            .catalog
+            .classify(&provider.name, &parts.method, path.segments())
+            .map_err(|m| Refusal::malformed(m.message()))?;
+        draft.action = Some(action.clone());
+
+        // parse body
+        let bytes = self.read_body(&parts.headers, body).await?;
+        let content_type = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let parsed = crate::body::parse_body(content_type, &bytes)
+            .map_err(|m| Refusal::malformed(m.message()))?;
+
+        // decide
+        let facts = RequestFacts {
+            provider: provider.name.clone(),
+            method: draft.method.clone(),
+            path: draft.path.clone(),
+            query,
+            headers: policy_headers(&parts.headers),
+            body_sha256: crate::body::body_sha256(&bytes),
+            body: parsed,
+        };
+        let now = Utc::now();
+        let spend = json!({"window": now.format("%Y-%m").to_string()});
+        let input = build_input(&agent, &draft.run, &facts, &action, spend, None, now);
+        let decision = self.decide(draft, input).await?;
+        match decision.outcome {
+            Outcome::Allow => {}
+            Outcome::Deny => return Err(denial(&decision)),
+            Outcome::Approve => {
+                // The approval workflow (pending approvals, single-use consumption) is not built yet; until it
+                // is, a request that needs a human is refused, never forwarded.
+                let rule = decision
+                    .reasons
+                    .first()
+                    .map(|r| r.rule.clone())
+                    .unwrap_or_default();
+                return Err(Refusal::new(
+                    RefusalCode::ApprovalRequired,
+                    format!("tollgate: this request needs human approval ({rule}); approvals are not enabled on this deployment"),
+                )
+                .with_rule(rule));
+            }
+        }
+        if decision.charge.is_some() {
+            // A charge must be reserved atomically before forwarding; without the spend ledger it cannot be,
+            // so the request fails closed.
+            return Err(Refusal::new(
+                RefusalCode::PolicyUnavailable,
+                "tollgate: the policy charged this request but the spend ledger is not enabled; not forwarded",
+            ));
+        }
+
+        // record
+        let record = self.record_of(draft, "allow", None);
+        let recorded = match self.audit.record(record).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, decision_id = %draft.id, "allow not recorded; refusing");
+                // The refusal path tries once more to record this refusal itself.
+                return Err(Refusal::store_unavailable());
+            }
+        };
+
+        // forward
+        let target = Target {
+            provider: &provider.name,
+            path: &draft.path,
+            query: draft.query.as_deref(),
+        };
+        let Some(permit) = Permit::issue(&decision, &recorded, target) else {
+            return Err(Refusal::policy_unavailable());
+        };
+        let result = self
+            .forwarder
+            .forward(&permit, parts.method.clone(), &parts.headers, bytes)
+            .await;
+
+        // settle
+        let action_name = draft
+            .action
+            .as_ref()
+            .map(|a| a.name.to_string())
+            .unwrap_or_default();
+        match result {
+            Ok((response, latency)) => {
+                let status = response.status().as_u16();
+                self.audit.record_outcome(OutcomeRow {
+                    decision_id: permit.decision_id(),
+                    at: Utc::now(),
+                    upstream_status: Some(i32::from(status)),
+                    latency_us: latency.as_micros() as i64,
+                    error: None,
+                    flagged: false,
+                });
+                self.metrics
+                    .upstream_duration_seconds
+                    .with_label_values(&[&draft.provider, status_class(status)])
+                    .observe(latency.as_secs_f64());
+                self.count(
+                    &draft.provider,
+                    &action_name,
+                    "allow",
+                    draft.started.elapsed(),
+                );
+                // respond
+                let mut response = response.map(Body::new);
+                insert_decision_header(response.headers_mut(), draft.id);
+                Ok(response)
+            }
+            Err((failure, latency)) => {
+                let (code, kind, flagged, message) = match failure {
+                    UpstreamFailure::Connect => (
+                        RefusalCode::UpstreamError,
+                        "connect",
+                        false,
+                        "tollgate: the provider could not be reached; the request was not delivered",
+                    ),
+                    UpstreamFailure::Timeout => (
+                        RefusalCode::UpstreamTimeout,
+                        "timeout",
+                        true,
+                        "tollgate: the provider did not answer in time; the request may have been acted on",
+                    ),
+                    UpstreamFailure::Broken => (
+                        RefusalCode::UpstreamError,
+                        "io",
+                        true,
+                        "tollgate: the exchange with the provider failed; the request may have been acted on",
+                    ),
+                };
+                self.audit.record_outcome(OutcomeRow {
+                    decision_id: permit.decision_id(),
+                    at: Utc::now(),
+                    upstream_status: None,
+                    latency_us: latency.as_micros() as i64,
+                    error: Some(kind.to_string()),
+                    flagged,
+                });
+                self.metrics
+                    .upstream_errors_total
+                    .with_label_values(&[&draft.provider, kind])
+                    .inc();
+                self.metrics
+                    .refusals_total
+                    .with_label_values(&[code.as_str()])
+                    .inc();
+                self.count(
+                    &draft.provider,
+                    &action_name,
+                    code.as_str(),
+                    draft.started.elapsed(),
+                );
+                // The decision (allow) is already recorded; the failure is its outcome, not a new decision.
+                Ok(Refusal::new(code, message).into_response(draft.envelope, draft.id))
+            }
+        }
+    }
+
+    /// Evaluates the live bundle on the blocking pool.
+    async fn decide(&self, draft: &mut Draft, input: Value) -> Result<Decision, Refusal> {
+        let bundle = self.policy.current();
+        draft.policy_revision = Some(bundle.revision().to_string());
+        let metrics = self.metrics.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let result = bundle.evaluate(&input);
+            metrics
+                .policy_evaluation_duration_seconds
+                .observe(started.elapsed().as_secs_f64());
+            (result, input)
+        })
+        .await;
+        let (result, input) = match joined {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::error!(error = %e, "policy evaluation task failed");
+                return Err(Refusal::policy_unavailable());
+            }
+        };
+        draft.input = Some(input);
+        match result {
+            Ok(decision) => {
+                draft.decision = Some(decision.clone());
+                Ok(decision)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, decision_id = %draft.id, "policy gave no decision; refusing");
+                Err(Refusal::policy_unavailable())
+            }
+        }
+    }
+
+    /// Reads the body up to the configured limit.
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, Refusal> {
+        let limit = self.config.server.body_limit_bytes;
+        let too_large = || {
+            Refusal::new(
+                RefusalCode::BodyTooLarge,
+                format!("tollgate: the request body is larger than {limit} bytes"),
+            )
+        };
+        let declared = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let limited =
+            http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+        match limited.collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Err(_) => Err(Refusal::malformed(
+                "tollgate: the request body could not be read",
+            )),
+        }
+    }
+
+    /// Records a refusal and renders it. If even the refusal cannot be recorded, the agent is told the store
+    /// is unavailable — the request is refused either way.
+    async fn refuse(&self, draft: Draft, refusal: Refusal) -> Response<Body> {
+        let outcome = match (refusal.code(), draft.decision.as_ref().map(|d| d.outcome)) {
+            (RefusalCode::PolicyDenied, Some(Outcome::Deny)) => "deny",
+            (RefusalCode::ApprovalRequired, Some(Outcome::Approve)) => "approve",
+            _ => "refused",
+        };
+        let record = self.record_of(&draft, outcome, Some(&refusal));
+        let refusal = match self.audit.record(record).await {
+            Ok(_) => refusal,
+            Err(e) => {
+                tracing::error!(error = %e, decision_id = %draft.id, code = refusal.code().as_str(), "refusal not recorded");
+                Refusal::store_unavailable()
+            }
+        };
+        let action = draft
+            .action
+            .as_ref()
+            .map(|a| a.name.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        self.metrics
+            .refusals_total
+            .with_label_values(&[refusal.code().as_str()])
+            .inc();
+        self.count(
+            &draft.provider,
+            &action,
+            outcome_label(outcome, &refusal),
+            draft.started.elapsed(),
+        );
+        refusal.into_response(draft.envelope, draft.id)
+    }
+
+    fn record_of(&self, draft: &Draft, outcome: &str, refusal: Option<&Refusal>) -> DecisionRecord {
+        let (rules, reasons) = match &draft.decision {
+            Some(d) => (
+                d.reasons.iter().map(|r| r.rule.clone()).collect(),
+                serde_json::to_value(&d.reasons).unwrap_or(Value::Null),
+            ),
+            None => (Vec::new(), json!([])),
+        };
+        let reasons = match (refusal, draft.decision.is_some()) {
+            // Refusals that did not come from the policy still say why, in the record's reasons.
+            (Some(r), false) => {
+                json!([{"rule": format!("tollgate.{}", r.code().as_str()), "message": r.message()}])
+            }
+            _ => reasons,
+        };
+        DecisionRecord {
+            id: draft.id,
+            at: draft.at,
+            agent_id: draft.agent.as_ref().map(|a| a.id),
+            agent_name: draft.agent.as_ref().map(|a| a.name.clone()),
+            run_id: draft.run.id.clone(),
+            on_behalf_of: draft.run.on_behalf_of.clone(),
+            provider: draft.provider.clone(),
+            method: draft.method.clone(),
+            path: draft.path.clone(),
+            query: draft.query.clone(),
+            action: draft
+                .action
+                .as_ref()
+                .map(|a| a.name.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            risk: draft
+                .action
+                .as_ref()
+                .map(|a| a.risk)
+                .unwrap_or(Risk::Write)
+                .as_str()
+                .to_string(),
+            outcome: outcome.to_string(),
+            code: refusal.map(|r| r.code().as_str().to_string()),
+            rules,
+            reasons,
+            policy_revision: draft.policy_revision.clone(),
+            charge_cents: draft
+                .decision
+                .as_ref()
+                .and_then(|d| d.charge.as_ref())
+                .map(|c| c.cents),
+            approval_id: refusal.and_then(|r| r.approval_id()).map(str::to_string),
+            input: draft.input.as_ref().map(redacted),
+        }
+    }
+
+    fn count(&self, provider: &str, action: &str, outcome: &str, elapsed: Duration) {
+        self.metrics
+            .requests_total
+            .with_label_values(&[provider, action, outcome])
+            .inc();
+        self.metrics
+            .request_duration_seconds
+            .with_label_values(&[provider, outcome])
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+fn outcome_label<'a>(outcome: &'a str, refusal: &'a Refusal) -> &'a str {
+    match outcome {
+        "refused" => refusal.code().as_str(),
+        other => other,
+    }
+}
+
+fn denial(decision: &Decision) -> Refusal {
+    let first = decision.reasons.first();
+    let message = decision
+        .reasons
+        .iter()
+        .map(|r| format!("{}: {}", r.rule, r.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let refusal = Refusal::new(
+        RefusalCode::PolicyDenied,
+        format!("tollgate: denied by policy ({message})"),
+    );
+    match first {
+        Some(r) => refusal.with_rule(r.rule.clone()),
+        None => refusal,
+    }
+}
+
+/// `/cloudflare/client/v4/zones` → ("cloudflare", "/client/v4/zones").
+fn split_provider(path: &str) -> (&str, &str) {
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    match trimmed.find('/') {
+        Some(i) => (&trimmed[..i], &trimmed[i..]),
+        None => (trimmed, ""),
+    }
+}
+
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+/// An optional attribution header: printable, at most `ATTRIBUTION_MAX` bytes.
+fn attribution(headers: &HeaderMap, name: &str) -> Result<Option<String>, Refusal> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Refusal::malformed(format!(
+            "tollgate: {name} appears more than once"
+        )));
+    }
+    match value.to_str() {
+        Ok(v) if !v.is_empty() && v.len() <= ATTRIBUTION_MAX => Ok(Some(v.to_string())),
+        _ => Err(Refusal::malformed(format!(
+            "tollgate: {name} must be 1-{ATTRIBUTION_MAX} visible ASCII characters"
+        ))),
+    }
+}
+
+/// The request headers the policy may see: lower-case names, secrets and `Tollgate-*` left out, repeated
+/// headers joined with ", ".
+fn policy_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in headers {
+        let n = name.as_str();
+        if SECRET_HEADERS.contains(&n) || n.starts_with("tollgate-") {
+            continue;
+        }
+        let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        out.entry(n.to_string())
+            .and_modify(|e| {
+                e.push_str(", ");
+                e.push_str(&v);
+            })
+            .or_insert(v);
+    }
+    out
+}
+
+/// The policy input as it goes into the decision record: secret body fields replaced.
+fn redacted(input: &Value) -> Value {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map.iter_mut() {
+                    if SECRET_BODY_FIELDS.contains(&k.as_str()) && !child.is_null() {
+                        *child = Value::String("[redacted]".into());
+                    } else {
+                        walk(child);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut copy = input.clone();
+    if let Some(body) = copy.pointer_mut("/request/body") {
+        walk(body);
+    }
+    copy
+}
+
+pub fn insert_decision_header(headers: &mut HeaderMap, id: Uuid) {
+    if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+        headers.insert(crate::DECISION_HEADER, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_split() {
+        assert_eq!(
+            split_provider("/cloudflare/client/v4/zones"),
+            ("cloudflare", "/client/v4/zones")
+        );
+        assert_eq!(split_provider("/stripe"), ("stripe", ""));
+        assert_eq!(split_provider("/"), ("", ""));
+    }
+
+    #[test]
+    fn secrets_never_reach_the_record() {
+        let input = json!({"request": {"body": {"private_key": "-----BEGIN", "nested": [{"auth_code": "x"}], "name": "n"}}});
+        let r = redacted(&input);
+        assert_eq!(r["request"]["body"]["private_key"], "[redacted]");
+        assert_eq!(r["request"]["body"]["nested"][0]["auth_code"], "[redacted]");
+        assert_eq!(r["request"]["body"]["name"], "n");
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer tg_x"));
+        h.insert("x-auth-key", HeaderValue::from_static("k"));
+        h.insert("tollgate-run", HeaderValue::from_static("r"));
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        let p = policy_headers(&h);
+        assert_eq!(p.keys().collect::<Vec<_>>(), vec!["content-type"]);
+    }
+}

@@ -1,0 +1,529 @@
+//! The store: the only module that speaks SQL.
+//!
+//! Owns: the connection pool, migrations (embedded from `migrations/postgres`), and every query, expressed as
+//! plain row types that the domain modules convert from and to. Postgres is the system of record.
+//! Must not: know HTTP, policy or metrics. Errors leave as [`StoreError`], which callers map to a refusal
+//! (`store_unavailable`) without ever showing its text to an agent.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+/// Embedded so that the binary migrates without the source tree beside it.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// How long a request waits for a pooled connection before the store counts as unavailable. Short: a
+/// refusal now is better than a queue of agents waiting on a dead database.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the embedded store is not supported by this build; configure database.url = \"postgres://…\""
+    )]
+    NoDatabase,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Unavailable(e)
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+/// An agent as stored; `identity` turns it into an `Agent`.
+#[derive(Debug, Clone)]
+pub struct AgentRow {
+    pub id: Uuid,
+    pub name: String,
+    pub team: Option<String>,
+    pub scopes: Vec<String>,
+    pub labels: Value,
+    pub key_hash: String,
+    pub key_prefix: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// One decision record as written by the audit writer.
+#[derive(Debug, Clone)]
+pub struct DecisionRow {
+    pub id: Uuid,
+    pub at: DateTime<Utc>,
+    pub writer_id: Uuid,
+    pub seq: i64,
+    pub prev_hash: String,
+    pub hash: String,
+    pub agent_id: Option<Uuid>,
+    pub agent_name: Option<String>,
+    pub run_id: Option<String>,
+    pub on_behalf_of: Option<String>,
+    pub provider: String,
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub action: String,
+    pub risk: String,
+    pub outcome: String,
+    pub code: Option<String>,
+    pub rules: Value,
+    pub reasons: Value,
+    pub policy_revision: Option<String>,
+    pub charge_cents: Option<i64>,
+    pub approval_id: Option<String>,
+    pub input: Option<Value>,
+}
+
+/// What happened upstream after a permitted request was forwarded.
+#[derive(Debug, Clone)]
+pub struct OutcomeRow {
+    pub decision_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub upstream_status: Option<i32>,
+    pub latency_us: i64,
+    pub error: Option<String>,
+    pub flagged: bool,
+}
+
+/// Filters of `GET /api/decisions` and `tollgate decisions`.
+#[derive(Debug, Clone, Default)]
+pub struct DecisionFilter {
+    pub agent: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    /// Keyset cursor: rows strictly older than (at, id).
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: i64,
+}
+
+impl Store {
+    /// Connects lazily-validated: the pool is created and one connection is tried, so a wrong URL is
+    /// reported at start rather than at the first request.
+    pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Store, StoreError> {
+        let options: PgConnectOptions = url.expose_secret().parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .min_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        Ok(Store { pool })
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// True when a round trip to the database succeeds now.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ---- agents ----
+
+    pub async fn insert_agent(&self, agent: &AgentRow) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO agents (id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(agent.id)
+        .bind(&agent.name)
+        .bind(&agent.team)
+        .bind(&agent.scopes)
+        .bind(&agent.labels)
+        .bind(&agent.key_hash)
+        .bind(&agent.key_prefix)
+        .bind(&agent.status)
+        .bind(agent.created_at)
+        .bind(agent.expires_at)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                Err(StoreError::Conflict(format!("agent '{}'", agent.name)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    const AGENT_COLUMNS: &'static str = "id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at, revoked_at";
+
+    pub async fn agent_by_key_hash(&self, key_hash: &str) -> Result<Option<AgentRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM agents WHERE key_hash = $1",
+            Self::AGENT_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| agent_from_row(&r)).transpose()
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<AgentRow>, StoreError> {
+        let sql = format!("SELECT {} FROM agents ORDER BY name", Self::AGENT_COLUMNS);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    /// Revokes by name; false when there is no such active agent.
+    pub async fn revoke_agent(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE agents SET status = 'revoked', revoked_at = now(), version = nextval('agents_version_seq')
+             WHERE name = $1 AND status = 'active'",
+        )
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// A number that changes whenever any agent row changes (insert, revoke).
+    pub async fn agents_version(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT coalesce(max(version), 0) AS v FROM agents")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("v")?)
+    }
+
+    // ---- decisions ----
+
+    /// Inserts a batch of decision records in one transaction, in one statement.
+    pub async fn insert_decisions(
+        &self,
+        rows: &[DecisionRow],
+        outcomes: &[OutcomeRow],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if !rows.is_empty() {
+            let mut c = DecisionColumns::with_capacity(rows.len());
+            for r in rows {
+                c.push(r);
+            }
+            sqlx::query(
+                "INSERT INTO decisions (id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id,
+                    on_behalf_of, provider, method, path, query, action, risk, outcome, code, rules, reasons,
+                    policy_revision, charge_cents, approval_id, input)
+                 SELECT id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id, on_behalf_of,
+                    provider, method, path, query, action, risk, outcome, code, rules::json, reasons::json,
+                    policy_revision, charge_cents, approval_id, input::json
+                 FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::int8[], $5::text[], $6::text[],
+                    $7::uuid[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                    $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[],
+                    $21::text[], $22::int8[], $23::text[], $24::text[])
+                    AS t(id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id, on_behalf_of,
+                         provider, method, path, query, action, risk, outcome, code, rules, reasons,
+                         policy_revision, charge_cents, approval_id, input)",
+            )
+            .bind(c.id)
+            .bind(c.at)
+            .bind(c.writer_id)
+            .bind(c.seq)
+            .bind(c.prev_hash)
+            .bind(c.hash)
+            .bind(c.agent_id)
+            .bind(c.agent_name)
+            .bind(c.run_id)
+            .bind(c.on_behalf_of)
+            .bind(c.provider)
+            .bind(c.method)
+            .bind(c.path)
+            .bind(c.query)
+            .bind(c.action)
+            .bind(c.risk)
+            .bind(c.outcome)
+            .bind(c.code)
+            .bind(c.rules)
+            .bind(c.reasons)
+            .bind(c.policy_revision)
+            .bind(c.charge_cents)
+            .bind(c.approval_id)
+            .bind(c.input)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !outcomes.is_empty() {
+            let ids: Vec<Uuid> = outcomes.iter().map(|o| o.decision_id).collect();
+            let at: Vec<DateTime<Utc>> = outcomes.iter().map(|o| o.at).collect();
+            let status: Vec<Option<i32>> = outcomes.iter().map(|o| o.upstream_status).collect();
+            let latency: Vec<i64> = outcomes.iter().map(|o| o.latency_us).collect();
+            let error: Vec<Option<String>> = outcomes.iter().map(|o| o.error.clone()).collect();
+            let flagged: Vec<bool> = outcomes.iter().map(|o| o.flagged).collect();
+            sqlx::query(
+                "INSERT INTO decision_outcomes (decision_id, at, upstream_status, latency_us, error, flagged)
+                 SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::int4[], $4::int8[], $5::text[], $6::bool[])
+                 ON CONFLICT (decision_id) DO NOTHING",
+            )
+            .bind(ids)
+            .bind(at)
+            .bind(status)
+            .bind(latency)
+            .bind(error)
+            .bind(flagged)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The chain head of one writer: (last seq, last hash), if it wrote anything.
+    pub async fn chain_head(&self, writer_id: Uuid) -> Result<Option<(i64, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT seq, hash FROM decisions WHERE writer_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(writer_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get("seq")?, r.try_get("hash")?)),
+            None => None,
+        })
+    }
+
+    const DECISION_COLUMNS: &'static str = "d.id, d.at, d.writer_id, d.seq, d.prev_hash, d.hash, d.agent_id,
+        d.agent_name, d.run_id, d.on_behalf_of, d.provider, d.method, d.path, d.query, d.action, d.risk,
+        d.outcome, d.code, d.rules, d.reasons, d.policy_revision, d.charge_cents, d.approval_id, d.input,
+        o.upstream_status, o.latency_us, o.error AS outcome_error, o.flagged, o.at AS outcome_at";
+
+    pub async fn decision(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(DecisionRow, Option<OutcomeRow>)>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM decisions d LEFT JOIN decision_outcomes o ON o.decision_id = d.id WHERE d.id = $1",
+            Self::DECISION_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| decision_from_row(&r)).transpose()
+    }
+
+    /// Newest first, keyset-paginated.
+    pub async fn list_decisions(
+        &self,
+        filter: &DecisionFilter,
+    ) -> Result<Vec<(DecisionRow, Option<OutcomeRow>)>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM decisions d LEFT JOIN decision_outcomes o ON o.decision_id = d.id
+             WHERE ($1::text IS NULL OR d.agent_name = $1)
+               AND ($2::text IS NULL OR d.action = $2)
+               AND ($3::text IS NULL OR d.outcome = $3)
+               AND ($4::timestamptz IS NULL OR d.at >= $4)
+               AND ($5::timestamptz IS NULL OR (d.at, d.id) < ($5, $6::uuid))
+             ORDER BY d.at DESC, d.id DESC LIMIT $7",
+            Self::DECISION_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&filter.agent)
+            .bind(&filter.action)
+            .bind(&filter.outcome)
+            .bind(filter.since)
+            .bind(filter.before.map(|b| b.0))
+            .bind(filter.before.map(|b| b.1))
+            .bind(filter.limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decision_from_row).collect()
+    }
+
+    /// Every decision of one writer in chain order, for `audit verify`.
+    pub async fn writer_chain(&self, writer_id: Uuid) -> Result<Vec<DecisionRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM decisions d LEFT JOIN decision_outcomes o ON o.decision_id = d.id
+             WHERE d.writer_id = $1 ORDER BY d.seq",
+            Self::DECISION_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(writer_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| decision_from_row(r).map(|(d, _)| d))
+            .collect()
+    }
+
+    pub async fn writers(&self) -> Result<Vec<Uuid>, StoreError> {
+        let rows = sqlx::query("SELECT DISTINCT writer_id FROM decisions")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get("writer_id").map_err(StoreError::from))
+            .collect()
+    }
+}
+
+/// Column-wise vectors for one UNNEST insert.
+struct DecisionColumns {
+    id: Vec<Uuid>,
+    at: Vec<DateTime<Utc>>,
+    writer_id: Vec<Uuid>,
+    seq: Vec<i64>,
+    prev_hash: Vec<String>,
+    hash: Vec<String>,
+    agent_id: Vec<Option<Uuid>>,
+    agent_name: Vec<Option<String>>,
+    run_id: Vec<Option<String>>,
+    on_behalf_of: Vec<Option<String>>,
+    provider: Vec<String>,
+    method: Vec<String>,
+    path: Vec<String>,
+    query: Vec<Option<String>>,
+    action: Vec<String>,
+    risk: Vec<String>,
+    outcome: Vec<String>,
+    code: Vec<Option<String>>,
+    rules: Vec<String>,
+    reasons: Vec<String>,
+    policy_revision: Vec<Option<String>>,
+    charge_cents: Vec<Option<i64>>,
+    approval_id: Vec<Option<String>>,
+    input: Vec<Option<String>>,
+}
+
+impl DecisionColumns {
+    fn with_capacity(n: usize) -> Self {
+        DecisionColumns {
+            id: Vec::with_capacity(n),
+            at: Vec::with_capacity(n),
+            writer_id: Vec::with_capacity(n),
+            seq: Vec::with_capacity(n),
+            prev_hash: Vec::with_capacity(n),
+            hash: Vec::with_capacity(n),
+            agent_id: Vec::with_capacity(n),
+            agent_name: Vec::with_capacity(n),
+            run_id: Vec::with_capacity(n),
+            on_behalf_of: Vec::with_capacity(n),
+            provider: Vec::with_capacity(n),
+            method: Vec::with_capacity(n),
+            path: Vec::with_capacity(n),
+            query: Vec::with_capacity(n),
+            action: Vec::with_capacity(n),
+            risk: Vec::with_capacity(n),
+            outcome: Vec::with_capacity(n),
+            code: Vec::with_capacity(n),
+            rules: Vec::with_capacity(n),
+            reasons: Vec::with_capacity(n),
+            policy_revision: Vec::with_capacity(n),
+            charge_cents: Vec::with_capacity(n),
+            approval_id: Vec::with_capacity(n),
+            input: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, r: &DecisionRow) {
+        self.id.push(r.id);
+        self.at.push(r.at);
+        self.writer_id.push(r.writer_id);
+        self.seq.push(r.seq);
+        self.prev_hash.push(r.prev_hash.clone());
+        self.hash.push(r.hash.clone());
+        self.agent_id.push(r.agent_id);
+        self.agent_name.push(r.agent_name.clone());
+        self.run_id.push(r.run_id.clone());
+        self.on_behalf_of.push(r.on_behalf_of.clone());
+        self.provider.push(r.provider.clone());
+        self.method.push(r.method.clone());
+        self.path.push(r.path.clone());
+        self.query.push(r.query.clone());
+        self.action.push(r.action.clone());
+        self.risk.push(r.risk.clone());
+        self.outcome.push(r.outcome.clone());
+        self.code.push(r.code.clone());
+        self.rules.push(r.rules.to_string());
+        self.reasons.push(r.reasons.to_string());
+        self.policy_revision.push(r.policy_revision.clone());
+        self.charge_cents.push(r.charge_cents);
+        self.approval_id.push(r.approval_id.clone());
+        self.input.push(r.input.as_ref().map(|v| v.to_string()));
+    }
+}
+
+fn agent_from_row(r: &sqlx::postgres::PgRow) -> Result<AgentRow, StoreError> {
+    Ok(AgentRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        team: r.try_get("team")?,
+        scopes: r.try_get("scopes")?,
+        labels: r.try_get("labels")?,
+        key_hash: r.try_get("key_hash")?,
+        key_prefix: r.try_get("key_prefix")?,
+        status: r.try_get("status")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}
+
+fn decision_from_row(
+    r: &sqlx::postgres::PgRow,
+) -> Result<(DecisionRow, Option<OutcomeRow>), StoreError> {
+    let id: Uuid = r.try_get("id")?;
+    let decision = DecisionRow {
+        id,
+        at: r.try_get("at")?,
+        writer_id: r.try_get("writer_id")?,
+        seq: r.try_get("seq")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+        agent_id: r.try_get("agent_id")?,
+        agent_name: r.try_get("agent_name")?,
+        run_id: r.try_get("run_id")?,
+        on_behalf_of: r.try_get("on_behalf_of")?,
+        provider: r.try_get("provider")?,
+        method: r.try_get("method")?,
+        path: r.try_get("path")?,
+        query: r.try_get("query")?,
+        action: r.try_get("action")?,
+        risk: r.try_get("risk")?,
+        outcome: r.try_get("outcome")?,
+        code: r.try_get("code")?,
+        rules: r.try_get("rules")?,
+        reasons: r.try_get("reasons")?,
+        policy_revision: r.try_get("policy_revision")?,
+        charge_cents: r.try_get("charge_cents")?,
+        approval_id: r.try_get("approval_id")?,
+        input: r.try_get("input")?,
+    };
+    let outcome_at: Option<DateTime<Utc>> = r.try_get("outcome_at")?;
+    let outcome = match outcome_at {
+        Some(at) => Some(OutcomeRow {
+            decision_id: id,
+            at,
+            upstream_status: r.try_get("upstream_status")?,
+            latency_us: r.try_get("latency_us")?,
+            error: r.try_get("outcome_error")?,
+            flagged: r.try_get("flagged")?,
+        }),
+        None => None,
+    };
+    Ok((decision, outcome))
+}
