@@ -5,10 +5,13 @@
 //! - [`upstream`]: a stand-in provider ([`Upstream`]) that records every request it receives exactly as it
 //!   arrived and answers with a configured status and JSON body.
 //!
-//! This crate must not depend on `tollgate` itself: the tests drive the real binary from the outside, and the
-//! harness has to build while the proxy crate is being changed.
+//! - [`tollgate`]: the real `tollgate` binary started on ports the OS picks, with its CLI, against one test
+//!   database and one stand-in upstream.
+//!
+//! The tests drive the real binary from the outside; this crate does not link the proxy library.
 
 pub mod postgres;
+pub mod tollgate;
 pub mod upstream;
 
 pub use postgres::TestDatabase;
