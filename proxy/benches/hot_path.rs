@@ -1,1 +1,130 @@
-fn main() {}
+//! Micro-benchmarks of the per-request CPU work: policy evaluation of the bundled library, classification,
+//! canonicalization and body parsing. `cargo bench -p tollgate --bench hot_path`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use serde_json::json;
+use tollgate::classify::Catalog;
+use tollgate::policy::Bundle;
+
+fn policies() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+fn input(
+    method: &str,
+    path: &str,
+    action: &str,
+    risk: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    json!({
+        "agent": {"id": "01a22a3e-8bd9-7692-938a-9fe1ed50dfa8", "name": "deployer", "team": "web",
+                  "scopes": ["dns:write"], "labels": {"env": "dev", "zones": "023e105f4ecef8ad9ca31a8372d0c353"}},
+        "run": {"id": "run-42", "on_behalf_of": "alice@example.com"},
+        "request": {"provider": "cloudflare", "method": method, "path": path, "query": {},
+                    "headers": {"content-type": "application/json"}, "body": body, "body_sha256": "00"},
+        "action": {"name": action, "risk": risk, "params": {"zone_id": "023e105f4ecef8ad9ca31a8372d0c353"}},
+        "spend": {"window": "2026-11", "agent_provider_cents": 4200},
+        "approval": null,
+        "now": "2026-11-30T12:00:00Z",
+    })
+}
+
+fn policy_evaluation(c: &mut Criterion) {
+    let bundle = Bundle::load(&policies(), Duration::from_secs(1)).expect("bundled policy loads");
+    let read = input(
+        "GET",
+        "/client/v4/zones",
+        "cloudflare.zone.read",
+        "read",
+        json!(null),
+    );
+    let write = input(
+        "POST",
+        "/client/v4/zones/023e105f4ecef8ad9ca31a8372d0c353/dns_records",
+        "cloudflare.dns.create",
+        "write",
+        json!({"type": "A", "name": "www.example.com", "content": "198.51.100.4", "ttl": 3600}),
+    );
+    let mut group = c.benchmark_group("policy");
+    group.bench_function("bundled/read", |b| {
+        b.iter(|| bundle.evaluate(&read).expect("decision"))
+    });
+    group.bench_function("bundled/dns_create", |b| {
+        b.iter(|| bundle.evaluate(&write).expect("decision"))
+    });
+    group.finish();
+}
+
+fn classification(c: &mut Criterion) {
+    let catalog = Catalog::load(&policies().join("catalog")).expect("catalog loads");
+    let seg = |p: &str| {
+        p.split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let dns = seg(
+        "/client/v4/zones/023e105f4ecef8ad9ca31a8372d0c353/dns_records/372e67954025e0ba6aaa6d586b9e0b59",
+    );
+    let register = seg("/client/v4/accounts/acc/registrar/registrations");
+    let stripe = seg("/v1/customers/cus_123");
+    let mut group = c.benchmark_group("classify");
+    group.bench_function("cloudflare/dns_update", |b| {
+        b.iter(|| {
+            catalog
+                .classify("cloudflare", &http::Method::PATCH, &dns)
+                .expect("ok")
+        })
+    });
+    group.bench_function("cloudflare/domain_register", |b| {
+        b.iter(|| {
+            catalog
+                .classify("cloudflare", &http::Method::POST, &register)
+                .expect("ok")
+        })
+    });
+    group.bench_function("stripe/read_glob", |b| {
+        b.iter(|| {
+            catalog
+                .classify("stripe", &http::Method::GET, &stripe)
+                .expect("ok")
+        })
+    });
+    group.finish();
+}
+
+fn canonicalization_and_body(c: &mut Criterion) {
+    let mut group = c.benchmark_group("request");
+    group.bench_function("canonicalize_path", |b| {
+        b.iter(|| {
+            tollgate::canon::canonicalize_path(
+                "/client/v4/zones/023e105f4ecef8ad9ca31a8372d0c353/dns_records",
+            )
+            .expect("canonical")
+        })
+    });
+    let token = br#"{"name":"ci-deploy","policies":[{"effect":"allow","resources":{"com.cloudflare.api.account.zone.z1":"*"},"permission_groups":[{"id":"4755a26eedb94da69e1066d98aa820be","name":"DNS Write"}]}],"expires_on":"2026-12-02T00:00:00Z"}"#;
+    group.bench_function("parse_body/json_token_create", |b| {
+        b.iter(|| tollgate::body::parse_body(Some("application/json"), token).expect("json"))
+    });
+    let form = b"items[0][price_data][unit_amount]=2500&items[0][quantity]=2&customer=cus_1&metadata[run]=42";
+    group.bench_function("parse_body/form_subscription", |b| {
+        b.iter(|| {
+            tollgate::body::parse_body(Some("application/x-www-form-urlencoded"), form)
+                .expect("form")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    policy_evaluation,
+    classification,
+    canonicalization_and_body
+);
+criterion_main!(benches);

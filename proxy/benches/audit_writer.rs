@@ -1,0 +1,178 @@
+//! Audit writer throughput against a real Postgres: durable decisions per second with group commit, beside
+//! a baseline of one transaction per decision, in the same run.
+//!
+//! `DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench -p tollgate --bench audit_writer`
+//! It creates and drops a database of its own. Without DATABASE_URL it says so and exits.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use secrecy::SecretString;
+use serde_json::json;
+use sqlx::Connection as _;
+use tollgate::audit::{AuditWriter, DecisionRecord};
+use tollgate::metrics::Metrics;
+use tollgate::store::{DecisionRow, Store};
+use uuid::Uuid;
+
+const CONCURRENCY: usize = 256;
+const GROUP_RECORDS: usize = 100_000;
+const BASELINE_RECORDS: usize = 5_000;
+
+fn record() -> DecisionRecord {
+    DecisionRecord {
+        id: Uuid::now_v7(),
+        at: Utc::now(),
+        agent_id: Some(Uuid::now_v7()),
+        agent_name: Some("deployer".into()),
+        run_id: Some("run-42".into()),
+        on_behalf_of: Some("alice@example.com".into()),
+        provider: "cloudflare".into(),
+        method: "POST".into(),
+        path: "/client/v4/zones/023e105f4ecef8ad9ca31a8372d0c353/dns_records".into(),
+        query: None,
+        action: "cloudflare.dns.create".into(),
+        risk: "write".into(),
+        outcome: "allow".into(),
+        code: None,
+        rules: vec![],
+        reasons: json!([]),
+        policy_revision: Some("ba06ce3d848d0ee0".into()),
+        charge_cents: None,
+        approval_id: None,
+        input: Some(json!({
+            "agent": {"id": "01a22a3e-8bd9-7692-938a-9fe1ed50dfa8", "name": "deployer", "team": "web",
+                      "scopes": ["dns:write"], "labels": {"env": "dev"}},
+            "run": {"id": "run-42", "on_behalf_of": "alice@example.com"},
+            "request": {"provider": "cloudflare", "method": "POST",
+                        "path": "/client/v4/zones/023e105f4ecef8ad9ca31a8372d0c353/dns_records", "query": {},
+                        "headers": {"content-type": "application/json", "user-agent": "cloudflare-typescript/4"},
+                        "body": {"type": "A", "name": "www.example.com", "content": "198.51.100.4", "ttl": 3600},
+                        "body_sha256": "4f1e0c2b3d9a8e7f6c5b4a3928170615f4e3d2c1b0a9988776655443322110ff"},
+            "action": {"name": "cloudflare.dns.create", "risk": "write",
+                       "params": {"zone_id": "023e105f4ecef8ad9ca31a8372d0c353"}},
+            "spend": {"window": "2026-11"}, "approval": null, "now": "2026-11-30T12:00:00Z"})),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        println!("audit_writer: set DATABASE_URL to a Postgres server to run this benchmark");
+        return Ok(());
+    };
+    // cargo bench passes --bench; nothing to parse.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(url))
+}
+
+async fn run(url: String) -> anyhow::Result<()> {
+    let name = format!("tollgate_bench_{}", Uuid::now_v7().simple());
+    let mut admin = sqlx::PgConnection::connect(&url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await?;
+    let (base, _) = url.rsplit_once('/').unwrap_or((&url, ""));
+    let db_url = SecretString::from(format!("{base}/{name}"));
+    let result = measure(&db_url).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    result
+}
+
+async fn measure(url: &SecretString) -> anyhow::Result<()> {
+    let store = Store::connect(url, 64).await?;
+    store.migrate().await?;
+
+    // Baseline: one transaction per decision, CONCURRENCY at a time.
+    let started = Instant::now();
+    let writer_id = Uuid::now_v7();
+    let next = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let store = store.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let seq = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if seq >= BASELINE_RECORDS as i64 {
+                    break;
+                }
+                let r = record();
+                let row = DecisionRow {
+                    id: r.id,
+                    at: r.at,
+                    writer_id,
+                    seq,
+                    prev_hash: String::new(),
+                    hash: String::new(),
+                    agent_id: r.agent_id,
+                    agent_name: r.agent_name,
+                    run_id: r.run_id,
+                    on_behalf_of: r.on_behalf_of,
+                    provider: r.provider,
+                    method: r.method,
+                    path: r.path,
+                    query: r.query,
+                    action: r.action,
+                    risk: r.risk,
+                    outcome: r.outcome,
+                    code: r.code,
+                    rules: json!([]),
+                    reasons: r.reasons,
+                    policy_revision: r.policy_revision,
+                    charge_cents: r.charge_cents,
+                    approval_id: r.approval_id,
+                    input: r.input,
+                };
+                store
+                    .insert_decisions(&[row], &[])
+                    .await
+                    .expect("baseline insert");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let baseline = BASELINE_RECORDS as f64 / started.elapsed().as_secs_f64();
+
+    // Group commit through the real writer.
+    let metrics = Arc::new(Metrics::new());
+    let (audit, _task) = AuditWriter::start(store.clone(), 1024, metrics.clone());
+    let started = Instant::now();
+    let per_task = GROUP_RECORDS / CONCURRENCY;
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let audit = audit.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_task {
+                audit.record(record()).await.expect("recorded");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let total = per_task * CONCURRENCY;
+    let group = total as f64 / started.elapsed().as_secs_f64();
+    let batches = metrics.audit_batch_size.get_sample_count();
+
+    println!("audit writer, {total} durable decisions, {CONCURRENCY} concurrent requests:");
+    println!(
+        "  one transaction per decision (baseline, 64 connections): {baseline:>9.0} decisions/s"
+    );
+    println!("  group commit (one writer, batches up to 1024):          {group:>9.0} decisions/s");
+    println!(
+        "  ratio group/baseline: {:.1}x; mean batch {:.0} records",
+        group / baseline,
+        total as f64 / batches as f64
+    );
+    store.close().await;
+    Ok(())
+}
