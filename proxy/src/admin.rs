@@ -21,11 +21,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::approvals::Approvals;
 use crate::config::Config;
 use crate::identity::{self, NewAgent};
 use crate::metrics::Metrics;
 use crate::policy::PolicyHandle;
-use crate::store::{DecisionFilter, DecisionRow, OutcomeRow, Store, StoreError};
+use crate::store::{ApprovalRow, DecisionFilter, DecisionRow, OutcomeRow, Store, StoreError};
 
 /// How often the store's reachability is checked for `/readyz` and `tollgate_store_up`.
 const STORE_PROBE_EVERY: Duration = Duration::from_secs(2);
@@ -38,6 +39,7 @@ pub struct Admin {
     pub policy: Arc<PolicyHandle>,
     pub frozen: Arc<AtomicBool>,
     pub draining: Arc<AtomicBool>,
+    pub approvals: Approvals,
 }
 
 pub fn router(admin: Arc<Admin>) -> Router {
@@ -46,6 +48,11 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/api/decisions/{id}", get(get_decision))
         .route("/api/agents", get(list_agents).post(create_agent))
         .route("/api/agents/{name}/revoke", post(revoke_agent))
+        .route("/api/approvals", get(list_approvals))
+        .route("/api/approvals/{id}", get(get_approval))
+        .route("/api/approvals/{id}/approve", post(approve))
+        .route("/api/approvals/{id}/deny", post(deny))
+        .route("/api/spend", get(spend))
         .route("/api/policy", get(policy_status))
         .route("/api/freeze", post(freeze).delete(unfreeze))
         .layer(middleware::from_fn_with_state(
@@ -66,6 +73,9 @@ pub fn spawn_store_probe(admin: Arc<Admin>) -> tokio::task::JoinHandle<()> {
         loop {
             let up = admin.store.ping().await;
             admin.metrics.store_up.set(i64::from(up));
+            if let Ok(n) = admin.store.pending_approvals().await {
+                admin.metrics.approvals_pending.set(n);
+            }
             tokio::time::sleep(STORE_PROBE_EVERY).await;
         }
     })
@@ -289,6 +299,14 @@ async fn create_agent(State(admin): State<Arc<Admin>>, Json(body): Json<CreateAg
     };
     match identity::create_agent(&admin.store, new).await {
         Ok((row, key)) => {
+            audit_action(
+                &admin,
+                "admin",
+                "agent.create",
+                Some(&row.name),
+                json!({"scopes": row.scopes, "team": row.team}),
+            )
+            .await;
             let mut v = agent_json(&row);
             // The only time the key is ever returned.
             v["key"] = Value::String(key.expose().to_string());
@@ -303,7 +321,10 @@ async fn create_agent(State(admin): State<Arc<Admin>>, Json(body): Json<CreateAg
 
 async fn revoke_agent(State(admin): State<Arc<Admin>>, Path(name): Path<String>) -> Response {
     match admin.store.revoke_agent(&name).await {
-        Ok(true) => Json(json!({"name": name, "status": "revoked"})).into_response(),
+        Ok(true) => {
+            audit_action(&admin, "admin", "agent.revoke", Some(&name), json!({})).await;
+            Json(json!({"name": name, "status": "revoked"})).into_response()
+        }
         Ok(false) => api_error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -326,6 +347,7 @@ async fn policy_status(State(admin): State<Arc<Admin>>) -> Response {
 }
 
 async fn freeze(State(admin): State<Arc<Admin>>) -> Response {
+    audit_action(&admin, "admin", "freeze", None, json!({})).await;
     admin.frozen.store(true, Ordering::Release);
     admin.metrics.frozen.set(1);
     tracing::warn!("agent traffic frozen by an operator");
@@ -333,8 +355,159 @@ async fn freeze(State(admin): State<Arc<Admin>>) -> Response {
 }
 
 async fn unfreeze(State(admin): State<Arc<Admin>>) -> Response {
+    audit_action(&admin, "admin", "unfreeze", None, json!({})).await;
     admin.frozen.store(false, Ordering::Release);
     admin.metrics.frozen.set(0);
     tracing::warn!("agent traffic unfrozen by an operator");
     Json(json!({"frozen": false})).into_response()
+}
+
+/// Records a state-changing admin call; a failure is logged, not fatal (the change itself already happened).
+async fn audit_action(
+    admin: &Admin,
+    actor: &str,
+    action: &str,
+    target: Option<&str>,
+    detail: Value,
+) {
+    if let Err(e) = admin
+        .store
+        .record_admin_action(actor, action, target, &detail)
+        .await
+    {
+        tracing::error!(error = %e, action, "admin action not recorded");
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ApprovalQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_approvals(
+    State(admin): State<Arc<Admin>>,
+    Query(q): Query<ApprovalQuery>,
+) -> Response {
+    match admin
+        .store
+        .list_approvals(
+            q.status.as_deref(),
+            q.limit.unwrap_or(100).clamp(1, MAX_PAGE),
+        )
+        .await
+    {
+        Ok(rows) => Json(json!({"approvals": rows.iter().map(approval_json).collect::<Vec<_>>()}))
+            .into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn get_approval(State(admin): State<Arc<Admin>>, Path(id): Path<Uuid>) -> Response {
+    match admin.store.approval(id).await {
+        Ok(Some(a)) => Json(approval_json(&a)).into_response(),
+        Ok(None) => api_error(StatusCode::NOT_FOUND, "not_found", "no such approval"),
+        Err(e) => store_error(e),
+    }
+}
+
+/// The API shape of an approval: what exactly was asked, why, and who decided.
+pub fn approval_json(a: &ApprovalRow) -> Value {
+    let status =
+        if matches!(a.status.as_str(), "pending" | "approved") && a.expires_at <= Utc::now() {
+            "expired"
+        } else {
+            a.status.as_str()
+        };
+    json!({
+        "id": a.id, "status": status, "agent": a.agent_name, "agent_id": a.agent_id, "provider": a.provider,
+        "method": a.method, "path": a.path, "query": a.query, "body_sha256": a.body_sha256, "action": a.action,
+        "reasons": a.reasons, "charge_cents": a.charge_cents, "created_at": a.created_at,
+        "expires_at": a.expires_at, "requested_by_decision": a.requested_by_decision,
+        "decided_by": a.decided_by, "decided_at": a.decided_at, "note": a.note,
+        "consumed_at": a.consumed_at, "consumed_by_decision": a.consumed_by_decision,
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Verdict {
+    note: Option<String>,
+    /// The reviewer; the admin token names no person, so the caller says who they are.
+    by: Option<String>,
+}
+
+async fn approve(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<Uuid>,
+    body: Option<Json<Verdict>>,
+) -> Response {
+    decide(admin, id, true, body.map(|b| b.0).unwrap_or_default()).await
+}
+
+async fn deny(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<Uuid>,
+    body: Option<Json<Verdict>>,
+) -> Response {
+    decide(admin, id, false, body.map(|b| b.0).unwrap_or_default()).await
+}
+
+async fn decide(admin: Arc<Admin>, id: Uuid, approve: bool, verdict: Verdict) -> Response {
+    let by = verdict.by.unwrap_or_else(|| "admin-api".to_string());
+    match admin
+        .approvals
+        .decide(id, approve, &by, verdict.note.as_deref())
+        .await
+    {
+        Ok(Some(a)) => {
+            let action = if approve {
+                "approval.approve"
+            } else {
+                "approval.deny"
+            };
+            audit_action(
+                &admin,
+                &by,
+                action,
+                Some(&id.to_string()),
+                json!({"note": a.note}),
+            )
+            .await;
+            admin
+                .metrics
+                .approvals_total
+                .with_label_values(&[if approve { "approved" } else { "denied" }])
+                .inc();
+            Json(approval_json(&a)).into_response()
+        }
+        Ok(None) => match admin.store.approval(id).await {
+            Ok(Some(a)) => api_error(
+                StatusCode::CONFLICT,
+                "not_pending",
+                &format!(
+                    "approval is {}, not pending",
+                    approval_json(&a)["status"].as_str().unwrap_or("closed")
+                ),
+            ),
+            Ok(None) => api_error(StatusCode::NOT_FOUND, "not_found", "no such approval"),
+            Err(e) => store_error(e),
+        },
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SpendQuery {
+    period: Option<String>,
+}
+
+async fn spend(State(admin): State<Arc<Admin>>, Query(q): Query<SpendQuery>) -> Response {
+    let period = q
+        .period
+        .unwrap_or_else(|| crate::ledger::period(Utc::now()));
+    match admin.store.spend(&period).await {
+        Ok(rows) => Json(json!({"period": period, "windows": rows})).into_response(),
+        Err(e) => store_error(e),
+    }
 }

@@ -15,12 +15,14 @@ use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
 use crate::admin::{self, Admin};
+use crate::approvals::Approvals;
 use crate::audit::AuditWriter;
 use crate::classify::Catalog;
 use crate::config::Config;
 use crate::error::{Envelope, Refusal, RefusalCode};
 use crate::forward::Forwarder;
 use crate::identity::Identity;
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::policy::{Bundle, PolicyHandle};
 use crate::proxy::{self, Gate};
@@ -101,6 +103,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
     let forwarder = Arc::new(Forwarder::new(&config).map_err(anyhow::Error::msg)?);
     let frozen = Arc::new(AtomicBool::new(false));
     let catalog = Arc::new(catalog);
+    let approvals = Approvals::new(store.clone(), config.approvals.ttl);
 
     let gate = Arc::new(Gate {
         config: config.clone(),
@@ -111,6 +114,8 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         forwarder,
         metrics: metrics.clone(),
         frozen: frozen.clone(),
+        ledger: Ledger::new(store.clone()),
+        approvals: approvals.clone(),
     });
     let admin = Arc::new(Admin {
         config: config.clone(),
@@ -118,6 +123,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         policy,
         frozen,
+        approvals,
         draining: Arc::new(AtomicBool::new(false)),
     });
 

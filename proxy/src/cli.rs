@@ -65,6 +65,45 @@ pub enum Command {
     /// Verify the decision log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Review approvals: list, approve, deny.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
+    /// Spend per budget window (current month unless --period).
+    Spend {
+        #[arg(long)]
+        period: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// List approvals, newest first.
+    List {
+        /// pending, approved, denied, consumed or expired.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending approval: the agent may then retry the exact request once.
+    Approve {
+        id: uuid::Uuid,
+        #[arg(long)]
+        note: Option<String>,
+        /// Who is approving (recorded); defaults to $USER.
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Deny a pending approval.
+    Deny {
+        id: uuid::Uuid,
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long)]
+        by: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,6 +280,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         upstream
                     );
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Approvals(cmd) => approvals(&cli, cmd).await,
+        Command::Spend { period, json } => {
+            let store = connect(&load_config(&cli)?).await?;
+            let period = period
+                .clone()
+                .unwrap_or_else(|| crate::ledger::period(Utc::now()));
+            let rows = store.spend(&period).await?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"period": period, "windows": rows}))?
+                );
+            } else {
+                println!(
+                    "{:<22} {:<52} {:>10} {:>10} {:>10} {:>10}",
+                    "budget", "subject", "cap", "committed", "reserved", "flagged"
+                );
+                for r in rows {
+                    println!(
+                        "{:<22} {:<52} {:>10} {:>10} {:>10} {:>10}",
+                        r.budget,
+                        r.subject,
+                        r.cap_cents,
+                        r.committed_cents,
+                        r.reserved_cents,
+                        r.flagged_cents
+                    );
+                }
+                println!("(cents, period {period})");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -429,4 +500,75 @@ async fn agents(cli: &Cli, cmd: &AgentsCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn approvals(cli: &Cli, cmd: &ApprovalsCommand) -> anyhow::Result<ExitCode> {
+    let config = load_config(cli)?;
+    let store = connect(&config).await?;
+    let reviewer = |by: &Option<String>| {
+        by.clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "cli".to_string())
+    };
+    let (id, approve, note, by) = match cmd {
+        ApprovalsCommand::List { status, json } => {
+            let rows = store.list_approvals(status.as_deref(), 500).await?;
+            if *json {
+                let items: Vec<Value> = rows.iter().map(crate::admin::approval_json).collect();
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                for a in rows.iter().map(crate::admin::approval_json) {
+                    println!(
+                        "{}  {:<9} {:<12} {:<6} {:<30} {:<40} charge={}",
+                        a["id"].as_str().unwrap_or_default(),
+                        a["status"].as_str().unwrap_or_default(),
+                        a["agent"].as_str().unwrap_or_default(),
+                        a["method"].as_str().unwrap_or_default(),
+                        a["action"].as_str().unwrap_or_default(),
+                        a["path"].as_str().unwrap_or_default(),
+                        a["charge_cents"]
+                    );
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        ApprovalsCommand::Approve { id, note, by } => (*id, true, note, reviewer(by)),
+        ApprovalsCommand::Deny { id, note, by } => (*id, false, note, reviewer(by)),
+    };
+    let approvals = crate::approvals::Approvals::new(store.clone(), config.approvals.ttl);
+    match approvals.decide(id, approve, &by, note.as_deref()).await? {
+        Some(a) => {
+            let action = if approve {
+                "approval.approve"
+            } else {
+                "approval.deny"
+            };
+            store
+                .record_admin_action(
+                    &by,
+                    action,
+                    Some(&id.to_string()),
+                    &json!({"note": a.note, "via": "cli"}),
+                )
+                .await?;
+            println!(
+                "approval {id} {} by {by}",
+                if approve { "approved" } else { "denied" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let state = store.approval(id).await?.map(|a| {
+                crate::admin::approval_json(&a)["status"]
+                    .as_str()
+                    .unwrap_or("closed")
+                    .to_string()
+            });
+            match state {
+                Some(s) => eprintln!("approval {id} is {s}, not pending"),
+                None => eprintln!("no approval {id}"),
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }

@@ -51,6 +51,14 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub audit: RawAudit,
+    #[serde(default)]
+    pub approvals: RawApprovals,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovals {
+    pub ttl_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +123,13 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     pub admin: AdminConfig,
     pub audit: AuditConfig,
+    pub approvals: ApprovalsConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApprovalsConfig {
+    /// How long an approval (pending or approved) stays usable.
+    pub ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -408,6 +423,14 @@ impl Config {
             errors.push("audit.max_batch must be between 1 and 10000".to_string());
         }
 
+        let ttl_seconds = raw
+            .approvals
+            .ttl_seconds
+            .unwrap_or(crate::approvals::DEFAULT_TTL.as_secs());
+        if ttl_seconds == 0 || ttl_seconds > 7 * 24 * 3600 {
+            errors.push("approvals.ttl_seconds must be between 1 and 604800 (a week)".to_string());
+        }
+
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -432,6 +455,9 @@ impl Config {
             providers,
             admin: AdminConfig { token_env, token },
             audit: AuditConfig { max_batch },
+            approvals: ApprovalsConfig {
+                ttl: Duration::from_secs(ttl_seconds),
+            },
         })
     }
 

@@ -23,6 +23,7 @@ use hyper_util::rt::TokioExecutor;
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
+use crate::approvals::ConsumedApproval;
 use crate::audit::Recorded;
 use crate::config::{Config, CredentialScheme};
 use crate::policy::{Decision, Outcome};
@@ -91,10 +92,17 @@ pub struct Forwarder {
 }
 
 impl Permit {
-    /// Only an `allow` decision backed by a committed record becomes a permit.
-    pub fn issue(decision: &Decision, recorded: &Recorded, target: Target<'_>) -> Option<Permit> {
-        if decision.outcome != Outcome::Allow {
-            return None;
+    /// Only an `allow` decision — or an `approve` decision whose approval was consumed for this request —
+    /// backed by a committed record becomes a permit.
+    pub fn issue(
+        decision: &Decision,
+        approval: Option<&ConsumedApproval>,
+        recorded: &Recorded,
+        target: Target<'_>,
+    ) -> Option<Permit> {
+        match (decision.outcome, approval) {
+            (Outcome::Allow, _) | (Outcome::Approve, Some(_)) => {}
+            _ => return None,
         }
         Some(Permit {
             decision_id: recorded.decision_id(),

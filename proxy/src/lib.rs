@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod approvals;
 pub mod audit;
 pub mod body;
 pub mod canon;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod identity;
+pub mod ledger;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -42,6 +42,10 @@ pub struct Metrics {
     pub audit_errors_total: IntCounter,
     pub store_up: IntGauge,
     pub frozen: IntGauge,
+    pub spend_committed_cents: IntCounterVec,
+    pub budget_exceeded_total: IntCounterVec,
+    pub approvals_pending: IntGauge,
+    pub approvals_total: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -121,6 +125,29 @@ impl Metrics {
             "frozen",
             "1 when the proxy is frozen and refuses all agent traffic",
         )?;
+        let spend_committed_cents = IntCounterVec::new(
+            Opts::new(
+                "spend_committed_cents",
+                "Cents committed to budgets after a 2xx from the provider",
+            ),
+            &["provider"],
+        )?;
+        let budget_exceeded_total = IntCounterVec::new(
+            Opts::new(
+                "budget_exceeded_total",
+                "Requests refused because their charge would exceed the cap",
+            ),
+            &["provider"],
+        )?;
+        let approvals_pending =
+            IntGauge::new("approvals_pending", "Approvals waiting for a reviewer")?;
+        let approvals_total = IntCounterVec::new(
+            Opts::new(
+                "approvals_total",
+                "Approval events: requested, approved, denied, consumed, invalid",
+            ),
+            &["result"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "Build version (value is always 1)"),
             &["version"],
@@ -140,6 +167,10 @@ impl Metrics {
         registry.register(Box::new(store_up.clone()))?;
         registry.register(Box::new(frozen.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
+        registry.register(Box::new(spend_committed_cents.clone()))?;
+        registry.register(Box::new(budget_exceeded_total.clone()))?;
+        registry.register(Box::new(approvals_pending.clone()))?;
+        registry.register(Box::new(approvals_total.clone()))?;
 
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -163,6 +194,10 @@ impl Metrics {
             audit_errors_total,
             store_up,
             frozen,
+            spend_committed_cents,
+            budget_exceeded_total,
+            approvals_pending,
+            approvals_total,
             build_info,
         })
     }

@@ -21,6 +21,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::approvals::{Approvals, Call, ConsumedApproval};
 use crate::audit::{AuditWriter, DecisionRecord};
 use crate::canon;
 use crate::classify::{Action, Catalog, Risk};
@@ -28,9 +29,10 @@ use crate::config::Config;
 use crate::error::{Envelope, Refusal, RefusalCode};
 use crate::forward::{Forwarder, Permit, Target, UpstreamFailure};
 use crate::identity::{Agent, AuthError, Identity, presented_key};
+use crate::ledger::{self, Ledger, Settlement};
 use crate::metrics::{Metrics, status_class};
 use crate::policy::{Decision, Outcome, PolicyHandle, RequestFacts, RunFacts, build_input};
-use crate::store::OutcomeRow;
+use crate::store::{NewReservation, OutcomeRow, Reservation};
 
 /// Request headers that carry secrets: never in the policy input, never in a decision record.
 const SECRET_HEADERS: &[&str] = &[
@@ -66,6 +68,8 @@ pub struct Gate {
     pub forwarder: Arc<Forwarder>,
     pub metrics: Arc<Metrics>,
     pub frozen: Arc<AtomicBool>,
+    pub ledger: Ledger,
+    pub approvals: Approvals,
 }
 
 /// What is known about a request so far; becomes its decision record.
@@ -83,6 +87,7 @@ struct Draft {
     action: Option<Action>,
     decision: Option<Decision>,
     policy_revision: Option<String>,
+    approval_id: Option<String>,
     input: Option<Value>,
 }
 
@@ -103,6 +108,7 @@ pub async fn handle(State(gate): State<Arc<Gate>>, request: Request<Body>) -> Re
         action: None,
         decision: None,
         policy_revision: None,
+        approval_id: None,
         input: None,
     };
     match gate.admit(&mut draft, &parts, body).await {
@@ -194,34 +200,175 @@ impl Gate {
             body: parsed,
         };
         let now = Utc::now();
-        let spend = json!({"window": now.format("%Y-%m").to_string()});
-        let input = build_input(&agent, &draft.run, &facts, &action, spend, None, now);
+        let agent_window =
+            ledger::window(ledger::AGENT_PROVIDER_MONTH, &agent, &provider.name, now)
+                .map_err(|_| Refusal::policy_unavailable())?;
+        // Reads cost nothing and are most of the traffic: only writes pay for the spend lookup.
+        let spent = if action.risk == Risk::Read {
+            Value::Null
+        } else {
+            match self.ledger.spent(&agent_window).await {
+                Ok(cents) => Value::from(cents),
+                Err(e) => {
+                    tracing::error!(error = %e, "spend lookup failed");
+                    return Err(Refusal::store_unavailable());
+                }
+            }
+        };
+        let spend = json!({"window": agent_window.period, "agent_provider_cents": spent});
+        let approval_header = approval_header(&parts.headers)?;
+        let approval_input = approval_header.map(|id| json!({"id": id.to_string()}));
+        let canonical_query = canon::canonical_query(&facts.query);
+        let body_sha256 = facts.body_sha256.clone();
+        let input = build_input(
+            &agent,
+            &draft.run,
+            &facts,
+            &action,
+            spend,
+            approval_input,
+            now,
+        );
         let decision = self.decide(draft, input).await?;
-        match decision.outcome {
-            Outcome::Allow => {}
-            Outcome::Deny => return Err(denial(&decision)),
-            Outcome::Approve => {
-                // The approval workflow (pending approvals, single-use consumption) is not built yet; until it
-                // is, a request that needs a human is refused, never forwarded.
-                let rule = decision
-                    .reasons
-                    .first()
-                    .map(|r| r.rule.clone())
-                    .unwrap_or_default();
-                return Err(Refusal::new(
-                    RefusalCode::ApprovalRequired,
-                    format!("tollgate: this request needs human approval ({rule}); approvals are not enabled on this deployment"),
-                )
-                .with_rule(rule));
+        let call = Call {
+            agent_id: agent.id,
+            agent_name: &agent.name,
+            provider: &provider.name,
+            method: &draft.method,
+            path: &draft.path,
+            canonical_query: &canonical_query,
+            body_sha256: &body_sha256,
+            action: &action.name,
+        };
+
+        // approve (the request itself is not yet approved: open or reuse a pending approval)
+        match (decision.outcome, approval_header) {
+            (Outcome::Allow, _) => {}
+            (Outcome::Deny, _) => return Err(denial(&decision)),
+            (Outcome::Approve, None) => {
+                let reasons = serde_json::to_value(&decision.reasons).unwrap_or(Value::Null);
+                let charge = decision.charge.as_ref().map(|c| c.cents);
+                let approval = self
+                    .approvals
+                    .request(&call, reasons, charge, draft.id)
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "approval not opened");
+                        Refusal::store_unavailable()
+                    })?;
+                self.metrics
+                    .approvals_total
+                    .with_label_values(&["requested"])
+                    .inc();
+                return Err(approval_required(
+                    &decision,
+                    &approval.id.to_string(),
+                    &approval.status,
+                ));
+            }
+            (Outcome::Approve, Some(_)) => {}
+        }
+
+        // approve (consume): the approval is used before money is reserved, so that of two concurrent retries
+        // exactly one proceeds and the other learns the approval was used. If the request then cannot go
+        // ahead (budget, store), the approval is handed back.
+        let mut consumed = None;
+        if let (Outcome::Approve, Some(id)) = (decision.outcome, approval_header) {
+            draft.approval_id = Some(id.to_string());
+            match self.approvals.consume(id, &call, draft.id).await {
+                Ok(Some(c)) => {
+                    self.metrics
+                        .approvals_total
+                        .with_label_values(&["consumed"])
+                        .inc();
+                    consumed = Some(c);
+                }
+                Ok(None) => {
+                    self.metrics
+                        .approvals_total
+                        .with_label_values(&["invalid"])
+                        .inc();
+                    let why = self
+                        .approvals
+                        .why_invalid(id, &call)
+                        .await
+                        .unwrap_or("the approval cannot be used");
+                    return Err(Refusal::new(
+                        RefusalCode::ApprovalInvalid,
+                        format!("tollgate: approval {id} is not valid for this request: {why}"),
+                    )
+                    .with_approval(id.to_string()));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "approval consumption failed");
+                    return Err(Refusal::store_unavailable());
+                }
             }
         }
-        if decision.charge.is_some() {
-            // A charge must be reserved atomically before forwarding; without the spend ledger it cannot be,
-            // so the request fails closed.
-            return Err(Refusal::new(
-                RefusalCode::PolicyUnavailable,
-                "tollgate: the policy charged this request but the spend ledger is not enabled; not forwarded",
-            ));
+
+        // reserve
+        let idempotency_key = parts
+            .headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok());
+        let fingerprint = call.fingerprint();
+        let mut reserved = false;
+        if let Some(charge) = &decision.charge {
+            let window =
+                ledger::window(&charge.budget, &agent, &provider.name, now).map_err(|e| {
+                    tracing::error!(error = %e, "policy named a budget the ledger cannot key");
+                    Refusal::policy_unavailable()
+                })?;
+            let reservation = NewReservation {
+                window: &window,
+                provider: &provider.name,
+                agent_id: agent.id,
+                decision_id: draft.id,
+                cents: charge.cents,
+                cap_cents: charge.cap_cents,
+                idempotency_key,
+                fingerprint: &fingerprint,
+            };
+            let outcome = self.ledger.reserve(&reservation).await;
+            if !matches!(outcome, Ok(Reservation::Reserved | Reservation::Replayed)) {
+                self.give_back(consumed.take()).await;
+            }
+            match outcome {
+                Ok(Reservation::Reserved) => reserved = true,
+                Ok(Reservation::Replayed) => {}
+                Ok(Reservation::IdempotencyConflict) => {
+                    return Err(Refusal::malformed(
+                        "tollgate: this Idempotency-Key was already used for a different request",
+                    ));
+                }
+                Ok(Reservation::Exceeded {
+                    cap_cents,
+                    committed_cents,
+                    reserved_cents,
+                }) => {
+                    self.metrics
+                        .budget_exceeded_total
+                        .with_label_values(&[&provider.name])
+                        .inc();
+                    return Err(Refusal::new(
+                        RefusalCode::BudgetExceeded,
+                        format!(
+                            "tollgate: budget {} ({}) is capped at {}; {} spent and {} reserved, this request asks {}",
+                            charge.budget,
+                            window.period,
+                            dollars(cap_cents),
+                            dollars(committed_cents),
+                            dollars(reserved_cents),
+                            dollars(charge.cents)
+                        ),
+                    )
+                    .with_rule(format!("budget.{}", charge.budget)));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "spend reservation failed");
+                    return Err(Refusal::store_unavailable());
+                }
+            }
         }
 
         // record
@@ -230,6 +377,10 @@ impl Gate {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, decision_id = %draft.id, "allow not recorded; refusing");
+                if reserved {
+                    self.release(draft.id).await;
+                }
+                self.give_back(consumed.take()).await;
                 // The refusal path tries once more to record this refusal itself.
                 return Err(Refusal::store_unavailable());
             }
@@ -241,7 +392,7 @@ impl Gate {
             path: &draft.path,
             query: draft.query.as_deref(),
         };
-        let Some(permit) = Permit::issue(&decision, &recorded, target) else {
+        let Some(permit) = Permit::issue(&decision, consumed.as_ref(), &recorded, target) else {
             return Err(Refusal::policy_unavailable());
         };
         let result = self
@@ -249,7 +400,27 @@ impl Gate {
             .forward(&permit, parts.method.clone(), &parts.headers, bytes)
             .await;
 
-        // settle
+        // settle: money first, then the outcome record
+        if reserved {
+            let settlement = match &result {
+                Ok((response, _)) => Settlement::of_response(response.status().as_u16()),
+                Err((UpstreamFailure::Connect, _)) => Settlement::Release,
+                Err(_) => Settlement::Unknown,
+            };
+            match self.ledger.settle(draft.id, settlement).await {
+                Ok(Some(cents)) => self
+                    .metrics
+                    .spend_committed_cents
+                    .with_label_values(&[&provider.name])
+                    .inc_by(cents as u64),
+                Ok(None) => {}
+                // The reservation stays as it is: counted against the cap until someone settles it.
+                Err(e) => {
+                    tracing::error!(error = %e, decision_id = %draft.id, "settlement failed; reservation left in place")
+                }
+            }
+        }
+
         let action_name = draft
             .action
             .as_ref()
@@ -473,7 +644,10 @@ impl Gate {
                 .as_ref()
                 .and_then(|d| d.charge.as_ref())
                 .map(|c| c.cents),
-            approval_id: refusal.and_then(|r| r.approval_id()).map(str::to_string),
+            approval_id: refusal
+                .and_then(|r| r.approval_id())
+                .map(str::to_string)
+                .or_else(|| draft.approval_id.clone()),
             input: draft.input.as_ref().map(redacted),
         }
     }
@@ -488,6 +662,75 @@ impl Gate {
             .with_label_values(&[provider, outcome])
             .observe(elapsed.as_secs_f64());
     }
+}
+
+impl Gate {
+    /// Hands a consumed approval back (approved again) when its request will not be forwarded after all.
+    async fn give_back(&self, consumed: Option<ConsumedApproval>) {
+        if let Some(c) = consumed
+            && let Err(e) = self.approvals.restore(c).await
+        {
+            tracing::error!(error = %e, "consumed approval not restored");
+        }
+    }
+
+    /// Releases a reservation whose request will not be forwarded after all.
+    async fn release(&self, decision_id: Uuid) {
+        if let Err(e) = self.ledger.settle(decision_id, Settlement::Release).await {
+            tracing::error!(error = %e, %decision_id, "reservation not released; it stays counted until settled");
+        }
+    }
+}
+
+/// `Tollgate-Approval: <id>`, if present; a value that is not an approval id is refused.
+fn approval_header(headers: &HeaderMap) -> Result<Option<Uuid>, Refusal> {
+    match headers.get("tollgate-approval") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<Uuid>().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                Refusal::new(
+                    RefusalCode::ApprovalInvalid,
+                    "tollgate: Tollgate-Approval is not an approval id",
+                )
+            }),
+    }
+}
+
+fn approval_required(decision: &Decision, approval_id: &str, status: &str) -> Refusal {
+    let why = decision
+        .reasons
+        .iter()
+        .map(|r| format!("{}: {}", r.rule, r.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let next = if status == "approved" {
+        format!(
+            "approval {approval_id} is already approved: retry this exact request with header Tollgate-Approval: {approval_id}"
+        )
+    } else {
+        format!(
+            "ask a reviewer to approve {approval_id} (POST /api/approvals/{approval_id}/approve on the admin API, or \
+             `tollgate approvals approve {approval_id}`), then retry this exact request with header Tollgate-Approval: {approval_id}"
+        )
+    };
+    let refusal = Refusal::new(
+        RefusalCode::ApprovalRequired,
+        format!("tollgate: this request needs human approval ({why}); {next}"),
+    )
+    .with_approval(approval_id);
+    match decision.reasons.first() {
+        Some(r) => refusal.with_rule(r.rule.clone()),
+        None => refusal,
+    }
+}
+
+/// Integer cents as dollars for messages (`1044` → `$10.44`).
+fn dollars(cents: i64) -> String {
+    format!("${}.{:02}", cents / 100, (cents % 100).abs())
 }
 
 fn outcome_label<'a>(outcome: &'a str, refusal: &'a Refusal) -> &'a str {

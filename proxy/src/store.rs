@@ -381,6 +381,471 @@ impl Store {
     }
 }
 
+impl Store {
+    // ---- spend ----
+
+    /// Reserves `cents` against a budget window in one transaction: the window row is created at its cap if
+    /// new, then one conditional UPDATE admits the charge only if committed + reserved + charge <= cap.
+    /// Concurrent reservations serialize on the row, so no replica can overshoot.
+    pub async fn reserve(&self, r: &NewReservation<'_>) -> Result<Reservation, StoreError> {
+        if let Some(key) = r.idempotency_key
+            && let Some(previous) = self
+                .idempotent_reservation(r.agent_id, r.provider, key)
+                .await?
+        {
+            return Ok(if previous == r.fingerprint {
+                Reservation::Replayed
+            } else {
+                Reservation::IdempotencyConflict
+            });
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO spend_windows (budget, subject, period, provider, cap_cents) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (budget, subject, period) DO NOTHING",
+        )
+        .bind(&r.window.budget)
+        .bind(&r.window.subject)
+        .bind(&r.window.period)
+        .bind(r.provider)
+        .bind(r.cap_cents)
+        .execute(&mut *tx)
+        .await?;
+        let admitted = sqlx::query(
+            "UPDATE spend_windows SET reserved_cents = reserved_cents + $4, cap_cents = $5, updated_at = now()
+             WHERE budget = $1 AND subject = $2 AND period = $3
+               AND committed_cents + reserved_cents + $4 <= $5
+             RETURNING committed_cents, reserved_cents",
+        )
+        .bind(&r.window.budget)
+        .bind(&r.window.subject)
+        .bind(&r.window.period)
+        .bind(r.cents)
+        .bind(r.cap_cents)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if admitted.is_none() {
+            let row = sqlx::query(
+                "SELECT committed_cents, reserved_cents FROM spend_windows WHERE budget = $1 AND subject = $2 AND period = $3",
+            )
+            .bind(&r.window.budget)
+            .bind(&r.window.subject)
+            .bind(&r.window.period)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            return Ok(Reservation::Exceeded {
+                cap_cents: r.cap_cents,
+                committed_cents: row.try_get("committed_cents")?,
+                reserved_cents: row.try_get("reserved_cents")?,
+            });
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO spend_reservations (decision_id, budget, subject, period, agent_id, provider, cents, state,
+                idempotency_key, fingerprint)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'reserved', $8, $9)",
+        )
+        .bind(r.decision_id)
+        .bind(&r.window.budget)
+        .bind(&r.window.subject)
+        .bind(&r.window.period)
+        .bind(r.agent_id)
+        .bind(r.provider)
+        .bind(r.cents)
+        .bind(r.idempotency_key)
+        .bind(r.fingerprint)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {
+                tx.commit().await?;
+                Ok(Reservation::Reserved)
+            }
+            // A concurrent request with the same Idempotency-Key won the race: this one is its replay.
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                tx.rollback().await?;
+                let key = r.idempotency_key.unwrap_or_default();
+                Ok(
+                    match self
+                        .idempotent_reservation(r.agent_id, r.provider, key)
+                        .await?
+                    {
+                        Some(f) if f == r.fingerprint => Reservation::Replayed,
+                        _ => Reservation::IdempotencyConflict,
+                    },
+                )
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn idempotent_reservation(
+        &self,
+        agent_id: Uuid,
+        provider: &str,
+        key: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT fingerprint FROM spend_reservations
+             WHERE agent_id = $1 AND provider = $2 AND idempotency_key = $3 AND state <> 'released' LIMIT 1",
+        )
+        .bind(agent_id)
+        .bind(provider)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("fingerprint")?),
+            None => None,
+        })
+    }
+
+    /// Commits or releases a reservation in one statement; returns the cents moved (None if there was no open
+    /// reservation for this decision).
+    pub async fn settle(&self, decision_id: Uuid, commit: bool) -> Result<Option<i64>, StoreError> {
+        let state = if commit { "committed" } else { "released" };
+        let row = sqlx::query(
+            "WITH r AS (
+                UPDATE spend_reservations SET state = $2, settled_at = now()
+                WHERE decision_id = $1 AND state = 'reserved'
+                RETURNING budget, subject, period, cents)
+             UPDATE spend_windows w SET
+                reserved_cents = w.reserved_cents - r.cents,
+                committed_cents = w.committed_cents + CASE WHEN $2 = 'committed' THEN r.cents ELSE 0 END,
+                updated_at = now()
+             FROM r WHERE w.budget = r.budget AND w.subject = r.subject AND w.period = r.period
+             RETURNING r.cents",
+        )
+        .bind(decision_id)
+        .bind(state)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("cents")?),
+            None => None,
+        })
+    }
+
+    /// Marks a reservation whose outcome is unknown; it stays reserved.
+    pub async fn flag_reservation(&self, decision_id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("UPDATE spend_reservations SET flagged = true WHERE decision_id = $1")
+            .bind(decision_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// committed + reserved in one window (0 if it has no row yet).
+    pub async fn window_spent(&self, window: &WindowKey) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT coalesce(sum(committed_cents + reserved_cents), 0)::int8 AS spent FROM spend_windows
+             WHERE budget = $1 AND subject = $2 AND period = $3",
+        )
+        .bind(&window.budget)
+        .bind(&window.subject)
+        .bind(&window.period)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("spent")?)
+    }
+
+    /// Every window of a period, with how much of it is flagged (unknown outcomes).
+    pub async fn spend(&self, period: &str) -> Result<Vec<SpendRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT w.budget, w.subject, w.period, w.provider, w.cap_cents, w.committed_cents, w.reserved_cents,
+                    coalesce((SELECT sum(r.cents) FROM spend_reservations r WHERE r.budget = w.budget
+                        AND r.subject = w.subject AND r.period = w.period AND r.state = 'reserved' AND r.flagged), 0)::int8
+                        AS flagged_cents
+             FROM spend_windows w WHERE w.period = $1 ORDER BY w.budget, w.subject",
+        )
+        .bind(period)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SpendRow {
+                    budget: r.try_get("budget")?,
+                    subject: r.try_get("subject")?,
+                    period: r.try_get("period")?,
+                    provider: r.try_get("provider")?,
+                    cap_cents: r.try_get("cap_cents")?,
+                    committed_cents: r.try_get("committed_cents")?,
+                    reserved_cents: r.try_get("reserved_cents")?,
+                    flagged_cents: r.try_get("flagged_cents")?,
+                })
+            })
+            .collect()
+    }
+
+    // ---- approvals ----
+
+    /// The open (pending or approved, unexpired) approval for this fingerprint, or a new pending one.
+    pub async fn open_approval(&self, new: &ApprovalRow) -> Result<ApprovalRow, StoreError> {
+        // Open approvals past their expiry are closed first, so the one-open-per-request index admits a new one.
+        sqlx::query(
+            "UPDATE approvals SET status = 'expired' WHERE fingerprint = $1 AND status IN ('pending', 'approved')
+             AND expires_at <= now()",
+        )
+        .bind(&new.fingerprint)
+        .execute(&self.pool)
+        .await?;
+        for _ in 0..3 {
+            let sql = format!(
+                "SELECT {} FROM approvals WHERE fingerprint = $1 AND status IN ('pending', 'approved')",
+                Self::APPROVAL_COLUMNS
+            );
+            if let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&new.fingerprint)
+                .fetch_optional(&self.pool)
+                .await?
+            {
+                return approval_from_row(&row);
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO approvals (id, fingerprint, agent_id, agent_name, provider, method, path, query,
+                    body_sha256, action, reasons, charge_cents, status, created_at, expires_at, requested_by_decision)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::json, $12, 'pending', $13, $14, $15)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(new.id)
+            .bind(&new.fingerprint)
+            .bind(new.agent_id)
+            .bind(&new.agent_name)
+            .bind(&new.provider)
+            .bind(&new.method)
+            .bind(&new.path)
+            .bind(&new.query)
+            .bind(&new.body_sha256)
+            .bind(&new.action)
+            .bind(new.reasons.to_string())
+            .bind(new.charge_cents)
+            .bind(new.created_at)
+            .bind(new.expires_at)
+            .bind(new.requested_by_decision)
+            .execute(&self.pool)
+            .await?;
+            if inserted.rows_affected() == 1 {
+                return Ok(new.clone());
+            }
+            // Lost a race with an identical request: the next round reads the winner's row.
+        }
+        Err(StoreError::Conflict("approval for this request".into()))
+    }
+
+    const APPROVAL_COLUMNS: &'static str = "id, fingerprint, agent_id, agent_name, provider, method, path, query,
+        body_sha256, action, reasons, charge_cents, status, created_at, expires_at, requested_by_decision,
+        decided_by, decided_at, note, consumed_at, consumed_by_decision";
+
+    /// A reviewer's decision on a pending, unexpired approval. `Ok(None)` if it is not (or no longer) pending.
+    pub async fn decide_approval(
+        &self,
+        id: Uuid,
+        approve: bool,
+        by: &str,
+        note: Option<&str>,
+    ) -> Result<Option<ApprovalRow>, StoreError> {
+        let sql = format!(
+            "UPDATE approvals SET status = $2, decided_by = $3, decided_at = now(), note = $4
+             WHERE id = $1 AND status = 'pending' AND expires_at > now() RETURNING {}",
+            Self::APPROVAL_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(if approve { "approved" } else { "denied" })
+            .bind(by)
+            .bind(note)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| approval_from_row(&r)).transpose()
+    }
+
+    /// Uses an approval for the request with this fingerprint, once: only one concurrent caller can win.
+    pub async fn consume_approval(
+        &self,
+        id: Uuid,
+        fingerprint: &str,
+        decision_id: Uuid,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE approvals SET status = 'consumed', consumed_at = now(), consumed_by_decision = $3
+             WHERE id = $1 AND fingerprint = $2 AND status = 'approved' AND expires_at > now()",
+        )
+        .bind(id)
+        .bind(fingerprint)
+        .bind(decision_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn restore_approval(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE approvals SET status = 'approved', consumed_at = NULL, consumed_by_decision = NULL
+             WHERE id = $1 AND status = 'consumed'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn approval(&self, id: Uuid) -> Result<Option<ApprovalRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM approvals WHERE id = $1",
+            Self::APPROVAL_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| approval_from_row(&r)).transpose()
+    }
+
+    /// Newest first; `status` filters (pending approvals past expiry are reported as expired).
+    pub async fn list_approvals(
+        &self,
+        status: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM (SELECT a.*, CASE WHEN a.status IN ('pending', 'approved') AND a.expires_at <= now()
+                 THEN 'expired' ELSE a.status END AS effective FROM approvals a) x
+             WHERE ($1::text IS NULL OR effective = $1) ORDER BY created_at DESC LIMIT $2",
+            Self::APPROVAL_COLUMNS.replace("status,", "effective AS status,")
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(status)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(approval_from_row).collect()
+    }
+
+    pub async fn pending_approvals(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n FROM approvals WHERE status = 'pending' AND expires_at > now()",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Records a state-changing admin call.
+    pub async fn record_admin_action(
+        &self,
+        actor: &str,
+        action: &str,
+        target: Option<&str>,
+        detail: &Value,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO admin_actions (id, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5::json)")
+            .bind(Uuid::now_v7())
+            .bind(actor)
+            .bind(action)
+            .bind(target)
+            .bind(detail.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Which budget window a charge counts against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowKey {
+    pub budget: String,
+    pub subject: String,
+    pub period: String,
+}
+
+pub struct NewReservation<'a> {
+    pub window: &'a WindowKey,
+    pub provider: &'a str,
+    pub agent_id: Uuid,
+    pub decision_id: Uuid,
+    pub cents: i64,
+    pub cap_cents: i64,
+    pub idempotency_key: Option<&'a str>,
+    pub fingerprint: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    Reserved,
+    /// A repeat of an already charged request (same Idempotency-Key, same request): not charged again.
+    Replayed,
+    /// The same Idempotency-Key was used for a different request.
+    IdempotencyConflict,
+    Exceeded {
+        cap_cents: i64,
+        committed_cents: i64,
+        reserved_cents: i64,
+    },
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SpendRow {
+    pub budget: String,
+    pub subject: String,
+    pub period: String,
+    pub provider: String,
+    pub cap_cents: i64,
+    pub committed_cents: i64,
+    pub reserved_cents: i64,
+    pub flagged_cents: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApprovalRow {
+    pub id: Uuid,
+    pub fingerprint: String,
+    pub agent_id: Uuid,
+    pub agent_name: String,
+    pub provider: String,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub body_sha256: String,
+    pub action: String,
+    pub reasons: Value,
+    pub charge_cents: Option<i64>,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub requested_by_decision: Uuid,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub note: Option<String>,
+    pub consumed_at: Option<DateTime<Utc>>,
+    pub consumed_by_decision: Option<Uuid>,
+}
+
+fn approval_from_row(r: &sqlx::postgres::PgRow) -> Result<ApprovalRow, StoreError> {
+    Ok(ApprovalRow {
+        id: r.try_get("id")?,
+        fingerprint: r.try_get("fingerprint")?,
+        agent_id: r.try_get("agent_id")?,
+        agent_name: r.try_get("agent_name")?,
+        provider: r.try_get("provider")?,
+        method: r.try_get("method")?,
+        path: r.try_get("path")?,
+        query: r.try_get("query")?,
+        body_sha256: r.try_get("body_sha256")?,
+        action: r.try_get("action")?,
+        reasons: r.try_get("reasons")?,
+        charge_cents: r.try_get("charge_cents")?,
+        status: r.try_get("status")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        requested_by_decision: r.try_get("requested_by_decision")?,
+        decided_by: r.try_get("decided_by")?,
+        decided_at: r.try_get("decided_at")?,
+        note: r.try_get("note")?,
+        consumed_at: r.try_get("consumed_at")?,
+        consumed_by_decision: r.try_get("consumed_by_decision")?,
+    })
+}
+
 /// Column-wise vectors for one UNNEST insert.
 struct DecisionColumns {
     id: Vec<Uuid>,

@@ -1,0 +1,192 @@
+//! Human approvals bound to the exact call.
+//!
+//! Owns: the request fingerprint (agent, provider, method, canonical path, canonical query, body hash), the
+//! approval lifecycle (pending → approved | denied | expired; approved → consumed once), and
+//! [`ConsumedApproval`], the proof that an approval was used for this request — which `forward::Permit`
+//! requires for an `approve` decision.
+//! Must not: forward anything, or decide whether an action needs approval (the policy does).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::store::{ApprovalRow, Store, StoreError};
+
+/// One hour: long enough for a reviewer to look, short enough that consent is about now.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+/// Proof that an approval was consumed for the request being forwarded. Only [`Approvals::consume`] makes it.
+#[derive(Debug)]
+pub struct ConsumedApproval {
+    id: Uuid,
+}
+
+impl ConsumedApproval {
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+}
+
+/// The exact call an approval is for.
+pub struct Call<'a> {
+    pub agent_id: Uuid,
+    pub agent_name: &'a str,
+    pub provider: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub canonical_query: &'a str,
+    pub body_sha256: &'a str,
+    pub action: &'a str,
+}
+
+#[derive(Clone)]
+pub struct Approvals {
+    store: Store,
+    ttl: Duration,
+}
+
+impl Call<'_> {
+    /// sha256 over the fields that make two requests the same request, each length-prefixed so no field
+    /// can bleed into the next.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        let agent = self.agent_id.to_string();
+        for part in [
+            agent.as_str(),
+            self.provider,
+            self.method,
+            self.path,
+            self.canonical_query,
+            self.body_sha256,
+        ] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+impl Approvals {
+    pub fn new(store: Store, ttl: Duration) -> Approvals {
+        Approvals { store, ttl }
+    }
+
+    /// The open approval for this call (pending or approved), or a new pending one. A repeat of the same call
+    /// while one is open gets the same id.
+    pub async fn request(
+        &self,
+        call: &Call<'_>,
+        reasons: serde_json::Value,
+        charge_cents: Option<i64>,
+        decision_id: Uuid,
+    ) -> Result<ApprovalRow, StoreError> {
+        let now = Utc::now();
+        let ttl = chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::hours(1));
+        let row = ApprovalRow {
+            id: Uuid::now_v7(),
+            fingerprint: call.fingerprint(),
+            agent_id: call.agent_id,
+            agent_name: call.agent_name.to_string(),
+            provider: call.provider.to_string(),
+            method: call.method.to_string(),
+            path: call.path.to_string(),
+            query: call.canonical_query.to_string(),
+            body_sha256: call.body_sha256.to_string(),
+            action: call.action.to_string(),
+            reasons,
+            charge_cents,
+            status: "pending".to_string(),
+            created_at: now,
+            expires_at: now + ttl,
+            requested_by_decision: decision_id,
+            decided_by: None,
+            decided_at: None,
+            note: None,
+            consumed_at: None,
+            consumed_by_decision: None,
+        };
+        self.store.open_approval(&row).await
+    }
+
+    /// Uses an approved, unexpired approval for exactly this call; at most one caller ever succeeds.
+    pub async fn consume(
+        &self,
+        id: Uuid,
+        call: &Call<'_>,
+        decision_id: Uuid,
+    ) -> Result<Option<ConsumedApproval>, StoreError> {
+        let used = self
+            .store
+            .consume_approval(id, &call.fingerprint(), decision_id)
+            .await?;
+        Ok(used.then_some(ConsumedApproval { id }))
+    }
+
+    /// A reviewer approves or denies a pending, unexpired approval; `None` if it is not pending (any more).
+    /// Who, when and the note are recorded on the approval: that is the moment of consent.
+    pub async fn decide(
+        &self,
+        id: Uuid,
+        approve: bool,
+        by: &str,
+        note: Option<&str>,
+    ) -> Result<Option<ApprovalRow>, StoreError> {
+        self.store.decide_approval(id, approve, by, note).await
+    }
+
+    /// Makes a consumed approval usable again, for a request that was refused after consuming it.
+    pub async fn restore(&self, consumed: ConsumedApproval) -> Result<(), StoreError> {
+        self.store.restore_approval(consumed.id).await
+    }
+
+    /// Why an approval cannot be used for this call, for the agent's error message.
+    pub async fn why_invalid(&self, id: Uuid, call: &Call<'_>) -> Result<&'static str, StoreError> {
+        Ok(match self.store.approval(id).await? {
+            None => "unknown approval",
+            Some(a) if a.fingerprint != call.fingerprint() => {
+                "the approval is for a different request"
+            }
+            Some(a) if a.status == "consumed" => "the approval was already used",
+            Some(a) if a.status == "denied" => "the approval was denied",
+            Some(a) if a.expires_at <= Utc::now() || a.status == "expired" => {
+                "the approval expired"
+            }
+            Some(a) if a.status == "pending" => "the approval is still pending review",
+            Some(_) => "the approval cannot be used",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call<'a>(path: &'a str, query: &'a str, body: &'a str) -> Call<'a> {
+        Call {
+            agent_id: Uuid::nil(),
+            agent_name: "a",
+            provider: "stripe",
+            method: "POST",
+            path,
+            canonical_query: query,
+            body_sha256: body,
+            action: "stripe.payment.create",
+        }
+    }
+
+    #[test]
+    fn fingerprint_binds_every_part_of_the_call() {
+        let base = call("/v1/payment_intents", "", "aa").fingerprint();
+        assert_eq!(base, call("/v1/payment_intents", "", "aa").fingerprint());
+        assert_ne!(base, call("/v1/payment_intents", "", "ab").fingerprint());
+        assert_ne!(base, call("/v1/payment_intents", "x=1", "aa").fingerprint());
+        assert_ne!(base, call("/v1/payment_intentsx", "", "aa").fingerprint());
+        // Length prefixes: moving bytes between fields changes the fingerprint.
+        assert_ne!(
+            call("/a", "b", "aa").fingerprint(),
+            call("/ab", "", "aa").fingerprint()
+        );
+    }
+}
