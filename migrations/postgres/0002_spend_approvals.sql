@@ -73,3 +73,12 @@ CREATE TABLE admin_actions (
     target  text,
     detail  json
 );
+
+-- Operator switches every replica obeys (polled with the identity refresh): `frozen` refuses all agent traffic.
+CREATE TABLE controls (
+    key         text PRIMARY KEY,
+    value       json NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    updated_by  text
+);
+INSERT INTO controls (key, value) VALUES ('frozen', 'false');

@@ -347,19 +347,45 @@ async fn policy_status(State(admin): State<Arc<Admin>>) -> Response {
 }
 
 async fn freeze(State(admin): State<Arc<Admin>>) -> Response {
-    audit_action(&admin, "admin", "freeze", None, json!({})).await;
-    admin.frozen.store(true, Ordering::Release);
-    admin.metrics.frozen.set(1);
-    tracing::warn!("agent traffic frozen by an operator");
-    Json(json!({"frozen": true})).into_response()
+    set_frozen(&admin, true).await
 }
 
 async fn unfreeze(State(admin): State<Arc<Admin>>) -> Response {
-    audit_action(&admin, "admin", "unfreeze", None, json!({})).await;
-    admin.frozen.store(false, Ordering::Release);
-    admin.metrics.frozen.set(0);
-    tracing::warn!("agent traffic unfrozen by an operator");
-    Json(json!({"frozen": false})).into_response()
+    set_frozen(&admin, false).await
+}
+
+/// Freezing is stored, so every replica picks it up with its next control poll; this replica applies it now.
+async fn set_frozen(admin: &Admin, frozen: bool) -> Response {
+    if let Err(e) = admin.store.set_frozen(frozen, "admin-api").await {
+        return store_error(e);
+    }
+    audit_action(
+        admin,
+        "admin-api",
+        if frozen { "freeze" } else { "unfreeze" },
+        None,
+        json!({}),
+    )
+    .await;
+    admin.frozen.store(frozen, Ordering::Release);
+    admin.metrics.frozen.set(i64::from(frozen));
+    tracing::warn!(frozen, "agent traffic freeze changed by an operator");
+    Json(json!({"frozen": frozen})).into_response()
+}
+
+/// Keeps this replica's frozen flag in step with the store.
+pub fn spawn_control_poll(admin: Arc<Admin>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Ok(frozen) = admin.store.frozen().await {
+                admin.frozen.store(frozen, Ordering::Release);
+                admin.metrics.frozen.set(i64::from(frozen));
+            }
+        }
+    })
 }
 
 /// Records a state-changing admin call; a failure is logged, not fatal (the change itself already happened).

@@ -101,7 +101,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
     let (audit, audit_task) =
         AuditWriter::start(store.clone(), config.audit.max_batch, metrics.clone());
     let forwarder = Arc::new(Forwarder::new(&config).map_err(anyhow::Error::msg)?);
-    let frozen = Arc::new(AtomicBool::new(false));
+    let frozen = Arc::new(AtomicBool::new(store.frozen().await?));
     let catalog = Arc::new(catalog);
     let approvals = Approvals::new(store.clone(), config.approvals.ttl);
 
@@ -138,6 +138,10 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         identity.spawn_refresh(config.server.identity_refresh),
     ];
     tasks.push(admin::spawn_store_probe(admin.clone()));
+    tasks.push(admin::spawn_control_poll(
+        admin.clone(),
+        config.server.identity_refresh,
+    ));
 
     let stop = |mut w: tokio::sync::watch::Receiver<bool>| async move {
         let _ = w.wait_for(|s| *s).await;

@@ -460,6 +460,14 @@ async fn agents(cli: &Cli, cmd: &AgentsCommand) -> anyhow::Result<ExitCode> {
                 expires_at,
             };
             let (row, key) = identity::create_agent(&store, new).await?;
+            store
+                .record_admin_action(
+                    &operator(),
+                    "agent.create",
+                    Some(&row.name),
+                    &json!({"via": "cli", "scopes": row.scopes}),
+                )
+                .await?;
             if args.json {
                 let mut v = crate::admin::agent_json(&row);
                 v["key"] = Value::String(key.expose().to_string());
@@ -492,6 +500,14 @@ async fn agents(cli: &Cli, cmd: &AgentsCommand) -> anyhow::Result<ExitCode> {
         }
         AgentsCommand::Revoke { name } => {
             if store.revoke_agent(name).await? {
+                store
+                    .record_admin_action(
+                        &operator(),
+                        "agent.revoke",
+                        Some(name),
+                        &json!({"via": "cli"}),
+                    )
+                    .await?;
                 println!("revoked agent '{name}'");
             } else {
                 eprintln!("no active agent named '{name}'");
@@ -500,6 +516,11 @@ async fn agents(cli: &Cli, cmd: &AgentsCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who runs this CLI, for the admin action record.
+fn operator() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "cli".to_string())
 }
 
 async fn approvals(cli: &Cli, cmd: &ApprovalsCommand) -> anyhow::Result<ExitCode> {

@@ -639,6 +639,22 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_in_deploy_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/tollgate.toml");
+        let source = ConfigSource {
+            file: Some(&path),
+            env: vec![
+                ("CLOUDFLARE_API_TOKEN".into(), "x".into()),
+                ("STRIPE_SECRET_KEY".into(), "y".into()),
+            ],
+        };
+        let c = Config::load(&source).unwrap();
+        c.check_serveable().unwrap();
+        assert_eq!(c.approvals.ttl, Duration::from_secs(3600));
+        assert_eq!(c.audit.max_batch, 1024);
+    }
+
+    #[test]
     fn serve_needs_every_credential() {
         let c = load("", &[("CLOUDFLARE_API_TOKEN", "x")]).unwrap();
         let e = c.check_serveable().unwrap_err();

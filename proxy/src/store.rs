@@ -730,6 +730,30 @@ impl Store {
         Ok(row.try_get("n")?)
     }
 
+    /// Whether agent traffic is frozen (shared by every replica).
+    pub async fn frozen(&self) -> Result<bool, StoreError> {
+        let row =
+            sqlx::query("SELECT value::text = 'true' AS frozen FROM controls WHERE key = 'frozen'")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            Some(r) => r.try_get("frozen")?,
+            None => false,
+        })
+    }
+
+    pub async fn set_frozen(&self, frozen: bool, by: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO controls (key, value, updated_by) VALUES ('frozen', $1::json, $2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now(), updated_by = excluded.updated_by",
+        )
+        .bind(if frozen { "true" } else { "false" })
+        .bind(by)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Records a state-changing admin call.
     pub async fn record_admin_action(
         &self,

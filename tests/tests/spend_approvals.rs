@@ -476,3 +476,30 @@ async fn a_repeated_idempotency_key_is_not_charged_twice() {
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["windows"][0]["committed_cents"], 1500);
 }
+
+#[tokio::test]
+async fn a_freeze_on_one_replica_stops_every_replica() {
+    let c = cluster(2, Upstream::builder().start().await.unwrap(), |b| b).await;
+    let key = c.replicas[0].create_agent("buyer", &[]).await.unwrap();
+    assert_eq!(
+        c.admin_post(0, "/api/freeze", json!({})).await.status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (status, body) = code_of(c.pay(1, &key, 100, &[]).await).await;
+    assert_eq!(
+        (status, body["tollgate"]["code"].as_str()),
+        (503, Some("frozen"))
+    );
+    let lift = c
+        .http
+        .delete(c.replicas[1].admin_url("/api/freeze"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lift.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(c.pay(0, &key, 100, &[]).await.status(), 200);
+    assert_eq!(c.upstream.request_count(), 1);
+}
