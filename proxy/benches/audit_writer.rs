@@ -123,12 +123,12 @@ async fn measure(url: &SecretString) -> anyhow::Result<()> {
                     risk: r.risk,
                     outcome: r.outcome,
                     code: r.code,
-                    rules: json!([]),
-                    reasons: r.reasons,
+                    rules: "[]".into(),
+                    reasons: r.reasons.to_string(),
                     policy_revision: r.policy_revision,
                     charge_cents: r.charge_cents,
                     approval_id: r.approval_id,
-                    input: r.input,
+                    input: r.input.map(|v| v.to_string()),
                 };
                 store
                     .insert_decisions(&[row], &[])

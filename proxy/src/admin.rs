@@ -238,15 +238,20 @@ pub fn decision_json(d: &DecisionRow, o: Option<&OutcomeRow>, full: bool) -> Val
         "id": d.id, "at": d.at, "agent": d.agent_name, "agent_id": d.agent_id, "run_id": d.run_id,
         "on_behalf_of": d.on_behalf_of, "provider": d.provider, "method": d.method, "path": d.path,
         "query": d.query, "action": d.action, "risk": d.risk, "outcome": d.outcome, "code": d.code,
-        "rules": d.rules, "reasons": d.reasons, "policy_revision": d.policy_revision,
+        "rules": parsed(&d.rules), "reasons": parsed(&d.reasons), "policy_revision": d.policy_revision,
         "charge_cents": d.charge_cents, "approval_id": d.approval_id,
         "upstream": o.map(|o| json!({"status": o.upstream_status, "latency_us": o.latency_us, "error": o.error, "flagged": o.flagged, "at": o.at})),
     });
     if full {
-        v["input"] = d.input.clone().unwrap_or(Value::Null);
+        v["input"] = d.input.as_deref().map(parsed).unwrap_or(Value::Null);
         v["chain"] = json!({"writer_id": d.writer_id, "seq": d.seq, "prev_hash": d.prev_hash, "hash": d.hash});
     }
     v
+}
+
+/// A stored JSON text as a value (it was valid JSON when written; `null` if not).
+fn parsed(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
 async fn list_agents(State(admin): State<Arc<Admin>>) -> Response {

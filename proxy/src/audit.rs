@@ -72,7 +72,11 @@ pub enum AuditError {
 }
 
 enum Job {
-    Decision(Box<DecisionRecord>, oneshot::Sender<Result<(), AuditError>>),
+    /// A row with everything but its chain fields, and its content hash; see [`seal`].
+    Decision(
+        Box<(DecisionRow, [u8; 32])>,
+        oneshot::Sender<Result<(), AuditError>>,
+    ),
     Outcome(OutcomeRow),
 }
 
@@ -106,11 +110,14 @@ impl AuditWriter {
     /// Queues the record and waits until the transaction holding it has committed.
     pub async fn record(&self, record: DecisionRecord) -> Result<Recorded, AuditError> {
         let id = record.id;
+        // Serializing and hashing the record happens here, on the request's own task, so the single writer
+        // only chains and writes.
+        let sealed = seal(record);
         let (done, wait) = oneshot::channel();
         self.metrics.audit_queue_depth.inc();
         if self
             .queue
-            .send(Job::Decision(Box::new(record), done))
+            .send(Job::Decision(Box::new(sealed), done))
             .await
             .is_err()
         {
@@ -163,10 +170,13 @@ impl Writer {
         let (mut seq, mut head) = (self.seq, self.head.clone());
         for job in jobs.drain(..) {
             match job {
-                Job::Decision(record, done) => {
+                Job::Decision(sealed, done) => {
+                    let (mut row, content) = *sealed;
                     seq += 1;
-                    let row = chain_row(*record, self.writer_id, seq, &head);
-                    head = row.hash.clone();
+                    row.writer_id = self.writer_id;
+                    row.seq = seq;
+                    row.hash = chain_hash(&head, &content);
+                    row.prev_hash = std::mem::replace(&mut head, row.hash.clone());
                     rows.push(row);
                     waiters.push(done);
                 }
@@ -205,15 +215,15 @@ fn log_store_error(e: &StoreError, decisions: usize, outcomes: usize) {
     tracing::error!(error = %e, decisions, outcomes, "audit batch not committed; its requests are refused");
 }
 
-/// Fills in the chain fields. Timestamps are cut to microseconds, which is what Postgres stores, so that a
-/// record read back hashes the same.
-fn chain_row(r: DecisionRecord, writer_id: Uuid, seq: i64, prev_hash: &str) -> DecisionRow {
-    let mut row = DecisionRow {
+/// Turns a record into its row (JSON serialized once, timestamps cut to the microseconds Postgres keeps, so a
+/// row read back hashes the same) and the hash of its content. Chain fields are filled in by the writer.
+fn seal(r: DecisionRecord) -> (DecisionRow, [u8; 32]) {
+    let row = DecisionRow {
         id: r.id,
         at: r.at.trunc_subsecs(6),
-        writer_id,
-        seq,
-        prev_hash: prev_hash.to_string(),
+        writer_id: Uuid::nil(),
+        seq: 0,
+        prev_hash: String::new(),
         hash: String::new(),
         agent_id: r.agent_id,
         agent_name: r.agent_name,
@@ -227,46 +237,61 @@ fn chain_row(r: DecisionRecord, writer_id: Uuid, seq: i64, prev_hash: &str) -> D
         risk: r.risk,
         outcome: r.outcome,
         code: r.code,
-        rules: Value::from(r.rules),
-        reasons: r.reasons,
+        rules: Value::from(r.rules).to_string(),
+        reasons: r.reasons.to_string(),
         policy_revision: r.policy_revision,
         charge_cents: r.charge_cents,
         approval_id: r.approval_id,
-        input: r.input,
+        input: r.input.map(|v| v.to_string()),
     };
-    row.hash = record_hash(&row);
-    row
+    let content = content_hash(&row);
+    (row, content)
 }
 
-/// sha256(prev_hash || canonical JSON of the record's fields), lower-case hex.
-pub fn record_hash(row: &DecisionRow) -> String {
-    let canonical = serde_json::json!([
-        row.id.to_string(),
-        row.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        row.writer_id.to_string(),
-        row.seq,
-        row.agent_id.map(|u| u.to_string()),
-        row.agent_name,
-        row.run_id,
-        row.on_behalf_of,
-        row.provider,
-        row.method,
-        row.path,
-        row.query,
-        row.action,
-        row.risk,
-        row.outcome,
-        row.code,
-        row.rules.to_string(),
-        row.reasons.to_string(),
-        row.policy_revision,
-        row.charge_cents,
-        row.approval_id,
-        row.input.as_ref().map(|v| v.to_string()),
-    ]);
+/// sha256 over every recorded field (not the chain fields), each length-prefixed, absent values marked.
+pub fn content_hash(row: &DecisionRow) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(row.prev_hash.as_bytes());
-    h.update(canonical.to_string().as_bytes());
+    let mut field = |value: Option<&str>| match value {
+        Some(v) => {
+            h.update([1]);
+            h.update((v.len() as u64).to_be_bytes());
+            h.update(v.as_bytes());
+        }
+        None => h.update([0]),
+    };
+    let id = row.id.to_string();
+    let at = row.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let agent_id = row.agent_id.map(|u| u.to_string());
+    let charge = row.charge_cents.map(|c| c.to_string());
+    field(Some(&id));
+    field(Some(&at));
+    field(agent_id.as_deref());
+    field(row.agent_name.as_deref());
+    field(row.run_id.as_deref());
+    field(row.on_behalf_of.as_deref());
+    field(Some(&row.provider));
+    field(Some(&row.method));
+    field(Some(&row.path));
+    field(row.query.as_deref());
+    field(Some(&row.action));
+    field(Some(&row.risk));
+    field(Some(&row.outcome));
+    field(row.code.as_deref());
+    field(Some(&row.rules));
+    field(Some(&row.reasons));
+    field(row.policy_revision.as_deref());
+    field(charge.as_deref());
+    field(row.approval_id.as_deref());
+    field(row.input.as_deref());
+    h.finalize().into()
+}
+
+/// hash = sha256(prev_hash || content hash), lower-case hex. Writer id and sequence are bound by the chain
+/// itself: `verify` checks that seq runs 1, 2, 3… per writer.
+pub fn chain_hash(prev_hash: &str, content: &[u8; 32]) -> String {
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(content);
     hex::encode(h.finalize())
 }
 
@@ -295,7 +320,7 @@ pub async fn verify(store: &Store) -> Result<Vec<ChainReport>, StoreError> {
                 ))
             } else if row.prev_hash != prev {
                 Some("prev_hash does not match the previous record's hash".to_string())
-            } else if record_hash(row) != row.hash {
+            } else if chain_hash(&row.prev_hash, &content_hash(row)) != row.hash {
                 Some(
                     "hash does not match the record's contents (the record was altered)"
                         .to_string(),

@@ -83,12 +83,13 @@ pub struct DecisionRow {
     pub risk: String,
     pub outcome: String,
     pub code: Option<String>,
-    pub rules: Value,
-    pub reasons: Value,
+    /// JSON texts, stored verbatim (`json` columns) so the hash chain covers exactly what is stored.
+    pub rules: String,
+    pub reasons: String,
     pub policy_revision: Option<String>,
     pub charge_cents: Option<i64>,
     pub approval_id: Option<String>,
-    pub input: Option<Value>,
+    pub input: Option<String>,
 }
 
 /// What happened upstream after a permitted request was forwarded.
@@ -309,7 +310,7 @@ impl Store {
 
     const DECISION_COLUMNS: &'static str = "d.id, d.at, d.writer_id, d.seq, d.prev_hash, d.hash, d.agent_id,
         d.agent_name, d.run_id, d.on_behalf_of, d.provider, d.method, d.path, d.query, d.action, d.risk,
-        d.outcome, d.code, d.rules, d.reasons, d.policy_revision, d.charge_cents, d.approval_id, d.input,
+        d.outcome, d.code, d.rules::text AS rules, d.reasons::text AS reasons, d.policy_revision, d.charge_cents, d.approval_id, d.input::text AS input,
         o.upstream_status, o.latency_us, o.error AS outcome_error, o.flagged, o.at AS outcome_at";
 
     pub async fn decision(
@@ -947,12 +948,12 @@ impl DecisionColumns {
         self.risk.push(r.risk.clone());
         self.outcome.push(r.outcome.clone());
         self.code.push(r.code.clone());
-        self.rules.push(r.rules.to_string());
-        self.reasons.push(r.reasons.to_string());
+        self.rules.push(r.rules.clone());
+        self.reasons.push(r.reasons.clone());
         self.policy_revision.push(r.policy_revision.clone());
         self.charge_cents.push(r.charge_cents);
         self.approval_id.push(r.approval_id.clone());
-        self.input.push(r.input.as_ref().map(|v| v.to_string()));
+        self.input.push(r.input.clone());
     }
 }
 
