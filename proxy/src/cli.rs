@@ -138,6 +138,15 @@ pub struct CreateAgentArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
+    /// Run the bundle's `test_*` rules (tests/*.rego, *_test.rego); exit 1 on any failure.
+    Test {
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Also list the uncovered lines of each policy file.
+        #[arg(long)]
+        coverage: bool,
+    },
     /// Print the decision for one policy input (JSON file).
     Eval {
         #[arg(long)]
@@ -225,6 +234,50 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Agents(cmd) => agents(&cli, cmd).await,
+        Command::Policy(PolicyCommand::Test {
+            dir,
+            json,
+            coverage,
+        }) => {
+            let dir = match dir {
+                Some(d) => d.clone(),
+                None => load_config(&cli)?.policy.dir,
+            };
+            let report = crate::policy::run_tests(&dir)?;
+            let failed = report.tests.len() - report.passed();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for t in &report.tests {
+                    match &t.detail {
+                        None => println!("PASS  {}", t.name),
+                        Some(d) => println!("FAIL  {}  ({d})", t.name),
+                    }
+                }
+                if *coverage {
+                    for (path, covered, total, missing) in &report.files {
+                        println!(
+                            "coverage {path}: {covered}/{total} lines; not covered: {missing:?}"
+                        );
+                    }
+                }
+                println!(
+                    "{} tests, {} passed, {} failed; coverage {:.1}% ({}/{} lines), revision {}",
+                    report.tests.len(),
+                    report.passed(),
+                    failed,
+                    report.coverage_percent(),
+                    report.covered_lines,
+                    report.coverable_lines,
+                    report.revision
+                );
+            }
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Policy(PolicyCommand::Eval { input, dir }) => {
             let dir = match dir {
                 Some(d) => d.clone(),

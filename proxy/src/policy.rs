@@ -125,65 +125,11 @@ thread_local! {
 impl Bundle {
     /// Loads every policy and data file under `dir`, compiles, and warms up. `timeout` bounds one evaluation.
     pub fn load(dir: &Path, timeout: Duration) -> Result<Bundle, PolicyError> {
-        let files = bundle_files(dir).map_err(|e| PolicyError::Load(vec![e]))?;
-        let mut errors = Vec::new();
-        let mut engine = regorus::Engine::new();
-        engine.set_rego_v0(false);
-        let mut hasher = Sha256::new();
-        let mut policies = 0;
-        for file in &files {
-            let rel = file
-                .strip_prefix(dir)
-                .unwrap_or(file)
-                .to_string_lossy()
-                .replace('\\', "/");
-            let text = match std::fs::read_to_string(file) {
-                Ok(t) => t,
-                Err(e) => {
-                    errors.push(format!("{rel}: {e}"));
-                    continue;
-                }
-            };
-            hasher.update(rel.as_bytes());
-            hasher.update([0]);
-            hasher.update(text.as_bytes());
-            hasher.update([0]);
-            match kind_of(&rel) {
-                FileKind::Policy => {
-                    policies += 1;
-                    if let Err(e) = engine.add_policy(rel.clone(), text) {
-                        errors.push(format!("{rel}: {e}"));
-                    }
-                }
-                FileKind::Data(key) => {
-                    let parsed = if rel.ends_with(".json") {
-                        regorus::Value::from_json_str(&text)
-                    } else {
-                        regorus::Value::from_yaml_str(&text)
-                    };
-                    match parsed {
-                        Ok(value) => {
-                            let mut wrapper = regorus::Value::new_object();
-                            if let Ok(map) = wrapper.as_object_mut() {
-                                map.insert(regorus::Value::from(key.as_str()), value);
-                            }
-                            if let Err(e) = engine.add_data(wrapper) {
-                                errors.push(format!("{rel}: {e}"));
-                            }
-                        }
-                        Err(e) => errors.push(format!("{rel}: {e}")),
-                    }
-                }
-                FileKind::HashedOnly | FileKind::Test => {}
-            }
-        }
-        if policies == 0 {
-            errors.push(format!("no .rego policy files under {}", dir.display()));
-        }
-        if !errors.is_empty() {
-            return Err(PolicyError::Load(errors));
-        }
-        let revision = hex::encode(hasher.finalize())[..16].to_string();
+        let Sources {
+            mut engine,
+            tests,
+            revision,
+        } = read_sources(dir)?;
         let data = engine.get_data();
         let entry: regorus::Rc<str> = ENTRYPOINT.into();
         // The VM is several times faster; where it cannot compile the bundle (e.g. `with`), the interpreter
@@ -212,6 +158,24 @@ impl Bundle {
         bundle
             .evaluate(&warm_up_input())
             .map_err(|e| PolicyError::Load(vec![format!("warm-up evaluation: {e}")]))?;
+        // A bundle whose own tests fail is never swapped in.
+        if !tests.is_empty() {
+            let report = run_tests(dir)?;
+            let failed: Vec<String> = report
+                .tests
+                .iter()
+                .filter(|t| !t.passed)
+                .map(|t| t.name.clone())
+                .collect();
+            if !failed.is_empty() {
+                return Err(PolicyError::Load(vec![format!(
+                    "{} of {} policy tests fail: {}",
+                    failed.len(),
+                    report.tests.len(),
+                    failed.join(", ")
+                )]));
+            }
+        }
         Ok(bundle)
     }
 
@@ -312,6 +276,205 @@ impl PolicyHandle {
     pub fn swap(&self, bundle: Bundle) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(bundle);
     }
+}
+
+/// A bundle read from disk: an engine with its policies and data, its test files, and its revision.
+struct Sources {
+    engine: regorus::Engine,
+    tests: Vec<(String, String)>,
+    revision: String,
+}
+
+fn read_sources(dir: &Path) -> Result<Sources, PolicyError> {
+    let files = bundle_files(dir).map_err(|e| PolicyError::Load(vec![e]))?;
+    let mut errors = Vec::new();
+    let mut engine = regorus::Engine::new();
+    engine.set_rego_v0(false);
+    let mut hasher = Sha256::new();
+    let mut policies = 0;
+    let mut tests = Vec::new();
+    for file in &files {
+        let rel = file
+            .strip_prefix(dir)
+            .unwrap_or(file)
+            .to_string_lossy()
+            .replace('\\', "/");
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(format!("{rel}: {e}"));
+                continue;
+            }
+        };
+        hasher.update(rel.as_bytes());
+        hasher.update([0]);
+        hasher.update(text.as_bytes());
+        hasher.update([0]);
+        match kind_of(&rel) {
+            FileKind::Policy => {
+                policies += 1;
+                if let Err(e) = engine.add_policy(rel.clone(), text) {
+                    errors.push(format!("{rel}: {e}"));
+                }
+            }
+            FileKind::Data(key) => {
+                let parsed = if rel.ends_with(".json") {
+                    regorus::Value::from_json_str(&text)
+                } else {
+                    regorus::Value::from_yaml_str(&text)
+                };
+                match parsed {
+                    Ok(value) => {
+                        let mut wrapper = regorus::Value::new_object();
+                        if let Ok(map) = wrapper.as_object_mut() {
+                            map.insert(regorus::Value::from(key.as_str()), value);
+                        }
+                        if let Err(e) = engine.add_data(wrapper) {
+                            errors.push(format!("{rel}: {e}"));
+                        }
+                    }
+                    Err(e) => errors.push(format!("{rel}: {e}")),
+                }
+            }
+            FileKind::Test => {
+                if rel.ends_with(".rego") {
+                    tests.push((rel, text));
+                }
+            }
+            FileKind::HashedOnly => {}
+        }
+    }
+    if policies == 0 {
+        errors.push(format!("no .rego policy files under {}", dir.display()));
+    }
+    if !errors.is_empty() {
+        return Err(PolicyError::Load(errors));
+    }
+    Ok(Sources {
+        engine,
+        tests,
+        revision: hex::encode(hasher.finalize())[..16].to_string(),
+    })
+}
+
+/// One `test_*` rule's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestResult {
+    /// `data.<package>.<rule>`
+    pub name: String,
+    pub passed: bool,
+    /// Why it failed: the value it had (`false`, undefined) or the evaluation error.
+    pub detail: Option<String>,
+}
+
+/// What `tollgate policy test` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestReport {
+    pub revision: String,
+    pub tests: Vec<TestResult>,
+    /// Policy lines (tests excluded) evaluated by at least one test, of all lines regorus tracks.
+    pub covered_lines: usize,
+    pub coverable_lines: usize,
+    /// Per policy file: (path, covered, coverable, uncovered line numbers).
+    pub files: Vec<(String, usize, usize, Vec<u32>)>,
+}
+
+impl TestReport {
+    pub fn passed(&self) -> usize {
+        self.tests.iter().filter(|t| t.passed).count()
+    }
+
+    pub fn coverage_percent(&self) -> f64 {
+        if self.coverable_lines == 0 {
+            return 100.0;
+        }
+        100.0 * self.covered_lines as f64 / self.coverable_lines as f64
+    }
+}
+
+/// Runs every `test_*` rule in the bundle's test files (`tests/**.rego`, `*_test.rego`) against the bundle's
+/// policies and data: a test passes when its value is `true`. regorus has no `opa test`; this is ours.
+pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
+    let Sources {
+        mut engine,
+        tests,
+        revision,
+    } = read_sources(dir)?;
+    let mut names = Vec::new();
+    let mut errors = Vec::new();
+    for (rel, text) in &tests {
+        let package = text.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix("package ")
+                .map(|p| p.trim().to_string())
+        });
+        let Some(package) = package else {
+            errors.push(format!("{rel}: no package line"));
+            continue;
+        };
+        for line in text.lines() {
+            // Rules start at column 0; a test rule is named test_…
+            if let Some(rest) = line.strip_prefix("test_") {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let full = format!("data.{package}.test_{name}");
+                if !names.contains(&full) {
+                    names.push(full);
+                }
+            }
+        }
+        if let Err(e) = engine.add_policy(rel.clone(), text.clone()) {
+            errors.push(format!("{rel}: {e}"));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(PolicyError::Load(errors));
+    }
+    engine.set_enable_coverage(true);
+    let mut results = Vec::new();
+    for name in names {
+        let (passed, detail) = match engine.eval_rule(name.clone()) {
+            Ok(regorus::Value::Bool(true)) => (true, None),
+            Ok(regorus::Value::Undefined) => (false, Some("undefined".to_string())),
+            Ok(other) => (false, Some(format!("value {other}"))),
+            Err(e) => (false, Some(e.to_string())),
+        };
+        results.push(TestResult {
+            name,
+            passed,
+            detail,
+        });
+    }
+    let coverage = engine
+        .get_coverage_report()
+        .map_err(|e| PolicyError::Eval(e.to_string()))?;
+    let test_paths: Vec<&str> = tests.iter().map(|(rel, _)| rel.as_str()).collect();
+    let mut files = Vec::new();
+    let (mut covered, mut coverable) = (0, 0);
+    for f in coverage
+        .files
+        .iter()
+        .filter(|f| !test_paths.contains(&f.path.as_str()))
+    {
+        let total = f.covered.len() + f.not_covered.len();
+        covered += f.covered.len();
+        coverable += total;
+        files.push((
+            f.path.clone(),
+            f.covered.len(),
+            total,
+            f.not_covered.iter().copied().collect(),
+        ));
+    }
+    Ok(TestReport {
+        revision,
+        tests: results,
+        covered_lines: covered,
+        coverable_lines: coverable,
+        files,
+    })
 }
 
 enum FileKind {
