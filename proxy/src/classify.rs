@@ -246,7 +246,9 @@ impl Catalog {
             };
             let Some(value) = value else { continue };
             let value = if &*binding.name == DOMAIN_NAME {
-                canonical_domain(&value)?
+                canonical_domain(&value).map_err(|m| {
+                    Malformed::new(format!("path parameter {DOMAIN_NAME}: {}", m.message()))
+                })?
             } else {
                 value
             };
@@ -418,16 +420,63 @@ fn strip_prefix<'p>(prefix: &[Box<str>], segments: &'p [String]) -> Option<&'p [
         .then_some(rest)
 }
 
+/// Body fields that name domains, lifted into `action.params` canonicalized so that policies compare one
+/// form: (action, body field, param). A list field becomes a comma-separated param.
+const BODY_DOMAIN_PARAMS: &[(&str, &str, &str)] = &[
+    ("cloudflare.domain.register", "domain_name", "domain_name"),
+    (
+        "cloudflare.domain.transfer_in",
+        "domain_name",
+        "domain_name",
+    ),
+    ("cloudflare.domain.check", "domains", "domains"),
+];
+
+impl Action {
+    /// Adds the canonical domain(s) a request body names to `params` (see `BODY_DOMAIN_PARAMS`). A field of
+    /// the wrong type is left for the policy to refuse; a name that is not a domain is malformed; a body
+    /// domain that contradicts the one in the path is malformed (which one would the provider act on?).
+    pub fn lift_body_params(&mut self, body: &serde_json::Value) -> Result<(), Malformed> {
+        for (action, field, param) in BODY_DOMAIN_PARAMS {
+            if *self.name != **action {
+                continue;
+            }
+            let lifted = match body.get(field) {
+                Some(serde_json::Value::String(raw)) => canonical_domain(raw)?,
+                Some(serde_json::Value::Array(items)) => {
+                    let mut names = Vec::with_capacity(items.len());
+                    for item in items {
+                        match item.as_str() {
+                            Some(raw) => names.push(canonical_domain(raw)?),
+                            None => return Ok(()),
+                        }
+                    }
+                    names.join(",")
+                }
+                _ => continue,
+            };
+            match self.params.get(*param) {
+                Some(existing) if *existing != lifted => {
+                    return Err(Malformed::new(format!(
+                        "the body's {field} {lifted:?} differs from the path's {existing:?}"
+                    )));
+                }
+                _ => {
+                    self.params.insert(param.to_string(), lifted);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Lower case (the IDNA mapping lower-cases), punycode, one trailing dot stripped.
 /// `domain_to_ascii` alone lets any ASCII through (`/`, spaces, `_`), so the result must also be a
 /// DNS host name: letters, digits and inner hyphens, labels of 1 to 63 characters, 253 characters
 /// in all — which every registrable name is.
 fn canonical_domain(raw: &str) -> Result<String, Malformed> {
-    let refuse = |reason: &str| {
-        Malformed::new(format!(
-            "path parameter {DOMAIN_NAME} {raw:?} is not a valid domain name: {reason}"
-        ))
-    };
+    let refuse =
+        |reason: &str| Malformed::new(format!("{raw:?} is not a valid domain name: {reason}"));
     let mut name = idna::domain_to_ascii(raw).map_err(|_| refuse("IDNA conversion failed"))?;
     if name.ends_with('.') {
         name.pop();
@@ -1738,5 +1787,74 @@ routes:
         );
 
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn body_domains_are_lifted_canonical() {
+        let catalog = Catalog::load(std::path::Path::new(CATALOG_DIR)).unwrap();
+        let classify = |method: &Method, path: &str| {
+            let segments: Vec<String> = path
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+            catalog.classify("cloudflare", method, &segments).unwrap()
+        };
+        let mut register = classify(
+            &Method::POST,
+            "/client/v4/accounts/a1/registrar/registrations",
+        );
+        register
+            .lift_body_params(
+                &serde_json::json!({"domain_name": "Bücher.Example.COM.", "years": 1}),
+            )
+            .unwrap();
+        assert_eq!(register.params["domain_name"], "xn--bcher-kva.example.com");
+        let mut check = classify(
+            &Method::POST,
+            "/client/v4/accounts/a1/registrar/domain-check",
+        );
+        check
+            .lift_body_params(&serde_json::json!({"domains": ["A.com", "b.DEV"]}))
+            .unwrap();
+        assert_eq!(check.params["domains"], "a.com,b.dev");
+        let mut wrong_type = classify(
+            &Method::POST,
+            "/client/v4/accounts/a1/registrar/registrations",
+        );
+        wrong_type
+            .lift_body_params(&serde_json::json!({"domain_name": 7}))
+            .unwrap();
+        assert!(
+            !wrong_type.params.contains_key("domain_name"),
+            "the policy refuses wrong types itself"
+        );
+        let mut bad = classify(
+            &Method::POST,
+            "/client/v4/accounts/a1/registrar/registrations",
+        );
+        assert!(
+            bad.lift_body_params(&serde_json::json!({"domain_name": "a b.com"}))
+                .is_err()
+        );
+        let mut transfer = classify(
+            &Method::POST,
+            "/client/v4/accounts/a1/registrar/registrations/example.com/transfer-in",
+        );
+        assert!(
+            transfer
+                .lift_body_params(&serde_json::json!({"domain_name": "other.com"}))
+                .is_err()
+        );
+        transfer
+            .lift_body_params(&serde_json::json!({"domain_name": "EXAMPLE.com"}))
+            .unwrap();
+        let mut dns = classify(&Method::POST, "/client/v4/zones/z/dns_records");
+        dns.lift_body_params(&serde_json::json!({"domain_name": "x.com"}))
+            .unwrap();
+        assert!(
+            !dns.params.contains_key("domain_name"),
+            "only registrar actions lift"
+        );
     }
 }
