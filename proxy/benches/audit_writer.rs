@@ -41,6 +41,8 @@ fn record() -> DecisionRecord {
         policy_revision: Some("ba06ce3d848d0ee0".into()),
         charge_cents: None,
         approval_id: None,
+        policy_outcome: Some("allow".into()),
+        shadow_outcome: None,
         input: Some(json!({
             "agent": {"id": "01a22a3e-8bd9-7692-938a-9fe1ed50dfa8", "name": "deployer", "team": "web",
                       "scopes": ["dns:write"], "labels": {"env": "dev"}},
@@ -129,6 +131,8 @@ async fn measure(url: &SecretString) -> anyhow::Result<()> {
                     charge_cents: r.charge_cents,
                     approval_id: r.approval_id,
                     input: r.input.map(|v| v.to_string()),
+                    policy_outcome: r.policy_outcome,
+                    shadow_outcome: r.shadow_outcome,
                 };
                 store
                     .insert_decisions(&[row], &[])

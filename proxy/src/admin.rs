@@ -54,6 +54,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/api/approvals/{id}/deny", post(deny))
         .route("/api/spend", get(spend))
         .route("/api/policy", get(policy_status))
+        .route("/api/policy/reload", post(reload_policy))
         .route("/api/freeze", post(freeze).delete(unfreeze))
         .layer(middleware::from_fn_with_state(
             admin.clone(),
@@ -145,7 +146,7 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     let bundle = admin.policy.current();
     let body = json!({
         "store": store,
-        "policy_revision": bundle.revision(),
+        "policy_revision": bundle.bundle.revision(),
         "draining": draining,
     });
     let status = if store && !draining {
@@ -340,15 +341,43 @@ async fn revoke_agent(State(admin): State<Arc<Admin>>, Path(name): Path<String>)
 }
 
 async fn policy_status(State(admin): State<Arc<Admin>>) -> Response {
-    let b = admin.policy.current();
-    Json(json!({
+    Json(policy_json(&admin)).into_response()
+}
+
+fn policy_json(admin: &Admin) -> Value {
+    let live = admin.policy.current();
+    let b = &live.bundle;
+    let status = admin.policy.status();
+    json!({
         "revision": b.revision(),
         "loaded_at": b.loaded_at(),
         "dir": b.dir().display().to_string(),
         "engine": if b.uses_bytecode() { "rvm" } else { "interpreter" },
-        "last_error": null,
-    }))
-    .into_response()
+        "shadow": live.shadow.as_ref().map(|s| json!({"revision": s.revision(), "dir": s.dir().display().to_string()})),
+        "last_reload_attempt": status.last_attempt,
+        "last_error": status.last_error,
+        "reloads_ok": status.reloads_ok,
+        "reloads_failed": status.reloads_failed,
+    })
+}
+
+/// Reloads now; 200 with the new status, or 422 with the error (the old bundle stays live).
+async fn reload_policy(State(admin): State<Arc<Admin>>) -> Response {
+    let result = crate::app::reload_policy(&admin.policy, &admin.metrics, "admin API").await;
+    audit_action(
+        &admin,
+        "admin-api",
+        "policy.reload",
+        None,
+        json!({"ok": result.is_ok()}),
+    )
+    .await;
+    let status = if result.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    (status, Json(policy_json(&admin))).into_response()
 }
 
 async fn freeze(State(admin): State<Arc<Admin>>) -> Response {

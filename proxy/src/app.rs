@@ -17,16 +17,18 @@ use tower_http::trace::TraceLayer;
 use crate::admin::{self, Admin};
 use crate::approvals::Approvals;
 use crate::audit::AuditWriter;
-use crate::classify::Catalog;
 use crate::config::Config;
 use crate::error::{Envelope, Refusal, RefusalCode};
 use crate::forward::Forwarder;
 use crate::identity::Identity;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
-use crate::policy::{Bundle, PolicyHandle};
+use crate::policy::PolicyHandle;
 use crate::proxy::{self, Gate};
 use crate::store::Store;
+
+/// How often the policy files are checked for changes.
+const POLICY_WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A started tollgate: its bound addresses and the handle that stops it.
 pub struct Running {
@@ -76,38 +78,115 @@ async fn futures_select_all(
     }
 }
 
-/// Loads the policy bundle and route catalog from `config.policy.dir`.
-pub fn load_policy(config: &Config) -> Result<(Bundle, Catalog), String> {
-    let bundle =
-        Bundle::load(&config.policy.dir, config.policy.timeout).map_err(|e| e.to_string())?;
-    let catalog = Catalog::load(&config.policy.dir.join("catalog")).map_err(|e| e.to_string())?;
+/// Loads the policy bundle, its route catalog and the shadow bundle named in the configuration.
+pub fn load_policy(config: &Config) -> Result<PolicyHandle, String> {
+    let handle = PolicyHandle::load(
+        &config.policy.dir,
+        config.policy.shadow_dir.as_deref(),
+        config.policy.timeout,
+    )
+    .map_err(|e| e.to_string())?;
+    let live = handle.current();
     for name in config.providers.keys() {
-        if !catalog.has_provider(name) {
+        if !live.catalog.has_provider(name) {
             tracing::warn!(provider = %name, "no route catalog for this provider: every call is action 'unknown'");
         }
     }
-    Ok((bundle, catalog))
+    Ok(handle)
+}
+
+/// Reloads the policy off the async workers, keeping the old bundle on failure, and reports it in metrics
+/// and logs. Every trigger (file change, SIGHUP, admin API) goes through here.
+pub async fn reload_policy(
+    policy: &Arc<PolicyHandle>,
+    metrics: &Metrics,
+    trigger: &str,
+) -> Result<String, String> {
+    let handle = policy.clone();
+    let result = tokio::task::spawn_blocking(move || handle.reload())
+        .await
+        .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+    match &result {
+        Ok(revision) => {
+            metrics
+                .policy_reloads_total
+                .with_label_values(&["ok"])
+                .inc();
+            metrics.set_policy_revision(revision);
+            tracing::info!(trigger, revision = %revision, "policy reloaded");
+        }
+        Err(e) => {
+            metrics
+                .policy_reloads_total
+                .with_label_values(&["error"])
+                .inc();
+            tracing::error!(trigger, error = %e, "policy reload failed; the previous bundle stays live");
+        }
+    }
+    result
+}
+
+/// Reloads when the files change (polled: no inotify dependency, works on every filesystem, including
+/// Kubernetes ConfigMap symlink swaps) and on SIGHUP.
+fn spawn_policy_watch(
+    policy: Arc<PolicyHandle>,
+    metrics: Arc<Metrics>,
+    watch: bool,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut seen = policy.files_fingerprint();
+        let mut tick = tokio::time::interval(POLICY_WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            #[cfg(unix)]
+            let hup_signal = async {
+                match hup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hup_signal = std::future::pending::<()>();
+            tokio::select! {
+                _ = tick.tick() => {
+                    if !watch {
+                        continue;
+                    }
+                    let now = policy.files_fingerprint();
+                    if now != seen {
+                        seen = now;
+                        let _ = reload_policy(&policy, &metrics, "file change").await;
+                    }
+                }
+                _ = hup_signal => {
+                    seen = policy.files_fingerprint();
+                    let _ = reload_policy(&policy, &metrics, "SIGHUP").await;
+                }
+            }
+        }
+    })
 }
 
 /// Wires everything and binds both listeners.
 pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
-    let (bundle, catalog) = load_policy(&config).map_err(anyhow::Error::msg)?;
-    metrics.set_policy_revision(bundle.revision());
-    let policy = Arc::new(PolicyHandle::new(bundle));
+    let policy = Arc::new(load_policy(&config).map_err(anyhow::Error::msg)?);
+    metrics.set_policy_revision(policy.current().bundle.revision());
     let identity = Arc::new(Identity::new(store.clone()));
     identity.refresh().await?;
     let (audit, audit_task) =
         AuditWriter::start(store.clone(), config.audit.max_batch, metrics.clone());
     let forwarder = Arc::new(Forwarder::new(&config).map_err(anyhow::Error::msg)?);
     let frozen = Arc::new(AtomicBool::new(store.frozen().await?));
-    let catalog = Arc::new(catalog);
     let approvals = Approvals::new(store.clone(), config.approvals.ttl);
 
     let gate = Arc::new(Gate {
         config: config.clone(),
-        catalog: catalog.clone(),
         policy: policy.clone(),
         identity: identity.clone(),
         audit,
@@ -121,7 +200,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         config: config.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
-        policy,
+        policy: policy.clone(),
         frozen,
         approvals,
         draining: Arc::new(AtomicBool::new(false)),
@@ -141,6 +220,11 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
     tasks.push(admin::spawn_control_poll(
         admin.clone(),
         config.server.identity_refresh,
+    ));
+    tasks.push(spawn_policy_watch(
+        policy.clone(),
+        metrics.clone(),
+        config.policy.watch,
     ));
 
     let stop = |mut w: tokio::sync::watch::Receiver<bool>| async move {

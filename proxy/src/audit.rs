@@ -47,6 +47,10 @@ pub struct DecisionRecord {
     pub policy_revision: Option<String>,
     pub charge_cents: Option<i64>,
     pub approval_id: Option<String>,
+    /// What the policy said (allow, deny, approve), if it ran.
+    pub policy_outcome: Option<String>,
+    /// What the shadow bundle said (or "error"), if one is configured.
+    pub shadow_outcome: Option<String>,
     /// The policy input with secrets removed (identity never puts keys in it; `redact` strips body secrets).
     pub input: Option<Value>,
 }
@@ -242,6 +246,8 @@ fn seal(r: DecisionRecord) -> (DecisionRow, [u8; 32]) {
         policy_revision: r.policy_revision,
         charge_cents: r.charge_cents,
         approval_id: r.approval_id,
+        policy_outcome: r.policy_outcome,
+        shadow_outcome: r.shadow_outcome,
         input: r.input.map(|v| v.to_string()),
     };
     let content = content_hash(&row);
@@ -283,6 +289,8 @@ pub fn content_hash(row: &DecisionRow) -> [u8; 32] {
     field(charge.as_deref());
     field(row.approval_id.as_deref());
     field(row.input.as_deref());
+    field(row.policy_outcome.as_deref());
+    field(row.shadow_outcome.as_deref());
     h.finalize().into()
 }
 

@@ -65,6 +65,19 @@ pub enum Command {
     /// Verify the decision log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Re-evaluate recorded decision inputs against a candidate bundle and show what would change.
+    Replay {
+        /// The candidate policy directory.
+        #[arg(long)]
+        policies: PathBuf,
+        /// Only decisions since this time: RFC 3339, or a duration ago like 7d, 12h.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100_000)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Review approvals: list, approve, deny.
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
@@ -337,6 +350,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Approvals(cmd) => approvals(&cli, cmd).await,
+        Command::Replay {
+            policies,
+            since,
+            limit,
+            json,
+        } => replay(&cli, policies, since.as_deref(), *limit, *json).await,
         Command::Spend { period, json } => {
             let store = connect(&load_config(&cli)?).await?;
             let period = period
@@ -411,17 +430,24 @@ fn check_config(cli: &Cli) -> ExitCode {
             problems.extend(e.0);
         }
         match crate::app::load_policy(config) {
-            Ok((bundle, catalog)) => println!(
-                "policy bundle {} (revision {}, {}), {} catalog actions",
-                config.policy.dir.display(),
-                bundle.revision(),
-                if bundle.uses_bytecode() {
-                    "bytecode VM"
-                } else {
-                    "interpreter"
-                },
-                catalog.action_names().len()
-            ),
+            Ok(handle) => {
+                let live = handle.current();
+                println!(
+                    "policy bundle {} (revision {}, {}), {} catalog actions{}",
+                    config.policy.dir.display(),
+                    live.bundle.revision(),
+                    if live.bundle.uses_bytecode() {
+                        "bytecode VM"
+                    } else {
+                        "interpreter"
+                    },
+                    live.catalog.action_names().len(),
+                    live.shadow
+                        .as_ref()
+                        .map(|s| format!(", shadow revision {}", s.revision()))
+                        .unwrap_or_default()
+                )
+            }
             Err(e) => problems.push(e),
         }
     }
@@ -645,4 +671,93 @@ async fn approvals(cli: &Cli, cmd: &ApprovalsCommand) -> anyhow::Result<ExitCode
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `--since`: an RFC 3339 time, or a duration before now (`7d`, `12h`, `30m`).
+fn parse_since(text: &str) -> anyhow::Result<chrono::DateTime<Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let now = Utc::now();
+    let later = identity::parse_expiry(text, now).map_err(anyhow::Error::msg)?;
+    Ok(now - (later - now))
+}
+
+async fn replay(
+    cli: &Cli,
+    dir: &std::path::Path,
+    since: Option<&str>,
+    limit: i64,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = connect(&load_config(cli)?).await?;
+    let candidate = Bundle::load(dir, std::time::Duration::from_secs(5))?;
+    let since = since.map(parse_since).transpose()?;
+    let rows = store
+        .replayable_decisions(since, limit.clamp(1, 10_000_000))
+        .await?;
+    let mut transitions: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    let mut changed = Vec::new();
+    for row in &rows {
+        let input: Value = match serde_json::from_str(&row.input) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        let (now, rule) = match candidate.evaluate(&input) {
+            Ok(d) => {
+                let name = match d.outcome {
+                    crate::policy::Outcome::Allow => "allow",
+                    crate::policy::Outcome::Deny => "deny",
+                    crate::policy::Outcome::Approve => "approve",
+                };
+                (name.to_string(), d.reasons.first().map(|r| r.rule.clone()))
+            }
+            Err(_) => ("error".to_string(), None),
+        };
+        if now != row.policy_outcome {
+            *transitions
+                .entry((row.action.clone(), row.policy_outcome.clone(), now.clone()))
+                .or_default() += 1;
+            changed.push(json!({
+                "id": row.id, "at": row.at, "agent": row.agent_name, "action": row.action,
+                "was": row.policy_outcome, "now": now, "rule": rule,
+            }));
+        }
+    }
+    if json_out {
+        let summary: Vec<Value> = transitions
+            .iter()
+            .map(|((action, was, now), n)| json!({"action": action, "was": was, "now": now, "count": n}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "candidate_revision": candidate.revision(), "replayed": rows.len(),
+                "changed": changed.len(), "transitions": summary, "rows": changed,
+            }))?
+        );
+    } else {
+        println!(
+            "replayed {} decisions against revision {}: {} would change",
+            rows.len(),
+            candidate.revision(),
+            changed.len()
+        );
+        for ((action, was, now), n) in &transitions {
+            println!("  {n:>6}  {action:<36} {was} -> {now}");
+        }
+        for c in &changed {
+            println!(
+                "{}  {}  {:<12} {:<36} {} -> {}  {}",
+                c["at"].as_str().unwrap_or_default(),
+                c["id"].as_str().unwrap_or_default(),
+                c["agent"].as_str().unwrap_or("-"),
+                c["action"].as_str().unwrap_or_default(),
+                c["was"].as_str().unwrap_or_default(),
+                c["now"].as_str().unwrap_or_default(),
+                c["rule"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

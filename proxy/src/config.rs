@@ -85,6 +85,8 @@ pub struct RawDatabase {
 pub struct RawPolicy {
     pub dir: Option<PathBuf>,
     pub timeout_ms: Option<u64>,
+    pub shadow_dir: Option<PathBuf>,
+    pub watch: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +156,10 @@ pub struct DatabaseConfig {
 pub struct PolicyConfig {
     pub dir: PathBuf,
     pub timeout: Duration,
+    /// A candidate bundle evaluated beside the live one on every request, never enforced.
+    pub shadow_dir: Option<PathBuf>,
+    /// Reload when files under `dir` (or `shadow_dir`) change.
+    pub watch: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -451,6 +457,8 @@ impl Config {
             policy: PolicyConfig {
                 dir: policy_dir,
                 timeout: Duration::from_millis(policy_timeout_ms),
+                shadow_dir: raw.policy.shadow_dir,
+                watch: raw.policy.watch.unwrap_or(true),
             },
             providers,
             admin: AdminConfig { token_env, token },

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub refusals_total: IntCounterVec,
     pub policy_evaluation_duration_seconds: Histogram,
     pub policy_info: IntGaugeVec,
+    pub policy_reloads_total: IntCounterVec,
+    pub shadow_disagreements_total: IntCounterVec,
     pub upstream_duration_seconds: HistogramVec,
     pub upstream_errors_total: IntCounterVec,
     pub audit_queue_depth: IntGauge,
@@ -84,6 +86,20 @@ impl Metrics {
                 "The loaded policy bundle revision (value is always 1)",
             ),
             &["revision"],
+        )?;
+        let policy_reloads_total = IntCounterVec::new(
+            Opts::new(
+                "policy_reloads_total",
+                "Policy reload attempts by result (ok, error)",
+            ),
+            &["result"],
+        )?;
+        let shadow_disagreements_total = IntCounterVec::new(
+            Opts::new(
+                "shadow_disagreements_total",
+                "Requests where the shadow bundle's outcome differed",
+            ),
+            &["action"],
         )?;
         let upstream_duration_seconds = HistogramVec::new(
             HistogramOpts::new(
@@ -158,6 +174,8 @@ impl Metrics {
         registry.register(Box::new(refusals_total.clone()))?;
         registry.register(Box::new(policy_evaluation_duration_seconds.clone()))?;
         registry.register(Box::new(policy_info.clone()))?;
+        registry.register(Box::new(policy_reloads_total.clone()))?;
+        registry.register(Box::new(shadow_disagreements_total.clone()))?;
         registry.register(Box::new(upstream_duration_seconds.clone()))?;
         registry.register(Box::new(upstream_errors_total.clone()))?;
         registry.register(Box::new(audit_queue_depth.clone()))?;
@@ -186,6 +204,8 @@ impl Metrics {
             refusals_total,
             policy_evaluation_duration_seconds,
             policy_info,
+            policy_reloads_total,
+            shadow_disagreements_total,
             upstream_duration_seconds,
             upstream_errors_total,
             audit_queue_depth,

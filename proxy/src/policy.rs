@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::classify::Action;
+use crate::classify::{Action, Catalog};
 use crate::identity::Agent;
 
 /// The rule every bundle must define.
@@ -110,9 +110,31 @@ pub struct Bundle {
     timeout: Duration,
 }
 
-/// The live bundle, swappable as a whole; in-flight evaluations keep the `Arc` they started with.
+/// What requests are judged with: the bundle, the route catalog that came with it, and an optional shadow
+/// bundle evaluated beside it but never enforced. Swapped as a whole.
+pub struct Live {
+    pub bundle: Bundle,
+    pub catalog: Catalog,
+    pub shadow: Option<Bundle>,
+}
+
+/// Where the live policy comes from and how the last reload went.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    pub last_attempt: Option<DateTime<Utc>>,
+    /// The last failed reload's error; cleared by a successful one.
+    pub last_error: Option<String>,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+}
+
+/// The live policy, swappable as a whole; in-flight evaluations keep the `Arc` they started with.
 pub struct PolicyHandle {
-    current: RwLock<Arc<Bundle>>,
+    current: RwLock<Arc<Live>>,
+    status: RwLock<ReloadStatus>,
+    dir: PathBuf,
+    shadow_dir: Option<PathBuf>,
+    timeout: Duration,
 }
 
 static BUNDLE_SERIAL: AtomicU64 = AtomicU64::new(1);
@@ -259,22 +281,105 @@ impl Bundle {
     }
 }
 
+impl Live {
+    /// Loads bundle, catalog (`<dir>/catalog`) and shadow bundle; any failure fails the whole load.
+    pub fn load(
+        dir: &Path,
+        shadow_dir: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<Live, PolicyError> {
+        let bundle = Bundle::load(dir, timeout)?;
+        let catalog = Catalog::load(&dir.join("catalog"))
+            .map_err(|e| PolicyError::Load(vec![format!("catalog: {e}")]))?;
+        let shadow = match shadow_dir {
+            Some(d) => Some(
+                Bundle::load(d, timeout)
+                    .map_err(|e| PolicyError::Load(vec![format!("shadow bundle: {e}")]))?,
+            ),
+            None => None,
+        };
+        Ok(Live {
+            bundle,
+            catalog,
+            shadow,
+        })
+    }
+}
+
 impl PolicyHandle {
-    pub fn new(bundle: Bundle) -> PolicyHandle {
-        PolicyHandle {
-            current: RwLock::new(Arc::new(bundle)),
-        }
+    pub fn load(
+        dir: &Path,
+        shadow_dir: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<PolicyHandle, PolicyError> {
+        let live = Live::load(dir, shadow_dir, timeout)?;
+        Ok(PolicyHandle {
+            current: RwLock::new(Arc::new(live)),
+            status: RwLock::new(ReloadStatus {
+                last_attempt: None,
+                last_error: None,
+                reloads_ok: 0,
+                reloads_failed: 0,
+            }),
+            dir: dir.to_path_buf(),
+            shadow_dir: shadow_dir.map(Path::to_path_buf),
+            timeout,
+        })
     }
 
-    pub fn current(&self) -> Arc<Bundle> {
+    pub fn current(&self) -> Arc<Live> {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    pub fn swap(&self, bundle: Bundle) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(bundle);
+    pub fn status(&self) -> ReloadStatus {
+        self.status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Loads the bundle again from disk and swaps it in only if it compiles, warms up and passes its tests;
+    /// otherwise the old one stays and the error is kept in the status. Blocking: call it off the async
+    /// workers. Returns the live revision.
+    pub fn reload(&self) -> Result<String, String> {
+        let attempt = Live::load(&self.dir, self.shadow_dir.as_deref(), self.timeout);
+        let mut status = self.status.write().unwrap_or_else(|e| e.into_inner());
+        status.last_attempt = Some(Utc::now());
+        match attempt {
+            Ok(live) => {
+                let revision = live.bundle.revision().to_string();
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+                status.last_error = None;
+                status.reloads_ok += 1;
+                Ok(revision)
+            }
+            Err(e) => {
+                status.last_error = Some(e.to_string());
+                status.reloads_failed += 1;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// A cheap fingerprint of the files on disk (paths, sizes, modification times), to notice edits.
+    pub fn files_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for dir in std::iter::once(&self.dir).chain(self.shadow_dir.as_ref()) {
+            if let Ok(files) = bundle_files(dir) {
+                for f in files {
+                    f.hash(&mut h);
+                    if let Ok(meta) = std::fs::metadata(&f) {
+                        meta.len().hash(&mut h);
+                        meta.modified().ok().hash(&mut h);
+                    }
+                }
+            }
+        }
+        h.finish()
     }
 }
 

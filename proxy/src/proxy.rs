@@ -24,14 +24,14 @@ use uuid::Uuid;
 use crate::approvals::{Approvals, Call, ConsumedApproval};
 use crate::audit::{AuditWriter, DecisionRecord};
 use crate::canon;
-use crate::classify::{Action, Catalog, Risk};
+use crate::classify::{Action, Risk};
 use crate::config::Config;
 use crate::error::{Envelope, Refusal, RefusalCode};
 use crate::forward::{Forwarder, Permit, Target, UpstreamFailure};
 use crate::identity::{Agent, AuthError, Identity, presented_key};
 use crate::ledger::{self, Ledger, Settlement};
 use crate::metrics::{Metrics, status_class};
-use crate::policy::{Decision, Outcome, PolicyHandle, RequestFacts, RunFacts, build_input};
+use crate::policy::{Decision, Live, Outcome, PolicyHandle, RequestFacts, RunFacts, build_input};
 use crate::store::{NewReservation, OutcomeRow, Reservation};
 
 /// Request headers that carry secrets: never in the policy input, never in a decision record.
@@ -61,7 +61,6 @@ const ATTRIBUTION_MAX: usize = 256;
 /// Everything the agent listener shares between requests.
 pub struct Gate {
     pub config: Arc<Config>,
-    pub catalog: Arc<Catalog>,
     pub policy: Arc<PolicyHandle>,
     pub identity: Arc<Identity>,
     pub audit: AuditWriter,
@@ -88,6 +87,7 @@ struct Draft {
     decision: Option<Decision>,
     policy_revision: Option<String>,
     approval_id: Option<String>,
+    shadow_outcome: Option<String>,
     input: Option<Value>,
 }
 
@@ -109,6 +109,7 @@ pub async fn handle(State(gate): State<Arc<Gate>>, request: Request<Body>) -> Re
         decision: None,
         policy_revision: None,
         approval_id: None,
+        shadow_outcome: None,
         input: None,
     };
     match gate.admit(&mut draft, &parts, body).await {
@@ -173,8 +174,9 @@ impl Gate {
         };
         draft.agent = Some(agent.clone());
 
-        // classify
-        let action = self
+        // classify (the catalog and the bundle that judges come from one snapshot of the live policy)
+        let live = self.policy.current();
+        let action = live
             .catalog
             .classify(&provider.name, &parts.method, path.segments())
             .map_err(|m| Refusal::malformed(m.message()))?;
@@ -234,7 +236,7 @@ impl Gate {
             approval_input,
             now,
         );
-        let decision = self.decide(draft, input).await?;
+        let decision = self.decide(draft, live, input).await?;
         let call = Call {
             agent_id: agent.id,
             agent_name: &agent.name,
@@ -506,21 +508,29 @@ impl Gate {
         }
     }
 
-    /// Evaluates the live bundle on the blocking pool.
-    async fn decide(&self, draft: &mut Draft, input: Value) -> Result<Decision, Refusal> {
-        let bundle = self.policy.current();
-        draft.policy_revision = Some(bundle.revision().to_string());
+    /// Evaluates the live bundle (and the shadow bundle, if any, never enforced) on the blocking pool.
+    async fn decide(
+        &self,
+        draft: &mut Draft,
+        live: Arc<Live>,
+        input: Value,
+    ) -> Result<Decision, Refusal> {
+        draft.policy_revision = Some(live.bundle.revision().to_string());
         let metrics = self.metrics.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let result = bundle.evaluate(&input);
+            let result = live.bundle.evaluate(&input);
             metrics
                 .policy_evaluation_duration_seconds
                 .observe(started.elapsed().as_secs_f64());
-            (result, input)
+            let shadow = live.shadow.as_ref().map(|b| match b.evaluate(&input) {
+                Ok(d) => outcome_name(d.outcome),
+                Err(_) => "error",
+            });
+            (result, shadow, input)
         })
         .await;
-        let (result, input) = match joined {
+        let (result, shadow, input) = match joined {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::error!(error = %e, "policy evaluation task failed");
@@ -528,6 +538,24 @@ impl Gate {
             }
         };
         draft.input = Some(input);
+        let live_outcome = result
+            .as_ref()
+            .map(|d| outcome_name(d.outcome))
+            .unwrap_or("error");
+        if let Some(shadow) = shadow {
+            draft.shadow_outcome = Some(shadow.to_string());
+            if shadow != live_outcome {
+                let action = draft
+                    .action
+                    .as_ref()
+                    .map(|a| a.name.to_string())
+                    .unwrap_or_default();
+                self.metrics
+                    .shadow_disagreements_total
+                    .with_label_values(&[&action])
+                    .inc();
+            }
+        }
         match result {
             Ok(decision) => {
                 draft.decision = Some(decision.clone());
@@ -653,6 +681,11 @@ impl Gate {
                 .and_then(|r| r.approval_id())
                 .map(str::to_string)
                 .or_else(|| draft.approval_id.clone()),
+            policy_outcome: draft
+                .decision
+                .as_ref()
+                .map(|d| outcome_name(d.outcome).to_string()),
+            shadow_outcome: draft.shadow_outcome.clone(),
             input: draft.input.as_ref().map(redacted),
         }
     }
@@ -736,6 +769,14 @@ fn approval_required(decision: &Decision, approval_id: &str, status: &str) -> Re
 /// Integer cents as dollars for messages (`1044` → `$10.44`).
 fn dollars(cents: i64) -> String {
     format!("${}.{:02}", cents / 100, (cents % 100).abs())
+}
+
+fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Allow => "allow",
+        Outcome::Deny => "deny",
+        Outcome::Approve => "approve",
+    }
 }
 
 fn outcome_label<'a>(outcome: &'a str, refusal: &'a Refusal) -> &'a str {

@@ -90,6 +90,8 @@ pub struct DecisionRow {
     pub charge_cents: Option<i64>,
     pub approval_id: Option<String>,
     pub input: Option<String>,
+    pub policy_outcome: Option<String>,
+    pub shadow_outcome: Option<String>,
 }
 
 /// What happened upstream after a permitted request was forwarded.
@@ -230,17 +232,17 @@ impl Store {
             sqlx::query(
                 "INSERT INTO decisions (id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id,
                     on_behalf_of, provider, method, path, query, action, risk, outcome, code, rules, reasons,
-                    policy_revision, charge_cents, approval_id, input)
+                    policy_revision, charge_cents, approval_id, input, policy_outcome, shadow_outcome)
                  SELECT id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id, on_behalf_of,
                     provider, method, path, query, action, risk, outcome, code, rules::json, reasons::json,
-                    policy_revision, charge_cents, approval_id, input::json
+                    policy_revision, charge_cents, approval_id, input::json, policy_outcome, shadow_outcome
                  FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::int8[], $5::text[], $6::text[],
                     $7::uuid[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
                     $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[],
-                    $21::text[], $22::int8[], $23::text[], $24::text[])
+                    $21::text[], $22::int8[], $23::text[], $24::text[], $25::text[], $26::text[])
                     AS t(id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id, on_behalf_of,
                          provider, method, path, query, action, risk, outcome, code, rules, reasons,
-                         policy_revision, charge_cents, approval_id, input)",
+                         policy_revision, charge_cents, approval_id, input, policy_outcome, shadow_outcome)",
             )
             .bind(c.id)
             .bind(c.at)
@@ -266,6 +268,8 @@ impl Store {
             .bind(c.charge_cents)
             .bind(c.approval_id)
             .bind(c.input)
+            .bind(c.policy_outcome)
+            .bind(c.shadow_outcome)
             .execute(&mut *tx)
             .await?;
         }
@@ -310,7 +314,7 @@ impl Store {
 
     const DECISION_COLUMNS: &'static str = "d.id, d.at, d.writer_id, d.seq, d.prev_hash, d.hash, d.agent_id,
         d.agent_name, d.run_id, d.on_behalf_of, d.provider, d.method, d.path, d.query, d.action, d.risk,
-        d.outcome, d.code, d.rules::text AS rules, d.reasons::text AS reasons, d.policy_revision, d.charge_cents, d.approval_id, d.input::text AS input,
+        d.outcome, d.code, d.rules::text AS rules, d.reasons::text AS reasons, d.policy_revision, d.charge_cents, d.approval_id, d.input::text AS input, d.policy_outcome, d.shadow_outcome,
         o.upstream_status, o.latency_us, o.error AS outcome_error, o.flagged, o.at AS outcome_at";
 
     pub async fn decision(
@@ -354,6 +358,35 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(decision_from_row).collect()
+    }
+
+    /// Recorded policy inputs and what the policy said, oldest first, for `tollgate replay`.
+    pub async fn replayable_decisions(
+        &self,
+        since: Option<DateTime<Utc>>,
+        limit: i64,
+    ) -> Result<Vec<ReplayRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, agent_name, action, policy_outcome, input::text AS input FROM decisions
+             WHERE input IS NOT NULL AND policy_outcome IS NOT NULL AND ($1::timestamptz IS NULL OR at >= $1)
+             ORDER BY at, id LIMIT $2",
+        )
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ReplayRow {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    agent_name: r.try_get("agent_name")?,
+                    action: r.try_get("action")?,
+                    policy_outcome: r.try_get("policy_outcome")?,
+                    input: r.try_get("input")?,
+                })
+            })
+            .collect()
     }
 
     /// Every decision of one writer in chain order, for `audit verify`.
@@ -775,6 +808,17 @@ impl Store {
     }
 }
 
+/// One recorded decision as `tollgate replay` needs it.
+#[derive(Debug, Clone)]
+pub struct ReplayRow {
+    pub id: Uuid,
+    pub at: DateTime<Utc>,
+    pub agent_name: Option<String>,
+    pub action: String,
+    pub policy_outcome: String,
+    pub input: String,
+}
+
 /// Which budget window a charge counts against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowKey {
@@ -897,6 +941,8 @@ struct DecisionColumns {
     charge_cents: Vec<Option<i64>>,
     approval_id: Vec<Option<String>>,
     input: Vec<Option<String>>,
+    policy_outcome: Vec<Option<String>>,
+    shadow_outcome: Vec<Option<String>>,
 }
 
 impl DecisionColumns {
@@ -926,6 +972,8 @@ impl DecisionColumns {
             charge_cents: Vec::with_capacity(n),
             approval_id: Vec::with_capacity(n),
             input: Vec::with_capacity(n),
+            policy_outcome: Vec::with_capacity(n),
+            shadow_outcome: Vec::with_capacity(n),
         }
     }
 
@@ -954,6 +1002,8 @@ impl DecisionColumns {
         self.charge_cents.push(r.charge_cents);
         self.approval_id.push(r.approval_id.clone());
         self.input.push(r.input.clone());
+        self.policy_outcome.push(r.policy_outcome.clone());
+        self.shadow_outcome.push(r.shadow_outcome.clone());
     }
 }
 
@@ -1002,6 +1052,8 @@ fn decision_from_row(
         charge_cents: r.try_get("charge_cents")?,
         approval_id: r.try_get("approval_id")?,
         input: r.try_get("input")?,
+        policy_outcome: r.try_get("policy_outcome")?,
+        shadow_outcome: r.try_get("shadow_outcome")?,
     };
     let outcome_at: Option<DateTime<Utc>> = r.try_get("outcome_at")?;
     let outcome = match outcome_at {

@@ -64,6 +64,7 @@ pub struct TollgateBuilder {
     stripe_upstream: String,
     policy_dir: PathBuf,
     server_extra: Vec<String>,
+    policy_extra: Vec<String>,
 }
 
 pub struct Tollgate {
@@ -81,6 +82,7 @@ impl TollgateBuilder {
             stripe_upstream: upstream_url.to_string(),
             policy_dir: bundled_policies(),
             server_extra: Vec::new(),
+            policy_extra: Vec::new(),
         }
     }
 
@@ -100,6 +102,12 @@ impl TollgateBuilder {
         self
     }
 
+    /// An extra `key = value` line in `[policy]`, e.g. `shadow_dir = "/tmp/x"`.
+    pub fn policy(mut self, line: &str) -> Self {
+        self.policy_extra.push(line.to_string());
+        self
+    }
+
     fn config_text(&self) -> String {
         format!(
             r#"[server]
@@ -113,6 +121,7 @@ migrate_on_start = true
 
 [policy]
 dir = "{policy}"
+{policy_extra}
 
 [providers.cloudflare]
 upstream = "{cf}"
@@ -125,6 +134,7 @@ envelope = "stripe"
 credential = {{ env = "STRIPE_SECRET_KEY", scheme = "basic" }}
 "#,
             extra = self.server_extra.join("\n"),
+            policy_extra = self.policy_extra.join("\n"),
             db = self.database_url,
             policy = self.policy_dir.display(),
             cf = self.cloudflare_upstream,
@@ -233,6 +243,11 @@ impl Tollgate {
             .as_str()
             .map(str::to_string)
             .ok_or_else(|| anyhow!("no key in {stdout}"))
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// The process's log so far (stderr).
