@@ -16,6 +16,7 @@ use tollgate::metrics::Metrics;
 use tollgate::store::{DecisionRow, Store};
 use uuid::Uuid;
 
+/// In-flight requests; overridable with TOLLGATE_BENCH_CONCURRENCY.
 const CONCURRENCY: usize = 256;
 const GROUP_RECORDS: usize = 100_000;
 const BASELINE_RECORDS: usize = 5_000;
@@ -150,9 +151,13 @@ async fn measure(url: &SecretString) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let (audit, _task) = AuditWriter::start(store.clone(), 1024, metrics.clone());
     let started = Instant::now();
-    let per_task = GROUP_RECORDS / CONCURRENCY;
+    let concurrency = std::env::var("TOLLGATE_BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(CONCURRENCY);
+    let per_task = GROUP_RECORDS / concurrency;
     let mut tasks = Vec::new();
-    for _ in 0..CONCURRENCY {
+    for _ in 0..concurrency {
         let audit = audit.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..per_task {
@@ -163,11 +168,11 @@ async fn measure(url: &SecretString) -> anyhow::Result<()> {
     for t in tasks {
         t.await?;
     }
-    let total = per_task * CONCURRENCY;
+    let total = per_task * concurrency;
     let group = total as f64 / started.elapsed().as_secs_f64();
     let batches = metrics.audit_batch_size.get_sample_count();
 
-    println!("audit writer, {total} durable decisions, {CONCURRENCY} concurrent requests:");
+    println!("audit writer, {total} durable decisions, {concurrency} concurrent requests:");
     println!(
         "  one transaction per decision (baseline, 64 connections): {baseline:>9.0} decisions/s"
     );
@@ -176,6 +181,14 @@ async fn measure(url: &SecretString) -> anyhow::Result<()> {
         "  ratio group/baseline: {:.1}x; mean batch {:.0} records",
         group / baseline,
         total as f64 / batches as f64
+    );
+    let commits = metrics
+        .audit_commit_duration_seconds
+        .get_sample_count()
+        .max(1);
+    println!(
+        "  mean commit (one transaction, in the writer): {:.2} ms",
+        1000.0 * metrics.audit_commit_duration_seconds.get_sample_sum() / commits as f64
     );
     store.close().await;
     Ok(())

@@ -35,13 +35,25 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     shutdown: tokio::sync::watch::Sender<bool>,
+    draining: Arc<AtomicBool>,
+    drain: std::time::Duration,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish, then stops background tasks.
+    /// Reports draining on `/readyz` for the configured drain time, stops accepting, lets in-flight
+    /// requests finish, then stops background tasks.
     pub async fn shutdown(self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        if !self.drain.is_zero() {
+            tracing::info!(
+                drain_ms = self.drain.as_millis() as u64,
+                "draining: /readyz reports 503"
+            );
+            tokio::time::sleep(self.drain).await;
+        }
         let _ = self.shutdown.send(true);
         for s in self.servers {
             let _ = s.await;
@@ -196,6 +208,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         ledger: Ledger::new(store.clone()),
         approvals: approvals.clone(),
     });
+    let draining = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(Admin {
         config: config.clone(),
         store: store.clone(),
@@ -203,7 +216,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         policy: policy.clone(),
         frozen,
         approvals,
-        draining: Arc::new(AtomicBool::new(false)),
+        draining: draining.clone(),
     });
 
     let proxy_listener = tokio::net::TcpListener::bind(config.server.listen).await?;
@@ -248,6 +261,8 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         proxy_addr,
         admin_addr,
         shutdown,
+        draining,
+        drain: config.server.shutdown_drain,
         tasks,
         servers,
     })

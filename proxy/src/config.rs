@@ -70,6 +70,7 @@ pub struct RawServer {
     pub upstream_timeout_ms: Option<u64>,
     pub max_concurrency: Option<usize>,
     pub identity_refresh_ms: Option<u64>,
+    pub shutdown_drain_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +143,9 @@ pub struct ServerConfig {
     pub upstream_timeout: Duration,
     pub max_concurrency: usize,
     pub identity_refresh: Duration,
+    /// On SIGTERM, how long `/readyz` reports draining (so load balancers stop sending) before the
+    /// listeners close; in-flight requests then finish.
+    pub shutdown_drain: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -448,6 +452,7 @@ impl Config {
                 upstream_timeout: Duration::from_millis(upstream_timeout_ms),
                 max_concurrency,
                 identity_refresh: Duration::from_millis(identity_refresh_ms),
+                shutdown_drain: Duration::from_millis(raw.server.shutdown_drain_ms.unwrap_or(0)),
             },
             database: DatabaseConfig {
                 url: url.map(SecretString::from),

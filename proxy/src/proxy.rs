@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -428,11 +428,6 @@ impl Gate {
             }
         }
 
-        let action_name = draft
-            .action
-            .as_ref()
-            .map(|a| a.name.to_string())
-            .unwrap_or_default();
         match result {
             Ok((response, latency)) => {
                 let status = response.status().as_u16();
@@ -448,12 +443,7 @@ impl Gate {
                     .upstream_duration_seconds
                     .with_label_values(&[&draft.provider, status_class(status)])
                     .observe(latency.as_secs_f64());
-                self.count(
-                    &draft.provider,
-                    &action_name,
-                    "allow",
-                    draft.started.elapsed(),
-                );
+                self.count(draft, "allow", None);
                 // respond
                 let mut response = response.map(Body::new);
                 insert_decision_header(response.headers_mut(), draft.id);
@@ -496,12 +486,7 @@ impl Gate {
                     .refusals_total
                     .with_label_values(&[code.as_str()])
                     .inc();
-                self.count(
-                    &draft.provider,
-                    &action_name,
-                    code.as_str(),
-                    draft.started.elapsed(),
-                );
+                self.count(draft, code.as_str(), Some(code.as_str()));
                 // The decision (allow) is already recorded; the failure is its outcome, not a new decision.
                 Ok(Refusal::new(code, message).into_response(draft.envelope, draft.id))
             }
@@ -611,20 +596,14 @@ impl Gate {
                 Refusal::store_unavailable()
             }
         };
-        let action = draft
-            .action
-            .as_ref()
-            .map(|a| a.name.to_string())
-            .unwrap_or_else(|| "unknown".into());
         self.metrics
             .refusals_total
             .with_label_values(&[refusal.code().as_str()])
             .inc();
         self.count(
-            &draft.provider,
-            &action,
+            &draft,
             outcome_label(outcome, &refusal),
-            draft.started.elapsed(),
+            Some(refusal.code().as_str()),
         );
         refusal.into_response(draft.envelope, draft.id)
     }
@@ -690,15 +669,35 @@ impl Gate {
         }
     }
 
-    fn count(&self, provider: &str, action: &str, outcome: &str, elapsed: Duration) {
+    /// Counts the finished request and writes its one decision log line.
+    fn count(&self, draft: &Draft, outcome: &str, code: Option<&str>) {
+        let action = draft
+            .action
+            .as_ref()
+            .map(|a| &*a.name)
+            .unwrap_or(crate::classify::UNKNOWN_ACTION);
+        let elapsed = draft.started.elapsed();
         self.metrics
             .requests_total
-            .with_label_values(&[provider, action, outcome])
+            .with_label_values(&[&draft.provider, action, outcome])
             .inc();
         self.metrics
             .request_duration_seconds
-            .with_label_values(&[provider, outcome])
+            .with_label_values(&[&draft.provider, outcome])
             .observe(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "tollgate::decision",
+            decision_id = %draft.id,
+            agent = draft.agent.as_ref().map(|a| a.name.as_str()).unwrap_or("-"),
+            run = draft.run.id.as_deref().unwrap_or("-"),
+            provider = %draft.provider,
+            method = %draft.method,
+            action,
+            outcome,
+            code = code.unwrap_or("-"),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "decision"
+        );
     }
 }
 

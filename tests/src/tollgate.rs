@@ -197,7 +197,7 @@ fn command(dir: &Path) -> anyhow::Result<Command> {
         .env("CLOUDFLARE_API_TOKEN", CLOUDFLARE_SECRET)
         .env("STRIPE_SECRET_KEY", STRIPE_SECRET)
         .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "info");
     Ok(cmd)
 }
 

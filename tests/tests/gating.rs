@@ -928,3 +928,54 @@ async fn decisions_are_append_only() {
     let delete = sqlx::query("DELETE FROM decisions").execute(&w.pool).await;
     assert!(delete.is_err());
 }
+
+#[tokio::test]
+async fn sigterm_drains_readiness_first_then_stops() {
+    let upstream = Upstream::builder().start().await.unwrap();
+    let w = world_with(upstream, |b| b.server("shutdown_drain_ms = 1500")).await;
+    assert_eq!(
+        w.http
+            .get(w.gate.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let pid = w.gate.pid().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready = w
+        .http
+        .get(w.gate.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["draining"], true);
+    // Still serving while draining: the load balancer is the one that stops sending.
+    assert_eq!(
+        w.get("/cloudflare/client/v4/zones")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        w.http
+            .get(w.gate.admin_url("/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "stopped after the drain"
+    );
+}
