@@ -225,15 +225,15 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Config::load(&ConfigSource::from_process(file.as_deref())).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// Without a configured database, the embedded SQLite file `./tollgate.db`.
+pub const EMBEDDED_DATABASE: &str = "sqlite:tollgate.db";
+
 async fn connect(config: &Config) -> anyhow::Result<Store> {
-    let url = config.database.url.as_ref().ok_or_else(|| {
-        anyhow::anyhow!(
-            "no database configured: set database.url or DATABASE_URL to a postgres:// URL"
-        )
-    })?;
+    let embedded = secrecy::SecretString::from(EMBEDDED_DATABASE);
+    let url = config.database.url.as_ref().unwrap_or(&embedded);
     Store::connect(url, config.database.max_connections)
         .await
-        .context("cannot connect to the database")
+        .context("cannot open the database")
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -464,13 +464,22 @@ fn check_config(cli: &Cli) -> ExitCode {
 
 async fn serve(cli: &Cli, migrate: bool) -> anyhow::Result<ExitCode> {
     let config = load_config(cli)?;
-    config
-        .check_serveable()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // A provider without its credential is refused per request (fail closed), not at start, so a newcomer
+    // can try tollgate before holding real provider keys; check-config reports it as an error.
+    if let Err(e) = config.check_serveable() {
+        for problem in &e.0 {
+            eprintln!("warning: {problem}; requests to that provider will be refused");
+        }
+    }
     let store = connect(&config).await?;
-    if migrate || config.database.migrate_on_start {
+    if store.is_embedded() {
+        store.lock_for_serving()?;
+    }
+    // The embedded file is created and migrated on start; Postgres is migrated on request (a deploy step).
+    if migrate || config.database.migrate_on_start || store.is_embedded() {
         store.migrate().await?;
     }
+    let embedded = store.is_embedded();
     let mut running = crate::app::start(config, store).await?;
     println!(
         "tollgate listening for agents on http://{}",
@@ -479,6 +488,14 @@ async fn serve(cli: &Cli, migrate: bool) -> anyhow::Result<ExitCode> {
     println!(
         "admin API, /metrics and /readyz on http://{}",
         running.admin_addr
+    );
+    if embedded {
+        println!(
+            "store: embedded SQLite file ./tollgate.db (single node; set DATABASE_URL=postgres://… for replicas)"
+        );
+    }
+    println!(
+        "create an agent key: tollgate agents create my-agent --scope dns:write   (the key is shown once)"
     );
     tracing::info!(proxy = %running.proxy_addr, admin = %running.admin_addr, "tollgate started");
     tokio::select! {

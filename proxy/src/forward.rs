@@ -78,6 +78,8 @@ pub enum UpstreamFailure {
     Timeout,
     /// The exchange broke after the request may have been sent.
     Broken,
+    /// This tollgate holds no credential for the provider: nothing was sent.
+    NoCredential,
 }
 
 struct Upstream {
@@ -179,6 +181,9 @@ impl Forwarder {
         let Some(upstream) = self.upstreams.get(&permit.provider) else {
             return Err((UpstreamFailure::Connect, started.elapsed()));
         };
+        if upstream.authorization.is_none() {
+            return Err((UpstreamFailure::NoCredential, started.elapsed()));
+        }
         let uri = match target_uri(&upstream.base, &permit.path, permit.query.as_deref()) {
             Some(u) => u,
             None => return Err((UpstreamFailure::Connect, started.elapsed())),

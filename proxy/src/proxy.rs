@@ -411,7 +411,9 @@ impl Gate {
         if reserved {
             let settlement = match &result {
                 Ok((response, _)) => Settlement::of_response(response.status().as_u16()),
-                Err((UpstreamFailure::Connect, _)) => Settlement::Release,
+                Err((UpstreamFailure::Connect | UpstreamFailure::NoCredential, _)) => {
+                    Settlement::Release
+                }
                 Err(_) => Settlement::Unknown,
             };
             match self.ledger.settle(draft.id, settlement).await {
@@ -468,6 +470,12 @@ impl Gate {
                         "io",
                         true,
                         "tollgate: the exchange with the provider failed; the request may have been acted on",
+                    ),
+                    UpstreamFailure::NoCredential => (
+                        RefusalCode::UpstreamError,
+                        "no_credential",
+                        false,
+                        "tollgate: no credential is configured for this provider; the request was not sent",
                     ),
                 };
                 self.audit.record_outcome(OutcomeRow {

@@ -8,7 +8,8 @@
 //! - [`tollgate`]: the real `tollgate` binary started on ports the OS picks, with its CLI, against one test
 //!   database and one stand-in upstream.
 //!
-//! The tests drive the real binary from the outside; this crate does not link the proxy library.
+//! The end-to-end tests drive the real binary from the outside; the store conformance suite
+//! (`tests/store_conformance.rs`) calls the library's `Store` directly against both backends.
 
 pub mod postgres;
 pub mod tollgate;

@@ -59,7 +59,8 @@ pub fn policy_dir_with(rego: &str) -> anyhow::Result<tempfile::TempDir> {
 }
 
 pub struct TollgateBuilder {
-    database_url: String,
+    /// `None`: no database configured, so tollgate uses its embedded SQLite file in its working directory.
+    database_url: Option<String>,
     cloudflare_upstream: String,
     stripe_upstream: String,
     policy_dir: PathBuf,
@@ -77,7 +78,7 @@ pub struct Tollgate {
 impl TollgateBuilder {
     pub fn new(database_url: &str, upstream_url: &str) -> TollgateBuilder {
         TollgateBuilder {
-            database_url: database_url.to_string(),
+            database_url: Some(database_url.to_string()),
             cloudflare_upstream: upstream_url.to_string(),
             stripe_upstream: upstream_url.to_string(),
             policy_dir: bundled_policies(),
@@ -102,6 +103,12 @@ impl TollgateBuilder {
         self
     }
 
+    /// No database configured: the embedded default (`./tollgate.db` in the fixture's directory).
+    pub fn embedded(mut self) -> Self {
+        self.database_url = None;
+        self
+    }
+
     /// An extra `key = value` line in `[policy]`, e.g. `shadow_dir = "/tmp/x"`.
     pub fn policy(mut self, line: &str) -> Self {
         self.policy_extra.push(line.to_string());
@@ -115,9 +122,7 @@ listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 {extra}
 
-[database]
-url = "{db}"
-migrate_on_start = true
+{database}
 
 [policy]
 dir = "{policy}"
@@ -135,7 +140,10 @@ credential = {{ env = "STRIPE_SECRET_KEY", scheme = "basic" }}
 "#,
             extra = self.server_extra.join("\n"),
             policy_extra = self.policy_extra.join("\n"),
-            db = self.database_url,
+            database = match &self.database_url {
+                Some(url) => format!("[database]\nurl = \"{url}\"\nmigrate_on_start = true\n"),
+                None => String::new(),
+            },
             policy = self.policy_dir.display(),
             cf = self.cloudflare_upstream,
             stripe = self.stripe_upstream,
@@ -243,6 +251,11 @@ impl Tollgate {
             .as_str()
             .map(str::to_string)
             .ok_or_else(|| anyhow!("no key in {stdout}"))
+    }
+
+    /// The directory the process runs in (its config, log and, when embedded, `tollgate.db`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The process id, for signals.

@@ -1,9 +1,7 @@
-//! The store: the only module that speaks SQL.
+//! The Postgres backend of the store: the system of record, shared by any number of replicas.
 //!
-//! Owns: the connection pool, migrations (embedded from `migrations/postgres`), and every query, expressed as
-//! plain row types that the domain modules convert from and to. Postgres is the system of record.
-//! Must not: know HTTP, policy or metrics. Errors leave as [`StoreError`], which callers map to a refusal
-//! (`store_unavailable`) without ever showing its text to an agent.
+//! Owns: the Postgres pool, its migrations (embedded from `migrations/postgres`) and its SQL. Caps stay exact
+//! across replicas because a reservation is one conditional UPDATE, serialized by Postgres on the row.
 
 use std::time::Duration;
 
@@ -14,6 +12,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+use super::*;
+
 /// Embedded so that the binary migrates without the source tree beside it.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -21,106 +21,16 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgre
 /// refusal now is better than a queue of agents waiting on a dead database.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
-    #[error("{0} already exists")]
-    Conflict(String),
-    #[error("migration failed: {0}")]
-    Migration(#[from] sqlx::migrate::MigrateError),
-    #[error(
-        "the embedded store is not supported by this build; configure database.url = \"postgres://…\""
-    )]
-    NoDatabase,
-}
-
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> Self {
-        StoreError::Unavailable(e)
-    }
-}
-
+/// The Postgres backend: the system of record, for any number of replicas.
 #[derive(Clone)]
-pub struct Store {
+pub struct PgStore {
     pool: PgPool,
 }
 
-/// An agent as stored; `identity` turns it into an `Agent`.
-#[derive(Debug, Clone)]
-pub struct AgentRow {
-    pub id: Uuid,
-    pub name: String,
-    pub team: Option<String>,
-    pub scopes: Vec<String>,
-    pub labels: Value,
-    pub key_hash: String,
-    pub key_prefix: String,
-    pub status: String,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
-/// One decision record as written by the audit writer.
-#[derive(Debug, Clone)]
-pub struct DecisionRow {
-    pub id: Uuid,
-    pub at: DateTime<Utc>,
-    pub writer_id: Uuid,
-    pub seq: i64,
-    pub prev_hash: String,
-    pub hash: String,
-    pub agent_id: Option<Uuid>,
-    pub agent_name: Option<String>,
-    pub run_id: Option<String>,
-    pub on_behalf_of: Option<String>,
-    pub provider: String,
-    pub method: String,
-    pub path: String,
-    pub query: Option<String>,
-    pub action: String,
-    pub risk: String,
-    pub outcome: String,
-    pub code: Option<String>,
-    /// JSON texts, stored verbatim (`json` columns) so the hash chain covers exactly what is stored.
-    pub rules: String,
-    pub reasons: String,
-    pub policy_revision: Option<String>,
-    pub charge_cents: Option<i64>,
-    pub approval_id: Option<String>,
-    pub input: Option<String>,
-    pub policy_outcome: Option<String>,
-    pub shadow_outcome: Option<String>,
-}
-
-/// What happened upstream after a permitted request was forwarded.
-#[derive(Debug, Clone)]
-pub struct OutcomeRow {
-    pub decision_id: Uuid,
-    pub at: DateTime<Utc>,
-    pub upstream_status: Option<i32>,
-    pub latency_us: i64,
-    pub error: Option<String>,
-    pub flagged: bool,
-}
-
-/// Filters of `GET /api/decisions` and `tollgate decisions`.
-#[derive(Debug, Clone, Default)]
-pub struct DecisionFilter {
-    pub agent: Option<String>,
-    pub action: Option<String>,
-    pub outcome: Option<String>,
-    pub since: Option<DateTime<Utc>>,
-    /// Keyset cursor: rows strictly older than (at, id).
-    pub before: Option<(DateTime<Utc>, Uuid)>,
-    pub limit: i64,
-}
-
-impl Store {
+impl PgStore {
     /// Connects lazily-validated: the pool is created and one connection is tried, so a wrong URL is
     /// reported at start rather than at the first request.
-    pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Store, StoreError> {
+    pub async fn connect(url: &SecretString, max_connections: u32) -> Result<PgStore, StoreError> {
         let options: PgConnectOptions = url.expose_secret().parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
@@ -128,7 +38,7 @@ impl Store {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
-        Ok(Store { pool })
+        Ok(PgStore { pool })
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
@@ -298,20 +208,6 @@ impl Store {
         Ok(())
     }
 
-    /// The chain head of one writer: (last seq, last hash), if it wrote anything.
-    pub async fn chain_head(&self, writer_id: Uuid) -> Result<Option<(i64, String)>, StoreError> {
-        let row = sqlx::query(
-            "SELECT seq, hash FROM decisions WHERE writer_id = $1 ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(writer_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some(r) => Some((r.try_get("seq")?, r.try_get("hash")?)),
-            None => None,
-        })
-    }
-
     const DECISION_COLUMNS: &'static str = "d.id, d.at, d.writer_id, d.seq, d.prev_hash, d.hash, d.agent_id,
         d.agent_name, d.run_id, d.on_behalf_of, d.provider, d.method, d.path, d.query, d.action, d.risk,
         d.outcome, d.code, d.rules::text AS rules, d.reasons::text AS reasons, d.policy_revision, d.charge_cents, d.approval_id, d.input::text AS input, d.policy_outcome, d.shadow_outcome,
@@ -415,7 +311,7 @@ impl Store {
     }
 }
 
-impl Store {
+impl PgStore {
     // ---- spend ----
 
     /// Reserves `cents` against a budget window in one transaction: the window row is created at its cap if
@@ -808,113 +704,6 @@ impl Store {
     }
 }
 
-/// One recorded decision as `tollgate replay` needs it.
-#[derive(Debug, Clone)]
-pub struct ReplayRow {
-    pub id: Uuid,
-    pub at: DateTime<Utc>,
-    pub agent_name: Option<String>,
-    pub action: String,
-    pub policy_outcome: String,
-    pub input: String,
-}
-
-/// Which budget window a charge counts against.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WindowKey {
-    pub budget: String,
-    pub subject: String,
-    pub period: String,
-}
-
-pub struct NewReservation<'a> {
-    pub window: &'a WindowKey,
-    pub provider: &'a str,
-    pub agent_id: Uuid,
-    pub decision_id: Uuid,
-    pub cents: i64,
-    pub cap_cents: i64,
-    pub idempotency_key: Option<&'a str>,
-    pub fingerprint: &'a str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reservation {
-    Reserved,
-    /// A repeat of an already charged request (same Idempotency-Key, same request): not charged again.
-    Replayed,
-    /// The same Idempotency-Key was used for a different request.
-    IdempotencyConflict,
-    Exceeded {
-        cap_cents: i64,
-        committed_cents: i64,
-        reserved_cents: i64,
-    },
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SpendRow {
-    pub budget: String,
-    pub subject: String,
-    pub period: String,
-    pub provider: String,
-    pub cap_cents: i64,
-    pub committed_cents: i64,
-    pub reserved_cents: i64,
-    pub flagged_cents: i64,
-}
-
-#[derive(Debug, Clone)]
-pub struct ApprovalRow {
-    pub id: Uuid,
-    pub fingerprint: String,
-    pub agent_id: Uuid,
-    pub agent_name: String,
-    pub provider: String,
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    pub body_sha256: String,
-    pub action: String,
-    pub reasons: Value,
-    pub charge_cents: Option<i64>,
-    pub status: String,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-    pub requested_by_decision: Uuid,
-    pub decided_by: Option<String>,
-    pub decided_at: Option<DateTime<Utc>>,
-    pub note: Option<String>,
-    pub consumed_at: Option<DateTime<Utc>>,
-    pub consumed_by_decision: Option<Uuid>,
-}
-
-fn approval_from_row(r: &sqlx::postgres::PgRow) -> Result<ApprovalRow, StoreError> {
-    Ok(ApprovalRow {
-        id: r.try_get("id")?,
-        fingerprint: r.try_get("fingerprint")?,
-        agent_id: r.try_get("agent_id")?,
-        agent_name: r.try_get("agent_name")?,
-        provider: r.try_get("provider")?,
-        method: r.try_get("method")?,
-        path: r.try_get("path")?,
-        query: r.try_get("query")?,
-        body_sha256: r.try_get("body_sha256")?,
-        action: r.try_get("action")?,
-        reasons: r.try_get("reasons")?,
-        charge_cents: r.try_get("charge_cents")?,
-        status: r.try_get("status")?,
-        created_at: r.try_get("created_at")?,
-        expires_at: r.try_get("expires_at")?,
-        requested_by_decision: r.try_get("requested_by_decision")?,
-        decided_by: r.try_get("decided_by")?,
-        decided_at: r.try_get("decided_at")?,
-        note: r.try_get("note")?,
-        consumed_at: r.try_get("consumed_at")?,
-        consumed_by_decision: r.try_get("consumed_by_decision")?,
-    })
-}
-
 /// Column-wise vectors for one UNNEST insert.
 struct DecisionColumns {
     id: Vec<Uuid>,
@@ -1068,4 +857,30 @@ fn decision_from_row(
         None => None,
     };
     Ok((decision, outcome))
+}
+
+fn approval_from_row(r: &sqlx::postgres::PgRow) -> Result<ApprovalRow, StoreError> {
+    Ok(ApprovalRow {
+        id: r.try_get("id")?,
+        fingerprint: r.try_get("fingerprint")?,
+        agent_id: r.try_get("agent_id")?,
+        agent_name: r.try_get("agent_name")?,
+        provider: r.try_get("provider")?,
+        method: r.try_get("method")?,
+        path: r.try_get("path")?,
+        query: r.try_get("query")?,
+        body_sha256: r.try_get("body_sha256")?,
+        action: r.try_get("action")?,
+        reasons: r.try_get("reasons")?,
+        charge_cents: r.try_get("charge_cents")?,
+        status: r.try_get("status")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        requested_by_decision: r.try_get("requested_by_decision")?,
+        decided_by: r.try_get("decided_by")?,
+        decided_at: r.try_get("decided_at")?,
+        note: r.try_get("note")?,
+        consumed_at: r.try_get("consumed_at")?,
+        consumed_by_decision: r.try_get("consumed_by_decision")?,
+    })
 }

@@ -1,0 +1,400 @@
+//! The store: the only module that speaks SQL.
+//!
+//! Owns: the row types the domain modules convert from and to, and [`Store`], one interface over two
+//! backends — Postgres (`postgres.rs`, the system of record for production and several replicas) and an
+//! embedded SQLite file (`sqlite.rs`, the single-node quick-start default). Both implement every method with
+//! the same meaning; `tests/tests/store_conformance.rs` runs one suite against both so neither drifts.
+//! Must not: know HTTP, policy or metrics. Errors leave as [`StoreError`], which callers map to a refusal
+//! (`store_unavailable`) without ever showing its text to an agent.
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use uuid::Uuid;
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// The store behind every module: Postgres or the embedded SQLite file.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
+}
+
+/// Runs the same call on whichever backend this store is.
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match &$self.backend {
+            Backend::Postgres($s) => $call,
+            Backend::Sqlite($s) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Connects to `postgres://…` or opens `sqlite:…` (created if missing).
+    pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Store, StoreError> {
+        let backend = if url.expose_secret().starts_with("sqlite:") {
+            Backend::Sqlite(SqliteStore::open(url.expose_secret()).await?)
+        } else {
+            Backend::Postgres(PgStore::connect(url, max_connections).await?)
+        };
+        Ok(Store { backend })
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        matches!(self.backend, Backend::Sqlite(_))
+    }
+
+    /// For `serve` on the embedded store: refuse to run a second server on the same file. No-op on Postgres,
+    /// where any number of replicas is the point.
+    pub fn lock_for_serving(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Postgres(_) => Ok(()),
+            Backend::Sqlite(s) => s.lock_for_serving(),
+        }
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.migrate().await)
+    }
+
+    pub async fn ping(&self) -> bool {
+        dispatch!(self, s => s.ping().await)
+    }
+
+    pub async fn close(&self) {
+        dispatch!(self, s => s.close().await)
+    }
+
+    pub async fn insert_agent(&self, agent: &AgentRow) -> Result<(), StoreError> {
+        dispatch!(self, s => s.insert_agent(agent).await)
+    }
+
+    pub async fn agent_by_key_hash(&self, key_hash: &str) -> Result<Option<AgentRow>, StoreError> {
+        dispatch!(self, s => s.agent_by_key_hash(key_hash).await)
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<AgentRow>, StoreError> {
+        dispatch!(self, s => s.list_agents().await)
+    }
+
+    /// Revokes by name; false when there is no such active agent.
+    pub async fn revoke_agent(&self, name: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.revoke_agent(name).await)
+    }
+
+    /// A number that changes whenever any agent row changes (insert, revoke).
+    pub async fn agents_version(&self) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.agents_version().await)
+    }
+
+    /// Inserts a batch of decision records and upstream outcomes in one transaction.
+    pub async fn insert_decisions(
+        &self,
+        rows: &[DecisionRow],
+        outcomes: &[OutcomeRow],
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.insert_decisions(rows, outcomes).await)
+    }
+
+    pub async fn decision(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(DecisionRow, Option<OutcomeRow>)>, StoreError> {
+        dispatch!(self, s => s.decision(id).await)
+    }
+
+    /// Newest first, keyset-paginated.
+    pub async fn list_decisions(
+        &self,
+        filter: &DecisionFilter,
+    ) -> Result<Vec<(DecisionRow, Option<OutcomeRow>)>, StoreError> {
+        dispatch!(self, s => s.list_decisions(filter).await)
+    }
+
+    /// Recorded policy inputs and what the policy said, oldest first, for `tollgate replay`.
+    pub async fn replayable_decisions(
+        &self,
+        since: Option<DateTime<Utc>>,
+        limit: i64,
+    ) -> Result<Vec<ReplayRow>, StoreError> {
+        dispatch!(self, s => s.replayable_decisions(since, limit).await)
+    }
+
+    /// Every decision of one writer in chain order, for `audit verify`.
+    pub async fn writer_chain(&self, writer_id: Uuid) -> Result<Vec<DecisionRow>, StoreError> {
+        dispatch!(self, s => s.writer_chain(writer_id).await)
+    }
+
+    pub async fn writers(&self) -> Result<Vec<Uuid>, StoreError> {
+        dispatch!(self, s => s.writers().await)
+    }
+
+    /// Reserves a charge against its window atomically (see the backends for how).
+    pub async fn reserve(&self, r: &NewReservation<'_>) -> Result<Reservation, StoreError> {
+        dispatch!(self, s => s.reserve(r).await)
+    }
+
+    /// Commits or releases a reservation; returns the cents moved (None if no open reservation).
+    pub async fn settle(&self, decision_id: Uuid, commit: bool) -> Result<Option<i64>, StoreError> {
+        dispatch!(self, s => s.settle(decision_id, commit).await)
+    }
+
+    /// Marks a reservation whose outcome is unknown; it stays reserved.
+    pub async fn flag_reservation(&self, decision_id: Uuid) -> Result<(), StoreError> {
+        dispatch!(self, s => s.flag_reservation(decision_id).await)
+    }
+
+    /// committed + reserved in one window (0 if it has no row yet).
+    pub async fn window_spent(&self, window: &WindowKey) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.window_spent(window).await)
+    }
+
+    pub async fn spend(&self, period: &str) -> Result<Vec<SpendRow>, StoreError> {
+        dispatch!(self, s => s.spend(period).await)
+    }
+
+    /// The open (pending or approved, unexpired) approval for this fingerprint, or a new pending one.
+    pub async fn open_approval(&self, new: &ApprovalRow) -> Result<ApprovalRow, StoreError> {
+        dispatch!(self, s => s.open_approval(new).await)
+    }
+
+    pub async fn decide_approval(
+        &self,
+        id: Uuid,
+        approve: bool,
+        by: &str,
+        note: Option<&str>,
+    ) -> Result<Option<ApprovalRow>, StoreError> {
+        dispatch!(self, s => s.decide_approval(id, approve, by, note).await)
+    }
+
+    /// Uses an approval for the request with this fingerprint, once: only one concurrent caller can win.
+    pub async fn consume_approval(
+        &self,
+        id: Uuid,
+        fingerprint: &str,
+        decision_id: Uuid,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.consume_approval(id, fingerprint, decision_id).await)
+    }
+
+    pub async fn restore_approval(&self, id: Uuid) -> Result<(), StoreError> {
+        dispatch!(self, s => s.restore_approval(id).await)
+    }
+
+    pub async fn approval(&self, id: Uuid) -> Result<Option<ApprovalRow>, StoreError> {
+        dispatch!(self, s => s.approval(id).await)
+    }
+
+    pub async fn list_approvals(
+        &self,
+        status: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
+        dispatch!(self, s => s.list_approvals(status, limit).await)
+    }
+
+    pub async fn pending_approvals(&self) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.pending_approvals().await)
+    }
+
+    pub async fn frozen(&self) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.frozen().await)
+    }
+
+    pub async fn set_frozen(&self, frozen: bool, by: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_frozen(frozen, by).await)
+    }
+
+    pub async fn record_admin_action(
+        &self,
+        actor: &str,
+        action: &str,
+        target: Option<&str>,
+        detail: &Value,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.record_admin_action(actor, action, target, detail).await)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// The embedded store's file is already served by another process.
+    #[error("{0}")]
+    Locked(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Unavailable(e)
+    }
+}
+
+/// An agent as stored; `identity` turns it into an `Agent`.
+#[derive(Debug, Clone)]
+pub struct AgentRow {
+    pub id: Uuid,
+    pub name: String,
+    pub team: Option<String>,
+    pub scopes: Vec<String>,
+    pub labels: Value,
+    pub key_hash: String,
+    pub key_prefix: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// One decision record as written by the audit writer.
+#[derive(Debug, Clone)]
+pub struct DecisionRow {
+    pub id: Uuid,
+    pub at: DateTime<Utc>,
+    pub writer_id: Uuid,
+    pub seq: i64,
+    pub prev_hash: String,
+    pub hash: String,
+    pub agent_id: Option<Uuid>,
+    pub agent_name: Option<String>,
+    pub run_id: Option<String>,
+    pub on_behalf_of: Option<String>,
+    pub provider: String,
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub action: String,
+    pub risk: String,
+    pub outcome: String,
+    pub code: Option<String>,
+    /// JSON texts, stored verbatim (`json` columns) so the hash chain covers exactly what is stored.
+    pub rules: String,
+    pub reasons: String,
+    pub policy_revision: Option<String>,
+    pub charge_cents: Option<i64>,
+    pub approval_id: Option<String>,
+    pub input: Option<String>,
+    pub policy_outcome: Option<String>,
+    pub shadow_outcome: Option<String>,
+}
+
+/// What happened upstream after a permitted request was forwarded.
+#[derive(Debug, Clone)]
+pub struct OutcomeRow {
+    pub decision_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub upstream_status: Option<i32>,
+    pub latency_us: i64,
+    pub error: Option<String>,
+    pub flagged: bool,
+}
+
+/// Filters of `GET /api/decisions` and `tollgate decisions`.
+#[derive(Debug, Clone, Default)]
+pub struct DecisionFilter {
+    pub agent: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    /// Keyset cursor: rows strictly older than (at, id).
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: i64,
+}
+
+/// One recorded decision as `tollgate replay` needs it.
+#[derive(Debug, Clone)]
+pub struct ReplayRow {
+    pub id: Uuid,
+    pub at: DateTime<Utc>,
+    pub agent_name: Option<String>,
+    pub action: String,
+    pub policy_outcome: String,
+    pub input: String,
+}
+
+/// Which budget window a charge counts against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowKey {
+    pub budget: String,
+    pub subject: String,
+    pub period: String,
+}
+
+pub struct NewReservation<'a> {
+    pub window: &'a WindowKey,
+    pub provider: &'a str,
+    pub agent_id: Uuid,
+    pub decision_id: Uuid,
+    pub cents: i64,
+    pub cap_cents: i64,
+    pub idempotency_key: Option<&'a str>,
+    pub fingerprint: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    Reserved,
+    /// A repeat of an already charged request (same Idempotency-Key, same request): not charged again.
+    Replayed,
+    /// The same Idempotency-Key was used for a different request.
+    IdempotencyConflict,
+    Exceeded {
+        cap_cents: i64,
+        committed_cents: i64,
+        reserved_cents: i64,
+    },
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SpendRow {
+    pub budget: String,
+    pub subject: String,
+    pub period: String,
+    pub provider: String,
+    pub cap_cents: i64,
+    pub committed_cents: i64,
+    pub reserved_cents: i64,
+    pub flagged_cents: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApprovalRow {
+    pub id: Uuid,
+    pub fingerprint: String,
+    pub agent_id: Uuid,
+    pub agent_name: String,
+    pub provider: String,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub body_sha256: String,
+    pub action: String,
+    pub reasons: Value,
+    pub charge_cents: Option<i64>,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub requested_by_decision: Uuid,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub note: Option<String>,
+    pub consumed_at: Option<DateTime<Utc>>,
+    pub consumed_by_decision: Option<Uuid>,
+}

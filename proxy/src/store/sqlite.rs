@@ -1,0 +1,806 @@
+//! The embedded SQLite backend: the single-node default when no database is configured.
+//!
+//! Owns: the SQLite file, its migrations (embedded from `migrations/sqlite`) and its SQL. Every write goes
+//! through one pooled connection, so transactions run one at a time and a reservation's check-and-update
+//! cannot interleave with another's; other processes (the CLI) share the file through SQLite's own locking.
+//! `serve` takes an exclusive lock file beside the database, so a second server on the same file refuses
+//! to start instead of two processes each believing they own the hash chain and caches.
+//! Must not: be used by several replicas; that is what Postgres is for.
+
+use std::fs::File;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::Value;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+use uuid::Uuid;
+
+use super::*;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// How long a statement waits for another process (the CLI) to release the file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    path: String,
+    /// The `serve` lock, held for the life of the process once taken.
+    lock: Arc<Mutex<Option<File>>>,
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn decode<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
+    StoreError::Unavailable(sqlx::Error::Decode(Box::new(e)))
+}
+
+fn parse_ts(text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(decode)
+}
+
+fn opt_ts(text: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    text.as_deref().map(parse_ts).transpose()
+}
+
+fn uuid(text: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(text).map_err(decode)
+}
+
+fn opt_uuid(text: Option<String>) -> Result<Option<Uuid>, StoreError> {
+    text.as_deref().map(uuid).transpose()
+}
+
+fn json(text: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(text).map_err(decode)
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the file named by `sqlite:PATH`.
+    pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Durable at commit, like Postgres: the WAL is synced on every commit.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT);
+        let path = options.get_filename().to_string_lossy().into_owned();
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        Ok(SqliteStore {
+            pool,
+            path,
+            lock: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// Takes the exclusive serve lock (`<file>.lock`); fails if another process holds it.
+    pub fn lock_for_serving(&self) -> Result<(), StoreError> {
+        let mut held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_some() {
+            return Ok(());
+        }
+        let lock_path = format!("{}.lock", self.path);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Locked(format!("{lock_path}: {e}")))?;
+        match file.try_lock() {
+            Ok(()) => {
+                *held = Some(file);
+                Ok(())
+            }
+            Err(_) => Err(StoreError::Locked(format!(
+                "another tollgate is serving from {}; the embedded store is single-process (use Postgres for several replicas)",
+                self.path
+            ))),
+        }
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ---- agents ----
+
+    pub async fn insert_agent(&self, a: &AgentRow) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO agents (id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at,
+                version)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT coalesce(max(version), 0) + 1 FROM agents))",
+        )
+        .bind(a.id.to_string())
+        .bind(&a.name)
+        .bind(&a.team)
+        .bind(serde_json::to_string(&a.scopes).unwrap_or_else(|_| "[]".into()))
+        .bind(a.labels.to_string())
+        .bind(&a.key_hash)
+        .bind(&a.key_prefix)
+        .bind(&a.status)
+        .bind(ts(a.created_at))
+        .bind(a.expires_at.map(ts))
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                Err(StoreError::Conflict(format!("agent '{}'", a.name)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    const AGENT_COLUMNS: &'static str = "id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at, revoked_at";
+
+    pub async fn agent_by_key_hash(&self, key_hash: &str) -> Result<Option<AgentRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM agents WHERE key_hash = ?",
+            Self::AGENT_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| agent_from_row(&r)).transpose()
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<AgentRow>, StoreError> {
+        let sql = format!("SELECT {} FROM agents ORDER BY name", Self::AGENT_COLUMNS);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    pub async fn revoke_agent(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE agents SET status = 'revoked', revoked_at = ?,
+                version = (SELECT coalesce(max(version), 0) + 1 FROM agents)
+             WHERE name = ? AND status = 'active'",
+        )
+        .bind(ts(Utc::now()))
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn agents_version(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT coalesce(max(version), 0) AS v FROM agents")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("v")?)
+    }
+
+    // ---- decisions ----
+
+    pub async fn insert_decisions(
+        &self,
+        rows: &[DecisionRow],
+        outcomes: &[OutcomeRow],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO decisions (id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id,
+                    on_behalf_of, provider, method, path, query, action, risk, outcome, code, rules, reasons,
+                    policy_revision, charge_cents, approval_id, input, policy_outcome, shadow_outcome)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(r.id.to_string())
+            .bind(ts(r.at))
+            .bind(r.writer_id.to_string())
+            .bind(r.seq)
+            .bind(&r.prev_hash)
+            .bind(&r.hash)
+            .bind(r.agent_id.map(|u| u.to_string()))
+            .bind(&r.agent_name)
+            .bind(&r.run_id)
+            .bind(&r.on_behalf_of)
+            .bind(&r.provider)
+            .bind(&r.method)
+            .bind(&r.path)
+            .bind(&r.query)
+            .bind(&r.action)
+            .bind(&r.risk)
+            .bind(&r.outcome)
+            .bind(&r.code)
+            .bind(&r.rules)
+            .bind(&r.reasons)
+            .bind(&r.policy_revision)
+            .bind(r.charge_cents)
+            .bind(&r.approval_id)
+            .bind(&r.input)
+            .bind(&r.policy_outcome)
+            .bind(&r.shadow_outcome)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for o in outcomes {
+            sqlx::query(
+                "INSERT INTO decision_outcomes (decision_id, at, upstream_status, latency_us, error, flagged)
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (decision_id) DO NOTHING",
+            )
+            .bind(o.decision_id.to_string())
+            .bind(ts(o.at))
+            .bind(o.upstream_status)
+            .bind(o.latency_us)
+            .bind(&o.error)
+            .bind(o.flagged)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    const DECISION_COLUMNS: &'static str = "d.id, d.at, d.writer_id, d.seq, d.prev_hash, d.hash, d.agent_id,
+        d.agent_name, d.run_id, d.on_behalf_of, d.provider, d.method, d.path, d.query, d.action, d.risk,
+        d.outcome, d.code, d.rules, d.reasons, d.policy_revision, d.charge_cents, d.approval_id, d.input,
+        d.policy_outcome, d.shadow_outcome,
+        o.upstream_status, o.latency_us, o.error AS outcome_error, o.flagged, o.at AS outcome_at";
+
+    pub async fn decision(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(DecisionRow, Option<OutcomeRow>)>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM decisions d LEFT JOIN decision_outcomes o ON o.decision_id = d.id WHERE d.id = ?",
+            Self::DECISION_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| decision_from_row(&r)).transpose()
+    }
+
+    pub async fn list_decisions(
+        &self,
+        f: &DecisionFilter,
+    ) -> Result<Vec<(DecisionRow, Option<OutcomeRow>)>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM decisions d LEFT JOIN decision_outcomes o ON o.decision_id = d.id
+             WHERE (?1 IS NULL OR d.agent_name = ?1)
+               AND (?2 IS NULL OR d.action = ?2)
+               AND (?3 IS NULL OR d.outcome = ?3)
+               AND (?4 IS NULL OR d.at >= ?4)
+               AND (?5 IS NULL OR d.at < ?5 OR (d.at = ?5 AND d.id < ?6))
+             ORDER BY d.at DESC, d.id DESC LIMIT ?7",
+            Self::DECISION_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&f.agent)
+            .bind(&f.action)
+            .bind(&f.outcome)
+            .bind(f.since.map(ts))
+            .bind(f.before.map(|b| ts(b.0)))
+            .bind(f.before.map(|b| b.1.to_string()))
+            .bind(f.limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decision_from_row).collect()
+    }
+
+    pub async fn replayable_decisions(
+        &self,
+        since: Option<DateTime<Utc>>,
+        limit: i64,
+    ) -> Result<Vec<ReplayRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, agent_name, action, policy_outcome, input FROM decisions
+             WHERE input IS NOT NULL AND policy_outcome IS NOT NULL AND (?1 IS NULL OR at >= ?1)
+             ORDER BY at, id LIMIT ?2",
+        )
+        .bind(since.map(ts))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ReplayRow {
+                    id: uuid(&r.try_get::<String, _>("id")?)?,
+                    at: parse_ts(&r.try_get::<String, _>("at")?)?,
+                    agent_name: r.try_get("agent_name")?,
+                    action: r.try_get("action")?,
+                    policy_outcome: r.try_get("policy_outcome")?,
+                    input: r.try_get("input")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn writer_chain(&self, writer_id: Uuid) -> Result<Vec<DecisionRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM decisions d LEFT JOIN decision_outcomes o ON o.decision_id = d.id
+             WHERE d.writer_id = ? ORDER BY d.seq",
+            Self::DECISION_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(writer_id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| decision_from_row(r).map(|(d, _)| d))
+            .collect()
+    }
+
+    pub async fn writers(&self) -> Result<Vec<Uuid>, StoreError> {
+        let rows = sqlx::query("SELECT DISTINCT writer_id FROM decisions")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| uuid(&r.try_get::<String, _>("writer_id")?))
+            .collect()
+    }
+
+    // ---- spend ----
+
+    /// The same conditional UPDATE as Postgres, inside one immediate transaction on the single connection.
+    pub async fn reserve(&self, r: &NewReservation<'_>) -> Result<Reservation, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = r.idempotency_key {
+            let previous: Option<String> = sqlx::query_scalar(
+                "SELECT fingerprint FROM spend_reservations
+                 WHERE agent_id = ? AND provider = ? AND idempotency_key = ? AND state <> 'released' LIMIT 1",
+            )
+            .bind(r.agent_id.to_string())
+            .bind(r.provider)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(previous) = previous {
+                tx.rollback().await?;
+                return Ok(if previous == r.fingerprint {
+                    Reservation::Replayed
+                } else {
+                    Reservation::IdempotencyConflict
+                });
+            }
+        }
+        let now = ts(Utc::now());
+        sqlx::query(
+            "INSERT INTO spend_windows (budget, subject, period, provider, cap_cents, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (budget, subject, period) DO NOTHING",
+        )
+        .bind(&r.window.budget)
+        .bind(&r.window.subject)
+        .bind(&r.window.period)
+        .bind(r.provider)
+        .bind(r.cap_cents)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        let admitted = sqlx::query(
+            "UPDATE spend_windows SET reserved_cents = reserved_cents + ?4, cap_cents = ?5, updated_at = ?6
+             WHERE budget = ?1 AND subject = ?2 AND period = ?3 AND committed_cents + reserved_cents + ?4 <= ?5",
+        )
+        .bind(&r.window.budget)
+        .bind(&r.window.subject)
+        .bind(&r.window.period)
+        .bind(r.cents)
+        .bind(r.cap_cents)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        if admitted.rows_affected() == 0 {
+            let row = sqlx::query(
+                "SELECT committed_cents, reserved_cents FROM spend_windows WHERE budget = ? AND subject = ? AND period = ?",
+            )
+            .bind(&r.window.budget)
+            .bind(&r.window.subject)
+            .bind(&r.window.period)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            return Ok(Reservation::Exceeded {
+                cap_cents: r.cap_cents,
+                committed_cents: row.try_get("committed_cents")?,
+                reserved_cents: row.try_get("reserved_cents")?,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO spend_reservations (decision_id, budget, subject, period, agent_id, provider, cents, state,
+                idempotency_key, fingerprint, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?)",
+        )
+        .bind(r.decision_id.to_string())
+        .bind(&r.window.budget)
+        .bind(&r.window.subject)
+        .bind(&r.window.period)
+        .bind(r.agent_id.to_string())
+        .bind(r.provider)
+        .bind(r.cents)
+        .bind(r.idempotency_key)
+        .bind(r.fingerprint)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Reservation::Reserved)
+    }
+
+    pub async fn settle(&self, decision_id: Uuid, commit: bool) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let state = if commit { "committed" } else { "released" };
+        let now = ts(Utc::now());
+        let row = sqlx::query(
+            "UPDATE spend_reservations SET state = ?2, settled_at = ?3 WHERE decision_id = ?1 AND state = 'reserved'
+             RETURNING budget, subject, period, cents",
+        )
+        .bind(decision_id.to_string())
+        .bind(state)
+        .bind(&now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let cents: i64 = row.try_get("cents")?;
+        sqlx::query(
+            "UPDATE spend_windows SET reserved_cents = reserved_cents - ?4,
+                committed_cents = committed_cents + CASE WHEN ?5 THEN ?4 ELSE 0 END, updated_at = ?6
+             WHERE budget = ?1 AND subject = ?2 AND period = ?3",
+        )
+        .bind(row.try_get::<String, _>("budget")?)
+        .bind(row.try_get::<String, _>("subject")?)
+        .bind(row.try_get::<String, _>("period")?)
+        .bind(cents)
+        .bind(commit)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(cents))
+    }
+
+    pub async fn flag_reservation(&self, decision_id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("UPDATE spend_reservations SET flagged = 1 WHERE decision_id = ?")
+            .bind(decision_id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn window_spent(&self, w: &WindowKey) -> Result<i64, StoreError> {
+        let spent: Option<i64> = sqlx::query_scalar(
+            "SELECT committed_cents + reserved_cents FROM spend_windows WHERE budget = ? AND subject = ? AND period = ?",
+        )
+        .bind(&w.budget)
+        .bind(&w.subject)
+        .bind(&w.period)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(spent.unwrap_or(0))
+    }
+
+    pub async fn spend(&self, period: &str) -> Result<Vec<SpendRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT w.budget, w.subject, w.period, w.provider, w.cap_cents, w.committed_cents, w.reserved_cents,
+                    coalesce((SELECT sum(r.cents) FROM spend_reservations r WHERE r.budget = w.budget
+                        AND r.subject = w.subject AND r.period = w.period AND r.state = 'reserved' AND r.flagged), 0)
+                        AS flagged_cents
+             FROM spend_windows w WHERE w.period = ? ORDER BY w.budget, w.subject",
+        )
+        .bind(period)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SpendRow {
+                    budget: r.try_get("budget")?,
+                    subject: r.try_get("subject")?,
+                    period: r.try_get("period")?,
+                    provider: r.try_get("provider")?,
+                    cap_cents: r.try_get("cap_cents")?,
+                    committed_cents: r.try_get("committed_cents")?,
+                    reserved_cents: r.try_get("reserved_cents")?,
+                    flagged_cents: r.try_get("flagged_cents")?,
+                })
+            })
+            .collect()
+    }
+
+    // ---- approvals ----
+
+    const APPROVAL_COLUMNS: &'static str = "id, fingerprint, agent_id, agent_name, provider, method, path, query,
+        body_sha256, action, reasons, charge_cents, status, created_at, expires_at, requested_by_decision,
+        decided_by, decided_at, note, consumed_at, consumed_by_decision";
+
+    pub async fn open_approval(&self, new: &ApprovalRow) -> Result<ApprovalRow, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let now = ts(Utc::now());
+        sqlx::query(
+            "UPDATE approvals SET status = 'expired' WHERE fingerprint = ? AND status IN ('pending', 'approved')
+             AND expires_at <= ?",
+        )
+        .bind(&new.fingerprint)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        let sql = format!(
+            "SELECT {} FROM approvals WHERE fingerprint = ? AND status IN ('pending', 'approved')",
+            Self::APPROVAL_COLUMNS
+        );
+        if let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&new.fingerprint)
+            .fetch_optional(&mut *tx)
+            .await?
+        {
+            tx.commit().await?;
+            return approval_from_row(&row);
+        }
+        sqlx::query(
+            "INSERT INTO approvals (id, fingerprint, agent_id, agent_name, provider, method, path, query,
+                body_sha256, action, reasons, charge_cents, status, created_at, expires_at, requested_by_decision)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+        )
+        .bind(new.id.to_string())
+        .bind(&new.fingerprint)
+        .bind(new.agent_id.to_string())
+        .bind(&new.agent_name)
+        .bind(&new.provider)
+        .bind(&new.method)
+        .bind(&new.path)
+        .bind(&new.query)
+        .bind(&new.body_sha256)
+        .bind(&new.action)
+        .bind(new.reasons.to_string())
+        .bind(new.charge_cents)
+        .bind(ts(new.created_at))
+        .bind(ts(new.expires_at))
+        .bind(new.requested_by_decision.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(new.clone())
+    }
+
+    pub async fn decide_approval(
+        &self,
+        id: Uuid,
+        approve: bool,
+        by: &str,
+        note: Option<&str>,
+    ) -> Result<Option<ApprovalRow>, StoreError> {
+        let now = ts(Utc::now());
+        let sql = format!(
+            "UPDATE approvals SET status = ?2, decided_by = ?3, decided_at = ?4, note = ?5
+             WHERE id = ?1 AND status = 'pending' AND expires_at > ?4 RETURNING {}",
+            Self::APPROVAL_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .bind(if approve { "approved" } else { "denied" })
+            .bind(by)
+            .bind(&now)
+            .bind(note)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| approval_from_row(&r)).transpose()
+    }
+
+    pub async fn consume_approval(
+        &self,
+        id: Uuid,
+        fingerprint: &str,
+        decision_id: Uuid,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE approvals SET status = 'consumed', consumed_at = ?4, consumed_by_decision = ?3
+             WHERE id = ?1 AND fingerprint = ?2 AND status = 'approved' AND expires_at > ?4",
+        )
+        .bind(id.to_string())
+        .bind(fingerprint)
+        .bind(decision_id.to_string())
+        .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn restore_approval(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE approvals SET status = 'approved', consumed_at = NULL, consumed_by_decision = NULL
+             WHERE id = ? AND status = 'consumed'",
+        )
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn approval(&self, id: Uuid) -> Result<Option<ApprovalRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM approvals WHERE id = ?",
+            Self::APPROVAL_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| approval_from_row(&r)).transpose()
+    }
+
+    pub async fn list_approvals(
+        &self,
+        status: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM (SELECT a.*, CASE WHEN a.status IN ('pending', 'approved') AND a.expires_at <= ?3
+                 THEN 'expired' ELSE a.status END AS effective FROM approvals a) x
+             WHERE (?1 IS NULL OR effective = ?1) ORDER BY created_at DESC LIMIT ?2",
+            Self::APPROVAL_COLUMNS.replace("status,", "effective AS status,")
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(status)
+            .bind(limit)
+            .bind(ts(Utc::now()))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(approval_from_row).collect()
+    }
+
+    pub async fn pending_approvals(&self) -> Result<i64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM approvals WHERE status = 'pending' AND expires_at > ?",
+        )
+        .bind(ts(Utc::now()))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+
+    pub async fn frozen(&self) -> Result<bool, StoreError> {
+        let v: Option<String> =
+            sqlx::query_scalar("SELECT value FROM controls WHERE key = 'frozen'")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(v.as_deref() == Some("true"))
+    }
+
+    pub async fn set_frozen(&self, frozen: bool, by: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO controls (key, value, updated_at, updated_by) VALUES ('frozen', ?, ?, ?)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at,
+                updated_by = excluded.updated_by",
+        )
+        .bind(if frozen { "true" } else { "false" })
+        .bind(ts(Utc::now()))
+        .bind(by)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn record_admin_action(
+        &self,
+        actor: &str,
+        action: &str,
+        target: Option<&str>,
+        detail: &Value,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO admin_actions (id, at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(Uuid::now_v7().to_string())
+            .bind(ts(Utc::now()))
+            .bind(actor)
+            .bind(action)
+            .bind(target)
+            .bind(detail.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn agent_from_row(r: &SqliteRow) -> Result<AgentRow, StoreError> {
+    Ok(AgentRow {
+        id: uuid(&r.try_get::<String, _>("id")?)?,
+        name: r.try_get("name")?,
+        team: r.try_get("team")?,
+        scopes: serde_json::from_str(&r.try_get::<String, _>("scopes")?).map_err(decode)?,
+        labels: json(&r.try_get::<String, _>("labels")?)?,
+        key_hash: r.try_get("key_hash")?,
+        key_prefix: r.try_get("key_prefix")?,
+        status: r.try_get("status")?,
+        created_at: parse_ts(&r.try_get::<String, _>("created_at")?)?,
+        expires_at: opt_ts(r.try_get("expires_at")?)?,
+        revoked_at: opt_ts(r.try_get("revoked_at")?)?,
+    })
+}
+
+fn decision_from_row(r: &SqliteRow) -> Result<(DecisionRow, Option<OutcomeRow>), StoreError> {
+    let id = uuid(&r.try_get::<String, _>("id")?)?;
+    let decision = DecisionRow {
+        id,
+        at: parse_ts(&r.try_get::<String, _>("at")?)?,
+        writer_id: uuid(&r.try_get::<String, _>("writer_id")?)?,
+        seq: r.try_get("seq")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+        agent_id: opt_uuid(r.try_get("agent_id")?)?,
+        agent_name: r.try_get("agent_name")?,
+        run_id: r.try_get("run_id")?,
+        on_behalf_of: r.try_get("on_behalf_of")?,
+        provider: r.try_get("provider")?,
+        method: r.try_get("method")?,
+        path: r.try_get("path")?,
+        query: r.try_get("query")?,
+        action: r.try_get("action")?,
+        risk: r.try_get("risk")?,
+        outcome: r.try_get("outcome")?,
+        code: r.try_get("code")?,
+        rules: r.try_get("rules")?,
+        reasons: r.try_get("reasons")?,
+        policy_revision: r.try_get("policy_revision")?,
+        charge_cents: r.try_get("charge_cents")?,
+        approval_id: r.try_get("approval_id")?,
+        input: r.try_get("input")?,
+        policy_outcome: r.try_get("policy_outcome")?,
+        shadow_outcome: r.try_get("shadow_outcome")?,
+    };
+    let outcome = match r.try_get::<Option<String>, _>("outcome_at")? {
+        Some(at) => Some(OutcomeRow {
+            decision_id: id,
+            at: parse_ts(&at)?,
+            upstream_status: r.try_get("upstream_status")?,
+            latency_us: r.try_get("latency_us")?,
+            error: r.try_get("outcome_error")?,
+            flagged: r.try_get("flagged")?,
+        }),
+        None => None,
+    };
+    Ok((decision, outcome))
+}
+
+fn approval_from_row(r: &SqliteRow) -> Result<ApprovalRow, StoreError> {
+    Ok(ApprovalRow {
+        id: uuid(&r.try_get::<String, _>("id")?)?,
+        fingerprint: r.try_get("fingerprint")?,
+        agent_id: uuid(&r.try_get::<String, _>("agent_id")?)?,
+        agent_name: r.try_get("agent_name")?,
+        provider: r.try_get("provider")?,
+        method: r.try_get("method")?,
+        path: r.try_get("path")?,
+        query: r.try_get("query")?,
+        body_sha256: r.try_get("body_sha256")?,
+        action: r.try_get("action")?,
+        reasons: json(&r.try_get::<String, _>("reasons")?)?,
+        charge_cents: r.try_get("charge_cents")?,
+        status: r.try_get("status")?,
+        created_at: parse_ts(&r.try_get::<String, _>("created_at")?)?,
+        expires_at: parse_ts(&r.try_get::<String, _>("expires_at")?)?,
+        requested_by_decision: uuid(&r.try_get::<String, _>("requested_by_decision")?)?,
+        decided_by: r.try_get("decided_by")?,
+        decided_at: opt_ts(r.try_get("decided_at")?)?,
+        note: r.try_get("note")?,
+        consumed_at: opt_ts(r.try_get("consumed_at")?)?,
+        consumed_by_decision: opt_uuid(r.try_get("consumed_by_decision")?)?,
+    })
+}

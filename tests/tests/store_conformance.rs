@@ -1,0 +1,492 @@
+//! One suite, two backends: every `Store` operation behaves the same on Postgres and on the embedded SQLite
+//! file, including reservations and approval consumption under concurrency.
+
+use std::sync::Arc;
+
+use chrono::{Duration as Days, Utc};
+use secrecy::SecretString;
+use serde_json::json;
+use tollgate::audit::{AuditWriter, DecisionRecord};
+use tollgate::metrics::Metrics;
+use tollgate::store::{
+    AgentRow, ApprovalRow, DecisionFilter, NewReservation, Reservation, Store, StoreError,
+    WindowKey,
+};
+use tollgate_tests::TestDatabase;
+use uuid::Uuid;
+
+/// Keeps whatever backs a store alive for the test.
+enum Backing {
+    Postgres(#[allow(dead_code)] TestDatabase),
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+}
+
+async fn postgres() -> (Store, Backing) {
+    let db = TestDatabase::create().await.expect("database");
+    let store = Store::connect(&SecretString::from(db.url().to_string()), 16)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    (store, Backing::Postgres(db))
+}
+
+async fn sqlite() -> (Store, Backing) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite:{}", dir.path().join("tollgate.db").display());
+    let store = Store::connect(&SecretString::from(url), 16)
+        .await
+        .expect("open");
+    store.migrate().await.expect("migrate");
+    (store, Backing::Sqlite(dir))
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod on_postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                let (store, _backing) = super::postgres().await;
+                super::$name(&store).await;
+            })*
+        }
+        mod on_sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                let (store, _backing) = super::sqlite().await;
+                super::$name(&store).await;
+            })*
+        }
+    };
+}
+
+conformance!(
+    agents_are_unique_found_by_hash_and_revocation_bumps_the_version,
+    decisions_commit_in_batches_with_outcomes_filters_and_an_intact_chain,
+    forty_concurrent_reservations_admit_exactly_the_cap,
+    settlement_commits_releases_and_flags,
+    idempotency_keys_replay_and_conflict,
+    approvals_open_once_decide_once_and_consume_once,
+    controls_and_admin_actions,
+);
+
+fn agent(name: &str) -> AgentRow {
+    AgentRow {
+        id: Uuid::now_v7(),
+        name: name.to_string(),
+        team: Some("web".into()),
+        scopes: vec!["dns:write".into(), "billing:spend".into()],
+        labels: json!({"env": "dev"}),
+        key_hash: format!("hash-of-{name}"),
+        key_prefix: "tg_abcdef".into(),
+        status: "active".into(),
+        created_at: Utc::now(),
+        expires_at: Some(Utc::now() + Days::days(1)),
+        revoked_at: None,
+    }
+}
+
+async fn agents_are_unique_found_by_hash_and_revocation_bumps_the_version(store: &Store) {
+    let a = agent("deployer");
+    store.insert_agent(&a).await.unwrap();
+    let v1 = store.agents_version().await.unwrap();
+    assert!(matches!(
+        store.insert_agent(&agent("deployer")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let found = store
+        .agent_by_key_hash("hash-of-deployer")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (found.id, found.scopes.clone(), found.labels.clone()),
+        (a.id, a.scopes.clone(), a.labels.clone())
+    );
+    assert_eq!(found.team.as_deref(), Some("web"));
+    assert!(store.agent_by_key_hash("nope").await.unwrap().is_none());
+    store.insert_agent(&agent("second")).await.unwrap();
+    let v2 = store.agents_version().await.unwrap();
+    assert!(v2 > v1);
+    assert!(store.revoke_agent("deployer").await.unwrap());
+    assert!(
+        !store.revoke_agent("deployer").await.unwrap(),
+        "already revoked"
+    );
+    assert!(store.agents_version().await.unwrap() > v2);
+    let listed = store.list_agents().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
+        vec!["deployer", "second"]
+    );
+    assert_eq!(listed[0].status, "revoked");
+    assert!(listed[0].revoked_at.is_some());
+}
+
+fn record(agent: &str, outcome: &str, action: &str) -> DecisionRecord {
+    DecisionRecord {
+        id: Uuid::now_v7(),
+        at: Utc::now(),
+        agent_id: Some(Uuid::now_v7()),
+        agent_name: Some(agent.into()),
+        run_id: Some("run-1".into()),
+        on_behalf_of: None,
+        provider: "cloudflare".into(),
+        method: "GET".into(),
+        path: "/client/v4/zones".into(),
+        query: Some("page=1".into()),
+        action: action.into(),
+        risk: "read".into(),
+        outcome: outcome.into(),
+        code: None,
+        rules: vec!["r.one".into()],
+        reasons: json!([{"rule": "r.one", "message": "m"}]),
+        policy_revision: Some("abc".into()),
+        charge_cents: Some(1044),
+        approval_id: None,
+        policy_outcome: Some(outcome.into()),
+        shadow_outcome: None,
+        input: Some(json!({"request": {"body": {"n": 1.5, "s": "é\"x"}}})),
+    }
+}
+
+async fn decisions_commit_in_batches_with_outcomes_filters_and_an_intact_chain(store: &Store) {
+    let metrics = Arc::new(Metrics::new());
+    let (audit, task) = AuditWriter::start(store.clone(), 64, metrics.clone());
+    let mut ids = Vec::new();
+    let mut pending = Vec::new();
+    for i in 0..30 {
+        let r = record(
+            if i % 2 == 0 { "even" } else { "odd" },
+            if i % 3 == 0 { "deny" } else { "allow" },
+            "cloudflare.zone.read",
+        );
+        ids.push(r.id);
+        let audit = audit.clone();
+        pending.push(tokio::spawn(async move {
+            audit.record(r).await.map(|rec| rec.decision_id())
+        }));
+    }
+    for p in pending {
+        p.await.unwrap().unwrap();
+    }
+    audit.record_outcome(tollgate::store::OutcomeRow {
+        decision_id: ids[1],
+        at: Utc::now(),
+        upstream_status: Some(201),
+        latency_us: 1234,
+        error: None,
+        flagged: false,
+    });
+    // The outcome is written with the next batch; record one more decision to flush it.
+    audit
+        .record(record("even", "allow", "cloudflare.zone.read"))
+        .await
+        .unwrap();
+    let (row, outcome) = store.decision(ids[1]).await.unwrap().unwrap();
+    assert_eq!(row.agent_name.as_deref(), Some("odd"));
+    assert_eq!(row.charge_cents, Some(1044));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(row.input.as_deref().unwrap()).unwrap()["request"]
+            ["body"]["s"],
+        "é\"x"
+    );
+    let outcome = outcome.unwrap();
+    assert_eq!(
+        (outcome.upstream_status, outcome.latency_us),
+        (Some(201), 1234)
+    );
+
+    let page = |before| DecisionFilter {
+        agent: Some("even".into()),
+        limit: 5,
+        before,
+        ..DecisionFilter::default()
+    };
+    let first = store.list_decisions(&page(None)).await.unwrap();
+    assert_eq!(first.len(), 5);
+    assert!(
+        first
+            .windows(2)
+            .all(|w| (w[0].0.at, w[0].0.id) > (w[1].0.at, w[1].0.id)),
+        "newest first"
+    );
+    let last = &first[4].0;
+    let second = store
+        .list_decisions(&page(Some((last.at, last.id))))
+        .await
+        .unwrap();
+    assert!(
+        second
+            .iter()
+            .all(|(d, _)| (d.at, d.id) < (last.at, last.id)),
+        "keyset cursor continues"
+    );
+    let denied = DecisionFilter {
+        outcome: Some("deny".into()),
+        limit: 100,
+        ..DecisionFilter::default()
+    };
+    assert_eq!(store.list_decisions(&denied).await.unwrap().len(), 10);
+
+    let reports = tollgate::audit::verify(store).await.unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].records, 31);
+    assert!(reports[0].broken.is_none(), "{:?}", reports[0].broken);
+    let replay = store.replayable_decisions(None, 1000).await.unwrap();
+    assert_eq!(replay.len(), 31);
+    task.abort();
+}
+
+fn window() -> WindowKey {
+    WindowKey {
+        budget: "agent-provider-month".into(),
+        subject: "agent:a/stripe".into(),
+        period: "2026-11".into(),
+    }
+}
+
+fn reservation<'a>(
+    w: &'a WindowKey,
+    decision: Uuid,
+    cents: i64,
+    key: Option<&'a str>,
+    fingerprint: &'a str,
+) -> NewReservation<'a> {
+    NewReservation {
+        window: w,
+        provider: "stripe",
+        agent_id: Uuid::nil(),
+        decision_id: decision,
+        cents,
+        cap_cents: 10_000,
+        idempotency_key: key,
+        fingerprint,
+    }
+}
+
+async fn forty_concurrent_reservations_admit_exactly_the_cap(store: &Store) {
+    let w = window();
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let store = store.clone();
+        let w = w.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .reserve(&reservation(&w, Uuid::now_v7(), 1000, None, "f"))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut reserved = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Reservation::Reserved => reserved += 1,
+            Reservation::Exceeded {
+                cap_cents,
+                committed_cents,
+                reserved_cents,
+            } => {
+                assert_eq!(cap_cents, 10_000);
+                assert_eq!(committed_cents + reserved_cents, 10_000);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(reserved, 10);
+    assert_eq!(store.window_spent(&w).await.unwrap(), 10_000);
+}
+
+async fn settlement_commits_releases_and_flags(store: &Store) {
+    let w = window();
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    for id in [a, b, c] {
+        assert_eq!(
+            store
+                .reserve(&reservation(&w, id, 2000, None, "f"))
+                .await
+                .unwrap(),
+            Reservation::Reserved
+        );
+    }
+    assert_eq!(store.settle(a, true).await.unwrap(), Some(2000));
+    assert_eq!(store.settle(a, true).await.unwrap(), None, "settled once");
+    assert_eq!(store.settle(b, false).await.unwrap(), Some(2000));
+    store.flag_reservation(c).await.unwrap();
+    let rows = store.spend("2026-11").await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (
+            rows[0].committed_cents,
+            rows[0].reserved_cents,
+            rows[0].flagged_cents
+        ),
+        (2000, 2000, 2000)
+    );
+    assert_eq!(store.window_spent(&w).await.unwrap(), 4000);
+}
+
+async fn idempotency_keys_replay_and_conflict(store: &Store) {
+    let w = window();
+    assert_eq!(
+        store
+            .reserve(&reservation(&w, Uuid::now_v7(), 1500, Some("k1"), "f1"))
+            .await
+            .unwrap(),
+        Reservation::Reserved
+    );
+    assert_eq!(
+        store
+            .reserve(&reservation(&w, Uuid::now_v7(), 1500, Some("k1"), "f1"))
+            .await
+            .unwrap(),
+        Reservation::Replayed
+    );
+    assert_eq!(
+        store
+            .reserve(&reservation(&w, Uuid::now_v7(), 1500, Some("k1"), "f2"))
+            .await
+            .unwrap(),
+        Reservation::IdempotencyConflict
+    );
+    assert_eq!(store.window_spent(&w).await.unwrap(), 1500);
+}
+
+fn approval(fingerprint: &str) -> ApprovalRow {
+    let now = Utc::now();
+    ApprovalRow {
+        id: Uuid::now_v7(),
+        fingerprint: fingerprint.into(),
+        agent_id: Uuid::now_v7(),
+        agent_name: "buyer".into(),
+        provider: "stripe".into(),
+        method: "POST".into(),
+        path: "/v1/payment_intents".into(),
+        query: String::new(),
+        body_sha256: "00".into(),
+        action: "stripe.payment.create".into(),
+        reasons: json!([{"rule": "spend.single_charge", "message": "over $50"}]),
+        charge_cents: Some(6000),
+        status: "pending".into(),
+        created_at: now,
+        expires_at: now + Days::hours(1),
+        requested_by_decision: Uuid::now_v7(),
+        decided_by: None,
+        decided_at: None,
+        note: None,
+        consumed_at: None,
+        consumed_by_decision: None,
+    }
+}
+
+async fn approvals_open_once_decide_once_and_consume_once(store: &Store) {
+    let first = store.open_approval(&approval("fp")).await.unwrap();
+    let again = store.open_approval(&approval("fp")).await.unwrap();
+    assert_eq!(first.id, again.id, "one open approval per request");
+    assert_eq!(store.pending_approvals().await.unwrap(), 1);
+    assert!(
+        !store
+            .consume_approval(first.id, "fp", Uuid::now_v7())
+            .await
+            .unwrap(),
+        "pending is not usable"
+    );
+    let decided = store
+        .decide_approval(first.id, true, "alice", Some("ok"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (decided.status.as_str(), decided.decided_by.as_deref()),
+        ("approved", Some("alice"))
+    );
+    assert!(
+        store
+            .decide_approval(first.id, false, "bob", None)
+            .await
+            .unwrap()
+            .is_none(),
+        "decided once"
+    );
+    assert!(
+        !store
+            .consume_approval(first.id, "other", Uuid::now_v7())
+            .await
+            .unwrap(),
+        "bound to its fingerprint"
+    );
+    let (x, y) = tokio::join!(
+        store.consume_approval(first.id, "fp", Uuid::now_v7()),
+        store.consume_approval(first.id, "fp", Uuid::now_v7())
+    );
+    assert_eq!(
+        [x.unwrap(), y.unwrap()].iter().filter(|w| **w).count(),
+        1,
+        "consumed exactly once"
+    );
+    store.restore_approval(first.id).await.unwrap();
+    assert!(
+        store
+            .consume_approval(first.id, "fp", Uuid::now_v7())
+            .await
+            .unwrap(),
+        "restored approvals are usable again"
+    );
+    assert_eq!(
+        store.approval(first.id).await.unwrap().unwrap().status,
+        "consumed"
+    );
+    // A new request for the same call opens a new approval; expired ones are reported as expired.
+    let mut stale = approval("fp2");
+    stale.expires_at = Utc::now() - Days::seconds(1);
+    let stale = store.open_approval(&stale).await.unwrap();
+    let fresh = store.open_approval(&approval("fp2")).await.unwrap();
+    assert_ne!(stale.id, fresh.id);
+    let expired = store.list_approvals(Some("expired"), 10).await.unwrap();
+    assert_eq!(
+        expired.iter().map(|a| a.id).collect::<Vec<_>>(),
+        vec![stale.id]
+    );
+    assert_eq!(
+        store
+            .list_approvals(Some("pending"), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .decide_approval(stale.id, true, "alice", None)
+            .await
+            .unwrap()
+            .is_none(),
+        "expired cannot be approved"
+    );
+}
+
+async fn controls_and_admin_actions(store: &Store) {
+    assert!(!store.frozen().await.unwrap());
+    store.set_frozen(true, "alice").await.unwrap();
+    assert!(store.frozen().await.unwrap());
+    store.set_frozen(false, "alice").await.unwrap();
+    assert!(!store.frozen().await.unwrap());
+    store
+        .record_admin_action("alice", "freeze", None, &json!({"why": "test"}))
+        .await
+        .unwrap();
+    assert!(store.ping().await);
+}
+
+#[tokio::test]
+async fn a_second_server_on_one_sqlite_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = SecretString::from(format!("sqlite:{}", dir.path().join("t.db").display()));
+    let a = Store::connect(&url, 4).await.unwrap();
+    let b = Store::connect(&url, 4).await.unwrap();
+    a.lock_for_serving().unwrap();
+    let err = b.lock_for_serving().unwrap_err();
+    assert!(
+        err.to_string().contains("another tollgate is serving"),
+        "{err}"
+    );
+}
