@@ -74,8 +74,27 @@ pub fn spawn_store_probe(admin: Arc<Admin>) -> tokio::task::JoinHandle<()> {
         loop {
             let up = admin.store.ping().await;
             admin.metrics.store_up.set(i64::from(up));
-            if let Ok(n) = admin.store.pending_approvals().await {
+            if let Ok((n, oldest)) = admin.store.pending_approvals().await {
                 admin.metrics.approvals_pending.set(n);
+                let age = oldest
+                    .map(|t| (Utc::now() - t).num_seconds().max(0))
+                    .unwrap_or(0);
+                admin.metrics.approvals_oldest_pending_seconds.set(age);
+            }
+            if let Ok(usage) = admin
+                .store
+                .budget_usage(&crate::ledger::period(Utc::now()))
+                .await
+            {
+                for (provider, ratio) in usage {
+                    if admin.config.providers.contains_key(&provider) {
+                        admin
+                            .metrics
+                            .budget_usage_ratio
+                            .with_label_values(&[&provider])
+                            .set(ratio);
+                    }
+                }
             }
             tokio::time::sleep(STORE_PROBE_EVERY).await;
         }

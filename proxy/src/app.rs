@@ -124,6 +124,7 @@ pub async fn reload_policy(
                 .policy_reloads_total
                 .with_label_values(&["ok"])
                 .inc();
+            metrics.policy_last_reload_ok.set(1);
             metrics.set_policy_revision(revision);
             tracing::info!(trigger, revision = %revision, "policy reloaded");
         }
@@ -132,6 +133,7 @@ pub async fn reload_policy(
                 .policy_reloads_total
                 .with_label_values(&["error"])
                 .inc();
+            metrics.policy_last_reload_ok.set(0);
             tracing::error!(trigger, error = %e, "policy reload failed; the previous bundle stays live");
         }
     }
@@ -188,6 +190,13 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     let policy = Arc::new(load_policy(&config).map_err(anyhow::Error::msg)?);
+    // Every configured provider has a usage series from the start; the store probe keeps it current.
+    for provider in config.providers.keys() {
+        metrics
+            .budget_usage_ratio
+            .with_label_values(&[provider])
+            .set(0.0);
+    }
     metrics.set_policy_revision(policy.current().bundle.revision());
     let identity = Arc::new(Identity::new(store.clone()));
     identity.refresh().await?;
@@ -270,13 +279,29 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
 
 /// The agent listener: one catch-all handler under the tower stack, outermost layer first.
 pub fn agent_router(gate: Arc<Gate>, max_concurrency: usize) -> Router {
+    let shed_metrics = gate.metrics.clone();
     let stack = ServiceBuilder::new()
         // Load shedding errors become a 503 in a neutral envelope: the shed request never reached the
         // handler, so its provider is unknown here. This is outermost so that no shed request is dropped
         // without an answer.
-        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-            Refusal::new(RefusalCode::Overloaded, "tollgate: overloaded, retry later")
-                .into_response(Envelope::Plain, uuid::Uuid::now_v7())
+        .layer(HandleErrorLayer::new(move |_: tower::BoxError| {
+            let metrics = shed_metrics.clone();
+            async move {
+                metrics
+                    .refusals_total
+                    .with_label_values(&[RefusalCode::Overloaded.as_str()])
+                    .inc();
+                metrics
+                    .requests_total
+                    .with_label_values(&[
+                        "unknown",
+                        crate::classify::UNKNOWN_ACTION,
+                        RefusalCode::Overloaded.as_str(),
+                    ])
+                    .inc();
+                Refusal::new(RefusalCode::Overloaded, "tollgate: overloaded, retry later")
+                    .into_response(Envelope::Plain, uuid::Uuid::now_v7())
+            }
         }))
         // Shed instead of queueing once the concurrency limit is reached: an agent retrying beats an
         // unbounded queue that holds memory and inflates every request's latency.

@@ -6,7 +6,7 @@
 //! Must not: hold logic. Modules call the handles; the admin listener renders [`Metrics::render`].
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -47,6 +47,9 @@ pub struct Metrics {
     pub spend_committed_cents: IntCounterVec,
     pub budget_exceeded_total: IntCounterVec,
     pub approvals_pending: IntGauge,
+    pub approvals_oldest_pending_seconds: IntGauge,
+    pub budget_usage_ratio: GaugeVec,
+    pub policy_last_reload_ok: IntGauge,
     pub approvals_total: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
@@ -157,6 +160,22 @@ impl Metrics {
         )?;
         let approvals_pending =
             IntGauge::new("approvals_pending", "Approvals waiting for a reviewer")?;
+        let approvals_oldest_pending_seconds = IntGauge::new(
+            "approvals_oldest_pending_seconds",
+            "How long the oldest pending approval has been waiting for a reviewer (0 when none)",
+        )?;
+        let budget_usage_ratio = GaugeVec::new(
+            Opts::new(
+                "budget_usage_ratio",
+                "Highest (committed + reserved) / cap of any budget window this month, per provider",
+            ),
+            &["provider"],
+        )?;
+        let policy_last_reload_ok = IntGauge::new(
+            "policy_last_reload_ok",
+            "1 when the last policy reload succeeded (or none was tried), 0 while the bundle on disk is broken",
+        )?;
+        policy_last_reload_ok.set(1);
         let approvals_total = IntCounterVec::new(
             Opts::new(
                 "approvals_total",
@@ -189,6 +208,9 @@ impl Metrics {
         registry.register(Box::new(budget_exceeded_total.clone()))?;
         registry.register(Box::new(approvals_pending.clone()))?;
         registry.register(Box::new(approvals_total.clone()))?;
+        registry.register(Box::new(approvals_oldest_pending_seconds.clone()))?;
+        registry.register(Box::new(budget_usage_ratio.clone()))?;
+        registry.register(Box::new(policy_last_reload_ok.clone()))?;
 
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -217,6 +239,9 @@ impl Metrics {
             spend_committed_cents,
             budget_exceeded_total,
             approvals_pending,
+            approvals_oldest_pending_seconds,
+            budget_usage_ratio,
+            policy_last_reload_ok,
             approvals_total,
             build_info,
         })

@@ -205,8 +205,14 @@ impl Store {
         dispatch!(self, s => s.list_approvals(status, limit).await)
     }
 
-    pub async fn pending_approvals(&self) -> Result<i64, StoreError> {
+    /// How many approvals wait for a reviewer, and since when the oldest one waits.
+    pub async fn pending_approvals(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
         dispatch!(self, s => s.pending_approvals().await)
+    }
+
+    /// Per provider, the highest (committed + reserved) / cap of any budget window in `period`.
+    pub async fn budget_usage(&self, period: &str) -> Result<Vec<(String, f64)>, StoreError> {
+        dispatch!(self, s => s.budget_usage(period).await)
     }
 
     pub async fn frozen(&self) -> Result<bool, StoreError> {

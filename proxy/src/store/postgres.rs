@@ -651,13 +651,27 @@ impl PgStore {
         rows.iter().map(approval_from_row).collect()
     }
 
-    pub async fn pending_approvals(&self) -> Result<i64, StoreError> {
+    pub async fn pending_approvals(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
         let row = sqlx::query(
-            "SELECT count(*) AS n FROM approvals WHERE status = 'pending' AND expires_at > now()",
+            "SELECT count(*) AS n, min(created_at) AS oldest FROM approvals
+             WHERE status = 'pending' AND expires_at > now()",
         )
         .fetch_one(&self.pool)
         .await?;
-        Ok(row.try_get("n")?)
+        Ok((row.try_get("n")?, row.try_get("oldest")?))
+    }
+
+    pub async fn budget_usage(&self, period: &str) -> Result<Vec<(String, f64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT provider, coalesce(max((committed_cents + reserved_cents)::float8 / NULLIF(cap_cents, 0)), 0) AS ratio
+             FROM spend_windows WHERE period = $1 GROUP BY provider",
+        )
+        .bind(period)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("provider")?, r.try_get("ratio")?)))
+            .collect()
     }
 
     /// Whether agent traffic is frozen (shared by every replica).

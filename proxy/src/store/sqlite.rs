@@ -667,14 +667,27 @@ impl SqliteStore {
         rows.iter().map(approval_from_row).collect()
     }
 
-    pub async fn pending_approvals(&self) -> Result<i64, StoreError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM approvals WHERE status = 'pending' AND expires_at > ?",
+    pub async fn pending_approvals(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n, min(created_at) AS oldest FROM approvals WHERE status = 'pending' AND expires_at > ?",
         )
         .bind(ts(Utc::now()))
         .fetch_one(&self.pool)
         .await?;
-        Ok(n)
+        Ok((row.try_get("n")?, opt_ts(row.try_get("oldest")?)?))
+    }
+
+    pub async fn budget_usage(&self, period: &str) -> Result<Vec<(String, f64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT provider, coalesce(max(CAST(committed_cents + reserved_cents AS REAL) / NULLIF(cap_cents, 0)), 0.0)
+                AS ratio FROM spend_windows WHERE period = ? GROUP BY provider",
+        )
+        .bind(period)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("provider")?, r.try_get("ratio")?)))
+            .collect()
     }
 
     pub async fn frozen(&self) -> Result<bool, StoreError> {
