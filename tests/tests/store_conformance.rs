@@ -382,7 +382,9 @@ async fn approvals_open_once_decide_once_and_consume_once(store: &Store) {
     let first = store.open_approval(&approval("fp")).await.unwrap();
     let again = store.open_approval(&approval("fp")).await.unwrap();
     assert_eq!(first.id, again.id, "one open approval per request");
-    assert_eq!(store.pending_approvals().await.unwrap(), 1);
+    let (pending, oldest) = store.pending_approvals().await.unwrap();
+    assert_eq!(pending, 1);
+    assert!(oldest.is_some_and(|t| t <= Utc::now()));
     assert!(
         !store
             .consume_approval(first.id, "fp", Uuid::now_v7())
