@@ -29,6 +29,19 @@ impl ConsumedApproval {
     }
 }
 
+/// How a held request's approval ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Approved,
+    /// Denied, expired or used: the reason, for the agent.
+    Closed(&'static str),
+    /// The hold ended before a reviewer decided.
+    StillPending,
+}
+
+/// How often a held request looks for the reviewer's decision.
+const HOLD_POLL: Duration = Duration::from_millis(250);
+
 /// The exact call an approval is for.
 pub struct Call<'a> {
     pub agent_id: Uuid,
@@ -139,6 +152,30 @@ impl Approvals {
     /// Makes a consumed approval usable again, for a request that was refused after consuming it.
     pub async fn restore(&self, consumed: ConsumedApproval) -> Result<(), StoreError> {
         self.store.restore_approval(consumed.id).await
+    }
+
+    /// Hold mode: waits (polling the shared store, so a decision on any replica counts) until the approval
+    /// is decided or `hold` has passed.
+    pub async fn wait_for_decision(&self, id: Uuid, hold: Duration) -> Result<Verdict, StoreError> {
+        let deadline = tokio::time::Instant::now() + hold;
+        loop {
+            let verdict = match self.store.approval(id).await? {
+                None => Verdict::Closed("unknown approval"),
+                Some(a) if a.status == "approved" && a.expires_at > Utc::now() => Verdict::Approved,
+                Some(a) if a.status == "denied" => Verdict::Closed("the approval was denied"),
+                Some(a) if a.status == "consumed" => {
+                    Verdict::Closed("the approval was already used")
+                }
+                Some(a) if a.expires_at <= Utc::now() || a.status == "expired" => {
+                    Verdict::Closed("the approval expired")
+                }
+                Some(_) => Verdict::StillPending,
+            };
+            if verdict != Verdict::StillPending || tokio::time::Instant::now() >= deadline {
+                return Ok(verdict);
+            }
+            tokio::time::sleep(HOLD_POLL).await;
+        }
     }
 
     /// Why an approval cannot be used for this call, for the agent's error message.

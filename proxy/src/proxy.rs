@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -21,7 +21,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::approvals::{Approvals, Call, ConsumedApproval};
+use crate::approvals::{Approvals, Call, ConsumedApproval, Verdict};
 use crate::audit::{AuditWriter, DecisionRecord};
 use crate::canon;
 use crate::classify::{Action, Risk};
@@ -55,6 +55,9 @@ const SECRET_BODY_FIELDS: &[&str] = &[
     "account_number",
     "value",
 ];
+/// The longest a request is held open waiting for a reviewer, whatever the policy asks: agents' HTTP clients
+/// and load balancers time out beyond a few minutes.
+const MAX_HOLD_SECONDS: u64 = 300;
 /// Longest accepted `Tollgate-Run` / `Tollgate-On-Behalf-Of`.
 const ATTRIBUTION_MAX: usize = 256;
 
@@ -248,7 +251,9 @@ impl Gate {
             action: &action.name,
         };
 
-        // approve (the request itself is not yet approved: open or reuse a pending approval)
+        // approve (the request itself is not yet approved: open or reuse a pending approval, and either
+        // refuse at once or, in hold mode, keep the request open until a reviewer decides)
+        let mut approval_header = approval_header;
         match (decision.outcome, approval_header) {
             (Outcome::Allow, _) => {}
             (Outcome::Deny, _) => return Err(denial(&decision)),
@@ -267,11 +272,39 @@ impl Gate {
                     .approvals_total
                     .with_label_values(&["requested"])
                     .inc();
-                return Err(approval_required(
-                    &decision,
-                    &approval.id.to_string(),
-                    &approval.status,
-                ));
+                let hold = decision.hold_seconds.unwrap_or(0).min(MAX_HOLD_SECONDS);
+                if hold == 0 {
+                    return Err(approval_required(
+                        &decision,
+                        &approval.id.to_string(),
+                        &approval.status,
+                    ));
+                }
+                match self
+                    .approvals
+                    .wait_for_decision(approval.id, Duration::from_secs(hold))
+                    .await
+                {
+                    Ok(Verdict::Approved) => approval_header = Some(approval.id),
+                    Ok(Verdict::Closed(why)) => {
+                        return Err(Refusal::new(
+                            RefusalCode::ApprovalInvalid,
+                            format!("tollgate: approval {} was not granted: {why}", approval.id),
+                        )
+                        .with_approval(approval.id.to_string()));
+                    }
+                    Ok(Verdict::StillPending) => {
+                        return Err(approval_required(
+                            &decision,
+                            &approval.id.to_string(),
+                            "pending",
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "approval wait failed");
+                        return Err(Refusal::store_unavailable());
+                    }
+                }
             }
             (Outcome::Approve, Some(_)) => {}
         }

@@ -503,3 +503,86 @@ async fn a_freeze_on_one_replica_stops_every_replica() {
     assert_eq!(c.pay(0, &key, 100, &[]).await.status(), 200);
     assert_eq!(c.upstream.request_count(), 1);
 }
+
+/// The same policy, but asking tollgate to hold approval-needing requests open for a reviewer.
+const HOLD_POLICY: &str = r#"package tollgate
+
+amount := to_number(input.request.body.amount) if input.action.name == "stripe.payment.create"
+
+decision := {"outcome": "approve", "hold_seconds": 20, "reasons": [{"rule": "spend.single_charge", "message": "charges above $50 need a human"}], "charge": {"cents": amount, "budget": "agent-provider-month", "cap_cents": 10000}} if {
+	amount > 5000
+} else := {"outcome": "allow", "reasons": []}
+"#;
+
+#[tokio::test]
+async fn hold_mode_keeps_the_request_open_until_a_reviewer_decides() {
+    let db = TestDatabase::create().await.unwrap();
+    let upstream = Upstream::builder().start().await.unwrap();
+    let policy = policy_dir_with(HOLD_POLICY).unwrap();
+    let gate = Tollgate::builder(db.url(), &upstream.url())
+        .policy_dir(policy.path())
+        .start()
+        .await
+        .unwrap();
+    let key = gate.create_agent("buyer", &[]).await.unwrap();
+    let http = reqwest::Client::new();
+    let pay = |amount: i64| {
+        http.post(gate.url("/stripe/v1/payment_intents"))
+            .basic_auth(&key, Some(""))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("amount={amount}&currency=usd"))
+            .send()
+    };
+    // The reviewer finds the held request and approves it while the agent's call is still open.
+    let reviewer = || async {
+        loop {
+            let list: Value = http
+                .get(gate.admin_url("/api/approvals?status=pending"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if let Some(id) = list["approvals"][0]["id"].as_str() {
+                let verdict = if list["approvals"][0]["charge_cents"] == 6000 {
+                    "approve"
+                } else {
+                    "deny"
+                };
+                let r = http
+                    .post(gate.admin_url(&format!("/api/approvals/{id}/{verdict}")))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .json(&json!({"by": "carol"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (response, ()) = tokio::join!(pay(6000), reviewer());
+    assert_eq!(
+        response.unwrap().status(),
+        200,
+        "approved while held: the same call proceeds"
+    );
+    assert_eq!(upstream.request_count(), 1);
+
+    let (response, ()) = tokio::join!(pay(7000), reviewer());
+    let (status, body) = code_of(response.unwrap()).await;
+    assert_eq!(
+        (status, body["tollgate"]["code"].as_str()),
+        (403, Some("approval_invalid"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("denied")
+    );
+    assert_eq!(upstream.request_count(), 1);
+}
