@@ -247,6 +247,16 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        // DATABASE_URL overrides the file's database.url (the usual convention for container platforms);
+        // TOLLGATE_DATABASE__URL, applied next, overrides both.
+        if let Some((_, url)) = source.env.iter().find(|(k, _)| k == "DATABASE_URL") {
+            let database = table
+                .entry("database".to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(t) = database {
+                t.insert("url".to_string(), toml::Value::String(url.clone()));
+            }
+        }
         if !table.contains_key("providers")
             && let Ok(defaults) = DEFAULT_PROVIDERS.parse::<toml::Table>()
         {
@@ -665,6 +675,33 @@ mod tests {
         c.check_serveable().unwrap();
         assert_eq!(c.approvals.ttl, Duration::from_secs(3600));
         assert_eq!(c.audit.max_batch, 1024);
+    }
+
+    #[test]
+    fn database_url_env_overrides_the_file_and_tollgate_override_beats_both() {
+        let file = "[database]\nurl = \"postgres://file/db\"\n";
+        let c = load(file, &[("DATABASE_URL", "postgres://env/db")]).unwrap();
+        assert_eq!(
+            c.database.url.as_ref().unwrap().expose_secret(),
+            "postgres://env/db"
+        );
+        let c = load(
+            file,
+            &[
+                ("DATABASE_URL", "postgres://env/db"),
+                ("TOLLGATE_DATABASE__URL", "postgres://override/db"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.database.url.as_ref().unwrap().expose_secret(),
+            "postgres://override/db"
+        );
+        let c = load(file, &[]).unwrap();
+        assert_eq!(
+            c.database.url.as_ref().unwrap().expose_secret(),
+            "postgres://file/db"
+        );
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct Refusal {
     message: String,
     rule: Option<String>,
     approval_id: Option<String>,
+    /// The provider may already have acted: tell SDKs not to retry automatically.
+    not_retryable: bool,
 }
 
 impl RefusalCode {
@@ -150,7 +152,16 @@ impl Refusal {
             message: message.into(),
             rule: None,
             approval_id: None,
+            not_retryable: false,
         }
+    }
+
+    /// Marks a refusal after which an automatic retry could repeat an action the provider already took
+    /// (a timeout or broken exchange after the request was sent): the response carries
+    /// `x-should-retry: false`, which generated provider SDKs honour.
+    pub fn not_retryable(mut self) -> Self {
+        self.not_retryable = true;
+        self
     }
 
     pub fn with_rule(mut self, rule: impl Into<String>) -> Self {
@@ -259,6 +270,12 @@ impl Refusal {
         );
         if let Ok(value) = HeaderValue::from_str(&decision_id.to_string()) {
             headers.insert(crate::DECISION_HEADER, value);
+        }
+        if self.not_retryable {
+            headers.insert(
+                http::HeaderName::from_static("x-should-retry"),
+                HeaderValue::from_static("false"),
+            );
         }
         if self.code == RefusalCode::AgentUnauthenticated {
             headers.insert(

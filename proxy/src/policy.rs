@@ -608,6 +608,8 @@ fn kind_of(rel: &str) -> FileKind {
 }
 
 /// Every file of the bundle in a stable order: `.rego`, and `.json`/`.yaml`/`.yml` (data and catalog).
+/// Hidden entries are skipped: a Kubernetes ConfigMap volume holds the same files again under `..data` and
+/// `..<timestamp>`, which would load every rule three times and make the revision differ per pod.
 fn bundle_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -615,6 +617,13 @@ fn bundle_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
         let entries = std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
         for entry in entries {
             let path = entry.map_err(|e| format!("{}: {e}", d.display()))?.path();
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+            {
+                continue;
+            }
             if path.is_dir() {
                 stack.push(path);
             } else if matches!(
@@ -811,6 +820,30 @@ mod tests {
         let mut input = warm_up_input();
         input["request"]["method"] = json!("POST");
         assert!(b.evaluate(&input).is_err());
+    }
+
+    #[test]
+    fn hidden_entries_are_not_part_of_the_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("main.rego"),
+            "package tollgate\n\ndecision := {\"outcome\": \"allow\"}\n",
+        )
+        .unwrap();
+        let plain = Bundle::load(dir.path(), Duration::from_millis(250))
+            .unwrap()
+            .revision()
+            .to_string();
+        // What a Kubernetes ConfigMap volume looks like: the same files again under hidden directories.
+        std::fs::create_dir(dir.path().join("..2026_11_30_01_02_03.1")).unwrap();
+        std::fs::write(
+            dir.path().join("..2026_11_30_01_02_03.1/main.rego"),
+            "package tollgate\n\ndecision := {",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join(".hidden.rego"), "not rego").unwrap();
+        let b = Bundle::load(dir.path(), Duration::from_millis(250)).unwrap();
+        assert_eq!(b.revision(), plain);
     }
 
     #[test]

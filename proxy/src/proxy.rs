@@ -529,7 +529,13 @@ impl Gate {
                     .inc();
                 self.count(draft, code.as_str(), Some(code.as_str()));
                 // The decision (allow) is already recorded; the failure is its outcome, not a new decision.
-                Ok(Refusal::new(code, message).into_response(draft.envelope, draft.id))
+                let refusal = Refusal::new(code, message);
+                let refusal = if flagged {
+                    refusal.not_retryable()
+                } else {
+                    refusal
+                };
+                Ok(refusal.into_response(draft.envelope, draft.id))
             }
         }
     }

@@ -554,6 +554,11 @@ async fn upstream_failures_map_to_502_and_504_and_are_recorded_as_outcomes() {
         .unwrap();
     let w = world_with(slow, |b| b.server("upstream_timeout_ms = 300")).await;
     let r = w.get("/cloudflare/client/v4/zones").send().await.unwrap();
+    assert_eq!(
+        r.headers()["x-should-retry"],
+        "false",
+        "the provider may have acted: no automatic retry"
+    );
     let body = w
         .expect_refusal_after_allow(r, 504, "upstream_timeout")
         .await;
@@ -579,6 +584,10 @@ async fn upstream_failures_map_to_502_and_504_and_are_recorded_as_outcomes() {
         .send()
         .await
         .unwrap();
+    assert!(
+        r.headers().get("x-should-retry").is_none(),
+        "never delivered: a retry is safe"
+    );
     let body = w.expect_refusal_after_allow(r, 502, "upstream_error").await;
     assert_eq!(body["error"]["type"], "api_error");
     let outcome = w
