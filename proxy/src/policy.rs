@@ -145,8 +145,34 @@ thread_local! {
 }
 
 impl Bundle {
-    /// Loads every policy and data file under `dir`, compiles, and warms up. `timeout` bounds one evaluation.
+    /// Loads every policy and data file under `dir`, compiles, warms up, and runs the bundle's own tests
+    /// (interpreter tests, and its case tables on the engine that will serve). `timeout` bounds one
+    /// evaluation. Only a bundle that passes all of it is returned.
     pub fn load(dir: &Path, timeout: Duration) -> Result<Bundle, PolicyError> {
+        let (bundle, has_tests) = Bundle::compile(dir, timeout)?;
+        // A bundle whose own tests fail is never swapped in.
+        if has_tests {
+            let report = run_tests_on(dir, &bundle)?;
+            let failed: Vec<String> = report
+                .tests
+                .iter()
+                .filter(|t| !t.passed)
+                .map(|t| t.name.clone())
+                .collect();
+            if !failed.is_empty() {
+                return Err(PolicyError::Load(vec![format!(
+                    "{} of {} policy tests fail: {}",
+                    failed.len(),
+                    report.tests.len(),
+                    failed.join(", ")
+                )]));
+            }
+        }
+        Ok(bundle)
+    }
+
+    /// Loads, compiles and warms up without running tests; also says whether the bundle has test files.
+    fn compile(dir: &Path, timeout: Duration) -> Result<(Bundle, bool), PolicyError> {
         let Sources {
             mut engine,
             tests,
@@ -180,25 +206,7 @@ impl Bundle {
         bundle
             .evaluate(&warm_up_input())
             .map_err(|e| PolicyError::Load(vec![format!("warm-up evaluation: {e}")]))?;
-        // A bundle whose own tests fail is never swapped in.
-        if !tests.is_empty() {
-            let report = run_tests(dir)?;
-            let failed: Vec<String> = report
-                .tests
-                .iter()
-                .filter(|t| !t.passed)
-                .map(|t| t.name.clone())
-                .collect();
-            if !failed.is_empty() {
-                return Err(PolicyError::Load(vec![format!(
-                    "{} of {} policy tests fail: {}",
-                    failed.len(),
-                    report.tests.len(),
-                    failed.join(", ")
-                )]));
-            }
-        }
-        Ok(bundle)
+        Ok((bundle, !tests.is_empty()))
     }
 
     pub fn revision(&self) -> &str {
@@ -215,6 +223,14 @@ impl Bundle {
 
     pub fn uses_bytecode(&self) -> bool {
         self.program.is_some()
+    }
+
+    fn engine_name(&self) -> &'static str {
+        if self.uses_bytecode() {
+            "bytecode VM"
+        } else {
+            "interpreter"
+        }
     }
 
     /// Evaluates the entrypoint for one input. Synchronous and CPU-bound: run it on a blocking pool.
@@ -500,11 +516,23 @@ impl TestReport {
 /// Runs every `test_*` rule in the bundle's test files (`tests/**.rego`, `*_test.rego`) against the bundle's
 /// policies and data: a test passes when its value is `true`. regorus has no `opa test`; this is ours.
 pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
+    let (bundle, _) = Bundle::compile(dir, Duration::from_secs(5))?;
+    run_tests_on(dir, &bundle)
+}
+
+/// The test run, with `bundle` as the serving engine for the case-table replay.
+///
+/// Test rules run on the interpreter (they use `with`, which the bytecode VM cannot compile), but requests
+/// are served by the VM, and regorus's VM and interpreter do not always agree. So every test package's
+/// `cases` table (`{name: {"input": …, "outcome": …, "rules": [...]}}`) is also replayed through
+/// [`Bundle::evaluate`] — the exact path requests take — and each case is a test of its own.
+fn run_tests_on(dir: &Path, bundle: &Bundle) -> Result<TestReport, PolicyError> {
     let Sources {
         mut engine,
         tests,
         revision,
     } = read_sources(dir)?;
+    let mut packages: Vec<String> = Vec::new();
     let mut names = Vec::new();
     let mut errors = Vec::new();
     for (rel, text) in &tests {
@@ -517,6 +545,9 @@ pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
             errors.push(format!("{rel}: no package line"));
             continue;
         };
+        if !packages.contains(&package) {
+            packages.push(package.clone());
+        }
         for line in text.lines() {
             // Rules start at column 0; a test rule is named test_…
             if let Some(rest) = line.strip_prefix("test_") {
@@ -552,6 +583,7 @@ pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
             detail,
         });
     }
+    results.extend(replay_cases(&mut engine, &packages, bundle));
     let coverage = engine
         .get_coverage_report()
         .map_err(|e| PolicyError::Eval(e.to_string()))?;
@@ -580,6 +612,71 @@ pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
         coverable_lines: coverable,
         files,
     })
+}
+
+/// Replays every test package's `cases` table through the serving engine (see [`run_tests_on`]).
+fn replay_cases(
+    engine: &mut regorus::Engine,
+    packages: &[String],
+    bundle: &Bundle,
+) -> Vec<TestResult> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut results = Vec::new();
+    for package in packages {
+        let Ok(table) = engine.eval_rule(format!("data.{package}.cases")) else {
+            continue;
+        };
+        let Ok(Value::Object(cases)) = serde_json::to_value(&table) else {
+            continue;
+        };
+        for (name, case) in cases {
+            if !seen.insert((package.clone(), name.clone())) {
+                continue;
+            }
+            let test = format!(
+                "data.{package}.cases[{name:?}] on the {} engine",
+                bundle.engine_name()
+            );
+            let expected = case
+                .get("outcome")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let expected_rules: Option<std::collections::BTreeSet<String>> =
+                case.get("rules").and_then(Value::as_array).map(|r| {
+                    r.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                });
+            let input = case.get("input").cloned().unwrap_or(Value::Null);
+            let detail = match bundle.evaluate(&input) {
+                Err(e) => Some(format!("evaluation failed: {e}")),
+                Ok(d) => {
+                    let outcome = match d.outcome {
+                        Outcome::Allow => "allow",
+                        Outcome::Deny => "deny",
+                        Outcome::Approve => "approve",
+                    };
+                    let rules: std::collections::BTreeSet<String> =
+                        d.reasons.iter().map(|r| r.rule.clone()).collect();
+                    if outcome != expected {
+                        Some(format!("outcome {outcome}, expected {expected}"))
+                    } else if expected_rules.as_ref().is_some_and(|e| *e != rules) {
+                        Some(format!("rules {rules:?}, expected {expected_rules:?}"))
+                    } else {
+                        None
+                    }
+                }
+            };
+            results.push(TestResult {
+                name: test,
+                passed: detail.is_none(),
+                detail,
+            });
+        }
+    }
+    results
 }
 
 enum FileKind {

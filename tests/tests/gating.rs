@@ -10,6 +10,9 @@ use tollgate_tests::tollgate::{
 };
 use tollgate_tests::{TestDatabase, Upstream};
 
+/// The zone the test agent may change (its `zones` label), as the bundled library's placement rules require.
+const ZONE: &str = "023e105f4ecef8ad9ca31a8372d0c353";
+
 /// One test's world: its database, its upstream, a running tollgate and an agent key.
 struct World {
     db: TestDatabase,
@@ -39,8 +42,12 @@ async fn world_with(
                 "web",
                 "--scope",
                 "dns:write",
+                "--scope",
+                "billing:spend",
                 "--label",
                 "env=dev",
+                "--label",
+                &format!("zones={ZONE}"),
             ],
         )
         .await
@@ -476,22 +483,26 @@ async fn policy_denials_and_approvals_are_refused_with_their_rule() {
         .await
         .unwrap();
     let body = w.expect_refusal(r, 403, "policy_denied").await;
-    assert_eq!(body["tollgate"]["rule"], "starter.unknown_write");
+    assert_eq!(body["tollgate"]["rule"], "scopes.unknown_route");
     assert!(
         body["errors"][0]["message"]
             .as_str()
             .unwrap()
-            .contains("starter.unknown_write")
+            .contains("scopes.unknown_route")
     );
 
-    let token = r#"{"name":"ci","policies":[{"effect":"allow","resources":{"com.cloudflare.api.account.zone.z1":"*"},"permission_groups":[{"id":"4755a26eedb94da69e1066d98aa820be"}]}]}"#;
+    // The bundled library asks a human before a DNS record is deleted.
     let r = w
-        .post_json("/cloudflare/client/v4/user/tokens", token)
+        .http
+        .delete(w.gate.url(&format!(
+            "/cloudflare/client/v4/zones/{ZONE}/dns_records/372e67954025e0ba6aaa6d586b9e0b59"
+        )))
+        .bearer_auth(&w.key)
         .send()
         .await
         .unwrap();
     let body = w.expect_refusal(r, 403, "approval_required").await;
-    assert_eq!(body["tollgate"]["rule"], "starter.high_impact");
+    assert_eq!(body["tollgate"]["rule"], "impact.dns_delete");
     assert_eq!(w.upstream.request_count(), 0);
 
     let outcomes: Vec<String> = sqlx::query_scalar("SELECT outcome FROM decisions ORDER BY at")

@@ -1,0 +1,56 @@
+# Where an agent may act: the Cloudflare accounts and zones it may change, from its labels
+# (`--label accounts=acc1,acc2 --label zones=z1,z2`, comma-separated ids). An agent trusted with DNS in one
+# zone must not be able to change another team's zone or account. Reads are not restricted (main.rego allows
+# them first); an agent without the label may change no account (or zone) at all.
+#
+# The ids come from the path (input.action.params: account_id, zone_id), and for zone.create from the body,
+# which names the account the zone is created in. A token's own resources are checked in tokens.rego.
+package tollgate.placement
+
+import data.tollgate.lib
+
+# The account in the path (tokens, registrar, Workers, subscriptions ...).
+deny contains {"rule": "placement.account", "message": msg} if {
+	account := input.action.params.account_id
+	is_string(account)
+	not lib.listed("accounts", account)
+	msg := outside("account", account, "accounts", allowed_accounts)
+}
+
+# The account a new zone is created in (named in the body).
+deny contains {"rule": "placement.account", "message": msg} if {
+	input.action.name == "cloudflare.zone.create"
+	account := data.tollgate.lib.body.account.id
+	is_string(account)
+	not lib.listed("accounts", account)
+	msg := outside("account", account, "accounts", allowed_accounts)
+}
+
+deny contains {"rule": "placement.zone", "message": msg} if {
+	zone := input.action.params.zone_id
+	is_string(zone)
+	not lib.listed("zones", zone)
+	msg := outside("zone", zone, "zones", allowed_zones)
+}
+
+# zone.create must name the account it creates the zone in, as a string id.
+deny contains {"rule": "placement.account", "message": msg} if {
+	input.action.name == "cloudflare.zone.create"
+	data.tollgate.lib.body
+	not is_string(data.tollgate.lib.body.account.id)
+	msg := sprintf("cloudflare.zone.create must name the account as account.id (a string); got account %s", [lib.show(lib.get(data.tollgate.lib.body, "account"))])
+}
+
+allowed_accounts := a if {
+	a := data.tollgate.lib.agent_accounts
+	is_set(a)
+} else := set()
+
+allowed_zones := z if {
+	z := data.tollgate.lib.agent_zones
+	is_set(z)
+} else := set()
+
+outside(kind, id, label, allowed) := sprintf("%s changes %s %s, but %s has no '%s' label, so it may change no %s; give it --label %s=<ids>", [input.action.name, kind, id, data.tollgate.lib.agent_desc, label, kind, label]) if {
+	not input.agent.labels[label]
+} else := sprintf("%s changes %s %s, which is not among the %ss %s may change (%s)", [input.action.name, kind, id, kind, data.tollgate.lib.agent_desc, lib.listing(allowed)])
