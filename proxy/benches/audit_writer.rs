@@ -13,7 +13,7 @@ use serde_json::json;
 use sqlx::Connection as _;
 use tollgate::audit::{AuditWriter, DecisionRecord};
 use tollgate::metrics::Metrics;
-use tollgate::store::{DecisionRow, Store};
+use tollgate::store::{DecisionRow, NewReservation, Reservation, Store, WindowKey};
 use uuid::Uuid;
 
 /// In-flight requests; overridable with TOLLGATE_BENCH_CONCURRENCY.
@@ -190,6 +190,60 @@ async fn measure(url: &SecretString) -> anyhow::Result<()> {
         "  mean commit (one transaction, in the writer): {:.2} ms",
         1000.0 * metrics.audit_commit_duration_seconds.get_sample_sum() / commits as f64
     );
+    reservation_latency(&store).await;
     store.close().await;
     Ok(())
+}
+
+/// What a charged request adds: one reservation (the conditional UPDATE in its transaction) plus its
+/// settlement, one request at a time, beside a plain `SELECT 1` round trip on the same pool.
+async fn reservation_latency(store: &Store) {
+    const N: usize = 2000;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let mut ping = Vec::with_capacity(N);
+    for _ in 0..N {
+        let t = Instant::now();
+        store.ping().await;
+        ping.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let window = WindowKey {
+        budget: "agent-provider-month".into(),
+        subject: format!("agent:{}/stripe", Uuid::now_v7()),
+        period: "2026-11".into(),
+    };
+    let (mut reserve, mut settle) = (Vec::with_capacity(N), Vec::with_capacity(N));
+    for _ in 0..N {
+        let id = Uuid::now_v7();
+        let r = NewReservation {
+            window: &window,
+            provider: "stripe",
+            agent_id: Uuid::nil(),
+            decision_id: id,
+            cents: 1,
+            cap_cents: i64::MAX / 2,
+            idempotency_key: None,
+            fingerprint: "bench",
+        };
+        let t = Instant::now();
+        let outcome = store.reserve(&r).await.expect("reserve");
+        reserve.push(t.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(outcome, Reservation::Reserved);
+        let t = Instant::now();
+        store.settle(id, true).await.expect("settle");
+        settle.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let (ping, reserve, settle) = (median(ping), median(reserve), median(settle));
+    println!("spend ledger, {N} sequential charged requests:");
+    println!("  SELECT 1 round trip (baseline):   median {ping:>7.0} us");
+    println!(
+        "  reserve (before forwarding):      median {reserve:>7.0} us  ({:.1}x the round trip)",
+        reserve / ping
+    );
+    println!(
+        "  settle (after the response):      median {settle:>7.0} us  ({:.1}x the round trip)",
+        settle / ping
+    );
 }
