@@ -18,6 +18,61 @@ pub const AGENT_PROVIDER_MONTH: &str = "agent-provider-month";
 /// One team (all its agents), one provider, one calendar month.
 pub const TEAM_PROVIDER_MONTH: &str = "team-provider-month";
 
+/// Body fields that carry money or multiply it (Stripe: smallest currency unit, integers). Checked before
+/// the policy runs, so a charge is never computed from a negative, fractional or overflowing amount.
+const MONEY_FIELDS: &[&str] = &["amount", "amount_to_capture", "unit_amount", "quantity"];
+/// Money amounts above this are refused: it keeps every sum and product the policy or ledger forms far from
+/// i64 overflow (10^12 cents is ten billion dollars).
+const MAX_AMOUNT: u64 = 1_000_000_000_000;
+
+/// Refuses (400) money fields anywhere in the body that are not non-negative integers within range: Stripe
+/// form values must be digit strings, JSON values integral numbers. The message names the field.
+pub fn check_amounts(body: &serde_json::Value) -> Result<(), crate::canon::Malformed> {
+    use serde_json::Value;
+    fn walk(v: &Value, path: &mut Vec<String>) -> Result<(), crate::canon::Malformed> {
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map {
+                    path.push(k.clone());
+                    if MONEY_FIELDS.contains(&k.as_str()) {
+                        let ok = match child {
+                            Value::String(s) => {
+                                !s.is_empty()
+                                    && s.len() <= 13
+                                    && s.bytes().all(|b| b.is_ascii_digit())
+                                    && s.parse::<u64>().is_ok_and(|n| n <= MAX_AMOUNT)
+                            }
+                            Value::Number(n) => n.as_u64().is_some_and(|n| n <= MAX_AMOUNT),
+                            Value::Null => true,
+                            _ => false,
+                        };
+                        if !ok {
+                            return Err(crate::canon::Malformed::new(format!(
+                                "{} must be a non-negative integer amount (at most {MAX_AMOUNT}), got {child}",
+                                path.join(".")
+                            )));
+                        }
+                    } else {
+                        walk(child, path)?;
+                    }
+                    path.pop();
+                }
+                Ok(())
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    path.push(i.to_string());
+                    walk(item, path)?;
+                    path.pop();
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    walk(body, &mut Vec::new())
+}
+
 /// What happened upstream, as far as money is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settlement {
@@ -149,6 +204,42 @@ mod tests {
         );
         assert!(window(TEAM_PROVIDER_MONTH, &agent(None), "cloudflare", now).is_err());
         assert!(window("forever", &agent(None), "cloudflare", now).is_err());
+    }
+
+    #[test]
+    fn money_fields_must_be_non_negative_integers() {
+        use serde_json::json;
+        let ok = |v| check_amounts(&v).is_ok();
+        assert!(ok(json!({"amount": "1999", "currency": "usd"})));
+        assert!(ok(
+            json!({"items": [{"price_data": {"unit_amount": "2500"}, "quantity": "2"}]})
+        ));
+        assert!(ok(json!({"amount": 1999})));
+        assert!(
+            ok(json!({"metadata": {"note": "-5"}})),
+            "only money fields are checked"
+        );
+        for bad in [
+            json!({"amount": "-1"}),
+            json!({"amount": "12.50"}),
+            json!({"amount": "1e3"}),
+            json!({"amount": ""}),
+            json!({"amount": "99999999999999999999"}),
+            json!({"amount": -1}),
+            json!({"amount": 1.5}),
+            json!({"items": [{"quantity": "two"}]}),
+            json!({"amount": true}),
+        ] {
+            let err = check_amounts(&bad).unwrap_err();
+            assert!(err.message().contains("non-negative integer"), "{bad}");
+        }
+        let err =
+            check_amounts(&json!({"items": [{"price_data": {"unit_amount": "x"}}]})).unwrap_err();
+        assert!(
+            err.message().starts_with("items.0.price_data.unit_amount"),
+            "{}",
+            err.message()
+        );
     }
 
     #[test]

@@ -193,6 +193,8 @@ impl Gate {
             .and_then(|v| v.to_str().ok());
         let parsed = crate::body::parse_body(content_type, &bytes)
             .map_err(|m| Refusal::malformed(m.message()))?;
+        ledger::check_amounts(&parsed)
+            .map_err(|m| Refusal::malformed(format!("tollgate: {}", m.message())))?;
         let mut action = action;
         action
             .lift_body_params(&parsed)

@@ -197,13 +197,13 @@ async fn realistic_calls_get_the_outcomes_the_library_promises() {
             rule: None,
         },
         Case {
-            name: "an amount that is not an integer",
+            name: "an amount that is not an integer (refused before the policy, like Stripe would)",
             method: "POST",
             path: "/stripe/v1/payment_intents".into(),
             content_type: "application/x-www-form-urlencoded",
             body: "amount=12.50&currency=usd".into(),
-            status: 403,
-            rule: Some("spend.malformed"),
+            status: 400,
+            rule: None,
         },
     ];
 
