@@ -31,7 +31,21 @@ impl PgStore {
     /// Connects lazily-validated: the pool is created and one connection is tried, so a wrong URL is
     /// reported at start rather than at the first request.
     pub async fn connect(url: &SecretString, max_connections: u32) -> Result<PgStore, StoreError> {
-        let options: PgConnectOptions = url.expose_secret().parse()?;
+        let mut options: PgConnectOptions = url.expose_secret().parse()?;
+        // On loopback, TLS protects nothing, and here it costs a lot: sqlx does not set TCP_NODELAY, so a
+        // batched audit insert split into several TLS records waits on Nagle and the peer's delayed ACK
+        // (~40 ms a commit, measured in BENCHMARKS.md). Unless the URL asks for a TLS mode, loopback
+        // connections go without it. Remote servers keep the URL's (default: prefer) TLS.
+        let explicit_tls = url.expose_secret().contains("sslmode=");
+        let host = options.get_host();
+        let loopback = host == "localhost"
+            || host.starts_with('/')
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback && !explicit_tls {
+            options = options.ssl_mode(sqlx::postgres::PgSslMode::Disable);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(1)
