@@ -63,30 +63,17 @@ impl Running {
         }
     }
 
-    /// Waits until either listener stops (which only happens on error or shutdown).
+    /// Waits until either listener stops (which only happens on error). The handles stay in place, so a
+    /// `shutdown` after this future was cancelled still waits for in-flight requests.
     pub async fn wait(&mut self) -> std::io::Result<()> {
-        let servers = std::mem::take(&mut self.servers);
-        let (result, _, rest) = futures_select_all(servers).await;
-        self.servers = rest;
-        result
-    }
-}
-
-async fn futures_select_all(
-    handles: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
-) -> (
-    std::io::Result<()>,
-    usize,
-    Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
-) {
-    let mut set = tokio::task::JoinSet::new();
-    for (i, h) in handles.into_iter().enumerate() {
-        set.spawn(async move { (i, h.await) });
-    }
-    match set.join_next().await {
-        Some(Ok((i, Ok(r)))) => (r, i, Vec::new()),
-        Some(Ok((i, Err(e)))) => (Err(std::io::Error::other(e)), i, Vec::new()),
-        _ => (Ok(()), 0, Vec::new()),
+        let [proxy, admin] = &mut self.servers[..] else {
+            return Ok(());
+        };
+        let joined = tokio::select! {
+            r = proxy => r,
+            r = admin => r,
+        };
+        joined.unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 }
 

@@ -290,11 +290,6 @@ impl Bundle {
             .eval_rule(ENTRYPOINT.to_string())
             .map_err(|e| PolicyError::Eval(e.to_string()))
     }
-
-    /// The prepared engine with this bundle's policies and data (for the test runner and tooling).
-    pub fn engine(&self) -> regorus::Engine {
-        self.engine.clone()
-    }
 }
 
 impl Live {
