@@ -20,6 +20,8 @@ use uuid::Uuid;
 const CONCURRENCY: usize = 256;
 const GROUP_RECORDS: usize = 100_000;
 const BASELINE_RECORDS: usize = 5_000;
+/// The default `audit.writers` on Postgres.
+const WRITERS: usize = tollgate::config::DEFAULT_AUDIT_WRITERS;
 
 fn record() -> DecisionRecord {
     DecisionRecord {
@@ -149,7 +151,7 @@ async fn measure(url: &SecretString) -> anyhow::Result<()> {
 
     // Group commit through the real writer.
     let metrics = Arc::new(Metrics::new());
-    let (audit, _task) = AuditWriter::start(store.clone(), 1024, metrics.clone());
+    let (audit, _task) = AuditWriter::start(store.clone(), WRITERS, 1024, metrics.clone());
     let started = Instant::now();
     let concurrency = std::env::var("TOLLGATE_BENCH_CONCURRENCY")
         .ok()
@@ -176,7 +178,9 @@ async fn measure(url: &SecretString) -> anyhow::Result<()> {
     println!(
         "  one transaction per decision (baseline, 64 connections): {baseline:>9.0} decisions/s"
     );
-    println!("  group commit (one writer, batches up to 1024):          {group:>9.0} decisions/s");
+    println!(
+        "  group commit ({WRITERS} writers, batches up to 1024):       {group:>9.0} decisions/s"
+    );
     println!(
         "  ratio group/baseline: {:.1}x; mean batch {:.0} records",
         group / baseline,

@@ -187,8 +187,12 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
     metrics.set_policy_revision(policy.current().bundle.revision());
     let identity = Arc::new(Identity::new(store.clone()));
     identity.refresh().await?;
-    let (audit, audit_task) =
-        AuditWriter::start(store.clone(), config.audit.max_batch, metrics.clone());
+    let (audit, audit_task) = AuditWriter::start(
+        store.clone(),
+        config.audit.writers,
+        config.audit.max_batch,
+        metrics.clone(),
+    );
     let forwarder = Arc::new(Forwarder::new(&config).map_err(anyhow::Error::msg)?);
     let frozen = Arc::new(AtomicBool::new(store.frozen().await?));
     let approvals = Approvals::new(store.clone(), config.approvals.ttl);

@@ -1,14 +1,18 @@
 //! Decision records and the group-commit writer that makes them durable.
 //!
-//! Owns: the [`DecisionRecord`] every request leaves, the single writer task that batches concurrent records
-//! into one transaction and wakes each waiting request, the per-writer hash chain, and `audit verify`.
+//! Owns: the [`DecisionRecord`] every request leaves, the writer tasks that batch concurrent records into one
+//! transaction each and wake each waiting request, the per-writer hash chain, and `audit verify`.
+//! A process runs `audit.writers` writers (two by default on Postgres) over one queue: while one writer's
+//! batch is committing, the next records go out through another instead of waiting for that commit. Each
+//! writer has its own id and its own chain, so a batch that fails on one writer never leaves a gap in
+//! another's chain; order across writers is given by the records' times, not by the chains.
 //! A request proceeds only with a [`Recorded`] receipt, which only this module can create, and only after
 //! the transaction holding the record committed.
 //! Must not: decide anything, or drop a record silently: a failed commit fails every waiter in the batch,
 //! and they refuse with `store_unavailable`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::Value;
@@ -75,56 +79,78 @@ pub enum AuditError {
     WriterStopped,
 }
 
-enum Job {
-    /// A row with everything but its chain fields, and its content hash; see [`seal`].
-    Decision(
-        Box<(DecisionRow, [u8; 32])>,
-        oneshot::Sender<Result<(), AuditError>>,
-    ),
-    Outcome(OutcomeRow),
-}
+/// A row with everything but its chain fields, its content hash (see [`seal`]) and who waits for it.
+type DecisionJob = (
+    Box<(DecisionRow, [u8; 32])>,
+    oneshot::Sender<Result<(), AuditError>>,
+);
+
+/// How long the outcome writer gathers upstream outcomes before it writes them. Nobody waits for an
+/// outcome, and writing them beside the decisions would put their commits (and WAL flushes) in the way of
+/// the decisions that requests do wait for.
+const OUTCOME_LINGER: Duration = Duration::from_millis(20);
+/// One more try for an outcome batch that failed, after this long (the decision itself is durable already).
+const OUTCOME_RETRY_AFTER: Duration = Duration::from_millis(200);
 
 /// The handle requests use; cheap to clone.
 #[derive(Clone)]
 pub struct AuditWriter {
-    queue: mpsc::Sender<Job>,
+    decisions: mpsc::Sender<DecisionJob>,
+    outcomes: mpsc::Sender<OutcomeRow>,
     metrics: Arc<Metrics>,
 }
 
 impl AuditWriter {
-    /// Starts the writer task. Each process is one writer with a fresh id and its own hash chain.
+    /// Starts `writers` decision writers on one queue, each with a fresh id and its own hash chain, and one
+    /// outcome writer. The handle finishes when every writer has drained its queue after the last
+    /// [`AuditWriter`] clone is dropped.
     pub fn start(
         store: Store,
+        writers: usize,
         max_batch: usize,
         metrics: Arc<Metrics>,
     ) -> (AuditWriter, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let writer = Writer {
+        let (decisions, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..writers.max(1) {
+            let writer = Writer {
+                store: store.clone(),
+                writer_id: Uuid::now_v7(),
+                seq: 0,
+                head: GENESIS_HASH.to_string(),
+                max_batch,
+                metrics: metrics.clone(),
+            };
+            tasks.spawn(writer.run(rx.clone()));
+        }
+        let (outcomes, outcome_rx) = mpsc::channel(QUEUE_CAPACITY);
+        tasks.spawn(write_outcomes(
             store,
-            writer_id: Uuid::now_v7(),
-            seq: 0,
-            head: GENESIS_HASH.to_string(),
+            outcome_rx,
             max_batch,
-            metrics: metrics.clone(),
-        };
-        let handle = tokio::spawn(writer.run(rx));
-        (AuditWriter { queue: tx, metrics }, handle)
+            metrics.clone(),
+        ));
+        let handle = tokio::spawn(async move { while tasks.join_next().await.is_some() {} });
+        (
+            AuditWriter {
+                decisions,
+                outcomes,
+                metrics,
+            },
+            handle,
+        )
     }
 
     /// Queues the record and waits until the transaction holding it has committed.
     pub async fn record(&self, record: DecisionRecord) -> Result<Recorded, AuditError> {
         let id = record.id;
-        // Serializing and hashing the record happens here, on the request's own task, so the single writer
-        // only chains and writes.
+        // Serializing and hashing the record happens here, on the request's own task, so the writers
+        // only chain and write.
         let sealed = seal(record);
         let (done, wait) = oneshot::channel();
         self.metrics.audit_queue_depth.inc();
-        if self
-            .queue
-            .send(Job::Decision(Box::new(sealed), done))
-            .await
-            .is_err()
-        {
+        if self.decisions.send((Box::new(sealed), done)).await.is_err() {
             self.metrics.audit_queue_depth.dec();
             return Err(AuditError::WriterStopped);
         }
@@ -138,7 +164,7 @@ impl AuditWriter {
     /// Queues what happened upstream. Nobody waits for it: the decision itself is already durable.
     pub fn record_outcome(&self, outcome: OutcomeRow) {
         self.metrics.audit_queue_depth.inc();
-        if self.queue.try_send(Job::Outcome(outcome)).is_err() {
+        if self.outcomes.try_send(outcome).is_err() {
             self.metrics.audit_queue_depth.dec();
             self.metrics.audit_errors_total.inc();
             tracing::error!("audit queue full or closed: an upstream outcome was not recorded");
@@ -156,45 +182,46 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+    async fn run(mut self, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<DecisionJob>>>) {
         let mut jobs = Vec::with_capacity(self.max_batch);
-        // `recv_many` takes whatever is queued (up to the batch size) after waiting for the first job, so
-        // under load batches grow by themselves while one transaction is committing.
-        while rx.recv_many(&mut jobs, self.max_batch).await > 0 {
+        loop {
+            // The idle writer holds the queue; `recv_many` takes whatever is queued (up to the batch size)
+            // after waiting for the first job, then the queue passes to the next idle writer. Under load
+            // batches grow by themselves while the other writers' transactions are committing.
+            let received = queue
+                .lock()
+                .await
+                .recv_many(&mut jobs, self.max_batch)
+                .await;
+            if received == 0 {
+                return;
+            }
             self.metrics.audit_queue_depth.sub(jobs.len() as i64);
             self.commit(&mut jobs).await;
             jobs.clear();
         }
     }
 
-    async fn commit(&mut self, jobs: &mut Vec<Job>) {
-        let mut rows = Vec::new();
-        let mut outcomes = Vec::new();
-        let mut waiters = Vec::new();
+    async fn commit(&mut self, jobs: &mut Vec<DecisionJob>) {
+        let mut rows = Vec::with_capacity(jobs.len());
+        let mut waiters = Vec::with_capacity(jobs.len());
         let (mut seq, mut head) = (self.seq, self.head.clone());
-        for job in jobs.drain(..) {
-            match job {
-                Job::Decision(sealed, done) => {
-                    let (mut row, content) = *sealed;
-                    seq += 1;
-                    row.writer_id = self.writer_id;
-                    row.seq = seq;
-                    row.hash = chain_hash(&head, &content);
-                    row.prev_hash = std::mem::replace(&mut head, row.hash.clone());
-                    rows.push(row);
-                    waiters.push(done);
-                }
-                Job::Outcome(o) => outcomes.push(o),
-            }
+        for (sealed, done) in jobs.drain(..) {
+            let (mut row, content) = *sealed;
+            seq += 1;
+            row.writer_id = self.writer_id;
+            row.seq = seq;
+            row.hash = chain_hash(&head, &content);
+            row.prev_hash = std::mem::replace(&mut head, row.hash.clone());
+            rows.push(row);
+            waiters.push(done);
         }
         let started = Instant::now();
-        let result = self.store.insert_decisions(&rows, &outcomes).await;
+        let result = self.store.insert_decisions(&rows, &[]).await;
         self.metrics
             .audit_commit_duration_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .audit_batch_size
-            .observe((rows.len() + outcomes.len()) as f64);
+        self.metrics.audit_batch_size.observe(rows.len() as f64);
         match result {
             Ok(()) => {
                 self.seq = seq;
@@ -206,12 +233,52 @@ impl Writer {
             Err(e) => {
                 // The chain head stays where the last committed batch left it, so the chain has no gap.
                 self.metrics.audit_errors_total.inc();
-                log_store_error(&e, rows.len(), outcomes.len());
+                log_store_error(&e, rows.len(), 0);
                 for w in waiters {
                     let _ = w.send(Err(AuditError::NotCommitted));
                 }
             }
         }
+    }
+}
+
+/// The outcome writer: gathers outcomes for up to [`OUTCOME_LINGER`] (or a full batch) and writes them in one
+/// statement; after the last handle is dropped it writes what is left and stops.
+async fn write_outcomes(
+    store: Store,
+    mut queue: mpsc::Receiver<OutcomeRow>,
+    max_batch: usize,
+    metrics: Arc<Metrics>,
+) {
+    let mut batch = Vec::with_capacity(max_batch);
+    let mut open = true;
+    while open {
+        if queue.recv_many(&mut batch, max_batch).await == 0 {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + OUTCOME_LINGER;
+        while batch.len() < max_batch {
+            let room = max_batch - batch.len();
+            match tokio::time::timeout_at(deadline, queue.recv_many(&mut batch, room)).await {
+                Ok(0) => {
+                    open = false;
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        metrics.audit_queue_depth.sub(batch.len() as i64);
+        let mut result = store.insert_decisions(&[], &batch).await;
+        if result.is_err() && open {
+            tokio::time::sleep(OUTCOME_RETRY_AFTER).await;
+            result = store.insert_decisions(&[], &batch).await;
+        }
+        if let Err(e) = result {
+            metrics.audit_errors_total.inc();
+            log_store_error(&e, 0, batch.len());
+        }
+        batch.clear();
     }
 }
 

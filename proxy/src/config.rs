@@ -35,6 +35,8 @@ pub const DEFAULT_IDENTITY_REFRESH_MS: u64 = 250;
 pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 16;
 /// The most decision records the audit writer commits in one transaction.
 pub const DEFAULT_AUDIT_MAX_BATCH: usize = 1024;
+/// Two writers: one commits while the other gathers and sends the next batch.
+pub const DEFAULT_AUDIT_WRITERS: usize = 2;
 
 /// What a user may write in `tollgate.toml`.
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +117,7 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
     pub max_batch: Option<usize>,
+    pub writers: Option<usize>,
 }
 
 /// The checked configuration every other module reads.
@@ -200,6 +203,8 @@ pub struct AdminConfig {
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
     pub max_batch: usize,
+    /// Writer tasks, each with its own connection, batch in flight and hash chain.
+    pub writers: usize,
 }
 
 /// Every problem found in a configuration, reported together.
@@ -438,9 +443,26 @@ impl Config {
             .filter(|v| !v.is_empty())
             .map(SecretString::from);
 
+        let database_is_sqlite = url.as_deref().is_none_or(|u| u.starts_with("sqlite:"));
         let max_batch = raw.audit.max_batch.unwrap_or(DEFAULT_AUDIT_MAX_BATCH);
         if max_batch == 0 || max_batch > 10_000 {
             errors.push("audit.max_batch must be between 1 and 10000".to_string());
+        }
+        // SQLite commits one transaction at a time whatever tollgate does, so a second writer there only waits.
+        let writers = raw.audit.writers.unwrap_or(if database_is_sqlite {
+            1
+        } else {
+            DEFAULT_AUDIT_WRITERS
+        });
+        if writers == 0 || writers > 16 {
+            errors.push("audit.writers must be between 1 and 16".to_string());
+        } else if !database_is_sqlite
+            && usize::try_from(max_connections).is_ok_and(|m| writers + 1 > m)
+        {
+            errors.push(format!(
+                "audit.writers ({writers}) needs database.max_connections of at least {} (one connection per writer, plus one for the rest)",
+                writers + 1
+            ));
         }
 
         let ttl_seconds = raw
@@ -477,7 +499,7 @@ impl Config {
             },
             providers,
             admin: AdminConfig { token_env, token },
-            audit: AuditConfig { max_batch },
+            audit: AuditConfig { max_batch, writers },
             approvals: ApprovalsConfig {
                 ttl: Duration::from_secs(ttl_seconds),
             },
@@ -590,6 +612,29 @@ mod tests {
             CredentialScheme::Basic
         );
         assert!(c.database.url.is_none());
+    }
+
+    #[test]
+    fn audit_writers_default_by_store_and_are_bounded_by_the_pool() {
+        let pg = [("DATABASE_URL", "postgres://u@h/db")];
+        assert_eq!(load("", &pg).unwrap().audit.writers, DEFAULT_AUDIT_WRITERS);
+        // SQLite commits one transaction at a time: one writer.
+        assert_eq!(load("", &[]).unwrap().audit.writers, 1);
+        assert_eq!(
+            load("[audit]\nwriters = 4\n", &pg).unwrap().audit.writers,
+            4
+        );
+        let e = load("[audit]\nwriters = 0\n", &pg).unwrap_err();
+        assert!(e.to_string().contains("audit.writers"), "{e}");
+        let e = load(
+            "[database]\nmax_connections = 3\n[audit]\nwriters = 3\n",
+            &pg,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("max_connections of at least 4"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::program::Program;
-use regorus::rvm::vm::RegoVM;
+use regorus::rvm::vm::{RegoVM, VmError};
 use regorus::utils::limits::ExecutionTimerConfig;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -75,6 +75,9 @@ pub enum PolicyError {
     Eval(String),
     #[error("policy returned a malformed decision: {0}")]
     Shape(String),
+    /// Not an answer: the inline evaluation ran out of its budget and must be redone on a blocking pool.
+    #[error("policy evaluation did not finish within the inline budget")]
+    OverBudget,
 }
 
 /// What the proxy knows about the request, in plain types (no hyper).
@@ -140,7 +143,7 @@ pub struct PolicyHandle {
 static BUNDLE_SERIAL: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
-    /// One VM per blocking-pool thread, reused while the bundle stays the same.
+    /// One VM per thread (async workers and blocking-pool threads), reused while the bundle stays the same.
     static VM: RefCell<Option<(u64, RegoVM)>> = const { RefCell::new(None) };
 }
 
@@ -233,21 +236,41 @@ impl Bundle {
         }
     }
 
-    /// Evaluates the entrypoint for one input. Synchronous and CPU-bound: run it on a blocking pool.
+    /// Evaluates the entrypoint for one input within the bundle's time limit. Synchronous and CPU-bound:
+    /// callers on an async runtime use [`Bundle::evaluate_inline`] first and this on a blocking pool.
     pub fn evaluate(&self, input: &Value) -> Result<Decision, PolicyError> {
-        let input = regorus::Value::from(input.clone());
+        let input = to_rego(input)?;
         let result = match &self.program {
-            Some(program) => self.evaluate_vm(program, input),
+            Some(program) => self.evaluate_vm(program, input, self.timeout),
             None => self.evaluate_interpreter(input),
         }?;
-        let json = serde_json::to_value(&result).map_err(|e| PolicyError::Shape(e.to_string()))?;
-        parse_decision(&json)
+        decision_of(&result)
+    }
+
+    /// Evaluates on the calling thread, but only on the bytecode VM and only for up to `budget`
+    /// (bounded by the bundle's own limit): `Err(PolicyError::OverBudget)` means "not decided here, evaluate
+    /// again with [`Bundle::evaluate`] on a blocking pool". The bundled library decides in 1–120 µs, so
+    /// nearly every request is judged without the hand-off to another thread, which costs more than
+    /// the evaluation itself; a slow or pathological policy still cannot hold an async worker for longer
+    /// than the budget (plus one timer-check interval of about a thousand VM instructions).
+    pub fn evaluate_inline(
+        &self,
+        input: &Value,
+        budget: Duration,
+    ) -> Result<Decision, PolicyError> {
+        let Some(program) = &self.program else {
+            return Err(PolicyError::OverBudget);
+        };
+        let input = to_rego(input)?;
+        let result = self.evaluate_vm(program, input, budget.min(self.timeout))?;
+        decision_of(&result)
     }
 
     fn evaluate_vm(
         &self,
         program: &Arc<Program>,
         input: regorus::Value,
+        limit: Duration,
     ) -> Result<regorus::Value, PolicyError> {
         VM.with(|slot| {
             let mut slot = slot.borrow_mut();
@@ -260,22 +283,28 @@ impl Bundle {
                 vm.set_data(self.data.clone())
                     .map_err(|e| PolicyError::Eval(e.to_string()))?;
                 vm.set_max_instructions(MAX_INSTRUCTIONS);
-                vm.set_execution_timer_config(Some(ExecutionTimerConfig {
-                    limit: self.timeout,
-                    check_interval: NonZeroU32::MIN.saturating_add(999),
-                }));
                 *slot = Some((self.serial, vm));
             }
             let Some((_, vm)) = slot.as_mut() else {
                 return Err(PolicyError::Eval("no VM".into()));
             };
+            vm.set_execution_timer_config(Some(ExecutionTimerConfig {
+                limit,
+                check_interval: NonZeroU32::MIN.saturating_add(999),
+            }));
             vm.set_input(input);
-            let out = vm.execute().map_err(|e| PolicyError::Eval(e.to_string()));
+            let out = vm.execute();
             if out.is_err() {
                 // A failed run may leave the VM mid-state; start the next evaluation from a fresh one.
                 *slot = None;
             }
-            out
+            match out {
+                Ok(value) => Ok(value),
+                Err(VmError::TimeLimitExceeded { .. }) if limit < self.timeout => {
+                    Err(PolicyError::OverBudget)
+                }
+                Err(e) => Err(PolicyError::Eval(e.to_string())),
+            }
         })
     }
 
@@ -730,6 +759,18 @@ fn bundle_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
+/// The input as regorus's value, read straight from the JSON tree (no intermediate copy).
+fn to_rego(input: &Value) -> Result<regorus::Value, PolicyError> {
+    use serde::Deserialize as _;
+    regorus::Value::deserialize(input).map_err(|e| PolicyError::Eval(format!("input: {e}")))
+}
+
+/// The entrypoint's value as a [`Decision`], strictly (see [`parse_decision`]).
+fn decision_of(result: &regorus::Value) -> Result<Decision, PolicyError> {
+    let json = serde_json::to_value(result).map_err(|e| PolicyError::Shape(e.to_string()))?;
+    parse_decision(&json)
+}
+
 /// Reads the entrypoint's value strictly. Extra keys are ignored; known keys must have the documented types.
 pub fn parse_decision(v: &Value) -> Result<Decision, PolicyError> {
     let shape = |m: &str| PolicyError::Shape(m.to_string());
@@ -903,6 +944,57 @@ mod tests {
         let d = b.evaluate(&input).unwrap();
         assert_eq!(d.outcome, Outcome::Deny);
         assert_eq!(d.reasons[0].message, "cap 100");
+    }
+
+    #[test]
+    fn inline_evaluation_hands_slow_policies_back_and_decides_fast_ones() {
+        // Slow only for POST: the warm-up input is a GET, so the bundle loads.
+        let b = bundle_with(
+            "package tollgate\n\nbusy := count([x | some x in numbers.range(1, 20000); x % 7 == 0]) if input.request.method == \"POST\"\n\
+             decision := {\"outcome\": \"allow\"} if input.request.method == \"GET\"\n\
+             decision := {\"outcome\": \"deny\", \"reasons\": [{\"rule\": \"busy\", \"message\": sprintf(\"%d\", [busy])}]} if input.request.method == \"POST\"\n",
+        )
+        .unwrap();
+        let mut input = warm_up_input();
+        let fast = b.evaluate_inline(&input, Duration::from_millis(50)).unwrap();
+        assert_eq!(fast.outcome, Outcome::Allow);
+        input["request"]["method"] = json!("POST");
+        assert!(matches!(
+            b.evaluate_inline(&input, Duration::from_nanos(1)),
+            Err(PolicyError::OverBudget)
+        ));
+        // The same VM slot is usable afterwards, and the full evaluation decides.
+        let slow = b.evaluate(&input).unwrap();
+        assert_eq!(slow.outcome, Outcome::Deny);
+        assert_eq!(slow.reasons[0].message, "2857");
+        input["request"]["method"] = json!("GET");
+        assert_eq!(
+            b.evaluate_inline(&input, Duration::from_millis(50))
+                .unwrap()
+                .outcome,
+            Outcome::Allow
+        );
+    }
+
+    #[test]
+    fn a_policy_over_its_full_time_limit_is_an_error_not_a_hand_off() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("main.rego"),
+            "package tollgate\n\nbusy := count([x | some x in numbers.range(1, 500000); x % 7 == 0]) if input.request.method == \"POST\"\n\
+             decision := {\"outcome\": \"allow\"} if input.request.method == \"GET\"\n\
+             decision := {\"outcome\": \"deny\", \"reasons\": [{\"rule\": \"busy\", \"message\": sprintf(\"%d\", [busy])}]} if input.request.method == \"POST\"\n",
+        )
+        .unwrap();
+        let b = Bundle::load(dir.path(), Duration::from_millis(5)).unwrap();
+        let mut input = warm_up_input();
+        input["request"]["method"] = json!("POST");
+        // The bundle's limit is 5 ms: a budget above it is cut to it, and running out is a real failure.
+        assert!(matches!(
+            b.evaluate_inline(&input, Duration::from_secs(5)),
+            Err(PolicyError::Eval(_))
+        ));
+        assert!(matches!(b.evaluate(&input), Err(PolicyError::Eval(_))));
     }
 
     #[test]

@@ -31,7 +31,9 @@ use crate::forward::{Forwarder, Permit, Target, UpstreamFailure};
 use crate::identity::{Agent, AuthError, Identity, presented_key};
 use crate::ledger::{self, Ledger, Settlement};
 use crate::metrics::{Metrics, status_class};
-use crate::policy::{Decision, Live, Outcome, PolicyHandle, RequestFacts, RunFacts, build_input};
+use crate::policy::{
+    Decision, Live, Outcome, PolicyError, PolicyHandle, RequestFacts, RunFacts, build_input,
+};
 use crate::store::{NewReservation, OutcomeRow, Reservation};
 
 /// Request headers that carry secrets: never in the policy input, never in a decision record.
@@ -58,6 +60,9 @@ const SECRET_BODY_FIELDS: &[&str] = &[
 /// The longest a request is held open waiting for a reviewer, whatever the policy asks: agents' HTTP clients
 /// and load balancers time out beyond a few minutes.
 const MAX_HOLD_SECONDS: u64 = 300;
+/// How long a policy evaluation may run on an async worker before it is handed to the blocking pool
+/// (see [`crate::policy::Bundle::evaluate_inline`]).
+const INLINE_POLICY_BUDGET: Duration = Duration::from_millis(1);
 /// Longest accepted `Tollgate-Run` / `Tollgate-On-Behalf-Of`.
 const ATTRIBUTION_MAX: usize = 256;
 
@@ -92,6 +97,36 @@ struct Draft {
     approval_id: Option<String>,
     shadow_outcome: Option<String>,
     input: Option<Value>,
+}
+
+/// The live verdict and the shadow bundle's word on it. With a `budget`, only what finishes within it on
+/// this thread: `None` means at least one bundle ran over and the whole judgement must be redone without one.
+#[allow(clippy::type_complexity)]
+fn judge(
+    live: &Live,
+    input: &Value,
+    budget: Option<Duration>,
+    metrics: &Metrics,
+) -> Option<(Result<Decision, PolicyError>, Option<&'static str>)> {
+    let evaluate = |bundle: &crate::policy::Bundle| match budget {
+        Some(budget) => bundle.evaluate_inline(input, budget),
+        None => bundle.evaluate(input),
+    };
+    let started = Instant::now();
+    let result = evaluate(&live.bundle);
+    if matches!(result, Err(PolicyError::OverBudget)) {
+        return None;
+    }
+    metrics
+        .policy_evaluation_duration_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let shadow = match live.shadow.as_ref().map(evaluate) {
+        None => None,
+        Some(Err(PolicyError::OverBudget)) => return None,
+        Some(Ok(d)) => Some(outcome_name(d.outcome)),
+        Some(Err(_)) => Some("error"),
+    };
+    Some((result, shadow))
 }
 
 /// The agent listener's one handler.
@@ -542,7 +577,9 @@ impl Gate {
         }
     }
 
-    /// Evaluates the live bundle (and the shadow bundle, if any, never enforced) on the blocking pool.
+    /// Evaluates the live bundle (and the shadow bundle, if any, never enforced): on this async worker when
+    /// the bytecode VM decides within [`INLINE_POLICY_BUDGET`] (nearly always), otherwise again from the
+    /// start on the blocking pool under the bundle's full time limit.
     async fn decide(
         &self,
         draft: &mut Draft,
@@ -550,27 +587,25 @@ impl Gate {
         input: Value,
     ) -> Result<Decision, Refusal> {
         draft.policy_revision = Some(live.bundle.revision().to_string());
-        let metrics = self.metrics.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let result = live.bundle.evaluate(&input);
-            metrics
-                .policy_evaluation_duration_seconds
-                .observe(started.elapsed().as_secs_f64());
-            let shadow = live.shadow.as_ref().map(|b| match b.evaluate(&input) {
-                Ok(d) => outcome_name(d.outcome),
-                Err(_) => "error",
-            });
-            (result, shadow, input)
-        })
-        .await;
-        let (result, shadow, input) = match joined {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::error!(error = %e, "policy evaluation task failed");
-                return Err(Refusal::policy_unavailable());
-            }
-        };
+        let (result, shadow, input) =
+            match judge(&live, &input, Some(INLINE_POLICY_BUDGET), &self.metrics) {
+                Some((result, shadow)) => (result, shadow, input),
+                None => {
+                    let metrics = self.metrics.clone();
+                    let joined = tokio::task::spawn_blocking(move || {
+                        let judged = judge(&live, &input, None, &metrics);
+                        (judged, input)
+                    })
+                    .await;
+                    match joined {
+                        Ok((Some((result, shadow)), input)) => (result, shadow, input),
+                        Ok((None, _)) | Err(_) => {
+                            tracing::error!("policy evaluation task failed");
+                            return Err(Refusal::policy_unavailable());
+                        }
+                    }
+                }
+            };
         draft.input = Some(input);
         let live_outcome = result
             .as_ref()

@@ -913,21 +913,31 @@ async fn audit_chain_verifies_and_detects_tampering() {
             200
         );
     }
-    let (ok, out, err) = w.gate.cli(&["audit", "verify"]).await.unwrap();
+    // The records are spread over the process's writers (two by default), each with its own chain.
+    let (ok, out, err) = w.gate.cli(&["audit", "verify", "--json"]).await.unwrap();
     assert!(ok, "{out}{err}");
-    assert!(out.contains("5 records, chain intact"), "{out}");
+    let reports: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let reports = reports.as_array().unwrap();
+    let total: u64 = reports.iter().map(|r| r["records"].as_u64().unwrap()).sum();
+    assert_eq!(total, 5, "{out}");
+    assert!(reports.iter().all(|r| r["broken"].is_null()), "{out}");
     // Tamper: the append-only trigger refuses updates, so an attacker with table rights must drop it first.
     sqlx::query("ALTER TABLE decisions DISABLE TRIGGER decisions_append_only")
         .execute(&w.pool)
         .await
         .unwrap();
-    sqlx::query("UPDATE decisions SET outcome = 'deny' WHERE seq = 3")
-        .execute(&w.pool)
-        .await
-        .unwrap();
+    let (writer, seq): (uuid::Uuid, i64) =
+        sqlx::query_as("UPDATE decisions SET outcome = 'deny' WHERE id = (SELECT id FROM decisions ORDER BY at OFFSET 2 LIMIT 1) RETURNING writer_id, seq")
+            .fetch_one(&w.pool)
+            .await
+            .unwrap();
     let (ok, out, _) = w.gate.cli(&["audit", "verify"]).await.unwrap();
     assert!(!ok);
-    assert!(out.contains("BROKEN at seq 3"), "{out}");
+    assert!(
+        out.contains(&format!("writer {writer}: BROKEN at seq {seq}")),
+        "{out}"
+    );
+    assert!(out.contains("1 broken"), "{out}");
 }
 
 #[tokio::test]

@@ -21,6 +21,37 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgre
 /// refusal now is better than a queue of agents waiting on a dead database.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The decisions INSERT of a batch, its columns bound as arrays $1..$26 (one element per record).
+macro_rules! insert_decisions_sql {
+    () => {
+        "INSERT INTO decisions (id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id,
+            on_behalf_of, provider, method, path, query, action, risk, outcome, code, rules, reasons,
+            policy_revision, charge_cents, approval_id, input, policy_outcome, shadow_outcome)
+         SELECT id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id, on_behalf_of,
+            provider, method, path, query, action, risk, outcome, code, rules::json, reasons::json,
+            policy_revision, charge_cents, approval_id, input::json, policy_outcome, shadow_outcome
+         FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::int8[], $5::text[], $6::text[],
+            $7::uuid[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+            $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[],
+            $21::text[], $22::int8[], $23::text[], $24::text[], $25::text[], $26::text[])
+            AS t(id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id, on_behalf_of,
+                 provider, method, path, query, action, risk, outcome, code, rules, reasons,
+                 policy_revision, charge_cents, approval_id, input, policy_outcome, shadow_outcome)"
+    };
+}
+
+/// The outcomes INSERT of a batch, its six columns bound as arrays at the given parameter numbers.
+macro_rules! insert_outcomes_sql {
+    ($id:literal, $at:literal, $status:literal, $latency:literal, $error:literal, $flagged:literal) => {
+        concat!(
+            "INSERT INTO decision_outcomes (decision_id, at, upstream_status, latency_us, error, flagged)
+             SELECT * FROM UNNEST(", $id, "::uuid[], ", $at, "::timestamptz[], ", $status, "::int4[], ",
+            $latency, "::int8[], ", $error, "::text[], ", $flagged, "::bool[])
+             ON CONFLICT (decision_id) DO NOTHING"
+        )
+    };
+}
+
 /// The Postgres backend: the system of record, for any number of replicas.
 #[derive(Clone)]
 pub struct PgStore {
@@ -50,6 +81,11 @@ impl PgStore {
             .max_connections(max_connections)
             .min_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // sqlx's default pings every connection before handing it out: one more round trip in front of
+            // each audit commit, which every allowed request waits for. A connection that died is found by
+            // the query itself instead (that request is refused, fail-closed, and the pool drops the
+            // connection), and by the store probe that `app` runs every few seconds.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         Ok(PgStore { pool })
@@ -141,84 +177,80 @@ impl PgStore {
 
     // ---- decisions ----
 
-    /// Inserts a batch of decision records in one transaction, in one statement.
+    /// Inserts a batch of decision records and upstream outcomes atomically, in one statement and so in one
+    /// round trip: Postgres runs a lone statement as its own transaction. (BEGIN/INSERT/COMMIT would cost
+    /// three round trips, and the decision writers' commit latency is what every allowed request waits for.)
     pub async fn insert_decisions(
         &self,
         rows: &[DecisionRow],
         outcomes: &[OutcomeRow],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let sql = match (rows.is_empty(), outcomes.is_empty()) {
+            (true, true) => return Ok(()),
+            (false, true) => concat!(insert_decisions_sql!(), " RETURNING 1"),
+            (true, false) => insert_outcomes_sql!("$1", "$2", "$3", "$4", "$5", "$6"),
+            (false, false) => concat!(
+                "WITH d AS (",
+                insert_decisions_sql!(),
+                " RETURNING 1), o AS (",
+                insert_outcomes_sql!("$27", "$28", "$29", "$30", "$31", "$32"),
+                " RETURNING 1) SELECT (SELECT count(*) FROM d) AS decisions, (SELECT count(*) FROM o) AS outcomes"
+            ),
+        };
+        let mut query = sqlx::query(sql);
         if !rows.is_empty() {
             let mut c = DecisionColumns::with_capacity(rows.len());
             for r in rows {
                 c.push(r);
             }
-            sqlx::query(
-                "INSERT INTO decisions (id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id,
-                    on_behalf_of, provider, method, path, query, action, risk, outcome, code, rules, reasons,
-                    policy_revision, charge_cents, approval_id, input, policy_outcome, shadow_outcome)
-                 SELECT id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id, on_behalf_of,
-                    provider, method, path, query, action, risk, outcome, code, rules::json, reasons::json,
-                    policy_revision, charge_cents, approval_id, input::json, policy_outcome, shadow_outcome
-                 FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::int8[], $5::text[], $6::text[],
-                    $7::uuid[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-                    $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[],
-                    $21::text[], $22::int8[], $23::text[], $24::text[], $25::text[], $26::text[])
-                    AS t(id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id, on_behalf_of,
-                         provider, method, path, query, action, risk, outcome, code, rules, reasons,
-                         policy_revision, charge_cents, approval_id, input, policy_outcome, shadow_outcome)",
-            )
-            .bind(c.id)
-            .bind(c.at)
-            .bind(c.writer_id)
-            .bind(c.seq)
-            .bind(c.prev_hash)
-            .bind(c.hash)
-            .bind(c.agent_id)
-            .bind(c.agent_name)
-            .bind(c.run_id)
-            .bind(c.on_behalf_of)
-            .bind(c.provider)
-            .bind(c.method)
-            .bind(c.path)
-            .bind(c.query)
-            .bind(c.action)
-            .bind(c.risk)
-            .bind(c.outcome)
-            .bind(c.code)
-            .bind(c.rules)
-            .bind(c.reasons)
-            .bind(c.policy_revision)
-            .bind(c.charge_cents)
-            .bind(c.approval_id)
-            .bind(c.input)
-            .bind(c.policy_outcome)
-            .bind(c.shadow_outcome)
-            .execute(&mut *tx)
-            .await?;
+            query = query
+                .bind(c.id)
+                .bind(c.at)
+                .bind(c.writer_id)
+                .bind(c.seq)
+                .bind(c.prev_hash)
+                .bind(c.hash)
+                .bind(c.agent_id)
+                .bind(c.agent_name)
+                .bind(c.run_id)
+                .bind(c.on_behalf_of)
+                .bind(c.provider)
+                .bind(c.method)
+                .bind(c.path)
+                .bind(c.query)
+                .bind(c.action)
+                .bind(c.risk)
+                .bind(c.outcome)
+                .bind(c.code)
+                .bind(c.rules)
+                .bind(c.reasons)
+                .bind(c.policy_revision)
+                .bind(c.charge_cents)
+                .bind(c.approval_id)
+                .bind(c.input)
+                .bind(c.policy_outcome)
+                .bind(c.shadow_outcome);
         }
         if !outcomes.is_empty() {
-            let ids: Vec<Uuid> = outcomes.iter().map(|o| o.decision_id).collect();
-            let at: Vec<DateTime<Utc>> = outcomes.iter().map(|o| o.at).collect();
-            let status: Vec<Option<i32>> = outcomes.iter().map(|o| o.upstream_status).collect();
-            let latency: Vec<i64> = outcomes.iter().map(|o| o.latency_us).collect();
-            let error: Vec<Option<String>> = outcomes.iter().map(|o| o.error.clone()).collect();
-            let flagged: Vec<bool> = outcomes.iter().map(|o| o.flagged).collect();
-            sqlx::query(
-                "INSERT INTO decision_outcomes (decision_id, at, upstream_status, latency_us, error, flagged)
-                 SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::int4[], $4::int8[], $5::text[], $6::bool[])
-                 ON CONFLICT (decision_id) DO NOTHING",
-            )
-            .bind(ids)
-            .bind(at)
-            .bind(status)
-            .bind(latency)
-            .bind(error)
-            .bind(flagged)
-            .execute(&mut *tx)
-            .await?;
+            query = query
+                .bind(outcomes.iter().map(|o| o.decision_id).collect::<Vec<_>>())
+                .bind(outcomes.iter().map(|o| o.at).collect::<Vec<_>>())
+                .bind(
+                    outcomes
+                        .iter()
+                        .map(|o| o.upstream_status)
+                        .collect::<Vec<_>>(),
+                )
+                .bind(outcomes.iter().map(|o| o.latency_us).collect::<Vec<_>>())
+                .bind(
+                    outcomes
+                        .iter()
+                        .map(|o| o.error.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(outcomes.iter().map(|o| o.flagged).collect::<Vec<_>>());
         }
-        tx.commit().await?;
+        query.fetch_all(&self.pool).await?;
         Ok(())
     }
 
@@ -733,36 +765,37 @@ impl PgStore {
 }
 
 /// Column-wise vectors for one UNNEST insert.
-struct DecisionColumns {
+/// A batch of rows as columns, borrowing the rows' text (binding needs one array per column).
+struct DecisionColumns<'a> {
     id: Vec<Uuid>,
     at: Vec<DateTime<Utc>>,
     writer_id: Vec<Uuid>,
     seq: Vec<i64>,
-    prev_hash: Vec<String>,
-    hash: Vec<String>,
+    prev_hash: Vec<&'a str>,
+    hash: Vec<&'a str>,
     agent_id: Vec<Option<Uuid>>,
-    agent_name: Vec<Option<String>>,
-    run_id: Vec<Option<String>>,
-    on_behalf_of: Vec<Option<String>>,
-    provider: Vec<String>,
-    method: Vec<String>,
-    path: Vec<String>,
-    query: Vec<Option<String>>,
-    action: Vec<String>,
-    risk: Vec<String>,
-    outcome: Vec<String>,
-    code: Vec<Option<String>>,
-    rules: Vec<String>,
-    reasons: Vec<String>,
-    policy_revision: Vec<Option<String>>,
+    agent_name: Vec<Option<&'a str>>,
+    run_id: Vec<Option<&'a str>>,
+    on_behalf_of: Vec<Option<&'a str>>,
+    provider: Vec<&'a str>,
+    method: Vec<&'a str>,
+    path: Vec<&'a str>,
+    query: Vec<Option<&'a str>>,
+    action: Vec<&'a str>,
+    risk: Vec<&'a str>,
+    outcome: Vec<&'a str>,
+    code: Vec<Option<&'a str>>,
+    rules: Vec<&'a str>,
+    reasons: Vec<&'a str>,
+    policy_revision: Vec<Option<&'a str>>,
     charge_cents: Vec<Option<i64>>,
-    approval_id: Vec<Option<String>>,
-    input: Vec<Option<String>>,
-    policy_outcome: Vec<Option<String>>,
-    shadow_outcome: Vec<Option<String>>,
+    approval_id: Vec<Option<&'a str>>,
+    input: Vec<Option<&'a str>>,
+    policy_outcome: Vec<Option<&'a str>>,
+    shadow_outcome: Vec<Option<&'a str>>,
 }
 
-impl DecisionColumns {
+impl<'a> DecisionColumns<'a> {
     fn with_capacity(n: usize) -> Self {
         DecisionColumns {
             id: Vec::with_capacity(n),
@@ -794,33 +827,33 @@ impl DecisionColumns {
         }
     }
 
-    fn push(&mut self, r: &DecisionRow) {
+    fn push(&mut self, r: &'a DecisionRow) {
         self.id.push(r.id);
         self.at.push(r.at);
         self.writer_id.push(r.writer_id);
         self.seq.push(r.seq);
-        self.prev_hash.push(r.prev_hash.clone());
-        self.hash.push(r.hash.clone());
+        self.prev_hash.push(&r.prev_hash);
+        self.hash.push(&r.hash);
         self.agent_id.push(r.agent_id);
-        self.agent_name.push(r.agent_name.clone());
-        self.run_id.push(r.run_id.clone());
-        self.on_behalf_of.push(r.on_behalf_of.clone());
-        self.provider.push(r.provider.clone());
-        self.method.push(r.method.clone());
-        self.path.push(r.path.clone());
-        self.query.push(r.query.clone());
-        self.action.push(r.action.clone());
-        self.risk.push(r.risk.clone());
-        self.outcome.push(r.outcome.clone());
-        self.code.push(r.code.clone());
-        self.rules.push(r.rules.clone());
-        self.reasons.push(r.reasons.clone());
-        self.policy_revision.push(r.policy_revision.clone());
+        self.agent_name.push(r.agent_name.as_deref());
+        self.run_id.push(r.run_id.as_deref());
+        self.on_behalf_of.push(r.on_behalf_of.as_deref());
+        self.provider.push(&r.provider);
+        self.method.push(&r.method);
+        self.path.push(&r.path);
+        self.query.push(r.query.as_deref());
+        self.action.push(&r.action);
+        self.risk.push(&r.risk);
+        self.outcome.push(&r.outcome);
+        self.code.push(r.code.as_deref());
+        self.rules.push(&r.rules);
+        self.reasons.push(&r.reasons);
+        self.policy_revision.push(r.policy_revision.as_deref());
         self.charge_cents.push(r.charge_cents);
-        self.approval_id.push(r.approval_id.clone());
-        self.input.push(r.input.clone());
-        self.policy_outcome.push(r.policy_outcome.clone());
-        self.shadow_outcome.push(r.shadow_outcome.clone());
+        self.approval_id.push(r.approval_id.as_deref());
+        self.input.push(r.input.as_deref());
+        self.policy_outcome.push(r.policy_outcome.as_deref());
+        self.shadow_outcome.push(r.shadow_outcome.as_deref());
     }
 }
 
