@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
-use crate::store::{DecisionRow, OutcomeRow, Store, StoreError};
+use crate::store::{DecisionRow, DecisionSink, OutcomeRow, Store, StoreError};
 
 /// Room for bursts well beyond one batch; past it, `record` waits (back-pressure, not loss).
 const QUEUE_CAPACITY: usize = 65_536;
@@ -115,7 +115,7 @@ impl AuditWriter {
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..writers.max(1) {
             let writer = Writer {
-                store: store.clone(),
+                sink: store.decision_sink(),
                 writer_id: Uuid::now_v7(),
                 seq: 0,
                 head: GENESIS_HASH.to_string(),
@@ -173,7 +173,7 @@ impl AuditWriter {
 }
 
 struct Writer {
-    store: Store,
+    sink: DecisionSink,
     writer_id: Uuid,
     seq: i64,
     head: String,
@@ -217,7 +217,7 @@ impl Writer {
             waiters.push(done);
         }
         let started = Instant::now();
-        let result = self.store.insert_decisions(&rows, &[]).await;
+        let result = self.sink.insert_decisions(&rows, &[]).await;
         self.metrics
             .audit_commit_duration_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -956,7 +956,9 @@ mod tests {
         )
         .unwrap();
         let mut input = warm_up_input();
-        let fast = b.evaluate_inline(&input, Duration::from_millis(50)).unwrap();
+        let fast = b
+            .evaluate_inline(&input, Duration::from_millis(50))
+            .unwrap();
         assert_eq!(fast.outcome, Outcome::Allow);
         input["request"]["method"] = json!("POST");
         assert!(matches!(

@@ -406,6 +406,27 @@ record rss tollgate_peak "$(awk '/^VmHWM/ {print $2}' "/proc/$TG_PID/status")"
 # Audit check: every tollgate request is a durable decision row, and all of them were allowed.
 record audit decisions "$(psql "$BENCH_DB_URL" -qAt -c "select count(*) from decisions")"
 record audit not_allowed "$(psql "$BENCH_DB_URL" -qAt -c "select count(*) from decisions where outcome <> 'allow'")"
+# The floor under "durable before forwarding": what one durable single-row commit of a decision-shaped row
+# costs on this Postgres, from pgbench (C, libpq, prepared), and a bare round trip beside it. Every allowed
+# request waits for at least one such commit, however fast tollgate is; at the fixed rate batches hold ~1 row.
+PGBENCH=$(command -v pgbench || ls /usr/lib/postgresql/*/bin/pgbench 2>/dev/null | sort -V | tail -n1)
+if [[ -x "$PGBENCH" ]]; then
+    psql "$BENCH_DB_URL" -qAt -v ON_ERROR_STOP=1 >/dev/null <<'SQL' || say "warning: commit probe setup failed"
+CREATE TABLE commit_probe (LIKE decisions INCLUDING ALL);
+CREATE TABLE commit_probe_src AS SELECT * FROM decisions ORDER BY at DESC LIMIT 1;
+CREATE SEQUENCE commit_probe_seq;
+SQL
+    cat >"$WORK/probe_commit.sql" <<'SQL'
+INSERT INTO commit_probe SELECT gen_random_uuid(), clock_timestamp(), writer_id, nextval('commit_probe_seq'), prev_hash, hash, agent_id, agent_name, run_id, on_behalf_of, provider, method, path, query, action, risk, outcome, code, rules, reasons, policy_revision, charge_cents, approval_id, input, policy_outcome, shadow_outcome FROM commit_probe_src;
+SQL
+    echo 'SELECT 1;' >"$WORK/probe_select.sql"
+    pgb() { # script → average latency in ms
+        "$PGBENCH" -n -M prepared -c 1 -T 5 -f "$1" "$BENCH_DB_URL" 2>/dev/null | awk '/latency average/ {print $4}'
+    }
+    say "floor: one durable single-row decision commit and a bare round trip (pgbench, 5 s each)"
+    record floor commit_ms "$(pgb "$WORK/probe_commit.sql")"
+    record floor select_ms "$(pgb "$WORK/probe_select.sql")"
+fi
 record info pg_tls "$(psql "$ADMIN_DATABASE_URL" -qAt -c "select count(*) filter (where s.ssl) || ' of ' || count(*) from pg_stat_activity a join pg_stat_ssl s using (pid) where a.datname = '$BENCH_DB'")"
 record info load_at_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 record info clk_tck "$(getconf CLK_TCK)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Summarize tests/bench/run.sh results (a TSV it writes) as markdown tables plus PASS/MISS per target.
 
-Rows: `info KEY VALUE`, `rss KEY KIB [open ok established]`, `audit KEY N`,
+Rows: `info KEY VALUE`, `rss KEY KIB [open ok established]`, `audit KEY N`, `floor KEY MS`,
 `thr ROUND TARGET requests req/s non2xx socket_errors ticks_self ticks_pg host_busy_pct`,
 `lat ROUND TARGET requests p50_ms p99_ms non200 errors ticks_self ticks_pg host_busy_pct`,
 `met ROUND thr|lat` then (sum, count) deltas of tollgate's request, policy evaluation, upstream and audit commit
@@ -42,7 +42,7 @@ def verdict(ok):
 
 
 def main(path):
-    info, rss, audit = {}, {}, {}
+    info, rss, audit, floor = {}, {}, {}, {}
     thr = defaultdict(dict)  # target -> round -> row
     lat = defaultdict(dict)
     met = defaultdict(dict)  # thr|lat -> round -> [sum, count] * 5
@@ -55,6 +55,8 @@ def main(path):
             rss[f[1]] = f[2:]
         elif kind == "audit":
             audit[f[1]] = int(f[2] or 0)
+        elif kind == "floor":
+            floor[f[1]] = float(f[2]) if f[2] else float("nan")
         elif kind == "thr":
             r, t = int(f[1]), f[2]
             reqs, rps, non2xx, errs, ts, tp, busy = f[3:10]
@@ -164,6 +166,13 @@ def main(path):
       f"{sum(x['reqs'] for x in thr['tollgate'].values()) + sum(x['reqs'] for x in lat['tollgate'].values()):,} "
       f"requests (warm-up, checks and the idle connections' requests come on top).")
     p("")
+
+    if floor:
+        p("Floor (pgbench on the bench database, one client, prepared): one durable single-row commit of a "
+          f"decision-shaped row (same indexes, the input of a recorded decision) {floor.get('commit_ms', float('nan')):.3f} ms; "
+          f"a bare `SELECT 1` round trip {floor.get('select_ms', float('nan')):.3f} ms. Every allowed request waits "
+          "for at least one such commit before it is forwarded.")
+        p("")
 
     p("### Per round")
     p("")

@@ -628,6 +628,52 @@ impl World {
 }
 
 #[tokio::test]
+async fn a_policy_too_slow_for_the_inline_budget_is_decided_on_the_pool_and_one_past_its_limit_refuses()
+ {
+    // GETs decide at once (inline); a POST counts through a range, far beyond the 1 ms inline budget, so it is
+    // evaluated again on the blocking pool and decided there; a DELETE counts past the whole time limit.
+    let dir = policy_dir_with(
+        "package tollgate\n\n\
+         slow := count([x | some x in numbers.range(1, 100000); x % 7 == 0]) if input.request.method == \"POST\"\n\
+         endless := count([x | some x in numbers.range(1, 5000); some y in numbers.range(1, 5000); x != y]) if input.request.method == \"DELETE\"\n\
+         decision := {\"outcome\": \"allow\"} if input.request.method == \"GET\"\n\
+         decision := {\"outcome\": \"deny\", \"reasons\": [{\"rule\": \"slow.count\", \"message\": sprintf(\"%d\", [slow])}]} if input.request.method == \"POST\"\n\
+         decision := {\"outcome\": \"allow\"} if { input.request.method == \"DELETE\"; endless > 0 }\n",
+    )
+    .unwrap();
+    let upstream = Upstream::builder().start().await.unwrap();
+    let w = world_with(upstream, |b| {
+        b.policy_dir(dir.path()).policy("timeout_ms = 2000")
+    })
+    .await;
+    let r = w
+        .post_json("/cloudflare/client/v4/zones/z/dns_records", "{}")
+        .send()
+        .await
+        .unwrap();
+    let body = w.expect_refusal(r, 403, "policy_denied").await;
+    assert_eq!(body["tollgate"]["rule"], "slow.count", "{body}");
+    assert!(body.to_string().contains("14285"), "{body}");
+    let r = w
+        .http
+        .delete(w.gate.url("/cloudflare/client/v4/zones/z/dns_records/r"))
+        .bearer_auth(&w.key)
+        .send()
+        .await
+        .unwrap();
+    w.expect_refusal(r, 503, "policy_unavailable").await;
+    assert_eq!(w.upstream.request_count(), 0);
+    assert_eq!(
+        w.get("/cloudflare/client/v4/zones")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
 async fn a_policy_without_a_well_formed_decision_refuses_with_503() {
     // Defined for reads (so the bundle loads), undefined for writes, malformed for DELETE.
     let dir = policy_dir_with(

@@ -15,7 +15,7 @@ use uuid::Uuid;
 mod postgres;
 mod sqlite;
 
-pub use postgres::PgStore;
+pub use postgres::{PgSink, PgStore};
 pub use sqlite::SqliteStore;
 
 /// The store behind every module: Postgres or the embedded SQLite file.
@@ -28,6 +28,26 @@ pub struct Store {
 enum Backend {
     Postgres(PgStore),
     Sqlite(SqliteStore),
+}
+
+/// Where one audit writer commits its batches; see [`Store::decision_sink`].
+pub enum DecisionSink {
+    Postgres(PgSink),
+    Sqlite(SqliteStore),
+}
+
+impl DecisionSink {
+    /// Inserts a batch of decision records and upstream outcomes in one transaction.
+    pub async fn insert_decisions(
+        &mut self,
+        rows: &[DecisionRow],
+        outcomes: &[OutcomeRow],
+    ) -> Result<(), StoreError> {
+        match self {
+            DecisionSink::Postgres(s) => s.insert_decisions(rows, outcomes).await,
+            DecisionSink::Sqlite(s) => s.insert_decisions(rows, outcomes).await,
+        }
+    }
 }
 
 /// Runs the same call on whichever backend this store is.
@@ -96,6 +116,15 @@ impl Store {
     /// A number that changes whenever any agent row changes (insert, revoke).
     pub async fn agents_version(&self) -> Result<i64, StoreError> {
         dispatch!(self, s => s.agents_version().await)
+    }
+
+    /// A handle for one audit writer that keeps its own connection between batches (Postgres); on SQLite,
+    /// whose one pooled connection serializes everything anyway, it is the store itself.
+    pub fn decision_sink(&self) -> DecisionSink {
+        match &self.backend {
+            Backend::Postgres(s) => DecisionSink::Postgres(s.sink()),
+            Backend::Sqlite(s) => DecisionSink::Sqlite(s.clone()),
+        }
     }
 
     /// Inserts a batch of decision records and upstream outcomes in one transaction.

@@ -177,81 +177,21 @@ impl PgStore {
 
     // ---- decisions ----
 
-    /// Inserts a batch of decision records and upstream outcomes atomically, in one statement and so in one
-    /// round trip: Postgres runs a lone statement as its own transaction. (BEGIN/INSERT/COMMIT would cost
-    /// three round trips, and the decision writers' commit latency is what every allowed request waits for.)
+    /// Inserts a batch of decision records and upstream outcomes atomically (see [`insert_batch`]).
     pub async fn insert_decisions(
         &self,
         rows: &[DecisionRow],
         outcomes: &[OutcomeRow],
     ) -> Result<(), StoreError> {
-        let sql = match (rows.is_empty(), outcomes.is_empty()) {
-            (true, true) => return Ok(()),
-            (false, true) => concat!(insert_decisions_sql!(), " RETURNING 1"),
-            (true, false) => insert_outcomes_sql!("$1", "$2", "$3", "$4", "$5", "$6"),
-            (false, false) => concat!(
-                "WITH d AS (",
-                insert_decisions_sql!(),
-                " RETURNING 1), o AS (",
-                insert_outcomes_sql!("$27", "$28", "$29", "$30", "$31", "$32"),
-                " RETURNING 1) SELECT (SELECT count(*) FROM d) AS decisions, (SELECT count(*) FROM o) AS outcomes"
-            ),
-        };
-        let mut query = sqlx::query(sql);
-        if !rows.is_empty() {
-            let mut c = DecisionColumns::with_capacity(rows.len());
-            for r in rows {
-                c.push(r);
-            }
-            query = query
-                .bind(c.id)
-                .bind(c.at)
-                .bind(c.writer_id)
-                .bind(c.seq)
-                .bind(c.prev_hash)
-                .bind(c.hash)
-                .bind(c.agent_id)
-                .bind(c.agent_name)
-                .bind(c.run_id)
-                .bind(c.on_behalf_of)
-                .bind(c.provider)
-                .bind(c.method)
-                .bind(c.path)
-                .bind(c.query)
-                .bind(c.action)
-                .bind(c.risk)
-                .bind(c.outcome)
-                .bind(c.code)
-                .bind(c.rules)
-                .bind(c.reasons)
-                .bind(c.policy_revision)
-                .bind(c.charge_cents)
-                .bind(c.approval_id)
-                .bind(c.input)
-                .bind(c.policy_outcome)
-                .bind(c.shadow_outcome);
+        insert_batch(&self.pool, rows, outcomes).await
+    }
+
+    /// A decision writer's own connection, held across batches (see [`PgSink`]).
+    pub fn sink(&self) -> PgSink {
+        PgSink {
+            pool: self.pool.clone(),
+            conn: None,
         }
-        if !outcomes.is_empty() {
-            query = query
-                .bind(outcomes.iter().map(|o| o.decision_id).collect::<Vec<_>>())
-                .bind(outcomes.iter().map(|o| o.at).collect::<Vec<_>>())
-                .bind(
-                    outcomes
-                        .iter()
-                        .map(|o| o.upstream_status)
-                        .collect::<Vec<_>>(),
-                )
-                .bind(outcomes.iter().map(|o| o.latency_us).collect::<Vec<_>>())
-                .bind(
-                    outcomes
-                        .iter()
-                        .map(|o| o.error.as_deref())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(outcomes.iter().map(|o| o.flagged).collect::<Vec<_>>());
-        }
-        query.fetch_all(&self.pool).await?;
-        Ok(())
     }
 
     const DECISION_COLUMNS: &'static str = "d.id, d.at, d.writer_id, d.seq, d.prev_hash, d.hash, d.agent_id,
@@ -764,8 +704,160 @@ impl PgStore {
     }
 }
 
-/// Column-wise vectors for one UNNEST insert.
-/// A batch of rows as columns, borrowing the rows' text (binding needs one array per column).
+/// Inserts a batch of decision records and upstream outcomes atomically, in one statement and so in one
+/// round trip: Postgres runs a lone statement as its own transaction. (BEGIN/INSERT/COMMIT would cost three
+/// round trips, and the decision writers' commit latency is what every allowed request waits for.)
+async fn insert_batch<'c, E: sqlx::PgExecutor<'c>>(
+    executor: E,
+    rows: &[DecisionRow],
+    outcomes: &[OutcomeRow],
+) -> Result<(), StoreError> {
+    if let ([row], []) = (rows, outcomes) {
+        return insert_one(executor, row).await;
+    }
+    let sql = match (rows.is_empty(), outcomes.is_empty()) {
+        (true, true) => return Ok(()),
+        (false, true) => insert_decisions_sql!(),
+        (true, false) => insert_outcomes_sql!("$1", "$2", "$3", "$4", "$5", "$6"),
+        (false, false) => concat!(
+            "WITH d AS (",
+            insert_decisions_sql!(),
+            " RETURNING 1), o AS (",
+            insert_outcomes_sql!("$27", "$28", "$29", "$30", "$31", "$32"),
+            " RETURNING 1) SELECT (SELECT count(*) FROM d) AS decisions, (SELECT count(*) FROM o) AS outcomes"
+        ),
+    };
+    let mut query = sqlx::query(sql);
+    if !rows.is_empty() {
+        let mut c = DecisionColumns::with_capacity(rows.len());
+        for r in rows {
+            c.push(r);
+        }
+        query = query
+            .bind(c.id)
+            .bind(c.at)
+            .bind(c.writer_id)
+            .bind(c.seq)
+            .bind(c.prev_hash)
+            .bind(c.hash)
+            .bind(c.agent_id)
+            .bind(c.agent_name)
+            .bind(c.run_id)
+            .bind(c.on_behalf_of)
+            .bind(c.provider)
+            .bind(c.method)
+            .bind(c.path)
+            .bind(c.query)
+            .bind(c.action)
+            .bind(c.risk)
+            .bind(c.outcome)
+            .bind(c.code)
+            .bind(c.rules)
+            .bind(c.reasons)
+            .bind(c.policy_revision)
+            .bind(c.charge_cents)
+            .bind(c.approval_id)
+            .bind(c.input)
+            .bind(c.policy_outcome)
+            .bind(c.shadow_outcome);
+    }
+    if !outcomes.is_empty() {
+        query = query
+            .bind(outcomes.iter().map(|o| o.decision_id).collect::<Vec<_>>())
+            .bind(outcomes.iter().map(|o| o.at).collect::<Vec<_>>())
+            .bind(
+                outcomes
+                    .iter()
+                    .map(|o| o.upstream_status)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(outcomes.iter().map(|o| o.latency_us).collect::<Vec<_>>())
+            .bind(
+                outcomes
+                    .iter()
+                    .map(|o| o.error.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(outcomes.iter().map(|o| o.flagged).collect::<Vec<_>>());
+    }
+    query.execute(executor).await?;
+    Ok(())
+}
+
+/// One record, the common case below a few hundred requests a second: plain parameters, no arrays to
+/// build and unnest.
+async fn insert_one<'c, E: sqlx::PgExecutor<'c>>(
+    executor: E,
+    r: &DecisionRow,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO decisions (id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id,
+            on_behalf_of, provider, method, path, query, action, risk, outcome, code, rules, reasons,
+            policy_revision, charge_cents, approval_id, input, policy_outcome, shadow_outcome)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+            $19::json, $20::json, $21, $22, $23, $24::json, $25, $26)",
+    )
+    .bind(r.id)
+    .bind(r.at)
+    .bind(r.writer_id)
+    .bind(r.seq)
+    .bind(&r.prev_hash)
+    .bind(&r.hash)
+    .bind(r.agent_id)
+    .bind(r.agent_name.as_deref())
+    .bind(r.run_id.as_deref())
+    .bind(r.on_behalf_of.as_deref())
+    .bind(&r.provider)
+    .bind(&r.method)
+    .bind(&r.path)
+    .bind(r.query.as_deref())
+    .bind(&r.action)
+    .bind(&r.risk)
+    .bind(&r.outcome)
+    .bind(r.code.as_deref())
+    .bind(&r.rules)
+    .bind(&r.reasons)
+    .bind(r.policy_revision.as_deref())
+    .bind(r.charge_cents)
+    .bind(r.approval_id.as_deref())
+    .bind(r.input.as_deref())
+    .bind(r.policy_outcome.as_deref())
+    .bind(r.shadow_outcome.as_deref())
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// A decision writer's connection, taken from the pool once and kept: a pooled query pays sqlx's
+/// check-out and, on release, a `Sync` round trip (its liveness ping), on every commit that requests wait
+/// for. After a failed batch the connection is closed (its state is unknown) and the next batch takes a
+/// fresh one.
+pub struct PgSink {
+    pool: PgPool,
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+}
+
+impl PgSink {
+    pub async fn insert_decisions(
+        &mut self,
+        rows: &[DecisionRow],
+        outcomes: &[OutcomeRow],
+    ) -> Result<(), StoreError> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(self.pool.acquire().await?),
+        };
+        let result = insert_batch(&mut **conn, rows, outcomes).await;
+        if result.is_err()
+            && let Some(mut conn) = self.conn.take()
+        {
+            conn.close_on_drop();
+        }
+        result
+    }
+}
+
+/// Column-wise vectors for one UNNEST insert: a batch of rows as columns, borrowing the rows' text (binding needs one array per column).
 struct DecisionColumns<'a> {
     id: Vec<Uuid>,
     at: Vec<DateTime<Utc>>,
