@@ -57,7 +57,8 @@ fn record() -> DecisionRecord {
                         "body_sha256": "4f1e0c2b3d9a8e7f6c5b4a3928170615f4e3d2c1b0a9988776655443322110ff"},
             "action": {"name": "cloudflare.dns.create", "risk": "write",
                        "params": {"zone_id": "023e105f4ecef8ad9ca31a8372d0c353"}},
-            "spend": {"window": "2026-11"}, "approval": null, "now": "2026-11-30T12:00:00Z"})),
+            "spend": {"window": "2026-11"}, "approval": null, "now": "2026-11-30T12:00:00Z"})
+        .to_string()),
     }
 }
 
@@ -133,7 +134,7 @@ async fn measure(url: &SecretString) -> anyhow::Result<()> {
                     policy_revision: r.policy_revision,
                     charge_cents: r.charge_cents,
                     approval_id: r.approval_id,
-                    input: r.input.map(|v| v.to_string()),
+                    input: r.input,
                     policy_outcome: r.policy_outcome,
                     shadow_outcome: r.shadow_outcome,
                 };
@@ -151,7 +152,7 @@ async fn measure(url: &SecretString) -> anyhow::Result<()> {
 
     // Group commit through the real writer.
     let metrics = Arc::new(Metrics::new());
-    let (audit, _task) = AuditWriter::start(store.clone(), WRITERS, 1024, metrics.clone());
+    let (audit, writers) = AuditWriter::start(store.clone(), WRITERS, 1024, metrics.clone());
     let started = Instant::now();
     let concurrency = std::env::var("TOLLGATE_BENCH_CONCURRENCY")
         .ok()
@@ -194,6 +195,9 @@ async fn measure(url: &SecretString) -> anyhow::Result<()> {
         "  mean commit (one transaction, in the writer): {:.2} ms",
         1000.0 * metrics.audit_commit_duration_seconds.get_sample_sum() / commits as f64
     );
+    // The writers hold a connection each until their queue closes; the pool closes once they gave them back.
+    drop(audit);
+    writers.await?;
     reservation_latency(&store).await;
     store.close().await;
     Ok(())

@@ -38,12 +38,19 @@ pub struct Running {
     draining: Arc<AtomicBool>,
     drain: std::time::Duration,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The audit writers: they finish by themselves once the agent listener (the last holder of the
+    /// queue) has stopped and what was queued is written.
+    audit: tokio::task::JoinHandle<()>,
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
+/// How long shutdown waits for the audit writers to write what is still queued (upstream outcomes that
+/// were lingering) before it stops them.
+const AUDIT_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Running {
     /// Reports draining on `/readyz` for the configured drain time, stops accepting, lets in-flight
-    /// requests finish, then stops background tasks.
+    /// requests finish, lets the audit writers write what is queued, then stops background tasks.
     pub async fn shutdown(self) {
         self.draining
             .store(true, std::sync::atomic::Ordering::Release);
@@ -57,6 +64,13 @@ impl Running {
         let _ = self.shutdown.send(true);
         for s in self.servers {
             let _ = s.await;
+        }
+        let mut audit = self.audit;
+        if tokio::time::timeout(AUDIT_DRAIN, &mut audit).await.is_err() {
+            tracing::error!(
+                "audit writers did not drain in time; queued upstream outcomes are lost"
+            );
+            audit.abort();
         }
         for t in self.tasks {
             t.abort();
@@ -225,10 +239,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
     let admin_addr = admin_listener.local_addr()?;
     let (shutdown, watch) = tokio::sync::watch::channel(false);
 
-    let mut tasks = vec![
-        audit_task,
-        identity.spawn_refresh(config.server.identity_refresh),
-    ];
+    let mut tasks = vec![identity.spawn_refresh(config.server.identity_refresh)];
     tasks.push(admin::spawn_store_probe(admin.clone()));
     tasks.push(admin::spawn_control_poll(
         admin.clone(),
@@ -264,6 +275,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         draining,
         drain: config.server.shutdown_drain,
         tasks,
+        audit: audit_task,
         servers,
     })
 }

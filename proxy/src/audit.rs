@@ -55,8 +55,9 @@ pub struct DecisionRecord {
     pub policy_outcome: Option<String>,
     /// What the shadow bundle said (or "error"), if one is configured.
     pub shadow_outcome: Option<String>,
-    /// The policy input with secrets removed (identity never puts keys in it; `redact` strips body secrets).
-    pub input: Option<Value>,
+    /// The policy input as JSON text, secrets removed (identity never puts keys in it; the proxy redacts
+    /// secret body fields).
+    pub input: Option<String>,
 }
 
 /// Proof that a decision record is durably committed. Only the writer creates it.
@@ -315,7 +316,7 @@ fn seal(r: DecisionRecord) -> (DecisionRow, [u8; 32]) {
         approval_id: r.approval_id,
         policy_outcome: r.policy_outcome,
         shadow_outcome: r.shadow_outcome,
-        input: r.input.map(|v| v.to_string()),
+        input: r.input,
     };
     let content = content_hash(&row);
     (row, content)

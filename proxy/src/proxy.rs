@@ -749,7 +749,7 @@ impl Gate {
                 .as_ref()
                 .map(|d| outcome_name(d.outcome).to_string()),
             shadow_outcome: draft.shadow_outcome.clone(),
-            input: draft.input.as_ref().map(redacted),
+            input: draft.input.as_ref().map(recorded_input),
         }
     }
 
@@ -944,6 +944,25 @@ fn policy_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
 }
 
 /// The policy input as it goes into the decision record: secret body fields replaced.
+/// The policy input as recorded: JSON text, secret body fields redacted. Most requests (reads) have no
+/// secret to redact, and are serialized as they are, without a copy.
+fn recorded_input(input: &Value) -> String {
+    fn has_secret(v: &Value) -> bool {
+        match v {
+            Value::Object(map) => map.iter().any(|(k, child)| {
+                (SECRET_BODY_FIELDS.contains(&k.as_str()) && !child.is_null()) || has_secret(child)
+            }),
+            Value::Array(items) => items.iter().any(has_secret),
+            _ => false,
+        }
+    }
+    if input.pointer("/request/body").is_some_and(has_secret) {
+        redacted(input).to_string()
+    } else {
+        input.to_string()
+    }
+}
+
 fn redacted(input: &Value) -> Value {
     fn walk(v: &mut Value) {
         match v {
@@ -994,6 +1013,14 @@ mod tests {
         assert_eq!(r["request"]["body"]["private_key"], "[redacted]");
         assert_eq!(r["request"]["body"]["nested"][0]["auth_code"], "[redacted]");
         assert_eq!(r["request"]["body"]["name"], "n");
+        let recorded = recorded_input(&input);
+        assert!(
+            !recorded.contains("BEGIN") && recorded.contains("[redacted]"),
+            "{recorded}"
+        );
+        // Nothing to redact: recorded as it is.
+        let read = json!({"request": {"body": null, "path": "/x"}, "agent": {"name": "a"}});
+        assert_eq!(recorded_input(&read), read.to_string());
         let mut h = HeaderMap::new();
         h.insert("authorization", HeaderValue::from_static("Bearer tg_x"));
         h.insert("x-auth-key", HeaderValue::from_static("k"));

@@ -442,10 +442,13 @@ async fn unauthenticated_agents_are_refused_and_revocation_reaches_the_proxy_wit
     let r = w.get("/cloudflare/client/v4/zones").send().await.unwrap();
     w.expect_refusal(r, 401, "agent_unauthenticated").await;
 
-    // Expiry: an agent whose key expired is refused even while cached.
+    // Expiry: an agent whose key expired is refused even while cached (its expiry is cached with it, and no
+    // agent row changes in between that would clear the cache).
+    let expires = (chrono::Utc::now() + chrono::Duration::seconds(3))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let key = w
         .gate
-        .create_agent("short-lived", &["--expires", "1h"])
+        .create_agent("short-lived", &["--expires", &expires])
         .await
         .unwrap();
     let ok = w
@@ -456,13 +459,10 @@ async fn unauthenticated_agents_are_refused_and_revocation_reaches_the_proxy_wit
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
-    sqlx::query(
-        "UPDATE agents SET expires_at = now() - interval '1 second' WHERE name = 'short-lived'",
-    )
-    .execute(&w.pool)
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let expires_at = chrono::DateTime::parse_from_rfc3339(&expires).unwrap();
+    while chrono::Utc::now() <= expires_at + chrono::Duration::milliseconds(200) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let r = w
         .http
         .get(w.gate.url("/cloudflare/client/v4/zones"))
@@ -1037,14 +1037,13 @@ async fn sigterm_drains_readiness_first_then_stops() {
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["draining"], true);
     // Still serving while draining: the load balancer is the one that stops sending.
-    assert_eq!(
-        w.get("/cloudflare/client/v4/zones")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let served = w.get("/cloudflare/client/v4/zones").send().await.unwrap();
+    assert_eq!(served.status(), 200);
+    let id: uuid::Uuid = served.headers()["tollgate-decision"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
         w.http
@@ -1054,4 +1053,12 @@ async fn sigterm_drains_readiness_first_then_stops() {
             .is_err(),
         "stopped after the drain"
     );
+    // What the audit writers had queued was written before the process stopped.
+    let status: Option<i32> =
+        sqlx::query_scalar("SELECT upstream_status FROM decision_outcomes WHERE decision_id = $1")
+            .bind(id)
+            .fetch_one(&w.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, Some(200));
 }

@@ -145,7 +145,7 @@ fn record(agent: &str, outcome: &str, action: &str) -> DecisionRecord {
         approval_id: None,
         policy_outcome: Some(outcome.into()),
         shadow_outcome: None,
-        input: Some(json!({"request": {"body": {"n": 1.5, "s": "é\"x"}}})),
+        input: Some(json!({"request": {"body": {"n": 1.5, "s": "é\"x"}}}).to_string()),
     }
 }
 
