@@ -6,8 +6,9 @@
 //! tree-walking interpreter as fallback, the warm-up evaluation that catches unknown builtins at load, and
 //! the strict reading of the output: anything but a well-formed decision is an error, which callers refuse
 //! as `policy_unavailable` — never an allow.
-//! Must not: see hyper types, SQL or metrics. Evaluation is synchronous and CPU-bound; callers run it on a
-//! blocking pool, because regorus's time limits are cooperative.
+//! Must not: see hyper types, SQL or metrics. Evaluation is synchronous and CPU-bound, and regorus's time
+//! limits are cooperative: async callers use [`Bundle::evaluate_inline`] (a short budget on the calling
+//! thread) and fall back to [`Bundle::evaluate`] on a blocking pool.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -99,15 +99,17 @@ struct Draft {
     input: Option<Value>,
 }
 
-/// The live verdict and the shadow bundle's word on it. With a `budget`, only what finishes within it on
-/// this thread: `None` means at least one bundle ran over and the whole judgement must be redone without one.
-#[allow(clippy::type_complexity)]
+/// The live bundle's verdict, and the shadow bundle's outcome name (or "error") if there is one.
+type Judgement = (Result<Decision, PolicyError>, Option<&'static str>);
+
+/// Judges with the live (and shadow) bundle. With a `budget`, only what finishes within it on this thread:
+/// `None` means a bundle ran over and the whole judgement must be redone without one.
 fn judge(
     live: &Live,
     input: &Value,
     budget: Option<Duration>,
     metrics: &Metrics,
-) -> Option<(Result<Decision, PolicyError>, Option<&'static str>)> {
+) -> Option<Judgement> {
     let evaluate = |bundle: &crate::policy::Bundle| match budget {
         Some(budget) => bundle.evaluate_inline(input, budget),
         None => bundle.evaluate(input),
@@ -943,7 +945,6 @@ fn policy_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
     out
 }
 
-/// The policy input as it goes into the decision record: secret body fields replaced.
 /// The policy input as recorded: JSON text, secret body fields redacted. Most requests (reads) have no
 /// secret to redact, and are serialized as they are, without a copy.
 fn recorded_input(input: &Value) -> String {
@@ -963,6 +964,7 @@ fn recorded_input(input: &Value) -> String {
     }
 }
 
+/// The policy input with secret body fields replaced by `"[redacted]"`.
 fn redacted(input: &Value) -> Value {
     fn walk(v: &mut Value) {
         match v {
