@@ -423,9 +423,18 @@ SQL
     pgb() { # script → average latency in ms
         "$PGBENCH" -n -M prepared -c 1 -T 5 -f "$1" "$BENCH_DB_URL" 2>/dev/null | awk '/latency average/ {print $4}'
     }
+    pgb_rate() { # script → "p50 p99" in ms at $RATE commits/s from 4 clients, measured from each
+        # transaction's scheduled start (like oha's latency correction)
+        (cd "$WORK" && rm -f pgbench_log.* &&
+            "$PGBENCH" -n -M prepared -c 4 -R "$RATE" -T "$DURATION" -l -f "$1" "$BENCH_DB_URL" >/dev/null 2>&1 &&
+            cat pgbench_log.* | awk '{print $3}' | sort -n |
+            awk '{a[NR] = $1} END {if (NR) printf "%.3f %.3f\n", a[int(NR * 0.5)] / 1000, a[int(NR * 0.99)] / 1000}')
+    }
     say "floor: one durable single-row decision commit and a bare round trip (pgbench, 5 s each)"
     record floor commit_ms "$(pgb "$WORK/probe_commit.sql")"
     record floor select_ms "$(pgb "$WORK/probe_select.sql")"
+    say "floor: durable single-row commits at ${RATE}/s from 4 clients (pgbench, ${DURATION} s)"
+    record floor rate_commit_ms $(pgb_rate "$WORK/probe_commit.sql")
 fi
 record info pg_tls "$(psql "$ADMIN_DATABASE_URL" -qAt -c "select count(*) filter (where s.ssl) || ' of ' || count(*) from pg_stat_activity a join pg_stat_ssl s using (pid) where a.datname = '$BENCH_DB'")"
 record info load_at_end "$(cut -d' ' -f1-3 /proc/loadavg)"
