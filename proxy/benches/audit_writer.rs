@@ -139,7 +139,7 @@ async fn measure(url: &SecretString) -> anyhow::Result<()> {
                     shadow_outcome: r.shadow_outcome,
                 };
                 store
-                    .insert_decisions(&[row], &[])
+                    .insert_decisions(&[row])
                     .await
                     .expect("baseline insert");
             }

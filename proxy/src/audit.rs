@@ -218,7 +218,7 @@ impl Writer {
             waiters.push(done);
         }
         let started = Instant::now();
-        let result = self.sink.insert_decisions(&rows, &[]).await;
+        let result = self.sink.insert_decisions(&rows).await;
         self.metrics
             .audit_commit_duration_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -270,10 +270,10 @@ async fn write_outcomes(
             }
         }
         metrics.audit_queue_depth.sub(batch.len() as i64);
-        let mut result = store.insert_decisions(&[], &batch).await;
+        let mut result = store.insert_outcomes(&batch).await;
         if result.is_err() && open {
             tokio::time::sleep(OUTCOME_RETRY_AFTER).await;
-            result = store.insert_decisions(&[], &batch).await;
+            result = store.insert_outcomes(&batch).await;
         }
         if let Err(e) = result {
             metrics.audit_errors_total.inc();

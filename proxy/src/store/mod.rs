@@ -37,15 +37,11 @@ pub enum DecisionSink {
 }
 
 impl DecisionSink {
-    /// Inserts a batch of decision records and upstream outcomes in one transaction.
-    pub async fn insert_decisions(
-        &mut self,
-        rows: &[DecisionRow],
-        outcomes: &[OutcomeRow],
-    ) -> Result<(), StoreError> {
+    /// Inserts a batch of decision records in one transaction.
+    pub async fn insert_decisions(&mut self, rows: &[DecisionRow]) -> Result<(), StoreError> {
         match self {
-            DecisionSink::Postgres(s) => s.insert_decisions(rows, outcomes).await,
-            DecisionSink::Sqlite(s) => s.insert_decisions(rows, outcomes).await,
+            DecisionSink::Postgres(s) => s.insert_decisions(rows).await,
+            DecisionSink::Sqlite(s) => s.insert_decisions(rows).await,
         }
     }
 }
@@ -127,13 +123,14 @@ impl Store {
         }
     }
 
-    /// Inserts a batch of decision records and upstream outcomes in one transaction.
-    pub async fn insert_decisions(
-        &self,
-        rows: &[DecisionRow],
-        outcomes: &[OutcomeRow],
-    ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.insert_decisions(rows, outcomes).await)
+    /// Inserts a batch of decision records in one transaction.
+    pub async fn insert_decisions(&self, rows: &[DecisionRow]) -> Result<(), StoreError> {
+        dispatch!(self, s => s.insert_decisions(rows).await)
+    }
+
+    /// Inserts a batch of upstream outcomes in one transaction; an outcome already recorded is kept.
+    pub async fn insert_outcomes(&self, outcomes: &[OutcomeRow]) -> Result<(), StoreError> {
+        dispatch!(self, s => s.insert_outcomes(outcomes).await)
     }
 
     pub async fn decision(

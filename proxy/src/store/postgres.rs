@@ -21,37 +21,6 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgre
 /// refusal now is better than a queue of agents waiting on a dead database.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The decisions INSERT of a batch, its columns bound as arrays $1..$26 (one element per record).
-macro_rules! insert_decisions_sql {
-    () => {
-        "INSERT INTO decisions (id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id,
-            on_behalf_of, provider, method, path, query, action, risk, outcome, code, rules, reasons,
-            policy_revision, charge_cents, approval_id, input, policy_outcome, shadow_outcome)
-         SELECT id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id, on_behalf_of,
-            provider, method, path, query, action, risk, outcome, code, rules::json, reasons::json,
-            policy_revision, charge_cents, approval_id, input::json, policy_outcome, shadow_outcome
-         FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::int8[], $5::text[], $6::text[],
-            $7::uuid[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-            $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[],
-            $21::text[], $22::int8[], $23::text[], $24::text[], $25::text[], $26::text[])
-            AS t(id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id, on_behalf_of,
-                 provider, method, path, query, action, risk, outcome, code, rules, reasons,
-                 policy_revision, charge_cents, approval_id, input, policy_outcome, shadow_outcome)"
-    };
-}
-
-/// The outcomes INSERT of a batch, its six columns bound as arrays at the given parameter numbers.
-macro_rules! insert_outcomes_sql {
-    ($id:literal, $at:literal, $status:literal, $latency:literal, $error:literal, $flagged:literal) => {
-        concat!(
-            "INSERT INTO decision_outcomes (decision_id, at, upstream_status, latency_us, error, flagged)
-             SELECT * FROM UNNEST(", $id, "::uuid[], ", $at, "::timestamptz[], ", $status, "::int4[], ",
-            $latency, "::int8[], ", $error, "::text[], ", $flagged, "::bool[])
-             ON CONFLICT (decision_id) DO NOTHING"
-        )
-    };
-}
-
 /// The Postgres backend: the system of record, for any number of replicas.
 #[derive(Clone)]
 pub struct PgStore {
@@ -177,13 +146,30 @@ impl PgStore {
 
     // ---- decisions ----
 
-    /// Inserts a batch of decision records and upstream outcomes atomically (see [`insert_batch`]).
-    pub async fn insert_decisions(
-        &self,
-        rows: &[DecisionRow],
-        outcomes: &[OutcomeRow],
-    ) -> Result<(), StoreError> {
-        insert_batch(&self.pool, rows, outcomes).await
+    /// Inserts a batch of decision records atomically (see [`insert_batch`]).
+    pub async fn insert_decisions(&self, rows: &[DecisionRow]) -> Result<(), StoreError> {
+        insert_batch(&self.pool, rows).await
+    }
+
+    /// Inserts a batch of upstream outcomes in one statement; an outcome already recorded is kept.
+    pub async fn insert_outcomes(&self, outcomes: &[OutcomeRow]) -> Result<(), StoreError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO decision_outcomes (decision_id, at, upstream_status, latency_us, error, flagged)
+             SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::int4[], $4::int8[], $5::text[], $6::bool[])
+             ON CONFLICT (decision_id) DO NOTHING",
+        )
+        .bind(outcomes.iter().map(|o| o.decision_id).collect::<Vec<_>>())
+        .bind(outcomes.iter().map(|o| o.at).collect::<Vec<_>>())
+        .bind(outcomes.iter().map(|o| o.upstream_status).collect::<Vec<_>>())
+        .bind(outcomes.iter().map(|o| o.latency_us).collect::<Vec<_>>())
+        .bind(outcomes.iter().map(|o| o.error.as_deref()).collect::<Vec<_>>())
+        .bind(outcomes.iter().map(|o| o.flagged).collect::<Vec<_>>())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// A decision writer's own connection, held across batches (see [`PgSink`]).
@@ -704,83 +690,65 @@ impl PgStore {
     }
 }
 
-/// Inserts a batch of decision records and upstream outcomes atomically, in one statement and so in one
-/// round trip: Postgres runs a lone statement as its own transaction. (BEGIN/INSERT/COMMIT would cost three
-/// round trips, and the decision writers' commit latency is what every allowed request waits for.)
+/// Inserts a batch of decision records in one statement, so one round trip and one implicit transaction
+/// (BEGIN/INSERT/COMMIT would cost three round trips, and the decision writers' commit latency is what
+/// every allowed request waits for). A batch of one is a plain INSERT.
 async fn insert_batch<'c, E: sqlx::PgExecutor<'c>>(
     executor: E,
     rows: &[DecisionRow],
-    outcomes: &[OutcomeRow],
 ) -> Result<(), StoreError> {
-    if let ([row], []) = (rows, outcomes) {
-        return insert_one(executor, row).await;
+    match rows {
+        [] => return Ok(()),
+        [row] => return insert_one(executor, row).await,
+        _ => {}
     }
-    let sql = match (rows.is_empty(), outcomes.is_empty()) {
-        (true, true) => return Ok(()),
-        (false, true) => insert_decisions_sql!(),
-        (true, false) => insert_outcomes_sql!("$1", "$2", "$3", "$4", "$5", "$6"),
-        (false, false) => concat!(
-            "WITH d AS (",
-            insert_decisions_sql!(),
-            " RETURNING 1), o AS (",
-            insert_outcomes_sql!("$27", "$28", "$29", "$30", "$31", "$32"),
-            " RETURNING 1) SELECT (SELECT count(*) FROM d) AS decisions, (SELECT count(*) FROM o) AS outcomes"
-        ),
-    };
-    let mut query = sqlx::query(sql);
-    if !rows.is_empty() {
-        let mut c = DecisionColumns::with_capacity(rows.len());
-        for r in rows {
-            c.push(r);
-        }
-        query = query
-            .bind(c.id)
-            .bind(c.at)
-            .bind(c.writer_id)
-            .bind(c.seq)
-            .bind(c.prev_hash)
-            .bind(c.hash)
-            .bind(c.agent_id)
-            .bind(c.agent_name)
-            .bind(c.run_id)
-            .bind(c.on_behalf_of)
-            .bind(c.provider)
-            .bind(c.method)
-            .bind(c.path)
-            .bind(c.query)
-            .bind(c.action)
-            .bind(c.risk)
-            .bind(c.outcome)
-            .bind(c.code)
-            .bind(c.rules)
-            .bind(c.reasons)
-            .bind(c.policy_revision)
-            .bind(c.charge_cents)
-            .bind(c.approval_id)
-            .bind(c.input)
-            .bind(c.policy_outcome)
-            .bind(c.shadow_outcome);
+    let mut c = DecisionColumns::with_capacity(rows.len());
+    for r in rows {
+        c.push(r);
     }
-    if !outcomes.is_empty() {
-        query = query
-            .bind(outcomes.iter().map(|o| o.decision_id).collect::<Vec<_>>())
-            .bind(outcomes.iter().map(|o| o.at).collect::<Vec<_>>())
-            .bind(
-                outcomes
-                    .iter()
-                    .map(|o| o.upstream_status)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(outcomes.iter().map(|o| o.latency_us).collect::<Vec<_>>())
-            .bind(
-                outcomes
-                    .iter()
-                    .map(|o| o.error.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(outcomes.iter().map(|o| o.flagged).collect::<Vec<_>>());
-    }
-    query.execute(executor).await?;
+    sqlx::query(
+        "INSERT INTO decisions (id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id,
+            on_behalf_of, provider, method, path, query, action, risk, outcome, code, rules, reasons,
+            policy_revision, charge_cents, approval_id, input, policy_outcome, shadow_outcome)
+         SELECT id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id, on_behalf_of,
+            provider, method, path, query, action, risk, outcome, code, rules::json, reasons::json,
+            policy_revision, charge_cents, approval_id, input::json, policy_outcome, shadow_outcome
+         FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::int8[], $5::text[], $6::text[],
+            $7::uuid[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+            $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[],
+            $21::text[], $22::int8[], $23::text[], $24::text[], $25::text[], $26::text[])
+            AS t(id, at, writer_id, seq, prev_hash, hash, agent_id, agent_name, run_id, on_behalf_of,
+                 provider, method, path, query, action, risk, outcome, code, rules, reasons,
+                 policy_revision, charge_cents, approval_id, input, policy_outcome, shadow_outcome)",
+    )
+    .bind(c.id)
+    .bind(c.at)
+    .bind(c.writer_id)
+    .bind(c.seq)
+    .bind(c.prev_hash)
+    .bind(c.hash)
+    .bind(c.agent_id)
+    .bind(c.agent_name)
+    .bind(c.run_id)
+    .bind(c.on_behalf_of)
+    .bind(c.provider)
+    .bind(c.method)
+    .bind(c.path)
+    .bind(c.query)
+    .bind(c.action)
+    .bind(c.risk)
+    .bind(c.outcome)
+    .bind(c.code)
+    .bind(c.rules)
+    .bind(c.reasons)
+    .bind(c.policy_revision)
+    .bind(c.charge_cents)
+    .bind(c.approval_id)
+    .bind(c.input)
+    .bind(c.policy_outcome)
+    .bind(c.shadow_outcome)
+    .execute(executor)
+    .await?;
     Ok(())
 }
 
@@ -838,16 +806,12 @@ pub struct PgSink {
 }
 
 impl PgSink {
-    pub async fn insert_decisions(
-        &mut self,
-        rows: &[DecisionRow],
-        outcomes: &[OutcomeRow],
-    ) -> Result<(), StoreError> {
+    pub async fn insert_decisions(&mut self, rows: &[DecisionRow]) -> Result<(), StoreError> {
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => self.conn.insert(self.pool.acquire().await?),
         };
-        let result = insert_batch(&mut **conn, rows, outcomes).await;
+        let result = insert_batch(&mut **conn, rows).await;
         if result.is_err()
             && let Some(mut conn) = self.conn.take()
         {

@@ -198,11 +198,7 @@ impl SqliteStore {
 
     // ---- decisions ----
 
-    pub async fn insert_decisions(
-        &self,
-        rows: &[DecisionRow],
-        outcomes: &[OutcomeRow],
-    ) -> Result<(), StoreError> {
+    pub async fn insert_decisions(&self, rows: &[DecisionRow]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for r in rows {
             sqlx::query(
@@ -240,6 +236,12 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn insert_outcomes(&self, outcomes: &[OutcomeRow]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         for o in outcomes {
             sqlx::query(
                 "INSERT INTO decision_outcomes (decision_id, at, upstream_status, latency_us, error, flagged)
