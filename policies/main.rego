@@ -23,12 +23,15 @@ package tollgate
 # Reads change nothing and cost nothing: they are allowed before any other rule runs, so a read evaluates this
 # one comparison. (Risk comes from the route catalog; an unknown GET is a read, an unknown POST a write.)
 # spend.charge is defined for money actions the policy could price; it is attached to approve and allow.
+# (spend.applies first: it is already known from `denials`, and so a write that spends nothing skips the
+# charge rule.)
 # (`denials != set()` rather than `some _ in denials`: see README.md, rule 3 for the bytecode VM.)
 decision := {"outcome": "allow", "reasons": []} if {
 	input.action.risk == "read"
 } else := {"outcome": "deny", "reasons": [r | some r in denials]} if {
 	denials != set()
 } else := object.union(verdict, {"charge": data.tollgate.spend.charge}) if {
+	data.tollgate.spend.applies
 	data.tollgate.spend.charge
 } else := verdict
 

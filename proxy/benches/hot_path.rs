@@ -9,8 +9,16 @@ use serde_json::json;
 use tollgate::classify::Catalog;
 use tollgate::policy::Bundle;
 
+/// The binary's allocator (src/main.rs), so that these figures are the ones a running tollgate sees: the
+/// policy VM allocates and frees on every rule call.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The bundled library, or the policy directory in `TOLLGATE_BENCH_POLICIES` (to measure an edited copy).
 fn policies() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+    std::env::var_os("TOLLGATE_BENCH_POLICIES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"))
 }
 
 fn input(
