@@ -22,7 +22,7 @@
 #   BENCH_PERF=1             also profile tollgate with `perf record` during one extra (uncounted) wrk run
 #   BENCH_NO_INSTALL=1       do not apt-get/cargo install missing tools; fail instead
 # Needs: nginx, wrk, oha, curl, psql, python3. Missing nginx/wrk come from Debian, oha from Debian if it has
-# it, else `cargo install oha --locked` (several minutes, once; not part of the ~7-minute run).
+# it, else `cargo install oha --locked` (several minutes, once; not part of the ~8-minute run).
 # Everything listens on 127.0.0.1 only; everything it started is stopped on exit (also on Ctrl-C).
 set -uo pipefail
 
@@ -350,9 +350,43 @@ for t in "${TARGETS[@]}"; do
     timeout 20 wrk -t"$THREADS" -c"$CONNS" -d3s -H "Authorization: Bearer $KEY" "$(url_of "$t")" >/dev/null 2>&1
 done
 
+# The floor under "durable before forwarding": what one durable single-row commit of a decision-shaped row
+# costs on this Postgres, from pgbench (C, libpq, prepared), and a bare round trip beside it. Every allowed
+# request waits for at least one such commit, however fast tollgate is; at the fixed rate batches hold ~1 row.
+# It is measured in every round, right after the latency runs, so that the same drift (checkpoints, other work)
+# reaches it and tollgate alike.
+PGBENCH=$(command -v pgbench || ls /usr/lib/postgresql/*/bin/pgbench 2>/dev/null | sort -V | tail -n1)
+[[ -x "$PGBENCH" ]] || { PGBENCH=""; say "warning: no pgbench: the commit floor is not measured"; }
+if [[ -n "$PGBENCH" ]]; then
+    psql "$BENCH_DB_URL" -qAt -v ON_ERROR_STOP=1 >/dev/null <<'SQL' || say "warning: commit probe setup failed"
+CREATE TABLE commit_probe (LIKE decisions INCLUDING ALL);
+CREATE TABLE commit_probe_src AS SELECT * FROM decisions ORDER BY at DESC LIMIT 1;
+CREATE SEQUENCE commit_probe_seq;
+SQL
+    cat >"$WORK/probe_commit.sql" <<'SQL'
+INSERT INTO commit_probe SELECT gen_random_uuid(), clock_timestamp(), writer_id, nextval('commit_probe_seq'), prev_hash, hash, agent_id, agent_name, run_id, on_behalf_of, provider, method, path, query, action, risk, outcome, code, rules, reasons, policy_revision, charge_cents, approval_id, input, policy_outcome, shadow_outcome FROM commit_probe_src;
+SQL
+    echo 'SELECT 1;' >"$WORK/probe_select.sql"
+    pgb() { # script → average latency in ms
+        "$PGBENCH" -n -M prepared -c 1 -T 5 -f "$1" "$BENCH_DB_URL" 2>/dev/null | awk '/latency average/ {print $4}'
+    }
+    pgb_rate() { # script → "p50 p99" in ms at $RATE commits/s from 4 clients, measured from each
+        # transaction's scheduled start (like oha's latency correction)
+        (cd "$WORK" && rm -f pgbench_log.* &&
+            "$PGBENCH" -n -M prepared -c 4 -R "$RATE" -T "$DURATION" -l -f "$1" "$BENCH_DB_URL" >/dev/null 2>&1 &&
+            cat pgbench_log.* | awk '{print $3}' | sort -n |
+            awk '{a[NR] = $1} END {if (NR) printf "%.3f %.3f\n", a[int(NR * 0.5)] / 1000, a[int(NR * 0.99)] / 1000}')
+    }
+fi
+
 for ((r = 1; r <= ROUNDS; r++)); do
     for t in "${TARGETS[@]}"; do run_wrk "$t" "$r"; done
     for t in "${TARGETS[@]}"; do run_oha "$t" "$r"; done
+    if [[ -n "$PGBENCH" ]]; then
+        read -r f50 f99 <<<"$(pgb_rate "$WORK/probe_commit.sql")"
+        record floor_round "$r" "${f50:-nan}" "${f99:-nan}"
+        say "round $r  @${RATE}/s    commit   p50 ${f50:-?} ms  p99 ${f99:-?} ms  (pgbench, durable single-row commits, 4 clients)"
+    fi
 done
 
 record rss tollgate_after_load "$(vmrss_kib "$TG_PID")"
@@ -406,35 +440,10 @@ record rss tollgate_peak "$(awk '/^VmHWM/ {print $2}' "/proc/$TG_PID/status")"
 # Audit check: every tollgate request is a durable decision row, and all of them were allowed.
 record audit decisions "$(psql "$BENCH_DB_URL" -qAt -c "select count(*) from decisions")"
 record audit not_allowed "$(psql "$BENCH_DB_URL" -qAt -c "select count(*) from decisions where outcome <> 'allow'")"
-# The floor under "durable before forwarding": what one durable single-row commit of a decision-shaped row
-# costs on this Postgres, from pgbench (C, libpq, prepared), and a bare round trip beside it. Every allowed
-# request waits for at least one such commit, however fast tollgate is; at the fixed rate batches hold ~1 row.
-PGBENCH=$(command -v pgbench || ls /usr/lib/postgresql/*/bin/pgbench 2>/dev/null | sort -V | tail -n1)
-if [[ -x "$PGBENCH" ]]; then
-    psql "$BENCH_DB_URL" -qAt -v ON_ERROR_STOP=1 >/dev/null <<'SQL' || say "warning: commit probe setup failed"
-CREATE TABLE commit_probe (LIKE decisions INCLUDING ALL);
-CREATE TABLE commit_probe_src AS SELECT * FROM decisions ORDER BY at DESC LIMIT 1;
-CREATE SEQUENCE commit_probe_seq;
-SQL
-    cat >"$WORK/probe_commit.sql" <<'SQL'
-INSERT INTO commit_probe SELECT gen_random_uuid(), clock_timestamp(), writer_id, nextval('commit_probe_seq'), prev_hash, hash, agent_id, agent_name, run_id, on_behalf_of, provider, method, path, query, action, risk, outcome, code, rules, reasons, policy_revision, charge_cents, approval_id, input, policy_outcome, shadow_outcome FROM commit_probe_src;
-SQL
-    echo 'SELECT 1;' >"$WORK/probe_select.sql"
-    pgb() { # script → average latency in ms
-        "$PGBENCH" -n -M prepared -c 1 -T 5 -f "$1" "$BENCH_DB_URL" 2>/dev/null | awk '/latency average/ {print $4}'
-    }
-    pgb_rate() { # script → "p50 p99" in ms at $RATE commits/s from 4 clients, measured from each
-        # transaction's scheduled start (like oha's latency correction)
-        (cd "$WORK" && rm -f pgbench_log.* &&
-            "$PGBENCH" -n -M prepared -c 4 -R "$RATE" -T "$DURATION" -l -f "$1" "$BENCH_DB_URL" >/dev/null 2>&1 &&
-            cat pgbench_log.* | awk '{print $3}' | sort -n |
-            awk '{a[NR] = $1} END {if (NR) printf "%.3f %.3f\n", a[int(NR * 0.5)] / 1000, a[int(NR * 0.99)] / 1000}')
-    }
+if [[ -n "$PGBENCH" ]]; then
     say "floor: one durable single-row decision commit and a bare round trip (pgbench, 5 s each)"
     record floor commit_ms "$(pgb "$WORK/probe_commit.sql")"
     record floor select_ms "$(pgb "$WORK/probe_select.sql")"
-    say "floor: durable single-row commits at ${RATE}/s from 4 clients (pgbench, ${DURATION} s)"
-    record floor rate_commit_ms $(pgb_rate "$WORK/probe_commit.sql")
 fi
 record info pg_tls "$(psql "$ADMIN_DATABASE_URL" -qAt -c "select count(*) filter (where s.ssl) || ' of ' || count(*) from pg_stat_activity a join pg_stat_ssl s using (pid) where a.datname = '$BENCH_DB'")"
 record info load_at_end "$(cut -d' ' -f1-3 /proc/loadavg)"
