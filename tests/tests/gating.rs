@@ -1058,3 +1058,119 @@ async fn sigterm_drains_readiness_first_then_stops() {
             .unwrap();
     assert_eq!(status, Some(200));
 }
+
+/// A TCP front for the test database, however the harness reaches it (a Unix socket for the throwaway
+/// cluster, TCP for `DATABASE_URL`): tollgate must see a TCP host for its TCP_NODELAY relay to be used.
+/// Counts the connections it carried.
+async fn tcp_front(db_url: &str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use sqlx::postgres::PgConnectOptions;
+    let options: PgConnectOptions = db_url.parse().expect("database URL");
+    // A Unix socket directory comes as `?host=/dir` (sqlx: the socket) or as a host starting with '/'.
+    let host = match options.get_socket() {
+        Some(dir) => dir.to_string_lossy().into_owned(),
+        None => options.get_host().to_string(),
+    };
+    let port = options.get_port();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front = listener.local_addr().unwrap().port();
+    let carried = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = carried.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (host, port) = (host.clone(), port);
+            tokio::spawn(async move {
+                if host.starts_with('/') {
+                    let path = format!("{host}/.s.PGSQL.{port}");
+                    if let Ok(mut server) = tokio::net::UnixStream::connect(path).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                } else if let Ok(mut server) =
+                    tokio::net::TcpStream::connect((host.as_str(), port)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (front, carried)
+}
+
+#[tokio::test]
+async fn postgres_over_tcp_goes_through_the_nodelay_relay_with_tls_when_the_server_offers_it() {
+    let db = TestDatabase::create().await.expect("test database");
+    let pool = db.pool().await.expect("pool");
+    let server_tls: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let (front, carried) = tcp_front(db.url()).await;
+    // Loopback with an explicit sslmode: the one loopback case that is not sent in the clear, so it takes
+    // the relay. Where the server offers TLS, `require` makes tollgate fail to start unless TLS works end to
+    // end through the relay; the throwaway cluster has no certificate, so there `prefer` connects in the clear.
+    let mode = if server_tls == "on" {
+        "require"
+    } else {
+        "prefer"
+    };
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{front}/{}?sslmode={mode}",
+        db.name()
+    );
+    let upstream = Upstream::builder().start().await.expect("upstream");
+    let gate = Tollgate::builder(&url, &upstream.url())
+        .start()
+        .await
+        .expect("tollgate starts with its store behind the relay");
+    let key = gate
+        .create_agent("reader", &[])
+        .await
+        .expect("agent created through the relay");
+
+    let r = reqwest::Client::new()
+        .get(gate.url("/cloudflare/client/v4/zones"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", gate.log());
+    let id: uuid::Uuid = r.headers()["tollgate-decision"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM decisions WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded, 1,
+        "the decision went to Postgres through the relay"
+    );
+    assert!(
+        carried.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "tollgate's connections crossed the TCP front"
+    );
+
+    // The relay's socket is bound in tollgate's private directory.
+    let pid = gate.pid().expect("tollgate pid");
+    let unix = std::fs::read_to_string(format!("/proc/{pid}/net/unix")).unwrap();
+    assert!(
+        unix.lines()
+            .any(|l| l.contains("/tollgate-pg-") && l.ends_with(&format!("/.s.PGSQL.{front}"))),
+        "no relay socket among tollgate's Unix sockets"
+    );
+    if server_tls == "on" {
+        let tls_backends: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.datname = $1 AND s.ssl AND a.pid <> pg_backend_pid()",
+        )
+        .bind(db.name())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert!(tls_backends >= 1, "tollgate's connections use TLS");
+    }
+    gate.kill().await;
+}

@@ -25,6 +25,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Carries the pool's TCP connections when they are not plain loopback; lives as long as any clone.
+    _relay: Option<std::sync::Arc<super::nodelay::NoDelayRelay>>,
 }
 
 impl PgStore {
@@ -32,20 +34,32 @@ impl PgStore {
     /// reported at start rather than at the first request.
     pub async fn connect(url: &SecretString, max_connections: u32) -> Result<PgStore, StoreError> {
         let mut options: PgConnectOptions = url.expose_secret().parse()?;
-        // On loopback, TLS protects nothing, and here it costs a lot: sqlx does not set TCP_NODELAY, so a
-        // batched audit insert split into several TLS records waits on Nagle and the peer's delayed ACK
-        // (~40 ms a commit, measured in BENCHMARKS.md). Unless the URL asks for a TLS mode, loopback
+        // On loopback, TLS protects nothing and costs CPU: unless the URL asks for a TLS mode, loopback
         // connections go without it. Remote servers keep the URL's (default: prefer) TLS.
         let explicit_tls = url.expose_secret().contains("sslmode=");
-        let host = options.get_host();
+        let host = options.get_host().to_string();
         let loopback = host == "localhost"
             || host.starts_with('/')
             || host
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
-        if loopback && !explicit_tls {
+        let plain_loopback = loopback && !explicit_tls;
+        if plain_loopback {
             options = options.ssl_mode(sqlx::postgres::PgSslMode::Disable);
         }
+        // Every other TCP connection goes through the TCP_NODELAY relay (see `nodelay`). Plain loopback does
+        // not need it (a 64 KB segment holds a whole typical message; at 512 agent connections, batches of
+        // hundreds of records, commits looked the same with and without it) and the extra hop costs ~30 µs
+        // of CPU per commit at low rates; with TLS, or across a network, Nagle holds messages back ~40 ms.
+        let unix_socket = host.starts_with('/') || options.get_socket().is_some();
+        let relay = if plain_loopback || unix_socket {
+            None
+        } else {
+            let relay = super::nodelay::NoDelayRelay::start(&host, options.get_port())
+                .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
+            options = options.socket(relay.dir());
+            Some(std::sync::Arc::new(relay))
+        };
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(1)
@@ -57,7 +71,10 @@ impl PgStore {
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            _relay: relay,
+        })
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
