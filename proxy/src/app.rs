@@ -193,6 +193,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
     let policy = Arc::new(load_policy(&config).map_err(anyhow::Error::msg)?);
     // Every configured provider has a usage series from the start; the store probe keeps it current.
     for provider in config.providers.keys() {
+        metrics.register_provider(provider);
         metrics
             .budget_usage_ratio
             .with_label_values(&[provider])
@@ -290,10 +291,7 @@ pub fn agent_router(gate: Arc<Gate>, max_concurrency: usize) -> Router {
         .layer(HandleErrorLayer::new(move |_: tower::BoxError| {
             let metrics = shed_metrics.clone();
             async move {
-                metrics
-                    .refusals_total
-                    .with_label_values(&[RefusalCode::Overloaded.as_str()])
-                    .inc();
+                metrics.refused(crate::metrics::UNKNOWN_PROVIDER, RefusalCode::Overloaded);
                 metrics
                     .requests_total
                     .with_label_values(&[

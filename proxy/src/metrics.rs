@@ -12,6 +12,9 @@ use prometheus::{
 
 use crate::error::RefusalCode;
 
+/// The provider label of requests refused before their provider is known (load shedding).
+pub const UNKNOWN_PROVIDER: &str = "unknown";
+
 /// Latency buckets from 100 µs to 30 s: the proxy's own overhead lives in the first few, upstream calls in
 /// the rest.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -74,8 +77,10 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["provider", "outcome"],
         )?;
-        let refusals_total =
-            IntCounterVec::new(Opts::new("refusals_total", "Refusals by code"), &["code"])?;
+        let refusals_total = IntCounterVec::new(
+            Opts::new("refusals_total", "Refusals by provider and code"),
+            &["provider", "code"],
+        )?;
         let policy_evaluation_duration_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "policy_evaluation_duration_seconds",
@@ -215,9 +220,10 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        // Every refusal code exists from the start, so a dashboard's rate() has a series to work on.
+        // Every refusal code exists from the start, so a dashboard's rate() has a series to work on ("unknown":
+        // refusals before the provider is known, e.g. load shedding; `register_provider` adds the others).
         for code in RefusalCode::ALL {
-            refusals_total.with_label_values(&[code.as_str()]);
+            refusals_total.with_label_values(&[UNKNOWN_PROVIDER, code.as_str()]);
         }
         Ok(Metrics {
             registry,
@@ -245,6 +251,22 @@ impl Metrics {
             approvals_total,
             build_info,
         })
+    }
+
+    /// Counts one refusal.
+    pub fn refused(&self, provider: &str, code: RefusalCode) {
+        self.refusals_total
+            .with_label_values(&[provider, code.as_str()])
+            .inc();
+    }
+
+    /// Creates a configured provider's refusal series at zero, so that its rates exist before its first
+    /// refusal.
+    pub fn register_provider(&self, provider: &str) {
+        for code in RefusalCode::ALL {
+            self.refusals_total
+                .with_label_values(&[provider, code.as_str()]);
+        }
     }
 
     pub fn new() -> Metrics {
@@ -300,6 +322,15 @@ mod tests {
         let text = m.render();
         assert!(text.contains("tollgate_requests_total{action=\"cloudflare.dns.create\",outcome=\"allow\",provider=\"cloudflare\"} 1"), "{text}");
         assert!(text.contains("tollgate_build_info"));
-        assert!(text.contains("tollgate_refusals_total{code=\"frozen\"} 0"));
+        assert!(text.contains("tollgate_refusals_total{code=\"frozen\",provider=\"unknown\"} 0"));
+        m.register_provider("stripe");
+        m.refused("stripe", RefusalCode::BudgetExceeded);
+        let text = m.render();
+        assert!(text.contains("tollgate_refusals_total{code=\"frozen\",provider=\"stripe\"} 0"));
+        assert!(
+            text.contains(
+                "tollgate_refusals_total{code=\"budget_exceeded\",provider=\"stripe\"} 1"
+            )
+        );
     }
 }

@@ -562,10 +562,7 @@ impl Gate {
                     .upstream_errors_total
                     .with_label_values(&[&draft.provider, kind])
                     .inc();
-                self.metrics
-                    .refusals_total
-                    .with_label_values(&[code.as_str()])
-                    .inc();
+                self.metrics.refused(&draft.provider, code);
                 self.count(draft, code.as_str(), Some(code.as_str()));
                 // The decision (allow) is already recorded; the failure is its outcome, not a new decision.
                 let refusal = Refusal::new(code, message);
@@ -682,10 +679,7 @@ impl Gate {
                 Refusal::store_unavailable()
             }
         };
-        self.metrics
-            .refusals_total
-            .with_label_values(&[refusal.code().as_str()])
-            .inc();
+        self.metrics.refused(&draft.provider, refusal.code());
         self.count(
             &draft,
             outcome_label(outcome, &refusal),

@@ -841,7 +841,14 @@ async fn admin_listener_serves_health_metrics_and_a_token_guarded_api() {
         r#"tollgate_requests_total{action="unknown",outcome="deny",provider="cloudflare"} 1"#
     ));
     assert!(metrics.contains("tollgate_request_duration_seconds_bucket"));
-    assert!(metrics.contains(r#"tollgate_refusals_total{code="policy_denied"} 1"#));
+    assert!(
+        metrics
+            .contains(r#"tollgate_refusals_total{code="policy_denied",provider="cloudflare"} 1"#)
+    );
+    // Every configured provider's refusal series exists from the start.
+    assert!(
+        metrics.contains(r#"tollgate_refusals_total{code="policy_denied",provider="stripe"} 0"#)
+    );
 
     assert_eq!(
         h.get(w.gate.admin_url("/api/decisions"))
