@@ -1297,6 +1297,35 @@ fn kubernetes_manifests_use_the_real_ports_probes_keys_and_secrets() {
         other => panic!("the Job's DATABASE_URL must come from the Secret, got {other:?}"),
     }
     assert_eq!(str_at(job_container, &["image"]), str_at(c, &["image"]));
+
+    // Both containers run with a read-only root filesystem, and both open the store, whose Postgres relay
+    // binds a Unix socket under $TMPDIR (default /tmp): each needs a writable emptyDir there.
+    for (what, pod, container) in [
+        ("Deployment", kube.one("Deployment"), c),
+        ("Job", job, job_container),
+    ] {
+        let read_only = at(container, &["securityContext", "readOnlyRootFilesystem"]).as_bool();
+        let tmpdir = container_env(container)
+            .get("TMPDIR")
+            .and_then(|v| v.clone().ok())
+            .unwrap_or_else(|| "/tmp".to_string());
+        let mount = seq_at(container, &["volumeMounts"])
+            .iter()
+            .find(|m| str_at(m, &["mountPath"]) == tmpdir)
+            .map(|m| str_at(m, &["name"]).to_string());
+        if read_only == Some(true) {
+            let volume =
+                mount.unwrap_or_else(|| panic!("{what}: nothing writable mounted at {tmpdir}"));
+            let source = seq_at(pod, &["spec", "template", "spec", "volumes"])
+                .iter()
+                .find(|v| str_at(v, &["name"]) == volume)
+                .unwrap_or_else(|| panic!("{what}: no volume {volume}"));
+            assert!(
+                !at(source, &["emptyDir"]).is_null(),
+                "{what}: {tmpdir} must be a writable emptyDir"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------- systemd
@@ -1390,8 +1419,21 @@ impl PodFiles {
         let c = deployment_container(kube);
         let generated = kube.generated();
         let mut mounts = BTreeMap::new();
+        let volumes = seq_at(
+            kube.one("Deployment"),
+            &["spec", "template", "spec", "volumes"],
+        );
         for m in seq_at(c, &["volumeMounts"]) {
             let volume = str_at(m, &["name"]);
+            let empty_dir = volumes
+                .iter()
+                .any(|v| str_at(v, &["name"]) == volume && !at(v, &["emptyDir"]).is_null());
+            if empty_dir {
+                let root = dir.path().join(volume);
+                std::fs::create_dir_all(&root)?;
+                mounts.insert(str_at(m, &["mountPath"]).to_string(), root);
+                continue;
+            }
             let files: BTreeMap<String, String> = match volume {
                 "policies" => policy_volume_layout(kube),
                 "config" => generated["tollgate-config"].clone(),

@@ -263,8 +263,10 @@ impl Store {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The message already carries sqlx's own (and its cause's), so it is not also chained as a source:
+    /// `{:#}` would print each part three times.
     #[error("database unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(sqlx::Error),
     #[error("{0} already exists")]
     Conflict(String),
     #[error("migration failed: {0}")]

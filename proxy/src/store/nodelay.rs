@@ -91,7 +91,20 @@ fn private_dir() -> io::Result<PathBuf> {
         std::process::id(),
         rand::random::<u64>()
     ));
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create the Postgres relay's socket directory {} ({e}); TMPDIR must name a \
+                     writable directory (in Kubernetes with a read-only root filesystem, mount an emptyDir \
+                     at /tmp)",
+                    dir.display()
+                ),
+            )
+        })?;
     Ok(dir)
 }
 
