@@ -21,49 +21,126 @@ fn policies() -> std::path::PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"))
 }
 
+const ACCOUNT: &str = "023e105f4ecef8ad9ca31a8372d0c353";
+const ZONE: &str = "372e67954025e0ba6aaa6d586b9e0b59";
+
+/// A policy input as the proxy builds it, for an agent that holds every scope and may change `ACCOUNT` and
+/// `ZONE` (as in policies/tests/fixtures.rego), so that writes run through every check that applies.
 fn input(
+    provider: &str,
     method: &str,
     path: &str,
-    action: &str,
-    risk: &str,
+    action: (&str, &str),
+    params: serde_json::Value,
     body: serde_json::Value,
 ) -> serde_json::Value {
+    let content_type = if provider == "stripe" {
+        "application/x-www-form-urlencoded"
+    } else {
+        "application/json"
+    };
     json!({
         "agent": {"id": "01a22a3e-8bd9-7692-938a-9fe1ed50dfa8", "name": "deployer", "team": "web",
-                  "scopes": ["dns:write"], "labels": {"env": "dev", "zones": "023e105f4ecef8ad9ca31a8372d0c353"}},
+                  "scopes": ["dns:write", "zones:manage", "registrar:register", "tokens:create",
+                             "workers:deploy", "certs:manage", "billing:spend", "accounts:manage"],
+                  "labels": {"env": "dev", "accounts": ACCOUNT, "zones": ZONE}},
         "run": {"id": "run-42", "on_behalf_of": "alice@example.com"},
-        "request": {"provider": "cloudflare", "method": method, "path": path, "query": {},
-                    "headers": {"content-type": "application/json"}, "body": body, "body_sha256": "00"},
-        "action": {"name": action, "risk": risk, "params": {"zone_id": "023e105f4ecef8ad9ca31a8372d0c353"}},
+        "request": {"provider": provider, "method": method, "path": path, "query": {},
+                    "headers": {"content-type": content_type}, "body": body, "body_sha256": "00"},
+        "action": {"name": action.0, "risk": action.1, "params": params},
         "spend": {"window": "2026-11", "agent_provider_cents": 4200},
         "approval": null,
         "now": "2026-11-30T12:00:00Z",
     })
 }
 
+/// The requests policies/README.md's cost table lists, from a read to the most expensive write.
+fn policy_inputs() -> Vec<(&'static str, serde_json::Value)> {
+    let price = |cents: &str| {
+        json!({"currency": "usd", "product": "prod_NWjs8kKbJWmuuc", "unit_amount": cents,
+               "recurring": {"interval": "month"}})
+    };
+    vec![
+        (
+            "read",
+            input(
+                "cloudflare",
+                "GET",
+                "/client/v4/zones",
+                ("cloudflare.zone.read", "read"),
+                json!({}),
+                json!(null),
+            ),
+        ),
+        (
+            "dns_create",
+            input(
+                "cloudflare",
+                "POST",
+                &format!("/client/v4/zones/{ZONE}/dns_records"),
+                ("cloudflare.dns.create", "write"),
+                json!({"zone_id": ZONE}),
+                json!({"type": "A", "name": "www.example.com", "content": "198.51.100.4", "ttl": 3600}),
+            ),
+        ),
+        (
+            "token_create",
+            input(
+                "cloudflare",
+                "POST",
+                "/client/v4/user/tokens",
+                ("cloudflare.token.create", "high"),
+                json!({}),
+                json!({"name": "ci-deploy", "policies": [{"effect": "allow",
+                        "resources": {format!("com.cloudflare.api.account.zone.{ZONE}"): "*"},
+                        "permission_groups": [{"id": "4755a26eedb94da69e1066d98aa820be"}]}],
+                       "not_before": "2026-11-30T12:00:00Z", "expires_on": "2026-12-01T00:00:00Z"}),
+            ),
+        ),
+        (
+            "domain_register",
+            input(
+                "cloudflare",
+                "POST",
+                &format!("/client/v4/accounts/{ACCOUNT}/registrar/registrations"),
+                ("cloudflare.domain.register", "irreversible"),
+                json!({"account_id": ACCOUNT, "domain_name": "example-shop.com"}),
+                json!({"domain_name": "example-shop.com", "privacy_mode": "redaction", "auto_renew": false}),
+            ),
+        ),
+        (
+            "stripe_subscription",
+            input(
+                "stripe",
+                "POST",
+                "/v1/subscriptions",
+                ("stripe.subscription.create", "high"),
+                json!({}),
+                json!({"customer": "cus_123", "items": [{"price_data": price("1500"), "quantity": "2"},
+                                                        {"price_data": price("500")}]}),
+            ),
+        ),
+    ]
+}
+
 fn policy_evaluation(c: &mut Criterion) {
     let bundle = Bundle::load(&policies(), Duration::from_secs(1)).expect("bundled policy loads");
-    let read = input(
-        "GET",
-        "/client/v4/zones",
-        "cloudflare.zone.read",
-        "read",
-        json!(null),
-    );
-    let write = input(
-        "POST",
-        "/client/v4/zones/023e105f4ecef8ad9ca31a8372d0c353/dns_records",
-        "cloudflare.dns.create",
-        "write",
-        json!({"type": "A", "name": "www.example.com", "content": "198.51.100.4", "ttl": 3600}),
-    );
     let mut group = c.benchmark_group("policy");
-    group.bench_function("bundled/read", |b| {
-        b.iter(|| bundle.evaluate(&read).expect("decision"))
-    });
-    group.bench_function("bundled/dns_create", |b| {
-        b.iter(|| bundle.evaluate(&write).expect("decision"))
-    });
+    for (name, input) in policy_inputs() {
+        // Every input must be judged (not refused as malformed), or the bench measures an early exit.
+        let decision = bundle.evaluate(&input).expect("decision");
+        assert!(
+            decision
+                .reasons
+                .iter()
+                .all(|r| !r.rule.starts_with("body.") && !r.rule.starts_with("scopes.")),
+            "{name}: {:?}",
+            decision.reasons
+        );
+        group.bench_function(format!("bundled/{name}"), |b| {
+            b.iter(|| bundle.evaluate(&input).expect("decision"))
+        });
+    }
     group.finish();
 }
 
