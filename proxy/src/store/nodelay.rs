@@ -26,6 +26,10 @@ use tokio::task::JoinHandle;
 /// Buffer per direction: an audit batch (up to ~1 MB) crosses in a few reads.
 const RELAY_BUFFER: usize = 64 * 1024;
 
+/// How long the relay tries to open the server connection. sqlx gives up sooner (the pool's acquire
+/// timeout); this only bounds how long an abandoned attempt keeps its task.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A running relay from a private Unix socket to one Postgres server. Dropping it stops accepting new
 /// connections and removes the socket; connections already relayed end with the pool that holds them.
 pub struct NoDelayRelay {
@@ -109,10 +113,15 @@ fn private_dir() -> io::Result<PathBuf> {
 }
 
 async fn relay(mut client: UnixStream, host: String, port: u16) {
-    let mut server = match TcpStream::connect((host.as_str(), port)).await {
-        Ok(s) => s,
-        Err(e) => {
+    let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)));
+    let mut server = match connect.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, %host, port, "postgres relay: cannot connect to the server");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%host, port, "postgres relay: connecting to the server timed out");
             return;
         }
     };
