@@ -1160,13 +1160,24 @@ async fn postgres_over_tcp_goes_through_the_nodelay_relay_with_tls_when_the_serv
         "tollgate's connections crossed the TCP front"
     );
 
-    // The relay's socket is bound in tollgate's private directory.
+    // The relay's socket is bound in tollgate's private directory, and sqlx's connections are connected to it
+    // (the listener is state 01; each accepted connection shows the same path with state 03, connected).
+    // Were sqlx connecting to the server directly, only the listener would be there.
     let pid = gate.pid().expect("tollgate pid");
     let unix = std::fs::read_to_string(format!("/proc/{pid}/net/unix")).unwrap();
+    let relay_path = format!("/.s.PGSQL.{front}");
+    let relay_sockets: Vec<Vec<&str>> = unix
+        .lines()
+        .filter(|l| l.contains("/tollgate-pg-") && l.ends_with(&relay_path))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     assert!(
-        unix.lines()
-            .any(|l| l.contains("/tollgate-pg-") && l.ends_with(&format!("/.s.PGSQL.{front}"))),
-        "no relay socket among tollgate's Unix sockets"
+        relay_sockets.iter().any(|f| f[5] == "01"),
+        "no relay listener among tollgate's Unix sockets:\n{unix}"
+    );
+    assert!(
+        relay_sockets.iter().any(|f| f[5] == "03"),
+        "no connection accepted by the relay: sqlx bypassed it\n{unix}"
     );
     if server_tls == "on" {
         let tls_backends: i64 = sqlx::query_scalar(

@@ -42,11 +42,22 @@ impl NoDelayRelay {
     /// `PgConnectOptions::socket(dir)` and the port, so the options keep their host (for TLS) and port.
     pub fn start(host: &str, port: u16) -> io::Result<NoDelayRelay> {
         let dir = private_dir()?;
-        let listener = match UnixListener::bind(socket_path(&dir, port)) {
+        let path = socket_path(&dir, port);
+        let listener = match UnixListener::bind(&path) {
             Ok(l) => l,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
+                // The usual cause: a TMPDIR so long that the socket path passes the ~107 bytes a Unix socket
+                // address holds.
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot bind the Postgres relay's socket {} ({} bytes): {e}; point TMPDIR at a \
+                         shorter writable directory",
+                        path.display(),
+                        path.as_os_str().len()
+                    ),
+                ));
             }
         };
         // IPv6 literals come from URLs in brackets.

@@ -36,17 +36,25 @@ impl PgStore {
         let mut options: PgConnectOptions = url.expose_secret().parse()?;
         // On loopback, TLS protects nothing and costs CPU: unless the URL asks for a TLS mode, loopback
         // connections go without it. Remote servers keep the URL's (default: prefer) TLS.
-        let explicit_tls = url.expose_secret().contains("sslmode=");
+        // A TLS mode named in the URL (sqlx reads `sslmode` and `ssl-mode`) or in PGSSLMODE is the operator's
+        // choice and is kept.
+        let url_text = url.expose_secret();
+        let explicit_tls = url_text.contains("sslmode=")
+            || url_text.contains("ssl-mode=")
+            || std::env::var_os("PGSSLMODE").is_some();
         let host = options.get_host().to_string();
         let loopback = host == "localhost"
             || host.starts_with('/')
             || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
-        let plain_loopback = loopback && !explicit_tls;
-        if plain_loopback {
+        if loopback && !explicit_tls {
             options = options.ssl_mode(sqlx::postgres::PgSslMode::Disable);
         }
+        let plain_loopback =
+            loopback && matches!(options.get_ssl_mode(), sqlx::postgres::PgSslMode::Disable);
         // Every other TCP connection goes through the TCP_NODELAY relay (see `nodelay`). Plain loopback does
         // not need it (a 64 KB segment holds a whole typical message; at 512 agent connections, batches of
         // hundreds of records, commits looked the same with and without it) and the extra hop costs ~30 µs
@@ -194,6 +202,7 @@ impl PgStore {
         PgSink {
             pool: self.pool.clone(),
             conn: None,
+            _relay: self._relay.clone(),
         }
     }
 
@@ -820,6 +829,8 @@ async fn insert_one<'c, E: sqlx::PgExecutor<'c>>(
 pub struct PgSink {
     pool: PgPool,
     conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    /// The pool's new connections go through it: kept alive as long as the sink can reconnect.
+    _relay: Option<std::sync::Arc<super::nodelay::NoDelayRelay>>,
 }
 
 impl PgSink {
