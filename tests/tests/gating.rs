@@ -63,6 +63,20 @@ async fn world_with(
     }
 }
 
+/// A world whose tollgate judges with a bundle of its own (`rego` as main.rego), on a default upstream; the
+/// directory lives as long as the returned handle.
+async fn world_with_policy(
+    rego: &str,
+    configure: impl FnOnce(
+        tollgate_tests::tollgate::TollgateBuilder,
+    ) -> tollgate_tests::tollgate::TollgateBuilder,
+) -> (World, tempfile::TempDir) {
+    let dir = policy_dir_with(rego).expect("policy dir");
+    let upstream = Upstream::builder().start().await.expect("upstream");
+    let w = world_with(upstream, |b| configure(b.policy_dir(dir.path()))).await;
+    (w, dir)
+}
+
 async fn world() -> World {
     world_with(Upstream::builder().start().await.expect("upstream"), |b| b).await
 }
@@ -646,19 +660,15 @@ async fn a_policy_too_slow_for_the_inline_budget_is_decided_on_the_pool_and_one_
  {
     // GETs decide at once (inline); a POST counts through a range, far beyond the 1 ms inline budget, so it is
     // evaluated again on the blocking pool and decided there; a DELETE counts past the whole time limit.
-    let dir = policy_dir_with(
+    let (w, _dir) = world_with_policy(
         "package tollgate\n\n\
          slow := count([x | some x in numbers.range(1, 100000); x % 7 == 0]) if input.request.method == \"POST\"\n\
          endless := count([x | some x in numbers.range(1, 5000); some y in numbers.range(1, 5000); x != y]) if input.request.method == \"DELETE\"\n\
          decision := {\"outcome\": \"allow\"} if input.request.method == \"GET\"\n\
          decision := {\"outcome\": \"deny\", \"reasons\": [{\"rule\": \"slow.count\", \"message\": sprintf(\"%d\", [slow])}]} if input.request.method == \"POST\"\n\
          decision := {\"outcome\": \"allow\"} if { input.request.method == \"DELETE\"; endless > 0 }\n",
+        |b| b.policy("timeout_ms = 2000"),
     )
-    .unwrap();
-    let upstream = Upstream::builder().start().await.unwrap();
-    let w = world_with(upstream, |b| {
-        b.policy_dir(dir.path()).policy("timeout_ms = 2000")
-    })
     .await;
     let r = w
         .post_json("/cloudflare/client/v4/zones/z/dns_records", "{}")
@@ -681,14 +691,13 @@ async fn a_policy_too_slow_for_the_inline_budget_is_decided_on_the_pool_and_one_
 #[tokio::test]
 async fn a_policy_without_a_well_formed_decision_refuses_with_503() {
     // Defined for reads (so the bundle loads), undefined for writes, malformed for DELETE.
-    let dir = policy_dir_with(
+    let (w, _dir) = world_with_policy(
         "package tollgate\n\n\
          decision := {\"outcome\": \"allow\"} if input.request.method == \"GET\"\n\
          decision := {\"outcome\": \"maybe\"} if input.request.method == \"DELETE\"\n",
+        |b| b,
     )
-    .unwrap();
-    let upstream = Upstream::builder().start().await.unwrap();
-    let w = world_with(upstream, |b| b.policy_dir(dir.path())).await;
+    .await;
     let r = w
         .post_json("/cloudflare/client/v4/zones/z/dns_records", "{}")
         .send()
