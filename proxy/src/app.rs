@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
+use axum::serve::ListenerExt;
 use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
@@ -259,12 +260,12 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
     let admin_app = admin::router(admin.clone());
     let servers = vec![
         tokio::spawn(
-            axum::serve(proxy_listener, agent_app)
+            axum::serve(proxy_listener.tap_io(no_delay), agent_app)
                 .with_graceful_shutdown(stop(watch.clone()))
                 .into_future(),
         ),
         tokio::spawn(
-            axum::serve(admin_listener, admin_app)
+            axum::serve(admin_listener.tap_io(no_delay), admin_app)
                 .with_graceful_shutdown(stop(watch))
                 .into_future(),
         ),
@@ -279,6 +280,15 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         audit: audit_task,
         servers,
     })
+}
+
+/// Turns Nagle's algorithm off on an accepted connection: a response whose head and body are written
+/// separately (a streamed upstream body) must not wait for the agent's delayed acknowledgement. nginx does
+/// the same for keep-alive connections (`tcp_nodelay on`).
+fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY on an accepted connection");
+    }
 }
 
 /// The agent listener: one catch-all handler under the tower stack, outermost layer first.

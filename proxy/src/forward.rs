@@ -119,6 +119,16 @@ impl Permit {
     }
 }
 
+/// TCP to the providers, with Nagle's algorithm off: a request's head and body, and TLS records, go out as
+/// they are written instead of waiting for the peer to acknowledge the previous segment (which a peer that
+/// delays its acknowledgements holds back for up to 40 ms on Linux).
+fn upstream_connector() -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http
+}
+
 impl Forwarder {
     pub fn new(config: &Config) -> Result<Forwarder, String> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -126,7 +136,7 @@ impl Forwarder {
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .build();
+            .wrap_connector(upstream_connector());
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(https);

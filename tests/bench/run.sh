@@ -8,6 +8,9 @@
 #   direct    nginx `return 200` with a small JSON body (the upstream everything else forwards to)
 #   nginx     nginx `proxy_pass` to that upstream (keepalive upstream pool)
 #   tollgate  tollgate with the bundled policy (GET reads are allowed) and durable audit to Postgres
+#   floor     (latency runs only) proxy/examples/floor_proxy.rs: commits one decision-shaped row durably, then
+#             forwards, on tollgate's libraries and nothing else; the least any proxy that records before
+#             forwarding pays on this machine, so tollgate minus floor is what tollgate's own work adds
 # For each: max throughput (wrk, closed loop) and latency at a fixed rate (oha, open loop with latency
 # correction); CPU per request from /proc/<pid>/stat (and, for tollgate, the bench database's Postgres
 # backends separately); at the end tollgate's RSS holding 1,000 idle keep-alive agent connections.
@@ -114,10 +117,11 @@ case "$db_host" in
 esac
 psql "$ADMIN_DATABASE_URL" -qAt -c 'select 1' >/dev/null 2>&1 || die "cannot reach Postgres at DATABASE_URL"
 
-say "building: cargo build --release --locked -p tollgate"
-(cd "$ROOT" && cargo build --release --locked -p tollgate) || die "build failed"
+say "building: cargo build --release --locked -p tollgate --bin tollgate --example floor_proxy"
+(cd "$ROOT" && cargo build --release --locked -p tollgate --bin tollgate --example floor_proxy) || die "build failed"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/tollgate"
-[[ -x "$BIN" ]] || die "$BIN not found"
+FLOOR_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/floor_proxy"
+[[ -x "$BIN" && -x "$FLOOR_BIN" ]] || die "$BIN or $FLOOR_BIN not found"
 
 WORK=$(mktemp -d /tmp/tollgate-bench.XXXXXX)
 RESULTS="$WORK/results.tsv"
@@ -149,7 +153,7 @@ for s in socks:
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
-read -r P_STATIC P_PROXY P_TG P_ADMIN <<<"$(free_ports 4)"
+read -r P_STATIC P_PROXY P_TG P_ADMIN P_FLOOR <<<"$(free_ports 5)"
 
 nginx_conf() { # name listen-port server-block
     local dir="$WORK/$1"
@@ -230,13 +234,38 @@ KEY=$(cd "$WORK/tollgate" && "$BIN" agents create bench-agent --json | python3 -
 URL_DIRECT="http://127.0.0.1:$P_STATIC/client/v4/zones"
 URL_NGINX="http://127.0.0.1:$P_PROXY/cloudflare/client/v4/zones"
 URL_TOLLGATE="http://127.0.0.1:$P_TG/cloudflare/client/v4/zones"
-TARGETS=(direct nginx tollgate)
-url_of() { case $1 in direct) echo "$URL_DIRECT" ;; nginx) echo "$URL_NGINX" ;; tollgate) echo "$URL_TOLLGATE" ;; esac; }
-for t in "${TARGETS[@]}"; do
+URL_FLOOR="http://127.0.0.1:$P_FLOOR/cloudflare/client/v4/zones"
+TARGETS=(direct nginx tollgate)           # throughput runs
+LAT_TARGETS=(direct nginx floor tollgate) # fixed-rate latency runs
+url_of() {
+    case $1 in
+        direct) echo "$URL_DIRECT" ;; nginx) echo "$URL_NGINX" ;; tollgate) echo "$URL_TOLLGATE" ;; floor) echo "$URL_FLOOR" ;;
+    esac
+}
+code=$(curl -s -o "$WORK/check.tollgate" -w '%{http_code}' -H "Authorization: Bearer $KEY" "$URL_TOLLGATE")
+[[ "$code" == 200 ]] || die "tollgate answered $code: $(cat "$WORK/check.tollgate")"
+
+# The commit probe: a table like `decisions` (same indexes) and one real decision row to copy into it, for
+# pgbench's commit floor and for the floor proxy.
+psql "$BENCH_DB_URL" -qAt -v ON_ERROR_STOP=1 >/dev/null <<'SQL' || die "commit probe setup failed"
+CREATE TABLE commit_probe (LIKE decisions INCLUDING ALL);
+CREATE TABLE commit_probe_src AS SELECT * FROM decisions ORDER BY at DESC LIMIT 1;
+CREATE SEQUENCE commit_probe_seq;
+SQL
+# Four pooled connections, as pgbench's floor uses four clients.
+"$FLOOR_BIN" "127.0.0.1:$P_FLOOR" "http://127.0.0.1:$P_STATIC" "$BENCH_DB_URL" 4 >"$WORK/floor.out" 2>&1 &
+FLOOR_PID=$!
+PIDS+=("$FLOOR_PID")
+for _ in $(seq 100); do
+    grep -q '^listening on ' "$WORK/floor.out" 2>/dev/null && break
+    kill -0 "$FLOOR_PID" 2>/dev/null || die "floor proxy exited: $(tail -n 5 "$WORK/floor.out")"
+    sleep 0.1
+done
+for t in "${LAT_TARGETS[@]}"; do
     code=$(curl -s -o "$WORK/check.$t" -w '%{http_code}' -H "Authorization: Bearer $KEY" "$(url_of "$t")")
     [[ "$code" == 200 ]] || die "$t answered $code: $(cat "$WORK/check.$t")"
 done
-say "services up: direct :$P_STATIC, nginx :$P_PROXY, tollgate :$P_TG (db $BENCH_DB, pid $TG_PID)"
+say "services up: direct :$P_STATIC, nginx :$P_PROXY, floor :$P_FLOOR, tollgate :$P_TG (db $BENCH_DB, pid $TG_PID)"
 
 # ------------------------------------------------------------------------------------------------ measurement
 children() { echo "$1" $(pgrep -P "$1"); } # an nginx master and its workers
@@ -248,16 +277,17 @@ ticks() { # utime+stime (clock ticks) summed over the given pids; a process's st
     done
     echo "$t"
 }
-pg_pids() { # the backends connected to the bench database (queried from the admin database)
+pg_pids() { # the backends connected to the bench database (queried from the admin database): tollgate's and
+    # the floor proxy's; the one not under load is idle
     psql "$ADMIN_DATABASE_URL" -qAt -c "select pid from pg_stat_activity where datname = '$BENCH_DB'" 2>/dev/null
 }
 declare -A PG_BEFORE
 SNAP=""
-snapshot() { # sets SNAP="static proxy tollgate host_busy host_total" (ticks); remembers each bench backend's ticks
+snapshot() { # sets SNAP="static proxy tollgate host_busy host_total floor" (ticks); remembers each bench backend's ticks
     local pid
     PG_BEFORE=()
     for pid in $(pg_pids); do PG_BEFORE[$pid]=$(ticks "$pid"); done
-    SNAP="$(ticks $(children "$NGX_STATIC_PID")) $(ticks $(children "$NGX_PROXY_PID")) $(ticks "$TG_PID") $(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)"
+    SNAP="$(ticks $(children "$NGX_STATIC_PID")) $(ticks $(children "$NGX_PROXY_PID")) $(ticks "$TG_PID") $(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat) $(ticks "$FLOOR_PID")"
 }
 pg_delta() { # ticks of the bench backends since snapshot, over the backends alive now (a backend that exited
     # during the run is lost, one that started is counted from zero; tollgate's pool keeps its connections)
@@ -267,8 +297,11 @@ pg_delta() { # ticks of the bench backends since snapshot, over the backends ali
 }
 cpu_delta() { # target before after pg → "ticks_self ticks_pg host_busy_pct"
     local t=$1 b=($2) a=($3) pg=$4 self
-    case $t in direct) self=$((a[0] - b[0])) ;; nginx) self=$((a[1] - b[1])) ;; tollgate) self=$((a[2] - b[2])) ;; esac
-    [[ $t == tollgate ]] || pg=0
+    case $t in
+        direct) self=$((a[0] - b[0])) ;; nginx) self=$((a[1] - b[1])) ;; tollgate) self=$((a[2] - b[2])) ;; floor) self=$((a[5] - b[5])) ;;
+    esac
+    # The bench database's backends serve tollgate and the floor proxy; the one not under load idles.
+    [[ $t == tollgate || $t == floor ]] || pg=0
     echo "$self $pg $(awk -v b=$((a[3] - b[3])) -v tot=$((a[4] - b[4])) 'BEGIN {printf "%.0f", tot ? 100 * b / tot : 0}')"
 }
 
@@ -346,7 +379,7 @@ EOF
 }
 
 say "warm-up: 3 s of wrk per target"
-for t in "${TARGETS[@]}"; do
+for t in "${LAT_TARGETS[@]}"; do
     timeout 20 wrk -t"$THREADS" -c"$CONNS" -d3s -H "Authorization: Bearer $KEY" "$(url_of "$t")" >/dev/null 2>&1
 done
 
@@ -358,11 +391,6 @@ done
 PGBENCH=$(command -v pgbench || ls /usr/lib/postgresql/*/bin/pgbench 2>/dev/null | sort -V | tail -n1)
 [[ -x "$PGBENCH" ]] || { PGBENCH=""; say "warning: no pgbench: the commit floor is not measured"; }
 if [[ -n "$PGBENCH" ]]; then
-    psql "$BENCH_DB_URL" -qAt -v ON_ERROR_STOP=1 >/dev/null <<'SQL' || say "warning: commit probe setup failed"
-CREATE TABLE commit_probe (LIKE decisions INCLUDING ALL);
-CREATE TABLE commit_probe_src AS SELECT * FROM decisions ORDER BY at DESC LIMIT 1;
-CREATE SEQUENCE commit_probe_seq;
-SQL
     cat >"$WORK/probe_commit.sql" <<'SQL'
 INSERT INTO commit_probe SELECT gen_random_uuid(), clock_timestamp(), writer_id, nextval('commit_probe_seq'), prev_hash, hash, agent_id, agent_name, run_id, on_behalf_of, provider, method, path, query, action, risk, outcome, code, rules, reasons, policy_revision, charge_cents, approval_id, input, policy_outcome, shadow_outcome FROM commit_probe_src;
 SQL
@@ -381,7 +409,7 @@ fi
 
 for ((r = 1; r <= ROUNDS; r++)); do
     for t in "${TARGETS[@]}"; do run_wrk "$t" "$r"; done
-    for t in "${TARGETS[@]}"; do run_oha "$t" "$r"; done
+    for t in "${LAT_TARGETS[@]}"; do run_oha "$t" "$r"; done
     if [[ -n "$PGBENCH" ]]; then
         read -r f50 f99 <<<"$(pgb_rate "$WORK/probe_commit.sql")"
         record floor_round "$r" "${f50:-nan}" "${f99:-nan}"
@@ -445,7 +473,7 @@ if [[ -n "$PGBENCH" ]]; then
     record floor commit_ms "$(pgb "$WORK/probe_commit.sql")"
     record floor select_ms "$(pgb "$WORK/probe_select.sql")"
 fi
-record info pg_tls "$(psql "$ADMIN_DATABASE_URL" -qAt -c "select count(*) filter (where s.ssl) || ' of ' || count(*) from pg_stat_activity a join pg_stat_ssl s using (pid) where a.datname = '$BENCH_DB'")"
+record info pg_tls "$(psql "$ADMIN_DATABASE_URL" -qAt -c "select count(*) filter (where s.ssl) || ' of ' || count(*) from pg_stat_activity a join pg_stat_ssl s using (pid) where a.datname = '$BENCH_DB' and a.application_name <> 'floor_proxy'")"
 record info load_at_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 record info clk_tck "$(getconf CLK_TCK)"
 

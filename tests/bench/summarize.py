@@ -14,10 +14,12 @@ import statistics
 import sys
 from collections import defaultdict
 
-TARGETS = ["direct", "nginx", "tollgate"]
+TARGETS = ["direct", "nginx", "tollgate"]  # throughput runs
+LAT_TARGETS = ["direct", "nginx", "floor", "tollgate"]  # fixed-rate runs (older result files lack floor)
 LABEL = {
     "direct": "direct (nginx `return 200`)",
     "nginx": "nginx `proxy_pass`",
+    "floor": "floor proxy (durable commit, then forward)",
     "tollgate": "tollgate (policy + durable audit)",
 }
 # DESIGN.md, "Performance budget".
@@ -118,12 +120,12 @@ def main(path):
     p("| target | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU µs/req (process) | Postgres backends µs/req |")
     p("|---|---:|---:|---:|---:|---:|---:|")
     added = {}
-    for t in TARGETS:
+    for t in [t for t in LAT_TARGETS if lat[t]]:
         rows = lat[t]
         d50 = [rows[r]["p50"] - lat["direct"][r]["p50"] for r in rows if r in lat["direct"]]
         d99 = [rows[r]["p99"] - lat["direct"][r]["p99"] for r in rows if r in lat["direct"]]
         added[t] = (med(d50), med(d99))
-        pg = f"{med([cpu_us(x, 'tp') for x in rows.values()]):.1f}" if t == "tollgate" else "–"
+        pg = f"{med([cpu_us(x, 'tp') for x in rows.values()]):.1f}" if t in ("tollgate", "floor") else "–"
         bad = sum(x["bad"] for x in rows.values())
         flag = f" ⚠ {bad} non-200/errors" if bad else ""
         a50 = "–" if t == "direct" else f"{added[t][0]:+.3f}"
@@ -193,14 +195,14 @@ def main(path):
     p("### Per round")
     p("")
     p("| round | direct req/s | nginx req/s | tollgate req/s | ratio | direct p50/p99 ms | nginx p50/p99 ms | "
-      "tollgate p50/p99 ms | commit floor p50/p99 ms |")
-    p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "floor proxy p50/p99 ms | tollgate p50/p99 ms | commit floor p50/p99 ms |")
+    p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rounds:
         g = lambda t, k: thr[t].get(r, {}).get(k, float("nan"))
         h = lambda t: f"{lat[t].get(r, {}).get('p50', float('nan')):.3f} / {lat[t].get(r, {}).get('p99', float('nan')):.3f}"
         ratio_r = g("tollgate", "rps") / g("nginx", "rps") if g("nginx", "rps") else float("nan")
         p(f"| {r} | {g('direct', 'rps'):,.0f} | {g('nginx', 'rps'):,.0f} | {g('tollgate', 'rps'):,.0f} | "
-          f"{ratio_r:.2f} | {h('direct')} | {h('nginx')} | {h('tollgate')} | "
+          f"{ratio_r:.2f} | {h('direct')} | {h('nginx')} | {h('floor')} | {h('tollgate')} | "
           f"{' / '.join(f'{v:.3f}' for v in floor_round.get(r, nan))} |")
     p("")
 
@@ -215,10 +217,14 @@ def main(path):
     p(f"- {verdict(added['tollgate'][1] <= MAX_ADDED_P99_MS)}  added p99 ≤ {MAX_ADDED_P99_MS} ms over direct at "
       f"the fixed rate: {added['tollgate'][1]:+.3f} ms (nginx proxy_pass: {added['nginx'][1]:+.3f} ms; "
       f"a durable commit alone at this rate: p99 {commit_floor[1]:.3f} ms)")
+    if "floor" in added:
+        p(f"  - the floor proxy, which only commits a row and forwards: added p50 {added['floor'][0]:+.3f} ms, "
+          f"p99 {added['floor'][1]:+.3f} ms; tollgate above it: p50 {added['tollgate'][0] - added['floor'][0]:+.3f} "
+          f"ms, p99 {added['tollgate'][1] - added['floor'][1]:+.3f} ms")
     conns_ok = idle[1] == idle[2] and int(idle[1] or 0) > 0
     p(f"- {verdict(rss_idle <= MAX_RSS_MIB and conns_ok)}  RSS ≤ {MAX_RSS_MIB:.0f} MiB with {idle[1]} open agent "
       f"connections: {rss_idle:.1f} MiB")
-    bad = sum(x["bad"] for t in TARGETS for x in list(thr[t].values()) + list(lat[t].values()))
+    bad = sum(x["bad"] for t in LAT_TARGETS for x in list(thr[t].values()) + list(lat[t].values()))
     if bad:
         p(f"- ⚠ {bad} non-2xx responses or socket errors in the measured runs: the numbers above are suspect")
     print("\n".join(out))

@@ -7,11 +7,13 @@
 //!
 //! - [`tollgate`]: the real `tollgate` binary started on ports the OS picks, with its CLI, against one test
 //!   database and one stand-in upstream.
+//! - [`sockets`]: the TCP sockets a running tollgate holds, with their options (Linux's pidfd_getfd).
 //!
 //! The end-to-end tests drive the real binary from the outside; the store conformance suite
 //! (`tests/store_conformance.rs`) calls the library's `Store` directly against both backends.
 
 pub mod postgres;
+pub mod sockets;
 pub mod tollgate;
 pub mod upstream;
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
+use tollgate_tests::sockets::tcp_sockets;
 use tollgate_tests::tollgate::{
     ADMIN_TOKEN, CLOUDFLARE_SECRET, STRIPE_SECRET, Tollgate, policy_dir_with, raw_request,
 };
@@ -1199,5 +1200,77 @@ async fn postgres_over_tcp_goes_through_the_nodelay_relay_with_tls_when_the_serv
         .unwrap();
         assert!(tls_backends >= 1, "tollgate's connections use TLS");
     }
+    // What the relay is for: its TCP connections to the server have Nagle's algorithm off.
+    let to_server: Vec<_> = tcp_sockets(pid)
+        .expect("tollgate's sockets")
+        .into_iter()
+        .filter(|s| s.peer.is_some_and(|p| p.port() == front))
+        .collect();
+    assert!(!to_server.is_empty(), "no TCP connection to the server");
+    assert!(
+        to_server.iter().all(|s| s.nodelay),
+        "a relay connection to Postgres has Nagle's algorithm on: {to_server:?}"
+    );
     gate.kill().await;
+}
+
+/// A proxy must not hold back the second write of a response (a streamed body after its head) until the peer
+/// acknowledges the first, which a peer that delays its acknowledgements does for up to 40 ms: the agent's
+/// connection and the upstream connection have Nagle's algorithm off.
+#[tokio::test]
+async fn agent_and_upstream_connections_have_nagle_off() {
+    let w = world().await;
+    let r = w
+        .http
+        .get(w.gate.url("/cloudflare/client/v4/zones"))
+        .bearer_auth(&w.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", w.gate.log());
+    // Read to the end, so both keep-alive connections stay open and idle.
+    r.bytes().await.unwrap();
+
+    let sockets = tcp_sockets(w.gate.pid().expect("tollgate pid")).expect("tollgate's sockets");
+    let proxy_port: u16 = w
+        .gate
+        .proxy_addr()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let upstream_port: u16 = w
+        .upstream
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let agent_side: Vec<_> = sockets
+        .iter()
+        .filter(|s| s.local.port() == proxy_port && s.peer.is_some())
+        .collect();
+    let upstream_side: Vec<_> = sockets
+        .iter()
+        .filter(|s| s.peer.is_some_and(|p| p.port() == upstream_port))
+        .collect();
+    assert!(
+        !agent_side.is_empty(),
+        "no accepted agent connection: {sockets:?}"
+    );
+    assert!(
+        !upstream_side.is_empty(),
+        "no upstream connection: {sockets:?}"
+    );
+    assert!(
+        agent_side.iter().all(|s| s.nodelay),
+        "an agent connection has Nagle's algorithm on: {agent_side:?}"
+    );
+    assert!(
+        upstream_side.iter().all(|s| s.nodelay),
+        "an upstream connection has Nagle's algorithm on: {upstream_side:?}"
+    );
+    w.gate.kill().await;
 }
