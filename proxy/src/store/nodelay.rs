@@ -14,8 +14,9 @@
 //! certificate against the host in the URL. A connection the relay cannot open to the server is closed at
 //! once, which sqlx reports as a failed connect: the store is unavailable and requests are refused.
 //!
-//! Owns: the relay's directory and socket (created owner-only, removed on drop) and its accept task. May not
-//! touch: SQL, the pool, credentials (it never parses the protocol).
+//! Owns: the relay's directory and socket (created owner-only, removed on drop; directories that killed
+//! processes left behind are swept at the next start) and its accept task. May not touch: SQL, the pool,
+//! credentials (it never parses the protocol).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ impl NoDelayRelay {
     /// Starts relaying to `host:port`. The socket is `<dir>/.s.PGSQL.<port>`, the name sqlx derives from
     /// `PgConnectOptions::socket(dir)` and the port, so the options keep their host (for TLS) and port.
     pub fn start(host: &str, port: u16) -> io::Result<NoDelayRelay> {
+        sweep_stale_dirs(&std::env::temp_dir());
         let dir = private_dir()?;
         let path = socket_path(&dir, port);
         let listener = match UnixListener::bind(&path) {
@@ -98,11 +100,13 @@ fn socket_path(dir: &Path, port: u16) -> PathBuf {
     dir.join(format!(".s.PGSQL.{port}"))
 }
 
+const DIR_PREFIX: &str = "tollgate-pg-";
+
 /// A fresh directory only this user can enter, so that no other local user can reach the relay.
 fn private_dir() -> io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = std::env::temp_dir().join(format!(
-        "tollgate-pg-{}-{:016x}",
+        "{DIR_PREFIX}{}-{:016x}",
         std::process::id(),
         rand::random::<u64>()
     ));
@@ -121,6 +125,63 @@ fn private_dir() -> io::Result<PathBuf> {
             )
         })?;
     Ok(dir)
+}
+
+/// Removes the relay directories in `parent` that processes killed before they could clean up (SIGKILL, the
+/// OOM killer) left behind, so that a crash-looping pod does not fill its /tmp with them. A directory is
+/// stale when no socket in it is listening (the kernel's table of Unix sockets, /proc/net/unix) and the
+/// process named in it is gone or is this one: a restarted container reuses pids, often 1, and this process
+/// has not created its own directory yet. Another live process's directory is left alone even before it
+/// has bound its socket. Best effort: what cannot be read or removed stays.
+fn sweep_stale_dirs(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let listening = listening_unix_paths();
+    let own = std::process::id();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dir = entry.path();
+        let owner_gone = pid == own || !Path::new(&format!("/proc/{pid}")).exists();
+        let in_use = listening.iter().any(|p| p.starts_with(&dir));
+        if owner_gone && !in_use && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {
+                    tracing::info!(dir = %dir.display(), "removed a Postgres relay directory a killed process left behind")
+                }
+                Err(e) => {
+                    tracing::debug!(dir = %dir.display(), error = %e, "could not remove a stale relay directory")
+                }
+            }
+        }
+    }
+}
+
+/// The paths of the listening Unix sockets in this network namespace (state 01 with the accepting flag).
+fn listening_unix_paths() -> Vec<PathBuf> {
+    /// `__SO_ACCEPTCON` in the Flags column.
+    const ACCEPTING: u32 = 0x0001_0000;
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return Vec::new();
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = u32::from_str_radix(fields.get(3)?, 16).ok()?;
+            let path = fields.get(7)?;
+            (flags & ACCEPTING != 0 && path.starts_with('/')).then(|| PathBuf::from(path))
+        })
+        .collect()
 }
 
 async fn relay(mut client: UnixStream, host: String, port: u16) {
@@ -206,6 +267,49 @@ mod tests {
             .expect("the relay closes the connection")
             .unwrap_or(0);
         assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn stale_relay_directories_are_swept_and_live_ones_kept() {
+        let parent = tempfile::tempdir().unwrap();
+        let dead_pid = {
+            let mut child = std::process::Command::new("true").spawn().unwrap();
+            let pid = child.id();
+            child.wait().unwrap();
+            pid
+        };
+        let own = std::process::id();
+        let make = |name: &str| {
+            let dir = parent.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            dir
+        };
+        // Left by a process that is gone: swept, whatever is inside.
+        let dead = make(&format!("{DIR_PREFIX}{dead_pid}-00000000000000aa"));
+        std::fs::write(dead.join(".s.PGSQL.5432"), b"").unwrap();
+        // This pid's, from an earlier incarnation (a restarted container): no listener, swept.
+        let earlier = make(&format!("{DIR_PREFIX}{own}-00000000000000bb"));
+        // This pid's with a listening socket (another store in this process): kept.
+        let live = make(&format!("{DIR_PREFIX}{own}-00000000000000cc"));
+        let _listener = std::os::unix::net::UnixListener::bind(live.join(".s.PGSQL.5432")).unwrap();
+        // Another live process's (pid 1), even without a socket yet: kept.
+        let other = make(&format!("{DIR_PREFIX}1-00000000000000dd"));
+        // Not a relay directory: kept.
+        let unrelated = make("tollgate-pg-notapid");
+
+        sweep_stale_dirs(parent.path());
+
+        assert!(!dead.exists(), "a dead process's directory stays");
+        assert!(
+            !earlier.exists(),
+            "an earlier incarnation's directory stays"
+        );
+        assert!(
+            live.exists(),
+            "a directory with a listening relay was removed"
+        );
+        assert!(other.exists(), "a live process's directory was removed");
+        assert!(unrelated.exists(), "an unrelated directory was removed");
     }
 
     /// Whether the TCP socket of this process bound to `local` has TCP_NODELAY, read from
