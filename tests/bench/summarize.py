@@ -119,7 +119,7 @@ def main(path):
     p("")
     p("| target | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU µs/req (process) | Postgres backends µs/req |")
     p("|---|---:|---:|---:|---:|---:|---:|")
-    added = {}
+    added = defaultdict(lambda: (float("nan"), float("nan")))
     for t in [t for t in LAT_TARGETS if lat[t]]:
         rows = lat[t]
         d50 = [rows[r]["p50"] - lat["direct"][r]["p50"] for r in rows if r in lat["direct"]]
@@ -194,15 +194,16 @@ def main(path):
 
     p("### Per round")
     p("")
+    has_floor = bool(lat["floor"])
     p("| round | direct req/s | nginx req/s | tollgate req/s | ratio | direct p50/p99 ms | nginx p50/p99 ms | "
-      "floor proxy p50/p99 ms | tollgate p50/p99 ms | commit floor p50/p99 ms |")
-    p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      + ("floor proxy p50/p99 ms | " if has_floor else "") + "tollgate p50/p99 ms | commit floor p50/p99 ms |")
+    p("|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_floor else "") + "---:|---:|")
     for r in rounds:
         g = lambda t, k: thr[t].get(r, {}).get(k, float("nan"))
         h = lambda t: f"{lat[t].get(r, {}).get('p50', float('nan')):.3f} / {lat[t].get(r, {}).get('p99', float('nan')):.3f}"
         ratio_r = g("tollgate", "rps") / g("nginx", "rps") if g("nginx", "rps") else float("nan")
         p(f"| {r} | {g('direct', 'rps'):,.0f} | {g('nginx', 'rps'):,.0f} | {g('tollgate', 'rps'):,.0f} | "
-          f"{ratio_r:.2f} | {h('direct')} | {h('nginx')} | {h('floor')} | {h('tollgate')} | "
+          f"{ratio_r:.2f} | {h('direct')} | {h('nginx')} | {h('floor') + ' | ' if has_floor else ''}{h('tollgate')} | "
           f"{' / '.join(f'{v:.3f}' for v in floor_round.get(r, nan))} |")
     p("")
 
@@ -217,7 +218,7 @@ def main(path):
     p(f"- {verdict(added['tollgate'][1] <= MAX_ADDED_P99_MS)}  added p99 ≤ {MAX_ADDED_P99_MS} ms over direct at "
       f"the fixed rate: {added['tollgate'][1]:+.3f} ms (nginx proxy_pass: {added['nginx'][1]:+.3f} ms; "
       f"a durable commit alone at this rate: p99 {commit_floor[1]:.3f} ms)")
-    if "floor" in added:
+    if lat["floor"]:
         p(f"  - the floor proxy, which only commits a row and forwards: added p50 {added['floor'][0]:+.3f} ms, "
           f"p99 {added['floor'][1]:+.3f} ms; tollgate above it: p50 {added['tollgate'][0] - added['floor'][0]:+.3f} "
           f"ms, p99 {added['tollgate'][1] - added['floor'][1]:+.3f} ms")

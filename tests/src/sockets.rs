@@ -48,7 +48,9 @@ pub fn tcp_sockets(pid: u32) -> anyhow::Result<Vec<TcpSocket>> {
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), number, 0) };
         if fd < 0 {
             let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EBADF) {
+            // Closed since the listing, or reused for something else: not a socket of interest. Any other
+            // error (no permission to borrow, a kernel without pidfd_getfd) means the check cannot be made.
+            if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOTSOCK)) {
                 continue;
             }
             bail!("pidfd_getfd(pid {pid}, fd {number}): {e}");
@@ -56,16 +58,21 @@ pub fn tcp_sockets(pid: u32) -> anyhow::Result<Vec<TcpSocket>> {
         // SAFETY: as above, a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
         let socket = socket2::SockRef::from(&fd);
-        if socket.r#type()? != socket2::Type::STREAM {
+        // The descriptor number may have been reused for a non-socket since the listing: skip what does not
+        // answer as a TCP socket.
+        if !socket.r#type().is_ok_and(|t| t == socket2::Type::STREAM) {
             continue;
         }
-        let Some(local) = socket.local_addr()?.as_socket() else {
+        let Some(local) = socket.local_addr().ok().and_then(|a| a.as_socket()) else {
             continue; // a Unix socket
+        };
+        let Ok(nodelay) = socket.tcp_nodelay() else {
+            continue;
         };
         sockets.push(TcpSocket {
             local,
             peer: socket.peer_addr().ok().and_then(|a| a.as_socket()),
-            nodelay: socket.tcp_nodelay()?,
+            nodelay,
         });
     }
     Ok(sockets)

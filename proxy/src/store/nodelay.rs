@@ -14,12 +14,13 @@
 //! certificate against the host in the URL. A connection the relay cannot open to the server is closed at
 //! once, which sqlx reports as a failed connect: the store is unavailable and requests are refused.
 //!
-//! Owns: the relay's directory and socket (created owner-only, removed on drop; directories that killed
-//! processes left behind are swept at the next start) and its accept task. May not touch: SQL, the pool,
+//! Owns: the relay's directory and socket (created owner-only, locked while in use, removed on drop;
+//! directories that killed processes left behind are swept at the next start) and its accept task. May not touch: SQL, the pool,
 //! credentials (it never parses the protocol).
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinHandle;
@@ -36,14 +37,16 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct NoDelayRelay {
     dir: PathBuf,
     accept: JoinHandle<()>,
+    /// Held (flock) for the relay's life: the sign to other processes' sweeps that the directory is in use.
+    _lock: std::fs::File,
 }
 
 impl NoDelayRelay {
     /// Starts relaying to `host:port`. The socket is `<dir>/.s.PGSQL.<port>`, the name sqlx derives from
     /// `PgConnectOptions::socket(dir)` and the port, so the options keep their host (for TLS) and port.
     pub fn start(host: &str, port: u16) -> io::Result<NoDelayRelay> {
-        sweep_stale_dirs(&std::env::temp_dir());
-        let dir = private_dir()?;
+        let (dir, lock) = private_dir()?;
+        sweep_stale_dirs(&std::env::temp_dir(), &dir);
         let path = socket_path(&dir, port);
         let listener = match UnixListener::bind(&path) {
             Ok(l) => l,
@@ -80,7 +83,11 @@ impl NoDelayRelay {
                 }
             }
         });
-        Ok(NoDelayRelay { dir, accept })
+        Ok(NoDelayRelay {
+            dir,
+            accept,
+            _lock: lock,
+        })
     }
 
     /// The directory to hand to `PgConnectOptions::socket`.
@@ -102,9 +109,16 @@ fn socket_path(dir: &Path, port: u16) -> PathBuf {
 
 const DIR_PREFIX: &str = "tollgate-pg-";
 
-/// A fresh directory only this user can enter, so that no other local user can reach the relay.
-fn private_dir() -> io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
+/// The file in a relay directory that its relay keeps locked.
+const LOCK_FILE: &str = "lock";
+/// A relay directory younger than this is never swept: its process may be between creating the directory and
+/// locking it.
+const SWEEP_MIN_AGE: Duration = Duration::from_secs(60);
+
+/// A fresh directory only this user can enter, so that no other local user can reach the relay, with its lock
+/// file created and locked.
+fn private_dir() -> io::Result<(PathBuf, std::fs::File)> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = std::env::temp_dir().join(format!(
         "{DIR_PREFIX}{}-{:016x}",
         std::process::id(),
@@ -124,64 +138,90 @@ fn private_dir() -> io::Result<PathBuf> {
                 ),
             )
         })?;
-    Ok(dir)
-}
-
-/// Removes the relay directories in `parent` that processes killed before they could clean up (SIGKILL, the
-/// OOM killer) left behind, so that a crash-looping pod does not fill its /tmp with them. A directory is
-/// stale when no socket in it is listening (the kernel's table of Unix sockets, /proc/net/unix) and the
-/// process named in it is gone or is this one: a restarted container reuses pids, often 1, and this process
-/// has not created its own directory yet. Another live process's directory is left alone even before it
-/// has bound its socket. Best effort: what cannot be read or removed stays.
-fn sweep_stale_dirs(parent: &Path) {
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    let listening = listening_unix_paths();
-    let own = std::process::id();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(DIR_PREFIX))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let dir = entry.path();
-        let owner_gone = pid == own || !Path::new(&format!("/proc/{pid}")).exists();
-        let in_use = listening.iter().any(|p| p.starts_with(&dir));
-        if owner_gone && !in_use && entry.file_type().is_ok_and(|t| t.is_dir()) {
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {
-                    tracing::info!(dir = %dir.display(), "removed a Postgres relay directory a killed process left behind")
-                }
-                Err(e) => {
-                    tracing::debug!(dir = %dir.display(), error = %e, "could not remove a stale relay directory")
-                }
+    let locked = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join(LOCK_FILE))
+        .and_then(|file| match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(io::Error::other("locked by another process"))
             }
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        });
+    match locked {
+        Ok(lock) => Ok((dir, lock)),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot lock the Postgres relay's directory {}: {e}",
+                    dir.display()
+                ),
+            ))
         }
     }
 }
 
-/// The paths of the listening Unix sockets in this network namespace (state 01 with the accepting flag).
-fn listening_unix_paths() -> Vec<PathBuf> {
-    /// `__SO_ACCEPTCON` in the Flags column.
-    const ACCEPTING: u32 = 0x0001_0000;
-    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
-        return Vec::new();
+/// Removes the relay directories in `parent` that processes killed before they could clean up (SIGKILL, the
+/// OOM killer) left behind, so that a crash-looping pod does not fill its /tmp with them. A directory is
+/// stale when it is this user's, owner-only and a real directory (not a link), at least [`SWEEP_MIN_AGE`]
+/// old, and its lock file is not locked: a live relay holds that lock for its whole life, whatever its pid
+/// or namespace, and the kernel drops it when the process dies. `own` (this relay's, locked) is skipped.
+/// Best effort: what cannot be read, locked or removed stays.
+fn sweep_stale_dirs(parent: &Path, own: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata(own).map(|m| m.uid()) else {
+        return;
     };
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let flags = u32::from_str_radix(fields.get(3)?, 16).ok()?;
-            let path = fields.get(7)?;
-            (flags & ACCEPTING != 0 && path.starts_with('/')).then(|| PathBuf::from(path))
-        })
-        .collect()
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let relay_dir = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(DIR_PREFIX));
+        if !relay_dir || dir == own {
+            continue;
+        }
+        // Not followed if it is a symlink: only a real directory of ours qualifies.
+        let Ok(meta) = std::fs::symlink_metadata(&dir) else {
+            continue;
+        };
+        let old_enough = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= SWEEP_MIN_AGE);
+        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o777 != 0o700 || !old_enough {
+            continue;
+        }
+        // The lock is held only while we look and remove; a relay directory without a lock file is one whose
+        // process died between creating it and locking it.
+        let _held = match std::fs::File::open(dir.join(LOCK_FILE)) {
+            Ok(file) => match file.try_lock() {
+                Ok(()) => Some(file),
+                Err(_) => continue, // in use, or not lockable: leave it
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(_) => continue,
+        };
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => tracing::info!(
+                dir = %dir.display(),
+                "removed a Postgres relay directory a killed process left behind"
+            ),
+            Err(e) => tracing::debug!(
+                dir = %dir.display(),
+                error = %e,
+                "could not remove a stale relay directory"
+            ),
+        }
+    }
 }
 
 async fn relay(mut client: UnixStream, host: String, port: u16) {
@@ -271,45 +311,86 @@ mod tests {
 
     #[test]
     fn stale_relay_directories_are_swept_and_live_ones_kept() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
         let parent = tempfile::tempdir().unwrap();
-        let dead_pid = {
-            let mut child = std::process::Command::new("true").spawn().unwrap();
-            let pid = child.id();
-            child.wait().unwrap();
-            pid
-        };
-        let own = std::process::id();
-        let make = |name: &str| {
+        let make = |name: &str, lock: bool| {
             let dir = parent.path().join(name);
             std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+            if lock {
+                std::fs::write(dir.join(LOCK_FILE), b"").unwrap();
+            }
             dir
         };
-        // Left by a process that is gone: swept, whatever is inside.
-        let dead = make(&format!("{DIR_PREFIX}{dead_pid}-00000000000000aa"));
-        std::fs::write(dead.join(".s.PGSQL.5432"), b"").unwrap();
-        // This pid's, from an earlier incarnation (a restarted container): no listener, swept.
-        let earlier = make(&format!("{DIR_PREFIX}{own}-00000000000000bb"));
-        // This pid's with a listening socket (another store in this process): kept.
-        let live = make(&format!("{DIR_PREFIX}{own}-00000000000000cc"));
-        let _listener = std::os::unix::net::UnixListener::bind(live.join(".s.PGSQL.5432")).unwrap();
-        // Another live process's (pid 1), even without a socket yet: kept.
-        let other = make(&format!("{DIR_PREFIX}1-00000000000000dd"));
-        // Not a relay directory: kept.
-        let unrelated = make("tollgate-pg-notapid");
+        let age = |dir: &Path, secs: u64| {
+            let then = std::time::SystemTime::now() - Duration::from_secs(secs);
+            std::fs::File::open(dir)
+                .unwrap()
+                .set_modified(then)
+                .unwrap();
+        };
+        let own = make(&format!("{DIR_PREFIX}1-00000000000000aa"), true);
 
-        sweep_stale_dirs(parent.path());
+        // Left by a killed process: its lock file is free. Swept.
+        let killed = make(&format!("{DIR_PREFIX}1-00000000000000bb"), true);
+        std::fs::write(killed.join(".s.PGSQL.5432"), b"").unwrap();
+        age(&killed, 120);
+        // A process died before it locked: no lock file, old. Swept.
+        let unlocked = make(&format!("{DIR_PREFIX}7-00000000000000cc"), false);
+        age(&unlocked, 120);
+        // A live relay (same pid 1 as ours, as in a second container sharing /tmp): locked. Kept.
+        let live = make(&format!("{DIR_PREFIX}1-00000000000000dd"), true);
+        let held = std::fs::File::open(live.join(LOCK_FILE)).unwrap();
+        held.try_lock().unwrap();
+        age(&live, 120);
+        // Just created, not locked yet: too young to tell. Kept.
+        let young = make(&format!("{DIR_PREFIX}9-00000000000000ee"), false);
+        // Not owner-only: not one tollgate made. Kept.
+        let open = make(&format!("{DIR_PREFIX}9-00000000000000ff"), false);
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        age(&open, 120);
+        // A link with a relay directory's name: not followed, and its target stays.
+        let target = make("elsewhere", false);
+        age(&target, 120);
+        let link = parent
+            .path()
+            .join(format!("{DIR_PREFIX}9-0000000000000011"));
+        symlink(&target, &link).unwrap();
+        // Not a relay directory at all. Kept.
+        let unrelated = make("postgres-sockets", false);
+        age(&unrelated, 120);
 
-        assert!(!dead.exists(), "a dead process's directory stays");
-        assert!(
-            !earlier.exists(),
-            "an earlier incarnation's directory stays"
-        );
+        sweep_stale_dirs(parent.path(), &own);
+
+        assert!(!killed.exists(), "a killed relay's directory stays");
+        assert!(!unlocked.exists(), "an old unlocked directory stays");
+        assert!(own.exists(), "this relay's own directory was removed");
         assert!(
             live.exists(),
-            "a directory with a listening relay was removed"
+            "a locked (live) relay's directory was removed"
         );
-        assert!(other.exists(), "a live process's directory was removed");
+        assert!(young.exists(), "a directory too young to judge was removed");
+        assert!(
+            open.exists(),
+            "a directory that is not owner-only was removed"
+        );
+        assert!(
+            link.symlink_metadata().is_ok() && target.exists(),
+            "a symlink was followed"
+        );
         assert!(unrelated.exists(), "an unrelated directory was removed");
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_running_relay_holds_its_directory_lock() {
+        let relay = NoDelayRelay::start("127.0.0.1", 9).unwrap();
+        let lock = std::fs::File::open(relay.dir().join(LOCK_FILE)).unwrap();
+        assert!(
+            matches!(lock.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+            "the relay's lock is free while it runs"
+        );
+        drop(relay);
     }
 
     /// Whether the TCP socket of this process bound to `local` has TCP_NODELAY, read from
