@@ -13,7 +13,8 @@
 #             forwarding costs on this machine without anything tollgate does of its own
 # For each: max throughput (wrk, closed loop) and latency at a fixed rate (oha, open loop with latency
 # correction); CPU per request from /proc/<pid>/stat (and, for tollgate and the floor proxy, the bench
-# database's Postgres backends separately); at the end tollgate's RSS holding 1,000 idle keep-alive agent connections.
+# database's Postgres backends separately); at the end tollgate's RSS holding 1,000 idle keep-alive agent
+# connections.
 # Prints medians over rounds, tollgate's own /metrics histograms per run, how many of its Postgres connections
 # use TLS, and each DESIGN.md "Performance budget" target with PASS/MISS. Results and their reading: BENCHMARKS.md.
 #

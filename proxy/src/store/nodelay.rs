@@ -15,8 +15,8 @@
 //! once, which sqlx reports as a failed connect: the store is unavailable and requests are refused.
 //!
 //! Owns: the relay's directory and socket (created owner-only, locked while in use, removed on drop;
-//! directories that killed processes left behind are swept at the next start) and its accept task. May not touch: SQL, the pool,
-//! credentials (it never parses the protocol).
+//! directories that killed processes left behind are swept at the next start) and its accept task.
+//! May not touch: SQL, the pool, credentials (it never parses the protocol).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -169,8 +169,9 @@ fn private_dir() -> io::Result<(PathBuf, std::fs::File)> {
 /// OOM killer) left behind, so that a crash-looping pod does not fill its /tmp with them. A directory is
 /// stale when it is this user's, owner-only and a real directory (not a link), at least [`SWEEP_MIN_AGE`]
 /// old, and its lock file is not locked: a live relay holds that lock for its whole life, whatever its pid
-/// or namespace, and the kernel drops it when the process dies. `own` (this relay's, locked) is skipped.
-/// Best effort: what cannot be read, locked or removed stays.
+/// or namespace, and the kernel drops it when the process dies. A directory without a lock file (one that
+/// an earlier tollgate version made, whose relay may still run) is left alone, as is `own`. Best effort:
+/// what cannot be read, locked or removed stays.
 fn sweep_stale_dirs(parent: &Path, own: &Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(uid) = std::fs::metadata(own).map(|m| m.uid()) else {
@@ -200,16 +201,13 @@ fn sweep_stale_dirs(parent: &Path, own: &Path) {
         if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o777 != 0o700 || !old_enough {
             continue;
         }
-        // The lock is held only while we look and remove; a relay directory without a lock file is one whose
-        // process died between creating it and locking it.
-        let _held = match std::fs::File::open(dir.join(LOCK_FILE)) {
-            Ok(file) => match file.try_lock() {
-                Ok(()) => Some(file),
-                Err(_) => continue, // in use, or not lockable: leave it
-            },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(_) => continue,
+        // Held while the directory is removed, so no relay can take it meanwhile.
+        let Ok(lock) = std::fs::File::open(dir.join(LOCK_FILE)) else {
+            continue;
         };
+        if lock.try_lock().is_err() {
+            continue; // in use, or not lockable: leave it
+        }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => tracing::info!(
                 dir = %dir.display(),
@@ -335,7 +333,7 @@ mod tests {
         let killed = make(&format!("{DIR_PREFIX}1-00000000000000bb"), true);
         std::fs::write(killed.join(".s.PGSQL.5432"), b"").unwrap();
         age(&killed, 120);
-        // A process died before it locked: no lock file, old. Swept.
+        // No lock file (an earlier version's relay, maybe still running): kept.
         let unlocked = make(&format!("{DIR_PREFIX}7-00000000000000cc"), false);
         age(&unlocked, 120);
         // A live relay (same pid 1 as ours, as in a second container sharing /tmp): locked. Kept.
@@ -344,26 +342,29 @@ mod tests {
         held.try_lock().unwrap();
         age(&live, 120);
         // Just created, not locked yet: too young to tell. Kept.
-        let young = make(&format!("{DIR_PREFIX}9-00000000000000ee"), false);
+        let young = make(&format!("{DIR_PREFIX}9-00000000000000ee"), true);
         // Not owner-only: not one tollgate made. Kept.
-        let open = make(&format!("{DIR_PREFIX}9-00000000000000ff"), false);
+        let open = make(&format!("{DIR_PREFIX}9-00000000000000ff"), true);
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
         age(&open, 120);
         // A link with a relay directory's name: not followed, and its target stays.
-        let target = make("elsewhere", false);
+        let target = make("elsewhere", true);
         age(&target, 120);
         let link = parent
             .path()
             .join(format!("{DIR_PREFIX}9-0000000000000011"));
         symlink(&target, &link).unwrap();
         // Not a relay directory at all. Kept.
-        let unrelated = make("postgres-sockets", false);
+        let unrelated = make("postgres-sockets", true);
         age(&unrelated, 120);
 
         sweep_stale_dirs(parent.path(), &own);
 
         assert!(!killed.exists(), "a killed relay's directory stays");
-        assert!(!unlocked.exists(), "an old unlocked directory stays");
+        assert!(
+            unlocked.exists(),
+            "a directory without a lock file was removed"
+        );
         assert!(own.exists(), "this relay's own directory was removed");
         assert!(
             live.exists(),
