@@ -1214,6 +1214,31 @@ async fn postgres_over_tcp_goes_through_the_nodelay_relay_with_tls_when_the_serv
     gate.kill().await;
 }
 
+/// When the server cannot be reached through the relay, sqlx sees only the relay's socket close ("connection
+/// reset by peer"); tollgate's start error names the server and the real cause instead.
+#[tokio::test]
+async fn an_unreachable_database_behind_the_relay_is_named_in_the_start_error() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // An explicit sslmode sends even a loopback connection through the relay.
+    let url = format!("postgres://postgres@127.0.0.1:{port}/tollgate?sslmode=prefer");
+    let upstream = Upstream::builder().start().await.expect("upstream");
+    let Err(e) = Tollgate::builder(&url, &upstream.url()).start().await else {
+        panic!("tollgate started without a database");
+    };
+    let log = format!("{e:#}");
+    let fatal = log
+        .lines()
+        .find(|l| l.starts_with("tollgate: cannot open the database"))
+        .unwrap_or_else(|| panic!("no start error in:\n{log}"));
+    assert!(
+        fatal.contains(&format!("cannot connect to 127.0.0.1:{port}")) && fatal.contains("refused"),
+        "the start error does not name the unreachable server: {fatal}"
+    );
+}
+
 /// A proxy must not hold back the second write of a response (a streamed body after its head) until the peer
 /// acknowledges the first, which a peer that delays its acknowledgements does for up to 40 ms: the agent's
 /// connection and the upstream connection have Nagle's algorithm off.

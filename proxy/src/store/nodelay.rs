@@ -12,7 +12,9 @@
 //! it to the server over TCP with TCP_NODELAY set. The bytes pass through unchanged: TLS is still negotiated
 //! end to end between sqlx and the server (the relay sees ciphertext), and sqlx still verifies the server's
 //! certificate against the host in the URL. A connection the relay cannot open to the server is closed at
-//! once, which sqlx reports as a failed connect: the store is unavailable and requests are refused.
+//! once, which sqlx reports as a failed connect: the store is unavailable and requests are refused. sqlx
+//! can only say that its socket closed, so the relay keeps the reason (`last_failure`) and the store's
+//! connect error names it.
 //!
 //! Owns: the relay's directory and socket (created owner-only, locked while in use, removed on drop;
 //! directories that killed processes left behind are swept at the next start) and its accept task.
@@ -39,6 +41,9 @@ pub struct NoDelayRelay {
     accept: JoinHandle<()>,
     /// Held (flock) for the relay's life: the sign to other processes' sweeps that the directory is in use.
     _lock: std::fs::File,
+    /// Why the last server connection failed, until one succeeds. sqlx only sees the Unix side close, and
+    /// reports that as a protocol error; the store puts this reason in its error instead.
+    last_failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl NoDelayRelay {
@@ -70,11 +75,13 @@ impl NoDelayRelay {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
+        let last_failure = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let failures = last_failure.clone();
         let accept = tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((client, _)) => {
-                        tokio::spawn(relay(client, host.clone(), port));
+                        tokio::spawn(relay(client, host.clone(), port, failures.clone()));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "postgres relay: accept failed");
@@ -87,12 +94,21 @@ impl NoDelayRelay {
             dir,
             accept,
             _lock: lock,
+            last_failure,
         })
     }
 
     /// The directory to hand to `PgConnectOptions::socket`.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Why the relay's last attempt to reach the server failed, if no attempt has succeeded since.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure
+            .lock()
+            .ok()
+            .and_then(|failure| failure.clone())
     }
 }
 
@@ -222,16 +238,25 @@ fn sweep_stale_dirs(parent: &Path, own: &Path) {
     }
 }
 
-async fn relay(mut client: UnixStream, host: String, port: u16) {
+type LastFailure = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
+async fn relay(mut client: UnixStream, host: String, port: u16, last_failure: LastFailure) {
     let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)));
-    let mut server = match connect.await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, %host, port, "postgres relay: cannot connect to the server");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%host, port, "postgres relay: connecting to the server timed out");
+    let outcome = match connect.await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(format!("cannot connect to {host}:{port}: {e}")),
+        Err(_) => Err(format!(
+            "connecting to {host}:{port} timed out after {} s",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+    };
+    if let Ok(mut last) = last_failure.lock() {
+        *last = outcome.as_ref().err().cloned();
+    }
+    let mut server = match outcome {
+        Ok(s) => s,
+        Err(why) => {
+            tracing::warn!(reason = %why, "postgres relay: the server is unreachable");
             return;
         }
     };
@@ -296,6 +321,7 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let relay = NoDelayRelay::start("127.0.0.1", port).unwrap();
+        assert_eq!(relay.last_failure(), None);
         let mut client = UnixStream::connect(socket_path(relay.dir(), port))
             .await
             .unwrap();
@@ -305,6 +331,11 @@ mod tests {
             .expect("the relay closes the connection")
             .unwrap_or(0);
         assert_eq!(n, 0);
+        let why = relay.last_failure().expect("the reason is kept");
+        assert!(
+            why.contains(&format!("127.0.0.1:{port}")) && why.contains("refused"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -78,7 +78,12 @@ impl PgStore {
             // connection), and by the store probe that `app` runs every few seconds.
             .test_before_acquire(false)
             .connect_with(options)
-            .await?;
+            .await
+            .map_err(|e| match relay.as_ref().and_then(|r| r.last_failure()) {
+                // sqlx saw only the relay's socket close; the relay knows why.
+                Some(why) => StoreError::Unavailable(sqlx::Error::Io(std::io::Error::other(why))),
+                None => StoreError::Unavailable(e),
+            })?;
         Ok(PgStore {
             pool,
             _relay: relay,
