@@ -1245,13 +1245,7 @@ async fn an_unreachable_database_behind_the_relay_is_named_in_the_start_error() 
 #[tokio::test]
 async fn agent_and_upstream_connections_have_nagle_off() {
     let w = world().await;
-    let r = w
-        .http
-        .get(w.gate.url("/cloudflare/client/v4/zones"))
-        .bearer_auth(&w.key)
-        .send()
-        .await
-        .unwrap();
+    let r = w.get("/cloudflare/client/v4/zones").send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", w.gate.log());
     // Read to the end, so both keep-alive connections stay open and idle.
     r.bytes().await.unwrap();

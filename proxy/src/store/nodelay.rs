@@ -34,6 +34,9 @@ const RELAY_BUFFER: usize = 64 * 1024;
 /// timeout); this only bounds how long an abandoned attempt keeps its task.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Why the relay's last server connection failed, shared by its connection tasks.
+type LastFailure = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
 /// A running relay from a private Unix socket to one Postgres server. Dropping it stops accepting new
 /// connections and removes the socket; connections already relayed end with the pool that holds them.
 pub struct NoDelayRelay {
@@ -43,7 +46,7 @@ pub struct NoDelayRelay {
     _lock: std::fs::File,
     /// Why the last server connection failed, until one succeeds. sqlx only sees the Unix side close, and
     /// reports that as a protocol error; the store puts this reason in its error instead.
-    last_failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    last_failure: LastFailure,
 }
 
 impl NoDelayRelay {
@@ -75,7 +78,7 @@ impl NoDelayRelay {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let last_failure = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let last_failure = LastFailure::default();
         let failures = last_failure.clone();
         let accept = tokio::spawn(async move {
             loop {
@@ -237,8 +240,6 @@ fn sweep_stale_dirs(parent: &Path, own: &Path) {
         }
     }
 }
-
-type LastFailure = std::sync::Arc<std::sync::Mutex<Option<String>>>;
 
 async fn relay(mut client: UnixStream, host: String, port: u16, last_failure: LastFailure) {
     let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)));
