@@ -1,7 +1,9 @@
 # Where an agent may act: the Cloudflare accounts and zones it may change, from its labels
-# (`--label accounts=acc1,acc2 --label zones=z1,z2`, comma-separated ids). An agent trusted with DNS in one
-# zone must not be able to change another team's zone or account. Reads are not restricted (main.rego allows
-# them first); an agent without the label may change no account (or zone) at all.
+# (`--label accounts=acc1,acc2 --label zones=z1,z2`, comma-separated ids), and the Stripe connected accounts it
+# may act on (`--label stripe_accounts=acct_1,acct_2`). An agent trusted with DNS in one zone must not be able
+# to change another team's zone or account, nor move money on another connected account. Reads are not
+# restricted (main.rego allows them first); an agent without the label may change no account (or zone) at all,
+# and on Stripe may act only on the platform account itself (no Stripe-Account / Stripe-Context header).
 #
 # The ids come from the path (input.action.params: account_id, zone_id), and for zone.create from the body,
 # which names the account the zone is created in. A token's own resources are checked in tokens.rego.
@@ -40,6 +42,26 @@ deny contains {"rule": "placement.account", "message": msg} if {
 	not is_string(data.tollgate.lib.body.account.id)
 	msg := sprintf("cloudflare.zone.create must name the account as account.id (a string); got account %s", [lib.show(lib.get(data.tollgate.lib.body, "account"))])
 }
+
+# A Stripe write on a connected account: `Stripe-Account: acct_…` (or a `Stripe-Context`) makes Stripe act on
+# that account, so the value must be one the agent's stripe_accounts label lists, exactly as sent.
+deny contains {"rule": "placement.stripe_account", "message": msg} if {
+	input.request.provider == "stripe"
+	some header in ["stripe-account", "stripe-context"]
+	account := input.request.headers[header]
+	is_string(account)
+	not lib.listed("stripe_accounts", account)
+	msg := stripe_outside(header, account)
+}
+
+stripe_outside(header, account) := sprintf("%s acts on connected account %s (%s), but %s has no 'stripe_accounts' label, so it may act only on the platform account; give it --label stripe_accounts=<acct ids>", [input.action.name, account, header, data.tollgate.lib.agent_desc]) if {
+	not input.agent.labels.stripe_accounts
+} else := sprintf("%s acts on connected account %s (%s), which is not among the accounts %s may act on (%s)", [input.action.name, account, header, data.tollgate.lib.agent_desc, lib.listing(stripe_accounts)])
+
+stripe_accounts := a if {
+	a := data.tollgate.lib.label_set("stripe_accounts")
+	is_set(a)
+} else := set()
 
 allowed_accounts := a if {
 	a := data.tollgate.lib.agent_accounts

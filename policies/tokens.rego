@@ -79,6 +79,11 @@ shape_problems contains "policies must be a non-empty list of {effect, resources
 	not non_empty_array(token.policies)
 }
 
+shape_problems contains sprintf("status must be \"active\", \"disabled\" or \"expired\", not %s", [lib.show(token.status)]) if {
+	lib.get(token, "status") != null
+	not token.status in {"active", "disabled", "expired"}
+}
+
 shape_problems contains sprintf("policies[%d] must be an object, not %s", [i, lib.show(p)]) if {
 	some i, p in policies
 	not is_object(p)
@@ -338,6 +343,17 @@ restrictive_cidr(c) if {
 approve contains {"rule": "tokens.roll", "message": msg} if {
 	input.action.name == "cloudflare.token.roll"
 	msg := sprintf("rolling token %v kills its current secret at once, breaking whatever still uses it; a human must approve it", [object.get(input.action.params, "token_id", "?")])
+}
+
+# Disabling (or expiring) a token through an update cuts off whatever uses it, exactly like deleting it.
+# tollgate does not yet record which tokens an agent minted, so every status change away from "active" needs
+# a human, including for the agent's own tokens.
+approve contains {"rule": "tokens.disable", "message": msg} if {
+	input.action.name == "cloudflare.token.update"
+	status := lib.get(token, "status")
+	is_string(status)
+	status != "active"
+	msg := sprintf("setting token %v to status %s cuts off whatever uses it, like deleting it; a human must approve it", [object.get(input.action.params, "token_id", "?"), lib.show(status)])
 }
 
 # A delete cannot be undone, and may cut off a running system.

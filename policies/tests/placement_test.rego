@@ -11,6 +11,11 @@ deploy(account) := fx.cf("PUT", concat("", ["/accounts/", account, "/workers/scr
 
 zone_create(body) := fx.cf("POST", "/zones", "cloudflare.zone.create", {}, body)
 
+# A $10 payment on a connected account (or the platform account without headers).
+on_account(headers) := fx.patch(fx.payment({"amount": "1000", "currency": "usd"}), {"request": {"headers": headers}})
+
+stripe_agent(label) := {"agent": {"labels": {"stripe_accounts": label}}}
+
 cases := {
 	"zone_in_label": {"input": fx.dns_create(fx.z2, a_record), "outcome": "allow", "rules": []},
 	"zone_outside_label": {"input": fx.dns_create(fx.other_zone, a_record), "outcome": "deny", "rules": ["placement.zone"]},
@@ -52,6 +57,27 @@ cases := {
 		"input": zone_create({"account": fx.acc, "name": "example.com"}),
 		"outcome": "deny", "rules": ["placement.account"],
 	},
+	"stripe_platform_account": {"input": on_account({}), "outcome": "allow", "rules": []},
+	"stripe_account_without_label": {
+		"input": on_account({"stripe-account": "acct_reviewed"}),
+		"outcome": "deny", "rules": ["placement.stripe_account"],
+	},
+	"stripe_account_in_label": {
+		"input": fx.patch(on_account({"stripe-account": "acct_reviewed"}), stripe_agent("acct_reviewed, acct_2")),
+		"outcome": "allow", "rules": [],
+	},
+	"stripe_account_outside_label": {
+		"input": fx.patch(on_account({"stripe-account": "acct_OTHER"}), stripe_agent("acct_reviewed")),
+		"outcome": "deny", "rules": ["placement.stripe_account"],
+	},
+	"stripe_context_outside_label": {
+		"input": fx.patch(on_account({"stripe-context": "acct_OTHER"}), stripe_agent("acct_reviewed")),
+		"outcome": "deny", "rules": ["placement.stripe_account"],
+	},
+	"stripe_account_listed_context_not": {
+		"input": fx.patch(on_account({"stripe-account": "acct_reviewed", "stripe-context": "acct_OTHER"}), stripe_agent("acct_reviewed")),
+		"outcome": "deny", "rules": ["placement.stripe_account"],
+	},
 	"account_token_other_account": {
 		"input": fx.cf("POST", concat("", ["/accounts/", fx.other_acc, "/tokens"]), "cloudflare.token.create", {"account_id": fx.other_acc}, fx.token([fx.dns_write], fx.zone_resource(fx.z1), "2026-12-01T00:00:00Z")),
 		"outcome": "deny", "rules": ["placement.account"],
@@ -91,3 +117,15 @@ test_placement_message_lists_allowed_zones if {
 	contains(d.reasons[0].message, fx.other_zone)
 	contains(d.reasons[0].message, fx.z1)
 }
+
+test_stripe_platform_account if check("stripe_platform_account")
+
+test_stripe_account_without_label if check("stripe_account_without_label")
+
+test_stripe_account_in_label if check("stripe_account_in_label")
+
+test_stripe_account_outside_label if check("stripe_account_outside_label")
+
+test_stripe_context_outside_label if check("stripe_context_outside_label")
+
+test_stripe_account_listed_context_not if check("stripe_account_listed_context_not")

@@ -51,6 +51,22 @@ cases := {
 		"input": fx.cf("PUT", "/user/tokens/tok_1", "cloudflare.token.update", {"token_id": "tok_1"}, broad),
 		"outcome": "deny", "rules": ["tokens.ceiling", "tokens.escalation", "tokens.resources", "tokens.expiry"],
 	},
+	"disable_token_update": {
+		"input": fx.cf("PUT", "/user/tokens/tok_1", "cloudflare.token.update", {"token_id": "tok_1"}, object.union(narrow, {"status": "disabled"})),
+		"outcome": "approve", "rules": ["tokens.disable"],
+	},
+	"expire_token_update": {
+		"input": fx.cf("PUT", "/user/tokens/tok_1", "cloudflare.token.update", {"token_id": "tok_1"}, object.union(narrow, {"status": "expired"})),
+		"outcome": "approve", "rules": ["tokens.disable"],
+	},
+	"active_token_update": {
+		"input": fx.cf("PUT", "/user/tokens/tok_1", "cloudflare.token.update", {"token_id": "tok_1"}, object.union(narrow, {"status": "active"})),
+		"outcome": "allow", "rules": [],
+	},
+	"bad_status_token_update": {
+		"input": fx.cf("PUT", "/user/tokens/tok_1", "cloudflare.token.update", {"token_id": "tok_1"}, object.union(narrow, {"status": "Disabled"})),
+		"outcome": "deny", "rules": ["tokens.malformed"],
+	},
 	"narrow_token_update": {
 		"input": fx.cf("PUT", "/user/tokens/tok_1", "cloudflare.token.update", {"token_id": "tok_1"}, narrow),
 		"outcome": "allow", "rules": [],
@@ -405,3 +421,11 @@ test_ceiling_message_names_group_and_ceiling if {
 	contains(d.reasons[0].message, "DNS Write")
 	contains(d.reasons[0].message, "default ceiling")
 }
+
+test_disable_token_update if check("disable_token_update")
+
+test_expire_token_update if check("expire_token_update")
+
+test_active_token_update if check("active_token_update")
+
+test_bad_status_token_update if check("bad_status_token_update")

@@ -53,6 +53,8 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/api/approvals/{id}/approve", post(approve))
         .route("/api/approvals/{id}/deny", post(deny))
         .route("/api/spend", get(spend))
+        .route("/api/spend/flagged", get(flagged_reservations))
+        .route("/api/spend/reservations/{id}/settle", post(settle_reservation))
         .route("/api/policy", get(policy_status))
         .route("/api/policy/reload", post(reload_policy))
         .route("/api/freeze", post(freeze).delete(unfreeze))
@@ -500,7 +502,8 @@ pub fn approval_json(a: &ApprovalRow) -> Value {
         };
     json!({
         "id": a.id, "status": status, "agent": a.agent_name, "agent_id": a.agent_id, "provider": a.provider,
-        "method": a.method, "path": a.path, "query": a.query, "body_sha256": a.body_sha256, "action": a.action,
+        "method": a.method, "path": a.path, "query": a.query, "headers": a.headers,
+        "body_sha256": a.body_sha256, "action": a.action,
         "reasons": a.reasons, "charge_cents": a.charge_cents, "created_at": a.created_at,
         "expires_at": a.expires_at, "requested_by_decision": a.requested_by_decision,
         "decided_by": a.decided_by, "decided_at": a.decided_at, "note": a.note,
@@ -572,6 +575,72 @@ async fn decide(admin: Arc<Admin>, id: Uuid, approve: bool, verdict: Verdict) ->
             Ok(None) => api_error(StatusCode::NOT_FOUND, "not_found", "no such approval"),
             Err(e) => store_error(e),
         },
+        Err(e) => store_error(e),
+    }
+}
+
+async fn flagged_reservations(State(admin): State<Arc<Admin>>) -> Response {
+    match admin.store.flagged_reservations().await {
+        Ok(rows) => Json(json!({"reservations": rows})).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettleRequest {
+    /// `committed` (the provider acted) or `released` (it did not).
+    outcome: String,
+    /// What the operator checked; required, it is the record of why.
+    note: String,
+    /// Who settles; the admin token names no person, so the caller says who they are.
+    by: String,
+}
+
+/// An operator settles a flagged reservation; who and why are kept on it and in `admin_actions`.
+async fn settle_reservation(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<Uuid>,
+    body: Option<Json<SettleRequest>>,
+) -> Response {
+    let Some(Json(request)) = body else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the body must be {\"outcome\": \"committed\"|\"released\", \"note\": \"…\", \"by\": \"…\"}",
+        );
+    };
+    let how = match request.outcome.as_str() {
+        "committed" => crate::store::ManualSettlement::Committed,
+        "released" => crate::store::ManualSettlement::Released,
+        _ => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "outcome must be committed or released",
+            );
+        }
+    };
+    if request.note.trim().is_empty() || request.by.trim().is_empty() {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "note and by are required: a settlement records who decided and why",
+        );
+    }
+    match admin
+        .store
+        .settle_flagged(id, how, request.by.trim(), request.note.trim())
+        .await
+    {
+        Ok(Some(cents)) => Json(json!({"decision_id": id, "outcome": request.outcome, "cents": cents,
+            "by": request.by.trim(), "note": request.note.trim()}))
+        .into_response(),
+        Ok(None) => api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no flagged reservation still open for this decision",
+        ),
         Err(e) => store_error(e),
     }
 }

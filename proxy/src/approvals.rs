@@ -1,6 +1,8 @@
 //! Human approvals bound to the exact call.
 //!
-//! Owns: the request fingerprint (agent, provider, method, canonical path, canonical query, body hash), the
+//! Owns: the request fingerprint (agent, provider, method, canonical path, canonical query, the judged
+//! headers, body hash) and the approval fingerprint (the request's plus its charge: amount, budget and
+//! window), the
 //! approval lifecycle (pending → approved | denied | expired; approved → consumed once), and
 //! [`ConsumedApproval`], the proof that an approval was used for this request — which `forward::Permit`
 //! requires for an `approve` decision.
@@ -50,8 +52,15 @@ pub struct Call<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub canonical_query: &'a str,
+    /// The headers that change what the provider does, as forwarded: `name: value` lines of
+    /// Content-Type, Stripe-Account, Stripe-Context and Stripe-Version (see `proxy::judged_headers`).
+    pub headers: &'a str,
     pub body_sha256: &'a str,
     pub action: &'a str,
+    /// What the call is charged: `cents/budget/period`, or empty when it costs nothing. Part of the approval
+    /// fingerprint, so an approved call that would now be charged differently (prices changed, a new
+    /// window) needs a new approval.
+    pub charge: &'a str,
 }
 
 #[derive(Clone)]
@@ -61,18 +70,32 @@ pub struct Approvals {
 }
 
 impl Call<'_> {
-    /// sha256 over the fields that make two requests the same request, each length-prefixed so no field
-    /// can bleed into the next.
+    /// sha256 over the fields that make two requests the same request at the provider, each
+    /// length-prefixed so no field can bleed into the next. A replayed Idempotency-Key must repeat it.
+    pub fn request_fingerprint(&self) -> String {
+        self.digest(false)
+    }
+
+    /// The request fingerprint plus the charge: what an approval is bound to. The Idempotency-Key is left
+    /// out on purpose: SDKs mint a fresh key per call (stripe-node, stripe-python), so a retry carrying the
+    /// approval would never match, and an approval is single-use whatever the key.
     pub fn fingerprint(&self) -> String {
+        self.digest(true)
+    }
+
+    fn digest(&self, with_charge: bool) -> String {
         let mut h = Sha256::new();
         let agent = self.agent_id.to_string();
+        let charge = if with_charge { self.charge } else { "" };
         for part in [
             agent.as_str(),
             self.provider,
             self.method,
             self.path,
             self.canonical_query,
+            self.headers,
             self.body_sha256,
+            charge,
         ] {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part.as_bytes());
@@ -106,6 +129,7 @@ impl Approvals {
             method: call.method.to_string(),
             path: call.path.to_string(),
             query: call.canonical_query.to_string(),
+            headers: call.headers.to_string(),
             body_sha256: call.body_sha256.to_string(),
             action: call.action.to_string(),
             reasons,
@@ -208,8 +232,10 @@ mod tests {
             method: "POST",
             path,
             canonical_query: query,
+            headers: "content-type: application/x-www-form-urlencoded\n",
             body_sha256: body,
             action: "stripe.payment.create",
+            charge: "7500/agent-provider-month/2026-11",
         }
     }
 
@@ -225,5 +251,26 @@ mod tests {
             call("/a", "b", "aa").fingerprint(),
             call("/ab", "", "aa").fingerprint()
         );
+        // The connected account (and every other judged header) is part of the call.
+        let other_account = Call {
+            headers: "content-type: application/x-www-form-urlencoded\nstripe-account: acct_OTHER\n",
+            ..call("/v1/payment_intents", "", "aa")
+        };
+        assert_ne!(base, other_account.fingerprint());
+        // So is the charge, for the approval; the request fingerprint (idempotency) ignores it.
+        let repriced = Call {
+            charge: "9900/agent-provider-month/2026-11",
+            ..call("/v1/payment_intents", "", "aa")
+        };
+        assert_ne!(base, repriced.fingerprint());
+        assert_eq!(
+            call("/v1/payment_intents", "", "aa").request_fingerprint(),
+            repriced.request_fingerprint()
+        );
+        let next_window = Call {
+            charge: "7500/agent-provider-month/2026-12",
+            ..call("/v1/payment_intents", "", "aa")
+        };
+        assert_ne!(base, next_window.fingerprint());
     }
 }

@@ -20,6 +20,7 @@ use serde_json::{Map, Number, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::canon::{self, Malformed};
+use crate::classify::BodyKind;
 
 /// The deepest JSON nesting accepted. Provider bodies nest a handful of levels (a Cloudflare
 /// token's `policies[].permission_groups[]` is four); the cap keeps recursion, and the policy's
@@ -102,6 +103,110 @@ pub fn parse_body(content_type: Option<&str>, bytes: &[u8]) -> Result<Value, Mal
     }
 }
 
+/// Parses a request body the way its route's provider reads it: the catalog's [`BodyKind`] decides, the
+/// declared Content-Type must agree with it, and the bytes must be that kind. `query`, for a provider that
+/// merges query parameters into a form body (Stripe), is the raw query of a write: its parameters become
+/// part of the judged body, and a parameter present in both is refused.
+///
+/// - An empty body (and no merged query) is `Null`.
+/// - A non-empty body needs a Content-Type of the route's kind; anything else is refused, so a body can
+///   never be judged under one reading and acted on under another (JSON bytes declared as a form, a form
+///   declared as `text/plain`).
+/// - A form body that is JSON-shaped (starts with `{` or `[`) is refused: no form a provider accepts looks
+///   like that, and a lenient reader could take it as JSON.
+/// - A form's `charset` parameter, if any, must be UTF-8.
+pub fn parse_request_body(
+    kind: BodyKind,
+    content_type: Option<&str>,
+    bytes: &[u8],
+    query: Option<&str>,
+) -> Result<Value, Malformed> {
+    let query = query.filter(|q| !q.is_empty());
+    if !bytes.is_empty() {
+        let Some(content_type) = content_type else {
+            return Err(Malformed::new(format!(
+                "a request body needs a Content-Type; this route takes {}",
+                kind.as_str()
+            )));
+        };
+        let (essence, parameters) = split_parameters(content_type);
+        let essence = essence.trim().to_ascii_lowercase();
+        let declared = if is_json_media_type(&essence) {
+            Some(BodyKind::Json)
+        } else if essence == "application/x-www-form-urlencoded" {
+            Some(BodyKind::Form)
+        } else if essence == "multipart/form-data" {
+            Some(BodyKind::Multipart)
+        } else {
+            None
+        };
+        if declared != Some(kind) {
+            return Err(Malformed::new(format!(
+                "this route takes {} bodies, and the provider would not read a body declared as {essence:?} \
+                 the way tollgate judges it",
+                kind.as_str()
+            )));
+        }
+        if kind == BodyKind::Form {
+            let charset = parse_parameters(parameters, "Content-Type")?
+                .into_iter()
+                .find(|(name, _)| name == "charset");
+            if let Some((_, charset)) = charset
+                && !charset.eq_ignore_ascii_case("utf-8")
+            {
+                return Err(Malformed::new(format!(
+                    "a form body must be UTF-8, not charset {charset:?}"
+                )));
+            }
+            if matches!(bytes.trim_ascii_start().first(), Some(b'{' | b'[')) {
+                return Err(Malformed::new(
+                    "the form body is shaped like JSON; this route takes application/x-www-form-urlencoded",
+                ));
+            }
+        }
+    }
+    match (kind, query) {
+        (_, None) if bytes.is_empty() => Ok(Value::Null),
+        (BodyKind::Form, Some(query)) => parse_merged_form(query, bytes),
+        (_, Some(_)) => Err(Malformed::new(format!(
+            "query parameters cannot be merged into a {} body",
+            kind.as_str()
+        ))),
+        (BodyKind::Json, None) => parse_json(bytes, "the JSON body"),
+        (BodyKind::Form, None) => parse_form(bytes),
+        (BodyKind::Multipart, None) => {
+            let (_, parameters) = split_parameters(content_type.unwrap_or_default());
+            parse_multipart(parameters, bytes)
+        }
+    }
+}
+
+/// A form body with the query's parameters merged in, as Stripe reads a write. A top-level parameter in
+/// both is refused (which copy wins is not documented); otherwise the pairs are read as one form, so a
+/// bracket key split between the two (`items[0][price]` in one, `items[0][quantity]` in the other) is
+/// judged as the one item the provider sees.
+fn parse_merged_form(query: &str, bytes: &[u8]) -> Result<Value, Malformed> {
+    let raw =
+        std::str::from_utf8(bytes).map_err(|_| Malformed::new("the form body is not UTF-8"))?;
+    let query_pairs = canon::form_pairs(query, "query")?;
+    let body_pairs = canon::form_pairs(raw, "form body")?;
+    let base = |key: &str| split_at_bracket(key).0.to_owned();
+    let in_body: std::collections::BTreeSet<String> =
+        body_pairs.iter().map(|(k, _)| base(k)).collect();
+    if let Some((key, _)) = query_pairs.iter().find(|(k, _)| in_body.contains(&base(k))) {
+        return Err(Malformed::new(format!(
+            "parameter {:?} is in both the query string and the body; send it once",
+            base(key)
+        )));
+    }
+    let mut root = FormNode::Fields(BTreeMap::new());
+    for (key, value) in query_pairs.into_iter().chain(body_pairs) {
+        let (base, segments) = parse_form_key(&key)?;
+        root.insert(&FormSegment::Field(base), &segments, value, &key)?;
+    }
+    root.into_value("")
+}
+
 /// Lower-case hex SHA-256 of the body bytes.
 pub fn body_sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -166,11 +271,16 @@ impl<'de> Visitor<'de> for StrictJson {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let inner = self.nested::<A::Error>()?;
         let mut object = Map::new();
+        let mut folded = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
             // Providers disagree on which copy of a repeated key wins, so the policy could judge
-            // one value while the provider acts on the other.
-            if object.contains_key(&key) {
-                return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
+            // one value while the provider acts on the other. Keys are compared without regard to
+            // case, because some readers match field names case-insensitively (`id` and `ID`,
+            // `years` and `Years` would be one field there and two here).
+            if !folded.insert(key.to_lowercase()) {
+                return Err(de::Error::custom(format_args!(
+                    "duplicate key {key:?} (keys are compared without regard to case)"
+                )));
             }
             let value = map.next_value_seed(inner)?;
             object.insert(key, value);

@@ -70,6 +70,33 @@ const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-method-override",
 ];
 
+/// The tokens a `Connection` header may carry: connection options and the hop-by-hop headers, which
+/// are never forwarded anyway.
+const CONNECTION_TOKENS: [&str; 6] = [
+    "close",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "http2-settings",
+    "proxy-connection",
+];
+
+/// Headers that must appear at most once: the ones that change what the provider does (account, API
+/// version, idempotency, body type), the agent's credentials and tollgate's own.
+pub const SINGLE_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "idempotency-key",
+    "stripe-account",
+    "stripe-context",
+    "stripe-version",
+    "authorization",
+    "tollgate-approval",
+    "tollgate-run",
+    "tollgate-on-behalf-of",
+    "host",
+];
+
 impl Malformed {
     /// A refusal with `message`, which must be safe to show the agent: no secrets, no internals.
     pub fn new(message: impl Into<String>) -> Self {
@@ -167,12 +194,13 @@ pub fn canonicalize_path(raw: &str) -> Result<CanonicalPath, Malformed> {
 }
 
 /// Refuse method-override headers (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override, any
-/// case) and a Content-Encoding header (other than "identity") on a request with a body
-/// (`has_body`). Also refuse Transfer-Encoding other than chunked.
+/// case), any Content-Encoding other than "identity", a `Connection` header that names anything but
+/// the hop-by-hop headers, a second copy of a header the provider or tollgate reads once
+/// ([`SINGLE_HEADERS`]), and Transfer-Encoding other than chunked.
 ///
 /// Transfer-Encoding together with Content-Length is refused too: the two framings can disagree,
 /// and that disagreement is the classic request-smuggling gap between proxies.
-pub fn check_headers(headers: &http::HeaderMap, has_body: bool) -> Result<(), Malformed> {
+pub fn check_headers(headers: &http::HeaderMap) -> Result<(), Malformed> {
     // `HeaderMap` stores names in lower case, so these look-ups match any case the agent sent.
     for name in METHOD_OVERRIDE_HEADERS {
         if headers.contains_key(name) {
@@ -183,14 +211,43 @@ pub fn check_headers(headers: &http::HeaderMap, has_body: bool) -> Result<(), Ma
     }
 
     // A compressed body would be judged on bytes the policy cannot read, while the provider acts on
-    // the decompressed content; without a body the header means nothing and is left alone.
-    if has_body {
-        for value in headers.get_all(http::header::CONTENT_ENCODING) {
-            if !is_token_list_of(value, "identity") {
-                return Err(Malformed::new(
-                    "a request body with a Content-Encoding is refused: send the body uncompressed",
-                ));
+    // the decompressed content. Refused whether or not the request announces a body: over HTTP/2 a
+    // body needs neither Content-Length nor Transfer-Encoding.
+    for value in headers.get_all(http::header::CONTENT_ENCODING) {
+        if !is_token_list_of(value, "identity") {
+            return Err(Malformed::new(
+                "a request with a Content-Encoding is refused: send the body uncompressed",
+            ));
+        }
+    }
+
+    // A header named in `Connection` is dropped on the way to the provider (RFC 9110 section 7.6.1),
+    // after the policy saw it: an `Idempotency-Key` or `Stripe-Account` listed there would be judged
+    // and then not sent. Only the hop-by-hop names themselves may be listed.
+    for value in headers.get_all(http::header::CONNECTION) {
+        let Ok(text) = value.to_str() else {
+            return Err(Malformed::new("the Connection header is not visible ASCII"));
+        };
+        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if !CONNECTION_TOKENS
+                .iter()
+                .any(|allowed| token.eq_ignore_ascii_case(allowed))
+            {
+                return Err(Malformed::new(format!(
+                    "Connection names {token:?}: it may name only {}, since a header it names is not \
+                     forwarded and tollgate judges what is forwarded",
+                    CONNECTION_TOKENS.join(", ")
+                )));
             }
+        }
+    }
+
+    // Two copies of a header the provider reads once: which copy it uses is its choice, not ours.
+    for name in SINGLE_HEADERS {
+        if headers.get_all(*name).iter().nth(1).is_some() {
+            return Err(Malformed::new(format!(
+                "the {name} header appears more than once; send it once"
+            )));
         }
     }
 
@@ -535,7 +592,7 @@ mod tests {
                 http::HeaderValue::from_bytes(value).unwrap_or_else(|e| panic!("{value:?}: {e}"));
             map.append(name, value);
         }
-        match (check_headers(&map, has_body), expected) {
+        match (check_headers(&map), expected) {
             (Ok(()), Ok(())) => {}
             (Err(error), Err(fragment)) => {
                 assert!(
@@ -578,13 +635,17 @@ mod tests {
                 false,
                 Err("x-method-override"),
             ),
-            // Content-Encoding only matters with a body, and only identity passes.
+            // Only identity passes, whether or not a body is announced (HTTP/2 needs no framing header).
             (
                 &[("content-encoding", b"gzip")],
                 true,
                 Err("Content-Encoding"),
             ),
-            (&[("content-encoding", b"gzip")], false, Ok(())),
+            (
+                &[("content-encoding", b"gzip")],
+                false,
+                Err("Content-Encoding"),
+            ),
             (&[("content-encoding", b"identity")], true, Ok(())),
             (&[("content-encoding", b"Identity")], true, Ok(())),
             (
@@ -636,6 +697,48 @@ mod tests {
                 &[("transfer-encoding", b"chunked"), ("content-length", b"5")],
                 true,
                 Err("Content-Length together"),
+            ),
+            // Connection may name only hop-by-hop headers: a judged header it named would not be sent.
+            (&[("connection", b"keep-alive")], false, Ok(())),
+            (&[("connection", b"Close, TE")], false, Ok(())),
+            (
+                &[("connection", b"close, Idempotency-Key")],
+                false,
+                Err("Connection names \"Idempotency-Key\""),
+            ),
+            (
+                &[("connection", b"stripe-account")],
+                false,
+                Err("Connection names"),
+            ),
+            (
+                &[("connection", b"keep-alive"), ("connection", b"authorization")],
+                false,
+                Err("Connection names"),
+            ),
+            (
+                &[("connection", b"tollgate-approval")],
+                false,
+                Err("Connection names"),
+            ),
+            // A second copy of a header read once.
+            (
+                &[("stripe-account", b"acct_a"), ("stripe-account", b"acct_b")],
+                false,
+                Err("stripe-account header appears more than once"),
+            ),
+            (
+                &[("idempotency-key", b"k"), ("Idempotency-Key", b"k")],
+                false,
+                Err("idempotency-key header appears more than once"),
+            ),
+            (
+                &[
+                    ("content-type", b"application/x-www-form-urlencoded"),
+                    ("content-type", b"application/json"),
+                ],
+                true,
+                Err("content-type header appears more than once"),
             ),
         ];
         for (headers, has_body, expected) in cases {

@@ -59,6 +59,53 @@ pub struct Action {
     /// The route's path variables by name; `domain_name` is canonicalized, the others are kept as
     /// given.
     pub params: BTreeMap<String, String>,
+    /// The one media type the route's request body must have (from the catalog: the route's `body`,
+    /// else the provider's). Not part of the policy input: the proxy enforces it before the policy runs.
+    #[serde(skip)]
+    pub body: BodyKind,
+    /// What the provider does with query parameters on a write, and which ones this route takes.
+    #[serde(skip)]
+    pub write_query: WriteQuery,
+}
+
+/// The media type of a request body, as the catalog states it for a provider or a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyKind {
+    /// `application/json` (or a `+json` type).
+    #[default]
+    Json,
+    /// `application/x-www-form-urlencoded`, Stripe's bracket keys.
+    Form,
+    /// `multipart/form-data`.
+    Multipart,
+}
+
+/// Query parameters on a write (any method but GET, HEAD, OPTIONS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteQuery {
+    /// The provider reads query parameters on writes and merges them with the form body (Stripe): the
+    /// proxy judges the merge, and refuses a parameter present in both.
+    Merge,
+    /// Only these query parameters are accepted on a write (usually none); any other is refused, so that
+    /// nothing the provider may act on goes unjudged.
+    Only(Arc<[Box<str>]>),
+}
+
+impl Default for WriteQuery {
+    fn default() -> Self {
+        WriteQuery::Only(Arc::from(Vec::new()))
+    }
+}
+
+impl BodyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyKind::Json => "application/json",
+            BodyKind::Form => "application/x-www-form-urlencoded",
+            BodyKind::Multipart => "multipart/form-data",
+        }
+    }
 }
 
 /// The action name for unmatched routes.
@@ -233,7 +280,7 @@ impl Catalog {
         segments: &[String],
     ) -> Result<Action, Malformed> {
         let Some((route, path)) = self.find(provider, method, segments) else {
-            return Ok(self.unknown(method));
+            return Ok(self.unknown(provider, method));
         };
         let mut params = BTreeMap::new();
         for binding in &route.bindings {
@@ -258,6 +305,8 @@ impl Catalog {
             name: Arc::clone(&route.action),
             risk: route.risk,
             params,
+            body: route.body,
+            write_query: route.write_query.clone(),
         })
     }
 
@@ -285,17 +334,25 @@ impl Catalog {
         Some((routes.routes.get(index)?, path))
     }
 
-    fn unknown(&self, method: &Method) -> Action {
+    /// An unmatched request: the provider's body type and query rule (JSON and no query parameters on
+    /// writes for a provider the catalog does not know).
+    fn unknown(&self, provider: &str, method: &Method) -> Action {
         let reads = [Method::GET, Method::HEAD, Method::OPTIONS];
         let risk = if reads.contains(method) {
             Risk::Read
         } else {
             Risk::Write
         };
+        let (body, write_query) = match self.providers.get(provider) {
+            Some(routes) => (routes.body, routes.write_query.clone()),
+            None => (BodyKind::default(), WriteQuery::default()),
+        };
         Action {
             name: Arc::clone(&self.unknown),
             risk,
             params: BTreeMap::new(),
+            body,
+            write_query,
         }
     }
 }
@@ -308,6 +365,9 @@ const DOMAIN_NAME: &str = "domain_name";
 #[derive(Debug)]
 struct ProviderRoutes {
     prefix: Vec<Box<str>>,
+    /// The provider's body type and write-query rule, for its unmatched requests.
+    body: BodyKind,
+    write_query: WriteQuery,
     root: Node,
     routes: Vec<Route>,
 }
@@ -319,6 +379,8 @@ struct Route {
     risk: Risk,
     /// The template as written in the catalog, for error messages.
     template: Box<str>,
+    body: BodyKind,
+    write_query: WriteQuery,
     bindings: Vec<Binding>,
 }
 
@@ -543,6 +605,13 @@ struct RawCatalog {
     provider: String,
     #[serde(default)]
     prefix: Option<String>,
+    /// The media type the provider's routes take unless a route says otherwise (default `json`).
+    #[serde(default)]
+    body: BodyKind,
+    /// `merge` (the provider reads query parameters on writes and merges them with the form body) or
+    /// `refuse` (default: a write carries only the query parameters its route lists in `query`).
+    #[serde(default)]
+    write_query: Option<String>,
     routes: Vec<RawRoute>,
 }
 
@@ -553,6 +622,12 @@ struct RawRoute {
     risk: String,
     methods: Vec<String>,
     paths: Vec<String>,
+    /// The route's body media type, when it differs from the provider's.
+    #[serde(default)]
+    body: Option<BodyKind>,
+    /// Query parameters this route's writes take (providers with `write_query: refuse`).
+    #[serde(default)]
+    query: Vec<String>,
 }
 
 /// A parsed path template.
@@ -661,8 +736,26 @@ fn compile_provider(
         ));
     }
 
+    let merge = match raw.write_query.as_deref() {
+        None | Some("refuse") => false,
+        Some("merge") => true,
+        Some(other) => {
+            problems.push(CatalogProblem::new(
+                source,
+                None,
+                format!("write_query {other:?} is not one of merge, refuse"),
+            ));
+            false
+        }
+    };
     let mut provider = ProviderRoutes {
         prefix,
+        body: raw.body,
+        write_query: if merge {
+            WriteQuery::Merge
+        } else {
+            WriteQuery::default()
+        },
         root: Node::default(),
         routes: Vec::new(),
     };
@@ -725,6 +818,19 @@ fn compile_provider(
             }
         }
 
+        let write_query = match (merge, route.query.is_empty()) {
+            (true, false) => {
+                problem(
+                    "query lists a route's write parameters, which only a provider with \
+                     write_query: refuse uses (merge takes every parameter)"
+                        .to_owned(),
+                );
+                WriteQuery::Merge
+            }
+            (true, true) => WriteQuery::Merge,
+            (false, _) => WriteQuery::Only(route.query.iter().map(|q| q.as_str().into()).collect()),
+        };
+        let body = route.body.unwrap_or(raw.body);
         let action: Arc<str> = Arc::from(route.action.as_str());
         for template in templates {
             let index = provider.routes.len();
@@ -755,6 +861,8 @@ fn compile_provider(
             provider.routes.push(Route {
                 action: Arc::clone(&action),
                 risk,
+                body,
+                write_query: write_query.clone(),
                 bindings: bindings(&template.segments),
                 template: template.text,
             });
@@ -1394,12 +1502,9 @@ routes:
         ];
         for (provider, method, path, risk) in cases {
             let action = classify(&catalog, provider, method, path).unwrap();
-            let want = Action {
-                name: Arc::from(UNKNOWN_ACTION),
-                risk,
-                params: BTreeMap::new(),
-            };
-            assert_eq!(action, want, "{provider} {method} {path}");
+            assert_eq!(&*action.name, UNKNOWN_ACTION, "{provider} {method} {path}");
+            assert_eq!(action.risk, risk, "{provider} {method} {path}");
+            assert!(action.params.is_empty(), "{provider} {method} {path}");
         }
     }
 

@@ -81,12 +81,42 @@ pub enum Command {
     /// Review approvals: list, approve, deny.
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
-    /// Spend per budget window (current month unless --period).
+    /// Spend per budget window (current month unless --period); `spend flagged` and `spend settle` for
+    /// reservations whose upstream outcome is unknown.
+    #[command(args_conflicts_with_subcommands = true)]
     Spend {
+        #[command(subcommand)]
+        command: Option<SpendCommand>,
         #[arg(long)]
         period: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpendCommand {
+    /// Reservations whose upstream outcome is unknown (timeout, 5xx, broken exchange): still counted
+    /// against their budget until someone settles them.
+    Flagged {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Settle a flagged reservation (ID is its decision id) once you know what the provider did.
+    Settle {
+        id: uuid::Uuid,
+        /// The provider did act: the money counts as spent.
+        #[arg(long, conflicts_with = "released", required_unless_present = "released")]
+        committed: bool,
+        /// The provider did not act: the money goes back to the budget.
+        #[arg(long)]
+        released: bool,
+        /// Why (what you checked at the provider); recorded with the settlement.
+        #[arg(long)]
+        note: String,
+        /// Who is settling (recorded); defaults to $USER.
+        #[arg(long)]
+        by: Option<String>,
     },
 }
 
@@ -356,7 +386,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             limit,
             json,
         } => replay(&cli, policies, since.as_deref(), *limit, *json).await,
-        Command::Spend { period, json } => {
+        Command::Spend {
+            command: Some(command),
+            ..
+        } => spend_command(&cli, command).await,
+        Command::Spend {
+            command: None,
+            period,
+            json,
+        } => {
             let store = connect(&load_config(&cli)?).await?;
             let period = period
                 .clone()
@@ -412,6 +450,68 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+    }
+}
+
+async fn spend_command(cli: &Cli, command: &SpendCommand) -> anyhow::Result<ExitCode> {
+    let store = connect(&load_config(cli)?).await?;
+    let ledger = crate::ledger::Ledger::new(store);
+    match command {
+        SpendCommand::Flagged { json } => {
+            let rows = ledger.flagged().await?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"reservations": rows}))?
+                );
+            } else {
+                println!(
+                    "{:<36}  {:<20}  {:<10} {:>10}  {:<22} subject",
+                    "decision", "reserved at", "provider", "cents", "budget"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<36}  {:<20}  {:<10} {:>10}  {:<22} {}",
+                        r.decision_id,
+                        r.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                        r.provider,
+                        r.cents,
+                        r.budget,
+                        r.subject
+                    );
+                }
+                println!("{} flagged reservation(s)", rows.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SpendCommand::Settle {
+            id,
+            committed,
+            released: _,
+            note,
+            by,
+        } => {
+            let how = if *committed {
+                crate::store::ManualSettlement::Committed
+            } else {
+                crate::store::ManualSettlement::Released
+            };
+            let by = by
+                .clone()
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "cli".to_string());
+            match ledger.settle_flagged(*id, how, &by, note).await? {
+                Some(cents) => {
+                    let verb = if *committed { "committed" } else { "released" };
+                    println!("reservation {id}: {cents} cents {verb} by {by}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("reservation {id} is not a flagged reservation that is still open");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
     }
 }

@@ -37,6 +37,11 @@ pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 16;
 pub const DEFAULT_AUDIT_MAX_BATCH: usize = 1024;
 /// Two writers: one commits while the other gathers and sends the next batch.
 pub const DEFAULT_AUDIT_WRITERS: usize = 2;
+/// Stripe remembers an idempotency key for at least 24 hours, then may prune it: a repeat after that runs
+/// as a new request, so tollgate charges it as one.
+pub const DEFAULT_STRIPE_IDEMPOTENCY_WINDOW_SECONDS: u64 = 24 * 3600;
+/// A longer window would let an agent repeat a request the provider has long forgotten without being charged.
+pub const MAX_IDEMPOTENCY_WINDOW_SECONDS: u64 = 30 * 24 * 3600;
 
 /// What a user may write in `tollgate.toml`.
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +103,7 @@ pub struct RawProvider {
     pub upstream: String,
     pub envelope: Option<String>,
     pub credential: Option<RawCredential>,
+    pub idempotency_window_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +182,9 @@ pub struct ProviderConfig {
     pub upstream: http::Uri,
     pub envelope: Envelope,
     pub credential: Option<Credential>,
+    /// How long the provider replays the first result of a repeated `Idempotency-Key`; `None` when it does
+    /// not (then a repeated key is a new request, charged again).
+    pub idempotency_window: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -421,6 +430,22 @@ impl Config {
                     secret,
                 }
             });
+            // Stripe replays a repeated key's first result for at least 24 hours; Cloudflare's API has no
+            // idempotency keys, so there a repeat is a new request. 0 turns replays off.
+            let idempotency_window = match p.idempotency_window_seconds {
+                Some(0) => None,
+                Some(secs) if secs <= MAX_IDEMPOTENCY_WINDOW_SECONDS => Some(Duration::from_secs(secs)),
+                Some(secs) => {
+                    errors.push(format!(
+                        "providers.{name}.idempotency_window_seconds: {secs} is more than {MAX_IDEMPOTENCY_WINDOW_SECONDS} (30 days)"
+                    ));
+                    None
+                }
+                None if envelope == Envelope::Stripe => {
+                    Some(Duration::from_secs(DEFAULT_STRIPE_IDEMPOTENCY_WINDOW_SECONDS))
+                }
+                None => None,
+            };
             providers.insert(
                 name.clone(),
                 ProviderConfig {
@@ -428,6 +453,7 @@ impl Config {
                     upstream,
                     envelope,
                     credential,
+                    idempotency_window,
                 },
             );
         }

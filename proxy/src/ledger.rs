@@ -10,13 +10,19 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::error::Envelope;
 use crate::identity::Agent;
-use crate::store::{NewReservation, Reservation, Store, StoreError, WindowKey};
+use crate::store::{
+    FlaggedReservation, ManualSettlement, NewReservation, Reservation, Store, StoreError, WindowKey,
+};
 
 /// The budget the Stripe Projects default cap is about: one agent, one provider, one calendar month.
 pub const AGENT_PROVIDER_MONTH: &str = "agent-provider-month";
 /// One team (all its agents), one provider, one calendar month.
 pub const TEAM_PROVIDER_MONTH: &str = "team-provider-month";
+/// One connected account (Stripe-Account / Stripe-Context as sent; the platform account when absent), all
+/// agents, one provider, one calendar month.
+pub const ACCOUNT_PROVIDER_MONTH: &str = "account-provider-month";
 
 /// Body fields that carry money or multiply it (Stripe: smallest currency unit, integers). Checked before
 /// the policy runs, so a charge is never computed from a negative, fractional or overflowing amount.
@@ -94,12 +100,35 @@ pub fn period(now: DateTime<Utc>) -> String {
     now.format("%Y-%m").to_string()
 }
 
-/// The window a named budget means for this agent and provider; unknown budgets are an error (the request is
+/// The first instant of the calendar month of `now` (UTC) and of the next one: the budget window's bounds
+/// (end exclusive), which the policy reads as `spend.window_start` / `spend.window_end` to price recurring
+/// money inside the window.
+pub fn window_bounds(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    use chrono::{Datelike, TimeZone};
+    let start = Utc
+        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .single()
+        .unwrap_or(now);
+    let (year, month) = if now.month() == 12 {
+        (now.year() + 1, 1)
+    } else {
+        (now.year(), now.month() + 1)
+    };
+    let end = Utc
+        .with_ymd_and_hms(year, month, 1, 0, 0, 0)
+        .single()
+        .unwrap_or(now);
+    (start, end)
+}
+
+/// The window a named budget means for this agent, provider and connected account (`account`: the
+/// account headers as sent, empty for the platform account); unknown budgets are an error (the request is
 /// refused, never charged nowhere).
 pub fn window(
     budget: &str,
     agent: &Agent,
     provider: &str,
+    account: &str,
     now: DateTime<Utc>,
 ) -> Result<WindowKey, String> {
     let subject = match budget {
@@ -108,9 +137,12 @@ pub fn window(
             Some(team) => format!("team:{team}/{provider}"),
             None => return Err(format!("budget '{budget}' needs an agent with a team")),
         },
+        ACCOUNT_PROVIDER_MONTH if account.is_empty() => format!("account:{provider}/platform"),
+        ACCOUNT_PROVIDER_MONTH => format!("account:{provider}/{account}"),
         other => {
             return Err(format!(
-                "unknown budget '{other}' (known: {AGENT_PROVIDER_MONTH}, {TEAM_PROVIDER_MONTH})"
+                "unknown budget '{other}' (known: {AGENT_PROVIDER_MONTH}, {TEAM_PROVIDER_MONTH}, \
+                 {ACCOUNT_PROVIDER_MONTH})"
             ));
         }
     };
@@ -122,13 +154,46 @@ pub fn window(
 }
 
 impl Settlement {
-    /// Upstream status (if a response came) → what to do with the reservation.
-    pub fn of_response(status: u16) -> Settlement {
-        if (200..300).contains(&status) {
-            Settlement::Commit
-        } else {
-            Settlement::Release
+    /// What an upstream response proves, as far as money goes. Only evidence releases a reservation:
+    /// - 2xx: done, committed — unless the provider says it replayed an earlier result
+    ///   (`Idempotent-Replayed: true`), which spent nothing new.
+    /// - 4xx in the provider's own error envelope (Stripe `{"error": {"type": …}}`, Cloudflare
+    ///   `{"success": false}`): the provider refused the request, released. With the plain envelope a 4xx
+    ///   status is all there is, and it is taken as a refusal.
+    /// - Anything else (5xx, 1xx/3xx, a 4xx whose body is not the provider's envelope, e.g. from a load
+    ///   balancer in front of it): the request may have been acted on. It stays reserved, flagged for an
+    ///   operator (`tollgate spend flagged`).
+    pub fn of_response(
+        status: u16,
+        envelope: Envelope,
+        replayed: bool,
+        body: Option<&[u8]>,
+    ) -> Settlement {
+        match status {
+            200..=299 if replayed => Settlement::Release,
+            200..=299 => Settlement::Commit,
+            400..=499 => match envelope {
+                Envelope::Plain => Settlement::Release,
+                Envelope::Stripe | Envelope::Cloudflare => {
+                    let parsed = body.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
+                    let refused = parsed.as_ref().is_some_and(|v| match envelope {
+                        Envelope::Stripe => v.pointer("/error/type").is_some_and(|t| t.is_string()),
+                        _ => v.get("success") == Some(&serde_json::Value::Bool(false)),
+                    });
+                    if refused {
+                        Settlement::Release
+                    } else {
+                        Settlement::Unknown
+                    }
+                }
+            },
+            _ => Settlement::Unknown,
         }
+    }
+
+    /// Whether [`Settlement::of_response`] needs the response body to decide.
+    pub fn needs_body(status: u16, envelope: Envelope) -> bool {
+        (400..500).contains(&status) && envelope != Envelope::Plain
     }
 }
 
@@ -161,6 +226,23 @@ impl Ledger {
             Settlement::Unknown => self.store.flag_reservation(decision_id).await.map(|_| None),
         }
     }
+
+    /// Reservations whose outcome is unknown and that no one has settled yet.
+    pub async fn flagged(&self) -> Result<Vec<FlaggedReservation>, StoreError> {
+        self.store.flagged_reservations().await
+    }
+
+    /// An operator's settlement of a flagged reservation (who and why are recorded); the cents moved, or
+    /// `None` when `decision_id` is not a flagged reservation still open.
+    pub async fn settle_flagged(
+        &self,
+        decision_id: Uuid,
+        how: ManualSettlement,
+        by: &str,
+        note: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        self.store.settle_flagged(decision_id, how, by, note).await
+    }
 }
 
 #[cfg(test)]
@@ -183,7 +265,7 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2026-11-30T23:59:59Z")
             .unwrap()
             .with_timezone(&Utc);
-        let w = window(AGENT_PROVIDER_MONTH, &agent(None), "stripe", now).unwrap();
+        let w = window(AGENT_PROVIDER_MONTH, &agent(None), "stripe", "", now).unwrap();
         assert_eq!(w.period, "2026-11");
         assert_eq!(
             w.subject,
@@ -191,19 +273,38 @@ mod tests {
         );
         let next = now + chrono::Duration::seconds(1);
         assert_eq!(
-            window(AGENT_PROVIDER_MONTH, &agent(None), "stripe", next)
+            window(AGENT_PROVIDER_MONTH, &agent(None), "stripe", "", next)
                 .unwrap()
                 .period,
             "2026-12"
         );
         assert_eq!(
-            window(TEAM_PROVIDER_MONTH, &agent(Some("web")), "cloudflare", now)
+            window(TEAM_PROVIDER_MONTH, &agent(Some("web")), "cloudflare", "", now)
                 .unwrap()
                 .subject,
             "team:web/cloudflare"
         );
-        assert!(window(TEAM_PROVIDER_MONTH, &agent(None), "cloudflare", now).is_err());
-        assert!(window("forever", &agent(None), "cloudflare", now).is_err());
+        assert!(window(TEAM_PROVIDER_MONTH, &agent(None), "cloudflare", "", now).is_err());
+        assert!(window("forever", &agent(None), "cloudflare", "", now).is_err());
+        // Per connected account: every agent acting on it shares the window; no header is the platform.
+        assert_eq!(
+            window(ACCOUNT_PROVIDER_MONTH, &agent(None), "stripe", "acct_1", now)
+                .unwrap()
+                .subject,
+            "account:stripe/acct_1"
+        );
+        assert_eq!(
+            window(ACCOUNT_PROVIDER_MONTH, &agent(None), "stripe", "", now)
+                .unwrap()
+                .subject,
+            "account:stripe/platform"
+        );
+        let (start, end) = window_bounds(now);
+        assert_eq!(start.to_rfc3339(), "2026-11-01T00:00:00+00:00");
+        assert_eq!(end.to_rfc3339(), "2026-12-01T00:00:00+00:00");
+        let (start, end) = window_bounds(next);
+        assert_eq!(start.to_rfc3339(), "2026-12-01T00:00:00+00:00");
+        assert_eq!(end.to_rfc3339(), "2027-01-01T00:00:00+00:00");
     }
 
     #[test]
@@ -243,10 +344,33 @@ mod tests {
     }
 
     #[test]
-    fn settlement_by_status() {
-        assert_eq!(Settlement::of_response(200), Settlement::Commit);
-        assert_eq!(Settlement::of_response(201), Settlement::Commit);
-        assert_eq!(Settlement::of_response(402), Settlement::Release);
-        assert_eq!(Settlement::of_response(500), Settlement::Release);
+    fn settlement_by_evidence() {
+        use Envelope::{Cloudflare, Plain, Stripe};
+        let of = Settlement::of_response;
+        assert_eq!(of(200, Stripe, false, None), Settlement::Commit);
+        assert_eq!(of(201, Cloudflare, false, None), Settlement::Commit);
+        // A replayed result spent nothing new.
+        assert_eq!(of(200, Stripe, true, None), Settlement::Release);
+        // The provider's own refusal envelope proves nothing was done.
+        let card_error = br#"{"error": {"type": "card_error", "code": "card_declined", "message": "no"}}"#;
+        assert_eq!(of(402, Stripe, false, Some(card_error)), Settlement::Release);
+        let invalid = br#"{"error": {"type": "invalid_request_error", "message": "bad"}}"#;
+        assert_eq!(of(400, Stripe, false, Some(invalid)), Settlement::Release);
+        let cf = br#"{"success": false, "errors": [{"code": 1004, "message": "bad"}], "result": null}"#;
+        assert_eq!(of(400, Cloudflare, false, Some(cf)), Settlement::Release);
+        // A 4xx without the envelope (a load balancer's page, an empty body) proves nothing.
+        assert_eq!(of(403, Stripe, false, Some(b"<html>nope</html>")), Settlement::Unknown);
+        assert_eq!(of(400, Stripe, false, None), Settlement::Unknown);
+        assert_eq!(of(409, Cloudflare, false, Some(br#"{"success": true}"#)), Settlement::Unknown);
+        assert_eq!(of(400, Cloudflare, false, Some(invalid)), Settlement::Unknown);
+        assert_eq!(of(404, Plain, false, None), Settlement::Release);
+        // 5xx and anything else: the request may have been acted on.
+        for status in [500, 502, 503, 504, 302, 101] {
+            assert_eq!(of(status, Stripe, false, Some(invalid)), Settlement::Unknown, "{status}");
+            assert_eq!(of(status, Plain, false, None), Settlement::Unknown, "{status}");
+        }
+        assert!(Settlement::needs_body(402, Stripe));
+        assert!(!Settlement::needs_body(500, Stripe));
+        assert!(!Settlement::needs_body(404, Plain));
     }
 }

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::approvals::{Approvals, Call, ConsumedApproval, Verdict};
 use crate::audit::{AuditWriter, DecisionRecord};
 use crate::canon;
-use crate::classify::{Action, Risk};
+use crate::classify::{Action, Risk, WriteQuery};
 use crate::config::Config;
 use crate::error::{Envelope, Refusal, RefusalCode};
 use crate::forward::{Forwarder, Permit, Target, UpstreamFailure};
@@ -34,7 +34,7 @@ use crate::metrics::{Metrics, status_class};
 use crate::policy::{
     Decision, Live, Outcome, PolicyError, PolicyHandle, RequestFacts, RunFacts, build_input,
 };
-use crate::store::{NewReservation, OutcomeRow, Reservation};
+use crate::store::{Idempotency, NewReservation, OutcomeRow, Reservation};
 
 /// Request headers that carry secrets: never in the policy input, never in a decision record.
 const SECRET_HEADERS: &[&str] = &[
@@ -57,6 +57,13 @@ const SECRET_BODY_FIELDS: &[&str] = &[
     "account_number",
     "value",
 ];
+/// The most of an upstream error response read to settle its reservation: providers' error envelopes are
+/// a few hundred bytes.
+const EVIDENCE_LIMIT: usize = 256 * 1024;
+/// A forwarded request's response (body buffered when it was read for evidence), its latency and that
+/// evidence; or why there was none.
+type ForwardResult =
+    Result<(Response<Body>, Duration, Option<Vec<u8>>), (UpstreamFailure, Duration)>;
 /// The longest a request is held open waiting for a reviewer, whatever the policy asks: agents' HTTP clients
 /// and load balancers time out beyond a few minutes.
 const MAX_HOLD_SECONDS: u64 = 300;
@@ -195,8 +202,7 @@ impl Gate {
         draft.path = path.as_str().to_string();
         let query =
             canon::parse_query(parts.uri.query()).map_err(|m| Refusal::malformed(m.message()))?;
-        canon::check_headers(&parts.headers, has_body(&parts.headers))
-            .map_err(|m| Refusal::malformed(m.message()))?;
+        canon::check_headers(&parts.headers).map_err(|m| Refusal::malformed(m.message()))?;
         draft.run = RunFacts {
             id: attribution(&parts.headers, "tollgate-run")?,
             on_behalf_of: attribution(&parts.headers, "tollgate-on-behalf-of")?,
@@ -222,14 +228,19 @@ impl Gate {
             .map_err(|m| Refusal::malformed(m.message()))?;
         draft.action = Some(action.clone());
 
-        // parse body
+        // parse body: as the route's provider reads it (media type from the catalog), with the query of a
+        // write either merged in (Stripe) or limited to what the route takes, so nothing the provider acts
+        // on goes unjudged
+        let merged_query = write_query(&parts.method, &action, &query, parts.uri.query())?;
+        let judged = JudgedHeaders::of(&parts.headers, agent.id)?;
         let bytes = self.read_body(&parts.headers, body).await?;
         let content_type = parts
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        let parsed = crate::body::parse_body(content_type, &bytes)
-            .map_err(|m| Refusal::malformed(m.message()))?;
+        let parsed =
+            crate::body::parse_request_body(action.body, content_type, &bytes, merged_query)
+                .map_err(|m| Refusal::malformed(m.message()))?;
         ledger::check_amounts(&parsed)
             .map_err(|m| Refusal::malformed(format!("tollgate: {}", m.message())))?;
         let mut action = action;
@@ -244,14 +255,20 @@ impl Gate {
             method: draft.method.clone(),
             path: draft.path.clone(),
             query,
-            headers: policy_headers(&parts.headers),
+            headers: judged.policy_headers(&parts.headers),
             body_sha256: crate::body::body_sha256(&bytes),
             body: parsed,
         };
         let now = Utc::now();
-        let agent_window =
-            ledger::window(ledger::AGENT_PROVIDER_MONTH, &agent, &provider.name, now)
-                .map_err(|_| Refusal::policy_unavailable())?;
+        let agent_window = ledger::window(
+            ledger::AGENT_PROVIDER_MONTH,
+            &agent,
+            &provider.name,
+            &judged.account,
+            now,
+        )
+        .map_err(|_| Refusal::policy_unavailable())?;
+        let (window_start, window_end) = ledger::window_bounds(now);
         // Reads cost nothing and are most of the traffic: only writes pay for the spend lookup.
         let spent = if action.risk == Risk::Read {
             Value::Null
@@ -264,7 +281,12 @@ impl Gate {
                 }
             }
         };
-        let spend = json!({"window": agent_window.period, "agent_provider_cents": spent});
+        let spend = json!({
+            "window": agent_window.period,
+            "window_start": window_start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "window_end": window_end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "agent_provider_cents": spent,
+        });
         let approval_header = approval_header(&parts.headers)?;
         let approval_input = approval_header.map(|id| json!({"id": id.to_string()}));
         let canonical_query = canon::canonical_query(&facts.query);
@@ -279,6 +301,11 @@ impl Gate {
             now,
         );
         let decision = self.decide(draft, live, input).await?;
+        let charge = decision
+            .charge
+            .as_ref()
+            .map(|c| format!("{}/{}/{}", c.cents, c.budget, agent_window.period))
+            .unwrap_or_default();
         let call = Call {
             agent_id: agent.id,
             agent_name: &agent.name,
@@ -286,8 +313,10 @@ impl Gate {
             method: &draft.method,
             path: &draft.path,
             canonical_query: &canonical_query,
+            headers: &judged.lines,
             body_sha256: &body_sha256,
             action: &action.name,
+            charge: &charge,
         };
 
         // approve (the request itself is not yet approved: open or reuse a pending approval, and either
@@ -385,19 +414,24 @@ impl Gate {
             }
         }
 
-        // reserve
-        let idempotency_key = parts
-            .headers
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok());
-        let fingerprint = call.fingerprint();
+        // reserve (a repeat of a request whose Idempotency-Key the provider still replays is not charged
+        // again: the key as forwarded, the account headers and the request fingerprint must all match)
+        let fingerprint = call.request_fingerprint();
         let mut reserved = false;
         if let Some(charge) = &decision.charge {
-            let window =
-                ledger::window(&charge.budget, &agent, &provider.name, now).map_err(|e| {
+            let window = ledger::window(&charge.budget, &agent, &provider.name, &judged.account, now)
+                .map_err(|e| {
                     tracing::error!(error = %e, "policy named a budget the ledger cannot key");
                     Refusal::policy_unavailable()
                 })?;
+            let idempotency = match (&judged.forwarded_key, provider.idempotency_window) {
+                (Some(key), Some(window)) => Some(Idempotency {
+                    key: key.to_str().unwrap_or_default(),
+                    account: &judged.account,
+                    window_secs: i64::try_from(window.as_secs()).unwrap_or(i64::MAX),
+                }),
+                _ => None,
+            };
             let reservation = NewReservation {
                 window: &window,
                 provider: &provider.name,
@@ -405,7 +439,7 @@ impl Gate {
                 decision_id: draft.id,
                 cents: charge.cents,
                 cap_cents: charge.cap_cents,
-                idempotency_key,
+                idempotency,
                 fingerprint: &fingerprint,
             };
             let outcome = self.ledger.reserve(&reservation).await;
@@ -417,7 +451,8 @@ impl Gate {
                 Ok(Reservation::Replayed) => {}
                 Ok(Reservation::IdempotencyConflict) => {
                     return Err(Refusal::malformed(
-                        "tollgate: this Idempotency-Key was already used for a different request",
+                        "tollgate: this Idempotency-Key was already used for a different request (or with \
+                         other account headers) within the provider's replay window",
                     ));
                 }
                 Ok(Reservation::Exceeded {
@@ -474,20 +509,41 @@ impl Gate {
         let Some(permit) = Permit::issue(&decision, consumed.as_ref(), &recorded, target) else {
             return Err(Refusal::policy_unavailable());
         };
+        let forwarded_headers = judged.forwarded(&parts.headers);
         let result = self
             .forwarder
-            .forward(&permit, parts.method.clone(), &parts.headers, bytes)
+            .forward(&permit, parts.method.clone(), &forwarded_headers, bytes)
             .await;
+        // A 4xx is a refusal only in the provider's own envelope: read it (small) before settling.
+        let result = match result {
+            Ok((response, latency))
+                if reserved
+                    && Settlement::needs_body(response.status().as_u16(), provider.envelope) =>
+            {
+                self.read_evidence(response, latency).await
+            }
+            other => other.map(|(response, latency)| (response.map(Body::new), latency, None)),
+        };
 
         // settle: money first, then the outcome record
+        let mut settled = None;
         if reserved {
             let settlement = match &result {
-                Ok((response, _)) => Settlement::of_response(response.status().as_u16()),
+                Ok((response, _, evidence)) => Settlement::of_response(
+                    response.status().as_u16(),
+                    provider.envelope,
+                    response
+                        .headers()
+                        .get("idempotent-replayed")
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")),
+                    evidence.as_deref(),
+                ),
                 Err((UpstreamFailure::Connect | UpstreamFailure::NoCredential, _)) => {
                     Settlement::Release
                 }
                 Err(_) => Settlement::Unknown,
             };
+            settled = Some(settlement);
             match self.ledger.settle(draft.id, settlement).await {
                 Ok(Some(cents)) => self
                     .metrics
@@ -503,7 +559,7 @@ impl Gate {
         }
 
         match result {
-            Ok((response, latency)) => {
+            Ok((response, latency, _)) => {
                 let status = response.status().as_u16();
                 self.audit.record_outcome(OutcomeRow {
                     decision_id: permit.decision_id(),
@@ -511,15 +567,16 @@ impl Gate {
                     upstream_status: Some(i32::from(status)),
                     latency_us: latency.as_micros() as i64,
                     error: None,
-                    flagged: false,
+                    flagged: settled == Some(Settlement::Unknown),
                 });
                 self.metrics
                     .upstream_duration_seconds
                     .with_label_values(&[&draft.provider, status_class(status)])
                     .observe(latency.as_secs_f64());
                 self.count(draft, "allow", None);
-                // respond
-                let mut response = response.map(Body::new);
+                // respond (the agent sees its own Idempotency-Key, not the namespaced one)
+                let mut response = response;
+                judged.restore_key(response.headers_mut());
                 insert_decision_header(response.headers_mut(), draft.id);
                 Ok(response)
             }
@@ -633,6 +690,28 @@ impl Gate {
                 tracing::error!(error = %e, decision_id = %draft.id, "policy gave no decision; refusing");
                 Err(Refusal::policy_unavailable())
             }
+        }
+    }
+
+    /// Reads a non-2xx upstream response's body (at most [`EVIDENCE_LIMIT`] bytes, within the upstream
+    /// timeout), so settlement can tell the provider's refusal from an unknown outcome; the agent gets the
+    /// same bytes. A body that cannot be read is an unknown outcome (the refusal says so).
+    async fn read_evidence(
+        &self,
+        response: http::Response<hyper::body::Incoming>,
+        latency: Duration,
+    ) -> ForwardResult {
+        let (head, body) = response.into_parts();
+        let limited = http_body_util::Limited::new(body, EVIDENCE_LIMIT);
+        match tokio::time::timeout(self.config.server.upstream_timeout, limited.collect()).await {
+            Ok(Ok(collected)) => {
+                let bytes = collected.to_bytes();
+                let mut response = http::Response::from_parts(head, Body::from(bytes.clone()));
+                response.headers_mut().remove(http::header::CONTENT_LENGTH);
+                Ok((response, latency, Some(bytes.to_vec())))
+            }
+            Ok(Err(_)) => Err((UpstreamFailure::Broken, latency)),
+            Err(_) => Err((UpstreamFailure::Timeout, latency)),
         }
     }
 
@@ -799,6 +878,172 @@ impl Gate {
     }
 }
 
+/// The query parameters of a write that the provider acts on: for a provider that merges them into the
+/// body (Stripe) the raw query, to be judged as part of the body; for the others none, and a parameter the
+/// route does not list is refused. Reads keep their query as `request.query`.
+fn write_query<'q>(
+    method: &http::Method,
+    action: &Action,
+    query: &BTreeMap<String, Vec<String>>,
+    raw: Option<&'q str>,
+) -> Result<Option<&'q str>, Refusal> {
+    if matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    ) {
+        return Ok(None);
+    }
+    match &action.write_query {
+        WriteQuery::Merge => Ok(raw),
+        WriteQuery::Only(allowed) => match query
+            .keys()
+            .find(|k| !allowed.iter().any(|a| **a == ***k))
+        {
+            None => Ok(None),
+            Some(k) => Err(Refusal::malformed(format!(
+                "tollgate: query parameter {k:?} is not taken by this route on a write ({}); the provider \
+                 could act on it unjudged: send it in the body",
+                if allowed.is_empty() {
+                    "it takes none".to_string()
+                } else {
+                    format!("it takes {}", allowed.join(", "))
+                }
+            ))),
+        },
+    }
+}
+
+/// The request headers that change what the provider does, as they will be forwarded.
+///
+/// - `Content-Type`, `Stripe-Account`, `Stripe-Context` and `Stripe-Version` are judged as sent (one copy
+///   each, `canon::check_headers`), listed in `lines` for the request and approval fingerprints.
+/// - `Idempotency-Key` is forwarded namespaced per agent ([`forwarded_idempotency_key`]), so two agents
+///   behind one tollgate never share a key at the provider; the policy, the ledger and the fingerprint see
+///   the forwarded key, and the agent sees its own key back in the response.
+struct JudgedHeaders {
+    lines: String,
+    /// `Stripe-Account|Stripe-Context` as sent, empty when neither is: the scope of an idempotency key and
+    /// the subject of an `account-provider-month` budget.
+    account: String,
+    agent_key: Option<HeaderValue>,
+    forwarded_key: Option<HeaderValue>,
+}
+
+/// Headers that change what the provider does with a request, in the order they are fingerprinted.
+const JUDGED_HEADERS: [&str; 4] = [
+    "content-type",
+    "stripe-account",
+    "stripe-context",
+    "stripe-version",
+];
+/// Stripe accepts idempotency keys of up to 255 characters.
+const IDEMPOTENCY_KEY_MAX: usize = 255;
+
+impl JudgedHeaders {
+    fn of(headers: &HeaderMap, agent: Uuid) -> Result<JudgedHeaders, Refusal> {
+        let mut lines = String::new();
+        for name in JUDGED_HEADERS {
+            if let Some(value) = headers.get(name) {
+                let Ok(text) = value.to_str() else {
+                    return Err(Refusal::malformed(format!(
+                        "tollgate: the {name} header must be visible ASCII"
+                    )));
+                };
+                lines.push_str(name);
+                lines.push_str(": ");
+                lines.push_str(text.trim());
+                lines.push('\n');
+            }
+        }
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .unwrap_or_default()
+        };
+        let (sa, sc) = (text("stripe-account"), text("stripe-context"));
+        let account = if sa.is_empty() && sc.is_empty() {
+            String::new()
+        } else {
+            format!("{sa}|{sc}")
+        };
+        let agent_key = headers.get("idempotency-key").cloned();
+        let forwarded_key = match &agent_key {
+            None => None,
+            Some(value) => {
+                let key = value.to_str().ok().filter(|k| {
+                    !k.is_empty()
+                        && k.len() <= IDEMPOTENCY_KEY_MAX
+                        && k.bytes().all(|b| b.is_ascii_graphic())
+                });
+                let Some(key) = key else {
+                    return Err(Refusal::malformed(format!(
+                        "tollgate: Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX} visible ASCII characters"
+                    )));
+                };
+                HeaderValue::from_str(&forwarded_idempotency_key(agent, key)).ok()
+            }
+        };
+        Ok(JudgedHeaders {
+            lines,
+            account,
+            agent_key,
+            forwarded_key,
+        })
+    }
+
+    /// The request headers the policy may see (see [`policy_headers`]), with the key as forwarded.
+    fn policy_headers(&self, headers: &HeaderMap) -> BTreeMap<String, String> {
+        let mut out = policy_headers(headers);
+        if let Some(key) = self.forwarded_key.as_ref().and_then(|k| k.to_str().ok()) {
+            out.insert("idempotency-key".to_string(), key.to_string());
+        }
+        out
+    }
+
+    /// The agent's headers with the namespaced key in place of its own (`forward` does the rest of the
+    /// header hygiene).
+    fn forwarded<'h>(&self, headers: &'h HeaderMap) -> std::borrow::Cow<'h, HeaderMap> {
+        match &self.forwarded_key {
+            None => std::borrow::Cow::Borrowed(headers),
+            Some(key) => {
+                let mut copy = headers.clone();
+                copy.insert("idempotency-key", key.clone());
+                std::borrow::Cow::Owned(copy)
+            }
+        }
+    }
+
+    /// The provider may echo the key: the agent gets back the one it sent.
+    fn restore_key(&self, headers: &mut HeaderMap) {
+        if let Some(agent_key) = &self.agent_key
+            && headers.contains_key("idempotency-key")
+        {
+            headers.insert("idempotency-key", agent_key.clone());
+        }
+    }
+}
+
+/// The `Idempotency-Key` forwarded for an agent's key: `tollgate-` followed by the lower-case hex SHA-256
+/// of `"tollgate idempotency-key v1"`, the agent's id and the agent's key, each length-prefixed (8 bytes,
+/// big-endian). Stable (a retry of the same call gets the same key) and distinct per agent, so keys of two
+/// agents can never collide at the provider, where keys belong to the whole account.
+pub fn forwarded_idempotency_key(agent: Uuid, key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let agent = agent.to_string();
+    for part in [
+        "tollgate idempotency-key v1",
+        agent.as_str(),
+        key,
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    format!("tollgate-{}", hex::encode(h.finalize()))
+}
+
 /// `Tollgate-Approval: <id>`, if present; a value that is not an approval id is refused.
 fn approval_header(headers: &HeaderMap) -> Result<Option<Uuid>, Refusal> {
     match headers.get("tollgate-approval") {
@@ -890,14 +1135,6 @@ fn split_provider(path: &str) -> (&str, &str) {
         Some(i) => (&trimmed[..i], &trimmed[i..]),
         None => (trimmed, ""),
     }
-}
-
-fn has_body(headers: &HeaderMap) -> bool {
-    headers.contains_key(http::header::TRANSFER_ENCODING)
-        || headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim() != "0")
 }
 
 /// An optional attribution header: printable, at most `ATTRIBUTION_MAX` bytes.

@@ -182,6 +182,23 @@ impl Store {
         dispatch!(self, s => s.flag_reservation(decision_id).await)
     }
 
+    /// Flagged reservations still reserved, oldest first.
+    pub async fn flagged_reservations(&self) -> Result<Vec<FlaggedReservation>, StoreError> {
+        dispatch!(self, s => s.flagged_reservations().await)
+    }
+
+    /// An operator settles a flagged reservation: committed or released, with who and why kept on the
+    /// reservation and in `admin_actions`, in one transaction. `None` if it is not a flagged, reserved one.
+    pub async fn settle_flagged(
+        &self,
+        decision_id: Uuid,
+        how: ManualSettlement,
+        by: &str,
+        note: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        dispatch!(self, s => s.settle_flagged(decision_id, how, by, note).await)
+    }
+
     /// committed + reserved in one window (0 if it has no row yet).
     pub async fn window_spent(&self, window: &WindowKey) -> Result<i64, StoreError> {
         dispatch!(self, s => s.window_spent(window).await)
@@ -379,8 +396,43 @@ pub struct NewReservation<'a> {
     pub decision_id: Uuid,
     pub cents: i64,
     pub cap_cents: i64,
-    pub idempotency_key: Option<&'a str>,
+    /// For a provider that replays repeated idempotency keys: the key as forwarded and its scope.
+    pub idempotency: Option<Idempotency<'a>>,
+    /// The request fingerprint (what a replay must repeat exactly).
     pub fingerprint: &'a str,
+}
+
+/// An `Idempotency-Key` as the provider sees it: the key as forwarded (already namespaced per agent), the
+/// account headers that scope it, and how long the provider replays it.
+#[derive(Debug, Clone, Copy)]
+pub struct Idempotency<'a> {
+    pub key: &'a str,
+    /// `Stripe-Account` and `Stripe-Context` as sent (empty when absent).
+    pub account: &'a str,
+    /// A repeat within this many seconds of the first use is a replay; after it, a new request.
+    pub window_secs: i64,
+}
+
+/// A reservation whose upstream outcome is unknown (timeout, 5xx, broken exchange), waiting for an operator.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FlaggedReservation {
+    pub decision_id: Uuid,
+    pub budget: String,
+    pub subject: String,
+    pub period: String,
+    pub agent_id: Uuid,
+    pub provider: String,
+    pub cents: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// How an operator settles a flagged reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManualSettlement {
+    /// The provider did act: the money counts as spent.
+    Committed,
+    /// The provider did not act: the money goes back to the budget.
+    Released,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -419,6 +471,9 @@ pub struct ApprovalRow {
     pub method: String,
     pub path: String,
     pub query: String,
+    /// The judged headers (`name: value` lines of Content-Type, Stripe-Account, Stripe-Context,
+    /// Stripe-Version) the approval is bound to.
+    pub headers: String,
     pub body_sha256: String,
     pub action: String,
     pub reasons: Value,

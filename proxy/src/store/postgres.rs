@@ -320,19 +320,67 @@ impl PgStore {
     /// Reserves `cents` against a budget window in one transaction: the window row is created at its cap if
     /// new, then one conditional UPDATE admits the charge only if committed + reserved + charge <= cap.
     /// Concurrent reservations serialize on the row, so no replica can overshoot.
+    ///
+    /// With an idempotency key, the key's row is claimed first in the same transaction (a concurrent claim of
+    /// the same key waits on it): a live earlier use of the key — within the provider's window, not released
+    /// — makes this request a replay (same fingerprint, nothing reserved) or a conflict; an expired or
+    /// released one is taken over and this request is charged as new. A refused reservation rolls the claim
+    /// back with everything else.
     pub async fn reserve(&self, r: &NewReservation<'_>) -> Result<Reservation, StoreError> {
-        if let Some(key) = r.idempotency_key
-            && let Some(previous) = self
-                .idempotent_reservation(r.agent_id, r.provider, key)
-                .await?
-        {
-            return Ok(if previous == r.fingerprint {
-                Reservation::Replayed
-            } else {
-                Reservation::IdempotencyConflict
-            });
-        }
         let mut tx = self.pool.begin().await?;
+        if let Some(idem) = &r.idempotency {
+            let claimed = sqlx::query(
+                "INSERT INTO idempotency_keys (provider, account, key, agent_id, fingerprint, decision_id)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (provider, account, key) DO NOTHING",
+            )
+            .bind(r.provider)
+            .bind(idem.account)
+            .bind(idem.key)
+            .bind(r.agent_id)
+            .bind(r.fingerprint)
+            .bind(r.decision_id)
+            .execute(&mut *tx)
+            .await?;
+            if claimed.rows_affected() == 0 {
+                let earlier = sqlx::query(
+                    "SELECT k.fingerprint,
+                            k.first_seen > now() - make_interval(secs => $4::float8) AS live,
+                            coalesce(r.state, 'released') AS state
+                     FROM idempotency_keys k LEFT JOIN spend_reservations r ON r.decision_id = k.decision_id
+                     WHERE k.provider = $1 AND k.account = $2 AND k.key = $3
+                     FOR UPDATE OF k",
+                )
+                .bind(r.provider)
+                .bind(idem.account)
+                .bind(idem.key)
+                .bind(idem.window_secs)
+                .fetch_one(&mut *tx)
+                .await?;
+                let fingerprint: String = earlier.try_get("fingerprint")?;
+                let live: bool = earlier.try_get("live")?;
+                let state: String = earlier.try_get("state")?;
+                if live && state != "released" {
+                    tx.rollback().await?;
+                    return Ok(if fingerprint == r.fingerprint {
+                        Reservation::Replayed
+                    } else {
+                        Reservation::IdempotencyConflict
+                    });
+                }
+                sqlx::query(
+                    "UPDATE idempotency_keys SET agent_id = $4, fingerprint = $5, decision_id = $6, first_seen = now()
+                     WHERE provider = $1 AND account = $2 AND key = $3",
+                )
+                .bind(r.provider)
+                .bind(idem.account)
+                .bind(idem.key)
+                .bind(r.agent_id)
+                .bind(r.fingerprint)
+                .bind(r.decision_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
         sqlx::query(
             "INSERT INTO spend_windows (budget, subject, period, provider, cap_cents) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (budget, subject, period) DO NOTHING",
@@ -373,7 +421,7 @@ impl PgStore {
                 reserved_cents: row.try_get("reserved_cents")?,
             });
         }
-        let inserted = sqlx::query(
+        sqlx::query(
             "INSERT INTO spend_reservations (decision_id, budget, subject, period, agent_id, provider, cents, state,
                 idempotency_key, fingerprint)
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'reserved', $8, $9)",
@@ -385,52 +433,12 @@ impl PgStore {
         .bind(r.agent_id)
         .bind(r.provider)
         .bind(r.cents)
-        .bind(r.idempotency_key)
+        .bind(r.idempotency.map(|i| i.key))
         .bind(r.fingerprint)
         .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {
-                tx.commit().await?;
-                Ok(Reservation::Reserved)
-            }
-            // A concurrent request with the same Idempotency-Key won the race: this one is its replay.
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                tx.rollback().await?;
-                let key = r.idempotency_key.unwrap_or_default();
-                Ok(
-                    match self
-                        .idempotent_reservation(r.agent_id, r.provider, key)
-                        .await?
-                    {
-                        Some(f) if f == r.fingerprint => Reservation::Replayed,
-                        _ => Reservation::IdempotencyConflict,
-                    },
-                )
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn idempotent_reservation(
-        &self,
-        agent_id: Uuid,
-        provider: &str,
-        key: &str,
-    ) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query(
-            "SELECT fingerprint FROM spend_reservations
-             WHERE agent_id = $1 AND provider = $2 AND idempotency_key = $3 AND state <> 'released' LIMIT 1",
-        )
-        .bind(agent_id)
-        .bind(provider)
-        .bind(key)
-        .fetch_optional(&self.pool)
         .await?;
-        Ok(match row {
-            Some(r) => Some(r.try_get("fingerprint")?),
-            None => None,
-        })
+        tx.commit().await?;
+        Ok(Reservation::Reserved)
     }
 
     /// Commits or releases a reservation in one statement; returns the cents moved (None if there was no open
@@ -466,6 +474,77 @@ impl PgStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    pub async fn flagged_reservations(&self) -> Result<Vec<FlaggedReservation>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT decision_id, budget, subject, period, agent_id, provider, cents, created_at
+             FROM spend_reservations WHERE flagged AND state = 'reserved' ORDER BY created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FlaggedReservation {
+                    decision_id: r.try_get("decision_id")?,
+                    budget: r.try_get("budget")?,
+                    subject: r.try_get("subject")?,
+                    period: r.try_get("period")?,
+                    agent_id: r.try_get("agent_id")?,
+                    provider: r.try_get("provider")?,
+                    cents: r.try_get("cents")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn settle_flagged(
+        &self,
+        decision_id: Uuid,
+        how: ManualSettlement,
+        by: &str,
+        note: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let state = match how {
+            ManualSettlement::Committed => "committed",
+            ManualSettlement::Released => "released",
+        };
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "WITH r AS (
+                UPDATE spend_reservations SET state = $2, settled_at = now(), settled_by = $3, settle_note = $4
+                WHERE decision_id = $1 AND state = 'reserved' AND flagged
+                RETURNING budget, subject, period, cents)
+             UPDATE spend_windows w SET
+                reserved_cents = w.reserved_cents - r.cents,
+                committed_cents = w.committed_cents + CASE WHEN $2 = 'committed' THEN r.cents ELSE 0 END,
+                updated_at = now()
+             FROM r WHERE w.budget = r.budget AND w.subject = r.subject AND w.period = r.period
+             RETURNING r.cents",
+        )
+        .bind(decision_id)
+        .bind(state)
+        .bind(by)
+        .bind(note)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let cents: i64 = row.try_get("cents")?;
+        sqlx::query(
+            "INSERT INTO admin_actions (id, actor, action, target, detail) VALUES ($1, $2, 'spend.settle', $3, $4::json)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(by)
+        .bind(decision_id.to_string())
+        .bind(serde_json::json!({"outcome": state, "cents": cents, "note": note}).to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(cents))
     }
 
     /// committed + reserved in one window (0 if it has no row yet).
@@ -536,8 +615,9 @@ impl PgStore {
             }
             let inserted = sqlx::query(
                 "INSERT INTO approvals (id, fingerprint, agent_id, agent_name, provider, method, path, query,
-                    body_sha256, action, reasons, charge_cents, status, created_at, expires_at, requested_by_decision)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::json, $12, 'pending', $13, $14, $15)
+                    body_sha256, action, reasons, charge_cents, status, created_at, expires_at, requested_by_decision,
+                    headers)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::json, $12, 'pending', $13, $14, $15, $16)
                  ON CONFLICT DO NOTHING",
             )
             .bind(new.id)
@@ -555,6 +635,7 @@ impl PgStore {
             .bind(new.created_at)
             .bind(new.expires_at)
             .bind(new.requested_by_decision)
+            .bind(&new.headers)
             .execute(&self.pool)
             .await?;
             if inserted.rows_affected() == 1 {
@@ -566,7 +647,7 @@ impl PgStore {
     }
 
     const APPROVAL_COLUMNS: &'static str = "id, fingerprint, agent_id, agent_name, provider, method, path, query,
-        body_sha256, action, reasons, charge_cents, status, created_at, expires_at, requested_by_decision,
+        headers, body_sha256, action, reasons, charge_cents, status, created_at, expires_at, requested_by_decision,
         decided_by, decided_at, note, consumed_at, consumed_by_decision";
 
     /// A reviewer's decision on a pending, unexpired approval. `Ok(None)` if it is not (or no longer) pending.
@@ -1019,6 +1100,7 @@ fn approval_from_row(r: &sqlx::postgres::PgRow) -> Result<ApprovalRow, StoreErro
         method: r.try_get("method")?,
         path: r.try_get("path")?,
         query: r.try_get("query")?,
+        headers: r.try_get("headers")?,
         body_sha256: r.try_get("body_sha256")?,
         action: r.try_get("action")?,
         reasons: r.try_get("reasons")?,

@@ -363,26 +363,50 @@ impl SqliteStore {
     // ---- spend ----
 
     /// The same conditional UPDATE as Postgres, inside one immediate transaction on the single connection.
+    /// As Postgres's: the key's row is claimed first, in the same transaction as the reservation (the one
+    /// pooled connection serializes transactions).
     pub async fn reserve(&self, r: &NewReservation<'_>) -> Result<Reservation, StoreError> {
         let mut tx = self.pool.begin().await?;
-        if let Some(key) = r.idempotency_key {
-            let previous: Option<String> = sqlx::query_scalar(
-                "SELECT fingerprint FROM spend_reservations
-                 WHERE agent_id = ? AND provider = ? AND idempotency_key = ? AND state <> 'released' LIMIT 1",
+        if let Some(idem) = &r.idempotency {
+            let earlier = sqlx::query(
+                "SELECT k.fingerprint, k.first_seen, coalesce(r.state, 'released') AS state
+                 FROM idempotency_keys k LEFT JOIN spend_reservations r ON r.decision_id = k.decision_id
+                 WHERE k.provider = ? AND k.account = ? AND k.key = ?",
             )
-            .bind(r.agent_id.to_string())
             .bind(r.provider)
-            .bind(key)
+            .bind(idem.account)
+            .bind(idem.key)
             .fetch_optional(&mut *tx)
             .await?;
-            if let Some(previous) = previous {
-                tx.rollback().await?;
-                return Ok(if previous == r.fingerprint {
-                    Reservation::Replayed
-                } else {
-                    Reservation::IdempotencyConflict
-                });
+            if let Some(earlier) = earlier {
+                let fingerprint: String = earlier.try_get("fingerprint")?;
+                let first_seen = parse_ts(&earlier.try_get::<String, _>("first_seen")?)?;
+                let state: String = earlier.try_get("state")?;
+                let live = first_seen > Utc::now() - chrono::Duration::seconds(idem.window_secs);
+                if live && state != "released" {
+                    tx.rollback().await?;
+                    return Ok(if fingerprint == r.fingerprint {
+                        Reservation::Replayed
+                    } else {
+                        Reservation::IdempotencyConflict
+                    });
+                }
             }
+            sqlx::query(
+                "INSERT INTO idempotency_keys (provider, account, key, agent_id, fingerprint, decision_id, first_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (provider, account, key) DO UPDATE SET agent_id = ?4, fingerprint = ?5,
+                    decision_id = ?6, first_seen = ?7",
+            )
+            .bind(r.provider)
+            .bind(idem.account)
+            .bind(idem.key)
+            .bind(r.agent_id.to_string())
+            .bind(r.fingerprint)
+            .bind(r.decision_id.to_string())
+            .bind(ts(Utc::now()))
+            .execute(&mut *tx)
+            .await?;
         }
         let now = ts(Utc::now());
         sqlx::query(
@@ -437,13 +461,98 @@ impl SqliteStore {
         .bind(r.agent_id.to_string())
         .bind(r.provider)
         .bind(r.cents)
-        .bind(r.idempotency_key)
+        .bind(r.idempotency.map(|i| i.key))
         .bind(r.fingerprint)
         .bind(&now)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(Reservation::Reserved)
+    }
+
+    pub async fn flagged_reservations(&self) -> Result<Vec<FlaggedReservation>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT decision_id, budget, subject, period, agent_id, provider, cents, created_at
+             FROM spend_reservations WHERE flagged AND state = 'reserved' ORDER BY created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FlaggedReservation {
+                    decision_id: uuid(&r.try_get::<String, _>("decision_id")?)?,
+                    budget: r.try_get("budget")?,
+                    subject: r.try_get("subject")?,
+                    period: r.try_get("period")?,
+                    agent_id: uuid(&r.try_get::<String, _>("agent_id")?)?,
+                    provider: r.try_get("provider")?,
+                    cents: r.try_get("cents")?,
+                    created_at: parse_ts(&r.try_get::<String, _>("created_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn settle_flagged(
+        &self,
+        decision_id: Uuid,
+        how: ManualSettlement,
+        by: &str,
+        note: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let state = match how {
+            ManualSettlement::Committed => "committed",
+            ManualSettlement::Released => "released",
+        };
+        let mut tx = self.pool.begin().await?;
+        let now = ts(Utc::now());
+        let row = sqlx::query(
+            "UPDATE spend_reservations SET state = ?2, settled_at = ?3, settled_by = ?4, settle_note = ?5
+             WHERE decision_id = ?1 AND state = 'reserved' AND flagged
+             RETURNING budget, subject, period, cents",
+        )
+        .bind(decision_id.to_string())
+        .bind(state)
+        .bind(&now)
+        .bind(by)
+        .bind(note)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let cents: i64 = row.try_get("cents")?;
+        let committed = if how == ManualSettlement::Committed {
+            cents
+        } else {
+            0
+        };
+        sqlx::query(
+            "UPDATE spend_windows SET reserved_cents = reserved_cents - ?4, committed_cents = committed_cents + ?5,
+                updated_at = ?6
+             WHERE budget = ?1 AND subject = ?2 AND period = ?3",
+        )
+        .bind(row.try_get::<String, _>("budget")?)
+        .bind(row.try_get::<String, _>("subject")?)
+        .bind(row.try_get::<String, _>("period")?)
+        .bind(cents)
+        .bind(committed)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO admin_actions (id, at, actor, action, target, detail) VALUES (?, ?, ?, 'spend.settle', ?, ?)",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(&now)
+        .bind(by)
+        .bind(decision_id.to_string())
+        .bind(serde_json::json!({"outcome": state, "cents": cents, "note": note}).to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(cents))
     }
 
     pub async fn settle(&self, decision_id: Uuid, commit: bool) -> Result<Option<i64>, StoreError> {
@@ -531,7 +640,7 @@ impl SqliteStore {
     // ---- approvals ----
 
     const APPROVAL_COLUMNS: &'static str = "id, fingerprint, agent_id, agent_name, provider, method, path, query,
-        body_sha256, action, reasons, charge_cents, status, created_at, expires_at, requested_by_decision,
+        headers, body_sha256, action, reasons, charge_cents, status, created_at, expires_at, requested_by_decision,
         decided_by, decided_at, note, consumed_at, consumed_by_decision";
 
     pub async fn open_approval(&self, new: &ApprovalRow) -> Result<ApprovalRow, StoreError> {
@@ -559,8 +668,9 @@ impl SqliteStore {
         }
         sqlx::query(
             "INSERT INTO approvals (id, fingerprint, agent_id, agent_name, provider, method, path, query,
-                body_sha256, action, reasons, charge_cents, status, created_at, expires_at, requested_by_decision)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                body_sha256, action, reasons, charge_cents, status, created_at, expires_at, requested_by_decision,
+                headers)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
         )
         .bind(new.id.to_string())
         .bind(&new.fingerprint)
@@ -577,6 +687,7 @@ impl SqliteStore {
         .bind(ts(new.created_at))
         .bind(ts(new.expires_at))
         .bind(new.requested_by_decision.to_string())
+        .bind(&new.headers)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -804,6 +915,7 @@ fn approval_from_row(r: &SqliteRow) -> Result<ApprovalRow, StoreError> {
         method: r.try_get("method")?,
         path: r.try_get("path")?,
         query: r.try_get("query")?,
+        headers: r.try_get("headers")?,
         body_sha256: r.try_get("body_sha256")?,
         action: r.try_get("action")?,
         reasons: json(&r.try_get::<String, _>("reasons")?)?,
