@@ -1344,4 +1344,71 @@ mod tests {
             assert_eq!(body_sha256(bytes), *expected);
         }
     }
+
+    #[test]
+    fn the_route_decides_the_body_type() {
+        use BodyKind::{Form, Json, Multipart};
+        let parse = |kind, ct: Option<&str>, body: &[u8], query: Option<&str>| {
+            parse_request_body(kind, ct, body, query)
+        };
+        // The confirmed attack: a JSON NS record declared as a form, on a JSON route.
+        let ns = br#"{"type":"NS","name":"example.com","content":"ns.evil.test"}"#;
+        let err = parse(Json, FORM, ns, None).unwrap_err();
+        assert!(err.message().contains("takes application/json"), "{err:?}");
+        // ... and the same bytes as a form on a form route: JSON-shaped, refused.
+        let err = parse(Form, FORM, ns, None).unwrap_err();
+        assert!(err.message().contains("shaped like JSON"), "{err:?}");
+        assert!(parse(Form, FORM, b"  [1]", None).is_err());
+        // Opaque or missing types are no longer passed through as "nothing to judge".
+        assert!(parse(Json, Some("text/plain"), b"{}", None).is_err());
+        assert!(parse(Json, None, b"{}", None).is_err());
+        assert!(parse(Form, JSON, b"{\"amount\":1}", None).is_err());
+        assert!(parse(Multipart, JSON, b"{}", None).is_err());
+        // The route's own type parses as before; an empty body is null whatever it claims.
+        assert_eq!(parse(Json, JSON, b"{\"a\":1}", None).unwrap(), json!({"a": 1}));
+        assert_eq!(parse(Form, FORM, b"a=1", None).unwrap(), json!({"a": "1"}));
+        assert_eq!(parse(Json, Some("text/plain"), b"", None).unwrap(), Value::Null);
+        // A form in another charset could decode differently at the provider.
+        assert!(parse(Form, Some("application/x-www-form-urlencoded; charset=iso-8859-1"), b"a=1", None).is_err());
+        assert!(parse(Form, Some("application/x-www-form-urlencoded; charset=UTF-8"), b"a=1", None).is_ok());
+    }
+
+    #[test]
+    fn query_parameters_of_a_write_are_merged_into_the_form() {
+        let merged = |query: &str, body: &[u8]| parse_request_body(BodyKind::Form, FORM, body, Some(query));
+        // The confirmed attack: quantity in the query of a subscription item write.
+        assert_eq!(
+            merged("quantity=1000", b"price_data[unit_amount]=4000&price_data[currency]=usd").unwrap(),
+            json!({"quantity": "1000", "price_data": {"unit_amount": "4000", "currency": "usd"}})
+        );
+        // One-off items hidden in the query of a subscription create are judged with the body's items.
+        assert_eq!(
+            merged("add_invoice_items[0][price_data][unit_amount]=900000", b"items[0][price]=price_1").unwrap(),
+            json!({"add_invoice_items": [{"price_data": {"unit_amount": "900000"}}], "items": [{"price": "price_1"}]})
+        );
+        // A parameter in both places is refused, whatever its values.
+        let err = merged("amount=100", b"amount=4000&currency=usd").unwrap_err();
+        assert!(err.message().contains("\"amount\" is in both"), "{err:?}");
+        assert!(merged("items[0][quantity]=9", b"items[0][price]=p").is_err());
+        // A write with only a query (no body) is judged from the query.
+        assert_eq!(
+            parse_request_body(BodyKind::Form, None, b"", Some("amount=7500&currency=usd")).unwrap(),
+            json!({"amount": "7500", "currency": "usd"})
+        );
+        assert!(parse_request_body(BodyKind::Json, JSON, b"{}", Some("a=1")).is_err());
+        assert_eq!(parse_request_body(BodyKind::Form, FORM, b"", Some("")).unwrap(), Value::Null);
+    }
+
+    #[test]
+    fn json_keys_are_duplicates_without_regard_to_case() {
+        for body in [
+            r#"{"id": "a", "ID": "b"}"#,
+            r#"{"policies": [], "Policies": []}"#,
+            r#"{"data": {"years": 1, "Years": 10}}"#,
+        ] {
+            let err = parse_request_body(BodyKind::Json, JSON, body.as_bytes(), None).unwrap_err();
+            assert!(err.message().contains("duplicate key"), "{body}: {err:?}");
+        }
+    }
+
 }

@@ -66,6 +66,7 @@ pub struct TollgateBuilder {
     policy_dir: PathBuf,
     server_extra: Vec<String>,
     policy_extra: Vec<String>,
+    stripe_extra: Vec<String>,
 }
 
 pub struct Tollgate {
@@ -84,6 +85,7 @@ impl TollgateBuilder {
             policy_dir: bundled_policies(),
             server_extra: Vec::new(),
             policy_extra: Vec::new(),
+            stripe_extra: Vec::new(),
         }
     }
 
@@ -115,6 +117,12 @@ impl TollgateBuilder {
         self
     }
 
+    /// An extra `key = value` line in `[providers.stripe]`, e.g. `idempotency_window_seconds = 2`.
+    pub fn stripe(mut self, line: &str) -> Self {
+        self.stripe_extra.push(line.to_string());
+        self
+    }
+
     fn config_text(&self) -> String {
         format!(
             r#"[server]
@@ -137,9 +145,11 @@ credential = {{ env = "CLOUDFLARE_API_TOKEN", scheme = "bearer" }}
 upstream = "{stripe}"
 envelope = "stripe"
 credential = {{ env = "STRIPE_SECRET_KEY", scheme = "basic" }}
+{stripe_extra}
 "#,
             extra = self.server_extra.join("\n"),
             policy_extra = self.policy_extra.join("\n"),
+            stripe_extra = self.stripe_extra.join("\n"),
             database = match &self.database_url {
                 Some(url) => format!("[database]\nurl = \"{url}\"\nmigrate_on_start = true\n"),
                 None => String::new(),

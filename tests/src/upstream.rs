@@ -71,6 +71,7 @@ pub struct UpstreamBuilder {
     body: Value,
     delay: Duration,
     probe: Option<Probe>,
+    stripe_idempotency: bool,
 }
 
 type Probe =
@@ -85,6 +86,8 @@ struct Shared {
     body: Bytes,
     delay: Duration,
     probe: Option<Probe>,
+    /// Stripe's idempotency, when on: the first response per `Idempotency-Key` (and `Stripe-Account`), by key.
+    replays: Option<Mutex<std::collections::HashMap<String, Bytes>>>,
 }
 
 impl Upstream {
@@ -94,6 +97,7 @@ impl Upstream {
             body: json!({"success": true, "errors": [], "messages": [], "result": {}}),
             delay: Duration::ZERO,
             probe: None,
+            stripe_idempotency: false,
         }
     }
 
@@ -209,6 +213,15 @@ impl UpstreamBuilder {
         self
     }
 
+    /// Behave like Stripe with idempotency keys: each response body is the configured JSON object plus an
+    /// `"id": "obj_<n>"` of its own (n counts executions), the `Idempotency-Key` is echoed, and a repeated key
+    /// (with the same `Stripe-Account`) gets the first response again with `Idempotent-Replayed: true`,
+    /// whoever sends it (keys belong to the account at Stripe, not to an API caller).
+    pub fn stripe_idempotency(mut self) -> Self {
+        self.stripe_idempotency = true;
+        self
+    }
+
     /// Binds `127.0.0.1:0` and starts serving on the current tokio runtime.
     pub async fn start(self) -> anyhow::Result<Upstream> {
         let status = StatusCode::from_u16(self.status)
@@ -227,6 +240,9 @@ impl UpstreamBuilder {
             body,
             delay: self.delay,
             probe: self.probe,
+            replays: self
+                .stripe_idempotency
+                .then(|| Mutex::new(std::collections::HashMap::new())),
         });
         let app = Router::new()
             .fallback(receive)
@@ -316,9 +332,41 @@ async fn answer(shared: Arc<Shared>, request: Request) -> Response {
         tokio::time::sleep(shared.delay).await;
     }
 
-    let mut response = Response::new(Body::from(shared.body.clone()));
+    let key = parts.headers.get("idempotency-key").cloned();
+    let (body, replayed) = match (&shared.replays, &key) {
+        (Some(replays), Some(key)) => {
+            let account = parts
+                .headers
+                .get("stripe-account")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            let slot = format!("{account}|{}", String::from_utf8_lossy(key.as_bytes()));
+            let mut replays = lock(replays);
+            match replays.get(&slot) {
+                Some(first) => (first.clone(), true),
+                None => {
+                    let mut object = serde_json::from_slice::<Value>(&shared.body)
+                        .unwrap_or_else(|_| json!({}));
+                    object["id"] = json!(format!("obj_{}", index + 1));
+                    let first = Bytes::from(object.to_string());
+                    replays.insert(slot, first.clone());
+                    (first, false)
+                }
+            }
+        }
+        _ => (shared.body.clone(), false),
+    };
+    let mut response = Response::new(Body::from(body));
     *response.status_mut() = shared.status;
     let headers = response.headers_mut();
+    if shared.replays.is_some()
+        && let Some(key) = key
+    {
+        headers.insert("idempotency-key", key);
+        if replayed {
+            headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+    }
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -9,8 +9,8 @@ use serde_json::json;
 use tollgate::audit::{AuditWriter, DecisionRecord};
 use tollgate::metrics::Metrics;
 use tollgate::store::{
-    AgentRow, ApprovalRow, DecisionFilter, NewReservation, Reservation, Store, StoreError,
-    WindowKey,
+    AgentRow, ApprovalRow, DecisionFilter, Idempotency, ManualSettlement, NewReservation,
+    Reservation, Store, StoreError, WindowKey,
 };
 use tollgate_tests::TestDatabase;
 use uuid::Uuid;
@@ -65,6 +65,7 @@ conformance!(
     forty_concurrent_reservations_admit_exactly_the_cap,
     settlement_commits_releases_and_flags,
     idempotency_keys_replay_and_conflict,
+    flagged_reservations_are_settled_by_an_operator,
     approvals_open_once_decide_once_and_consume_once,
     controls_and_admin_actions,
 );
@@ -259,7 +260,11 @@ fn reservation<'a>(
         decision_id: decision,
         cents,
         cap_cents: 10_000,
-        idempotency_key: key,
+        idempotency: key.map(|key| Idempotency {
+            key,
+            account: "",
+            window_secs: 86_400,
+        }),
         fingerprint,
     }
 }
@@ -349,6 +354,139 @@ async fn idempotency_keys_replay_and_conflict(store: &Store) {
         Reservation::IdempotencyConflict
     );
     assert_eq!(store.window_spent(&w).await.unwrap(), 1500);
+
+    // The same key on another connected account is another key at the provider: charged.
+    let mut other_account = reservation(&w, Uuid::now_v7(), 1500, Some("k1"), "f1");
+    other_account.idempotency = Some(Idempotency {
+        key: "k1",
+        account: "acct_b|",
+        window_secs: 86_400,
+    });
+    assert_eq!(
+        store.reserve(&other_account).await.unwrap(),
+        Reservation::Reserved
+    );
+    assert_eq!(store.window_spent(&w).await.unwrap(), 3000);
+
+    // A key whose first use was released (a definite failure) is free again: the retry is charged.
+    let first = Uuid::now_v7();
+    assert_eq!(
+        store
+            .reserve(&reservation(&w, first, 1000, Some("k2"), "f1"))
+            .await
+            .unwrap(),
+        Reservation::Reserved
+    );
+    store.settle(first, false).await.unwrap();
+    assert_eq!(
+        store
+            .reserve(&reservation(&w, Uuid::now_v7(), 1000, Some("k2"), "f1"))
+            .await
+            .unwrap(),
+        Reservation::Reserved
+    );
+    assert_eq!(store.window_spent(&w).await.unwrap(), 4000);
+
+    // Past the provider's window a repeat is a new request (the provider forgot the key): charged again,
+    // and then it is the live use of the key.
+    let short = |decision, fingerprint| {
+        let mut r = reservation(&w, decision, 500, Some("k3"), fingerprint);
+        r.idempotency = Some(Idempotency {
+            key: "k3",
+            account: "",
+            window_secs: 1,
+        });
+        r
+    };
+    assert_eq!(
+        store.reserve(&short(Uuid::now_v7(), "f1")).await.unwrap(),
+        Reservation::Reserved
+    );
+    assert_eq!(
+        store.reserve(&short(Uuid::now_v7(), "f1")).await.unwrap(),
+        Reservation::Replayed
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        store.reserve(&short(Uuid::now_v7(), "f2")).await.unwrap(),
+        Reservation::Reserved
+    );
+    assert_eq!(
+        store.reserve(&short(Uuid::now_v7(), "f1")).await.unwrap(),
+        Reservation::IdempotencyConflict
+    );
+    assert_eq!(store.window_spent(&w).await.unwrap(), 5000);
+    // A reservation refused over the cap does not claim the key.
+    let mut big = reservation(&w, Uuid::now_v7(), 9_000, Some("k4"), "f1");
+    big.cap_cents = 10_000;
+    assert!(matches!(
+        store.reserve(&big).await.unwrap(),
+        Reservation::Exceeded { .. }
+    ));
+    assert_eq!(
+        store
+            .reserve(&reservation(&w, Uuid::now_v7(), 100, Some("k4"), "f1"))
+            .await
+            .unwrap(),
+        Reservation::Reserved
+    );
+}
+
+async fn flagged_reservations_are_settled_by_an_operator(store: &Store) {
+    let w = window();
+    let (flagged, plain) = (Uuid::now_v7(), Uuid::now_v7());
+    for id in [flagged, plain] {
+        store
+            .reserve(&reservation(&w, id, 2500, None, "f"))
+            .await
+            .unwrap();
+    }
+    store.flag_reservation(flagged).await.unwrap();
+    let listed = store.flagged_reservations().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|r| r.decision_id).collect::<Vec<_>>(),
+        vec![flagged]
+    );
+    assert_eq!(listed[0].cents, 2500);
+    // Only a flagged reservation can be settled by hand.
+    assert_eq!(
+        store
+            .settle_flagged(plain, ManualSettlement::Released, "ops", "n")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .settle_flagged(flagged, ManualSettlement::Released, "alice", "no charge at Stripe")
+            .await
+            .unwrap(),
+        Some(2500)
+    );
+    assert_eq!(store.window_spent(&w).await.unwrap(), 2500);
+    assert!(store.flagged_reservations().await.unwrap().is_empty());
+    // Settled once: a second settlement finds nothing open.
+    assert_eq!(
+        store
+            .settle_flagged(flagged, ManualSettlement::Committed, "bob", "n")
+            .await
+            .unwrap(),
+        None
+    );
+    let again = Uuid::now_v7();
+    store
+        .reserve(&reservation(&w, again, 1000, None, "f"))
+        .await
+        .unwrap();
+    store.flag_reservation(again).await.unwrap();
+    assert_eq!(
+        store
+            .settle_flagged(again, ManualSettlement::Committed, "alice", "charged")
+            .await
+            .unwrap(),
+        Some(1000)
+    );
+    assert_eq!(store.window_spent(&w).await.unwrap(), 3500);
 }
 
 fn approval(fingerprint: &str) -> ApprovalRow {
@@ -362,6 +500,7 @@ fn approval(fingerprint: &str) -> ApprovalRow {
         method: "POST".into(),
         path: "/v1/payment_intents".into(),
         query: String::new(),
+        headers: "content-type: application/x-www-form-urlencoded\n".into(),
         body_sha256: "00".into(),
         action: "stripe.payment.create".into(),
         reasons: json!([{"rule": "spend.single_charge", "message": "over $50"}]),
