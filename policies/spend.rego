@@ -10,8 +10,18 @@
 # each one of:
 #   {"what": "...", "cents": n}         priced
 #   {"what": "...", "unpriced": why}    not priceable from the request and data: needs a human
-#   {"what": "...", "malformed": why}   a field the price depends on has the wrong type: denied
+#   {"what": "...", "malformed": why}   a field the price depends on has the wrong type, or a value the
+#                                       provider would refuse: denied
 # The charge is the sum of the priced lines.
+#
+# A line is the most its thing can bill inside the current budget window (input.spend.window_start ..
+# window_end, a UTC calendar month): one-off money once; recurring money (Stripe subscriptions, subscription
+# items, Checkout in subscription mode, payment links) once per billing its schedule puts in the window
+# (interval and interval_count; backdate_start_date, trial_end, trial_period_days, billing_cycle_anchor,
+# proration_behavior), so a daily price is charged for every day left in the month. Where a bound would need
+# a guess (a price id without interval, a quantity the request does not give, a payment link without a
+# session limit, no window_end) the line is unpriced. README.md, "Money rules", states every rule, the
+# upper-bound choices and their sources.
 #
 # Prices, caps and thresholds are data: data/prices.yaml and data/budgets.yaml.
 package tollgate.spend
@@ -123,7 +133,8 @@ limits_ok if {
 }
 
 # ---------------------------------------------------------------------------------------------------------
-# Stripe. Form bodies: every value is a string; amounts are integers in the currency's smallest unit.
+# Stripe. Form bodies: every value is a string; amounts are integers in the currency's smallest unit. The body
+# is the merge of the query string and the form (Stripe reads both), so only the body is read.
 # ---------------------------------------------------------------------------------------------------------
 
 # Payment intents: `amount` in `currency`. Charged at creation, because an intent created with confirm=true
@@ -145,18 +156,37 @@ lines contains {"what": "invoice", "unpriced": "it charges the amount due of an 
 	input.action.name in {"stripe.invoice.finalize", "stripe.invoice.pay"}
 }
 
-# Subscriptions bill the sum of their items (price x quantity) up front, plus any one-off add_invoice_items.
+# --- Subscriptions -------------------------------------------------------------------------------------------
+# Recurring money is charged as the most it can bill inside the current budget window: each item's price x
+# quantity, once for every billing the schedule puts before the window's end (`billed`, below). README.md,
+# "Money rules", gives the reasoning and sources.
+
+# A new subscription: its items on the subscription's schedule (backdate_start_date, trial_end,
+# trial_period_days, billing_cycle_anchor, proration_behavior), add_invoice_items once.
 lines contains line if {
-	input.action.name in {"stripe.subscription.create", "stripe.subscription.update"}
-	not subscription_item_route
-	some list in ["items", "add_invoice_items"]
-	some line in item_lines(list, lib.get(data.tollgate.lib.body, list), false)
+	input.action.name == "stripe.subscription.create"
+	some line in item_lines("items", lib.get(data.tollgate.lib.body, "items"), create_ctx)
 }
 
 # A new subscription without items bills nothing Stripe would accept: refuse it rather than guess.
 lines contains {"what": "items", "malformed": "a subscription needs items (items[0][price] or items[0][price_data][unit_amount], with items[0][quantity])"} if {
 	input.action.name == "stripe.subscription.create"
 	lib.get(data.tollgate.lib.body, "items") == null
+}
+
+# add_invoice_items are one-off: billed once, on the first invoice (create) or the next one (update).
+lines contains line if {
+	input.action.name in {"stripe.subscription.create", "stripe.subscription.update"}
+	not subscription_item_route
+	some line in item_lines("add_invoice_items", lib.get(data.tollgate.lib.body, "add_invoice_items"), once_ctx)
+}
+
+# Updating a subscription (POST /v1/subscriptions/{id}): the items it names bill from now, plus one period for
+# the proration of the current, already started period (unless proration_behavior=none).
+lines contains line if {
+	input.action.name == "stripe.subscription.update"
+	not subscription_item_route
+	some line in item_lines("items", lib.get(data.tollgate.lib.body, "items"), update_ctx)
 }
 
 # Updating a subscription without items can still bill (billing_cycle_anchor=now, trial_end=now,
@@ -168,22 +198,45 @@ lines contains {"what": "subscription", "unpriced": "this update names no items,
 	lib.get(data.tollgate.lib.body, "add_invoice_items") == null
 }
 
-# /v1/subscription_items[/{id}]: one item, its fields at the top level.
+# Restarting the billing cycle or ending the trial now invoices every item of the subscription, also those
+# the request does not name.
+lines contains {"what": key, "unpriced": sprintf("%s=now bills the subscription's other items too, whose prices are not in the request", [key])} if {
+	input.action.name == "stripe.subscription.update"
+	not subscription_item_route
+	some key in ["billing_cycle_anchor", "trial_end"]
+	lib.get(data.tollgate.lib.body, key) == "now"
+	update_names_items
+}
+
+update_names_items if lib.get(data.tollgate.lib.body, "items") != null
+
+update_names_items if lib.get(data.tollgate.lib.body, "add_invoice_items") != null
+
+# /v1/subscription_items[/{id}]: one item, its fields at the top level, billed like an item of an update.
 lines contains line if {
 	input.action.name == "stripe.subscription.update"
 	subscription_item_route
-	line := item_line("subscription item", data.tollgate.lib.body, false)
-	is_object(line)
+	is_object(data.tollgate.lib.body)
+	line := priced_item("subscription item", data.tollgate.lib.body, item_route_ctx)
 }
 
 subscription_item_route if startswith(lower(input.request.path), "/v1/subscription_items")
 
-# Checkout sessions fix what the payer will be charged: the sum of line_items. A session in setup mode only
-# saves a payment method.
+# /v1/subscription_items/{id} changes an existing item (POST /v1/subscription_items adds one).
+existing_item_route := true if {
+	is_object(input.action.params)
+	is_string(input.action.params.subscription_item_id)
+} else := false
+
+# --- Checkout and payment links ------------------------------------------------------------------------------
+
+# Checkout sessions fix what the payer will be charged: in payment mode the sum of line_items; in subscription
+# mode recurring line_items on the schedule of subscription_data (from now: the payer completes it later, if
+# at all) and one-time line_items once. A session in setup mode only saves a payment method.
 lines contains line if {
 	input.action.name == "stripe.checkout.create"
 	lib.get(data.tollgate.lib.body, "mode") != "setup"
-	some line in item_lines("line_items", lib.get(data.tollgate.lib.body, "line_items"), true)
+	some line in item_lines("line_items", lib.get(data.tollgate.lib.body, "line_items"), checkout_ctx)
 }
 
 lines contains {"what": "line_items", "unpriced": "a checkout session without line_items has no price in the request"} if {
@@ -197,7 +250,51 @@ lines contains {"what": "setup mode", "cents": 0} if {
 	lib.get(data.tollgate.lib.body, "mode") == "setup"
 }
 
-# Invoice items: an `amount` in `currency`, or a price (id or price_data) x quantity.
+# A payment link can be paid any number of times: it is priced only when restrictions[completed_sessions][limit]
+# bounds the sessions, at limit x one session (priced like Checkout: recurring prices on the schedule of
+# subscription_data, one-time prices once).
+lines contains line if {
+	input.action.name == "stripe.payment_link.create"
+	some line in payment_link_lines
+}
+
+payment_link_lines := [{"what": "payment link", "unpriced": "a payment link can be paid any number of times, and without restrictions[completed_sessions][limit] nothing bounds what it bills"}] if {
+	session_limit == null
+} else := [{"what": "restrictions[completed_sessions][limit]", "malformed": sprintf("must be a positive integer (a string of digits such as \"10\"), not %s", [lib.show(session_limit)])}] if {
+	not positive_int(session_limit)
+} else := [{"what": "line_items", "malformed": "a payment link needs line_items (line_items[0][price] with line_items[0][quantity])"}] if {
+	lib.get(data.tollgate.lib.body, "line_items") == null
+} else := [times(line, lib.form_int(session_limit)) | some line in item_lines("line_items", data.tollgate.lib.body.line_items, link_ctx)]
+
+session_limit := lib.get(lib.get(lib.get(data.tollgate.lib.body, "restrictions"), "completed_sessions"), "limit") if {
+	is_object(data.tollgate.lib.body)
+} else := null
+
+# times(line, n): a priced line for n sessions.
+times(line, n) := {"what": sprintf("%s x %d sessions", [line.what, n]), "cents": line.cents * n} if {
+	is_number(line.cents)
+} else := line
+
+# Updating a payment link changes what it sells or who may pay it; only deactivating it (active=false and
+# nothing else) is known to bill nothing.
+lines contains {"what": "deactivation", "cents": 0} if {
+	input.action.name == "stripe.payment_link.update"
+	only_deactivates
+}
+
+lines contains {"what": "payment link", "unpriced": "an update of a payment link (anything but active=false alone) changes what it sells or how often it can be paid, and that is not priced from the request"} if {
+	input.action.name == "stripe.payment_link.update"
+	not only_deactivates
+}
+
+only_deactivates if {
+	lib.get(data.tollgate.lib.body, "active") == "false"
+	count(data.tollgate.lib.body) == 1
+}
+
+# --- Invoice items -------------------------------------------------------------------------------------------
+
+# Invoice items: an `amount` in `currency`, or a price (id or price_data) x quantity, once.
 lines contains line if {
 	input.action.name == "stripe.invoice.item"
 	lib.get(data.tollgate.lib.body, "amount") != null
@@ -208,9 +305,11 @@ lines contains line if {
 lines contains line if {
 	input.action.name == "stripe.invoice.item"
 	lib.get(data.tollgate.lib.body, "amount") == null
-	line := item_line("invoice item", data.tollgate.lib.body, false)
-	is_object(line)
+	is_object(data.tollgate.lib.body)
+	line := priced_item("invoice item", data.tollgate.lib.body, once_ctx)
 }
+
+# --- Amounts and currencies ----------------------------------------------------------------------------------
 
 # stripe_amount(what, amount, currency): a line for an amount in a currency.
 stripe_amount(what, amount, currency) := {"what": what, "malformed": sprintf("%s is required: an integer in the currency's smallest unit, e.g. \"1999\" for $19.99", [what])} if {
@@ -236,22 +335,60 @@ valid_currency(c) if {
 	trim(lower(c), "abcdefghijklmnopqrstuvwxyz") == ""
 }
 
-# item_lines(key, items, checkout): one line per element of a Stripe list (items[0][...], items[1][...]).
-item_lines(key, items, checkout) := [{"what": key, "malformed": sprintf("%s must be a list (%s[0][price]=...), not %s", [key, key, lib.show(items)])}] if {
+# positive_int(s): a form integer >= 1.
+positive_int(s) if {
+	n := lib.form_int(s)
+	is_number(n)
+	n >= 1
+}
+
+# --- Items ---------------------------------------------------------------------------------------------------
+# An item is priced in a context (ctx):
+#   kind      recurring  a subscription item: needs a recurring price, billed `billed` times (ctx.sched)
+#             once       billed once (add_invoice_items, invoice items, Checkout in payment mode)
+#             either     Checkout in subscription mode, payment links: recurring prices as `recurring`,
+#                        one-time prices once
+#   checkout  Checkout's adjustable quantities apply
+#   sched     the billing schedule (`subscription_schedule`, `update_schedule`), or null for `once`
+#   update    the item may be an existing one (items[n][id], /v1/subscription_items/{id}), whose quantity
+#             stays what it was when the request does not set it
+#   existing  the request changes an existing item whatever its fields say (/v1/subscription_items/{id})
+once_ctx := {"kind": "once", "checkout": false, "sched": null, "update": false, "existing": false}
+
+create_ctx := {"kind": "recurring", "checkout": false, "sched": schedule, "update": false, "existing": false}
+
+update_ctx := {"kind": "recurring", "checkout": false, "sched": update_schedule, "update": true, "existing": false}
+
+item_route_ctx := {"kind": "recurring", "checkout": false, "sched": update_schedule, "update": true, "existing": existing_item_route}
+
+checkout_ctx := {"kind": "either", "checkout": true, "sched": schedule, "update": false, "existing": false} if {
+	lib.get(data.tollgate.lib.body, "mode") == "subscription"
+} else := {"kind": "once", "checkout": true, "sched": null, "update": false, "existing": false}
+
+link_ctx := {"kind": "either", "checkout": true, "sched": schedule, "update": false, "existing": false}
+
+# item_lines(key, items, ctx): one line per element of a Stripe list (items[0][...], items[1][...]).
+item_lines(key, items, ctx) := [{"what": key, "malformed": sprintf("%s must be a list (%s[0][price]=...), not %s", [key, key, lib.show(items)])}] if {
 	items != null
 	not is_array(items)
 } else := [line |
 	some i, item in items
-	line := item_line(sprintf("%s[%d]", [key, i]), item, checkout)
-	is_object(line)
+	line := priced_item(sprintf("%s[%d]", [key, i]), item, ctx)
 ] if {
 	is_array(items)
 }
 
 else := []
 
-# item_line(what, item, checkout): an item's price x quantity.
-item_line(what, item, checkout) := {"what": what, "malformed": "must be an object with price or price_data and quantity"} if {
+# priced_item(what, item, ctx): item_line, or, should it ever be undefined, a line that needs a human (an
+# undefined line would otherwise drop the item from the charge).
+priced_item(what, item, ctx) := line if {
+	line := item_line(what, item, ctx)
+	is_object(line)
+} else := {"what": what, "unpriced": "the policy could not price it"}
+
+# item_line(what, item, ctx): what an item bills: price x quantity, times the billings in the window.
+item_line(what, item, ctx) := {"what": what, "malformed": "must be an object with price or price_data and quantity"} if {
 	not is_object(item)
 } else := {"what": what, "cents": 0} if {
 	# items[n][deleted]=true removes an item from a subscription: it adds nothing.
@@ -262,7 +399,20 @@ item_line(what, item, checkout) := {"what": what, "malformed": "must be an objec
 } else := {"what": what, "malformed": sprintf("adjustable_quantity[maximum] must be a string of digits, not %s", [lib.show(item.adjustable_quantity.maximum)])} if {
 	lib.get(lib.get(item, "adjustable_quantity"), "maximum") != null
 	not lib.form_int(item.adjustable_quantity.maximum)
-} else := unit_line(what, item, quantity(item, checkout))
+} else := {"what": what, "unpriced": "it changes an existing subscription item and keeps its current quantity, which is not in the request"} if {
+	ctx.update == true
+	lib.get(item, "quantity") == null
+	changes_existing(item, ctx)
+	has_price(item)
+} else := charge_line(what, price_of(item), quantity(item, ctx.checkout), ctx)
+
+changes_existing(item, ctx) if ctx.existing == true
+
+changes_existing(item, ctx) if lib.get(item, "id") != null
+
+has_price(item) if lib.get(item, "price") != null
+
+has_price(item) if lib.get(item, "price_data") != null
 
 # How many units are charged: the payer's maximum when Checkout lets them adjust it, else quantity, else 1.
 quantity(item, checkout) := n if {
@@ -277,26 +427,293 @@ quantity(item, checkout) := n if {
 	lib.get(item, "quantity") != null
 } else := 1
 
-# unit_line(what, item, q): the unit price of an item (inline price_data, or a price id from data) x q.
-unit_line(what, item, q) := {"what": what, "malformed": sprintf("price_data must be an object, not %s", [lib.show(item.price_data)])} if {
+# charge_line(what, p, q, ctx): the line for q units of price p (`price_of`) in context ctx.
+charge_line(what, p, q, ctx) := object.union({"what": what}, p) if {
+	problem(p)
+} else := in_usd(what, p.unit * q, p.currency) if {
+	ctx.kind == "once"
+} else := in_usd(what, p.unit * q, p.currency) if {
+	ctx.kind == "either"
+	p.recurring.once == true
+} else := object.union({"what": what}, p.recurring.problem) if {
+	is_object(p.recurring.problem)
+} else := object.union({"what": what}, ctx.sched) if {
+	problem(ctx.sched)
+} else := in_usd(what, (p.unit * q) * billed(p.recurring, ctx.sched), p.currency)
+
+problem(o) if is_string(o.malformed)
+
+problem(o) if is_string(o.unpriced)
+
+# price_of(item): the item's unit price {"unit", "currency", "recurring"} (inline price_data, or a price id
+# from data/prices.yaml), or a problem {"malformed"} / {"unpriced"}.
+price_of(item) := {"malformed": sprintf("price_data must be an object, not %s", [lib.show(item.price_data)])} if {
 	lib.get(item, "price_data") != null
 	not is_object(item.price_data)
-} else := {"what": what, "malformed": sprintf("price_data[unit_amount] must be a string of digits, not %s", [lib.show(item.price_data.unit_amount)])} if {
+} else := {"malformed": sprintf("price_data[unit_amount] must be a string of digits, not %s", [lib.show(item.price_data.unit_amount)])} if {
 	lib.get(item.price_data, "unit_amount") != null
 	not lib.form_int(item.price_data.unit_amount)
-} else := in_usd(what, lib.form_int(item.price_data.unit_amount) * q, lib.get(item.price_data, "currency")) if {
+} else := {"unit": lib.form_int(item.price_data.unit_amount), "currency": lib.get(item.price_data, "currency"), "recurring": inline_recurring(item.price_data)} if {
 	lib.get(item.price_data, "unit_amount") != null
-} else := {"what": what, "unpriced": "price_data has no integer unit_amount (unit_amount_decimal or a custom amount cannot be priced)"} if {
+} else := {"unpriced": "price_data has no integer unit_amount (unit_amount_decimal or a custom amount cannot be priced)"} if {
 	is_object(item.price_data)
-} else := {"what": what, "malformed": sprintf("price must be a price id string, not %s", [lib.show(item.price)])} if {
+} else := {"malformed": sprintf("price must be a price id string, not %s", [lib.show(item.price)])} if {
 	lib.get(item, "price") != null
 	not is_string(item.price)
-} else := {"what": what, "cents": p.unit_amount_cents * q} if {
+} else := {"unit": p.unit_amount_cents, "currency": "usd", "recurring": data_recurring(item.price, p)} if {
 	p := data.prices.stripe_prices[item.price]
 	lib.is_int(p.unit_amount_cents)
-} else := {"what": what, "unpriced": sprintf("price %s is not in data/prices.yaml stripe_prices", [item.price])} if {
+} else := {"unpriced": sprintf("price %s is not in data/prices.yaml stripe_prices", [item.price])} if {
 	is_string(item.price)
-} else := {"what": what, "unpriced": "it has neither price nor price_data, so its cost is not in the request"}
+} else := {"unpriced": "it has neither price nor price_data, so its cost is not in the request"}
+
+# How a price recurs: {"interval", "count"}; {"once": true, "problem"} for a one-time price (the problem is
+# what it means where a recurring price is needed); or {"problem"} when how it recurs is bad or unknown.
+intervals := {"day", "week", "month", "year"}
+
+inline_recurring(pd) := {"once": true, "problem": {"malformed": "price_data has no recurring[interval], and a subscription needs a recurring price (price_data[recurring][interval]=day, week, month or year)"}} if {
+	lib.get(pd, "recurring") == null
+} else := {"problem": {"malformed": sprintf("price_data[recurring] must be an object with interval (day, week, month or year), not %s", [lib.show(pd.recurring)])}} if {
+	not is_object(pd.recurring)
+} else := {"problem": {"malformed": sprintf("price_data[recurring][interval] must be day, week, month or year, not %s", [lib.show(lib.get(pd.recurring, "interval"))])}} if {
+	not lib.get(pd.recurring, "interval") in intervals
+} else := {"problem": {"malformed": sprintf("price_data[recurring][interval_count] must be a positive integer (a string of digits such as \"3\"), not %s", [lib.show(pd.recurring.interval_count)])}} if {
+	lib.get(pd.recurring, "interval_count") != null
+	not positive_int(pd.recurring.interval_count)
+} else := {"problem": {"unpriced": "the price is metered (recurring[usage_type]=metered): it bills reported usage, which is not in the request"}} if {
+	lib.get(pd.recurring, "usage_type") == "metered"
+} else := {"interval": pd.recurring.interval, "count": lib.form_int(pd.recurring.interval_count)} if {
+	lib.get(pd.recurring, "interval_count") != null
+} else := {"interval": pd.recurring.interval, "count": 1}
+
+# A price from data/prices.yaml: `interval` (+ `interval_count`, default 1) for a recurring price;
+# `one_time: true` or `interval: null` for a one-time price; neither: unknown.
+data_recurring(id, p) := {"once": true, "problem": {"unpriced": sprintf("data/prices.yaml marks price %s one-time, and a subscription needs a recurring price (Stripe would refuse it; check the data)", [id])}} if {
+	p.one_time == true
+} else := {"once": true, "problem": {"unpriced": sprintf("data/prices.yaml marks price %s one-time, and a subscription needs a recurring price (Stripe would refuse it; check the data)", [id])}} if {
+	"interval" in object.keys(p)
+	p.interval == null
+} else := {"interval": p.interval, "count": c} if {
+	object.get(p, "interval", null) in intervals
+	c := object.get(p, "interval_count", 1)
+	lib.is_int(c)
+	c >= 1
+} else := {"problem": {"unpriced": sprintf("data/prices.yaml does not say how often price %s bills (interval day, week, month or year, integer interval_count >= 1; or one_time: true)", [id])}}
+
+# --- Billing schedules ---------------------------------------------------------------------------------------
+# Times are seconds since the epoch. The budget window is a UTC calendar month: [window_start, window_end).
+
+# The request time and the window's end, each {"s": seconds, "months": `month_ceil`}; or {"unpriced"} when
+# either is missing or not RFC 3339 (recurring money then needs a human, never a guess).
+clock := {"now": {"s": now, "months": month_ceil(now_ns)}, "end": {"s": end, "months": month_ceil(end_ns)}} if {
+	end_ns := lib.rfc3339_ns(input.spend.window_end)
+	is_number(end_ns)
+	now_ns := lib.rfc3339_ns(input.now)
+	is_number(now_ns)
+	now_ns < end_ns
+	now := floor(now_ns / 1000000000)
+	end := ceil(end_ns / 1000000000)
+} else := {"unpriced": "the budget window's end (input.spend.window_end) is missing, not an RFC 3339 time, or not after input.now, so what a recurring price bills inside the window cannot be counted"}
+
+# The schedule a recurring price bills on:
+#   start    when the first paid period starts: the trial's end, else backdate_start_date, else now
+#   back     backdate_start_date when a trial follows it (the backdated time is billed at once), else null
+#   anchor   billing_cycle_anchor (seconds), or null
+#   extra    one more period for a proration whose end is not in the request (an update's current period,
+#            billing_cycle_anchor_config)
+#   prorate  prorations are billed (not proration_behavior=none, or a backdated start: see README.md)
+# or {"malformed"} / {"unpriced"}.
+
+# New subscriptions read their own fields; Checkout and payment links read subscription_data.
+schedule := subscription_schedule(data.tollgate.lib.body) if {
+	input.action.name == "stripe.subscription.create"
+} else := subscription_schedule(lib.get(data.tollgate.lib.body, "subscription_data"))
+
+# A malformed schedule field is refused even when no item could be priced.
+lines contains {"what": "schedule", "malformed": s.malformed} if {
+	schedule_read
+	s := schedule
+	is_string(s.malformed)
+}
+
+schedule_read if input.action.name in {"stripe.subscription.create", "stripe.payment_link.create"}
+
+schedule_read if {
+	input.action.name == "stripe.checkout.create"
+	lib.get(data.tollgate.lib.body, "mode") == "subscription"
+}
+
+subscription_schedule(f) := {"unpriced": clock.unpriced} if {
+	is_string(clock.unpriced)
+} else := {"malformed": timestamp_message("backdate_start_date", f)} if {
+	not timestamp_or_absent(lib.get(f, "backdate_start_date"))
+} else := {"malformed": timestamp_message("trial_end", f)} if {
+	lib.get(f, "trial_end") != "now"
+	not timestamp_or_absent(lib.get(f, "trial_end"))
+} else := {"malformed": sprintf("trial_period_days must be a string of digits, not %s", [lib.show(lib.get(f, "trial_period_days"))])} if {
+	lib.get(f, "trial_period_days") != null
+	not lib.form_int(lib.get(f, "trial_period_days"))
+} else := {"malformed": timestamp_message("billing_cycle_anchor", f)} if {
+	not timestamp_or_absent(lib.get(f, "billing_cycle_anchor"))
+} else := schedule_of(f, clock.now.s, backdate(f, clock.now.s), trial_start(f, clock.now.s))
+
+schedule_of(f, now, cycle, trial) := {
+	"start": first_paid(cycle, trial),
+	"back": backdated_before_trial(cycle, trial, now),
+	"anchor": anchor_of(f),
+	"extra": has_object(f, "billing_cycle_anchor_config"),
+	"prorate": prorates(f, first_paid(cycle, trial), now),
+}
+
+timestamp_message(key, f) := sprintf("%s must be a unix timestamp in seconds (a string of digits such as \"1798761600\")%s, not %s", [key, now_allowed(key), lib.show(lib.get(f, key))])
+
+now_allowed(key) := " or \"now\"" if key == "trial_end"
+
+else := ""
+
+# A timestamp in a Stripe form: unix seconds as a string of digits, up to 2200-01-01 (where lib.rfc3339_ns
+# stops too; Stripe accepts nothing that far out).
+timestamp(v) := n if {
+	n := lib.form_int(v)
+	is_number(n)
+	n <= 7258118400
+}
+
+timestamp_or_absent(v) if v == null
+
+timestamp_or_absent(v) if {
+	t := timestamp(v)
+	is_number(t)
+}
+
+# The cycle start: backdate_start_date when it is in the past, else now.
+backdate(f, now) := c if {
+	c := timestamp(lib.get(f, "backdate_start_date"))
+	is_number(c)
+	c < now
+} else := now
+
+# The trial's end: trial_end when in the future, now + trial_period_days; the earlier of the two; null for no
+# trial (trial_end=now or in the past, trial_period_days=0; trial_from_plan is not read: charging from now is
+# the upper bound).
+trial_start(f, now) := min(ends) if {
+	ends := [t | some t in [trial_end_at(f, now), trial_days_end(f, now)]; t != null]
+	count(ends) > 0
+} else := null
+
+trial_end_at(f, now) := t if {
+	t := timestamp(lib.get(f, "trial_end"))
+	is_number(t)
+	t > now
+} else := null
+
+trial_days_end(f, now) := now + (d * 86400) if {
+	d := lib.form_int(lib.get(f, "trial_period_days"))
+	is_number(d)
+	d > 0
+} else := null
+
+first_paid(cycle, trial) := trial if trial != null
+
+else := cycle
+
+backdated_before_trial(cycle, trial, now) := cycle if {
+	trial != null
+	cycle < now
+} else := null
+
+anchor_of(f) := a if {
+	a := timestamp(lib.get(f, "billing_cycle_anchor"))
+	is_number(a)
+} else := null
+
+has_object(f, key) := true if is_object(lib.get(f, key))
+
+else := false
+
+# proration_behavior=none drops the proration up to a future anchor, but never lowers a backdated start.
+prorates(f, start, now) := true if start < now
+
+else := false if lib.get(f, "proration_behavior") == "none"
+
+else := true
+
+# An update bills its items from now, plus one period: the proration for the rest of the subscription's
+# current period, whose end is not in the request (none with proration_behavior=none).
+update_schedule := {"unpriced": clock.unpriced} if {
+	is_string(clock.unpriced)
+} else := {"start": clock.now.s, "back": null, "anchor": null, "extra": true, "prorate": prorates(data.tollgate.lib.body, clock.now.s, clock.now.s)}
+
+# billed(r, s): how many times a price recurring as r ({"interval", "count"}) bills inside the window under
+# schedule s: the backdated periods before a trial, then from the first paid period to the window's end.
+billed(r, s) := billings(r, s.back, clock.now) + from_start(r, s) if s.back != null
+
+else := from_start(r, s)
+
+# A future anchor: the first invoice prorates [start, anchor), then full periods bill from the anchor. Any other
+# anchor (or one the request does not date): one more period for the proration, then periods from the start.
+from_start(r, s) := anchor_proration(r, s) + billings(r, s.anchor, clock.end) if {
+	s.anchor != null
+	s.anchor > s.start
+} else := extra_period(s) + billings(r, s.start, clock.end)
+
+# The proration of [start, anchor), in full prices: no more than the periods that start in it (`billings`), nor
+# than the shortest possible periods it spans. Billed with the first invoice, so only when that is in the window.
+anchor_proration(r, s) := min([
+	ceil((s.anchor - s.start) / shortest(r)),
+	billings(r, s.start, {"s": s.anchor, "months": month_ceil(s.anchor * 1000000000)}),
+]) if {
+	s.prorate == true
+	s.start < clock.end.s
+} else := 0
+
+extra_period(s) := 1 if {
+	s.prorate == true
+	s.start < clock.end.s
+	s.extra == true
+} else := 1 if {
+	s.prorate == true
+	s.start < clock.end.s
+	s.anchor != null
+} else := 0
+
+# The shortest a period can be, in seconds: months of 28 days, years of 365.
+shortest(r) := r.count * 86400 if r.interval == "day"
+
+else := r.count * 604800 if r.interval == "week"
+
+else := r.count * 2419200 if r.interval == "month"
+
+else := r.count * 31536000
+
+# billings(r, from, to): how many of the period starts from, from + p, from + 2p ... fall before `to`
+# ({"s", "months"}). Days and weeks have fixed lengths (UTC). Months and years count calendar months, as if
+# `from` were the first of its month: Stripe bills on the same day of the month (clamped to the month's end),
+# so this never counts fewer billings than Stripe makes, and is exact for windows that are calendar months.
+billings(r, from, to) := 0 if {
+	from >= to.s
+} else := ceil((to.s - from) / (r.count * 86400)) if {
+	r.interval == "day"
+} else := ceil((to.s - from) / (r.count * 604800)) if {
+	r.interval == "week"
+} else := ceil((to.months - month_index(from * 1000000000)) / r.count) if {
+	r.interval == "month"
+} else := ceil((to.months - month_index(from * 1000000000)) / (r.count * 12))
+
+# month_index(ns): year x 12 + month - 1 of a time in nanoseconds (UTC).
+month_index(ns) := ((d[0] * 12) + d[1]) - 1 if {
+	d := time.date(ns)
+	is_array(d)
+}
+
+# month_ceil(ns): the index of the first month that starts at or after ns: the periods of a monthly price
+# that start before ns are those whose months are before this one.
+month_ceil(ns) := month_index(ns) if {
+	d := time.date(ns)
+	d[2] == 1
+	time.clock(ns) == [0, 0, 0]
+	ns % 1000000000 == 0
+} else := month_index(ns) + 1
 
 # ---------------------------------------------------------------------------------------------------------
 # Cloudflare

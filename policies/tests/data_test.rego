@@ -46,7 +46,8 @@ catalog_actions := {
 	"cloudflare.worker.delete", "cloudflare.account.read", "cloudflare.account.create",
 	"cloudflare.account.delete", "stripe.payment.create", "stripe.payment.confirm", "stripe.payment.capture",
 	"stripe.subscription.create", "stripe.subscription.update", "stripe.checkout.create", "stripe.invoice.item",
-	"stripe.invoice.create", "stripe.invoice.finalize", "stripe.invoice.pay", "stripe.read",
+	"stripe.invoice.create", "stripe.invoice.finalize", "stripe.invoice.pay", "stripe.payment_link.create",
+	"stripe.payment_link.update", "stripe.read",
 }
 
 test_every_catalog_action_is_mapped if {
@@ -113,6 +114,49 @@ test_stripe_prices_and_rates_are_numbers if {
 	count([1 | some _, p in data.prices.stripe_prices; not whole_cents(p.unit_amount_cents)]) == 0
 	count([1 | some c, r in data.prices.currency_rates; not positive_rate(c, r)]) == 0
 	whole_cents(data.prices.checkout_adjustable_max)
+}
+
+# A Stripe price says how it bills: interval day/week/month/year (interval_count an integer >= 1, default 1),
+# or one-time (one_time: true, or interval: null); or nothing, and then it cannot be a subscription's price.
+bad_stripe_prices contains id if {
+	some id, p in data.prices.stripe_prices
+	not good_stripe_price(p)
+}
+
+good_stripe_price(p) if {
+	is_object(p)
+	whole_cents(p.unit_amount_cents)
+	count(object.keys(p) - {"unit_amount_cents", "interval", "interval_count", "one_time"}) == 0
+	object.get(p, "interval", null) in {null, "day", "week", "month", "year"}
+	interval_count_ok(object.get(p, "interval_count", 1))
+	is_boolean(object.get(p, "one_time", false))
+	not one_time_with_interval(p)
+}
+
+interval_count_ok(c) if {
+	whole_cents(c)
+	c >= 1
+}
+
+one_time_with_interval(p) if {
+	p.one_time == true
+	object.get(p, "interval", null) != null
+}
+
+test_stripe_prices_say_how_they_bill if count(bad_stripe_prices) == 0
+
+test_a_bad_stripe_price_is_caught if {
+	bad := bad_stripe_prices with data.prices.stripe_prices as {
+		"price_ok": {"unit_amount_cents": 1500, "interval": "month", "interval_count": 3},
+		"price_once": {"unit_amount_cents": 500, "one_time": true},
+		"price_null": {"unit_amount_cents": 500, "interval": null},
+		"price_fortnight": {"unit_amount_cents": 1500, "interval": "fortnight"},
+		"price_zero_count": {"unit_amount_cents": 1500, "interval": "day", "interval_count": 0},
+		"price_string_count": {"unit_amount_cents": 1500, "interval": "day", "interval_count": "2"},
+		"price_both": {"unit_amount_cents": 1500, "interval": "week", "one_time": true},
+		"price_typo": {"unit_amount_cents": 1500, "intervall": "month"},
+	}
+	bad == {"price_fortnight", "price_zero_count", "price_string_count", "price_both", "price_typo"}
 }
 
 positive_rate(c, r) if {

@@ -4,6 +4,11 @@ package tollgate_test.fixtures
 
 now := "2026-11-30T12:00:00Z"
 
+# The budget window `now` is in: a UTC calendar month, end exclusive.
+window_start := "2026-11-01T00:00:00Z"
+
+window_end := "2026-12-01T00:00:00Z"
+
 # Cloudflare ids: the agent's account and two zones it may change; another account and zone it may not.
 acc := "023e105f4ecef8ad9ca31a8372d0c353"
 
@@ -75,7 +80,8 @@ risks := {
 	"stripe.payment.create": "high", "stripe.payment.confirm": "high", "stripe.payment.capture": "high",
 	"stripe.subscription.create": "high", "stripe.subscription.update": "high", "stripe.checkout.create": "high",
 	"stripe.invoice.item": "high", "stripe.invoice.create": "write", "stripe.invoice.finalize": "high",
-	"stripe.invoice.pay": "high", "stripe.read": "read",
+	"stripe.invoice.pay": "high", "stripe.payment_link.create": "high", "stripe.payment_link.update": "high",
+	"stripe.read": "read",
 }
 
 risk_of(action, method) := r if {
@@ -93,7 +99,7 @@ cf(method, path, action, params, body) := {
 		"headers": {"content-type": "application/json"}, "body": body, "body_sha256": sha(body),
 	},
 	"action": {"name": action, "risk": risk_of(action, method), "params": params},
-	"spend": {"window": "2026-11", "agent_provider_cents": spent(method)},
+	"spend": {"window": "2026-11", "window_start": window_start, "window_end": window_end, "agent_provider_cents": spent(method)},
 	"approval": null,
 	"now": now,
 }
@@ -107,7 +113,7 @@ stripe(method, path, action, params, body) := {
 		"headers": {"content-type": "application/x-www-form-urlencoded"}, "body": body, "body_sha256": sha(body),
 	},
 	"action": {"name": action, "risk": risk_of(action, method), "params": params},
-	"spend": {"window": "2026-11", "agent_provider_cents": spent(method)},
+	"spend": {"window": "2026-11", "window_start": window_start, "window_end": window_end, "agent_provider_cents": spent(method)},
 	"approval": null,
 	"now": now,
 }

@@ -16,6 +16,55 @@ zone_plan(body) := fx.cf("POST", concat("", ["/zones/", fx.z1, "/subscription"])
 
 account_sub(body) := fx.cf("POST", concat("", ["/accounts/", fx.acc, "/subscriptions"]), "cloudflare.account.subscription", {"account_id": fx.acc}, body)
 
+# --- Recurring money: times and builders -------------------------------------------------------------------
+# The window is November 2026 (fixtures: window_end 2026-12-01T00:00:00Z = 1796083200); `now` is
+# 2026-11-30T12:00:00Z, half a day before its end, unless `early` moves it to 2026-11-03T12:00:00Z (27.5 days
+# before the end). Stripe timestamps are unix seconds.
+early_now := "2026-11-03T12:00:00Z"
+
+early(inp) := fx.patch(inp, {"now": early_now})
+
+t_year_ago := "1764504000" # 2025-11-30T12:00:00Z
+
+t_nov_10 := "1794268800" # 2026-11-10T00:00:00Z
+
+t_nov_20 := "1795132800" # 2026-11-20T00:00:00Z
+
+t_dec_1 := "1796083200" # 2026-12-01T00:00:00Z, the window's end
+
+t_dec_15 := "1797292800" # 2026-12-15T00:00:00Z
+
+t_jan_1 := "1798761600" # 2027-01-01T00:00:00Z
+
+# rp(cents, recurring): an inline usd price recurring as `recurring` ({"interval": ..., "interval_count": ...}).
+rp(cents, recurring) := {"currency": "usd", "product": "prod_NWjs8kKbJWmuuc", "unit_amount": cents, "recurring": recurring}
+
+# An inline one-time usd price.
+once(cents) := {"currency": "usd", "product": "prod_setup", "unit_amount": cents}
+
+daily(cents) := rp(cents, {"interval": "day"})
+
+# sub(fields, items): a new subscription with these items and other fields.
+sub(fields, items) := fx.subscription(object.union({"customer": "cus_123", "items": items}, fields))
+
+# A single item of q units.
+one(price, q) := [{"price_data": price, "quantity": q}]
+
+item_create(body) := sub_update("/v1/subscription_items", {}, object.union({"subscription": "sub_1"}, body))
+
+item_change(body) := sub_update("/v1/subscription_items/si_1", {"subscription_item_id": "si_1"}, body)
+
+payment_link(body) := fx.stripe("POST", "/v1/payment_links", "stripe.payment_link.create", {}, body)
+
+payment_link_update(body) := fx.stripe("POST", "/v1/payment_links/plink_1", "stripe.payment_link.update", {"payment_link_id": "plink_1"}, body)
+
+# What the policy charges, also for a request it denies (the decision carries no charge then).
+charged(inp) := c if {
+	c := data.tollgate.spend.cents with input as inp
+}
+
+without_window_end(inp) := object.union(object.remove(inp, ["spend"]), {"spend": object.remove(inp.spend, ["window_end"])})
+
 cases := {
 	# --- Stripe payment intents ---
 	"payment_small": {"input": usd("1999"), "outcome": "allow", "rules": [], "cents": 1999},
@@ -99,9 +148,11 @@ cases := {
 		"input": sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"billing_cycle_anchor": "now"}),
 		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
 	},
+	# The new item bills from now (one billing of a monthly price in what is left of November), plus one period
+	# for the proration of the subscription's current period, whose end the request does not give.
 	"subscription_update_swaps_items": {
 		"input": sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"items": [{"id": "si_old", "deleted": "true"}, {"price_data": fx.price_data("2500"), "quantity": "1"}]}),
-		"outcome": "allow", "rules": [], "cents": 2500,
+		"outcome": "allow", "rules": [], "cents": 5000,
 	},
 	"subscription_update_quantity_only": {
 		"input": sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"items": [{"id": "si_1", "quantity": "5"}]}),
@@ -109,7 +160,7 @@ cases := {
 	},
 	"subscription_item_added": {
 		"input": sub_update("/v1/subscription_items", {}, {"subscription": "sub_1", "price_data": fx.price_data("700"), "quantity": "3"}),
-		"outcome": "allow", "rules": [], "cents": 2100,
+		"outcome": "allow", "rules": [], "cents": 4200,
 	},
 	"subscription_item_quantity_changed": {
 		"input": sub_update("/v1/subscription_items/si_1", {"subscription_item_id": "si_1"}, {"quantity": "3"}),
@@ -175,6 +226,278 @@ cases := {
 	"account_subscription_unpriced": {
 		"input": account_sub({"rate_plan": {"id": "workers_paid"}, "frequency": "yearly"}),
 		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	# --- Recurring money: the most a request can bill inside the window -----------------------------------
+	# The confirmed attack: $49.99 a day from Nov 3 12:00 bills 28 times before Dec 1 (27.5 days), $1,399.72.
+	"attack_daily_item_from_nov_3": {
+		"input": early(sub({}, one(daily("4999"), "1"))),
+		"outcome": "deny", "rules": ["spend.cap"],
+	},
+	# Half a day before the window's end a daily price still bills once.
+	"daily_at_month_end": {"input": sub({}, one(daily("4999"), "1")), "outcome": "allow", "rules": [], "cents": 4999},
+	# interval_count: every 3 days from Nov 3 12:00: Nov 3, 6, ... 30: 10 billings.
+	"every_three_days": {
+		"input": early(sub({}, one(rp("100", {"interval": "day", "interval_count": "3"}), "2"))),
+		"outcome": "allow", "rules": [], "cents": 2000,
+	},
+	# Weekly: Nov 3, 10, 17, 24 (4 billings); every 2 weeks: Nov 3, 17 (2).
+	"weekly": {"input": early(sub({}, one(rp("500", {"interval": "week"}), "1"))), "outcome": "allow", "rules": [], "cents": 2000},
+	"every_two_weeks": {
+		"input": early(sub({}, one(rp("500", {"interval": "week", "interval_count": "2"}), "1"))),
+		"outcome": "allow", "rules": [], "cents": 1000,
+	},
+	# Monthly and yearly bill once in a calendar month, whatever their interval_count.
+	"monthly": {"input": early(sub({}, one(rp("1500", {"interval": "month"}), "2"))), "outcome": "allow", "rules": [], "cents": 3000},
+	"quarterly": {
+		"input": early(sub({}, one(rp("1500", {"interval": "month", "interval_count": "3"}), "1"))),
+		"outcome": "allow", "rules": [], "cents": 1500,
+	},
+	"yearly": {
+		"input": early(sub({}, one(rp("9000", {"interval": "year", "interval_count": "2"}), "1"))),
+		"outcome": "approve", "rules": ["spend.threshold"], "cents": 9000,
+	},
+	# Mixed intervals: each item on its own interval.
+	"daily_and_monthly_items": {
+		"input": early(sub({}, [{"price_data": daily("100"), "quantity": "1"}, {"price_data": rp("1000", {"interval": "month"}), "quantity": "1"}])),
+		"outcome": "allow", "rules": [], "cents": 3800,
+	},
+	# Backdated a year, monthly: Nov 30 2025, Dec 30, ... Nov 30 2026: 13 billings on the first invoice.
+	"backdated_a_year_monthly": {
+		"input": sub({"backdate_start_date": t_year_ago}, one(rp("500", {"interval": "month"}), "1")),
+		"outcome": "approve", "rules": ["spend.threshold"], "cents": 6500,
+	},
+	# proration_behavior=none does not lower a backdated charge (the upper bound is kept).
+	"backdated_a_year_no_proration": {
+		"input": sub({"backdate_start_date": t_year_ago, "proration_behavior": "none"}, one(rp("500", {"interval": "month"}), "1")),
+		"outcome": "approve", "rules": ["spend.threshold"], "cents": 6500,
+	},
+	# Backdated a year, daily: 366 billings (365.5 days to the window's end).
+	"backdated_a_year_daily": {
+		"input": sub({"backdate_start_date": t_year_ago}, one(daily("10"), "1")),
+		"outcome": "allow", "rules": [], "cents": 3660,
+	},
+	# A "backdate" in the future is not a backdate: billing starts now.
+	"backdate_in_the_future": {
+		"input": early(sub({"backdate_start_date": t_nov_20}, one(daily("100"), "1"))),
+		"outcome": "allow", "rules": [], "cents": 2800,
+	},
+	# A trial that ends after the window bills nothing in it (add_invoice_items still bill at once).
+	"trial_beyond_window": {
+		"input": early(sub({"trial_end": t_jan_1, "add_invoice_items": [{"price_data": once("1200")}]}, one(daily("4999"), "1"))),
+		"outcome": "allow", "rules": [], "cents": 1200,
+	},
+	# A trial that ends Nov 20 00:00: daily billings Nov 20 ... Nov 30 (11).
+	"trial_within_window": {
+		"input": early(sub({"trial_end": t_nov_20}, one(daily("100"), "1"))),
+		"outcome": "allow", "rules": [], "cents": 1100,
+	},
+	# trial_end=now (or in the past) is no trial.
+	"trial_end_now": {"input": early(sub({"trial_end": "now"}, one(daily("100"), "1"))), "outcome": "allow", "rules": [], "cents": 2800},
+	"trial_end_past": {"input": sub({"trial_end": t_nov_20}, one(daily("100"), "1")), "outcome": "allow", "rules": [], "cents": 100},
+	# trial_period_days=14 from Nov 3 12:00: paid from Nov 17 12:00, 14 daily billings; 30 days: none.
+	"trial_period_days": {
+		"input": early(sub({"trial_period_days": "14"}, one(daily("100"), "1"))),
+		"outcome": "allow", "rules": [], "cents": 1400,
+	},
+	"trial_period_days_beyond_window": {
+		"input": early(sub({"trial_period_days": "30"}, one(rp("4000", {"interval": "month"}), "1"))),
+		"outcome": "allow", "rules": [], "cents": 0,
+	},
+	# The earlier of trial_end and trial_period_days counts.
+	"trial_end_and_days": {
+		"input": early(sub({"trial_end": t_jan_1, "trial_period_days": "14"}, one(daily("100"), "1"))),
+		"outcome": "allow", "rules": [], "cents": 1400,
+	},
+	# trial_from_plan is not read: charging from now is the upper bound.
+	"trial_from_plan": {
+		"input": early(sub({"trial_from_plan": "true"}, one(daily("100"), "1"))),
+		"outcome": "allow", "rules": [], "cents": 2800,
+	},
+	# Backdated, then a trial: the backdated year (13 monthly billings) is billed at once; the trial ends after
+	# the window.
+	"backdated_then_trial": {
+		"input": sub({"backdate_start_date": t_year_ago, "trial_end": t_jan_1}, one(rp("500", {"interval": "month"}), "1")),
+		"outcome": "approve", "rules": ["spend.threshold"], "cents": 6500,
+	},
+	# billing_cycle_anchor Nov 10 00:00, weekly: the proration of Nov 3 12:00 - Nov 10 counts as one period, then
+	# Nov 10, 17, 24: 4 x $10. With proration_behavior=none the proration is dropped: 3 x $10.
+	"anchor_with_proration": {
+		"input": early(sub({"billing_cycle_anchor": t_nov_10}, one(rp("1000", {"interval": "week"}), "1"))),
+		"outcome": "allow", "rules": [], "cents": 4000,
+	},
+	"anchor_without_proration": {
+		"input": early(sub({"billing_cycle_anchor": t_nov_10, "proration_behavior": "none"}, one(rp("1000", {"interval": "week"}), "1"))),
+		"outcome": "allow", "rules": [], "cents": 3000,
+	},
+	# Anchored on the window's end, monthly: only the proration bills in November, and with none nothing does.
+	"anchor_at_window_end": {
+		"input": early(sub({"billing_cycle_anchor": t_dec_1}, one(rp("3000", {"interval": "month"}), "1"))),
+		"outcome": "allow", "rules": [], "cents": 3000,
+	},
+	"anchor_at_window_end_without_proration": {
+		"input": early(sub({"billing_cycle_anchor": t_dec_1, "proration_behavior": "none"}, one(rp("3000", {"interval": "month"}), "1"))),
+		"outcome": "allow", "rules": [], "cents": 0,
+	},
+	# An anchor the request does not date (billing_cycle_anchor_config): one more period for the proration.
+	"anchor_config": {
+		"input": early(sub({"billing_cycle_anchor_config": {"day_of_month": "15"}}, one(rp("1000", {"interval": "month"}), "1"))),
+		"outcome": "allow", "rules": [], "cents": 2000,
+	},
+	# add_invoice_items bill once, next to the recurring items.
+	"add_invoice_items_once": {
+		"input": early(sub({"add_invoice_items": [{"price_data": once("700"), "quantity": "2"}]}, one(daily("100"), "1"))),
+		"outcome": "allow", "rules": [], "cents": 4200,
+	},
+	# Subscription items need recurring prices; a one-time inline price is refused.
+	"subscription_item_one_time_price": {"input": sub({}, one(once("1000"), "1")), "outcome": "deny", "rules": ["spend.malformed"]},
+	"interval_unknown": {"input": sub({}, one(rp("1000", {"interval": "fortnight"}), "1")), "outcome": "deny", "rules": ["spend.malformed"]},
+	"interval_missing": {"input": sub({}, one(rp("1000", {"interval_count": "2"}), "1")), "outcome": "deny", "rules": ["spend.malformed"]},
+	"interval_count_zero": {"input": sub({}, one(rp("1000", {"interval": "day", "interval_count": "0"}), "1")), "outcome": "deny", "rules": ["spend.malformed"]},
+	"interval_count_decimal": {"input": sub({}, one(rp("1000", {"interval": "day", "interval_count": "1.5"}), "1")), "outcome": "deny", "rules": ["spend.malformed"]},
+	"recurring_not_object": {"input": sub({}, one(rp("1000", "day"), "1")), "outcome": "deny", "rules": ["spend.malformed"]},
+	"metered_price": {
+		"input": sub({}, one(rp("1", {"interval": "month", "usage_type": "metered"}), "1")),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	# Timestamps are unix seconds as digits (trial_end may also be "now"); anything else is refused.
+	"trial_end_malformed": {"input": sub({"trial_end": "tomorrow"}, one(daily("100"), "1")), "outcome": "deny", "rules": ["spend.malformed"]},
+	"backdate_malformed": {"input": sub({"backdate_start_date": "2025-11-30"}, one(daily("100"), "1")), "outcome": "deny", "rules": ["spend.malformed"]},
+	"backdate_not_string": {"input": sub({"backdate_start_date": 1764504000}, one(daily("100"), "1")), "outcome": "deny", "rules": ["spend.malformed"]},
+	"anchor_now_on_create": {"input": sub({"billing_cycle_anchor": "now"}, one(daily("100"), "1")), "outcome": "deny", "rules": ["spend.malformed"]},
+	"anchor_too_far": {"input": sub({"billing_cycle_anchor": "99999999999"}, one(daily("100"), "1")), "outcome": "deny", "rules": ["spend.malformed"]},
+	"trial_period_days_malformed": {"input": sub({"trial_period_days": "7.5"}, one(daily("100"), "1")), "outcome": "deny", "rules": ["spend.malformed"]},
+	# A malformed schedule is refused even when the items could not be priced anyway.
+	"trial_end_malformed_unknown_price": {
+		"input": sub({"trial_end": "soon"}, [{"price": "price_unknown", "quantity": "1"}]),
+		"outcome": "deny", "rules": ["spend.malformed"],
+	},
+	# Without the window's end, recurring money needs a human; one-off money is still priced.
+	"window_end_missing": {
+		"input": without_window_end(sub({"add_invoice_items": [{"price_data": once("700")}]}, one(daily("100"), "1"))),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": 700,
+	},
+	"window_end_malformed": {
+		"input": fx.patch(sub({}, one(daily("100"), "1")), {"spend": {"window_end": "2026-12"}}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	"window_end_before_now": {
+		"input": fx.patch(sub({}, one(daily("100"), "1")), {"spend": {"window_end": "2026-11-30T00:00:00Z"}}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	"payment_without_window_end": {"input": without_window_end(usd("1999")), "outcome": "allow", "rules": [], "cents": 1999},
+	# --- Recurring money on updates -----------------------------------------------------------------------
+	# /v1/subscription_items: the daily price from Nov 3 12:00 (28 billings) plus the current period's
+	# proration (one more): 29 x $1. proration_behavior=none drops the proration.
+	"subscription_item_daily": {
+		"input": early(item_create({"price_data": daily("100"), "quantity": "1"})),
+		"outcome": "allow", "rules": [], "cents": 2900,
+	},
+	"subscription_item_daily_no_proration": {
+		"input": early(item_create({"price_data": daily("100"), "quantity": "1", "proration_behavior": "none"})),
+		"outcome": "allow", "rules": [], "cents": 2800,
+	},
+	"subscription_item_daily_attack": {
+		"input": early(item_create({"price_data": daily("4999"), "quantity": "1", "proration_date": t_dec_1})),
+		"outcome": "deny", "rules": ["spend.cap"],
+	},
+	"subscription_item_without_window_end": {
+		"input": without_window_end(item_create({"price_data": daily("100"), "quantity": "1"})),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	"subscription_item_one_time_price": {"input": item_create({"price_data": once("100")}), "outcome": "deny", "rules": ["spend.malformed"]},
+	# Changing an item's price without its quantity keeps a quantity the request does not give.
+	"subscription_item_price_changed_keeps_quantity": {
+		"input": item_change({"price_data": daily("100")}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	"subscription_item_price_and_quantity_changed": {
+		"input": item_change({"price_data": daily("100"), "quantity": "2"}),
+		"outcome": "allow", "rules": [], "cents": 400,
+	},
+	"subscription_update_item_keeps_quantity": {
+		"input": sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"items": [{"id": "si_1", "price_data": daily("100")}]}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	"subscription_update_daily_item": {
+		"input": early(sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"items": [{"price_data": daily("100"), "quantity": "1"}], "add_invoice_items": [{"price_data": once("500")}]})),
+		"outcome": "allow", "rules": [], "cents": 3400,
+	},
+	# billing_cycle_anchor=now (or trial_end=now) invoices the items the request does not name too.
+	"subscription_update_anchor_now_with_items": {
+		"input": sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"billing_cycle_anchor": "now", "items": [{"price_data": fx.price_data("1000"), "quantity": "1"}]}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": 2000,
+	},
+	"subscription_update_add_invoice_items_only": {
+		"input": sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"add_invoice_items": [{"price_data": once("900")}]}),
+		"outcome": "allow", "rules": [], "cents": 900,
+	},
+	# --- Checkout in subscription mode and payment links --------------------------------------------------
+	"checkout_subscription_mode": {
+		"input": early(fx.checkout({"mode": "subscription", "line_items": [{"price_data": daily("100"), "quantity": "1"}, {"price_data": once("500"), "quantity": "1"}]})),
+		"outcome": "allow", "rules": [], "cents": 3300,
+	},
+	"checkout_subscription_trial": {
+		"input": early(fx.checkout({"mode": "subscription", "subscription_data": {"trial_period_days": "30"}, "line_items": [{"price_data": daily("100"), "quantity": "1"}, {"price_data": once("500"), "quantity": "1"}]})),
+		"outcome": "allow", "rules": [], "cents": 500,
+	},
+	"checkout_subscription_anchor": {
+		"input": early(fx.checkout({"mode": "subscription", "subscription_data": {"billing_cycle_anchor": t_nov_10, "proration_behavior": "none"}, "line_items": [{"price_data": rp("1000", {"interval": "week"}), "quantity": "1"}]})),
+		"outcome": "allow", "rules": [], "cents": 3000,
+	},
+	"checkout_subscription_adjustable_quantity": {
+		"input": fx.checkout({"mode": "subscription", "line_items": [{"price_data": fx.price_data("100"), "quantity": "1", "adjustable_quantity": {"enabled": "true", "maximum": "20"}}]}),
+		"outcome": "allow", "rules": [], "cents": 2000,
+	},
+	"checkout_subscription_bad_trial": {
+		"input": fx.checkout({"mode": "subscription", "subscription_data": {"trial_end": "next week"}, "line_items": [{"price_data": fx.price_data("100"), "quantity": "1"}]}),
+		"outcome": "deny", "rules": ["spend.malformed"],
+	},
+	"checkout_subscription_without_window_end": {
+		"input": without_window_end(fx.checkout({"mode": "subscription", "line_items": [{"price_data": fx.price_data("100"), "quantity": "1"}]})),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	"payment_link_without_limit": {
+		"input": payment_link({"line_items": [{"price_data": once("1000"), "quantity": "1"}]}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	"payment_link_limited": {
+		"input": payment_link({"line_items": [{"price_data": once("1000"), "quantity": "1"}], "restrictions": {"completed_sessions": {"limit": "3"}}}),
+		"outcome": "allow", "rules": [], "cents": 3000,
+	},
+	# Each of the 2 sessions starts a weekly subscription: 4 billings from Nov 3 12:00.
+	"payment_link_limited_subscription": {
+		"input": early(payment_link({"line_items": [{"price_data": rp("1000", {"interval": "week"}), "quantity": "1"}], "restrictions": {"completed_sessions": {"limit": "2"}}})),
+		"outcome": "approve", "rules": ["spend.threshold"], "cents": 8000,
+	},
+	"payment_link_limited_trial": {
+		"input": early(payment_link({"line_items": [{"price_data": rp("1000", {"interval": "week"}), "quantity": "1"}], "subscription_data": {"trial_period_days": "30"}, "restrictions": {"completed_sessions": {"limit": "2"}}})),
+		"outcome": "allow", "rules": [], "cents": 0,
+	},
+	"payment_link_over_the_cap": {
+		"input": payment_link({"line_items": [{"price_data": once("1000"), "quantity": "1", "adjustable_quantity": {"enabled": "true"}}], "restrictions": {"completed_sessions": {"limit": "1"}}}),
+		"outcome": "deny", "rules": ["spend.cap"],
+	},
+	"payment_link_bad_limit": {
+		"input": payment_link({"line_items": [{"price_data": once("1000"), "quantity": "1"}], "restrictions": {"completed_sessions": {"limit": "0"}}}),
+		"outcome": "deny", "rules": ["spend.malformed"],
+	},
+	"payment_link_without_line_items": {
+		"input": payment_link({"restrictions": {"completed_sessions": {"limit": "3"}}}),
+		"outcome": "deny", "rules": ["spend.malformed"],
+	},
+	"payment_link_unknown_price": {
+		"input": payment_link({"line_items": [{"price": "price_unknown", "quantity": "1"}], "restrictions": {"completed_sessions": {"limit": "3"}}}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	"payment_link_deactivated": {"input": payment_link_update({"active": "false"}), "outcome": "allow", "rules": [], "cents": 0},
+	"payment_link_reactivated": {"input": payment_link_update({"active": "true"}), "outcome": "approve", "rules": ["spend.unpriced"], "cents": null},
+	"payment_link_deactivated_and_changed": {
+		"input": payment_link_update({"active": "false", "restrictions": {"completed_sessions": {"limit": "1000"}}}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	"payment_link_without_scope": {
+		"input": fx.patch(payment_link({"line_items": [{"price_data": once("1000"), "quantity": "1"}], "restrictions": {"completed_sessions": {"limit": "3"}}}), {"agent": {"scopes": ["dns:write"]}}),
+		"outcome": "deny", "rules": ["scopes.missing"],
 	},
 }
 
@@ -296,6 +619,158 @@ test_account_subscription_workers_paid if check("account_subscription_workers_pa
 
 test_account_subscription_unpriced if check("account_subscription_unpriced")
 
+test_attack_daily_item_from_nov_3 if check("attack_daily_item_from_nov_3")
+
+test_daily_at_month_end if check("daily_at_month_end")
+
+test_every_three_days if check("every_three_days")
+
+test_weekly if check("weekly")
+
+test_every_two_weeks if check("every_two_weeks")
+
+test_monthly if check("monthly")
+
+test_quarterly if check("quarterly")
+
+test_yearly if check("yearly")
+
+test_daily_and_monthly_items if check("daily_and_monthly_items")
+
+test_backdated_a_year_monthly if check("backdated_a_year_monthly")
+
+test_backdated_a_year_no_proration if check("backdated_a_year_no_proration")
+
+test_backdated_a_year_daily if check("backdated_a_year_daily")
+
+test_backdate_in_the_future if check("backdate_in_the_future")
+
+test_trial_beyond_window if check("trial_beyond_window")
+
+test_trial_within_window if check("trial_within_window")
+
+test_trial_end_now if check("trial_end_now")
+
+test_trial_end_past if check("trial_end_past")
+
+test_trial_period_days if check("trial_period_days")
+
+test_trial_period_days_beyond_window if check("trial_period_days_beyond_window")
+
+test_trial_end_and_days if check("trial_end_and_days")
+
+test_trial_from_plan if check("trial_from_plan")
+
+test_backdated_then_trial if check("backdated_then_trial")
+
+test_anchor_with_proration if check("anchor_with_proration")
+
+test_anchor_without_proration if check("anchor_without_proration")
+
+test_anchor_at_window_end if check("anchor_at_window_end")
+
+test_anchor_at_window_end_without_proration if check("anchor_at_window_end_without_proration")
+
+test_anchor_config if check("anchor_config")
+
+test_add_invoice_items_once if check("add_invoice_items_once")
+
+test_subscription_item_without_window_end if check("subscription_item_without_window_end")
+
+test_subscription_item_one_time_price if check("subscription_item_one_time_price")
+
+test_interval_unknown if check("interval_unknown")
+
+test_interval_missing if check("interval_missing")
+
+test_interval_count_zero if check("interval_count_zero")
+
+test_interval_count_decimal if check("interval_count_decimal")
+
+test_recurring_not_object if check("recurring_not_object")
+
+test_metered_price if check("metered_price")
+
+test_trial_end_malformed if check("trial_end_malformed")
+
+test_backdate_malformed if check("backdate_malformed")
+
+test_backdate_not_string if check("backdate_not_string")
+
+test_anchor_now_on_create if check("anchor_now_on_create")
+
+test_anchor_too_far if check("anchor_too_far")
+
+test_trial_period_days_malformed if check("trial_period_days_malformed")
+
+test_trial_end_malformed_unknown_price if check("trial_end_malformed_unknown_price")
+
+test_window_end_missing if check("window_end_missing")
+
+test_window_end_malformed if check("window_end_malformed")
+
+test_window_end_before_now if check("window_end_before_now")
+
+test_payment_without_window_end if check("payment_without_window_end")
+
+test_subscription_item_daily if check("subscription_item_daily")
+
+test_subscription_item_daily_no_proration if check("subscription_item_daily_no_proration")
+
+test_subscription_item_daily_attack if check("subscription_item_daily_attack")
+
+test_subscription_item_without_window_end if check("subscription_item_without_window_end")
+
+test_subscription_item_one_time_price if check("subscription_item_one_time_price")
+
+test_subscription_item_price_changed_keeps_quantity if check("subscription_item_price_changed_keeps_quantity")
+
+test_subscription_item_price_and_quantity_changed if check("subscription_item_price_and_quantity_changed")
+
+test_subscription_update_item_keeps_quantity if check("subscription_update_item_keeps_quantity")
+
+test_subscription_update_daily_item if check("subscription_update_daily_item")
+
+test_subscription_update_anchor_now_with_items if check("subscription_update_anchor_now_with_items")
+
+test_subscription_update_add_invoice_items_only if check("subscription_update_add_invoice_items_only")
+
+test_checkout_subscription_mode if check("checkout_subscription_mode")
+
+test_checkout_subscription_trial if check("checkout_subscription_trial")
+
+test_checkout_subscription_anchor if check("checkout_subscription_anchor")
+
+test_checkout_subscription_adjustable_quantity if check("checkout_subscription_adjustable_quantity")
+
+test_checkout_subscription_bad_trial if check("checkout_subscription_bad_trial")
+
+test_checkout_subscription_without_window_end if check("checkout_subscription_without_window_end")
+
+test_payment_link_without_limit if check("payment_link_without_limit")
+
+test_payment_link_limited if check("payment_link_limited")
+
+test_payment_link_limited_subscription if check("payment_link_limited_subscription")
+
+test_payment_link_limited_trial if check("payment_link_limited_trial")
+
+test_payment_link_over_the_cap if check("payment_link_over_the_cap")
+
+test_payment_link_bad_limit if check("payment_link_bad_limit")
+
+test_payment_link_without_line_items if check("payment_link_without_line_items")
+
+test_payment_link_unknown_price if check("payment_link_unknown_price")
+
+test_payment_link_deactivated if check("payment_link_deactivated")
+
+test_payment_link_reactivated if check("payment_link_reactivated")
+
+test_payment_link_deactivated_and_changed if check("payment_link_deactivated_and_changed")
+
+test_payment_link_without_scope if check("payment_link_without_scope")
+
 # --- The charge states the default budget and cap ---------------------------------------------------------
 
 test_charge_states_default_budget_and_cap if {
@@ -375,13 +850,13 @@ test_currency_rate_converts_and_rounds_up if {
 
 test_known_price_id_is_priced if {
 	inp := fx.subscription({"customer": "cus_123", "items": [{"price": "price_team", "quantity": "3"}]})
-	d := fx.decide(inp) with data.prices.stripe_prices as {"price_team": {"unit_amount_cents": 1500}}
+	d := fx.decide(inp) with data.prices.stripe_prices as {"price_team": {"unit_amount_cents": 1500, "interval": "month"}}
 	d.outcome == "allow"
 	d.charge.cents == 4500
 }
 
 test_price_data_in_eur_uses_the_rate if {
-	inp := fx.subscription({"customer": "cus_123", "items": [{"price_data": {"currency": "eur", "product": "p", "unit_amount": "1000"}, "quantity": "2"}]})
+	inp := fx.subscription({"customer": "cus_123", "items": [{"price_data": {"currency": "eur", "product": "p", "unit_amount": "1000", "recurring": {"interval": "month"}}, "quantity": "2"}]})
 	d := fx.decide(inp) with data.prices.currency_rates as {"eur": 1.1}
 	d.charge.cents == 2200
 }
@@ -392,4 +867,135 @@ test_new_money_action_without_pricing_needs_approval if {
 	d.outcome == "approve"
 	fx.rules(d) == {"spend.unpriced"}
 	not d.charge
+}
+
+# --- Recurring money: exact charges, also where the decision is a deny ---------------------------------------
+
+# The confirmed attack, exactly: 28 billings of $49.99, over the $100 cap.
+test_attack_daily_item_is_charged_28_days if {
+	inp := early(sub({}, one(daily("4999"), "1")))
+	charged(inp) == 4999 * 28
+	d := fx.decide(inp)
+	d.outcome == "deny"
+	some r in d.reasons
+	r.rule == "spend.cap"
+	contains(r.message, "$1399.72")
+}
+
+# The same price added with /v1/subscription_items: 28 billings and the current period's proration.
+test_attack_daily_subscription_item_is_charged_29_days if {
+	charged(early(item_create({"price_data": daily("4999"), "quantity": "1"}))) == 4999 * 29
+}
+
+test_backdated_a_year_daily_at_a_dollar if {
+	charged(sub({"backdate_start_date": t_year_ago}, one(daily("100"), "1"))) == 36600
+}
+
+# With the cap raised, a year's backdating of $49.99 a month is charged 13 months and needs approval.
+test_backdated_a_year_needs_approval_under_a_large_cap if {
+	inp := sub({"backdate_start_date": t_year_ago}, one(rp("4999", {"interval": "month"}), "1"))
+	d := fx.decide(inp) with data.budgets.agents as {"deployer": {"cap_cents": 100000}}
+	d.outcome == "approve"
+	d.charge.cents == 4999 * 13
+}
+
+# Backdating with a future anchor: the proration runs from the backdated start to the anchor (Nov 30 2025 to
+# Dec 1 2026: no more than the 13 monthly periods that start in it), then full periods from the anchor (none
+# before the window's end). Weekly, anchored Dec 15: 55 weeks of proration (379.5 days, all on the first
+# invoice), and no billing from the anchor in the window.
+test_backdated_with_anchor if {
+	charged(sub({"backdate_start_date": t_year_ago, "billing_cycle_anchor": t_dec_1}, one(rp("100", {"interval": "month"}), "1"))) == 1300
+	charged(sub({"backdate_start_date": t_year_ago, "billing_cycle_anchor": t_dec_15}, one(rp("100", {"interval": "week"}), "1"))) == 5500
+}
+
+# A monthly price anchored within its first month: the proration counts one period (not the two calendar
+# months it touches), and the anchor bills a full period when it falls in the window.
+test_anchor_within_the_first_month if {
+	charged(sub({"billing_cycle_anchor": t_dec_15}, one(rp("1000", {"interval": "month"}), "1"))) == 1000
+	charged(early(sub({"billing_cycle_anchor": t_nov_20}, one(rp("1000", {"interval": "month"}), "1")))) == 2000
+}
+
+# The messages say what was wrong.
+test_malformed_interval_message if {
+	d := fx.decide(sub({}, one(rp("1000", {"interval": "fortnight"}), "1")))
+	contains(d.reasons[0].message, "day, week, month or year")
+	contains(d.reasons[0].message, "\"fortnight\"")
+}
+
+test_malformed_trial_end_message if {
+	d := fx.decide(sub({"trial_end": "tomorrow"}, one(daily("100"), "1")))
+	contains(d.reasons[0].message, "trial_end must be a unix timestamp")
+	contains(d.reasons[0].message, "\"tomorrow\"")
+}
+
+test_missing_window_end_message if {
+	d := fx.decide(without_window_end(sub({}, one(daily("100"), "1"))))
+	contains(d.reasons[0].message, "input.spend.window_end")
+}
+
+test_payment_link_without_limit_message if {
+	d := fx.decide(payment_link({"line_items": [{"price_data": once("1000"), "quantity": "1"}]}))
+	contains(d.reasons[0].message, "restrictions[completed_sessions][limit]")
+}
+
+# --- Prices by id say how they recur ----------------------------------------------------------------------
+
+stripe_prices := {
+	"price_daily": {"unit_amount_cents": 100, "interval": "day"},
+	"price_quarterly": {"unit_amount_cents": 3000, "interval": "month", "interval_count": 3},
+	"price_setup": {"unit_amount_cents": 2500, "one_time": true},
+	"price_setup_null": {"unit_amount_cents": 2500, "interval": null},
+	"price_bare": {"unit_amount_cents": 1000},
+}
+
+by_id(id) := [{"price": id, "quantity": "1"}]
+
+test_price_id_daily if {
+	d := fx.decide(early(sub({}, by_id("price_daily")))) with data.prices.stripe_prices as stripe_prices
+	d.outcome == "allow"
+	d.charge.cents == 2800
+}
+
+test_price_id_quarterly if {
+	d := fx.decide(early(sub({}, by_id("price_quarterly")))) with data.prices.stripe_prices as stripe_prices
+	d.charge.cents == 3000
+}
+
+# A price id that is one-time, or does not say how it recurs, cannot be a subscription item's price.
+needs_a_human(id) if {
+	d := fx.decide(sub({}, by_id(id))) with data.prices.stripe_prices as stripe_prices
+	d.outcome == "approve"
+	fx.rules(d) == {"spend.unpriced"}
+	not d.charge
+}
+
+test_price_id_one_time_in_items_needs_a_human if {
+	needs_a_human("price_setup")
+	needs_a_human("price_setup_null")
+	needs_a_human("price_bare")
+}
+
+test_price_id_one_time_in_add_invoice_items_bills_once if {
+	inp := early(sub({"add_invoice_items": by_id("price_setup")}, by_id("price_daily")))
+	d := fx.decide(inp) with data.prices.stripe_prices as stripe_prices
+	d.charge.cents == 2500 + 2800
+}
+
+# Checkout in subscription mode: a price id that does not say how it recurs needs a human; in payment mode it
+# is billed once.
+test_price_id_without_interval_in_checkout if {
+	sub_mode := fx.checkout({"mode": "subscription", "line_items": by_id("price_bare")})
+	d1 := fx.decide(sub_mode) with data.prices.stripe_prices as stripe_prices
+	d1.outcome == "approve"
+	fx.rules(d1) == {"spend.unpriced"}
+	pay_mode := fx.checkout({"mode": "payment", "line_items": by_id("price_bare")})
+	d2 := fx.decide(pay_mode) with data.prices.stripe_prices as stripe_prices
+	d2.outcome == "allow"
+	d2.charge.cents == 1000
+}
+
+test_price_id_with_bad_interval_needs_a_human if {
+	d := fx.decide(sub({}, by_id("price_x"))) with data.prices.stripe_prices as {"price_x": {"unit_amount_cents": 100, "interval": "fortnight"}}
+	d.outcome == "approve"
+	fx.rules(d) == {"spend.unpriced"}
 }
