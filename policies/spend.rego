@@ -55,7 +55,7 @@ deny contains {"rule": "spend.cap", "message": msg} if {
 deny contains {"rule": "spend.budget", "message": msg} if {
 	priced
 	not budget_ok
-	msg := sprintf("%s costs money, but the budget for %s in data/budgets.yaml is not usable (%v); budget must be agent-provider-month, or team-provider-month for an agent with a team, and cap_cents and approve_above_cents integers >= 0", [input.action.name, data.tollgate.lib.agent_desc, budget])
+	msg := sprintf("%s costs money, but the budget for %s in data/budgets.yaml is not usable (%v); budget must be agent-provider-month, account-provider-month, or team-provider-month for an agent with a team, and cap_cents and approve_above_cents integers >= 0", [input.action.name, data.tollgate.lib.agent_desc, budget])
 }
 
 # A single charge above the threshold (default $50) needs a human, even within the cap.
@@ -122,6 +122,11 @@ budget_ok if {
 budget_ok if {
 	budget.budget == "team-provider-month"
 	is_string(input.agent.team)
+	limits_ok
+}
+
+budget_ok if {
+	budget.budget == "account-provider-month"
 	limits_ok
 }
 

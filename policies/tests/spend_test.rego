@@ -999,3 +999,10 @@ test_price_id_with_bad_interval_needs_a_human if {
 	d.outcome == "approve"
 	fx.rules(d) == {"spend.unpriced"}
 }
+
+# Per connected account: the budget kind is data; the ledger keys it by the Stripe-Account header as sent.
+test_account_budget if {
+	d := fx.decide(usd("1000")) with data.budgets.agents as {"deployer": {"budget": "account-provider-month", "cap_cents": 20000}}
+	d.outcome == "allow"
+	d.charge == {"cents": 1000, "budget": "account-provider-month", "cap_cents": 20000}
+}
