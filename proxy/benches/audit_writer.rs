@@ -232,7 +232,7 @@ async fn reservation_latency(store: &Store) {
             decision_id: id,
             cents: 1,
             cap_cents: i64::MAX / 2,
-            idempotency_key: None,
+            idempotency: None,
             fingerprint: "bench",
         };
         let t = Instant::now();

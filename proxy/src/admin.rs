@@ -54,7 +54,10 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/api/approvals/{id}/deny", post(deny))
         .route("/api/spend", get(spend))
         .route("/api/spend/flagged", get(flagged_reservations))
-        .route("/api/spend/reservations/{id}/settle", post(settle_reservation))
+        .route(
+            "/api/spend/reservations/{id}/settle",
+            post(settle_reservation),
+        )
         .route("/api/policy", get(policy_status))
         .route("/api/policy/reload", post(reload_policy))
         .route("/api/freeze", post(freeze).delete(unfreeze))
@@ -633,8 +636,10 @@ async fn settle_reservation(
         .settle_flagged(id, how, request.by.trim(), request.note.trim())
         .await
     {
-        Ok(Some(cents)) => Json(json!({"decision_id": id, "outcome": request.outcome, "cents": cents,
-            "by": request.by.trim(), "note": request.note.trim()}))
+        Ok(Some(cents)) => Json(
+            json!({"decision_id": id, "outcome": request.outcome, "cents": cents,
+            "by": request.by.trim(), "note": request.note.trim()}),
+        )
         .into_response(),
         Ok(None) => api_error(
             StatusCode::NOT_FOUND,

@@ -271,13 +271,14 @@ impl<'de> Visitor<'de> for StrictJson {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let inner = self.nested::<A::Error>()?;
         let mut object = Map::new();
-        let mut folded = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            // Providers disagree on which copy of a repeated key wins, so the policy could judge
-            // one value while the provider acts on the other. Keys are compared without regard to
-            // case, because some readers match field names case-insensitively (`id` and `ID`,
-            // `years` and `Years` would be one field there and two here).
-            if !folded.insert(key.to_lowercase()) {
+            // A JSON reader that matches field names without regard to case (Go's encoding/json,
+            // which also folds the Kelvin sign to `k` and the long s to `s`) reads `Status` as
+            // `status`. The policy therefore sees every key in that folded form, and two keys that
+            // fold alike are a repeated key: providers disagree on which copy wins, so the policy
+            // could judge one value while the provider acts on the other.
+            let key = fold_key(key);
+            if object.contains_key(&key) {
                 return Err(de::Error::custom(format_args!(
                     "duplicate key {key:?} (keys are compared without regard to case)"
                 )));
@@ -287,6 +288,22 @@ impl<'de> Visitor<'de> for StrictJson {
         }
         Ok(Value::Object(object))
     }
+}
+
+/// A JSON object key as a case-insensitive reader matches it: ASCII lower case, with the two non-ASCII
+/// letters whose case folding reaches ASCII (U+212A KELVIN SIGN → `k`, U+017F LATIN SMALL LETTER LONG S →
+/// `s`) mapped too. Other characters are kept as they are. Borrows nothing: keys are short.
+fn fold_key(key: String) -> String {
+    if key.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+        return key;
+    }
+    key.chars()
+        .map(|c| match c {
+            '\u{212A}' => 'k',
+            '\u{017F}' => 's',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
 }
 
 impl StrictJson {
@@ -1365,25 +1382,56 @@ mod tests {
         assert!(parse(Form, JSON, b"{\"amount\":1}", None).is_err());
         assert!(parse(Multipart, JSON, b"{}", None).is_err());
         // The route's own type parses as before; an empty body is null whatever it claims.
-        assert_eq!(parse(Json, JSON, b"{\"a\":1}", None).unwrap(), json!({"a": 1}));
+        assert_eq!(
+            parse(Json, JSON, b"{\"a\":1}", None).unwrap(),
+            json!({"a": 1})
+        );
         assert_eq!(parse(Form, FORM, b"a=1", None).unwrap(), json!({"a": "1"}));
-        assert_eq!(parse(Json, Some("text/plain"), b"", None).unwrap(), Value::Null);
+        assert_eq!(
+            parse(Json, Some("text/plain"), b"", None).unwrap(),
+            Value::Null
+        );
         // A form in another charset could decode differently at the provider.
-        assert!(parse(Form, Some("application/x-www-form-urlencoded; charset=iso-8859-1"), b"a=1", None).is_err());
-        assert!(parse(Form, Some("application/x-www-form-urlencoded; charset=UTF-8"), b"a=1", None).is_ok());
+        assert!(
+            parse(
+                Form,
+                Some("application/x-www-form-urlencoded; charset=iso-8859-1"),
+                b"a=1",
+                None
+            )
+            .is_err()
+        );
+        assert!(
+            parse(
+                Form,
+                Some("application/x-www-form-urlencoded; charset=UTF-8"),
+                b"a=1",
+                None
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn query_parameters_of_a_write_are_merged_into_the_form() {
-        let merged = |query: &str, body: &[u8]| parse_request_body(BodyKind::Form, FORM, body, Some(query));
+        let merged =
+            |query: &str, body: &[u8]| parse_request_body(BodyKind::Form, FORM, body, Some(query));
         // The confirmed attack: quantity in the query of a subscription item write.
         assert_eq!(
-            merged("quantity=1000", b"price_data[unit_amount]=4000&price_data[currency]=usd").unwrap(),
+            merged(
+                "quantity=1000",
+                b"price_data[unit_amount]=4000&price_data[currency]=usd"
+            )
+            .unwrap(),
             json!({"quantity": "1000", "price_data": {"unit_amount": "4000", "currency": "usd"}})
         );
         // One-off items hidden in the query of a subscription create are judged with the body's items.
         assert_eq!(
-            merged("add_invoice_items[0][price_data][unit_amount]=900000", b"items[0][price]=price_1").unwrap(),
+            merged(
+                "add_invoice_items[0][price_data][unit_amount]=900000",
+                b"items[0][price]=price_1"
+            )
+            .unwrap(),
             json!({"add_invoice_items": [{"price_data": {"unit_amount": "900000"}}], "items": [{"price": "price_1"}]})
         );
         // A parameter in both places is refused, whatever its values.
@@ -1392,11 +1440,32 @@ mod tests {
         assert!(merged("items[0][quantity]=9", b"items[0][price]=p").is_err());
         // A write with only a query (no body) is judged from the query.
         assert_eq!(
-            parse_request_body(BodyKind::Form, None, b"", Some("amount=7500&currency=usd")).unwrap(),
+            parse_request_body(BodyKind::Form, None, b"", Some("amount=7500&currency=usd"))
+                .unwrap(),
             json!({"amount": "7500", "currency": "usd"})
         );
         assert!(parse_request_body(BodyKind::Json, JSON, b"{}", Some("a=1")).is_err());
-        assert_eq!(parse_request_body(BodyKind::Form, FORM, b"", Some("")).unwrap(), Value::Null);
+        assert_eq!(
+            parse_request_body(BodyKind::Form, FORM, b"", Some("")).unwrap(),
+            Value::Null
+        );
+    }
+
+    #[test]
+    fn json_keys_are_read_as_a_case_insensitive_reader_reads_them() {
+        let parse = |body: &str| parse_request_body(BodyKind::Json, JSON, body.as_bytes(), None);
+        // A lone `Status` is what such a reader takes for `status`: the policy must see it so.
+        assert_eq!(
+            parse(r#"{"Status": "disabled", "Name": {"ID": 1}}"#).unwrap(),
+            json!({"status": "disabled", "name": {"id": 1}})
+        );
+        assert_eq!(
+            parse("{\"\u{017F}tatus\": \"disabled\", \"\u{212A}ind\": 1}").unwrap(),
+            json!({"status": "disabled", "kind": 1})
+        );
+        assert!(parse("{\"status\": \"active\", \"\u{017F}tatus\": \"disabled\"}").is_err());
+        // Values are never touched.
+        assert_eq!(parse(r#"{"a": "MiXeD"}"#).unwrap(), json!({"a": "MiXeD"}));
     }
 
     #[test]
@@ -1410,5 +1479,4 @@ mod tests {
             assert!(err.message().contains("duplicate key"), "{body}: {err:?}");
         }
     }
-
 }

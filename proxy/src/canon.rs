@@ -712,7 +712,10 @@ mod tests {
                 Err("Connection names"),
             ),
             (
-                &[("connection", b"keep-alive"), ("connection", b"authorization")],
+                &[
+                    ("connection", b"keep-alive"),
+                    ("connection", b"authorization"),
+                ],
                 false,
                 Err("Connection names"),
             ),

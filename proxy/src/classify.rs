@@ -1152,6 +1152,8 @@ mod tests {
         ("stripe", "POST", "/v1/invoices", "stripe.invoice.create", &[]),
         ("stripe", "POST", "/v1/invoices/in_1/finalize", "stripe.invoice.finalize", &[("invoice_id", "in_1")]),
         ("stripe", "POST", "/v1/invoices/in_1/pay", "stripe.invoice.pay", &[("invoice_id", "in_1")]),
+        ("stripe", "POST", "/v1/payment_links", "stripe.payment_link.create", &[]),
+        ("stripe", "POST", "/v1/payment_links/plink_1", "stripe.payment_link.update", &[("payment_link_id", "plink_1")]),
         ("stripe", "GET", "/v1/customers/cus_1", "stripe.read", &[("object", "customers/cus_1")]),
     ];
 

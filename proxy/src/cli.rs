@@ -106,7 +106,11 @@ pub enum SpendCommand {
     Settle {
         id: uuid::Uuid,
         /// The provider did act: the money counts as spent.
-        #[arg(long, conflicts_with = "released", required_unless_present = "released")]
+        #[arg(
+            long,
+            conflicts_with = "released",
+            required_unless_present = "released"
+        )]
         committed: bool,
         /// The provider did not act: the money goes back to the budget.
         #[arg(long)]

@@ -434,16 +434,18 @@ impl Config {
             // idempotency keys, so there a repeat is a new request. 0 turns replays off.
             let idempotency_window = match p.idempotency_window_seconds {
                 Some(0) => None,
-                Some(secs) if secs <= MAX_IDEMPOTENCY_WINDOW_SECONDS => Some(Duration::from_secs(secs)),
+                Some(secs) if secs <= MAX_IDEMPOTENCY_WINDOW_SECONDS => {
+                    Some(Duration::from_secs(secs))
+                }
                 Some(secs) => {
                     errors.push(format!(
                         "providers.{name}.idempotency_window_seconds: {secs} is more than {MAX_IDEMPOTENCY_WINDOW_SECONDS} (30 days)"
                     ));
                     None
                 }
-                None if envelope == Envelope::Stripe => {
-                    Some(Duration::from_secs(DEFAULT_STRIPE_IDEMPOTENCY_WINDOW_SECONDS))
-                }
+                None if envelope == Envelope::Stripe => Some(Duration::from_secs(
+                    DEFAULT_STRIPE_IDEMPOTENCY_WINDOW_SECONDS,
+                )),
                 None => None,
             };
             providers.insert(

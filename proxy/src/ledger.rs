@@ -175,7 +175,8 @@ impl Settlement {
             400..=499 => match envelope {
                 Envelope::Plain => Settlement::Release,
                 Envelope::Stripe | Envelope::Cloudflare => {
-                    let parsed = body.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
+                    let parsed =
+                        body.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
                     let refused = parsed.as_ref().is_some_and(|v| match envelope {
                         Envelope::Stripe => v.pointer("/error/type").is_some_and(|t| t.is_string()),
                         _ => v.get("success") == Some(&serde_json::Value::Bool(false)),
@@ -279,18 +280,30 @@ mod tests {
             "2026-12"
         );
         assert_eq!(
-            window(TEAM_PROVIDER_MONTH, &agent(Some("web")), "cloudflare", "", now)
-                .unwrap()
-                .subject,
+            window(
+                TEAM_PROVIDER_MONTH,
+                &agent(Some("web")),
+                "cloudflare",
+                "",
+                now
+            )
+            .unwrap()
+            .subject,
             "team:web/cloudflare"
         );
         assert!(window(TEAM_PROVIDER_MONTH, &agent(None), "cloudflare", "", now).is_err());
         assert!(window("forever", &agent(None), "cloudflare", "", now).is_err());
         // Per connected account: every agent acting on it shares the window; no header is the platform.
         assert_eq!(
-            window(ACCOUNT_PROVIDER_MONTH, &agent(None), "stripe", "acct_1", now)
-                .unwrap()
-                .subject,
+            window(
+                ACCOUNT_PROVIDER_MONTH,
+                &agent(None),
+                "stripe",
+                "acct_1",
+                now
+            )
+            .unwrap()
+            .subject,
             "account:stripe/acct_1"
         );
         assert_eq!(
@@ -352,22 +365,44 @@ mod tests {
         // A replayed result spent nothing new.
         assert_eq!(of(200, Stripe, true, None), Settlement::Release);
         // The provider's own refusal envelope proves nothing was done.
-        let card_error = br#"{"error": {"type": "card_error", "code": "card_declined", "message": "no"}}"#;
-        assert_eq!(of(402, Stripe, false, Some(card_error)), Settlement::Release);
+        let card_error =
+            br#"{"error": {"type": "card_error", "code": "card_declined", "message": "no"}}"#;
+        assert_eq!(
+            of(402, Stripe, false, Some(card_error)),
+            Settlement::Release
+        );
         let invalid = br#"{"error": {"type": "invalid_request_error", "message": "bad"}}"#;
         assert_eq!(of(400, Stripe, false, Some(invalid)), Settlement::Release);
-        let cf = br#"{"success": false, "errors": [{"code": 1004, "message": "bad"}], "result": null}"#;
+        let cf =
+            br#"{"success": false, "errors": [{"code": 1004, "message": "bad"}], "result": null}"#;
         assert_eq!(of(400, Cloudflare, false, Some(cf)), Settlement::Release);
         // A 4xx without the envelope (a load balancer's page, an empty body) proves nothing.
-        assert_eq!(of(403, Stripe, false, Some(b"<html>nope</html>")), Settlement::Unknown);
+        assert_eq!(
+            of(403, Stripe, false, Some(b"<html>nope</html>")),
+            Settlement::Unknown
+        );
         assert_eq!(of(400, Stripe, false, None), Settlement::Unknown);
-        assert_eq!(of(409, Cloudflare, false, Some(br#"{"success": true}"#)), Settlement::Unknown);
-        assert_eq!(of(400, Cloudflare, false, Some(invalid)), Settlement::Unknown);
+        assert_eq!(
+            of(409, Cloudflare, false, Some(br#"{"success": true}"#)),
+            Settlement::Unknown
+        );
+        assert_eq!(
+            of(400, Cloudflare, false, Some(invalid)),
+            Settlement::Unknown
+        );
         assert_eq!(of(404, Plain, false, None), Settlement::Release);
         // 5xx and anything else: the request may have been acted on.
         for status in [500, 502, 503, 504, 302, 101] {
-            assert_eq!(of(status, Stripe, false, Some(invalid)), Settlement::Unknown, "{status}");
-            assert_eq!(of(status, Plain, false, None), Settlement::Unknown, "{status}");
+            assert_eq!(
+                of(status, Stripe, false, Some(invalid)),
+                Settlement::Unknown,
+                "{status}"
+            );
+            assert_eq!(
+                of(status, Plain, false, None),
+                Settlement::Unknown,
+                "{status}"
+            );
         }
         assert!(Settlement::needs_body(402, Stripe));
         assert!(!Settlement::needs_body(500, Stripe));

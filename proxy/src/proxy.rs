@@ -419,11 +419,12 @@ impl Gate {
         let fingerprint = call.request_fingerprint();
         let mut reserved = false;
         if let Some(charge) = &decision.charge {
-            let window = ledger::window(&charge.budget, &agent, &provider.name, &judged.account, now)
-                .map_err(|e| {
-                    tracing::error!(error = %e, "policy named a budget the ledger cannot key");
-                    Refusal::policy_unavailable()
-                })?;
+            let window =
+                ledger::window(&charge.budget, &agent, &provider.name, &judged.account, now)
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "policy named a budget the ledger cannot key");
+                        Refusal::policy_unavailable()
+                    })?;
             let idempotency = match (&judged.forwarded_key, provider.idempotency_window) {
                 (Some(key), Some(window)) => Some(Idempotency {
                     key: key.to_str().unwrap_or_default(),
@@ -895,21 +896,20 @@ fn write_query<'q>(
     }
     match &action.write_query {
         WriteQuery::Merge => Ok(raw),
-        WriteQuery::Only(allowed) => match query
-            .keys()
-            .find(|k| !allowed.iter().any(|a| **a == ***k))
-        {
-            None => Ok(None),
-            Some(k) => Err(Refusal::malformed(format!(
-                "tollgate: query parameter {k:?} is not taken by this route on a write ({}); the provider \
+        WriteQuery::Only(allowed) => {
+            match query.keys().find(|k| !allowed.iter().any(|a| **a == ***k)) {
+                None => Ok(None),
+                Some(k) => Err(Refusal::malformed(format!(
+                    "tollgate: query parameter {k:?} is not taken by this route on a write ({}); the provider \
                  could act on it unjudged: send it in the body",
-                if allowed.is_empty() {
-                    "it takes none".to_string()
-                } else {
-                    format!("it takes {}", allowed.join(", "))
-                }
-            ))),
-        },
+                    if allowed.is_empty() {
+                        "it takes none".to_string()
+                    } else {
+                        format!("it takes {}", allowed.join(", "))
+                    }
+                ))),
+            }
+        }
     }
 }
 
@@ -1033,11 +1033,7 @@ pub fn forwarded_idempotency_key(agent: Uuid, key: &str) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     let agent = agent.to_string();
-    for part in [
-        "tollgate idempotency-key v1",
-        agent.as_str(),
-        key,
-    ] {
+    for part in ["tollgate idempotency-key v1", agent.as_str(), key] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }

@@ -345,8 +345,8 @@ async fn answer(shared: Arc<Shared>, request: Request) -> Response {
             match replays.get(&slot) {
                 Some(first) => (first.clone(), true),
                 None => {
-                    let mut object = serde_json::from_slice::<Value>(&shared.body)
-                        .unwrap_or_else(|_| json!({}));
+                    let mut object =
+                        serde_json::from_slice::<Value>(&shared.body).unwrap_or_else(|_| json!({}));
                     object["id"] = json!(format!("obj_{}", index + 1));
                     let first = Bytes::from(object.to_string());
                     replays.insert(slot, first.clone());

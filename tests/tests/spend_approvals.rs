@@ -387,17 +387,19 @@ async fn revoking_on_one_replica_is_refused_by_the_other_within_a_second() {
 }
 
 #[tokio::test]
-async fn upstream_failure_releases_the_reservation_and_a_timeout_keeps_it_flagged() {
-    let failing = Upstream::builder()
-        .status(500)
-        .json_body(json!({"error": {"type": "api_error"}}))
+async fn a_refusal_releases_the_reservation_and_a_timeout_keeps_it_flagged() {
+    let refusing = Upstream::builder()
+        .status(400)
+        .json_body(json!({"error": {"type": "invalid_request_error", "message": "no"}}))
         .start()
         .await
         .unwrap();
-    let c = cluster(1, failing, |b| b).await;
+    let c = cluster(1, refusing, |b| b).await;
     let key = c.replicas[0].create_agent("buyer", &[]).await.unwrap();
     let r = c.pay(0, &key, 2500, &[]).await;
-    assert_eq!(r.status(), 500, "the provider's own error streams back");
+    assert_eq!(r.status(), 400, "the provider's own error goes back");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
     assert_eq!(c.window("buyer").await, (0, 0), "released");
     let state: String = sqlx::query_scalar("SELECT state FROM spend_reservations")
         .fetch_one(&c.pool)

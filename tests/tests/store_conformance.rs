@@ -458,7 +458,12 @@ async fn flagged_reservations_are_settled_by_an_operator(store: &Store) {
     );
     assert_eq!(
         store
-            .settle_flagged(flagged, ManualSettlement::Released, "alice", "no charge at Stripe")
+            .settle_flagged(
+                flagged,
+                ManualSettlement::Released,
+                "alice",
+                "no charge at Stripe"
+            )
             .await
             .unwrap(),
         Some(2500)
