@@ -39,6 +39,8 @@ pub enum Verdict {
     Closed(&'static str),
     /// The hold ended before a reviewer decided.
     StillPending,
+    /// The agent disconnected while held: the approval stays pending for a retry that presents it.
+    AgentGone,
 }
 
 /// How often a held request looks for the reviewer's decision.
@@ -179,10 +181,18 @@ impl Approvals {
     }
 
     /// Hold mode: waits (polling the shared store, so a decision on any replica counts) until the approval
-    /// is decided or `hold` has passed.
-    pub async fn wait_for_decision(&self, id: Uuid, hold: Duration) -> Result<Verdict, StoreError> {
+    /// is decided, `hold` has passed, or `agent_gone` says nobody is waiting any more.
+    pub async fn wait_for_decision(
+        &self,
+        id: Uuid,
+        hold: Duration,
+        agent_gone: impl Fn() -> bool,
+    ) -> Result<Verdict, StoreError> {
         let deadline = tokio::time::Instant::now() + hold;
         loop {
+            if agent_gone() {
+                return Ok(Verdict::AgentGone);
+            }
             let verdict = match self.store.approval(id).await? {
                 None => Verdict::Closed("unknown approval"),
                 Some(a) if a.status == "approved" && a.expires_at > Utc::now() => Verdict::Approved,

@@ -22,10 +22,10 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::approvals::{Approvals, Call, ConsumedApproval, Verdict};
-use crate::audit::{AuditWriter, DecisionRecord};
+use crate::audit::{AuditWriter, DecisionRecord, Recorded};
 use crate::canon;
 use crate::classify::{Action, Risk, WriteQuery};
-use crate::config::Config;
+use crate::config::{Config, ProviderConfig};
 use crate::error::{Envelope, Refusal, RefusalCode};
 use crate::forward::{Forwarder, Permit, Target, UpstreamFailure};
 use crate::identity::{Agent, AuthError, Identity, presented_key};
@@ -64,6 +64,8 @@ const EVIDENCE_LIMIT: usize = 256 * 1024;
 /// evidence; or why there was none.
 type ForwardResult =
     Result<(Response<Body>, Duration, Option<Vec<u8>>), (UpstreamFailure, Duration)>;
+/// The outcome row's note for an answer the agent was no longer connected to receive.
+const AGENT_DISCONNECTED: &str = "agent_disconnected";
 /// The longest a request is held open waiting for a reviewer, whatever the policy asks: agents' HTTP clients
 /// and load balancers time out beyond a few minutes.
 const MAX_HOLD_SECONDS: u64 = 300;
@@ -138,41 +140,150 @@ fn judge(
     Some((result, shadow))
 }
 
-/// The agent listener's one handler.
+/// The agent listener's one handler. The request's lifecycle runs in a task of its own: once a request is
+/// admitted, its recording, settlement, approval hand-back and outcome row happen whether or not the agent
+/// is still connected (hyper drops this future when the agent disconnects; the task learns of it from the
+/// closed answer channel and records it).
 pub async fn handle(State(gate): State<Arc<Gate>>, request: Request<Body>) -> Response<Body> {
-    let (parts, body) = request.into_parts();
-    let mut draft = Draft {
-        id: Uuid::now_v7(),
-        started: Instant::now(),
-        at: Utc::now(),
-        envelope: Envelope::Plain,
-        provider: "unknown".to_string(),
-        method: parts.method.as_str().to_string(),
-        path: String::new(),
-        query: parts.uri.query().map(str::to_string),
-        agent: None,
-        run: RunFacts::default(),
-        action: None,
-        decision: None,
-        policy_revision: None,
-        approval_id: None,
-        shadow_outcome: None,
-        input: None,
-    };
-    match gate.admit(&mut draft, &parts, body).await {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    tokio::spawn(gate.lifecycle(request, answer));
+    match answered.await {
         Ok(response) => response,
-        Err(refusal) => gate.refuse(draft, refusal).await,
+        // The lifecycle task panicked. Nothing unrecorded was forwarded (forwarding needs a Permit, which
+        // needs a committed record); the agent is told to retry.
+        Err(_) => Refusal::policy_unavailable().into_response(Envelope::Plain, Uuid::now_v7()),
+    }
+}
+
+/// The channel the agent's answer goes back on; closed once the agent has disconnected.
+type Answer = tokio::sync::oneshot::Sender<Response<Body>>;
+
+/// What the intake phase established: who is calling, what the call is, and its judged view.
+struct Intake<'g> {
+    provider: &'g ProviderConfig,
+    agent: Arc<Agent>,
+    /// The policy snapshot whose catalog classified the request; its bundle judges it.
+    live: Arc<Live>,
+    action: Action,
+    headers: JudgedHeaders,
+    /// The judged request: path, query, headers and parsed body, as the policy sees them.
+    facts: RequestFacts,
+    /// The body exactly as received, forwarded untouched.
+    bytes: Bytes,
+}
+
+/// What the decide phase concluded.
+struct Ruling {
+    decision: Decision,
+    now: DateTime<Utc>,
+    canonical_query: String,
+    /// `cents/budget/period` of the decision's charge, or empty: part of the approval fingerprint.
+    charge: String,
+    approval_header: Option<Uuid>,
+}
+
+/// What the authorize phase secured: the approval used (if any), the money reserved, the committed record.
+struct Authorized {
+    consumed: Option<ConsumedApproval>,
+    reserved: bool,
+    recorded: Recorded,
+}
+
+/// The answer for the agent and, for a forwarded request, its outcome row (written once the answer was
+/// handed over, so that a disconnected agent is recorded as such).
+struct Finished {
+    response: Response<Body>,
+    outcome: Option<OutcomeRow>,
+}
+
+impl Ruling {
+    /// The exact call an approval is for, and whose fingerprint a replayed Idempotency-Key must repeat.
+    fn call<'a>(&'a self, intake: &'a Intake<'_>) -> Call<'a> {
+        Call {
+            agent_id: intake.agent.id,
+            agent_name: &intake.agent.name,
+            provider: &intake.provider.name,
+            method: &intake.facts.method,
+            path: &intake.facts.path,
+            canonical_query: &self.canonical_query,
+            headers: &intake.headers.lines,
+            body_sha256: &intake.facts.body_sha256,
+            action: &intake.action.name,
+            charge: &self.charge,
+        }
+    }
+}
+
+impl Draft {
+    fn new(parts: &http::request::Parts) -> Draft {
+        Draft {
+            id: Uuid::now_v7(),
+            started: Instant::now(),
+            at: Utc::now(),
+            envelope: Envelope::Plain,
+            provider: "unknown".to_string(),
+            method: parts.method.as_str().to_string(),
+            path: String::new(),
+            query: parts.uri.query().map(str::to_string),
+            agent: None,
+            run: RunFacts::default(),
+            action: None,
+            decision: None,
+            policy_revision: None,
+            approval_id: None,
+            shadow_outcome: None,
+            input: None,
+        }
     }
 }
 
 impl Gate {
-    /// The phases up to and including the response; any refusal returns early and is recorded by the caller.
+    /// One request from start to end, in its own task: the phases, the refusal record if any, the answer,
+    /// then the outcome row.
+    async fn lifecycle(self: Arc<Self>, request: Request<Body>, answer: Answer) {
+        let (parts, body) = request.into_parts();
+        let mut draft = Draft::new(&parts);
+        let (response, outcome) = match self.admit(&mut draft, &parts, body, &answer).await {
+            Ok(Finished { response, outcome }) => (response, outcome),
+            Err(refusal) => (self.refuse(draft, refusal).await, None),
+        };
+        let delivered = answer.send(response).is_ok();
+        if let Some(mut outcome) = outcome {
+            if !delivered {
+                outcome.error = Some(match outcome.error.take() {
+                    Some(e) => format!("{e}; {AGENT_DISCONNECTED}"),
+                    None => AGENT_DISCONNECTED.to_string(),
+                });
+            }
+            self.audit.record_outcome(outcome);
+        }
+    }
+
+    /// The phases in order; any refusal returns early and is recorded by the caller. Each phase cleans up
+    /// what it took (an approval, a reservation) when a later step of its own fails.
     async fn admit(
         &self,
         draft: &mut Draft,
         parts: &http::request::Parts,
         body: Body,
-    ) -> Result<Response<Body>, Refusal> {
+        answer: &Answer,
+    ) -> Result<Finished, Refusal> {
+        let intake = self.intake(draft, parts, body).await?;
+        let ruling = self.judge_request(draft, parts, &intake).await?;
+        let authorized = self.authorize(draft, &intake, &ruling, answer).await?;
+        Ok(self
+            .forward_and_settle(draft, parts, intake, ruling, authorized)
+            .await)
+    }
+
+    /// Intake: provider, canonical path, header hygiene, the agent, the action, and the judged view of the
+    /// request (query, body by the route's media type, the headers that change what the provider does).
+    async fn intake<'g>(
+        &'g self,
+        draft: &mut Draft,
+        parts: &http::request::Parts,
+        body: Body,
+    ) -> Result<Intake<'g>, Refusal> {
         // The provider is the first path segment; the rest is the provider's own path.
         let raw_path = parts.uri.path();
         let (provider_name, rest) = split_provider(raw_path);
@@ -222,7 +333,7 @@ impl Gate {
 
         // classify (the catalog and the bundle that judges come from one snapshot of the live policy)
         let live = self.policy.current();
-        let action = live
+        let mut action = live
             .catalog
             .classify(&provider.name, &parts.method, path.segments())
             .map_err(|m| Refusal::malformed(m.message()))?;
@@ -232,7 +343,7 @@ impl Gate {
         // write either merged in (Stripe) or limited to what the route takes, so nothing the provider acts
         // on goes unjudged
         let merged_query = write_query(&parts.method, &action, &query, parts.uri.query())?;
-        let judged = JudgedHeaders::of(&parts.headers, agent.id)?;
+        let headers = JudgedHeaders::of(&parts.headers, agent.id)?;
         let bytes = self.read_body(&parts.headers, body).await?;
         let content_type = parts
             .headers
@@ -243,34 +354,49 @@ impl Gate {
                 .map_err(|m| Refusal::malformed(m.message()))?;
         ledger::check_amounts(&parsed)
             .map_err(|m| Refusal::malformed(format!("tollgate: {}", m.message())))?;
-        let mut action = action;
         action
             .lift_body_params(&parsed)
             .map_err(|m| Refusal::malformed(format!("tollgate: {}", m.message())))?;
         draft.action = Some(action.clone());
-
-        // decide
         let facts = RequestFacts {
             provider: provider.name.clone(),
             method: draft.method.clone(),
             path: draft.path.clone(),
             query,
-            headers: judged.policy_headers(&parts.headers),
+            headers: headers.policy_headers(&parts.headers),
             body_sha256: crate::body::body_sha256(&bytes),
             body: parsed,
         };
+        Ok(Intake {
+            provider,
+            agent,
+            live,
+            action,
+            headers,
+            facts,
+            bytes,
+        })
+    }
+
+    /// Decide: the policy input (with this window's spend for writes) and the live bundle's decision.
+    async fn judge_request(
+        &self,
+        draft: &mut Draft,
+        parts: &http::request::Parts,
+        intake: &Intake<'_>,
+    ) -> Result<Ruling, Refusal> {
         let now = Utc::now();
         let agent_window = ledger::window(
             ledger::AGENT_PROVIDER_MONTH,
-            &agent,
-            &provider.name,
-            &judged.account,
+            &intake.agent,
+            &intake.provider.name,
+            &intake.headers.account,
             now,
         )
         .map_err(|_| Refusal::policy_unavailable())?;
         let (window_start, window_end) = ledger::window_bounds(now);
         // Reads cost nothing and are most of the traffic: only writes pay for the spend lookup.
-        let spent = if action.risk == Risk::Read {
+        let spent = if intake.action.risk == Risk::Read {
             Value::Null
         } else {
             match self.ledger.spent(&agent_window).await {
@@ -289,42 +415,49 @@ impl Gate {
         });
         let approval_header = approval_header(&parts.headers)?;
         let approval_input = approval_header.map(|id| json!({"id": id.to_string()}));
-        let canonical_query = canon::canonical_query(&facts.query);
-        let body_sha256 = facts.body_sha256.clone();
         let input = build_input(
-            &agent,
+            &intake.agent,
             &draft.run,
-            &facts,
-            &action,
+            &intake.facts,
+            &intake.action,
             spend,
             approval_input,
             now,
         );
-        let decision = self.decide(draft, live, input).await?;
+        let decision = self.decide(draft, intake.live.clone(), input).await?;
         let charge = decision
             .charge
             .as_ref()
             .map(|c| format!("{}/{}/{}", c.cents, c.budget, agent_window.period))
             .unwrap_or_default();
-        let call = Call {
-            agent_id: agent.id,
-            agent_name: &agent.name,
-            provider: &provider.name,
-            method: &draft.method,
-            path: &draft.path,
-            canonical_query: &canonical_query,
-            headers: &judged.lines,
-            body_sha256: &body_sha256,
-            action: &action.name,
-            charge: &charge,
-        };
+        Ok(Ruling {
+            decision,
+            now,
+            canonical_query: canon::canonical_query(&intake.facts.query),
+            charge,
+            approval_header,
+        })
+    }
+
+    /// Authorize: a deny is refused; an approve opens (or reuses) an approval and refuses, or holds the
+    /// request until a reviewer decides, or consumes the approval the agent presents; then the charge is
+    /// reserved and the allow recorded. Whatever this phase took is handed back when it refuses later on.
+    async fn authorize(
+        &self,
+        draft: &mut Draft,
+        intake: &Intake<'_>,
+        ruling: &Ruling,
+        answer: &Answer,
+    ) -> Result<Authorized, Refusal> {
+        let decision = &ruling.decision;
+        let call = ruling.call(intake);
 
         // approve (the request itself is not yet approved: open or reuse a pending approval, and either
         // refuse at once or, in hold mode, keep the request open until a reviewer decides)
-        let mut approval_header = approval_header;
+        let mut approval_header = ruling.approval_header;
         match (decision.outcome, approval_header) {
             (Outcome::Allow, _) => {}
-            (Outcome::Deny, _) => return Err(denial(&decision)),
+            (Outcome::Deny, _) => return Err(denial(decision)),
             (Outcome::Approve, None) => {
                 let reasons = serde_json::to_value(&decision.reasons).unwrap_or(Value::Null);
                 let charge = decision.charge.as_ref().map(|c| c.cents);
@@ -343,14 +476,18 @@ impl Gate {
                 let hold = decision.hold_seconds.unwrap_or(0).min(MAX_HOLD_SECONDS);
                 if hold == 0 {
                     return Err(approval_required(
-                        &decision,
+                        decision,
                         &approval.id.to_string(),
                         &approval.status,
                     ));
                 }
+                // Held: the wait ends early when the agent disconnects, so an approval granted later is
+                // not spent on a request nobody is waiting for (the agent retries with it instead).
                 match self
                     .approvals
-                    .wait_for_decision(approval.id, Duration::from_secs(hold))
+                    .wait_for_decision(approval.id, Duration::from_secs(hold), || {
+                        answer.is_closed()
+                    })
                     .await
                 {
                     Ok(Verdict::Approved) => approval_header = Some(approval.id),
@@ -361,9 +498,9 @@ impl Gate {
                         )
                         .with_approval(approval.id.to_string()));
                     }
-                    Ok(Verdict::StillPending) => {
+                    Ok(Verdict::StillPending | Verdict::AgentGone) => {
                         return Err(approval_required(
-                            &decision,
+                            decision,
                             &approval.id.to_string(),
                             "pending",
                         ));
@@ -416,80 +553,22 @@ impl Gate {
 
         // reserve (a repeat of a request whose Idempotency-Key the provider still replays is not charged
         // again: the key as forwarded, the account headers and the request fingerprint must all match)
-        let fingerprint = call.request_fingerprint();
-        let mut reserved = false;
-        if let Some(charge) = &decision.charge {
-            let window =
-                ledger::window(&charge.budget, &agent, &provider.name, &judged.account, now)
-                    .map_err(|e| {
-                        tracing::error!(error = %e, "policy named a budget the ledger cannot key");
-                        Refusal::policy_unavailable()
-                    })?;
-            let idempotency = match (&judged.forwarded_key, provider.idempotency_window) {
-                (Some(key), Some(window)) => Some(Idempotency {
-                    key: key.to_str().unwrap_or_default(),
-                    account: &judged.account,
-                    window_secs: i64::try_from(window.as_secs()).unwrap_or(i64::MAX),
-                }),
-                _ => None,
-            };
-            let reservation = NewReservation {
-                window: &window,
-                provider: &provider.name,
-                agent_id: agent.id,
-                decision_id: draft.id,
-                cents: charge.cents,
-                cap_cents: charge.cap_cents,
-                idempotency,
-                fingerprint: &fingerprint,
-            };
-            let outcome = self.ledger.reserve(&reservation).await;
-            if !matches!(outcome, Ok(Reservation::Reserved | Reservation::Replayed)) {
+        let reserved = match self.reserve(draft, intake, ruling, &call).await {
+            Ok(reserved) => reserved,
+            Err(refusal) => {
                 self.give_back(consumed.take()).await;
+                return Err(refusal);
             }
-            match outcome {
-                Ok(Reservation::Reserved) => reserved = true,
-                Ok(Reservation::Replayed) => {}
-                Ok(Reservation::IdempotencyConflict) => {
-                    return Err(Refusal::malformed(
-                        "tollgate: this Idempotency-Key was already used for a different request (or with \
-                         other account headers) within the provider's replay window",
-                    ));
-                }
-                Ok(Reservation::Exceeded {
-                    cap_cents,
-                    committed_cents,
-                    reserved_cents,
-                }) => {
-                    self.metrics
-                        .budget_exceeded_total
-                        .with_label_values(&[&provider.name])
-                        .inc();
-                    return Err(Refusal::new(
-                        RefusalCode::BudgetExceeded,
-                        format!(
-                            "tollgate: budget {} ({}) is capped at {}; {} spent and {} reserved, this request asks {}",
-                            charge.budget,
-                            window.period,
-                            dollars(cap_cents),
-                            dollars(committed_cents),
-                            dollars(reserved_cents),
-                            dollars(charge.cents)
-                        ),
-                    )
-                    .with_rule(format!("budget.{}", charge.budget)));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "spend reservation failed");
-                    return Err(Refusal::store_unavailable());
-                }
-            }
-        }
+        };
 
         // record
         let record = self.record_of(draft, "allow", None);
-        let recorded = match self.audit.record(record).await {
-            Ok(r) => r,
+        match self.audit.record(record).await {
+            Ok(recorded) => Ok(Authorized {
+                consumed,
+                reserved,
+                recorded,
+            }),
             Err(e) => {
                 tracing::error!(error = %e, decision_id = %draft.id, "allow not recorded; refusing");
                 if reserved {
@@ -497,28 +576,133 @@ impl Gate {
                 }
                 self.give_back(consumed.take()).await;
                 // The refusal path tries once more to record this refusal itself.
-                return Err(Refusal::store_unavailable());
+                Err(Refusal::store_unavailable())
             }
-        };
+        }
+    }
 
-        // forward
+    /// Reserves the decision's charge, if any: `true` when money was reserved (a replay reserves nothing).
+    async fn reserve(
+        &self,
+        draft: &Draft,
+        intake: &Intake<'_>,
+        ruling: &Ruling,
+        call: &Call<'_>,
+    ) -> Result<bool, Refusal> {
+        let Some(charge) = &ruling.decision.charge else {
+            return Ok(false);
+        };
+        let provider = intake.provider;
+        let window = ledger::window(
+            &charge.budget,
+            &intake.agent,
+            &provider.name,
+            &intake.headers.account,
+            ruling.now,
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "policy named a budget the ledger cannot key");
+            Refusal::policy_unavailable()
+        })?;
+        let fingerprint = call.request_fingerprint();
+        let idempotency = match (&intake.headers.forwarded_key, provider.idempotency_window) {
+            (Some(key), Some(window)) => Some(Idempotency {
+                key: key.to_str().unwrap_or_default(),
+                account: &intake.headers.account,
+                window_secs: i64::try_from(window.as_secs()).unwrap_or(i64::MAX),
+            }),
+            _ => None,
+        };
+        let reservation = NewReservation {
+            window: &window,
+            provider: &provider.name,
+            agent_id: intake.agent.id,
+            decision_id: draft.id,
+            cents: charge.cents,
+            cap_cents: charge.cap_cents,
+            idempotency,
+            fingerprint: &fingerprint,
+        };
+        match self.ledger.reserve(&reservation).await {
+            Ok(Reservation::Reserved) => Ok(true),
+            Ok(Reservation::Replayed) => Ok(false),
+            Ok(Reservation::IdempotencyConflict) => Err(Refusal::malformed(
+                "tollgate: this Idempotency-Key was already used for a different request (or with \
+                 other account headers) within the provider's replay window",
+            )),
+            Ok(Reservation::Exceeded {
+                cap_cents,
+                committed_cents,
+                reserved_cents,
+            }) => {
+                self.metrics
+                    .budget_exceeded_total
+                    .with_label_values(&[&provider.name])
+                    .inc();
+                Err(Refusal::new(
+                    RefusalCode::BudgetExceeded,
+                    format!(
+                        "tollgate: budget {} ({}) is capped at {}; {} spent and {} reserved, this request asks {}",
+                        charge.budget,
+                        window.period,
+                        dollars(cap_cents),
+                        dollars(committed_cents),
+                        dollars(reserved_cents),
+                        dollars(charge.cents)
+                    ),
+                )
+                .with_rule(format!("budget.{}", charge.budget)))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "spend reservation failed");
+                Err(Refusal::store_unavailable())
+            }
+        }
+    }
+
+    /// Forward and settle: the permitted request goes upstream; money is settled by what the answer
+    /// proves; the agent gets the provider's answer (or a refusal saying what is known), and the outcome row
+    /// is handed back to be written once the answer was delivered.
+    async fn forward_and_settle(
+        &self,
+        draft: &Draft,
+        parts: &http::request::Parts,
+        intake: Intake<'_>,
+        ruling: Ruling,
+        authorized: Authorized,
+    ) -> Finished {
+        let provider = intake.provider;
         let target = Target {
             provider: &provider.name,
             path: &draft.path,
             query: draft.query.as_deref(),
         };
-        let Some(permit) = Permit::issue(&decision, consumed.as_ref(), &recorded, target) else {
-            return Err(Refusal::policy_unavailable());
+        let Some(permit) = Permit::issue(
+            &ruling.decision,
+            authorized.consumed.as_ref(),
+            &authorized.recorded,
+            target,
+        ) else {
+            // Unreachable by construction (authorize refuses denials and unconsumed approvals); the money
+            // reserved for it goes back.
+            if authorized.reserved {
+                self.release(draft.id).await;
+            }
+            let refusal = Refusal::policy_unavailable();
+            return Finished {
+                response: refusal.into_response(draft.envelope, draft.id),
+                outcome: None,
+            };
         };
-        let forwarded_headers = judged.forwarded(&parts.headers);
+        let forwarded_headers = intake.headers.forwarded(&parts.headers);
         let result = self
             .forwarder
-            .forward(&permit, parts.method.clone(), &forwarded_headers, bytes)
+            .forward(&permit, parts.method.clone(), &forwarded_headers, intake.bytes)
             .await;
         // A 4xx is a refusal only in the provider's own envelope: read it (small) before settling.
         let result = match result {
             Ok((response, latency))
-                if reserved
+                if authorized.reserved
                     && Settlement::needs_body(response.status().as_u16(), provider.envelope) =>
             {
                 self.read_evidence(response, latency).await
@@ -528,7 +712,7 @@ impl Gate {
 
         // settle: money first, then the outcome record
         let mut settled = None;
-        if reserved {
+        if authorized.reserved {
             let settlement = match &result {
                 Ok((response, _, evidence)) => Settlement::of_response(
                     response.status().as_u16(),
@@ -562,14 +746,14 @@ impl Gate {
         match result {
             Ok((response, latency, _)) => {
                 let status = response.status().as_u16();
-                self.audit.record_outcome(OutcomeRow {
+                let outcome = OutcomeRow {
                     decision_id: permit.decision_id(),
                     at: Utc::now(),
                     upstream_status: Some(i32::from(status)),
                     latency_us: latency.as_micros() as i64,
                     error: None,
                     flagged: settled == Some(Settlement::Unknown),
-                });
+                };
                 self.metrics
                     .upstream_duration_seconds
                     .with_label_values(&[&draft.provider, status_class(status)])
@@ -577,9 +761,12 @@ impl Gate {
                 self.count(draft, "allow", None);
                 // respond (the agent sees its own Idempotency-Key, not the namespaced one)
                 let mut response = response;
-                judged.restore_key(response.headers_mut());
+                intake.headers.restore_key(response.headers_mut());
                 insert_decision_header(response.headers_mut(), draft.id);
-                Ok(response)
+                Finished {
+                    response,
+                    outcome: Some(outcome),
+                }
             }
             Err((failure, latency)) => {
                 let (code, kind, flagged, message) = match failure {
@@ -608,14 +795,14 @@ impl Gate {
                         "tollgate: no credential is configured for this provider; the request was not sent",
                     ),
                 };
-                self.audit.record_outcome(OutcomeRow {
+                let outcome = OutcomeRow {
                     decision_id: permit.decision_id(),
                     at: Utc::now(),
                     upstream_status: None,
                     latency_us: latency.as_micros() as i64,
                     error: Some(kind.to_string()),
                     flagged,
-                });
+                };
                 self.metrics
                     .upstream_errors_total
                     .with_label_values(&[&draft.provider, kind])
@@ -629,7 +816,10 @@ impl Gate {
                 } else {
                     refusal
                 };
-                Ok(refusal.into_response(draft.envelope, draft.id))
+                Finished {
+                    response: refusal.into_response(draft.envelope, draft.id),
+                    outcome: Some(outcome),
+                }
             }
         }
     }
