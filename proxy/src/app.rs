@@ -190,6 +190,18 @@ fn spawn_policy_watch(
 /// Wires everything and binds both listeners.
 pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
     let config = Arc::new(config);
+    match &config.audit.redaction_key {
+        Some(key) => {
+            use secrecy::ExposeSecret as _;
+            crate::redact::set_key(key.expose_secret().as_bytes());
+        }
+        None => tracing::warn!(
+            env = %config.audit.redaction_key_env,
+            "no redaction key: secrets in recorded requests are replaced by a plain SHA-256, from which a short \
+             secret (a CVC, an expiry) can be recovered by trying every value; set the variable to a random key \
+             shared by all replicas"
+        ),
+    }
     let metrics = Arc::new(Metrics::new());
     let policy = Arc::new(load_policy(&config).map_err(anyhow::Error::msg)?);
     // Every configured provider has a usage series from the start; the store probe keeps it current.

@@ -112,10 +112,12 @@ impl Approvals {
     }
 
     /// The open approval for this call (pending or approved), or a new pending one. A repeat of the same call
-    /// while one is open gets the same id.
+    /// while one is open gets the same id. `shown_query` is the query as stored for reviewers (secrets
+    /// redacted); the fingerprint binds the real one.
     pub async fn request(
         &self,
         call: &Call<'_>,
+        shown_query: &str,
         reasons: serde_json::Value,
         charge_cents: Option<i64>,
         decision_id: Uuid,
@@ -130,7 +132,7 @@ impl Approvals {
             provider: call.provider.to_string(),
             method: call.method.to_string(),
             path: call.path.to_string(),
-            query: call.canonical_query.to_string(),
+            query: shown_query.to_string(),
             headers: call.headers.to_string(),
             body_sha256: call.body_sha256.to_string(),
             action: call.action.to_string(),

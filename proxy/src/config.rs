@@ -37,6 +37,8 @@ pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 16;
 pub const DEFAULT_AUDIT_MAX_BATCH: usize = 1024;
 /// Two writers: one commits while the other gathers and sends the next batch.
 pub const DEFAULT_AUDIT_WRITERS: usize = 2;
+/// Where the redaction key is read from unless `[audit] redaction_key_env` says otherwise.
+pub const DEFAULT_REDACTION_KEY_ENV: &str = "TOLLGATE_REDACTION_KEY";
 /// Stripe remembers an idempotency key for at least 24 hours, then may prune it: a repeat after that runs
 /// as a new request, so tollgate charges it as one.
 pub const DEFAULT_STRIPE_IDEMPOTENCY_WINDOW_SECONDS: u64 = 24 * 3600;
@@ -124,6 +126,7 @@ pub struct RawAdmin {
 pub struct RawAudit {
     pub max_batch: Option<usize>,
     pub writers: Option<usize>,
+    pub redaction_key_env: Option<String>,
 }
 
 /// The checked configuration every other module reads.
@@ -214,6 +217,10 @@ pub struct AuditConfig {
     pub max_batch: usize,
     /// Writer tasks, each with its own connection, batch in flight and hash chain.
     pub writers: usize,
+    /// The environment variable holding the key redacted secrets are hashed with (HMAC-SHA256).
+    pub redaction_key_env: String,
+    /// Its value; `None` when unset (secrets are then replaced by a plain SHA-256).
+    pub redaction_key: Option<SecretString>,
 }
 
 /// Every problem found in a configuration, reported together.
@@ -463,6 +470,11 @@ impl Config {
             errors.push("providers: at least one provider must be configured".to_string());
         }
 
+        let redaction_key_env = raw
+            .audit
+            .redaction_key_env
+            .clone()
+            .unwrap_or_else(|| DEFAULT_REDACTION_KEY_ENV.to_string());
         let token_env = raw
             .admin
             .token_env
@@ -527,7 +539,14 @@ impl Config {
             },
             providers,
             admin: AdminConfig { token_env, token },
-            audit: AuditConfig { max_batch, writers },
+            audit: AuditConfig {
+                max_batch,
+                writers,
+                redaction_key: env(&redaction_key_env)
+                    .filter(|v| !v.is_empty())
+                    .map(SecretString::from),
+                redaction_key_env,
+            },
             approvals: ApprovalsConfig {
                 ttl: Duration::from_secs(ttl_seconds),
             },

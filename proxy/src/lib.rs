@@ -21,6 +21,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod redact;
 pub mod store;
 
 /// The response header naming the decision record of every request.

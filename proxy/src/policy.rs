@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 
 use crate::classify::{Action, Catalog};
 use crate::identity::Agent;
+use crate::redact::Redactor;
 
 /// The rule every bundle must define.
 pub const ENTRYPOINT: &str = "data.tollgate.decision";
@@ -112,6 +113,8 @@ pub struct Bundle {
     program: Option<Arc<Program>>,
     data: regorus::Value,
     timeout: Duration,
+    /// What records keep of a request judged by this bundle, from its `data.secrets`.
+    redactor: Redactor,
 }
 
 /// What requests are judged with: the bundle, the route catalog that came with it, and an optional shadow
@@ -183,6 +186,8 @@ impl Bundle {
             revision,
         } = read_sources(dir)?;
         let data = engine.get_data();
+        // A broken list of secrets fails the load, so records are never kept by a list nobody reviewed.
+        let redactor = redactor_of(&data)?;
         let entry: regorus::Rc<str> = ENTRYPOINT.into();
         // The VM is several times faster; where it cannot compile the bundle (e.g. `with`), the interpreter
         // evaluates the same rules.
@@ -205,6 +210,7 @@ impl Bundle {
             program,
             data,
             timeout,
+            redactor,
         };
         // regorus reports unknown builtins and many type errors only when a rule is first evaluated.
         bundle
@@ -223,6 +229,11 @@ impl Bundle {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Takes the secrets out of what is recorded of a request judged by this bundle.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
     }
 
     pub fn uses_bytecode(&self) -> bool {
@@ -422,6 +433,17 @@ impl PolicyHandle {
         }
         h.finish()
     }
+}
+
+/// The redactor of a bundle's data: its `data.secrets`, or the built-in names when it has none.
+fn redactor_of(data: &regorus::Value) -> Result<Redactor, PolicyError> {
+    let invalid =
+        |e: String| PolicyError::Load(vec![format!("data.secrets (data/secrets.yaml): {e}")]);
+    let secrets = match &data[&regorus::Value::from("secrets")] {
+        regorus::Value::Undefined => None,
+        secrets => Some(serde_json::to_value(secrets).map_err(|e| invalid(e.to_string()))?),
+    };
+    Redactor::from_data(secrets.as_ref()).map_err(invalid)
 }
 
 /// A bundle read from disk: an engine with its policies and data, its test files, and its revision.

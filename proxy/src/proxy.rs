@@ -45,18 +45,6 @@ const SECRET_HEADERS: &[&str] = &[
     "x-auth-key",
     "x-auth-user-service-key",
 ];
-/// Body fields whose values are secrets (a certificate's private key, a domain's transfer code, card data).
-/// The policy sees them; the decision record keeps `"[redacted]"` in their place.
-const SECRET_BODY_FIELDS: &[&str] = &[
-    "private_key",
-    "auth_code",
-    "password",
-    "secret",
-    "client_secret",
-    "cvc",
-    "account_number",
-    "value",
-];
 /// The most of an upstream error response read to settle its reservation: providers' error envelopes are
 /// a few hundred bytes.
 const EVIDENCE_LIMIT: usize = 256 * 1024;
@@ -459,11 +447,19 @@ impl Gate {
             (Outcome::Allow, _) => {}
             (Outcome::Deny, _) => return Err(denial(decision)),
             (Outcome::Approve, None) => {
-                let reasons = serde_json::to_value(&decision.reasons).unwrap_or(Value::Null);
+                let live = self.policy.current();
+                let redactor = live.bundle.redactor();
+                let reasons = redact_strings(
+                    redactor,
+                    serde_json::to_value(&decision.reasons).unwrap_or(Value::Null),
+                );
+                let shown_query = redactor
+                    .redact_query(&intake.provider.name, &ruling.canonical_query)
+                    .unwrap_or_else(|| ruling.canonical_query.clone());
                 let charge = decision.charge.as_ref().map(|c| c.cents);
                 let approval = self
                     .approvals
-                    .request(&call, reasons, charge, draft.id)
+                    .request(&call, &shown_query, reasons, charge, draft.id)
                     .await
                     .map_err(|e| {
                         tracing::error!(error = %e, "approval not opened");
@@ -697,7 +693,12 @@ impl Gate {
         let forwarded_headers = intake.headers.forwarded(&parts.headers);
         let result = self
             .forwarder
-            .forward(&permit, parts.method.clone(), &forwarded_headers, intake.bytes)
+            .forward(
+                &permit,
+                parts.method.clone(),
+                &forwarded_headers,
+                intake.bytes,
+            )
             .await;
         // A 4xx is a refusal only in the provider's own envelope: read it (small) before settling.
         let result = match result {
@@ -958,7 +959,11 @@ impl Gate {
         refusal.into_response(draft.envelope, draft.id)
     }
 
+    /// The decision record, as stored: everything the agent sent passes through `redact` (the input, the
+    /// raw query, the path, the reasons that may quote it).
     fn record_of(&self, draft: &Draft, outcome: &str, refusal: Option<&Refusal>) -> DecisionRecord {
+        let live = self.policy.current();
+        let redactor = live.bundle.redactor();
         let (rules, reasons) = match &draft.decision {
             Some(d) => (
                 d.reasons.iter().map(|r| r.rule.clone()).collect(),
@@ -982,8 +987,12 @@ impl Gate {
             on_behalf_of: draft.run.on_behalf_of.clone(),
             provider: draft.provider.clone(),
             method: draft.method.clone(),
-            path: draft.path.clone(),
-            query: draft.query.clone(),
+            path: redactor.redact_text(&draft.path).into_owned(),
+            query: draft.query.as_deref().map(|q| {
+                redactor
+                    .redact_query(&draft.provider, q)
+                    .unwrap_or_else(|| q.to_string())
+            }),
             action: draft
                 .action
                 .as_ref()
@@ -999,7 +1008,7 @@ impl Gate {
             outcome: outcome.to_string(),
             code: refusal.map(|r| r.code().as_str().to_string()),
             rules,
-            reasons,
+            reasons: redact_strings(redactor, reasons),
             policy_revision: draft.policy_revision.clone(),
             charge_cents: draft
                 .decision
@@ -1015,7 +1024,10 @@ impl Gate {
                 .as_ref()
                 .map(|d| outcome_name(d.outcome).to_string()),
             shadow_outcome: draft.shadow_outcome.clone(),
-            input: draft.input.as_ref().map(recorded_input),
+            input: draft
+                .input
+                .as_ref()
+                .map(|input| redactor.redact_input(&draft.provider, input).to_string()),
         }
     }
 
@@ -1362,47 +1374,22 @@ fn policy_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
     out
 }
 
-/// The policy input as recorded: JSON text, secret body fields redacted. Most requests (reads) have no
-/// secret to redact, and are serialized as they are, without a copy.
-fn recorded_input(input: &Value) -> String {
-    fn has_secret(v: &Value) -> bool {
+/// Every string in a JSON value (reason messages that may quote what the agent sent) through the detectors.
+fn redact_strings(redactor: &crate::redact::Redactor, mut value: Value) -> Value {
+    fn walk(redactor: &crate::redact::Redactor, v: &mut Value) {
         match v {
-            Value::Object(map) => map.iter().any(|(k, child)| {
-                (SECRET_BODY_FIELDS.contains(&k.as_str()) && !child.is_null()) || has_secret(child)
-            }),
-            Value::Array(items) => items.iter().any(has_secret),
-            _ => false,
-        }
-    }
-    if input.pointer("/request/body").is_some_and(has_secret) {
-        redacted(input).to_string()
-    } else {
-        input.to_string()
-    }
-}
-
-/// The policy input with secret body fields replaced by `"[redacted]"`.
-fn redacted(input: &Value) -> Value {
-    fn walk(v: &mut Value) {
-        match v {
-            Value::Object(map) => {
-                for (k, child) in map.iter_mut() {
-                    if SECRET_BODY_FIELDS.contains(&k.as_str()) && !child.is_null() {
-                        *child = Value::String("[redacted]".into());
-                    } else {
-                        walk(child);
-                    }
+            Value::String(text) => {
+                if let std::borrow::Cow::Owned(clean) = redactor.redact_text(text) {
+                    *text = clean;
                 }
             }
-            Value::Array(items) => items.iter_mut().for_each(walk),
+            Value::Array(items) => items.iter_mut().for_each(|i| walk(redactor, i)),
+            Value::Object(map) => map.values_mut().for_each(|i| walk(redactor, i)),
             _ => {}
         }
     }
-    let mut copy = input.clone();
-    if let Some(body) = copy.pointer_mut("/request/body") {
-        walk(body);
-    }
-    copy
+    walk(redactor, &mut value);
+    value
 }
 
 pub fn insert_decision_header(headers: &mut HeaderMap, id: Uuid) {
@@ -1426,20 +1413,7 @@ mod tests {
     }
 
     #[test]
-    fn secrets_never_reach_the_record() {
-        let input = json!({"request": {"body": {"private_key": "-----BEGIN", "nested": [{"auth_code": "x"}], "name": "n"}}});
-        let r = redacted(&input);
-        assert_eq!(r["request"]["body"]["private_key"], "[redacted]");
-        assert_eq!(r["request"]["body"]["nested"][0]["auth_code"], "[redacted]");
-        assert_eq!(r["request"]["body"]["name"], "n");
-        let recorded = recorded_input(&input);
-        assert!(
-            !recorded.contains("BEGIN") && recorded.contains("[redacted]"),
-            "{recorded}"
-        );
-        // Nothing to redact: recorded as it is.
-        let read = json!({"request": {"body": null, "path": "/x"}, "agent": {"name": "a"}});
-        assert_eq!(recorded_input(&read), read.to_string());
+    fn secret_headers_never_reach_the_policy() {
         let mut h = HeaderMap::new();
         h.insert("authorization", HeaderValue::from_static("Bearer tg_x"));
         h.insert("x-auth-key", HeaderValue::from_static("k"));

@@ -19,6 +19,8 @@ use tokio::process::{Child, Command};
 pub const CLOUDFLARE_SECRET: &str = "cf-test-credential-7d41c2";
 pub const STRIPE_SECRET: &str = "sk_test_tollgate_9f3b1e";
 pub const ADMIN_TOKEN: &str = "admin-test-token-51aa0c";
+/// The key recorded secrets are hashed with (HMAC-SHA256) in every fixture.
+pub const REDACTION_KEY: &str = "redaction-test-key-3c9e02";
 
 /// The `tollgate` binary built for this profile.
 pub fn binary() -> anyhow::Result<PathBuf> {
@@ -215,6 +217,7 @@ fn command(dir: &Path) -> anyhow::Result<Command> {
         .env("CLOUDFLARE_API_TOKEN", CLOUDFLARE_SECRET)
         .env("STRIPE_SECRET_KEY", STRIPE_SECRET)
         .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("TOLLGATE_REDACTION_KEY", REDACTION_KEY)
         .env("RUST_LOG", "info");
     Ok(cmd)
 }

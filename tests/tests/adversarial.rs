@@ -947,3 +947,145 @@ async fn disabling_a_token_needs_a_human() {
     );
     assert_eq!(g.upstream.request_count(), 0);
 }
+
+/// Confirmed: `payment_method_data[card][number]` (with expiry and CVC), a Workers `secret_text` binding's
+/// `text`, and keys inside ordinary fields were stored verbatim and served by the admin API. What is stored
+/// now is the reviewed list's fields and every detector match replaced by a keyed hash, in the body, the
+/// query, the path and the reasons alike; equal secrets still hash equal.
+#[tokio::test]
+async fn secrets_are_never_stored() {
+    let upstream = Upstream::builder().start().await.unwrap();
+    let g = gate(1, upstream, |b| b).await;
+    let stripe = g.agent("buyer", &["--scope", "billing:spend"]).await;
+    let cf = g
+        .agent(
+            "deployer",
+            &[
+                "--scope",
+                "workers:deploy",
+                "--label",
+                &format!("accounts={ACCOUNT}"),
+            ],
+        )
+        .await;
+    let card = "4242424242424242";
+    let live_key = "sk_live_51HxQv2eZvKYlo2C9aBcDeFgHiJkLmNoP";
+    let body = format!(
+        "amount=2000&currency=usd&payment_method_data[type]=card&payment_method_data[card][number]={card}\
+         &payment_method_data[card][exp_month]=12&payment_method_data[card][exp_year]=2031\
+         &payment_method_data[card][cvc]=987&metadata[note]={live_key}"
+    );
+    let paid = g
+        .stripe(
+            0,
+            &stripe,
+            "/v1/payment_intents?expand[]=latest_charge",
+            &body,
+            &[],
+        )
+        .await;
+    assert_eq!(paid.status, 200, "{}", paid.body);
+    // The same card again, this time in the query of a write that is refused: still never stored.
+    let refused = g
+        .stripe(
+            0,
+            &stripe,
+            &format!("/v1/payment_intents?card[number]={card}&card[cvc]=987"),
+            "amount=900000&currency=usd",
+            &[],
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+
+    let secret_text = "hunter2-database-password-7731";
+    let pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----";
+    let metadata = json!({
+        "main_module": "index.js",
+        "bindings": [
+            {"type": "secret_text", "name": "DB_PASSWORD", "text": secret_text},
+            {"type": "plain_text", "name": "SIGNING_KEY", "text": pem},
+        ],
+    });
+    let boundary = "tollgate-boundary-91f";
+    let multipart = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n\
+         {metadata}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"index.js\"; filename=\"index.js\"\r\n\
+         Content-Type: application/javascript+module\r\n\r\nexport default {{}}\r\n--{boundary}--\r\n"
+    );
+    let deployed = g
+        .http
+        .put(g.replicas[0].url(&format!(
+            "/cloudflare/client/v4/accounts/{ACCOUNT}/workers/scripts/blog"
+        )))
+        .bearer_auth(&cf)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(multipart)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(deployed.status(), 400);
+    // The policy saw everything (the stand-in got the bytes unchanged).
+    assert!(
+        g.upstream
+            .requests()
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains(card))
+    );
+
+    let stored: Vec<String> = sqlx::query(
+        "SELECT coalesce(input::text, '') || ' ' || coalesce(query, '') || ' ' || path || ' ' || reasons::text
+         FROM decisions ORDER BY seq",
+    )
+    .fetch_all(&g.pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    assert_eq!(stored.len(), 3);
+    let all = stored.join("\n");
+    for secret in [
+        card,
+        live_key,
+        secret_text,
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7",
+    ] {
+        assert!(!all.contains(secret), "{secret} was stored:\n{all}");
+    }
+    // The CVC is short enough to occur inside a hash: look for it as a value.
+    assert!(
+        !all.contains("\"987\"") && !all.contains("=987"),
+        "the CVC was stored:\n{all}"
+    );
+    assert!(all.contains("[redacted hmac-sha256:"), "{all}");
+    // Comparable: the card in the first body and in the second query hash to the same value.
+    let hash = |text: &str| -> Vec<String> {
+        text.match_indices("[redacted hmac-sha256:")
+            .map(|(i, _)| text[i..i + 22 + 64].to_string())
+            .collect()
+    };
+    let first: std::collections::BTreeSet<_> = hash(&stored[0]).into_iter().collect();
+    let second: std::collections::BTreeSet<_> = hash(&stored[1]).into_iter().collect();
+    assert!(
+        first.intersection(&second).count() >= 2,
+        "card and cvc hash alike:\n{all}"
+    );
+    // The admin API serves what was stored, nothing more.
+    let served = g
+        .http
+        .get(g.replicas[0].admin_url("/api/decisions?limit=10"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!served.contains(card) && !served.contains(live_key) && !served.contains(secret_text));
+    // Nor do the logs hold them.
+    let log = g.replicas[0].log();
+    assert!(!log.contains(card) && !log.contains(live_key) && !log.contains(secret_text));
+}
