@@ -1505,7 +1505,10 @@ fn test_secrets(database_url: &str) -> BTreeMap<&'static str, String> {
         ("CLOUDFLARE_API_TOKEN", "cf-deploy-test".to_string()),
         ("STRIPE_SECRET_KEY", "sk_test_deploy".to_string()),
         ("TOLLGATE_ADMIN_TOKEN", "admin-deploy-test".to_string()),
-        ("TOLLGATE_REDACTION_KEY", "redaction-deploy-test".to_string()),
+        (
+            "TOLLGATE_REDACTION_KEY",
+            "redaction-deploy-test".to_string(),
+        ),
     ])
 }
 
