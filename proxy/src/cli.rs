@@ -262,12 +262,22 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 /// Without a configured database, the embedded SQLite file `./tollgate.db`.
 pub const EMBEDDED_DATABASE: &str = "sqlite:tollgate.db";
 
+/// Opens the configured store. The embedded default is migrated on open, by every command, as `serve` does:
+/// the first command on a fresh machine may well be `agents create`. A configured database is migrated
+/// only by `tollgate migrate` (or `serve --migrate`), once per release.
 async fn connect(config: &Config) -> anyhow::Result<Store> {
     let embedded = secrecy::SecretString::from(EMBEDDED_DATABASE);
     let url = config.database.url.as_ref().unwrap_or(&embedded);
-    Store::connect(url, config.database.max_connections)
+    let store = Store::connect(url, config.database.max_connections)
         .await
-        .context("cannot open the database")
+        .context("cannot open the database")?;
+    if config.database.url.is_none() {
+        store
+            .migrate()
+            .await
+            .context("cannot migrate the embedded database")?;
+    }
+    Ok(store)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

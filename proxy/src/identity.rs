@@ -83,6 +83,31 @@ struct Cache {
     /// key hash → the agent, or `None` for a key known not to exist.
     entries: HashMap<String, Option<Arc<Agent>>>,
     refreshed_at: Instant,
+    /// Bumped whenever the entries are dropped. A lookup notes it before reading the store and caches its
+    /// row only if it is unchanged: a row read before a revocation that a concurrent refresh has since
+    /// noticed is used once, never cached.
+    generation: u64,
+}
+
+impl Cache {
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// Caches what a lookup that began at `seen` found; false (nothing cached) when the cache was dropped
+    /// since.
+    fn admit(&mut self, seen: u64, hash: String, agent: Option<Arc<Agent>>) -> bool {
+        if self.generation != seen {
+            return false;
+        }
+        if self.entries.len() >= CACHE_CAPACITY {
+            // Not a change of any agent: the generation stays, lookups in flight may still cache.
+            self.entries.clear();
+        }
+        self.entries.insert(hash, agent);
+        true
+    }
 }
 
 impl AgentKey {
@@ -169,6 +194,7 @@ impl Identity {
             cache: RwLock::new(Cache {
                 entries: HashMap::new(),
                 refreshed_at: Instant::now(),
+                generation: 0,
             }),
             version: AtomicI64::new(i64::MIN),
         }
@@ -180,13 +206,14 @@ impl Identity {
             return Err(AuthError::Unauthenticated);
         }
         let hash = hash_key(presented);
-        let cached = {
+        let (cached, generation) = {
             let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
-            if cache.refreshed_at.elapsed() < CACHE_TRUST {
+            let entry = if cache.refreshed_at.elapsed() < CACHE_TRUST {
                 cache.entries.get(&hash).cloned()
             } else {
                 None
-            }
+            };
+            (entry, cache.generation)
         };
         let agent = match cached {
             Some(entry) => entry,
@@ -196,10 +223,7 @@ impl Identity {
                     .filter(|r| r.status == "active")
                     .map(|r| Arc::new(Agent::from_row(r)));
                 let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-                if cache.entries.len() >= CACHE_CAPACITY {
-                    cache.entries.clear();
-                }
-                cache.entries.insert(hash, agent.clone());
+                cache.admit(generation, hash, agent.clone());
                 agent
             }
         };
@@ -215,7 +239,7 @@ impl Identity {
         let previous = self.version.swap(version, Ordering::AcqRel);
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         if previous != version {
-            cache.entries.clear();
+            cache.clear();
         }
         cache.refreshed_at = Instant::now();
         Ok(())
@@ -365,6 +389,33 @@ mod tests {
             );
         }
         assert_eq!(presented_key(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_lookup_that_raced_a_refresh_is_not_cached() {
+        let mut cache = Cache {
+            entries: HashMap::new(),
+            refreshed_at: Instant::now(),
+            generation: 0,
+        };
+        let agent = Some(Arc::new(Agent {
+            id: Uuid::nil(),
+            name: "a".into(),
+            team: None,
+            scopes: vec![],
+            labels: BTreeMap::new(),
+            expires_at: None,
+        }));
+        // A lookup reads the store (the agent still active), a refresh then drops the cache because the
+        // agent was revoked meanwhile: the stale row must not be cached.
+        let seen = cache.generation;
+        cache.clear();
+        assert!(!cache.admit(seen, "h".into(), agent.clone()));
+        assert!(cache.entries.is_empty());
+        // A lookup that began after the refresh caches as usual.
+        let seen = cache.generation;
+        assert!(cache.admit(seen, "h".into(), agent));
+        assert!(cache.entries.contains_key("h"));
     }
 
     #[test]

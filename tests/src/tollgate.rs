@@ -162,6 +162,21 @@ credential = {{ env = "STRIPE_SECRET_KEY", scheme = "basic" }}
         )
     }
 
+    /// Writes the config into `dir` and runs one CLI command there, with no server started.
+    pub async fn cli_in(
+        &self,
+        dir: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<(bool, String, String)> {
+        std::fs::write(dir.join("tollgate.toml"), self.config_text())?;
+        let out = command(dir)?.args(args).output().await?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
     /// Writes the config, starts `tollgate serve` and waits until both listeners are up.
     pub async fn start(self) -> anyhow::Result<Tollgate> {
         let dir = tempfile::tempdir()?;

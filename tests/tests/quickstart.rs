@@ -60,3 +60,23 @@ async fn serve_without_a_database_uses_the_embedded_file_and_gates_requests() {
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("another tollgate is serving"), "{stderr}");
 }
+
+/// The first command on a fresh machine need not be `serve`: every command that opens the embedded default
+/// migrates it first.
+#[tokio::test]
+async fn the_first_command_on_a_fresh_embedded_store_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let builder = Tollgate::builder("unused", "http://127.0.0.1:9").embedded();
+    let (ok, out, err) = builder
+        .cli_in(dir.path(), &["agents", "create", "first", "--json"])
+        .await
+        .unwrap();
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("\"key\""), "{out}");
+    let (ok, out, err) = builder
+        .cli_in(dir.path(), &["agents", "list"])
+        .await
+        .unwrap();
+    assert!(ok && out.contains("first"), "{out}{err}");
+    assert!(dir.path().join("tollgate.db").exists());
+}
