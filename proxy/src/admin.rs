@@ -40,6 +40,8 @@ pub struct Admin {
     pub frozen: Arc<AtomicBool>,
     pub draining: Arc<AtomicBool>,
     pub approvals: Approvals,
+    /// Whether any decision writer can commit: none means no decision can be recorded.
+    pub writers: crate::audit::WritersReady,
 }
 
 pub fn router(admin: Arc<Admin>) -> Router {
@@ -166,14 +168,16 @@ fn store_error(e: StoreError) -> Response {
 
 async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     let store = admin.store.ping().await;
+    let writers = admin.writers.any();
     let draining = admin.draining.load(Ordering::Acquire);
     let bundle = admin.policy.current();
     let body = json!({
         "store": store,
+        "audit_writers": writers,
         "policy_revision": bundle.bundle.revision(),
         "draining": draining,
     });
-    let status = if store && !draining {
+    let status = if store && writers && !draining {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -224,6 +224,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
     let forwarder = Arc::new(Forwarder::new(&config).map_err(anyhow::Error::msg)?);
     let frozen = Arc::new(AtomicBool::new(store.frozen().await?));
     let approvals = Approvals::new(store.clone(), config.approvals.ttl);
+    let writers = audit.ready();
 
     let gate = Arc::new(Gate {
         config: config.clone(),
@@ -245,6 +246,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         frozen,
         approvals,
         draining: draining.clone(),
+        writers,
     });
 
     let proxy_listener = tokio::net::TcpListener::bind(config.server.listen).await?;

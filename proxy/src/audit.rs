@@ -99,7 +99,24 @@ pub struct AuditWriter {
     decisions: mpsc::Sender<DecisionJob>,
     outcomes: mpsc::Sender<OutcomeRow>,
     metrics: Arc<Metrics>,
+    store: Store,
+    ready: WritersReady,
 }
+
+/// How many decision writers can commit right now; shared with `/readyz`.
+#[derive(Clone, Default)]
+pub struct WritersReady(Arc<std::sync::atomic::AtomicUsize>);
+
+impl WritersReady {
+    /// True while at least one writer can commit a decision.
+    pub fn any(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+}
+
+/// How long a writer that lost track of its chain waits between attempts to re-read it when no record is
+/// queued (so it becomes ready again without traffic, which an unready replica does not get).
+const RECOVER_EVERY: Duration = Duration::from_secs(1);
 
 impl AuditWriter {
     /// Starts `writers` decision writers on one queue, each with a fresh id and its own hash chain, and one
@@ -114,20 +131,24 @@ impl AuditWriter {
         let (decisions, rx) = mpsc::channel(QUEUE_CAPACITY);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let mut tasks = tokio::task::JoinSet::new();
+        let ready = WritersReady::default();
         for _ in 0..writers.max(1) {
             let writer = Writer {
                 sink: store.decision_sink(),
                 writer_id: Uuid::now_v7(),
                 seq: 0,
                 head: GENESIS_HASH.to_string(),
+                lost: false,
                 max_batch,
                 metrics: metrics.clone(),
+                ready: ready.clone(),
             };
+            writer.set_ready(true);
             tasks.spawn(writer.run(rx.clone()));
         }
         let (outcomes, outcome_rx) = mpsc::channel(QUEUE_CAPACITY);
         tasks.spawn(write_outcomes(
-            store,
+            store.clone(),
             outcome_rx,
             max_batch,
             metrics.clone(),
@@ -138,6 +159,8 @@ impl AuditWriter {
                 decisions,
                 outcomes,
                 metrics,
+                store,
+                ready,
             },
             handle,
         )
@@ -162,6 +185,21 @@ impl AuditWriter {
         }
     }
 
+    /// Whether a record whose commit failed with an unknown outcome (the acknowledgement lost) is in the
+    /// store after all: its receipt if so, `None` if it is definitely not there.
+    pub async fn confirm(&self, decision_id: Uuid) -> Result<Option<Recorded>, StoreError> {
+        Ok(self
+            .store
+            .decision(decision_id)
+            .await?
+            .map(|_| Recorded { decision_id }))
+    }
+
+    /// Whether any decision writer can commit (for `/readyz`).
+    pub fn ready(&self) -> WritersReady {
+        self.ready.clone()
+    }
+
     /// Queues what happened upstream. Nobody waits for it: the decision itself is already durable.
     pub fn record_outcome(&self, outcome: OutcomeRow) {
         self.metrics.audit_queue_depth.inc();
@@ -178,14 +216,24 @@ struct Writer {
     writer_id: Uuid,
     seq: i64,
     head: String,
+    /// A batch failed and may have committed anyway (a lost acknowledgement): `seq`/`head` are not to be
+    /// trusted until re-read from the store.
+    lost: bool,
     max_batch: usize,
     metrics: Arc<Metrics>,
+    ready: WritersReady,
 }
 
 impl Writer {
     async fn run(mut self, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<DecisionJob>>>) {
         let mut jobs = Vec::with_capacity(self.max_batch);
         loop {
+            // A writer that lost track of its chain finds it again before it takes any record, retrying
+            // while the store is unreachable; the other writers go on meanwhile.
+            if self.lost && !self.recover().await {
+                tokio::time::sleep(RECOVER_EVERY).await;
+                continue;
+            }
             // The idle writer holds the queue; `recv_many` takes whatever is queued (up to the batch size)
             // after waiting for the first job, then the queue passes to the next idle writer. Under load
             // batches grow by themselves while the other writers' transactions are committing.
@@ -195,11 +243,48 @@ impl Writer {
                 .recv_many(&mut jobs, self.max_batch)
                 .await;
             if received == 0 {
+                self.set_ready(false);
                 return;
             }
             self.metrics.audit_queue_depth.sub(jobs.len() as i64);
             self.commit(&mut jobs).await;
             jobs.clear();
+        }
+    }
+
+    /// Re-reads the chain head from the store after a batch with an unknown outcome: the batch's last record
+    /// if it committed after all, the previous head if not. True when the writer can go on.
+    async fn recover(&mut self) -> bool {
+        match self.sink.chain_head(self.writer_id).await {
+            Ok(head) => {
+                let (seq, hash) = head.unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
+                if seq != self.seq {
+                    tracing::warn!(writer = %self.writer_id, seq, "the failed batch had committed after all; the chain goes on from it");
+                }
+                self.seq = seq;
+                self.head = hash;
+                self.lost = false;
+                self.metrics.audit_writer_recoveries_total.inc();
+                self.set_ready(true);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(writer = %self.writer_id, error = %e, "chain head not readable yet");
+                false
+            }
+        }
+    }
+
+    /// Counts this writer in (`true`) or out of [`WritersReady`] and the gauge. Called once at start, then
+    /// only on a change: out when a batch fails (or the writer stops), in when it recovers.
+    fn set_ready(&self, ready: bool) {
+        use std::sync::atomic::Ordering;
+        if ready {
+            self.ready.0.fetch_add(1, Ordering::AcqRel);
+            self.metrics.audit_writers_ready.inc();
+        } else {
+            self.ready.0.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.audit_writers_ready.dec();
         }
     }
 
@@ -232,9 +317,14 @@ impl Writer {
                 }
             }
             Err(e) => {
-                // The chain head stays where the last committed batch left it, so the chain has no gap.
+                // The batch may have committed even so (the server's acknowledgement lost with the
+                // connection): the head is re-read before the next batch, so the chain neither forks nor
+                // wedges on `UNIQUE(writer_id, seq)`. Its waiters hear "not committed"; one that must know
+                // asks `AuditWriter::confirm`.
                 self.metrics.audit_errors_total.inc();
                 log_store_error(&e, rows.len(), 0);
+                self.lost = true;
+                self.set_ready(false);
                 for w in waiters {
                     let _ = w.send(Err(AuditError::NotCommitted));
                 }

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub audit_batch_size: Histogram,
     pub audit_commit_duration_seconds: Histogram,
     pub audit_errors_total: IntCounter,
+    pub audit_writer_recoveries_total: IntCounter,
+    pub audit_writers_ready: IntGauge,
     pub store_up: IntGauge,
     pub frozen: IntGauge,
     pub spend_committed_cents: IntCounterVec,
@@ -144,6 +146,14 @@ impl Metrics {
             "audit_errors_total",
             "Audit batches or outcomes not committed",
         )?;
+        let audit_writer_recoveries_total = IntCounter::new(
+            "audit_writer_recoveries_total",
+            "Decision writers that re-read their chain head after a batch whose outcome was unknown",
+        )?;
+        let audit_writers_ready = IntGauge::new(
+            "audit_writers_ready",
+            "Decision writers able to commit (0: no decision can be recorded, /readyz is 503)",
+        )?;
         let store_up = IntGauge::new("store_up", "1 when the last store health check succeeded")?;
         let frozen = IntGauge::new(
             "frozen",
@@ -206,6 +216,8 @@ impl Metrics {
         registry.register(Box::new(audit_batch_size.clone()))?;
         registry.register(Box::new(audit_commit_duration_seconds.clone()))?;
         registry.register(Box::new(audit_errors_total.clone()))?;
+        registry.register(Box::new(audit_writer_recoveries_total.clone()))?;
+        registry.register(Box::new(audit_writers_ready.clone()))?;
         registry.register(Box::new(store_up.clone()))?;
         registry.register(Box::new(frozen.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
@@ -240,6 +252,8 @@ impl Metrics {
             audit_batch_size,
             audit_commit_duration_seconds,
             audit_errors_total,
+            audit_writer_recoveries_total,
+            audit_writers_ready,
             store_up,
             frozen,
             spend_committed_cents,

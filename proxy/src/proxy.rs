@@ -566,9 +566,28 @@ impl Gate {
                 recorded,
             }),
             Err(e) => {
+                // The commit may have happened with its acknowledgement lost: ask the store.
+                let allow_id = draft.id;
+                match self.audit.confirm(allow_id).await {
+                    Ok(Some(recorded)) => {
+                        tracing::warn!(decision_id = %draft.id, "allow committed although its batch reported an error");
+                        return Ok(Authorized {
+                            consumed,
+                            reserved,
+                            recorded,
+                        });
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        // Unknown whether the allow is stored: the refusal is recorded under a new id, so
+                        // that it can never collide with it (and fail a whole batch of other records).
+                        draft.id = Uuid::now_v7();
+                        tracing::error!(decision_id = %draft.id, %allow_id, "allow may be stored under the earlier id; the refusal gets a new one");
+                    }
+                }
                 tracing::error!(error = %e, decision_id = %draft.id, "allow not recorded; refusing");
                 if reserved {
-                    self.release(draft.id).await;
+                    self.release(allow_id).await;
                 }
                 self.give_back(consumed.take()).await;
                 // The refusal path tries once more to record this refusal itself.

@@ -45,6 +45,14 @@ impl DecisionSink {
             DecisionSink::Sqlite(s) => s.insert_decisions(rows).await,
         }
     }
+
+    /// The last committed record of a writer's chain: (seq, hash), or `None` for a chain with no record.
+    pub async fn chain_head(&mut self, writer_id: Uuid) -> Result<Option<(i64, String)>, StoreError> {
+        match self {
+            DecisionSink::Postgres(s) => s.chain_head(writer_id).await,
+            DecisionSink::Sqlite(s) => s.chain_head(writer_id).await,
+        }
+    }
 }
 
 /// Runs the same call on whichever backend this store is.

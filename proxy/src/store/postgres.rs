@@ -933,6 +933,19 @@ impl PgSink {
         }
         result
     }
+
+    pub async fn chain_head(&mut self, writer_id: Uuid) -> Result<Option<(i64, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT seq, hash FROM decisions WHERE writer_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(writer_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get("seq")?, r.try_get("hash")?)),
+            None => None,
+        })
+    }
 }
 
 /// Column-wise vectors for one UNNEST insert: a batch of rows as columns, borrowing the rows' text (binding needs one array per column).

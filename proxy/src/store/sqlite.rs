@@ -198,6 +198,19 @@ impl SqliteStore {
 
     // ---- decisions ----
 
+    pub async fn chain_head(&self, writer_id: Uuid) -> Result<Option<(i64, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT seq, hash FROM decisions WHERE writer_id = ? ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(writer_id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get("seq")?, r.try_get("hash")?)),
+            None => None,
+        })
+    }
+
     pub async fn insert_decisions(&self, rows: &[DecisionRow]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for r in rows {
