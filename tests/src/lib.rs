@@ -7,11 +7,14 @@
 //!
 //! - [`tollgate`]: the real `tollgate` binary started on ports the OS picks, with its CLI, against one test
 //!   database and one stand-in upstream.
+//! - [`faultrelay`]: a TCP relay between tollgate and a server that drops connections, refuses new ones, or
+//!   swallows the reply to a chosen message.
 //! - [`sockets`]: the TCP sockets a running tollgate holds, with their options (Linux's pidfd_getfd).
 //!
 //! The end-to-end tests drive the real binary from the outside; the store conformance suite
 //! (`tests/store_conformance.rs`) calls the library's `Store` directly against both backends.
 
+pub mod faultrelay;
 pub mod postgres;
 pub mod sockets;
 pub mod tollgate;

@@ -84,6 +84,43 @@ impl TestDatabase {
         &self.url
     }
 
+    /// Where the server listens, for a fault relay in front of it: the TCP address of the URL's host and
+    /// port, or the Unix socket its `host=/dir` names.
+    pub fn server_target(&self) -> anyhow::Result<crate::faultrelay::Target> {
+        let url = &self.url;
+        let port = query_param(url, "port").unwrap_or_else(|| "5432".to_string());
+        if let Some(dir) = query_param(url, "host").filter(|h| h.starts_with('/')) {
+            return Ok(crate::faultrelay::Target::Unix(
+                std::path::Path::new(&dir).join(format!(".s.PGSQL.{port}")),
+            ));
+        }
+        let authority = url
+            .split_once('@')
+            .map(|(_, rest)| rest)
+            .unwrap_or(url.trim_start_matches("postgres://"));
+        let authority = authority.split(['/', '?']).next().unwrap_or_default();
+        let authority = if authority.contains(':') {
+            authority.to_string()
+        } else {
+            format!("{authority}:{port}")
+        };
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&authority)?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{authority} does not resolve"))?;
+        Ok(crate::faultrelay::Target::Tcp(addr))
+    }
+
+    /// A URL for this database through a relay listening on `relay` (plain TCP to 127.0.0.1).
+    pub fn url_via(&self, relay: std::net::SocketAddr) -> String {
+        let user = self
+            .url
+            .trim_start_matches("postgres://")
+            .split_once('@')
+            .map(|(user, _)| user.to_string())
+            .unwrap_or_else(|| "postgres".to_string());
+        format!("postgres://{user}@{relay}/{}?sslmode=disable", self.name)
+    }
+
     /// The database's name (`tollgate_t_…`).
     pub fn name(&self) -> &str {
         &self.name
@@ -534,4 +571,13 @@ mod tests {
             None
         );
     }
+}
+
+/// The value of `name=` in a URL's query string, percent-decoding only `%2F` (socket directories).
+fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1.split('#').next()?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| v.replace("%2F", "/").replace("%2f", "/"))
+    })
 }

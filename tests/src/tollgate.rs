@@ -69,6 +69,7 @@ pub struct TollgateBuilder {
     server_extra: Vec<String>,
     policy_extra: Vec<String>,
     stripe_extra: Vec<String>,
+    audit_extra: Vec<String>,
 }
 
 pub struct Tollgate {
@@ -88,6 +89,7 @@ impl TollgateBuilder {
             server_extra: Vec::new(),
             policy_extra: Vec::new(),
             stripe_extra: Vec::new(),
+            audit_extra: Vec::new(),
         }
     }
 
@@ -125,6 +127,12 @@ impl TollgateBuilder {
         self
     }
 
+    /// An extra `key = value` line in `[audit]`, e.g. `writers = 1`.
+    pub fn audit(mut self, line: &str) -> Self {
+        self.audit_extra.push(line.to_string());
+        self
+    }
+
     fn config_text(&self) -> String {
         format!(
             r#"[server]
@@ -148,10 +156,14 @@ upstream = "{stripe}"
 envelope = "stripe"
 credential = {{ env = "STRIPE_SECRET_KEY", scheme = "basic" }}
 {stripe_extra}
+
+[audit]
+{audit_extra}
 "#,
             extra = self.server_extra.join("\n"),
             policy_extra = self.policy_extra.join("\n"),
             stripe_extra = self.stripe_extra.join("\n"),
+            audit_extra = self.audit_extra.join("\n"),
             database = match &self.database_url {
                 Some(url) => format!("[database]\nurl = \"{url}\"\nmigrate_on_start = true\n"),
                 None => String::new(),

@@ -180,3 +180,162 @@ async fn an_agent_that_hangs_up_while_held_leaves_a_record_and_a_usable_approval
     assert_eq!(status, 200, "{body}");
     assert_eq!(upstream.request_count(), 1);
 }
+
+/// Confirmed by reading the code: when a batch committed but its acknowledgement was lost, the writer kept
+/// its old chain head and every later batch hit `UNIQUE(writer_id, seq)` forever, while `/readyz` stayed
+/// green. Now the writer re-reads its head, the allow is confirmed from the store, and nothing wedges.
+#[tokio::test]
+async fn a_lost_commit_acknowledgement_neither_loses_the_record_nor_wedges_a_writer() {
+    use tollgate_tests::faultrelay::FaultRelay;
+    let db = TestDatabase::create().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    let relay = FaultRelay::start(db.server_target().unwrap())
+        .await
+        .unwrap();
+    let upstream = Upstream::builder().start().await.unwrap();
+    let policy = policy_dir_with(HOLD_POLICY).unwrap();
+    // One writer, so the batch that loses its acknowledgement and every later one share a chain.
+    let tg = Tollgate::builder(&db.url_via(relay.addr()), &upstream.url())
+        .policy_dir(policy.path())
+        .audit("writers = 1")
+        .start()
+        .await
+        .unwrap();
+    let key = tg.create_agent("buyer", &[]).await.unwrap();
+    let http = reqwest::Client::new();
+    let pay = |run: &'static str| {
+        http.post(tg.url("/stripe/v1/payment_intents"))
+            .basic_auth(&key, Some(""))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("tollgate-run", run)
+            .body("amount=100&currency=usd")
+            .send()
+    };
+    assert_eq!(pay("before").await.unwrap().status(), 200);
+    // The decision row of this request carries its run id: its insert commits, and the reply is lost.
+    relay.swallow_reply_after(b"lost-ack-run");
+    let lost = pay("lost-ack-run").await.unwrap();
+    assert_eq!(relay.swallowed(), 1, "the fault fired");
+    assert_eq!(
+        lost.status(),
+        200,
+        "the allow was confirmed from the store and forwarded"
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            pay("after").await.unwrap().status(),
+            200,
+            "the writer is not wedged"
+        );
+    }
+    let ready = http.get(tg.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    // Exactly one decision per request, and the chain verifies.
+    let runs: Vec<(Option<String>, i64)> =
+        sqlx::query("SELECT run_id, count(*) FROM decisions GROUP BY run_id ORDER BY run_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+    assert_eq!(
+        runs,
+        vec![
+            (Some("after".to_string()), 5),
+            (Some("before".to_string()), 1),
+            (Some("lost-ack-run".to_string()), 1)
+        ]
+    );
+    assert_eq!(upstream.request_count(), 7);
+    let (ok, out, err) = tg.cli(&["audit", "verify"]).await.unwrap();
+    assert!(
+        ok && out.contains("chain intact") && !out.contains("BROKEN"),
+        "{out}{err}"
+    );
+    let recoveries = http
+        .get(tg.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        recoveries.contains("tollgate_audit_writer_recoveries_total 1"),
+        "{recoveries}"
+    );
+}
+
+/// The database goes away and comes back (connections cut, new ones refused for a while): requests are
+/// refused and recorded when they can be, `/readyz` turns unready, and tollgate recovers by itself.
+#[tokio::test]
+async fn tollgate_recovers_from_a_database_outage_without_a_restart() {
+    use tollgate_tests::faultrelay::FaultRelay;
+    let db = TestDatabase::create().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    let relay = FaultRelay::start(db.server_target().unwrap())
+        .await
+        .unwrap();
+    let upstream = Upstream::builder().start().await.unwrap();
+    let policy = policy_dir_with(HOLD_POLICY).unwrap();
+    let tg = Tollgate::builder(&db.url_via(relay.addr()), &upstream.url())
+        .policy_dir(policy.path())
+        .start()
+        .await
+        .unwrap();
+    let key = tg.create_agent("buyer", &[]).await.unwrap();
+    let http = reqwest::Client::new();
+    let pay = || {
+        http.post(tg.url("/stripe/v1/payment_intents"))
+            .basic_auth(&key, Some(""))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("amount=100&currency=usd")
+            .send()
+    };
+    assert_eq!(pay().await.unwrap().status(), 200);
+    relay.refuse(true);
+    let during = pay().await.unwrap();
+    assert_eq!(during.status(), 503, "fail closed while the store is away");
+    eventually("/readyz turning unready", || {
+        let http = http.clone();
+        let url = tg.admin_url("/readyz");
+        async move { http.get(url).send().await.unwrap().status() == 503 }
+    })
+    .await;
+    let forwarded = upstream.request_count();
+    relay.refuse(false);
+    eventually("/readyz turning ready again", || {
+        let http = http.clone();
+        let url = tg.admin_url("/readyz");
+        async move { http.get(url).send().await.unwrap().status() == 200 }
+    })
+    .await;
+    // Pooled connections that died with the outage are found dead on their next use and dropped: a few
+    // requests may still be refused (503, recorded when possible) before every one passes again.
+    let mut refused = 0;
+    let mut passed_in_a_row = 0;
+    while passed_in_a_row < 3 {
+        let r = pay().await.unwrap();
+        match r.status().as_u16() {
+            200 => passed_in_a_row += 1,
+            503 => {
+                refused += 1;
+                passed_in_a_row = 0;
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["tollgate"]["code"], "store_unavailable", "{body}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+        assert!(refused <= 20, "tollgate did not recover:\n{}", tg.log());
+    }
+    assert!(upstream.request_count() >= forwarded + 3);
+    // Every forwarded request has exactly one allow record; the outage's request forwarded nothing.
+    let allows: i64 = sqlx::query_scalar("SELECT count(*) FROM decisions WHERE outcome = 'allow'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(allows as usize, upstream.request_count());
+    let (ok, out, err) = tg.cli(&["audit", "verify"]).await.unwrap();
+    assert!(ok && !out.contains("BROKEN"), "{out}{err}");
+}

@@ -47,7 +47,10 @@ impl DecisionSink {
     }
 
     /// The last committed record of a writer's chain: (seq, hash), or `None` for a chain with no record.
-    pub async fn chain_head(&mut self, writer_id: Uuid) -> Result<Option<(i64, String)>, StoreError> {
+    pub async fn chain_head(
+        &mut self,
+        writer_id: Uuid,
+    ) -> Result<Option<(i64, String)>, StoreError> {
         match self {
             DecisionSink::Postgres(s) => s.chain_head(writer_id).await,
             DecisionSink::Sqlite(s) => s.chain_head(writer_id).await,

@@ -934,7 +934,10 @@ impl PgSink {
         result
     }
 
-    pub async fn chain_head(&mut self, writer_id: Uuid) -> Result<Option<(i64, String)>, StoreError> {
+    pub async fn chain_head(
+        &mut self,
+        writer_id: Uuid,
+    ) -> Result<Option<(i64, String)>, StoreError> {
         let row = sqlx::query(
             "SELECT seq, hash FROM decisions WHERE writer_id = $1 ORDER BY seq DESC LIMIT 1",
         )
