@@ -505,6 +505,15 @@ fn encode_query_value(value: &str) -> String {
     encoded
 }
 
+/// The value of `name=` in a URL's query string, percent-decoding only `%2F` (socket directories).
+fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1.split('#').next()?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| v.replace("%2F", "/").replace("%2f", "/"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -573,11 +582,3 @@ mod tests {
     }
 }
 
-/// The value of `name=` in a URL's query string, percent-decoding only `%2F` (socket directories).
-fn query_param(url: &str, name: &str) -> Option<String> {
-    let query = url.split_once('?')?.1.split('#').next()?;
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| v.replace("%2F", "/").replace("%2f", "/"))
-    })
-}
