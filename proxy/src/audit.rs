@@ -231,7 +231,27 @@ impl Writer {
             // A writer that lost track of its chain finds it again before it takes any record, retrying
             // while the store is unreachable; the other writers go on meanwhile.
             if self.lost && !self.recover().await {
-                tokio::time::sleep(RECOVER_EVERY).await;
+                // The store is unreachable: what is queued meanwhile is failed at once (its requests
+                // refuse with `store_unavailable`) instead of waiting for the store to come back.
+                let received = tokio::time::timeout(RECOVER_EVERY, async {
+                    queue
+                        .lock()
+                        .await
+                        .recv_many(&mut jobs, self.max_batch)
+                        .await
+                })
+                .await;
+                match received {
+                    Ok(0) => return,
+                    Ok(_) => {
+                        self.metrics.audit_queue_depth.sub(jobs.len() as i64);
+                        self.metrics.audit_errors_total.inc();
+                        for (_, done) in jobs.drain(..) {
+                            let _ = done.send(Err(AuditError::NotCommitted));
+                        }
+                    }
+                    Err(_) => {}
+                }
                 continue;
             }
             // The idle writer holds the queue; `recv_many` takes whatever is queued (up to the batch size)

@@ -961,7 +961,7 @@ async fn secrets_never_appear_in_records_logs_or_cli_output() {
     ] {
         assert!(!everything.contains(secret), "a secret leaked");
     }
-    assert!(rows.iter().any(|r| r.contains("[redacted]")));
+    assert!(rows.iter().any(|r| r.contains("[redacted hmac-sha256:")));
 }
 
 #[tokio::test]
