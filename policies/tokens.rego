@@ -345,9 +345,17 @@ approve contains {"rule": "tokens.roll", "message": msg} if {
 	msg := sprintf("rolling token %v kills its current secret at once, breaking whatever still uses it; a human must approve it", [object.get(input.action.params, "token_id", "?")])
 }
 
+# Rewriting a token changes what whatever holds it can do: narrowing, expiring or disabling it cuts that off
+# (like deleting it), re-enabling or widening it (within the ceiling) hands out more — and the token may be
+# another agent's, or the very credential tollgate forwards with (`GET …/tokens/verify` shows its id).
+# tollgate does not yet record which tokens an agent minted, so a human approves every update; the ceiling
+# checks above still deny what no human may approve.
+approve contains {"rule": "tokens.update", "message": msg} if {
+	input.action.name == "cloudflare.token.update"
+	msg := sprintf("rewriting token %v changes or cuts off what its holder can do, and tollgate cannot tell whether this agent minted it; a human must approve it", [object.get(input.action.params, "token_id", "?")])
+}
+
 # Disabling (or expiring) a token through an update cuts off whatever uses it, exactly like deleting it.
-# tollgate does not yet record which tokens an agent minted, so every status change away from "active" needs
-# a human, including for the agent's own tokens.
 approve contains {"rule": "tokens.disable", "message": msg} if {
 	input.action.name == "cloudflare.token.update"
 	status := lib.get(token, "status")

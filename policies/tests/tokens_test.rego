@@ -53,15 +53,15 @@ cases := {
 	},
 	"disable_token_update": {
 		"input": fx.cf("PUT", "/user/tokens/tok_1", "cloudflare.token.update", {"token_id": "tok_1"}, object.union(narrow, {"status": "disabled"})),
-		"outcome": "approve", "rules": ["tokens.disable"],
+		"outcome": "approve", "rules": ["tokens.disable", "tokens.update"],
 	},
 	"expire_token_update": {
 		"input": fx.cf("PUT", "/user/tokens/tok_1", "cloudflare.token.update", {"token_id": "tok_1"}, object.union(narrow, {"status": "expired"})),
-		"outcome": "approve", "rules": ["tokens.disable"],
+		"outcome": "approve", "rules": ["tokens.disable", "tokens.update"],
 	},
 	"active_token_update": {
 		"input": fx.cf("PUT", "/user/tokens/tok_1", "cloudflare.token.update", {"token_id": "tok_1"}, object.union(narrow, {"status": "active"})),
-		"outcome": "allow", "rules": [],
+		"outcome": "approve", "rules": ["tokens.update"],
 	},
 	"bad_status_token_update": {
 		"input": fx.cf("PUT", "/user/tokens/tok_1", "cloudflare.token.update", {"token_id": "tok_1"}, object.union(narrow, {"status": "Disabled"})),
@@ -69,7 +69,7 @@ cases := {
 	},
 	"narrow_token_update": {
 		"input": fx.cf("PUT", "/user/tokens/tok_1", "cloudflare.token.update", {"token_id": "tok_1"}, narrow),
-		"outcome": "allow", "rules": [],
+		"outcome": "approve", "rules": ["tokens.update"],
 	},
 	"token_needs_tokens_scope": {
 		"input": fx.patch(create(narrow), {"agent": {"scopes": ["dns:write"]}}),

@@ -242,6 +242,15 @@ pub fn check_headers(headers: &http::HeaderMap) -> Result<(), Malformed> {
         }
     }
 
+    // Rack, CGI and some load balancers read `Stripe_Account` as `Stripe-Account` (both become
+    // HTTP_STRIPE_ACCOUNT): a header tollgate would not judge under the name the provider acts on.
+    if let Some(name) = headers.keys().find(|n| n.as_str().contains('_')) {
+        return Err(Malformed::new(format!(
+            "the header name {:?} has an underscore, which some servers read as '-': use the name with '-'",
+            name.as_str()
+        )));
+    }
+
     // Two copies of a header the provider reads once: which copy it uses is its choice, not ours.
     for name in SINGLE_HEADERS {
         if headers.get_all(*name).iter().nth(1).is_some() {
@@ -723,6 +732,12 @@ mod tests {
                 &[("connection", b"tollgate-approval")],
                 false,
                 Err("Connection names"),
+            ),
+            // Underscores in names: `Stripe_Account` is `Stripe-Account` to Rack and CGI.
+            (
+                &[("stripe_account", b"acct_evil")],
+                false,
+                Err("underscore"),
             ),
             // A second copy of a header read once.
             (

@@ -16,6 +16,9 @@ use uuid::Uuid;
 #[serde(rename_all = "snake_case")]
 pub enum RefusalCode {
     RequestMalformed,
+    /// The first request with this Idempotency-Key has no answer yet (409, retry shortly), as the provider
+    /// itself answers a concurrent repeat.
+    IdempotencyKeyInUse,
     AgentUnauthenticated,
     PolicyDenied,
     ApprovalRequired,
@@ -64,8 +67,9 @@ pub struct Refusal {
 }
 
 impl RefusalCode {
-    pub const ALL: [RefusalCode; 13] = [
+    pub const ALL: [RefusalCode; 14] = [
         RefusalCode::RequestMalformed,
+        RefusalCode::IdempotencyKeyInUse,
         RefusalCode::AgentUnauthenticated,
         RefusalCode::PolicyDenied,
         RefusalCode::ApprovalRequired,
@@ -83,6 +87,7 @@ impl RefusalCode {
     pub fn as_str(self) -> &'static str {
         match self {
             RefusalCode::RequestMalformed => "request_malformed",
+            RefusalCode::IdempotencyKeyInUse => "idempotency_key_in_use",
             RefusalCode::AgentUnauthenticated => "agent_unauthenticated",
             RefusalCode::PolicyDenied => "policy_denied",
             RefusalCode::ApprovalRequired => "approval_required",
@@ -101,6 +106,7 @@ impl RefusalCode {
     pub fn status(self) -> StatusCode {
         match self {
             RefusalCode::RequestMalformed => StatusCode::BAD_REQUEST,
+            RefusalCode::IdempotencyKeyInUse => StatusCode::CONFLICT,
             RefusalCode::AgentUnauthenticated => StatusCode::UNAUTHORIZED,
             RefusalCode::PolicyDenied
             | RefusalCode::ApprovalRequired
@@ -129,6 +135,7 @@ impl RefusalCode {
     fn cloudflare_number(self) -> u32 {
         match self {
             RefusalCode::RequestMalformed => 7400,
+            RefusalCode::IdempotencyKeyInUse => 7409,
             RefusalCode::AgentUnauthenticated => 7401,
             RefusalCode::PolicyDenied => 7403,
             RefusalCode::ApprovalRequired => 7404,

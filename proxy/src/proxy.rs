@@ -333,6 +333,18 @@ impl Gate {
         let merged_query = write_query(&parts.method, &action, &query, parts.uri.query())?;
         let headers = JudgedHeaders::of(&parts.headers, agent.id)?;
         let bytes = self.read_body(&parts.headers, body).await?;
+        if !bytes.is_empty()
+            && matches!(
+                parts.method,
+                http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+            )
+        {
+            // Judged as a read, which has no body: a provider that read this one would act on it unjudged.
+            return Err(Refusal::malformed(format!(
+                "tollgate: a {} request cannot carry a body",
+                parts.method
+            )));
+        }
         let content_type = parts
             .headers
             .get(http::header::CONTENT_TYPE)
@@ -641,6 +653,10 @@ impl Gate {
         match self.ledger.reserve(&reservation).await {
             Ok(Reservation::Reserved) => Ok(true),
             Ok(Reservation::Replayed) => Ok(false),
+            Ok(Reservation::IdempotencyInFlight) => Err(Refusal::new(
+                RefusalCode::IdempotencyKeyInUse,
+                "tollgate: the first request with this Idempotency-Key has no answer yet; retry once it has",
+            )),
             Ok(Reservation::IdempotencyConflict) => Err(Refusal::malformed(
                 "tollgate: this Idempotency-Key was already used for a different request (or with \
                  other account headers) within the provider's replay window",
@@ -737,10 +753,12 @@ impl Gate {
                 Ok((response, _, evidence)) => Settlement::of_response(
                     response.status().as_u16(),
                     provider.envelope,
-                    response
-                        .headers()
-                        .get("idempotent-replayed")
-                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")),
+                    // A replay is evidence only for a request that carried a key to replay.
+                    intake.headers.forwarded_key.is_some()
+                        && response
+                            .headers()
+                            .get("idempotent-replayed")
+                            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")),
                     evidence.as_deref(),
                 ),
                 Err((UpstreamFailure::Connect | UpstreamFailure::NoCredential, _)) => {

@@ -940,11 +940,12 @@ async fn disabling_a_token_needs_a_human() {
         .cloudflare(&key, reqwest::Method::PUT, "/user/tokens/tok_1", token)
         .await;
     assert_eq!(
-        (r.status, r.code(), r.rule()),
-        (403, "approval_required", "tokens.disable"),
+        (r.status, r.code()),
+        (403, "approval_required"),
         "{}",
         r.body
     );
+    assert!(r.body.to_string().contains("tokens.disable:"), "{}", r.body);
     assert_eq!(g.upstream.request_count(), 0);
 }
 
@@ -1088,4 +1089,195 @@ async fn secrets_are_never_stored() {
     // Nor do the logs hold them.
     let log = g.replicas[0].log();
     assert!(!log.contains(card) && !log.contains(live_key) && !log.contains(secret_text));
+}
+
+/// Found by review: a JSON key in another case (`Frequency`, `Status`), or with a character a
+/// case-insensitive reader folds to ASCII (`ſ` for `s`), was forwarded while the policy read only the
+/// lower-case key.
+#[tokio::test]
+async fn a_key_in_another_case_is_judged_as_the_provider_reads_it() {
+    let upstream = Upstream::builder().start().await.unwrap();
+    let g = gate(1, upstream, |b| b).await;
+    let key = g
+        .agent(
+            "planner",
+            &[
+                "--scope",
+                "billing:spend",
+                "--scope",
+                "tokens:create",
+                "--label",
+                &format!("zones={ZONE}"),
+            ],
+        )
+        .await;
+    let yearly = g
+        .cloudflare(
+            &key,
+            reqwest::Method::POST,
+            &format!("/zones/{ZONE}/subscription"),
+            json!({"rate_plan": {"id": "business"}, "Frequency": "yearly"}),
+        )
+        .await;
+    assert_eq!(
+        (yearly.status, yearly.rule()),
+        (403, "spend.cap"),
+        "{}",
+        yearly.body
+    );
+    let expires = (chrono::Utc::now() + chrono::Duration::hours(12))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let disable = format!(
+        "{{\"name\": \"ci\", \"\u{017F}tatus\": \"disabled\", \"expires_on\": \"{expires}\", \"policies\": [{{\"effect\": \"allow\", \
+         \"resources\": {{\"com.cloudflare.api.account.zone.{ZONE}\": \"*\"}}, \"permission_groups\": [{{\"id\": \"{DNS_WRITE}\"}}]}}]}}"
+    );
+    let r = g
+        .http
+        .put(g.replicas[0].url("/cloudflare/client/v4/user/tokens/tok_1"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(disable)
+        .send()
+        .await
+        .unwrap();
+    let r = answer(r).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "approval_required"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.to_string().contains("tokens.disable:"), "{}", r.body);
+    assert_eq!(g.upstream.request_count(), 0);
+}
+
+/// Found by review: a repeat sent while the first request with the same key was still in flight was
+/// called a replay and sent for $0; if the first then failed validation (which Stripe does not save), the
+/// repeat ran as a new payment, uncharged. Only a committed first use makes a free replay; an in-flight one
+/// makes the repeat wait (409, as Stripe answers), and one with an unknown outcome is charged again.
+#[tokio::test]
+async fn a_repeat_is_free_only_once_the_first_request_has_committed() {
+    let slow = Upstream::builder()
+        .json_body(json!({"object": "payment_intent"}))
+        .stripe_idempotency()
+        .delay(Duration::from_millis(1500))
+        .start()
+        .await
+        .unwrap();
+    let g = gate(2, slow, |b| b).await;
+    let key = g.agent("payer", &["--scope", "billing:spend"]).await;
+    let first = {
+        let url = g.replicas[0].url("/stripe/v1/payment_intents");
+        let http = g.http.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            http.post(url)
+                .basic_auth(key, Some(""))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("idempotency-key", "order-9")
+                .body(PAY_20)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = g
+        .stripe(
+            1,
+            &key,
+            "/v1/payment_intents",
+            PAY_20,
+            &[("idempotency-key", "order-9")],
+        )
+        .await;
+    assert_eq!(
+        (during.status, during.code()),
+        (409, "idempotency_key_in_use"),
+        "{}",
+        during.body
+    );
+    assert_eq!(first.await.unwrap(), 200);
+    let after = g
+        .stripe(
+            1,
+            &key,
+            "/v1/payment_intents",
+            PAY_20,
+            &[("idempotency-key", "order-9")],
+        )
+        .await;
+    assert_eq!(after.status, 200, "{}", after.body);
+    assert_eq!(after.headers["idempotent-replayed"], "true");
+    assert_eq!(g.spent("payer", "stripe").await, (2000, 0));
+    assert_eq!(g.upstream.request_count(), 2);
+
+    // A first use whose outcome is unknown (a 5xx): the SDK's retry with the same key is charged again,
+    // since it may run anew.
+    let failing = Upstream::builder()
+        .status(500)
+        .json_body(json!({"error": {"type": "api_error", "message": "boom"}}))
+        .start()
+        .await
+        .unwrap();
+    let g = gate(1, failing, |b| b).await;
+    let key = g.agent("payer", &["--scope", "billing:spend"]).await;
+    for _ in 0..2 {
+        let r = g
+            .stripe(
+                0,
+                &key,
+                "/v1/payment_intents",
+                PAY_20,
+                &[("idempotency-key", "order-10")],
+            )
+            .await;
+        assert_eq!(r.status, 500, "{}", r.body);
+    }
+    assert_eq!(
+        g.spent("payer", "stripe").await,
+        (0, 4000),
+        "both stay reserved, flagged"
+    );
+}
+
+/// Found by review: `Stripe_Account` (which Rack reads as `Stripe-Account`) was forwarded unjudged, and a
+/// GET carrying a form body was forwarded with it.
+#[tokio::test]
+async fn headers_and_bodies_the_provider_may_read_another_way_are_refused() {
+    let upstream = Upstream::builder().start().await.unwrap();
+    let g = gate(1, upstream, |b| b).await;
+    let key = g.agent("payer", &["--scope", "billing:spend"]).await;
+    let r = g
+        .stripe(
+            0,
+            &key,
+            "/v1/payment_intents",
+            PAY_20,
+            &[("stripe_account", "acct_evil")],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "request_malformed"),
+        "{}",
+        r.body
+    );
+    let (status, body) = g
+        .raw(
+            &format!(
+                "GET /stripe/v1/customers HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {}\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\nConnection: close\r\nContent-Length: {{length}}\r\n\r\n",
+                basic(&key)
+            ),
+            "amount=999999",
+        )
+        .await;
+    assert_eq!(
+        (status, body["tollgate"]["code"].as_str()),
+        (400, Some("request_malformed")),
+        "{body}"
+    );
+    assert_eq!(g.upstream.request_count(), 0);
 }

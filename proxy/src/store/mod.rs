@@ -424,6 +424,32 @@ pub struct Idempotency<'a> {
     pub window_secs: i64,
 }
 
+/// What an earlier use of the same idempotency key means for a new reservation, or `None` when the new one
+/// takes the key over and is charged as new (the earlier use expired from the provider's window, was
+/// released, or has an unknown outcome — a retry after a 5xx may run anew at the provider).
+///
+/// Only an earlier use that committed (the provider acted and saved its answer) makes an identical repeat a
+/// free replay; one still in flight makes it wait, because if the first then fails validation the provider
+/// keeps nothing and the repeat would run as a new request.
+pub(crate) fn earlier_use(
+    live: bool,
+    state: &str,
+    flagged: bool,
+    same_request: bool,
+) -> Option<Reservation> {
+    if !live || state == "released" {
+        return None;
+    }
+    if !same_request {
+        return Some(Reservation::IdempotencyConflict);
+    }
+    match (state, flagged) {
+        ("committed", _) => Some(Reservation::Replayed),
+        ("reserved", false) => Some(Reservation::IdempotencyInFlight),
+        _ => None,
+    }
+}
+
 /// A reservation whose upstream outcome is unknown (timeout, 5xx, broken exchange), waiting for an operator.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FlaggedReservation {
@@ -453,6 +479,9 @@ pub enum Reservation {
     Replayed,
     /// The same Idempotency-Key was used for a different request.
     IdempotencyConflict,
+    /// The first request with this key is still in flight (reserved, no answer yet): a repeat now could run
+    /// as a new request at the provider if the first one fails, so it waits for the first one's answer.
+    IdempotencyInFlight,
     Exceeded {
         cap_cents: i64,
         committed_cents: i64,

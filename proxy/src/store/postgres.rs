@@ -345,7 +345,7 @@ impl PgStore {
                 let earlier = sqlx::query(
                     "SELECT k.fingerprint,
                             k.first_seen > now() - make_interval(secs => $4::float8) AS live,
-                            coalesce(r.state, 'released') AS state
+                            coalesce(r.state, 'released') AS state, coalesce(r.flagged, false) AS flagged
                      FROM idempotency_keys k LEFT JOIN spend_reservations r ON r.decision_id = k.decision_id
                      WHERE k.provider = $1 AND k.account = $2 AND k.key = $3
                      FOR UPDATE OF k",
@@ -359,13 +359,12 @@ impl PgStore {
                 let fingerprint: String = earlier.try_get("fingerprint")?;
                 let live: bool = earlier.try_get("live")?;
                 let state: String = earlier.try_get("state")?;
-                if live && state != "released" {
+                let flagged: bool = earlier.try_get("flagged")?;
+                if let Some(verdict) =
+                    earlier_use(live, &state, flagged, fingerprint == r.fingerprint)
+                {
                     tx.rollback().await?;
-                    return Ok(if fingerprint == r.fingerprint {
-                        Reservation::Replayed
-                    } else {
-                        Reservation::IdempotencyConflict
-                    });
+                    return Ok(verdict);
                 }
                 sqlx::query(
                     "UPDATE idempotency_keys SET agent_id = $4, fingerprint = $5, decision_id = $6, first_seen = now()

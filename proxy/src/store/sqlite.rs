@@ -382,7 +382,8 @@ impl SqliteStore {
         let mut tx = self.pool.begin().await?;
         if let Some(idem) = &r.idempotency {
             let earlier = sqlx::query(
-                "SELECT k.fingerprint, k.first_seen, coalesce(r.state, 'released') AS state
+                "SELECT k.fingerprint, k.first_seen, coalesce(r.state, 'released') AS state,
+                        coalesce(r.flagged, 0) AS flagged
                  FROM idempotency_keys k LEFT JOIN spend_reservations r ON r.decision_id = k.decision_id
                  WHERE k.provider = ? AND k.account = ? AND k.key = ?",
             )
@@ -395,14 +396,13 @@ impl SqliteStore {
                 let fingerprint: String = earlier.try_get("fingerprint")?;
                 let first_seen = parse_ts(&earlier.try_get::<String, _>("first_seen")?)?;
                 let state: String = earlier.try_get("state")?;
+                let flagged: bool = earlier.try_get("flagged")?;
                 let live = first_seen > Utc::now() - chrono::Duration::seconds(idem.window_secs);
-                if live && state != "released" {
+                if let Some(verdict) =
+                    earlier_use(live, &state, flagged, fingerprint == r.fingerprint)
+                {
                     tx.rollback().await?;
-                    return Ok(if fingerprint == r.fingerprint {
-                        Reservation::Replayed
-                    } else {
-                        Reservation::IdempotencyConflict
-                    });
+                    return Ok(verdict);
                 }
             }
             sqlx::query(
