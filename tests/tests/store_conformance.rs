@@ -332,13 +332,24 @@ async fn settlement_commits_releases_and_flags(store: &Store) {
 
 async fn idempotency_keys_replay_and_conflict(store: &Store) {
     let w = window();
+    let first = Uuid::now_v7();
+    assert_eq!(
+        store
+            .reserve(&reservation(&w, first, 1500, Some("k1"), "f1"))
+            .await
+            .unwrap(),
+        Reservation::Reserved
+    );
+    // While the first use has no answer, a repeat waits: if the first fails validation the provider keeps
+    // nothing, and the repeat would run as a new request.
     assert_eq!(
         store
             .reserve(&reservation(&w, Uuid::now_v7(), 1500, Some("k1"), "f1"))
             .await
             .unwrap(),
-        Reservation::Reserved
+        Reservation::IdempotencyInFlight
     );
+    store.settle(first, true).await.unwrap();
     assert_eq!(
         store
             .reserve(&reservation(&w, Uuid::now_v7(), 1500, Some("k1"), "f1"))
@@ -398,10 +409,12 @@ async fn idempotency_keys_replay_and_conflict(store: &Store) {
         });
         r
     };
+    let first = Uuid::now_v7();
     assert_eq!(
-        store.reserve(&short(Uuid::now_v7(), "f1")).await.unwrap(),
+        store.reserve(&short(first, "f1")).await.unwrap(),
         Reservation::Reserved
     );
+    store.settle(first, true).await.unwrap();
     assert_eq!(
         store.reserve(&short(Uuid::now_v7(), "f1")).await.unwrap(),
         Reservation::Replayed
@@ -416,6 +429,25 @@ async fn idempotency_keys_replay_and_conflict(store: &Store) {
         Reservation::IdempotencyConflict
     );
     assert_eq!(store.window_spent(&w).await.unwrap(), 5000);
+    // A first use with an unknown outcome (flagged): the retry may run anew at the provider, so it is
+    // charged again.
+    let unknown = Uuid::now_v7();
+    assert_eq!(
+        store
+            .reserve(&reservation(&w, unknown, 200, Some("k5"), "f1"))
+            .await
+            .unwrap(),
+        Reservation::Reserved
+    );
+    store.flag_reservation(unknown).await.unwrap();
+    assert_eq!(
+        store
+            .reserve(&reservation(&w, Uuid::now_v7(), 200, Some("k5"), "f1"))
+            .await
+            .unwrap(),
+        Reservation::Reserved
+    );
+    assert_eq!(store.window_spent(&w).await.unwrap(), 5400);
     // A reservation refused over the cap does not claim the key.
     let mut big = reservation(&w, Uuid::now_v7(), 9_000, Some("k4"), "f1");
     big.cap_cents = 10_000;
