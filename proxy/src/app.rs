@@ -273,11 +273,12 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
     let agent_app = agent_router(gate, config.server.max_concurrency);
     let admin_app = admin::router(admin.clone());
     let servers = vec![
-        tokio::spawn(
-            axum::serve(proxy_listener.tap_io(no_delay), agent_app)
-                .with_graceful_shutdown(stop(watch.clone()))
-                .into_future(),
-        ),
+        tokio::spawn(serve_agents(
+            proxy_listener,
+            agent_app,
+            config.server.header_timeout,
+            watch.clone(),
+        )),
         tokio::spawn(
             axum::serve(admin_listener.tap_io(no_delay), admin_app)
                 .with_graceful_shutdown(stop(watch))
@@ -294,6 +295,57 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         audit: audit_task,
         servers,
     })
+}
+
+/// The agent listener's accept loop: hyper's own connection builder rather than `axum::serve`, which sets no
+/// timer and so no header timeout. `header_timeout` bounds how long a connection may take to deliver a
+/// request head, from its opening or from the previous response (hyper restarts it when the connection goes
+/// idle), so a half-sent or idle connection is closed instead of held for ever. On shutdown the listener
+/// closes and in-flight connections finish.
+async fn serve_agents(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let mut tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a moment instead of spinning.
+                tracing::warn!(error = %e, "accepting an agent connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        no_delay(&mut tcp);
+        let service = TowerToHyperService::new(app.clone().into_service());
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "agent connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Turns Nagle's algorithm off on an accepted connection: a response whose head and body are written

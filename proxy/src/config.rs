@@ -27,6 +27,13 @@ pub const DEFAULT_BODY_LIMIT_BYTES: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
 /// Above this many in-flight agent requests the proxy sheds load with 503 instead of queueing unboundedly.
 pub const DEFAULT_MAX_CONCURRENCY: usize = 4096;
+/// How long an agent connection may take to send a request's head, counted from the connection opening or
+/// from the previous response (so it is also the idle keep-alive timeout). Real clients send a head in
+/// one write; a client that trickles one holds a connection and a file descriptor for nothing.
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// How long an agent may take to send a request's body once tollgate starts reading it: 10 MiB at 1 Mbit/s
+/// takes ~84 s, so the default leaves room for the largest body on a slow link while bounding a trickle.
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 90_000;
 /// A policy evaluation is a few microseconds; 250 ms means a runaway policy, which is refused.
 pub const DEFAULT_POLICY_TIMEOUT_MS: u64 = 250;
 /// How often each replica checks the agents table for revocations; keeps revocation well within a second.
@@ -78,6 +85,8 @@ pub struct RawServer {
     pub body_limit_bytes: Option<u64>,
     pub upstream_timeout_ms: Option<u64>,
     pub max_concurrency: Option<usize>,
+    pub header_timeout_ms: Option<u64>,
+    pub body_timeout_ms: Option<u64>,
     pub identity_refresh_ms: Option<u64>,
     pub shutdown_drain_ms: Option<u64>,
 }
@@ -154,6 +163,10 @@ pub struct ServerConfig {
     pub body_limit_bytes: u64,
     pub upstream_timeout: Duration,
     pub max_concurrency: usize,
+    /// Request head (and keep-alive idle) timeout on agent connections.
+    pub header_timeout: Duration,
+    /// Request body timeout, from when the handler starts reading it.
+    pub body_timeout: Duration,
     pub identity_refresh: Duration,
     /// On SIGTERM, how long `/readyz` reports draining (so load balancers stop sending) before the
     /// listeners close; in-flight requests then finish.
@@ -337,6 +350,19 @@ impl Config {
             .unwrap_or(DEFAULT_MAX_CONCURRENCY);
         if max_concurrency == 0 {
             errors.push("server.max_concurrency must be positive".to_string());
+        }
+        let header_timeout_ms = raw
+            .server
+            .header_timeout_ms
+            .unwrap_or(DEFAULT_HEADER_TIMEOUT_MS);
+        let body_timeout_ms = raw
+            .server
+            .body_timeout_ms
+            .unwrap_or(DEFAULT_BODY_TIMEOUT_MS);
+        if header_timeout_ms == 0 || body_timeout_ms == 0 {
+            errors.push(
+                "server.header_timeout_ms and server.body_timeout_ms must be positive".to_string(),
+            );
         }
         let upstream_timeout_ms = raw
             .server
@@ -523,6 +549,8 @@ impl Config {
                 body_limit_bytes,
                 upstream_timeout: Duration::from_millis(upstream_timeout_ms),
                 max_concurrency,
+                header_timeout: Duration::from_millis(header_timeout_ms),
+                body_timeout: Duration::from_millis(body_timeout_ms),
                 identity_refresh: Duration::from_millis(identity_refresh_ms),
                 shutdown_drain: Duration::from_millis(raw.server.shutdown_drain_ms.unwrap_or(0)),
             },

@@ -20,6 +20,8 @@ pub enum RefusalCode {
     /// itself answers a concurrent repeat.
     IdempotencyKeyInUse,
     AgentUnauthenticated,
+    /// The agent did not send its request body in time (`server.body_timeout_ms`).
+    RequestTimeout,
     PolicyDenied,
     ApprovalRequired,
     ApprovalInvalid,
@@ -67,9 +69,10 @@ pub struct Refusal {
 }
 
 impl RefusalCode {
-    pub const ALL: [RefusalCode; 14] = [
+    pub const ALL: [RefusalCode; 15] = [
         RefusalCode::RequestMalformed,
         RefusalCode::IdempotencyKeyInUse,
+        RefusalCode::RequestTimeout,
         RefusalCode::AgentUnauthenticated,
         RefusalCode::PolicyDenied,
         RefusalCode::ApprovalRequired,
@@ -88,6 +91,7 @@ impl RefusalCode {
         match self {
             RefusalCode::RequestMalformed => "request_malformed",
             RefusalCode::IdempotencyKeyInUse => "idempotency_key_in_use",
+            RefusalCode::RequestTimeout => "request_timeout",
             RefusalCode::AgentUnauthenticated => "agent_unauthenticated",
             RefusalCode::PolicyDenied => "policy_denied",
             RefusalCode::ApprovalRequired => "approval_required",
@@ -107,6 +111,7 @@ impl RefusalCode {
         match self {
             RefusalCode::RequestMalformed => StatusCode::BAD_REQUEST,
             RefusalCode::IdempotencyKeyInUse => StatusCode::CONFLICT,
+            RefusalCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             RefusalCode::AgentUnauthenticated => StatusCode::UNAUTHORIZED,
             RefusalCode::PolicyDenied
             | RefusalCode::ApprovalRequired
@@ -136,6 +141,7 @@ impl RefusalCode {
         match self {
             RefusalCode::RequestMalformed => 7400,
             RefusalCode::IdempotencyKeyInUse => 7409,
+            RefusalCode::RequestTimeout => 7408,
             RefusalCode::AgentUnauthenticated => 7401,
             RefusalCode::PolicyDenied => 7403,
             RefusalCode::ApprovalRequired => 7404,

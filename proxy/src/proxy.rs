@@ -962,11 +962,20 @@ impl Gate {
         }
         let limited =
             http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-        match limited.collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-            Err(_) => Err(Refusal::malformed(
+        let timeout = self.config.server.body_timeout;
+        match tokio::time::timeout(timeout, limited.collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Ok(Err(_)) => Err(Refusal::malformed(
                 "tollgate: the request body could not be read",
+            )),
+            // A trickled body holds a connection and a concurrency slot: bounded, refused and recorded.
+            Err(_) => Err(Refusal::new(
+                RefusalCode::RequestTimeout,
+                format!(
+                    "tollgate: the request body did not arrive within {} s",
+                    timeout.as_secs()
+                ),
             )),
         }
     }

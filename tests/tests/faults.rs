@@ -339,3 +339,82 @@ async fn tollgate_recovers_from_a_database_outage_without_a_restart() {
     let (ok, out, err) = tg.cli(&["audit", "verify"]).await.unwrap();
     assert!(ok && !out.contains("BROKEN"), "{out}{err}");
 }
+
+/// Confirmed: no timeout on reading request heads (half-sent requests stayed open for ever) or bodies
+/// (trickling POSTs held their connections). Heads and bodies now have deadlines; a well-behaved agent
+/// beside them keeps being served, and a trickled body from an identified agent is refused and recorded.
+#[tokio::test]
+async fn slow_heads_and_bodies_are_cut_off_while_others_are_served() {
+    use tokio::io::AsyncReadExt as _;
+    let db = TestDatabase::create().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    let upstream = Upstream::builder().start().await.unwrap();
+    let policy = policy_dir_with(HOLD_POLICY).unwrap();
+    let tg = Tollgate::builder(db.url(), &upstream.url())
+        .policy_dir(policy.path())
+        .server("header_timeout_ms = 700")
+        .server("body_timeout_ms = 1200")
+        .start()
+        .await
+        .unwrap();
+    let key = tg.create_agent("buyer", &[]).await.unwrap();
+    let addr = tg.proxy_addr().to_string();
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
+
+    // 60 heads that never end, 20 bodies that never end (from an identified agent).
+    let mut slow = Vec::new();
+    for i in 0..80 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = if i < 60 {
+            "POST /stripe/v1/payment_intents HTTP/1.1\r\nHost: t\r\n".to_string()
+        } else {
+            format!(
+                "POST /stripe/v1/payment_intents HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {auth}\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\namount=1"
+            )
+        };
+        stream.write_all(head.as_bytes()).await.unwrap();
+        slow.push(stream);
+    }
+    // Meanwhile an ordinary agent is served as usual.
+    let http = reqwest::Client::new();
+    for _ in 0..5 {
+        let r = http
+            .post(tg.url("/stripe/v1/payment_intents"))
+            .basic_auth(&key, Some(""))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("amount=100&currency=usd")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Every slow connection is answered or closed within its deadline (plus slack), none held open.
+    let started = std::time::Instant::now();
+    let mut timed_out_bodies = 0;
+    for (i, mut stream) in slow.into_iter().enumerate() {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "slow connection {i} was still open after {:?}",
+            started.elapsed()
+        );
+        let text = String::from_utf8_lossy(&buf);
+        if i >= 60 {
+            assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+            assert!(text.contains("request_timeout"), "{text}");
+            timed_out_bodies += 1;
+        }
+    }
+    assert_eq!(timed_out_bodies, 20);
+    // The trickled bodies came from an identified agent: each is a recorded refusal.
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM decisions WHERE code = 'request_timeout'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, 20);
+    assert_eq!(upstream.request_count(), 5);
+}
