@@ -23,6 +23,88 @@ use uuid::Uuid;
 use crate::metrics::Metrics;
 use crate::store::{DecisionRow, DecisionSink, OutcomeRow, Store, StoreError};
 
+/// The longest string a stored policy input keeps verbatim; a longer one keeps its first
+/// [`STORED_STRING_PREFIX`] characters, its length and its SHA-256.
+pub const MAX_STORED_STRING: usize = 1024;
+const STORED_STRING_PREFIX: usize = 128;
+/// The most a stored policy input may take, serialized; past it the request body is kept as its size and
+/// SHA-256 only (the fields the policy read about it are in the decision's reasons and action).
+pub const MAX_STORED_INPUT: usize = 64 * 1024;
+
+/// The policy input as it may be stored: strings over [`MAX_STORED_STRING`] shortened, and the whole body
+/// replaced by its size and hash when the input would still be over [`MAX_STORED_INPUT`]. An agent cannot
+/// fill the append-only table with large bodies, denied or not.
+pub fn bounded_input(input: std::borrow::Cow<'_, Value>) -> String {
+    fn has_long(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.len() > MAX_STORED_STRING,
+            Value::Array(items) => items.iter().any(has_long),
+            Value::Object(map) => map
+                .iter()
+                .any(|(k, v)| k.len() > MAX_STORED_STRING || has_long(v)),
+            _ => false,
+        }
+    }
+    fn shorten(v: &mut Value) {
+        match v {
+            Value::String(s) if s.len() > MAX_STORED_STRING => {
+                let cut = s
+                    .char_indices()
+                    .nth(STORED_STRING_PREFIX)
+                    .map_or(s.len(), |(i, _)| i);
+                *s = format!(
+                    "{}…[{} bytes, sha256:{}]",
+                    &s[..cut],
+                    s.len(),
+                    hex::encode(Sha256::digest(s.as_bytes()))
+                );
+            }
+            Value::Array(items) => items.iter_mut().for_each(shorten),
+            Value::Object(map) => {
+                let long: Vec<String> = map
+                    .keys()
+                    .filter(|k| k.len() > MAX_STORED_STRING)
+                    .cloned()
+                    .collect();
+                for key in long {
+                    if let Some(value) = map.remove(&key) {
+                        let short = format!(
+                            "{}…[sha256:{}]",
+                            key.chars().take(STORED_STRING_PREFIX).collect::<String>(),
+                            hex::encode(Sha256::digest(key.as_bytes()))
+                        );
+                        map.insert(short, value);
+                    }
+                }
+                map.values_mut().for_each(shorten);
+            }
+            _ => {}
+        }
+    }
+    let input = if has_long(&input) {
+        let mut owned = input.into_owned();
+        shorten(&mut owned);
+        std::borrow::Cow::Owned(owned)
+    } else {
+        input
+    };
+    let text = input.to_string();
+    if text.len() <= MAX_STORED_INPUT {
+        return text;
+    }
+    let mut owned = input.into_owned();
+    if let Some(request) = owned.get_mut("request").and_then(Value::as_object_mut) {
+        let bytes = request.get("body").map_or(0, |b| b.to_string().len());
+        let sha = request.get("body_sha256").cloned().unwrap_or(Value::Null);
+        request.insert(
+            "body".to_string(),
+            serde_json::json!({"omitted": format!("the parsed body is {bytes} bytes, over the stored limit"),
+                               "bytes": bytes, "sha256": sha}),
+        );
+    }
+    owned.to_string()
+}
+
 /// Room for bursts well beyond one batch; past it, `record` waits (back-pressure, not loss).
 const QUEUE_CAPACITY: usize = 65_536;
 /// The hash a writer's chain starts from.
@@ -527,4 +609,30 @@ pub async fn verify(store: &Store) -> Result<Vec<ChainReport>, StoreError> {
         });
     }
     Ok(reports)
+}
+
+#[cfg(test)]
+mod stored_input_tests {
+    use super::*;
+    use serde_json::json;
+    use std::borrow::Cow;
+
+    #[test]
+    fn stored_inputs_are_bounded() {
+        let small = json!({"request": {"body": {"name": "www"}, "body_sha256": "ab"}});
+        assert_eq!(bounded_input(Cow::Borrowed(&small)), small.to_string());
+        let long = "x".repeat(5000);
+        let stored = bounded_input(Cow::Owned(json!({"request": {"body": {"comment": long}}})));
+        assert!(stored.len() < 600, "{stored}");
+        assert!(stored.contains("5000 bytes, sha256:"), "{stored}");
+        // Many short strings: the body goes, its size and hash stay.
+        let many: Vec<String> = (0..20_000).map(|i| format!("value-{i}")).collect();
+        let big = json!({"request": {"body": {"items": many}, "body_sha256": "cafe"}, "agent": {"name": "a"}});
+        let stored = bounded_input(Cow::Owned(big));
+        assert!(stored.len() <= MAX_STORED_INPUT, "{}", stored.len());
+        let v: Value = serde_json::from_str(&stored).unwrap();
+        assert_eq!(v["request"]["body"]["sha256"], "cafe");
+        assert!(v["request"]["body"]["bytes"].as_u64().unwrap() > 100_000);
+        assert_eq!(v["agent"]["name"], "a");
+    }
 }

@@ -27,6 +27,16 @@ use crate::classify::BodyKind;
 /// walk over the value, bounded well below serde_json's own limit of 128.
 const MAX_JSON_DEPTH: usize = 64;
 
+/// The most parameters a form body (with a write's merged query) may have. Stripe's largest requests (a
+/// Checkout session with many line items, 50 metadata keys) use a few hundred; a body of 100k parameters
+/// cost a CPU-second to judge before this cap.
+const MAX_FORM_PARAMETERS: usize = 2_000;
+
+/// The most JSON values (objects, arrays and scalars, counted together) a body may have. A Cloudflare DNS
+/// batch of a few hundred records is a few thousand; the policy walks every value, so the cap bounds what
+/// one request costs to judge.
+const MAX_JSON_VALUES: usize = 20_000;
+
 /// The most bracket segments accepted in one form key. Stripe's deepest keys
 /// (`items[0][price_data][recurring][interval]`) use four.
 const MAX_FORM_BRACKETS: usize = 16;
@@ -188,6 +198,7 @@ pub fn parse_request_body(
 fn parse_merged_form(query: &str, bytes: &[u8]) -> Result<Value, Malformed> {
     let raw =
         std::str::from_utf8(bytes).map_err(|_| Malformed::new("the form body is not UTF-8"))?;
+    check_form_size(&[query, raw])?;
     let query_pairs = canon::form_pairs(query, "query")?;
     let body_pairs = canon::form_pairs(raw, "form body")?;
     let base = |key: &str| split_at_bracket(key).0.to_owned();
@@ -456,13 +467,52 @@ fn parse_json(bytes: &[u8], what: &str) -> Result<Value, Malformed> {
         .deserialize(&mut deserializer)
         .map_err(invalid)?;
     deserializer.end().map_err(invalid)?;
+    if count_values(&value, MAX_JSON_VALUES + 1) > MAX_JSON_VALUES {
+        return Err(Malformed::new(format!(
+            "{what} has more than {MAX_JSON_VALUES} values; split the request"
+        )));
+    }
     Ok(value)
+}
+
+/// The values in `v` (itself included), counting no further than `limit`.
+fn count_values(v: &Value, limit: usize) -> usize {
+    let mut count = 0;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        count += 1;
+        if count >= limit {
+            return count;
+        }
+        match v {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => stack.extend(map.values()),
+            _ => {}
+        }
+    }
+    count
+}
+
+/// Refuses a form (with its merged query) of more than [`MAX_FORM_PARAMETERS`] parameters, counted before
+/// anything is decoded.
+fn check_form_size(pieces: &[&str]) -> Result<(), Malformed> {
+    let count: usize = pieces
+        .iter()
+        .map(|raw| raw.split('&').filter(|p| !p.is_empty()).count())
+        .sum();
+    if count > MAX_FORM_PARAMETERS {
+        return Err(Malformed::new(format!(
+            "the form has {count} parameters, more than the {MAX_FORM_PARAMETERS} accepted; split the request"
+        )));
+    }
+    Ok(())
 }
 
 /// Turns a form body into nested values, the way Stripe reads bracket keys.
 fn parse_form(bytes: &[u8]) -> Result<Value, Malformed> {
     let raw =
         std::str::from_utf8(bytes).map_err(|_| Malformed::new("the form body is not UTF-8"))?;
+    check_form_size(&[raw])?;
     let mut root = FormNode::Fields(BTreeMap::new());
     // Keys are decoded before their brackets are read, because SDKs send `items%5B0%5D` and Stripe
     // decodes before splitting too.
@@ -1466,6 +1516,37 @@ mod tests {
         assert!(parse("{\"status\": \"active\", \"\u{017F}tatus\": \"disabled\"}").is_err());
         // Values are never touched.
         assert_eq!(parse(r#"{"a": "MiXeD"}"#).unwrap(), json!({"a": "MiXeD"}));
+    }
+
+    #[test]
+    fn bodies_too_costly_to_judge_are_refused() {
+        let form: String = (0..MAX_FORM_PARAMETERS + 1)
+            .map(|i| format!("metadata[k{i}]=v"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let err = parse_request_body(BodyKind::Form, FORM, form.as_bytes(), None).unwrap_err();
+        assert!(err.message().contains("parameters"), "{err:?}");
+        // Split between query and body, the count is the same.
+        let half = |prefix: &str| {
+            (0..MAX_FORM_PARAMETERS / 2 + 1)
+                .map(|i| format!("{prefix}[k{i}]=v"))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        let (query, body) = (half("metadata"), half("expand"));
+        let err =
+            parse_request_body(BodyKind::Form, FORM, body.as_bytes(), Some(&query)).unwrap_err();
+        assert!(err.message().contains("parameters"), "{err:?}");
+        let ok: String = (0..100)
+            .map(|i| format!("metadata[k{i}]=v"))
+            .collect::<Vec<_>>()
+            .join("&");
+        assert!(parse_request_body(BodyKind::Form, FORM, ok.as_bytes(), None).is_ok());
+        let json = format!("[{}]", vec!["1"; MAX_JSON_VALUES].join(","));
+        let err = parse_request_body(BodyKind::Json, JSON, json.as_bytes(), None).unwrap_err();
+        assert!(err.message().contains("values"), "{err:?}");
+        let json = format!("[{}]", vec!["1"; 1000].join(","));
+        assert!(parse_request_body(BodyKind::Json, JSON, json.as_bytes(), None).is_ok());
     }
 
     #[test]

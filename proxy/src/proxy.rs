@@ -1035,9 +1035,10 @@ impl Gate {
             method: draft.method.clone(),
             path: redactor.redact_text(&draft.path).into_owned(),
             query: draft.query.as_deref().map(|q| {
-                redactor
+                let q = redactor
                     .redact_query(&draft.provider, q)
-                    .unwrap_or_else(|| q.to_string())
+                    .unwrap_or_else(|| q.to_string());
+                bounded_query(q)
             }),
             action: draft
                 .action
@@ -1070,10 +1071,9 @@ impl Gate {
                 .as_ref()
                 .map(|d| outcome_name(d.outcome).to_string()),
             shadow_outcome: draft.shadow_outcome.clone(),
-            input: draft
-                .input
-                .as_ref()
-                .map(|input| redactor.redact_input(&draft.provider, input).to_string()),
+            input: draft.input.as_ref().map(|input| {
+                crate::audit::bounded_input(redactor.redact_input(&draft.provider, input))
+            }),
         }
     }
 
@@ -1418,6 +1418,24 @@ fn policy_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
             .or_insert(v);
     }
     out
+}
+
+/// The most of a raw query stored verbatim (it is also in the stored input, bounded there).
+const MAX_STORED_QUERY: usize = 4096;
+
+/// A stored query: as it is up to [`MAX_STORED_QUERY`] bytes, else its start, length and SHA-256.
+fn bounded_query(q: String) -> String {
+    if q.len() <= MAX_STORED_QUERY {
+        return q;
+    }
+    use sha2::{Digest, Sha256};
+    let cut = (0..=512).rev().find(|i| q.is_char_boundary(*i)).unwrap_or(0);
+    format!(
+        "{}…[{} bytes, sha256:{}]",
+        &q[..cut],
+        q.len(),
+        hex::encode(Sha256::digest(q.as_bytes()))
+    )
 }
 
 /// Every string in a JSON value (reason messages that may quote what the agent sent) through the detectors.
