@@ -12,7 +12,7 @@
 #   {"what": "...", "unpriced": why}    not priceable from the request and data: needs a human
 #   {"what": "...", "malformed": why}   a field the price depends on has the wrong type, or a value the
 #                                       provider would refuse: denied
-# The charge is the sum of the priced lines.
+# The charge is the sum of the priced lines, plus `tax` where Stripe may add tax.
 #
 # A line is the most its thing can bill inside the current budget window (input.spend.window_start ..
 # window_end, a UTC calendar month): one-off money once; recurring money (Stripe subscriptions, subscription
@@ -20,8 +20,9 @@
 # (interval and interval_count; backdate_start_date, trial_end, trial_period_days, billing_cycle_anchor,
 # proration_behavior), so a daily price is charged for every day left in the month. Where a bound would need
 # a guess (a price id without interval, a quantity the request does not give, a payment link without a
-# session limit, no window_end) the line is unpriced. README.md, "Money rules", states every rule, the
-# upper-bound choices and their sources.
+# session limit, no window_end) the line is unpriced. Where Stripe may add tax, the priced total is raised by
+# data.prices.max_tax_rate (`tax`). README.md, "Money rules", states every rule, the upper-bound choices and
+# their sources.
 #
 # Prices, caps and thresholds are data: data/prices.yaml and data/budgets.yaml.
 package tollgate.spend
@@ -72,6 +73,12 @@ approve contains {"rule": "spend.unpriced", "message": msg} if {
 	msg := sprintf("%s: %s: %s; a human must approve it%s", [input.action.name, line.what, line.unpriced, counted])
 }
 
+# Tax on priced money, when data/prices.yaml has no max_tax_rate to bound it.
+approve contains {"rule": "spend.unpriced", "message": msg} if {
+	is_string(tax.unpriced)
+	msg := sprintf("%s: tax: %s; a human must approve it%s", [input.action.name, tax.unpriced, counted])
+}
+
 # A money action with no line at all (a new money action nobody priced yet) needs a human. A DELETE cancels
 # or removes and never starts a charge.
 approve contains {"rule": "spend.unpriced", "message": msg} if {
@@ -94,7 +101,12 @@ priced if {
 	is_number(line.cents)
 }
 
-cents := sum([line.cents | some line in lines; is_number(line.cents)])
+# The priced lines, and the tax Stripe may add to them.
+base_cents := sum([line.cents | some line in lines; is_number(line.cents)])
+
+cents := base_cents + tax.cents if is_number(tax.cents)
+
+else := base_cents
 
 # Only for the actions this file judges (main.rego reads it for every write).
 charge := {"cents": cents, "budget": budget.budget, "cap_cents": budget.cap_cents} if {
@@ -160,6 +172,18 @@ lines contains {"what": "payment intent", "unpriced": "it moves the money of an 
 lines contains {"what": "invoice", "unpriced": "it charges the amount due of an existing invoice, which is not in the request"} if {
 	input.action.name in {"stripe.invoice.finalize", "stripe.invoice.pay"}
 }
+
+# Creating an invoice makes a draft, but a draft that advances by itself (auto_advance) is finalized about an
+# hour later and charged (collection_method=charge_automatically) without another request: it bills the
+# customer's pending invoice items and shipping_cost, whose total is not in the request, and skips the human
+# that finalize and pay need. Only a draft that cannot advance by itself bills nothing now: auto_advance=false
+# given explicitly (its default has changed across API versions), and no automatically_finalizes_at.
+lines contains invoice_create_line if input.action.name == "stripe.invoice.create"
+
+invoice_create_line := {"what": "draft invoice", "cents": 0} if {
+	lib.get(data.tollgate.lib.body, "auto_advance") == "false"
+	lib.get(data.tollgate.lib.body, "automatically_finalizes_at") == null
+} else := {"what": "invoice", "unpriced": "an invoice that may advance by itself (without auto_advance=false, or with automatically_finalizes_at) is finalized and charged later without another request, for its pending invoice items and shipping, whose total is not in the request (create it with auto_advance=false and finalize it separately)"}
 
 # --- Subscriptions -------------------------------------------------------------------------------------------
 # Recurring money is charged as the most it can bill inside the current budget window: each item's price x
@@ -237,11 +261,27 @@ existing_item_route := true if {
 
 # Checkout sessions fix what the payer will be charged: in payment mode the sum of line_items; in subscription
 # mode recurring line_items on the schedule of subscription_data (from now: the payer completes it later, if
-# at all) and one-time line_items once. A session in setup mode only saves a payment method.
+# at all) and one-time line_items once; and in either, every optional item and the dearest shipping option
+# (`session_extras`). A session in setup mode only saves a payment method.
 lines contains line if {
 	input.action.name == "stripe.checkout.create"
 	lib.get(data.tollgate.lib.body, "mode") != "setup"
 	some line in item_lines("line_items", lib.get(data.tollgate.lib.body, "line_items"), checkout_ctx)
+}
+
+# The payer may add every optional item, at its largest quantity, and picks the dearest shipping option.
+lines contains line if {
+	input.action.name == "stripe.checkout.create"
+	lib.get(data.tollgate.lib.body, "mode") != "setup"
+	some line in session_extras(checkout_ctx)
+}
+
+# subscription_data[items] (older API versions' way of starting a subscription from Checkout) adds items
+# whose prices are not read here.
+lines contains {"what": "subscription_data[items]", "unpriced": "subscription_data[items] adds subscription items (an older API version's form) that the policy does not price"} if {
+	input.action.name == "stripe.checkout.create"
+	lib.get(data.tollgate.lib.body, "mode") != "setup"
+	lib.get(lib.get(data.tollgate.lib.body, "subscription_data"), "items") != null
 }
 
 lines contains {"what": "line_items", "unpriced": "a checkout session without line_items has no price in the request"} if {
@@ -257,7 +297,7 @@ lines contains {"what": "setup mode", "cents": 0} if {
 
 # A payment link can be paid any number of times: it is priced only when restrictions[completed_sessions][limit]
 # bounds the sessions, at limit x one session (priced like Checkout: recurring prices on the schedule of
-# subscription_data, one-time prices once).
+# subscription_data, one-time prices once; optional items and the dearest shipping option added).
 lines contains line if {
 	input.action.name == "stripe.payment_link.create"
 	some line in payment_link_lines
@@ -269,11 +309,55 @@ payment_link_lines := [{"what": "payment link", "unpriced": "a payment link can 
 	not positive_int(session_limit)
 } else := [{"what": "line_items", "malformed": "a payment link needs line_items (line_items[0][price] with line_items[0][quantity])"}] if {
 	lib.get(data.tollgate.lib.body, "line_items") == null
-} else := [times(line, lib.form_int(session_limit)) | some line in item_lines("line_items", data.tollgate.lib.body.line_items, link_ctx)]
+} else := [times(line, lib.form_int(session_limit)) | some line in link_session_lines]
+
+link_session_lines := array.concat(item_lines("line_items", data.tollgate.lib.body.line_items, link_ctx), session_extras(link_ctx))
 
 session_limit := lib.get(lib.get(lib.get(data.tollgate.lib.body, "restrictions"), "completed_sessions"), "limit") if {
 	is_object(data.tollgate.lib.body)
 } else := null
+
+# What a session can add to its line_items: every optional item, taken at its largest quantity (Checkout's
+# adjustable quantities, priced like line_items), and the dearest shipping option.
+session_extras(ctx) := array.concat(
+	item_lines("optional_items", lib.get(data.tollgate.lib.body, "optional_items"), ctx),
+	shipping_lines(lib.get(data.tollgate.lib.body, "shipping_options")),
+)
+
+# shipping_lines(options): the payer picks one of the shipping options, so the dearest priced one is charged
+# (once per session: Checkout offers shipping in payment mode only); an option that cannot be priced is a line
+# of its own (unpriced or malformed).
+shipping_lines(options) := [{"what": "shipping_options", "malformed": sprintf("shipping_options must be a list (shipping_options[0][shipping_rate]=...), not %s", [lib.show(options)])}] if {
+	options != null
+	not is_array(options)
+} else := array.concat([line | some line in ls; not is_number(object.get(line, "cents", null))], dearest(ls)) if {
+	is_array(options)
+	ls := [shipping_line(sprintf("shipping_options[%d]", [i]), o) | some i, o in options]
+} else := []
+
+dearest(ls) := [{"what": "shipping_options (the dearest option)", "cents": max(cs)}] if {
+	cs := [line.cents | some line in ls; is_number(object.get(line, "cents", null))]
+	count(cs) > 0
+} else := []
+
+# shipping_line(what, o): a shipping rate id priced from data/prices.yaml stripe_shipping_rates, or
+# shipping_rate_data[fixed_amount][amount] in [currency] (amounts in other currencies, currency_options, are
+# not priced).
+shipping_line(what, o) := {"what": what, "malformed": sprintf("%s must be an object with shipping_rate or shipping_rate_data, not %s", [what, lib.show(o)])} if {
+	not is_object(o)
+} else := {"what": what, "malformed": sprintf("%s[shipping_rate] must be a shipping rate id string, not %s", [what, lib.show(o.shipping_rate)])} if {
+	lib.get(o, "shipping_rate") != null
+	not is_string(o.shipping_rate)
+} else := {"what": what, "cents": r.amount_cents} if {
+	r := data.prices.stripe_shipping_rates[o.shipping_rate]
+	lib.is_int(r.amount_cents)
+} else := {"what": what, "unpriced": sprintf("shipping rate %s is not in data/prices.yaml stripe_shipping_rates", [o.shipping_rate])} if {
+	is_string(o.shipping_rate)
+} else := {"what": what, "malformed": sprintf("%s needs shipping_rate (an id) or shipping_rate_data (an object with fixed_amount[amount] and fixed_amount[currency]); its shipping_rate_data is %s", [what, lib.show(lib.get(o, "shipping_rate_data"))])} if {
+	not is_object(lib.get(o, "shipping_rate_data"))
+} else := {"what": what, "unpriced": "shipping_rate_data[fixed_amount][currency_options] charges other amounts in other currencies, which are not priced"} if {
+	lib.get(lib.get(o.shipping_rate_data, "fixed_amount"), "currency_options") != null
+} else := stripe_amount(sprintf("%s[shipping_rate_data][fixed_amount][amount]", [what]), lib.get(lib.get(o.shipping_rate_data, "fixed_amount"), "amount"), lib.get(lib.get(o.shipping_rate_data, "fixed_amount"), "currency"))
 
 # times(line, n): a priced line for n sessions.
 times(line, n) := {"what": sprintf("%s x %d sessions", [line.what, n]), "cents": line.cents * n} if {
@@ -312,6 +396,56 @@ lines contains line if {
 	lib.get(data.tollgate.lib.body, "amount") == null
 	is_object(data.tollgate.lib.body)
 	line := priced_item("invoice item", data.tollgate.lib.body, once_ctx)
+}
+
+# --- Tax -----------------------------------------------------------------------------------------------------
+# Tax rates (tax_rates, dynamic_tax_rates, default_tax_rates) and Stripe Tax (automatic_tax[enabled]) add tax
+# on top of the prices, by a rate the request does not carry. Where tax may be added, the priced total is
+# raised by data.prices.max_tax_rate, a conservative ceiling reviewers set (rounding up); without it the tax
+# is unpriced. An update or an invoice item joins a subscription or invoice whose own tax settings are not in
+# the request, so it is always taxed.
+tax := {"cents": ceil(base_cents * rate)} if {
+	taxed
+	base_cents > 0
+	rate := data.prices.max_tax_rate
+	is_number(rate)
+	rate >= 0
+} else := {"unpriced": "Stripe may add tax to it (tax rates or automatic_tax here, or those of the subscription or invoice it joins), and data/prices.yaml has no max_tax_rate to bound it"} if {
+	taxed
+	base_cents > 0
+}
+
+taxed if input.action.name in {"stripe.subscription.update", "stripe.invoice.item"}
+
+taxed if {
+	input.action.name in {"stripe.subscription.create", "stripe.checkout.create", "stripe.payment_link.create"}
+	tax_requested
+}
+
+tax_requested if given(lib.get(data.tollgate.lib.body, "default_tax_rates"))
+
+tax_requested if given(lib.get(lib.get(data.tollgate.lib.body, "subscription_data"), "default_tax_rates"))
+
+# automatic_tax[enabled] counts as on unless it is "false".
+tax_requested if {
+	e := lib.get(lib.get(data.tollgate.lib.body, "automatic_tax"), "enabled")
+	given(e)
+	e != "false"
+}
+
+tax_requested if {
+	some key in ["items", "line_items", "add_invoice_items", "optional_items"]
+	list := lib.get(data.tollgate.lib.body, key)
+	is_array(list)
+	some item in list
+	some field in ["tax_rates", "dynamic_tax_rates"]
+	given(lib.get(item, field))
+}
+
+# given(v): a field is set (an empty string clears a list in a Stripe form).
+given(v) if {
+	v != null
+	v != ""
 }
 
 # --- Amounts and currencies ----------------------------------------------------------------------------------
@@ -358,19 +492,22 @@ positive_int(s) if {
 #   update    the item may be an existing one (items[n][id], /v1/subscription_items/{id}), whose quantity
 #             stays what it was when the request does not set it
 #   existing  the request changes an existing item whatever its fields say (/v1/subscription_items/{id})
-once_ctx := {"kind": "once", "checkout": false, "sched": null, "update": false, "existing": false}
+#   remove    items[n][deleted]=true with items[n][id] removes that item (POST /v1/subscriptions/{id} only)
+once_ctx := {"kind": "once", "checkout": false, "sched": null, "update": false, "existing": false, "remove": false}
 
-create_ctx := {"kind": "recurring", "checkout": false, "sched": schedule, "update": false, "existing": false}
+create_ctx := {"kind": "recurring", "checkout": false, "sched": schedule, "update": false, "existing": false, "remove": false}
 
-update_ctx := {"kind": "recurring", "checkout": false, "sched": update_schedule, "update": true, "existing": false}
+update_ctx := {"kind": "recurring", "checkout": false, "sched": update_schedule, "update": true, "existing": false, "remove": true}
 
-item_route_ctx := {"kind": "recurring", "checkout": false, "sched": update_schedule, "update": true, "existing": existing_item_route}
+item_route_ctx := {"kind": "recurring", "checkout": false, "sched": update_schedule, "update": true, "existing": existing_item_route, "remove": false}
 
-checkout_ctx := {"kind": "either", "checkout": true, "sched": schedule, "update": false, "existing": false} if {
-	lib.get(data.tollgate.lib.body, "mode") == "subscription"
-} else := {"kind": "once", "checkout": true, "sched": null, "update": false, "existing": false}
+# Checkout in payment mode bills once; in subscription mode (or without a mode, which an older API version may
+# read from the prices) recurring prices recur.
+checkout_ctx := {"kind": "once", "checkout": true, "sched": null, "update": false, "existing": false, "remove": false} if {
+	lib.get(data.tollgate.lib.body, "mode") == "payment"
+} else := {"kind": "either", "checkout": true, "sched": schedule, "update": false, "existing": false, "remove": false}
 
-link_ctx := {"kind": "either", "checkout": true, "sched": schedule, "update": false, "existing": false}
+link_ctx := {"kind": "either", "checkout": true, "sched": schedule, "update": false, "existing": false, "remove": false}
 
 # item_lines(key, items, ctx): one line per element of a Stripe list (items[0][...], items[1][...]).
 item_lines(key, items, ctx) := [{"what": key, "malformed": sprintf("%s must be a list (%s[0][price]=...), not %s", [key, key, lib.show(items)])}] if {
@@ -393,11 +530,16 @@ priced_item(what, item, ctx) := line if {
 } else := {"what": what, "unpriced": "the policy could not price it"}
 
 # item_line(what, item, ctx): what an item bills: price x quantity, times the billings in the window.
-item_line(what, item, ctx) := {"what": what, "malformed": "must be an object with price or price_data and quantity"} if {
+item_line(what, item, ctx) := {"what": what, "malformed": sprintf("%s must be an object with price or price_data and quantity, not %s", [what, lib.show(item)])} if {
 	not is_object(item)
 } else := {"what": what, "cents": 0} if {
-	# items[n][deleted]=true removes an item from a subscription: it adds nothing.
+	# items[n][deleted]=true with items[n][id] removes that existing item from the subscription being updated:
+	# it adds nothing. Anywhere else `deleted` removes nothing, and the item is priced as if it were absent;
+	# so is a deleted item that also sets a price (priced as a change of that item).
+	ctx.remove == true
 	item.deleted == "true"
+	is_string(lib.get(item, "id"))
+	not has_price(item)
 } else := {"what": what, "malformed": sprintf("quantity must be a string of digits, not %s", [lib.show(item.quantity)])} if {
 	lib.get(item, "quantity") != null
 	not lib.form_int(item.quantity)
@@ -419,15 +561,24 @@ has_price(item) if lib.get(item, "price") != null
 
 has_price(item) if lib.get(item, "price_data") != null
 
+has_price(item) if lib.get(item, "plan") != null
+
+# adjustable_quantity[enabled] counts as on unless it is "false".
+adjustable(item) if {
+	e := lib.get(lib.get(item, "adjustable_quantity"), "enabled")
+	e != null
+	e != "false"
+}
+
 # How many units are charged: the payer's maximum when Checkout lets them adjust it, else quantity, else 1.
 quantity(item, checkout) := n if {
 	checkout
-	item.adjustable_quantity.enabled == "true"
+	adjustable(item)
 	n := lib.form_int(item.adjustable_quantity.maximum)
 	is_number(n)
 } else := data.prices.checkout_adjustable_max if {
 	checkout
-	item.adjustable_quantity.enabled == "true"
+	adjustable(item)
 } else := lib.form_int(item.quantity) if {
 	lib.get(item, "quantity") != null
 } else := 1

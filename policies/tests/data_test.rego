@@ -116,6 +116,25 @@ test_stripe_prices_and_rates_are_numbers if {
 	whole_cents(data.prices.checkout_adjustable_max)
 }
 
+# Shipping rates by id: exactly {amount_cents: whole cents}.
+test_stripe_shipping_rates_are_whole_cents if {
+	count([id | some id, r in data.prices.stripe_shipping_rates; not good_shipping_rate(r)]) == 0
+}
+
+good_shipping_rate(r) if {
+	is_object(r)
+	object.keys(r) == {"amount_cents"}
+	whole_cents(r.amount_cents)
+}
+
+# The tax ceiling is a fraction >= 0; a ceiling below the highest rate in use undercounts, so it should be
+# generous (a fraction above 1 would be a typo for a percentage).
+test_max_tax_rate_is_a_fraction if {
+	is_number(data.prices.max_tax_rate)
+	data.prices.max_tax_rate >= 0
+	data.prices.max_tax_rate <= 1
+}
+
 # A Stripe price says how it bills: interval day/week/month/year (interval_count an integer >= 1, default 1),
 # or one-time (one_time: true, or interval: null); or nothing, and then it cannot be a subscription's price.
 bad_stripe_prices contains id if {

@@ -42,8 +42,8 @@ cases := {
 		"outcome": "deny", "rules": ["scopes.missing"],
 	},
 	"stripe_invoice_draft_allowed": {
-		"input": fx.stripe("POST", "/v1/invoices", "stripe.invoice.create", {}, {"customer": "cus_123"}),
-		"outcome": "allow", "rules": [], "cents": null,
+		"input": fx.stripe("POST", "/v1/invoices", "stripe.invoice.create", {}, {"customer": "cus_123", "auto_advance": "false"}),
+		"outcome": "allow", "rules": [], "cents": 0,
 	},
 	"worker_version_needs_workers_deploy": {
 		"input": fx.patch(fx.cf("POST", concat("", ["/accounts/", fx.acc, "/workers/scripts/api/versions"]), "cloudflare.worker.version", {"account_id": fx.acc, "script_name": "api"}, {"metadata": {"main_module": "index.js"}, "parts": []}), {"agent": {"scopes": ["dns:write"]}}),

@@ -56,6 +56,14 @@ item_change(body) := sub_update("/v1/subscription_items/si_1", {"subscription_it
 
 payment_link(body) := fx.stripe("POST", "/v1/payment_links", "stripe.payment_link.create", {}, body)
 
+invoice_create(body) := fx.stripe("POST", "/v1/invoices", "stripe.invoice.create", {}, body)
+
+# A Checkout session in payment mode with one $20 line item, and other fields.
+shop(fields) := fx.checkout(object.union({"mode": "payment", "line_items": [{"price_data": once("2000"), "quantity": "1"}]}, fields))
+
+# An inline usd shipping option.
+ship(cents) := {"shipping_rate_data": {"display_name": "Shipping", "type": "fixed_amount", "fixed_amount": {"amount": cents, "currency": "usd"}}}
+
 payment_link_update(body) := fx.stripe("POST", "/v1/payment_links/plink_1", "stripe.payment_link.update", {"payment_link_id": "plink_1"}, body)
 
 # What the policy charges, also for a request it denies (the decision carries no charge then).
@@ -149,18 +157,21 @@ cases := {
 		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
 	},
 	# The new item bills from now (one billing of a monthly price in what is left of November), plus one period
-	# for the proration of the subscription's current period, whose end the request does not give.
+	# for the proration of the subscription's current period, whose end the request does not give; the
+	# subscription's own tax settings are not in the request, so max_tax_rate (30%) is added: 2 x $15 x 1.3.
+	# The removed item (deleted with its id) adds nothing.
 	"subscription_update_swaps_items": {
-		"input": sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"items": [{"id": "si_old", "deleted": "true"}, {"price_data": fx.price_data("2500"), "quantity": "1"}]}),
-		"outcome": "allow", "rules": [], "cents": 5000,
+		"input": sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"items": [{"id": "si_old", "deleted": "true"}, {"price_data": fx.price_data("1500"), "quantity": "1"}]}),
+		"outcome": "allow", "rules": [], "cents": 3900,
 	},
 	"subscription_update_quantity_only": {
 		"input": sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"items": [{"id": "si_1", "quantity": "5"}]}),
 		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
 	},
+	# 3 x $5, for now and the current period's proration, plus 30% tax: $39.
 	"subscription_item_added": {
-		"input": sub_update("/v1/subscription_items", {}, {"subscription": "sub_1", "price_data": fx.price_data("700"), "quantity": "3"}),
-		"outcome": "allow", "rules": [], "cents": 4200,
+		"input": sub_update("/v1/subscription_items", {}, {"subscription": "sub_1", "price_data": fx.price_data("500"), "quantity": "3"}),
+		"outcome": "allow", "rules": [], "cents": 3900,
 	},
 	"subscription_item_quantity_changed": {
 		"input": sub_update("/v1/subscription_items/si_1", {"subscription_item_id": "si_1"}, {"quantity": "3"}),
@@ -191,11 +202,12 @@ cases := {
 		"input": fx.checkout({"mode": "setup", "currency": "usd", "customer": "cus_123"}),
 		"outcome": "allow", "rules": [], "cents": 0,
 	},
-	"invoice_item_amount": {"input": invoice_item({"customer": "cus_123", "amount": "2500", "currency": "usd"}), "outcome": "allow", "rules": [], "cents": 2500},
+	# An invoice item joins an invoice whose tax is not in the request: + 30%.
+	"invoice_item_amount": {"input": invoice_item({"customer": "cus_123", "amount": "2500", "currency": "usd"}), "outcome": "allow", "rules": [], "cents": 3250},
 	"invoice_item_bad_amount": {"input": invoice_item({"customer": "cus_123", "amount": "25.00", "currency": "usd"}), "outcome": "deny", "rules": ["spend.malformed"]},
 	"invoice_item_price": {
 		"input": invoice_item({"customer": "cus_123", "price_data": fx.price_data("1200"), "quantity": "2"}),
-		"outcome": "allow", "rules": [], "cents": 2400,
+		"outcome": "allow", "rules": [], "cents": 3120,
 	},
 	"invoice_item_no_price": {
 		"input": invoice_item({"customer": "cus_123", "description": "consulting"}),
@@ -349,7 +361,6 @@ cases := {
 		"outcome": "allow", "rules": [], "cents": 4200,
 	},
 	# Subscription items need recurring prices; a one-time inline price is refused.
-	"subscription_item_one_time_price": {"input": sub({}, one(once("1000"), "1")), "outcome": "deny", "rules": ["spend.malformed"]},
 	"interval_unknown": {"input": sub({}, one(rp("1000", {"interval": "fortnight"}), "1")), "outcome": "deny", "rules": ["spend.malformed"]},
 	"interval_missing": {"input": sub({}, one(rp("1000", {"interval_count": "2"}), "1")), "outcome": "deny", "rules": ["spend.malformed"]},
 	"interval_count_zero": {"input": sub({}, one(rp("1000", {"interval": "day", "interval_count": "0"}), "1")), "outcome": "deny", "rules": ["spend.malformed"]},
@@ -387,14 +398,15 @@ cases := {
 	"payment_without_window_end": {"input": without_window_end(usd("1999")), "outcome": "allow", "rules": [], "cents": 1999},
 	# --- Recurring money on updates -----------------------------------------------------------------------
 	# /v1/subscription_items: the daily price from Nov 3 12:00 (28 billings) plus the current period's
-	# proration (one more): 29 x $1. proration_behavior=none drops the proration.
+	# proration (one more): 29 x $1, plus 30% for the subscription's tax (not in the request). proration_behavior=none
+	# drops the proration.
 	"subscription_item_daily": {
 		"input": early(item_create({"price_data": daily("100"), "quantity": "1"})),
-		"outcome": "allow", "rules": [], "cents": 2900,
+		"outcome": "allow", "rules": [], "cents": 3770,
 	},
 	"subscription_item_daily_no_proration": {
 		"input": early(item_create({"price_data": daily("100"), "quantity": "1", "proration_behavior": "none"})),
-		"outcome": "allow", "rules": [], "cents": 2800,
+		"outcome": "allow", "rules": [], "cents": 3640,
 	},
 	"subscription_item_daily_attack": {
 		"input": early(item_create({"price_data": daily("4999"), "quantity": "1", "proration_date": t_dec_1})),
@@ -412,7 +424,7 @@ cases := {
 	},
 	"subscription_item_price_and_quantity_changed": {
 		"input": item_change({"price_data": daily("100"), "quantity": "2"}),
-		"outcome": "allow", "rules": [], "cents": 400,
+		"outcome": "allow", "rules": [], "cents": 520,
 	},
 	"subscription_update_item_keeps_quantity": {
 		"input": sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"items": [{"id": "si_1", "price_data": daily("100")}]}),
@@ -420,16 +432,16 @@ cases := {
 	},
 	"subscription_update_daily_item": {
 		"input": early(sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"items": [{"price_data": daily("100"), "quantity": "1"}], "add_invoice_items": [{"price_data": once("500")}]})),
-		"outcome": "allow", "rules": [], "cents": 3400,
+		"outcome": "allow", "rules": [], "cents": 4420,
 	},
 	# billing_cycle_anchor=now (or trial_end=now) invoices the items the request does not name too.
 	"subscription_update_anchor_now_with_items": {
 		"input": sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"billing_cycle_anchor": "now", "items": [{"price_data": fx.price_data("1000"), "quantity": "1"}]}),
-		"outcome": "approve", "rules": ["spend.unpriced"], "cents": 2000,
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": 2600,
 	},
 	"subscription_update_add_invoice_items_only": {
 		"input": sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"add_invoice_items": [{"price_data": once("900")}]}),
-		"outcome": "allow", "rules": [], "cents": 900,
+		"outcome": "allow", "rules": [], "cents": 1170,
 	},
 	# --- Checkout in subscription mode and payment links --------------------------------------------------
 	"checkout_subscription_mode": {
@@ -499,6 +511,281 @@ cases := {
 		"input": fx.patch(payment_link({"line_items": [{"price_data": once("1000"), "quantity": "1"}], "restrictions": {"completed_sessions": {"limit": "3"}}}), {"agent": {"scopes": ["dns:write"]}}),
 		"outcome": "deny", "rules": ["scopes.missing"],
 	},
+	# --- Draft invoices (stripe.invoice.create) ------------------------------------------------------------
+	# The red-team attack: an auto-advancing draft is finalized and charged about an hour later, for pending
+	# items and shipping the request does not total; only an explicit auto_advance=false draft is free now.
+	"invoice_create_auto_advance_attack": {
+		"input": invoice_create({"customer": "cus_123", "auto_advance": "true", "collection_method": "charge_automatically", "shipping_cost": {"shipping_rate_data": {"display_name": "Freight", "type": "fixed_amount", "fixed_amount": {"amount": "999999", "currency": "usd"}}}}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	# Without auto_advance the default depends on the API version: it may advance.
+	"invoice_create_auto_advance_absent": {
+		"input": invoice_create({"customer": "cus_123"}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	"invoice_create_auto_advance_not_false": {
+		"input": invoice_create({"customer": "cus_123", "auto_advance": "False"}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	"invoice_create_without_body": {
+		"input": invoice_create(null),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	"invoice_create_draft": {
+		"input": invoice_create({"customer": "cus_123", "auto_advance": "false", "collection_method": "charge_automatically"}),
+		"outcome": "allow", "rules": [], "cents": 0,
+	},
+	# Shipping and tax on a draft that cannot advance bill nothing until it is finalized (which needs a human).
+	"invoice_create_draft_with_shipping_and_tax": {
+		"input": invoice_create({"customer": "cus_123", "auto_advance": "false", "automatic_tax": {"enabled": "true"}, "shipping_cost": {"shipping_rate_data": {"display_name": "Freight", "type": "fixed_amount", "fixed_amount": {"amount": "999999", "currency": "usd"}}}}),
+		"outcome": "allow", "rules": [], "cents": 0,
+	},
+	# A draft scheduled to finalize at a time advances by itself.
+	"invoice_create_draft_finalizes_at": {
+		"input": invoice_create({"customer": "cus_123", "auto_advance": "false", "automatically_finalizes_at": t_dec_1}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	# --- Checkout: shipping options and optional items -----------------------------------------------------
+	# The payer picks a shipping option: the dearest is charged ($20 + $15).
+	"checkout_shipping_dearest_option": {
+		"input": shop({"shipping_options": [ship("0"), ship("1500"), ship("800")]}),
+		"outcome": "allow", "rules": [], "cents": 3500,
+	},
+	"checkout_shipping_attack": {
+		"input": shop({"shipping_options": [ship("0"), ship("999999")]}),
+		"outcome": "deny", "rules": ["spend.cap"],
+	},
+	"checkout_shipping_in_eur": {
+		"input": shop({"shipping_options": [{"shipping_rate_data": {"display_name": "Express", "type": "fixed_amount", "fixed_amount": {"amount": "1000", "currency": "eur"}}}]}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": 2000,
+	},
+	# A shipping rate id not in data/prices.yaml needs a human; the dearest priced option is still counted.
+	"checkout_shipping_rate_id_unknown": {
+		"input": shop({"shipping_options": [{"shipping_rate": "shr_1QhGxpB7WZ01zgkW"}, ship("500")]}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": 2500,
+	},
+	"checkout_shipping_currency_options": {
+		"input": shop({"shipping_options": [{"shipping_rate_data": {"display_name": "Express", "type": "fixed_amount", "fixed_amount": {"amount": "100", "currency": "usd", "currency_options": {"eur": {"amount": "99999"}}}}}]}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": 2000,
+	},
+	"checkout_shipping_bad_amount": {
+		"input": shop({"shipping_options": [ship("15.00")]}),
+		"outcome": "deny", "rules": ["spend.malformed"],
+	},
+	"checkout_shipping_without_amount": {
+		"input": shop({"shipping_options": [{"shipping_rate_data": {"display_name": "Express", "type": "fixed_amount"}}]}),
+		"outcome": "deny", "rules": ["spend.malformed"],
+	},
+	"checkout_shipping_not_a_list": {
+		"input": shop({"shipping_options": {"first": ship("100")}}),
+		"outcome": "deny", "rules": ["spend.malformed"],
+	},
+	"checkout_shipping_option_not_object": {
+		"input": shop({"shipping_options": ["shr_1"]}),
+		"outcome": "deny", "rules": ["spend.malformed"],
+	},
+	"checkout_shipping_option_empty": {
+		"input": shop({"shipping_options": [{"display_name": "Express"}]}),
+		"outcome": "deny", "rules": ["spend.malformed"],
+	},
+	"checkout_shipping_rate_not_string": {
+		"input": shop({"shipping_options": [{"shipping_rate": {"id": "shr_1"}}]}),
+		"outcome": "deny", "rules": ["spend.malformed"],
+	},
+	# Every optional item is charged as if taken, at its largest quantity: $20 + 4 x $5.
+	"checkout_optional_items": {
+		"input": shop({"optional_items": [{"price_data": once("500"), "quantity": "1", "adjustable_quantity": {"enabled": "true", "maximum": "4"}}]}),
+		"outcome": "allow", "rules": [], "cents": 4000,
+	},
+	# An adjustable optional item without a maximum: Stripe's default of 99.
+	"checkout_optional_items_default_max": {
+		"input": shop({"optional_items": [{"price_data": once("100"), "quantity": "1", "adjustable_quantity": {"enabled": "true"}}]}),
+		"outcome": "deny", "rules": ["spend.cap"],
+	},
+	"checkout_optional_items_quantity": {
+		"input": shop({"optional_items": [{"price_data": once("500"), "quantity": "3"}, {"price_data": once("100"), "quantity": "2"}]}),
+		"outcome": "allow", "rules": [], "cents": 3700,
+	},
+	# A price id not in data/prices.yaml needs a human, exactly as in line_items.
+	"checkout_optional_items_unknown_price": {
+		"input": shop({"optional_items": [{"price": "price_1PgafmB7WZ01zgkW", "quantity": "1"}]}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": 2000,
+	},
+	"checkout_optional_items_not_a_list": {
+		"input": shop({"optional_items": {"price": "price_1", "quantity": "1"}}),
+		"outcome": "deny", "rules": ["spend.malformed"],
+	},
+	# In subscription mode a recurring optional item recurs: 28 daily billings from Nov 3 12:00.
+	"checkout_optional_items_recurring": {
+		"input": early(fx.checkout({"mode": "subscription", "line_items": [{"price_data": rp("1000", {"interval": "month"}), "quantity": "1"}], "optional_items": [{"price_data": daily("100"), "quantity": "1"}]})),
+		"outcome": "allow", "rules": [], "cents": 3800,
+	},
+	# Payment links: line_items, every optional item and the dearest shipping option, times the session limit:
+	# 2 x ($10 + $5 + $3).
+	"payment_link_optional_items_and_shipping": {
+		"input": payment_link({"line_items": [{"price_data": once("1000"), "quantity": "1"}], "optional_items": [{"price_data": once("500"), "quantity": "1"}], "shipping_options": [ship("300"), ship("100")], "restrictions": {"completed_sessions": {"limit": "2"}}}),
+		"outcome": "allow", "rules": [], "cents": 3600,
+	},
+	"payment_link_shipping_attack": {
+		"input": payment_link({"line_items": [{"price_data": once("1000"), "quantity": "1"}], "shipping_options": [ship("6000")], "restrictions": {"completed_sessions": {"limit": "2"}}}),
+		"outcome": "deny", "rules": ["spend.cap"],
+	},
+	"payment_link_shipping_rate_id_unknown": {
+		"input": payment_link({"line_items": [{"price_data": once("1000"), "quantity": "1"}], "shipping_options": [{"shipping_rate": "shr_1QhGxpB7WZ01zgkW"}], "restrictions": {"completed_sessions": {"limit": "2"}}}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": 2000,
+	},
+	"payment_link_optional_item_adjustable": {
+		"input": payment_link({"line_items": [{"price_data": once("100"), "quantity": "1"}], "optional_items": [{"price_data": once("100"), "quantity": "1", "adjustable_quantity": {"enabled": "true", "maximum": "10"}}], "restrictions": {"completed_sessions": {"limit": "3"}}}),
+		"outcome": "allow", "rules": [], "cents": 3300,
+	},
+	"payment_link_optional_item_unknown_price": {
+		"input": payment_link({"line_items": [{"price_data": once("1000"), "quantity": "1"}], "optional_items": [{"price": "price_unknown", "quantity": "1"}], "restrictions": {"completed_sessions": {"limit": "2"}}}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": 2000,
+	},
+	# --- Tax: max_tax_rate (0.30) on the priced total wherever Stripe may add tax --------------------------
+	# $45 a month is under the $50 threshold; with automatic tax it can bill up to $58.50.
+	"subscription_automatic_tax": {
+		"input": sub({"automatic_tax": {"enabled": "true"}}, one(rp("4500", {"interval": "month"}), "1")),
+		"outcome": "approve", "rules": ["spend.threshold"], "cents": 5850,
+	},
+	"subscription_automatic_tax_off": {
+		"input": sub({"automatic_tax": {"enabled": "false"}}, one(rp("4500", {"interval": "month"}), "1")),
+		"outcome": "allow", "rules": [], "cents": 4500,
+	},
+	"subscription_default_tax_rates": {
+		"input": sub({"default_tax_rates": ["txr_1"]}, one(rp("1000", {"interval": "month"}), "1")),
+		"outcome": "allow", "rules": [], "cents": 1300,
+	},
+	# An empty default_tax_rates clears the list: no tax.
+	"subscription_default_tax_rates_cleared": {
+		"input": sub({"default_tax_rates": ""}, one(rp("1000", {"interval": "month"}), "1")),
+		"outcome": "allow", "rules": [], "cents": 1000,
+	},
+	"subscription_item_tax_rates": {
+		"input": sub({}, [{"price_data": rp("1000", {"interval": "month"}), "quantity": "1", "tax_rates": ["txr_1"]}]),
+		"outcome": "allow", "rules": [], "cents": 1300,
+	},
+	# Tax on one-off items raises the whole total (rounded up): ($10 + $0.01) x 1.3.
+	"subscription_add_invoice_items_tax_rates": {
+		"input": sub({"add_invoice_items": [{"price_data": once("1"), "tax_rates": ["txr_1"]}]}, one(rp("1000", {"interval": "month"}), "1")),
+		"outcome": "allow", "rules": [], "cents": 1302,
+	},
+	# Nothing priced in the window, nothing taxed.
+	"subscription_taxed_trial": {
+		"input": sub({"automatic_tax": {"enabled": "true"}, "trial_end": t_jan_1}, one(rp("4500", {"interval": "month"}), "1")),
+		"outcome": "allow", "rules": [], "cents": 0,
+	},
+	"checkout_automatic_tax": {
+		"input": shop({"automatic_tax": {"enabled": "true"}}),
+		"outcome": "allow", "rules": [], "cents": 2600,
+	},
+	"checkout_dynamic_tax_rates": {
+		"input": fx.checkout({"mode": "payment", "line_items": [{"price_data": once("2000"), "quantity": "1", "dynamic_tax_rates": ["txr_1", "txr_2"]}]}),
+		"outcome": "allow", "rules": [], "cents": 2600,
+	},
+	"checkout_subscription_default_tax_rates": {
+		"input": fx.checkout({"mode": "subscription", "subscription_data": {"default_tax_rates": ["txr_1"]}, "line_items": [{"price_data": fx.price_data("2000"), "quantity": "1"}]}),
+		"outcome": "allow", "rules": [], "cents": 2600,
+	},
+	# Tax on shipping too: ($20 + $15) x 1.3.
+	"checkout_tax_and_shipping": {
+		"input": shop({"automatic_tax": {"enabled": "true"}, "shipping_options": [ship("1500")]}),
+		"outcome": "allow", "rules": [], "cents": 4550,
+	},
+	"payment_link_automatic_tax": {
+		"input": payment_link({"line_items": [{"price_data": once("1000"), "quantity": "1"}], "automatic_tax": {"enabled": "true"}, "restrictions": {"completed_sessions": {"limit": "3"}}}),
+		"outcome": "allow", "rules": [], "cents": 3900,
+	},
+	"invoice_item_tax_rates": {
+		"input": invoice_item({"customer": "cus_123", "amount": "1000", "currency": "usd", "tax_rates": ["txr_1"]}),
+		"outcome": "allow", "rules": [], "cents": 1300,
+	},
+	# A payment intent's amount is what is charged: no tax is added to it.
+	"payment_not_taxed": {"input": usd("4000"), "outcome": "allow", "rules": [], "cents": 4000},
+	# --- items[n][deleted] -------------------------------------------------------------------------------
+	# The red-team attacks: `deleted` on a new subscription, on an update without an item id, and on
+	# /v1/subscription_items removes nothing, so the item is priced: $40 a day from Nov 3 12:00.
+	"deleted_on_create": {
+		"input": early(sub({}, [{"deleted": "true", "price_data": daily("4000")}])),
+		"outcome": "deny", "rules": ["spend.cap"],
+	},
+	"deleted_on_create_at_month_end": {
+		"input": sub({}, [{"deleted": "true", "price_data": daily("4000"), "quantity": "1"}]),
+		"outcome": "allow", "rules": [], "cents": 4000,
+	},
+	"deleted_on_update_without_id": {
+		"input": early(sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"items": [{"deleted": "true", "price_data": daily("4000")}]})),
+		"outcome": "deny", "rules": ["spend.cap"],
+	},
+	# Half a day before the window's end: ($10 now + the current period's proration) x 1.3.
+	"deleted_on_update_without_id_at_month_end": {
+		"input": sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"items": [{"deleted": "true", "price_data": daily("1000"), "quantity": "1"}]}),
+		"outcome": "allow", "rules": [], "cents": 2600,
+	},
+	"deleted_on_subscription_item_create": {
+		"input": item_create({"deleted": "true", "price_data": daily("4000"), "quantity": "1"}),
+		"outcome": "deny", "rules": ["spend.cap"],
+	},
+	"deleted_on_subscription_item_change": {
+		"input": item_change({"deleted": "true", "price_data": daily("1000"), "quantity": "1"}),
+		"outcome": "allow", "rules": [], "cents": 2600,
+	},
+	# With an id but also a price, the item is priced as a change of that item: with its quantity ($10 now and
+	# the current period's proration, plus 30% tax), or, without one, unpriced (the item keeps a quantity the
+	# request does not give).
+	"deleted_with_id_and_price": {
+		"input": sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"items": [{"id": "si_1", "deleted": "true", "price_data": daily("1000"), "quantity": "1"}]}),
+		"outcome": "allow", "rules": [], "cents": 2600,
+	},
+	"deleted_with_id_and_price_keeps_quantity": {
+		"input": sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"items": [{"id": "si_1", "deleted": "true", "price_data": daily("1000")}]}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	"deleted_with_id_and_plan": {
+		"input": sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"items": [{"id": "si_1", "deleted": "true", "plan": "plan_gold", "quantity": "1"}]}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	# Removing an existing item, the only thing `deleted` means: nothing added.
+	"deleted_removes_an_item": {
+		"input": sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"items": [{"id": "si_1", "deleted": "true", "clear_usage": "true"}]}),
+		"outcome": "allow", "rules": [], "cents": 0,
+	},
+	"deleted_not_true": {
+		"input": sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"items": [{"id": "si_1", "deleted": "True"}]}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": null,
+	},
+	"deleted_in_add_invoice_items": {
+		"input": sub({"add_invoice_items": [{"deleted": "true", "price_data": once("4500")}]}, one(rp("1000", {"interval": "month"}), "1")),
+		"outcome": "approve", "rules": ["spend.threshold"], "cents": 5500,
+	},
+	"deleted_in_checkout_line_items": {
+		"input": fx.checkout({"mode": "payment", "line_items": [{"id": "li_1", "deleted": "true", "price_data": once("6000"), "quantity": "1"}]}),
+		"outcome": "approve", "rules": ["spend.threshold"], "cents": 6000,
+	},
+	# --- Other money fields ---------------------------------------------------------------------------------
+	# Checkout without a mode: a recurring price may recur (28 daily billings from Nov 3 12:00).
+	"checkout_without_mode_recurring": {
+		"input": early(fx.checkout({"line_items": [{"price_data": daily("100"), "quantity": "1"}]})),
+		"outcome": "allow", "rules": [], "cents": 2800,
+	},
+	"checkout_without_mode_one_time": {
+		"input": fx.checkout({"line_items": [{"price_data": once("2000"), "quantity": "1"}]}),
+		"outcome": "allow", "rules": [], "cents": 2000,
+	},
+	"checkout_subscription_data_items": {
+		"input": fx.checkout({"mode": "subscription", "line_items": [{"price_data": fx.price_data("1000"), "quantity": "1"}], "subscription_data": {"items": [{"plan": "plan_gold", "quantity": "1"}]}}),
+		"outcome": "approve", "rules": ["spend.unpriced"], "cents": 1000,
+	},
+	# adjustable_quantity[enabled] is on unless it is "false".
+	"checkout_adjustable_enabled_not_true": {
+		"input": fx.checkout({"mode": "payment", "line_items": [{"price_data": once("100"), "quantity": "1", "adjustable_quantity": {"enabled": "1", "maximum": "30"}}]}),
+		"outcome": "allow", "rules": [], "cents": 3000,
+	},
+	"checkout_adjustable_disabled": {
+		"input": fx.checkout({"mode": "payment", "line_items": [{"price_data": once("100"), "quantity": "2", "adjustable_quantity": {"enabled": "false", "maximum": "30"}}]}),
+		"outcome": "allow", "rules": [], "cents": 200,
+	},
+	"subscription_create_one_time_price": {"input": sub({}, one(once("1000"), "1")), "outcome": "deny", "rules": ["spend.malformed"]},
 }
 
 test_payment_small if check("payment_small")
@@ -677,8 +964,6 @@ test_add_invoice_items_once if check("add_invoice_items_once")
 
 test_subscription_item_without_window_end if check("subscription_item_without_window_end")
 
-test_subscription_item_one_time_price if check("subscription_item_one_time_price")
-
 test_interval_unknown if check("interval_unknown")
 
 test_interval_missing if check("interval_missing")
@@ -770,6 +1055,130 @@ test_payment_link_reactivated if check("payment_link_reactivated")
 test_payment_link_deactivated_and_changed if check("payment_link_deactivated_and_changed")
 
 test_payment_link_without_scope if check("payment_link_without_scope")
+
+test_invoice_create_auto_advance_attack if check("invoice_create_auto_advance_attack")
+
+test_invoice_create_auto_advance_absent if check("invoice_create_auto_advance_absent")
+
+test_invoice_create_auto_advance_not_false if check("invoice_create_auto_advance_not_false")
+
+test_invoice_create_without_body if check("invoice_create_without_body")
+
+test_invoice_create_draft if check("invoice_create_draft")
+
+test_invoice_create_draft_with_shipping_and_tax if check("invoice_create_draft_with_shipping_and_tax")
+
+test_invoice_create_draft_finalizes_at if check("invoice_create_draft_finalizes_at")
+
+test_checkout_shipping_dearest_option if check("checkout_shipping_dearest_option")
+
+test_checkout_shipping_attack if check("checkout_shipping_attack")
+
+test_checkout_shipping_in_eur if check("checkout_shipping_in_eur")
+
+test_checkout_shipping_rate_id_unknown if check("checkout_shipping_rate_id_unknown")
+
+test_checkout_shipping_currency_options if check("checkout_shipping_currency_options")
+
+test_checkout_shipping_bad_amount if check("checkout_shipping_bad_amount")
+
+test_checkout_shipping_without_amount if check("checkout_shipping_without_amount")
+
+test_checkout_shipping_not_a_list if check("checkout_shipping_not_a_list")
+
+test_checkout_shipping_option_not_object if check("checkout_shipping_option_not_object")
+
+test_checkout_shipping_option_empty if check("checkout_shipping_option_empty")
+
+test_checkout_shipping_rate_not_string if check("checkout_shipping_rate_not_string")
+
+test_checkout_optional_items if check("checkout_optional_items")
+
+test_checkout_optional_items_default_max if check("checkout_optional_items_default_max")
+
+test_checkout_optional_items_quantity if check("checkout_optional_items_quantity")
+
+test_checkout_optional_items_unknown_price if check("checkout_optional_items_unknown_price")
+
+test_checkout_optional_items_not_a_list if check("checkout_optional_items_not_a_list")
+
+test_checkout_optional_items_recurring if check("checkout_optional_items_recurring")
+
+test_payment_link_optional_items_and_shipping if check("payment_link_optional_items_and_shipping")
+
+test_payment_link_shipping_attack if check("payment_link_shipping_attack")
+
+test_payment_link_shipping_rate_id_unknown if check("payment_link_shipping_rate_id_unknown")
+
+test_payment_link_optional_item_adjustable if check("payment_link_optional_item_adjustable")
+
+test_payment_link_optional_item_unknown_price if check("payment_link_optional_item_unknown_price")
+
+test_subscription_automatic_tax if check("subscription_automatic_tax")
+
+test_subscription_automatic_tax_off if check("subscription_automatic_tax_off")
+
+test_subscription_default_tax_rates if check("subscription_default_tax_rates")
+
+test_subscription_default_tax_rates_cleared if check("subscription_default_tax_rates_cleared")
+
+test_subscription_item_tax_rates if check("subscription_item_tax_rates")
+
+test_subscription_add_invoice_items_tax_rates if check("subscription_add_invoice_items_tax_rates")
+
+test_subscription_taxed_trial if check("subscription_taxed_trial")
+
+test_checkout_automatic_tax if check("checkout_automatic_tax")
+
+test_checkout_dynamic_tax_rates if check("checkout_dynamic_tax_rates")
+
+test_checkout_subscription_default_tax_rates if check("checkout_subscription_default_tax_rates")
+
+test_checkout_tax_and_shipping if check("checkout_tax_and_shipping")
+
+test_payment_link_automatic_tax if check("payment_link_automatic_tax")
+
+test_invoice_item_tax_rates if check("invoice_item_tax_rates")
+
+test_payment_not_taxed if check("payment_not_taxed")
+
+test_deleted_on_create if check("deleted_on_create")
+
+test_deleted_on_create_at_month_end if check("deleted_on_create_at_month_end")
+
+test_deleted_on_update_without_id if check("deleted_on_update_without_id")
+
+test_deleted_on_update_without_id_at_month_end if check("deleted_on_update_without_id_at_month_end")
+
+test_deleted_on_subscription_item_create if check("deleted_on_subscription_item_create")
+
+test_deleted_on_subscription_item_change if check("deleted_on_subscription_item_change")
+
+test_deleted_with_id_and_price if check("deleted_with_id_and_price")
+
+test_deleted_with_id_and_price_keeps_quantity if check("deleted_with_id_and_price_keeps_quantity")
+
+test_deleted_with_id_and_plan if check("deleted_with_id_and_plan")
+
+test_deleted_removes_an_item if check("deleted_removes_an_item")
+
+test_deleted_not_true if check("deleted_not_true")
+
+test_deleted_in_add_invoice_items if check("deleted_in_add_invoice_items")
+
+test_deleted_in_checkout_line_items if check("deleted_in_checkout_line_items")
+
+test_checkout_without_mode_recurring if check("checkout_without_mode_recurring")
+
+test_checkout_without_mode_one_time if check("checkout_without_mode_one_time")
+
+test_checkout_subscription_data_items if check("checkout_subscription_data_items")
+
+test_checkout_adjustable_enabled_not_true if check("checkout_adjustable_enabled_not_true")
+
+test_checkout_adjustable_disabled if check("checkout_adjustable_disabled")
+
+test_subscription_create_one_time_price if check("subscription_create_one_time_price")
 
 # --- The charge states the default budget and cap ---------------------------------------------------------
 
@@ -882,9 +1291,10 @@ test_attack_daily_item_is_charged_28_days if {
 	contains(r.message, "$1399.72")
 }
 
-# The same price added with /v1/subscription_items: 28 billings and the current period's proration.
+# The same price added with /v1/subscription_items: 28 billings and the current period's proration, plus 30%
+# tax (the subscription's tax settings are not in the request).
 test_attack_daily_subscription_item_is_charged_29_days if {
-	charged(early(item_create({"price_data": daily("4999"), "quantity": "1"}))) == 4999 * 29
+	charged(early(item_create({"price_data": daily("4999"), "quantity": "1"}))) == 188463
 }
 
 test_backdated_a_year_daily_at_a_dollar if {
@@ -1005,4 +1415,67 @@ test_account_budget if {
 	d := fx.decide(usd("1000")) with data.budgets.agents as {"deployer": {"budget": "account-provider-month", "cap_cents": 20000}}
 	d.outcome == "allow"
 	d.charge == {"cents": 1000, "budget": "account-provider-month", "cap_cents": 20000}
+}
+
+# --- Shipping rates and the tax ceiling are data ---------------------------------------------------------
+
+# A shipping rate id priced in data/prices.yaml: the dearest option counts ($20 + $18).
+test_shipping_rate_id_priced_from_data if {
+	inp := shop({"shipping_options": [{"shipping_rate": "shr_express"}, ship("500"), {"shipping_rate": "shr_free"}]})
+	d := fx.decide(inp) with data.prices.stripe_shipping_rates as {"shr_express": {"amount_cents": 1800}, "shr_free": {"amount_cents": 0}}
+	d.outcome == "allow"
+	d.charge.cents == 3800
+}
+
+# A shipping rate entry without integer cents is not a price.
+test_shipping_rate_without_cents_needs_a_human if {
+	inp := shop({"shipping_options": [{"shipping_rate": "shr_express"}]})
+	d := fx.decide(inp) with data.prices.stripe_shipping_rates as {"shr_express": {"amount_cents": "1800"}}
+	d.outcome == "approve"
+	fx.rules(d) == {"spend.unpriced"}
+	d.charge.cents == 2000
+}
+
+# The ceiling is data: a higher one raises the charge, and without one (or with one that is not a number >= 0)
+# tax is unpriced and only the untaxed part is counted.
+test_max_tax_rate_is_data if {
+	inp := sub({"automatic_tax": {"enabled": "true"}}, one(rp("1000", {"interval": "month"}), "1"))
+	d := fx.decide(inp) with data.prices.max_tax_rate as 0.5
+	d.charge.cents == 1500
+}
+
+tax_unpriced_with(rate) if {
+	inp := sub({"automatic_tax": {"enabled": "true"}}, one(rp("1000", {"interval": "month"}), "1"))
+	d := fx.decide(inp) with data.prices.max_tax_rate as rate
+	d.outcome == "approve"
+	fx.rules(d) == {"spend.unpriced"}
+	d.charge.cents == 1000
+	contains(d.reasons[0].message, "max_tax_rate")
+	contains(d.reasons[0].message, "$10.00")
+}
+
+test_max_tax_rate_missing_or_bad if {
+	tax_unpriced_with(null)
+	tax_unpriced_with("0.3")
+	tax_unpriced_with(-0.1)
+}
+
+# Without a ceiling an untaxed request is unaffected.
+test_untaxed_without_max_tax_rate if {
+	d := fx.decide(sub({}, one(rp("1000", {"interval": "month"}), "1"))) with data.prices.max_tax_rate as null
+	d.outcome == "allow"
+	d.charge.cents == 1000
+}
+
+# The deleted-item attacks, exactly: $40 a day from Nov 3 12:00, 28 billings (an update: 29, plus 30% tax).
+test_deleted_items_are_charged if {
+	charged(early(sub({}, [{"deleted": "true", "price_data": daily("4000")}]))) == 4000 * 28
+	charged(early(sub_update("/v1/subscriptions/sub_1", {"subscription_id": "sub_1"}, {"items": [{"deleted": "true", "price_data": daily("4000")}]}))) == 150800
+	charged(early(item_create({"deleted": "true", "price_data": daily("4000")}))) == 150800
+}
+
+# The draft-invoice attack's message says why a human is needed.
+test_invoice_create_message if {
+	d := fx.decide(invoice_create({"customer": "cus_123", "auto_advance": "true"}))
+	contains(d.reasons[0].message, "auto_advance=false")
 }
