@@ -79,7 +79,7 @@ risks := {
 	"cloudflare.account.create": "high", "cloudflare.account.delete": "irreversible",
 	"stripe.payment.create": "high", "stripe.payment.confirm": "high", "stripe.payment.capture": "high",
 	"stripe.subscription.create": "high", "stripe.subscription.update": "high", "stripe.checkout.create": "high",
-	"stripe.invoice.item": "high", "stripe.invoice.create": "write", "stripe.invoice.finalize": "high",
+	"stripe.invoice.item": "high", "stripe.invoice.create": "high", "stripe.invoice.finalize": "high",
 	"stripe.invoice.pay": "high", "stripe.payment_link.create": "high", "stripe.payment_link.update": "high",
 	"stripe.read": "read",
 }

@@ -283,7 +283,7 @@ async fn the_decision_row_exists_when_the_upstream_receives_the_request() {
 #[tokio::test]
 async fn stripe_basic_auth_agent_key_and_form_body_are_forwarded_with_the_real_key() {
     let w = world().await;
-    let body = "amount=1999&currency=usd&metadata[order]=42";
+    let body = "amount=1999&currency=usd&auto_advance=false&metadata[order]=42";
     let response = w
         .http
         .post(w.gate.url("/stripe/v1/invoices"))
