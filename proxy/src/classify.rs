@@ -1363,7 +1363,7 @@ mod tests {
                 Risk::Irreversible,
             ),
             ("stripe", "POST", "/v1/payment_intents", Risk::High),
-            ("stripe", "POST", "/v1/invoices", Risk::Write),
+            ("stripe", "POST", "/v1/invoices", Risk::High),
             ("stripe", "GET", "/v1/invoices", Risk::Read),
         ];
         for (provider, method, path, risk) in cases {
