@@ -1429,7 +1429,10 @@ fn bounded_query(q: String) -> String {
         return q;
     }
     use sha2::{Digest, Sha256};
-    let cut = (0..=512).rev().find(|i| q.is_char_boundary(*i)).unwrap_or(0);
+    let cut = (0..=512)
+        .rev()
+        .find(|i| q.is_char_boundary(*i))
+        .unwrap_or(0);
     format!(
         "{}…[{} bytes, sha256:{}]",
         &q[..cut],

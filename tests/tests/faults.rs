@@ -418,3 +418,91 @@ async fn slow_heads_and_bodies_are_cut_off_while_others_are_served() {
     assert_eq!(recorded, 20);
     assert_eq!(upstream.request_count(), 5);
 }
+
+/// The provider's side: the connection breaks after the request reached it, it answers too late, or it
+/// answers 5xx. The request may have been acted on in each case, so the money stays reserved and flagged
+/// (for an operator to settle), and the decision has exactly one outcome that says what happened.
+#[tokio::test]
+async fn an_upstream_that_breaks_after_the_request_leaves_the_money_flagged() {
+    use tollgate_tests::faultrelay::{FaultRelay, Target};
+    let db = TestDatabase::create().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    let upstream = Upstream::builder()
+        .json_body(json!({"id": "pi_1"}))
+        .start()
+        .await
+        .unwrap();
+    let upstream_addr: std::net::SocketAddr = upstream
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let relay = FaultRelay::start(Target::Tcp(upstream_addr)).await.unwrap();
+    let policy = policy_dir_with(HOLD_POLICY).unwrap();
+    let tg = Tollgate::builder(db.url(), &format!("http://{}", relay.addr()))
+        .policy_dir(policy.path())
+        .start()
+        .await
+        .unwrap();
+    let key = tg.create_agent("buyer", &[]).await.unwrap();
+    let http = reqwest::Client::new();
+    let pay = |cents: i64| {
+        http.post(tg.url("/stripe/v1/payment_intents"))
+            .basic_auth(&key, Some(""))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("amount={cents}&currency=usd"))
+            .send()
+    };
+    assert_eq!(pay(100).await.unwrap().status(), 200);
+    // The request reaches the provider, which acts on it; its answer is lost with the connection.
+    relay.swallow_reply_after(b"amount=2300");
+    let broken = pay(2300).await.unwrap();
+    assert_eq!(relay.swallowed(), 1);
+    assert_eq!(broken.status(), 502);
+    assert_eq!(
+        broken
+            .headers()
+            .get("x-should-retry")
+            .map(|v| v.to_str().unwrap()),
+        Some("false"),
+        "SDKs must not retry what may have been done"
+    );
+    assert_eq!(upstream.request_count(), 2, "the provider did receive it");
+    eventually("both outcome rows", || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM decision_outcomes")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                == 2
+        }
+    })
+    .await;
+    let row = sqlx::query(
+        "SELECT r.state, r.flagged, o.error, (SELECT count(*) FROM decision_outcomes x WHERE x.decision_id = r.decision_id)
+         FROM spend_reservations r JOIN decision_outcomes o ON o.decision_id = r.decision_id WHERE r.cents = 2300",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let (state, flagged, error, outcomes): (String, bool, Option<String>, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!((state.as_str(), flagged, outcomes), ("reserved", true, 1));
+    assert_eq!(error.as_deref(), Some("io"));
+    // Spend counts it until an operator settles it.
+    let window: (i64, i64) = sqlx::query(
+        "SELECT committed_cents, reserved_cents FROM spend_windows WHERE budget = 'agent-provider-month'",
+    )
+    .fetch_one(&pool)
+    .await
+    .map(|r| (r.get(0), r.get(1)))
+    .unwrap();
+    assert_eq!(window, (100, 2300));
+    // Every request the provider received has exactly one allow decision.
+    let allows: i64 = sqlx::query_scalar("SELECT count(*) FROM decisions WHERE outcome = 'allow'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(allows, 2);
+}
