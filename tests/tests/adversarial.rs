@@ -97,6 +97,12 @@ impl Gate {
         answer(request.send().await.expect("request")).await
     }
 
+    /// A $20 Stripe payment from `key` through replica `replica`, with extra headers.
+    async fn pay(&self, replica: usize, key: &str, headers: &[(&str, &str)]) -> Answer {
+        self.stripe(replica, key, "/v1/payment_intents", PAY_20, headers)
+            .await
+    }
+
     async fn cloudflare(
         &self,
         key: &str,
@@ -693,9 +699,7 @@ async fn an_agent_acts_only_on_its_connected_accounts() {
         .await;
     for (key, account) in [(&plain, "acct_mine"), (&scoped, "acct_theirs")] {
         for header in ["stripe-account", "stripe-context"] {
-            let r = g
-                .stripe(0, key, "/v1/payment_intents", PAY_20, &[(header, account)])
-                .await;
+            let r = g.pay(0, key, &[(header, account)]).await;
             assert_eq!(
                 (r.status, r.rule()),
                 (403, "placement.stripe_account"),
@@ -705,19 +709,9 @@ async fn an_agent_acts_only_on_its_connected_accounts() {
         }
     }
     assert_eq!(g.upstream.request_count(), 0);
-    let r = g
-        .stripe(
-            0,
-            &scoped,
-            "/v1/payment_intents",
-            PAY_20,
-            &[("stripe-account", "acct_mine")],
-        )
-        .await;
+    let r = g.pay(0, &scoped, &[("stripe-account", "acct_mine")]).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = g
-        .stripe(0, &plain, "/v1/payment_intents", PAY_20, &[])
-        .await;
+    let r = g.pay(0, &plain, &[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(g.upstream.request_count(), 2);
 }
@@ -1183,15 +1177,7 @@ async fn a_repeat_is_free_only_once_the_first_request_has_committed() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let during = g
-        .stripe(
-            1,
-            &key,
-            "/v1/payment_intents",
-            PAY_20,
-            &[("idempotency-key", "order-9")],
-        )
-        .await;
+    let during = g.pay(1, &key, &[("idempotency-key", "order-9")]).await;
     assert_eq!(
         (during.status, during.code()),
         (409, "idempotency_key_in_use"),
@@ -1199,15 +1185,7 @@ async fn a_repeat_is_free_only_once_the_first_request_has_committed() {
         during.body
     );
     assert_eq!(first.await.unwrap(), 200);
-    let after = g
-        .stripe(
-            1,
-            &key,
-            "/v1/payment_intents",
-            PAY_20,
-            &[("idempotency-key", "order-9")],
-        )
-        .await;
+    let after = g.pay(1, &key, &[("idempotency-key", "order-9")]).await;
     assert_eq!(after.status, 200, "{}", after.body);
     assert_eq!(after.headers["idempotent-replayed"], "true");
     assert_eq!(g.spent("payer", "stripe").await, (2000, 0));
@@ -1224,15 +1202,7 @@ async fn a_repeat_is_free_only_once_the_first_request_has_committed() {
     let g = gate(1, failing, |b| b).await;
     let key = g.agent("payer", &["--scope", "billing:spend"]).await;
     for _ in 0..2 {
-        let r = g
-            .stripe(
-                0,
-                &key,
-                "/v1/payment_intents",
-                PAY_20,
-                &[("idempotency-key", "order-10")],
-            )
-            .await;
+        let r = g.pay(0, &key, &[("idempotency-key", "order-10")]).await;
         assert_eq!(r.status, 500, "{}", r.body);
     }
     assert_eq!(
@@ -1249,15 +1219,7 @@ async fn headers_and_bodies_the_provider_may_read_another_way_are_refused() {
     let upstream = Upstream::builder().start().await.unwrap();
     let g = gate(1, upstream, |b| b).await;
     let key = g.agent("payer", &["--scope", "billing:spend"]).await;
-    let r = g
-        .stripe(
-            0,
-            &key,
-            "/v1/payment_intents",
-            PAY_20,
-            &[("stripe_account", "acct_evil")],
-        )
-        .await;
+    let r = g.pay(0, &key, &[("stripe_account", "acct_evil")]).await;
     assert_eq!(
         (r.status, r.code()),
         (400, "request_malformed"),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sqlx::Row;
 use tokio::io::AsyncWriteExt as _;
-use tollgate_tests::tollgate::{ADMIN_TOKEN, Tollgate, policy_dir_with};
+use tollgate_tests::tollgate::{ADMIN_TOKEN, Tollgate, TollgateBuilder, policy_dir_with};
 use tollgate_tests::{TestDatabase, Upstream};
 
 /// Payments above $50 are held for a reviewer for up to 20 s; others are allowed and charged.
@@ -23,6 +23,20 @@ decision := {"outcome": "approve", "hold_seconds": 20, "reasons": [{"rule": "spe
 	amount >= 0
 } else := {"outcome": "allow", "reasons": []}
 "#;
+
+/// tollgate with [`HOLD_POLICY`] on `database_url`, forwarding to `upstream_url` (`configure` adds config
+/// lines), and the key of its agent `buyer`. Keep the policy directory alive as long as tollgate.
+async fn hold_gate(
+    database_url: &str,
+    upstream_url: &str,
+    configure: fn(TollgateBuilder) -> TollgateBuilder,
+) -> (Tollgate, tempfile::TempDir, String) {
+    let policy = policy_dir_with(HOLD_POLICY).unwrap();
+    let builder = Tollgate::builder(database_url, upstream_url).policy_dir(policy.path());
+    let tg = configure(builder).start().await.unwrap();
+    let key = tg.create_agent("buyer", &[]).await.unwrap();
+    (tg, policy, key)
+}
 
 /// Sends a Stripe payment on a raw connection and closes it after `after`, without reading the answer.
 async fn send_and_hang_up(addr: &str, key: &str, amount: i64, after: Duration) {
@@ -65,13 +79,7 @@ async fn an_agent_that_hangs_up_during_the_forward_is_still_recorded_and_charged
         .start()
         .await
         .unwrap();
-    let policy = policy_dir_with(HOLD_POLICY).unwrap();
-    let tg = Tollgate::builder(db.url(), &upstream.url())
-        .policy_dir(policy.path())
-        .start()
-        .await
-        .unwrap();
-    let key = tg.create_agent("buyer", &[]).await.unwrap();
+    let (tg, _policy, key) = hold_gate(db.url(), &upstream.url(), |b| b).await;
     send_and_hang_up(tg.proxy_addr(), &key, 2000, Duration::from_millis(300)).await;
     eventually("the outcome row", || {
         let pool = pool.clone();
@@ -120,13 +128,7 @@ async fn an_agent_that_hangs_up_while_held_leaves_a_record_and_a_usable_approval
     let db = TestDatabase::create().await.unwrap();
     let pool = db.pool().await.unwrap();
     let upstream = Upstream::builder().start().await.unwrap();
-    let policy = policy_dir_with(HOLD_POLICY).unwrap();
-    let tg = Tollgate::builder(db.url(), &upstream.url())
-        .policy_dir(policy.path())
-        .start()
-        .await
-        .unwrap();
-    let key = tg.create_agent("buyer", &[]).await.unwrap();
+    let (tg, _policy, key) = hold_gate(db.url(), &upstream.url(), |b| b).await;
     send_and_hang_up(tg.proxy_addr(), &key, 7500, Duration::from_millis(600)).await;
     // The hold ends with the connection, well before its 20 s: the decision is recorded as 'approve'.
     eventually("the held request's record", || {
@@ -193,15 +195,11 @@ async fn a_lost_commit_acknowledgement_neither_loses_the_record_nor_wedges_a_wri
         .await
         .unwrap();
     let upstream = Upstream::builder().start().await.unwrap();
-    let policy = policy_dir_with(HOLD_POLICY).unwrap();
     // One writer, so the batch that loses its acknowledgement and every later one share a chain.
-    let tg = Tollgate::builder(&db.url_via(relay.addr()), &upstream.url())
-        .policy_dir(policy.path())
-        .audit("writers = 1")
-        .start()
-        .await
-        .unwrap();
-    let key = tg.create_agent("buyer", &[]).await.unwrap();
+    let (tg, _policy, key) = hold_gate(&db.url_via(relay.addr()), &upstream.url(), |b| {
+        b.audit("writers = 1")
+    })
+    .await;
     let http = reqwest::Client::new();
     let pay = |run: &'static str| {
         http.post(tg.url("/stripe/v1/payment_intents"))
@@ -278,13 +276,7 @@ async fn tollgate_recovers_from_a_database_outage_without_a_restart() {
         .await
         .unwrap();
     let upstream = Upstream::builder().start().await.unwrap();
-    let policy = policy_dir_with(HOLD_POLICY).unwrap();
-    let tg = Tollgate::builder(&db.url_via(relay.addr()), &upstream.url())
-        .policy_dir(policy.path())
-        .start()
-        .await
-        .unwrap();
-    let key = tg.create_agent("buyer", &[]).await.unwrap();
+    let (tg, _policy, key) = hold_gate(&db.url_via(relay.addr()), &upstream.url(), |b| b).await;
     let http = reqwest::Client::new();
     let pay = || {
         http.post(tg.url("/stripe/v1/payment_intents"))
@@ -349,15 +341,11 @@ async fn slow_heads_and_bodies_are_cut_off_while_others_are_served() {
     let db = TestDatabase::create().await.unwrap();
     let pool = db.pool().await.unwrap();
     let upstream = Upstream::builder().start().await.unwrap();
-    let policy = policy_dir_with(HOLD_POLICY).unwrap();
-    let tg = Tollgate::builder(db.url(), &upstream.url())
-        .policy_dir(policy.path())
-        .server("header_timeout_ms = 700")
-        .server("body_timeout_ms = 1200")
-        .start()
-        .await
-        .unwrap();
-    let key = tg.create_agent("buyer", &[]).await.unwrap();
+    let (tg, _policy, key) = hold_gate(db.url(), &upstream.url(), |b| {
+        b.server("header_timeout_ms = 700")
+            .server("body_timeout_ms = 1200")
+    })
+    .await;
     let addr = tg.proxy_addr().to_string();
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
@@ -438,13 +426,7 @@ async fn an_upstream_that_breaks_after_the_request_leaves_the_money_flagged() {
         .parse()
         .unwrap();
     let relay = FaultRelay::start(Target::Tcp(upstream_addr)).await.unwrap();
-    let policy = policy_dir_with(HOLD_POLICY).unwrap();
-    let tg = Tollgate::builder(db.url(), &format!("http://{}", relay.addr()))
-        .policy_dir(policy.path())
-        .start()
-        .await
-        .unwrap();
-    let key = tg.create_agent("buyer", &[]).await.unwrap();
+    let (tg, _policy, key) = hold_gate(db.url(), &format!("http://{}", relay.addr()), |b| b).await;
     let http = reqwest::Client::new();
     let pay = |cents: i64| {
         http.post(tg.url("/stripe/v1/payment_intents"))
