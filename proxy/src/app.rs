@@ -236,6 +236,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         frozen: frozen.clone(),
         ledger: Ledger::new(store.clone()),
         approvals: approvals.clone(),
+        in_flight: Default::default(),
     });
     let draining = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(Admin {

@@ -31,6 +31,9 @@ pub const DEFAULT_MAX_CONCURRENCY: usize = 4096;
 /// from the previous response (so it is also the idle keep-alive timeout). Real clients send a head in
 /// one write; a client that trickles one holds a connection and a file descriptor for nothing.
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// How many requests one agent may have in tollgate at once. One agent cannot then take the concurrency
+/// that others need, nor buffer more than this many bodies (32 × the 10 MiB body limit at most).
+pub const DEFAULT_MAX_REQUESTS_PER_AGENT: usize = 32;
 /// How long an agent may take to send a request's body once tollgate starts reading it: 10 MiB at 1 Mbit/s
 /// takes ~84 s, so the default leaves room for the largest body on a slow link while bounding a trickle.
 pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 90_000;
@@ -86,6 +89,7 @@ pub struct RawServer {
     pub upstream_timeout_ms: Option<u64>,
     pub max_concurrency: Option<usize>,
     pub header_timeout_ms: Option<u64>,
+    pub max_requests_per_agent: Option<usize>,
     pub body_timeout_ms: Option<u64>,
     pub identity_refresh_ms: Option<u64>,
     pub shutdown_drain_ms: Option<u64>,
@@ -163,6 +167,8 @@ pub struct ServerConfig {
     pub body_limit_bytes: u64,
     pub upstream_timeout: Duration,
     pub max_concurrency: usize,
+    /// Requests one agent may have in flight at once.
+    pub max_requests_per_agent: usize,
     /// Request head (and keep-alive idle) timeout on agent connections.
     pub header_timeout: Duration,
     /// Request body timeout, from when the handler starts reading it.
@@ -350,6 +356,13 @@ impl Config {
             .unwrap_or(DEFAULT_MAX_CONCURRENCY);
         if max_concurrency == 0 {
             errors.push("server.max_concurrency must be positive".to_string());
+        }
+        let max_requests_per_agent = raw
+            .server
+            .max_requests_per_agent
+            .unwrap_or(DEFAULT_MAX_REQUESTS_PER_AGENT);
+        if max_requests_per_agent == 0 {
+            errors.push("server.max_requests_per_agent must be positive".to_string());
         }
         let header_timeout_ms = raw
             .server
@@ -549,6 +562,7 @@ impl Config {
                 body_limit_bytes,
                 upstream_timeout: Duration::from_millis(upstream_timeout_ms),
                 max_concurrency,
+                max_requests_per_agent,
                 header_timeout: Duration::from_millis(header_timeout_ms),
                 body_timeout: Duration::from_millis(body_timeout_ms),
                 identity_refresh: Duration::from_millis(identity_refresh_ms),

@@ -74,6 +74,46 @@ pub struct Gate {
     pub frozen: Arc<AtomicBool>,
     pub ledger: Ledger,
     pub approvals: Approvals,
+    /// Requests in flight per agent (see [`AgentSlot`]).
+    pub in_flight: InFlight,
+}
+
+/// How many requests each agent has in tollgate right now.
+#[derive(Default)]
+pub struct InFlight(std::sync::Mutex<std::collections::HashMap<Uuid, usize>>);
+
+/// One of an agent's in-flight requests; given back when dropped (however the request ends).
+struct AgentSlot<'g> {
+    in_flight: &'g InFlight,
+    agent: Uuid,
+}
+
+impl InFlight {
+    /// A slot for one more request of `agent`, unless it already has `limit` in flight.
+    fn take(&self, agent: Uuid, limit: usize) -> Option<AgentSlot<'_>> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(agent).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(AgentSlot {
+            in_flight: self,
+            agent,
+        })
+    }
+}
+
+impl Drop for AgentSlot<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.in_flight.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.agent) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.agent);
+            }
+        }
+    }
 }
 
 /// What is known about a request so far; becomes its decision record.
@@ -149,6 +189,8 @@ type Answer = tokio::sync::oneshot::Sender<Response<Body>>;
 /// What the intake phase established: who is calling, what the call is, and its judged view.
 struct Intake<'g> {
     provider: &'g ProviderConfig,
+    /// Held until the request is answered.
+    _slot: AgentSlot<'g>,
     agent: Arc<Agent>,
     /// The policy snapshot whose catalog classified the request; its bundle judges it.
     live: Arc<Live>,
@@ -318,6 +360,16 @@ impl Gate {
             }
         };
         draft.agent = Some(agent.clone());
+        // One agent's slow or numerous requests cannot hold what every other agent needs.
+        let limit = self.config.server.max_requests_per_agent;
+        let Some(slot) = self.in_flight.take(agent.id, limit) else {
+            return Err(Refusal::new(
+                RefusalCode::Overloaded,
+                format!(
+                    "tollgate: this agent already has {limit} requests in flight; retry when they finish"
+                ),
+            ));
+        };
 
         // classify (the catalog and the bundle that judges come from one snapshot of the live policy)
         let live = self.policy.current();
@@ -369,6 +421,7 @@ impl Gate {
         };
         Ok(Intake {
             provider,
+            _slot: slot,
             agent,
             live,
             action,

@@ -488,3 +488,71 @@ async fn an_upstream_that_breaks_after_the_request_leaves_the_money_flagged() {
         .unwrap();
     assert_eq!(allows, 2);
 }
+
+/// Found by review: one agent key could open any number of slow requests, each buffering up to the body
+/// limit. Each agent now has a bounded number of requests in flight; past it, it is refused (and recorded)
+/// while other agents are served.
+#[tokio::test]
+async fn one_agent_cannot_hold_more_than_its_share() {
+    use tokio::io::AsyncReadExt as _;
+    let db = TestDatabase::create().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    let upstream = Upstream::builder().start().await.unwrap();
+    let (tg, _policy, key) = hold_gate(db.url(), &upstream.url(), |b| {
+        b.server("max_requests_per_agent = 4")
+            .server("body_timeout_ms = 3000")
+    })
+    .await;
+    let other = tg.create_agent("other", &[]).await.unwrap();
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
+    let mut slow = Vec::new();
+    for _ in 0..10 {
+        let mut stream = tokio::net::TcpStream::connect(tg.proxy_addr())
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /stripe/v1/payment_intents HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {auth}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\namount=1"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        slow.push(stream);
+    }
+    // Six of the ten are refused at once; the other agent is served meanwhile.
+    let r = reqwest::Client::new()
+        .post(tg.url("/stripe/v1/payment_intents"))
+        .basic_auth(&other, Some(""))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("amount=100&currency=usd")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut statuses = Vec::new();
+    for mut stream in slow {
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(6), stream.read_to_end(&mut buf))
+            .await
+            .expect("answered or closed")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf).to_string();
+        statuses.push(text.split_whitespace().nth(1).unwrap_or("-").to_string());
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [
+            "408", "408", "408", "408", "503", "503", "503", "503", "503", "503"
+        ]
+    );
+    let refused: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM decisions WHERE code = 'overloaded' AND agent_name = 'buyer'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        refused, 6,
+        "each refusal of an identified agent is recorded"
+    );
+}
