@@ -48,6 +48,7 @@ const HOP_BY_HOP: &[&str] = &[
 /// Agent-side credentials: tollgate authenticates the agent with them and never passes them on.
 const AGENT_CREDENTIAL_HEADERS: &[&str] = &[
     "authorization",
+    "cookie",
     "x-auth-email",
     "x-auth-key",
     "x-auth-user-service-key",

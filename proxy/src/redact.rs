@@ -146,6 +146,7 @@ impl Redactor {
                     rebuild_object(request, |key, child| match key {
                         "body" => self.walk(child, &self.names, paths.as_slice()),
                         "query" => self.redact_query_map(paths, child),
+                        "headers" => redact_headers(child),
                         _ => detect(child),
                     })
                     .map(Value::Object)
@@ -641,6 +642,39 @@ fn path_problem(segments: &[&str]) -> Option<&'static str> {
     }
 }
 
+/// Words in a header name that mark its value as a credential (`CF-Access-Client-Secret`, `X-Api-Key`,
+/// `X-Session-Token` …): such values are hashed whatever they look like.
+const SECRET_HEADER_WORDS: &[&str] = &[
+    "secret",
+    "token",
+    "key",
+    "password",
+    "passwd",
+    "auth",
+    "cookie",
+    "session",
+    "signature",
+    "credential",
+];
+
+/// The recorded request headers: values of credential-named headers hashed (`Idempotency-Key` excepted: it
+/// is an identifier tollgate itself derives), every other value through the detectors.
+fn redact_headers(headers: &Value) -> Option<Value> {
+    let Value::Object(map) = headers else {
+        return detect(headers);
+    };
+    rebuild_object(map, |name, value| {
+        let lower = name.to_ascii_lowercase();
+        let secret = lower != "idempotency-key"
+            && SECRET_HEADER_WORDS.iter().any(|word| lower.contains(word));
+        match value {
+            Value::String(_) if secret => Some(hashed(value)),
+            _ => detect(value),
+        }
+    })
+    .map(Value::Object)
+}
+
 /// Where the detectors match in `text`, in order and not overlapping. Allocates only when something matched.
 fn find_secrets(text: &str) -> Vec<Range<usize>> {
     let bytes = text.as_bytes();
@@ -652,7 +686,10 @@ fn find_secrets(text: &str) -> Vec<Range<usize>> {
             || bytes
                 .get(at - 1)
                 .is_some_and(|b| !b.is_ascii_alphanumeric());
-        if byte.is_ascii_digit() && starts_word {
+        // A card number is found even glued to letters ("4242…x", "pan4242…"): an identifier that happens
+        // to hold a Luhn-valid run is hashed too, which costs nothing but readability.
+        let starts_run = at == 0 || bytes.get(at - 1).is_some_and(|b| !b.is_ascii_digit());
+        if byte.is_ascii_digit() && starts_run {
             at = card_numbers(bytes, at, &mut found);
             continue;
         }
@@ -678,7 +715,14 @@ fn find_secrets(text: &str) -> Vec<Range<usize>> {
 /// longest Luhn-valid 13–19 digits starting at the earliest group, then on from there.
 fn card_numbers(bytes: &[u8], start: usize, found: &mut Vec<Range<usize>>) -> usize {
     let is_digit = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_digit);
-    let is_separator = |i: usize| bytes.get(i).is_some_and(|b| *b == b' ' || *b == b'-');
+    let is_separator =
+        |i: usize| bytes.get(i).is_some_and(|b| matches!(b, b' ' | b'-' | b'.' | b'_' | b'/'));
+    // Up to two separator bytes between digit groups ("4242 4242", "4242  4242", "4242.4242", "4242 - 4242"
+    // is not: three).
+    let separator_len = |i: usize| {
+        let n = (0..2).take_while(|k| is_separator(i + k)).count();
+        (n > 0 && is_digit(i + n)).then_some(n)
+    };
     // First pass, without allocating: the run's end and its digit count. Most runs are short numbers.
     let (mut end, mut digits) = (start, 0);
     loop {
@@ -686,13 +730,12 @@ fn card_numbers(bytes: &[u8], start: usize, found: &mut Vec<Range<usize>>) -> us
             end += 1;
             digits += 1;
         }
-        if is_separator(end) && is_digit(end + 1) {
-            end += 1;
-        } else {
-            break;
+        match separator_len(end) {
+            Some(n) => end += n,
+            None => break,
         }
     }
-    if digits < *CARD_DIGITS.start() || bytes.get(end).is_some_and(u8::is_ascii_alphanumeric) {
+    if digits < *CARD_DIGITS.start() {
         return end;
     }
     // Second pass: the groups, as byte ranges.
@@ -704,7 +747,9 @@ fn card_numbers(bytes: &[u8], start: usize, found: &mut Vec<Range<usize>>) -> us
             at += 1;
         }
         groups.push(group_start..at);
-        at += 1; // the separator
+        while at < end && !is_digit(at) {
+            at += 1; // the separator
+        }
     }
     let mut first = 0;
     while first < groups.len() {

@@ -254,7 +254,10 @@ fn looks_secret_cases() {
         ("6011111111111117", true),      // Discover
         ("4222222222222", true),         // 13 digits
         ("4242424242424242 1", false),   // more than the card number
-        ("4242  4242 4242 4242", false), // a double space ends the run
+        ("4242  4242 4242 4242", true),  // up to two separator bytes between groups
+        ("4000.0566.5566.5556", true),
+        ("4000_0566_5566_5556", true),
+        ("4242   4242 4242 4242", false), // three end the run
         ("424242424242", false),         // 12 digits
         ("42424242424242424242", false), // 20 digits
         ("a4242424242424242", false),
@@ -585,4 +588,18 @@ fn a_bundle_loads_its_secrets_and_refuses_a_broken_list() {
             && error.contains("\"a..b\" has an empty segment"),
         "{error}"
     );
+}
+
+#[test]
+fn card_numbers_glued_to_letters_and_credential_headers_are_caught() {
+    let redactor = Redactor::from_data(None).unwrap();
+    let input = json!({"request": {
+        "body": {"a": "4242424242424242x", "b": "x4242424242424242", "c": "abc4242424242424242def"},
+        "headers": {"cf-access-client-secret": "accesssecret123", "x-api-key": "k1", "user-agent": "sdk/1.0",
+                    "idempotency-key": "tollgate-abc"},
+    }});
+    let stored = redactor.redact_input("stripe", &input).to_string();
+    assert!(!stored.contains("4242424242424242"), "{stored}");
+    assert!(!stored.contains("accesssecret123") && !stored.contains("\"k1\""), "{stored}");
+    assert!(stored.contains("sdk/1.0") && stored.contains("tollgate-abc"), "{stored}");
 }
