@@ -715,8 +715,11 @@ fn find_secrets(text: &str) -> Vec<Range<usize>> {
 /// longest Luhn-valid 13–19 digits starting at the earliest group, then on from there.
 fn card_numbers(bytes: &[u8], start: usize, found: &mut Vec<Range<usize>>) -> usize {
     let is_digit = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_digit);
-    let is_separator =
-        |i: usize| bytes.get(i).is_some_and(|b| matches!(b, b' ' | b'-' | b'.' | b'_' | b'/'));
+    let is_separator = |i: usize| {
+        bytes
+            .get(i)
+            .is_some_and(|b| matches!(b, b' ' | b'-' | b'.' | b'_' | b'/'))
+    };
     // Up to two separator bytes between digit groups ("4242 4242", "4242  4242", "4242.4242", "4242 - 4242"
     // is not: three).
     let separator_len = |i: usize| {

@@ -250,16 +250,16 @@ fn looks_secret_cases() {
         ("4242 4242 4242 4242", true),
         ("4242-4242-4242-4242", true),
         (" 4242424242424242\n", true),
-        ("378282246310005", true),       // American Express, 15 digits
-        ("6011111111111117", true),      // Discover
-        ("4222222222222", true),         // 13 digits
-        ("4242424242424242 1", false),   // more than the card number
-        ("4242  4242 4242 4242", true),  // up to two separator bytes between groups
+        ("378282246310005", true),      // American Express, 15 digits
+        ("6011111111111117", true),     // Discover
+        ("4222222222222", true),        // 13 digits
+        ("4242424242424242 1", false),  // more than the card number
+        ("4242  4242 4242 4242", true), // up to two separator bytes between groups
         ("4000.0566.5566.5556", true),
         ("4000_0566_5566_5556", true),
         ("4242   4242 4242 4242", false), // three end the run
-        ("424242424242", false),         // 12 digits
-        ("42424242424242424242", false), // 20 digits
+        ("424242424242", false),          // 12 digits
+        ("42424242424242424242", false),  // 20 digits
         ("a4242424242424242", false),
         // Key prefixes, followed by enough key characters.
         ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", true),
@@ -600,6 +600,12 @@ fn card_numbers_glued_to_letters_and_credential_headers_are_caught() {
     }});
     let stored = redactor.redact_input("stripe", &input).to_string();
     assert!(!stored.contains("4242424242424242"), "{stored}");
-    assert!(!stored.contains("accesssecret123") && !stored.contains("\"k1\""), "{stored}");
-    assert!(stored.contains("sdk/1.0") && stored.contains("tollgate-abc"), "{stored}");
+    assert!(
+        !stored.contains("accesssecret123") && !stored.contains("\"k1\""),
+        "{stored}"
+    );
+    assert!(
+        stored.contains("sdk/1.0") && stored.contains("tollgate-abc"),
+        "{stored}"
+    );
 }
