@@ -208,9 +208,12 @@ import sys, urllib.parse as u
 p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' "$ADMIN_DATABASE_URL" "$BENCH_DB")
 
 # tollgate's whole configuration comes from the environment (no tollgate.toml in its working directory).
+# The load comes from one agent key over many connections, and the idle-connection measurement holds
+# connections open for longer than the default keep-alive idle timeout: both limits are lifted here.
 mkdir -p "$WORK/tollgate"
 unset TOLLGATE_CONFIG
 export DATABASE_URL="$BENCH_DB_URL" RUST_LOG=warn \
+    TOLLGATE_SERVER__MAX_REQUESTS_PER_AGENT=1000000 TOLLGATE_SERVER__HEADER_TIMEOUT_MS=3600000 \
     TOLLGATE_SERVER__LISTEN="127.0.0.1:$P_TG" TOLLGATE_SERVER__ADMIN_LISTEN="127.0.0.1:$P_ADMIN" \
     TOLLGATE_POLICY__DIR="$ROOT/policies" \
     TOLLGATE_PROVIDERS__CLOUDFLARE__UPSTREAM="http://127.0.0.1:$P_STATIC" \

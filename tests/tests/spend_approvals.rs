@@ -139,7 +139,11 @@ async fn race(c: &Cluster, key: &str, n: usize) -> (usize, usize) {
 
 #[tokio::test]
 async fn forty_concurrent_ten_dollar_charges_against_a_hundred_dollar_cap_pass_exactly_ten() {
-    let c = cluster(1, Upstream::builder().start().await.unwrap(), |b| b).await;
+    // One agent fires all forty at once: above its default share of in-flight requests.
+    let c = cluster(1, Upstream::builder().start().await.unwrap(), |b| {
+        b.server("max_requests_per_agent = 100")
+    })
+    .await;
     let key = c.replicas[0].create_agent("buyer", &[]).await.unwrap();
     let (ok, exceeded) = race(&c, &key, 40).await;
     assert_eq!((ok, exceeded), (10, 30));
@@ -161,7 +165,10 @@ async fn forty_concurrent_ten_dollar_charges_against_a_hundred_dollar_cap_pass_e
 
 #[tokio::test]
 async fn the_same_race_split_across_two_replicas_gives_the_same_result() {
-    let c = cluster(2, Upstream::builder().start().await.unwrap(), |b| b).await;
+    let c = cluster(2, Upstream::builder().start().await.unwrap(), |b| {
+        b.server("max_requests_per_agent = 100")
+    })
+    .await;
     let key = c.replicas[0].create_agent("buyer", &[]).await.unwrap();
     let (ok, exceeded) = race(&c, &key, 40).await;
     assert_eq!((ok, exceeded), (10, 30));
