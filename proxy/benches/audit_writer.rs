@@ -152,7 +152,13 @@ async fn measure(url: &SecretString) -> anyhow::Result<()> {
 
     // Group commit through the real writer.
     let metrics = Arc::new(Metrics::new());
-    let (audit, writers) = AuditWriter::start(store.clone(), WRITERS, 1024, metrics.clone());
+    let (audit, writers) = AuditWriter::start(
+        store.clone(),
+        WRITERS,
+        1024,
+        tollgate::audit::Checkpoints::default(),
+        metrics.clone(),
+    );
     let started = Instant::now();
     let concurrency = std::env::var("TOLLGATE_BENCH_CONCURRENCY")
         .ok()

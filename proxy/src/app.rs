@@ -219,6 +219,15 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         store.clone(),
         config.audit.writers,
         config.audit.max_batch,
+        crate::audit::Checkpoints {
+            every: config.audit.checkpoint_interval,
+            anchors: config
+                .audit
+                .anchor_file
+                .clone()
+                .map(crate::audit::Anchors::file)
+                .unwrap_or_default(),
+        },
         metrics.clone(),
     );
     let forwarder = Arc::new(Forwarder::new(&config).map_err(anyhow::Error::msg)?);

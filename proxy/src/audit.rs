@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
-use crate::store::{DecisionRow, DecisionSink, OutcomeRow, Store, StoreError};
+use crate::store::{CheckpointRow, DecisionRow, DecisionSink, OutcomeRow, Store, StoreError};
 
 /// The longest string a stored policy input keeps verbatim; a longer one keeps its first
 /// [`STORED_STRING_PREFIX`] characters, its length and its SHA-256.
@@ -103,6 +103,82 @@ pub fn bounded_input(input: std::borrow::Cow<'_, Value>) -> String {
         );
     }
     owned.to_string()
+}
+
+/// How the decision writers anchor their chains.
+#[derive(Clone)]
+pub struct Checkpoints {
+    /// How often a writer whose chain grew writes a checkpoint.
+    pub every: Duration,
+    pub anchors: Anchors,
+}
+
+impl Default for Checkpoints {
+    fn default() -> Self {
+        Checkpoints {
+            every: DEFAULT_CHECKPOINT_EVERY,
+            anchors: Anchors::default(),
+        }
+    }
+}
+
+/// The default of `audit.checkpoint_interval_seconds`.
+pub const DEFAULT_CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
+
+/// The external anchor: a file outside the database to which every checkpoint is appended as one JSON line
+/// (synced to disk), so that an administrator who can rewrite the tables still cannot rewrite where the
+/// chains stood. Several writers (and replicas, on a shared volume) append to one file; each line is written
+/// in one `write` call to a file opened for appending.
+#[derive(Clone, Default)]
+pub struct Anchors {
+    file: Option<Arc<std::path::PathBuf>>,
+}
+
+impl Anchors {
+    pub fn file(path: std::path::PathBuf) -> Anchors {
+        Anchors {
+            file: Some(Arc::new(path)),
+        }
+    }
+
+    pub fn is_configured(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Appends one checkpoint line and syncs it.
+    pub async fn append(&self, checkpoint: &CheckpointRow) -> std::io::Result<()> {
+        let Some(path) = self.file.clone() else {
+            return Ok(());
+        };
+        let mut line = serde_json::to_vec(checkpoint).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path.as_path())?;
+            file.write_all(&line)?;
+            file.sync_data()
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    /// Every checkpoint in an anchor file. A line that does not parse is an error naming its number: an
+    /// anchor that cannot be read proves nothing.
+    pub fn read(path: &std::path::Path) -> Result<Vec<CheckpointRow>, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the anchor file {}: {e}", path.display()))?;
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(i, line)| {
+                serde_json::from_str(line)
+                    .map_err(|e| format!("anchor file {} line {}: {e}", path.display(), i + 1))
+            })
+            .collect()
+    }
 }
 
 /// Room for bursts well beyond one batch; past it, `record` waits (back-pressure, not loss).
@@ -208,6 +284,7 @@ impl AuditWriter {
         store: Store,
         writers: usize,
         max_batch: usize,
+        checkpoints: Checkpoints,
         metrics: Arc<Metrics>,
     ) -> (AuditWriter, tokio::task::JoinHandle<()>) {
         let (decisions, rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -224,6 +301,10 @@ impl AuditWriter {
                 max_batch,
                 metrics: metrics.clone(),
                 ready: ready.clone(),
+                store: store.clone(),
+                checkpoints: checkpoints.clone(),
+                checkpointed: None,
+                next_checkpoint: tokio::time::Instant::now() + checkpoints.every,
             };
             writer.set_ready(true);
             tasks.spawn(writer.run(rx.clone()));
@@ -304,12 +385,24 @@ struct Writer {
     max_batch: usize,
     metrics: Arc<Metrics>,
     ready: WritersReady,
+    store: Store,
+    checkpoints: Checkpoints,
+    /// The seq of the last checkpoint the store accepted.
+    checkpointed: Option<i64>,
+    next_checkpoint: tokio::time::Instant,
 }
 
 impl Writer {
     async fn run(mut self, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<DecisionJob>>>) {
         let mut jobs = Vec::with_capacity(self.max_batch);
+        self.checkpoint("start").await;
         loop {
+            if tokio::time::Instant::now() >= self.next_checkpoint {
+                self.next_checkpoint = tokio::time::Instant::now() + self.checkpoints.every;
+                if !self.lost && self.checkpointed != Some(self.seq) {
+                    self.checkpoint("periodic").await;
+                }
+            }
             // A writer that lost track of its chain finds it again before it takes any record, retrying
             // while the store is unreachable; the other writers go on meanwhile.
             if self.lost && !self.recover().await {
@@ -324,7 +417,13 @@ impl Writer {
                 })
                 .await;
                 match received {
-                    Ok(0) => return,
+                    Ok(0) => {
+                        // Shutting down: one more try to learn the head, so the chain still closes.
+                        if self.recover().await {
+                            self.checkpoint("shutdown").await;
+                        }
+                        return;
+                    }
                     Ok(_) => {
                         self.metrics.audit_queue_depth.sub(jobs.len() as i64);
                         self.metrics.audit_errors_total.inc();
@@ -339,12 +438,19 @@ impl Writer {
             // The idle writer holds the queue; `recv_many` takes whatever is queued (up to the batch size)
             // after waiting for the first job, then the queue passes to the next idle writer. Under load
             // batches grow by themselves while the other writers' transactions are committing.
-            let received = queue
-                .lock()
-                .await
-                .recv_many(&mut jobs, self.max_batch)
-                .await;
+            let received = tokio::time::timeout_at(self.next_checkpoint, async {
+                queue
+                    .lock()
+                    .await
+                    .recv_many(&mut jobs, self.max_batch)
+                    .await
+            })
+            .await;
+            let Ok(received) = received else {
+                continue; // a checkpoint is due
+            };
             if received == 0 {
+                self.checkpoint("shutdown").await;
                 self.set_ready(false);
                 return;
             }
@@ -373,6 +479,46 @@ impl Writer {
             Err(e) => {
                 tracing::debug!(writer = %self.writer_id, error = %e, "chain head not readable yet");
                 false
+            }
+        }
+    }
+
+    /// Records where the chain stands: in the store's append-only checkpoint table and, when configured, in
+    /// the anchor file. A failure is logged and counted; the next checkpoint tries again.
+    async fn checkpoint(&mut self, kind: &str) {
+        let checkpoint = CheckpointRow {
+            writer_id: self.writer_id,
+            seq: self.seq,
+            hash: self.head.clone(),
+            kind: kind.to_string(),
+            at: Utc::now().trunc_subsecs(6),
+            note: None,
+        };
+        if self.checkpoints.anchors.is_configured() {
+            let result = self.checkpoints.anchors.append(&checkpoint).await;
+            let label = if result.is_ok() { "ok" } else { "error" };
+            self.metrics
+                .audit_checkpoints_total
+                .with_label_values(&["anchor", label])
+                .inc();
+            if let Err(e) = result {
+                tracing::error!(error = %e, writer = %self.writer_id, "chain checkpoint not written to the anchor file");
+            }
+        }
+        match self.store.insert_checkpoint(&checkpoint).await {
+            Ok(()) => {
+                self.checkpointed = Some(checkpoint.seq);
+                self.metrics
+                    .audit_checkpoints_total
+                    .with_label_values(&["store", "ok"])
+                    .inc();
+            }
+            Err(e) => {
+                self.metrics
+                    .audit_checkpoints_total
+                    .with_label_values(&["store", "error"])
+                    .inc();
+                tracing::error!(error = %e, writer = %self.writer_id, kind, "chain checkpoint not written to the store");
             }
         }
     }
@@ -563,52 +709,239 @@ pub fn chain_hash(prev_hash: &str, content: &[u8; 32]) -> String {
     hex::encode(h.finalize())
 }
 
+/// What `audit verify` found for one writer's chain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChainStatus {
+    /// Every link holds and the chain ends at its writer's shutdown checkpoint.
+    Closed,
+    /// Every link holds, but no shutdown checkpoint closes the chain: its writer is running, or stopped
+    /// without shutting down (killed, crashed), or records after its last checkpoint were deleted.
+    Open,
+    /// A link, a checkpoint or an anchor does not hold.
+    Broken,
+}
+
 /// What `audit verify` found for one writer.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ChainReport {
     pub writer_id: Uuid,
+    pub status: ChainStatus,
     pub records: usize,
-    /// The first broken link, if any: (seq, what is wrong).
-    pub broken: Option<(i64, String)>,
+    pub first_seq: Option<i64>,
+    pub last_seq: Option<i64>,
+    /// The chain's start was cut by `audit prune` up to this seq.
+    pub pruned_through: Option<i64>,
+    /// The last checkpoint the store holds for this writer.
+    pub last_checkpoint: Option<CheckpointRow>,
+    /// Every problem found, the first broken link first.
+    pub problems: Vec<String>,
+    /// What a reader should know that is not a problem: prunes, an open chain's unanchored records.
+    pub notes: Vec<String>,
 }
 
-/// Re-computes every writer's chain from the stored rows.
-pub async fn verify(store: &Store) -> Result<Vec<ChainReport>, StoreError> {
-    let mut reports = Vec::new();
-    for writer_id in store.writers().await? {
-        let rows = store.writer_chain(writer_id).await?;
-        let mut broken = None;
-        let mut prev = GENESIS_HASH.to_string();
-        for (i, row) in rows.iter().enumerate() {
-            let expected_seq = i as i64 + 1;
-            let problem = if row.seq != expected_seq {
-                Some(format!(
-                    "expected seq {expected_seq}, found {} (a record is missing)",
-                    row.seq
-                ))
-            } else if row.prev_hash != prev {
-                Some("prev_hash does not match the previous record's hash".to_string())
-            } else if chain_hash(&row.prev_hash, &content_hash(row)) != row.hash {
-                Some(
-                    "hash does not match the record's contents (the record was altered)"
-                        .to_string(),
-                )
-            } else {
-                None
-            };
-            if let Some(p) = problem {
-                broken = Some((row.seq, p));
-                break;
-            }
-            prev = row.hash.clone();
+/// Re-computes every writer's chain from the stored rows and holds it against the store's checkpoints and,
+/// when given, the external anchors. Finds altered and missing records (a gap in seq or a broken link), a
+/// deleted tail (a checkpoint or anchor beyond the last record), a dropped chain (checkpoints or anchors
+/// with no record left), a rewritten chain (a checkpoint whose hash is not the record's), and a chain that
+/// ends without its writer's shutdown checkpoint.
+pub async fn verify(
+    store: &Store,
+    anchors: Option<&[CheckpointRow]>,
+) -> Result<Vec<ChainReport>, StoreError> {
+    let checkpoints = store.checkpoints().await?;
+    let mut writers = store.writers().await?;
+    for anchor in anchors.unwrap_or_default() {
+        if !writers.contains(&anchor.writer_id) {
+            writers.push(anchor.writer_id);
         }
-        reports.push(ChainReport {
+    }
+    writers.sort();
+    let mut reports = Vec::with_capacity(writers.len());
+    for writer_id in writers {
+        let rows = store.writer_chain(writer_id).await?;
+        let own: Vec<&CheckpointRow> = checkpoints
+            .iter()
+            .filter(|c| c.writer_id == writer_id)
+            .collect();
+        let anchored: Vec<&CheckpointRow> = anchors
+            .unwrap_or_default()
+            .iter()
+            .filter(|c| c.writer_id == writer_id)
+            .collect();
+        reports.push(verify_chain(
             writer_id,
-            records: rows.len(),
-            broken,
-        });
+            &rows,
+            &own,
+            anchors.map(|_| anchored),
+        ));
     }
     Ok(reports)
+}
+
+fn verify_chain(
+    writer_id: Uuid,
+    rows: &[DecisionRow],
+    checkpoints: &[&CheckpointRow],
+    anchors: Option<Vec<&CheckpointRow>>,
+) -> ChainReport {
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    let prune = checkpoints
+        .iter()
+        .filter(|c| c.kind == "prune")
+        .max_by_key(|c| c.seq);
+    // A pruned chain goes on from the prune checkpoint's head; one whose rows are all still there (the
+    // prune removed nothing yet) is checked from genesis.
+    let (mut expected_seq, mut prev) = match (prune, rows.first()) {
+        (Some(p), first) if first.is_none_or(|r| r.seq > p.seq) => (p.seq + 1, p.hash.clone()),
+        _ => (1, GENESIS_HASH.to_string()),
+    };
+    if let Some(p) = prune {
+        notes.push(format!(
+            "records through seq {} were pruned at {}{}",
+            p.seq,
+            p.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            p.note
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        ));
+    }
+    for row in rows {
+        let problem = if row.seq != expected_seq {
+            Some(format!(
+                "expected seq {expected_seq}, found {}: records {expected_seq}..{} are missing",
+                row.seq,
+                row.seq - 1
+            ))
+        } else if row.prev_hash != prev {
+            Some(format!(
+                "seq {}: prev_hash does not match the previous record's hash",
+                row.seq
+            ))
+        } else if chain_hash(&row.prev_hash, &content_hash(row)) != row.hash {
+            Some(format!(
+                "seq {}: hash does not match the record's contents (the record was altered)",
+                row.seq
+            ))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            problems.push(p);
+            break;
+        }
+        prev = row.hash.clone();
+        expected_seq += 1;
+    }
+
+    let last_seq = rows.last().map(|r| r.seq);
+    let end = last_seq.or(prune.map(|p| p.seq)).unwrap_or(0);
+    let hash_at = |seq: i64| -> Option<&str> {
+        rows.binary_search_by_key(&seq, |r| r.seq)
+            .ok()
+            .map(|i| rows[i].hash.as_str())
+    };
+    let mut check = |source: &str, c: &CheckpointRow| {
+        let when = c.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        if c.seq == 0 {
+            if c.hash != GENESIS_HASH {
+                problems.push(format!(
+                    "the {source} {} checkpoint at {when} has seq 0 but not the genesis hash",
+                    c.kind
+                ));
+            }
+        } else if let Some(hash) = hash_at(c.seq) {
+            if hash != c.hash {
+                problems.push(format!(
+                    "the {source} {} checkpoint at {when} does not match record seq {}: the chain was rewritten",
+                    c.kind, c.seq
+                ));
+            }
+        } else if c.seq > end {
+            problems.push(if rows.is_empty() && prune.is_none() {
+                format!(
+                    "dropped chain: the {source} {} checkpoint at {when} shows seq {}, and no record of this writer remains",
+                    c.kind, c.seq
+                )
+            } else {
+                format!(
+                    "missing tail: the {source} {} checkpoint at {when} shows seq {}, the records end at seq {end}",
+                    c.kind, c.seq
+                )
+            });
+        } else if c.kind == "prune" || prune.is_some_and(|p| c.seq <= p.seq) {
+            // Pruned away: nothing left to hold it against.
+        } else if !problems.iter().any(|p| p.contains("are missing")) {
+            problems.push(format!(
+                "the {source} {} checkpoint at {when} shows seq {}, which is not in the chain",
+                c.kind, c.seq
+            ));
+        }
+    };
+    for c in checkpoints {
+        check("stored", c);
+    }
+    if let Some(anchors) = &anchors {
+        for c in anchors {
+            check("anchored", c);
+        }
+        for p in checkpoints.iter().filter(|c| c.kind == "prune") {
+            if !anchors.iter().any(|a| a == p) {
+                problems.push(format!(
+                    "the prune through seq {} at {} is not in the anchor file (pruned without it, or forged)",
+                    p.seq,
+                    p.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ));
+            }
+        }
+    }
+    if let Some(shutdown) = checkpoints
+        .iter()
+        .find(|c| c.kind == "shutdown" && c.seq < end)
+    {
+        problems.push(format!(
+            "records after the writer's shutdown checkpoint at seq {}",
+            shutdown.seq
+        ));
+    }
+
+    let last_checkpoint = checkpoints.last().map(|c| (*c).clone());
+    let closed = last_checkpoint
+        .as_ref()
+        .is_some_and(|c| c.kind == "shutdown" && c.seq == end);
+    let status = if !problems.is_empty() {
+        ChainStatus::Broken
+    } else if closed {
+        ChainStatus::Closed
+    } else {
+        let since = checkpoints
+            .iter()
+            .filter(|c| c.kind != "prune")
+            .map(|c| c.seq)
+            .max();
+        notes.push(match since {
+            Some(seq) => format!(
+                "no shutdown checkpoint: the writer is running, or stopped without shutting down (or its tail was deleted); {} record(s) after its last checkpoint (seq {seq}) are not anchored",
+                end - seq.min(end)
+            ),
+            None => "no checkpoint at all: written before checkpoints existed, or its checkpoints were lost"
+                .to_string(),
+        });
+        ChainStatus::Open
+    };
+    ChainReport {
+        writer_id,
+        status,
+        records: rows.len(),
+        first_seq: rows.first().map(|r| r.seq),
+        last_seq,
+        pruned_through: prune.map(|p| p.seq),
+        last_checkpoint,
+        problems,
+        notes,
+    }
 }
 
 #[cfg(test)]

@@ -204,11 +204,36 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Re-compute every writer's hash chain.
+    /// Re-compute every writer's hash chain and hold it against its checkpoints and anchors.
     Verify {
         #[arg(long)]
         json: bool,
+        /// The external anchor file to hold the chains against (default: `audit.anchor_file`).
+        #[arg(long)]
+        anchors: Option<PathBuf>,
+        /// Also fail on chains that no shutdown checkpoint closes (for a fleet that was shut down).
+        #[arg(long)]
+        strict: bool,
     },
+    /// Delete decision records (and their outcomes) older than a date, leaving a prune checkpoint per chain
+    /// so the rest still verifies.
+    Prune {
+        /// RFC 3339 time or YYYY-MM-DD (midnight UTC); each chain is cut before its first record at or
+        /// after it.
+        #[arg(long)]
+        before: String,
+    },
+}
+
+/// `--before`: an RFC 3339 time, or a date meaning its midnight UTC.
+fn parse_before(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+        anyhow::anyhow!("--before must be an RFC 3339 time or a date (YYYY-MM-DD), not {text:?}")
+    })?;
+    Ok(date.and_time(chrono::NaiveTime::MIN).and_utc())
 }
 
 /// Parses arguments and runs the command.
@@ -439,31 +464,100 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit(AuditCommand::Verify { json }) => {
-            let store = connect(&load_config(&cli)?).await?;
-            let reports = crate::audit::verify(&store).await?;
-            let broken = reports.iter().filter(|r| r.broken.is_some()).count();
+        Command::Audit(AuditCommand::Verify {
+            json,
+            anchors,
+            strict,
+        }) => {
+            let config = load_config(&cli)?;
+            let store = connect(&config).await?;
+            let anchor_path = anchors.clone().or(config.audit.anchor_file.clone());
+            let anchored = match &anchor_path {
+                Some(path) => Some(crate::audit::Anchors::read(path).map_err(anyhow::Error::msg)?),
+                None => None,
+            };
+            let reports = crate::audit::verify(&store, anchored.as_deref()).await?;
+            use crate::audit::ChainStatus;
+            let count = |status: ChainStatus| reports.iter().filter(|r| r.status == status).count();
+            let (broken, open) = (count(ChainStatus::Broken), count(ChainStatus::Open));
             if *json {
                 println!("{}", serde_json::to_string_pretty(&reports)?);
             } else {
                 for r in &reports {
-                    match &r.broken {
-                        None => println!(
-                            "writer {}: {} records, chain intact",
-                            r.writer_id, r.records
-                        ),
-                        Some((seq, why)) => {
-                            println!("writer {}: BROKEN at seq {seq}: {why}", r.writer_id)
-                        }
+                    let span = match (r.first_seq, r.last_seq) {
+                        (Some(a), Some(b)) => format!("seq {a}..{b}"),
+                        _ => "no records".to_string(),
+                    };
+                    let status = match r.status {
+                        ChainStatus::Closed => "intact, closed by its shutdown checkpoint",
+                        ChainStatus::Open => "intact, open",
+                        ChainStatus::Broken => "BROKEN",
+                    };
+                    println!(
+                        "writer {}: {} records ({span}), {status}",
+                        r.writer_id, r.records
+                    );
+                    for p in &r.problems {
+                        println!("  problem: {p}");
+                    }
+                    for n in &r.notes {
+                        println!("  note: {n}");
                     }
                 }
-                println!("{} writer(s), {} broken", reports.len(), broken);
+                println!(
+                    "{} writer(s): {} broken, {} open{}",
+                    reports.len(),
+                    broken,
+                    open,
+                    match &anchor_path {
+                        Some(p) => format!(", anchors from {}", p.display()),
+                        None => ", no anchor file".to_string(),
+                    }
+                );
             }
-            Ok(if broken == 0 {
+            Ok(if broken == 0 && (!*strict || open == 0) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Audit(AuditCommand::Prune { before }) => {
+            let config = load_config(&cli)?;
+            let before = parse_before(before)?;
+            // Cut to the microseconds both stores keep, so the anchored checkpoint equals the stored one.
+            let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
+            if before > now {
+                anyhow::bail!(
+                    "--before is in the future; records not yet written cannot be pruned"
+                );
+            }
+            let store = connect(&config).await?;
+            let note = format!(
+                "audit prune --before {}",
+                before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            let cuts = store.prune_decisions(before, now, &note).await?;
+            let anchors = config
+                .audit
+                .anchor_file
+                .clone()
+                .map(crate::audit::Anchors::file)
+                .unwrap_or_default();
+            let mut total = 0;
+            for (checkpoint, deleted) in &cuts {
+                total += deleted;
+                anchors.append(checkpoint).await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "pruned, but the prune checkpoint was not written to the anchor file: {e}"
+                    )
+                })?;
+                println!(
+                    "writer {}: {deleted} records removed; the chain now goes on from seq {} (hash {})",
+                    checkpoint.writer_id, checkpoint.seq, checkpoint.hash
+                );
+            }
+            println!("{total} records pruned from {} chain(s)", cuts.len());
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

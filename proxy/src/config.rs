@@ -140,6 +140,8 @@ pub struct RawAudit {
     pub max_batch: Option<usize>,
     pub writers: Option<usize>,
     pub redaction_key_env: Option<String>,
+    pub checkpoint_interval_seconds: Option<u64>,
+    pub anchor_file: Option<PathBuf>,
 }
 
 /// The checked configuration every other module reads.
@@ -240,6 +242,10 @@ pub struct AuditConfig {
     pub redaction_key_env: String,
     /// Its value; `None` when unset (secrets are then replaced by a plain SHA-256).
     pub redaction_key: Option<SecretString>,
+    /// How often a writer whose chain grew checkpoints its head (also at start and at shutdown).
+    pub checkpoint_interval: Duration,
+    /// Where checkpoints are also appended, outside the database; `audit verify` reads it by default.
+    pub anchor_file: Option<PathBuf>,
 }
 
 /// Every problem found in a configuration, reported together.
@@ -544,6 +550,17 @@ impl Config {
             ));
         }
 
+        let checkpoint_seconds = raw
+            .audit
+            .checkpoint_interval_seconds
+            .unwrap_or(crate::audit::DEFAULT_CHECKPOINT_EVERY.as_secs());
+        if checkpoint_seconds == 0 || checkpoint_seconds > 24 * 3600 {
+            errors.push(
+                "audit.checkpoint_interval_seconds must be between 1 and 86400 (a day)".to_string(),
+            );
+        }
+        let anchor_file = raw.audit.anchor_file;
+
         let ttl_seconds = raw
             .approvals
             .ttl_seconds
@@ -588,6 +605,8 @@ impl Config {
                     .filter(|v| !v.is_empty())
                     .map(SecretString::from),
                 redaction_key_env,
+                checkpoint_interval: Duration::from_secs(checkpoint_seconds),
+                anchor_file,
             },
             approvals: ApprovalsConfig {
                 ttl: Duration::from_secs(ttl_seconds),

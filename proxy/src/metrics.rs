@@ -47,6 +47,7 @@ pub struct Metrics {
     pub audit_errors_total: IntCounter,
     pub audit_writer_recoveries_total: IntCounter,
     pub audit_writers_ready: IntGauge,
+    pub audit_checkpoints_total: IntCounterVec,
     pub store_up: IntGauge,
     pub frozen: IntGauge,
     pub spend_committed_cents: IntCounterVec,
@@ -154,6 +155,13 @@ impl Metrics {
             "audit_writers_ready",
             "Decision writers able to commit (0: no decision can be recorded, /readyz is 503)",
         )?;
+        let audit_checkpoints_total = IntCounterVec::new(
+            Opts::new(
+                "audit_checkpoints_total",
+                "Chain checkpoints written, by where (store, anchor) and result (ok, error)",
+            ),
+            &["target", "result"],
+        )?;
         let store_up = IntGauge::new("store_up", "1 when the last store health check succeeded")?;
         let frozen = IntGauge::new(
             "frozen",
@@ -218,6 +226,7 @@ impl Metrics {
         registry.register(Box::new(audit_errors_total.clone()))?;
         registry.register(Box::new(audit_writer_recoveries_total.clone()))?;
         registry.register(Box::new(audit_writers_ready.clone()))?;
+        registry.register(Box::new(audit_checkpoints_total.clone()))?;
         registry.register(Box::new(store_up.clone()))?;
         registry.register(Box::new(frozen.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
@@ -254,6 +263,7 @@ impl Metrics {
             audit_errors_total,
             audit_writer_recoveries_total,
             audit_writers_ready,
+            audit_checkpoints_total,
             store_up,
             frozen,
             spend_committed_cents,

@@ -193,45 +193,52 @@ credential = {{ env = "STRIPE_SECRET_KEY", scheme = "basic" }}
     pub async fn start(self) -> anyhow::Result<Tollgate> {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("tollgate.toml"), self.config_text())?;
-        let log = std::fs::File::create(dir.path().join("tollgate.log"))?;
-        let mut child = command(dir.path())?
-            .arg("serve")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawning tollgate serve")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut proxy, mut admin) = (None, None);
-        let wait = async {
-            while proxy.is_none() || admin.is_none() {
-                let Some(line) = lines.next_line().await? else {
-                    bail!("tollgate exited before it listened");
-                };
-                if let Some(url) = line.strip_prefix("tollgate listening for agents on ") {
-                    proxy = Some(url.trim().to_string());
-                } else if let Some(rest) = line.strip_prefix("admin API, /metrics and /readyz on ")
-                {
-                    admin = Some(rest.trim().to_string());
-                }
-            }
-            anyhow::Ok(())
-        };
-        let started = tokio::time::timeout(Duration::from_secs(30), wait).await;
-        if !matches!(started, Ok(Ok(()))) {
-            let log = std::fs::read_to_string(dir.path().join("tollgate.log")).unwrap_or_default();
-            bail!("tollgate did not start ({started:?}); its log:\n{log}");
-        }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Tollgate {
-            child,
-            dir,
-            proxy: proxy.unwrap_or_default(),
-            admin: admin.unwrap_or_default(),
-        })
+        spawn_in(dir).await
     }
+}
+
+/// Starts `tollgate serve` in `dir` (its config already there) and waits until both listeners are up.
+async fn spawn_in(dir: tempfile::TempDir) -> anyhow::Result<Tollgate> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("tollgate.log"))?;
+    let mut child = command(dir.path())?
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawning tollgate serve")?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut proxy, mut admin) = (None, None);
+    let wait = async {
+        while proxy.is_none() || admin.is_none() {
+            let Some(line) = lines.next_line().await? else {
+                bail!("tollgate exited before it listened");
+            };
+            if let Some(url) = line.strip_prefix("tollgate listening for agents on ") {
+                proxy = Some(url.trim().to_string());
+            } else if let Some(rest) = line.strip_prefix("admin API, /metrics and /readyz on ") {
+                admin = Some(rest.trim().to_string());
+            }
+        }
+        anyhow::Ok(())
+    };
+    let started = tokio::time::timeout(Duration::from_secs(30), wait).await;
+    if !matches!(started, Ok(Ok(()))) {
+        let log = std::fs::read_to_string(dir.path().join("tollgate.log")).unwrap_or_default();
+        bail!("tollgate did not start ({started:?}); its log:\n{log}");
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Tollgate {
+        child,
+        dir,
+        proxy: proxy.unwrap_or_default(),
+        admin: admin.unwrap_or_default(),
+    })
 }
 
 /// `tollgate --config <dir>/tollgate.toml` with the fixture's secrets in its environment.
@@ -310,6 +317,31 @@ impl Tollgate {
 
     /// Stops the process (SIGKILL) and waits for it.
     pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Asks the process to shut down (SIGTERM, as an orchestrator does) and waits up to 30 s for it to exit.
+    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().ok_or_else(|| anyhow!("already exited"))?;
+        // SAFETY: sending a signal to our own child process, whose pid we hold and have not reaped.
+        if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
+            bail!("SIGTERM failed: {}", std::io::Error::last_os_error());
+        }
+        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
+    }
+
+    /// Starts the same configuration again in the same directory (its log appended), after the previous
+    /// process exited: `terminate` or `crash` it first.
+    pub async fn restart(self) -> anyhow::Result<Tollgate> {
+        let Tollgate { mut child, dir, .. } = self;
+        if child.try_wait()?.is_none() {
+            bail!("restart: the process is still running");
+        }
+        spawn_in(dir).await
+    }
+
+    /// Kills the process (SIGKILL: no shutdown at all) and waits for it, keeping its directory for `restart`.
+    pub async fn crash(&mut self) {
         let _ = self.child.kill().await;
     }
 }

@@ -169,6 +169,30 @@ impl Store {
         dispatch!(self, s => s.replayable_decisions(since, limit).await)
     }
 
+    /// Appends one checkpoint of a writer's chain.
+    pub async fn insert_checkpoint(&self, checkpoint: &CheckpointRow) -> Result<(), StoreError> {
+        dispatch!(self, s => s.insert_checkpoint(checkpoint).await)
+    }
+
+    /// Every checkpoint, oldest first, for `audit verify`.
+    pub async fn checkpoints(&self) -> Result<Vec<CheckpointRow>, StoreError> {
+        dispatch!(self, s => s.checkpoints().await)
+    }
+
+    /// Deletes, writer by writer, the start of each chain up to the last record before `before` (records
+    /// are cut in chain order: a chain is cut before its first record at or after `before`), with their
+    /// outcomes. Each cut writes its `prune` checkpoint (the head at the cut) in the same transaction, which
+    /// is what lets the append-only trigger delete the rows. Returns the checkpoints written and how many
+    /// decisions each cut removed.
+    pub async fn prune_decisions(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+        note: &str,
+    ) -> Result<Vec<(CheckpointRow, u64)>, StoreError> {
+        dispatch!(self, s => s.prune_decisions(before, now, note).await)
+    }
+
     /// Every decision of one writer in chain order, for `audit verify`.
     pub async fn writer_chain(&self, writer_id: Uuid) -> Result<Vec<DecisionRow>, StoreError> {
         dispatch!(self, s => s.writer_chain(writer_id).await)
@@ -324,6 +348,21 @@ pub struct AgentRow {
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Where a writer's chain stood at a moment: written at start, periodically, at shutdown and by `audit prune`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointRow {
+    pub writer_id: Uuid,
+    /// The head's sequence number; 0 for a chain with no record yet.
+    pub seq: i64,
+    /// The head's hash (the genesis hash at seq 0).
+    pub hash: String,
+    /// `start`, `periodic`, `shutdown` or `prune`.
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// One decision record as written by the audit writer.

@@ -304,13 +304,96 @@ impl PgStore {
             .collect()
     }
 
+    /// Every writer with a record or a checkpoint.
     pub async fn writers(&self) -> Result<Vec<Uuid>, StoreError> {
-        let rows = sqlx::query("SELECT DISTINCT writer_id FROM decisions")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT writer_id FROM decisions UNION SELECT writer_id FROM chain_checkpoints",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| r.try_get("writer_id").map_err(StoreError::from))
             .collect()
+    }
+
+    pub async fn insert_checkpoint(&self, c: &CheckpointRow) -> Result<(), StoreError> {
+        insert_checkpoint(&self.pool, c).await
+    }
+
+    pub async fn checkpoints(&self) -> Result<Vec<CheckpointRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT writer_id, seq, hash, kind, at, note FROM chain_checkpoints ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CheckpointRow {
+                    writer_id: r.try_get("writer_id")?,
+                    seq: r.try_get("seq")?,
+                    hash: r.try_get("hash")?,
+                    kind: r.try_get("kind")?,
+                    at: r.try_get("at")?,
+                    note: r.try_get("note")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn prune_decisions(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+        note: &str,
+    ) -> Result<Vec<(CheckpointRow, u64)>, StoreError> {
+        let writers: Vec<Uuid> =
+            sqlx::query_scalar("SELECT DISTINCT writer_id FROM decisions WHERE at < $1")
+                .bind(before)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut cuts = Vec::new();
+        for writer_id in writers {
+            let mut tx = self.pool.begin().await?;
+            // The cut: the record before the chain's first one at or after `before` (or its head).
+            let head = sqlx::query(
+                "SELECT seq, hash FROM decisions
+                 WHERE writer_id = $1 AND seq < coalesce(
+                     (SELECT min(seq) FROM decisions WHERE writer_id = $1 AND at >= $2),
+                     (SELECT max(seq) + 1 FROM decisions WHERE writer_id = $1))
+                 ORDER BY seq DESC LIMIT 1 FOR UPDATE",
+            )
+            .bind(writer_id)
+            .bind(before)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(head) = head else { continue };
+            let checkpoint = CheckpointRow {
+                writer_id,
+                seq: head.try_get("seq")?,
+                hash: head.try_get("hash")?,
+                kind: "prune".to_string(),
+                at: now,
+                note: Some(note.to_string()),
+            };
+            insert_checkpoint(&mut *tx, &checkpoint).await?;
+            sqlx::query(
+                "DELETE FROM decision_outcomes WHERE decision_id IN
+                   (SELECT id FROM decisions WHERE writer_id = $1 AND seq <= $2)",
+            )
+            .bind(writer_id)
+            .bind(checkpoint.seq)
+            .execute(&mut *tx)
+            .await?;
+            let deleted = sqlx::query("DELETE FROM decisions WHERE writer_id = $1 AND seq <= $2")
+                .bind(writer_id)
+                .bind(checkpoint.seq)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            cuts.push((checkpoint, deleted));
+        }
+        Ok(cuts)
     }
 }
 
@@ -902,6 +985,24 @@ async fn insert_one<'c, E: sqlx::PgExecutor<'c>>(
     .bind(r.input.as_deref())
     .bind(r.policy_outcome.as_deref())
     .bind(r.shadow_outcome.as_deref())
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+async fn insert_checkpoint<'c, E: sqlx::PgExecutor<'c>>(
+    executor: E,
+    c: &CheckpointRow,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO chain_checkpoints (writer_id, seq, hash, kind, at, note) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(c.writer_id)
+    .bind(c.seq)
+    .bind(&c.hash)
+    .bind(&c.kind)
+    .bind(c.at)
+    .bind(c.note.as_deref())
     .execute(executor)
     .await?;
     Ok(())

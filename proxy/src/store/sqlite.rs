@@ -364,13 +364,96 @@ impl SqliteStore {
             .collect()
     }
 
+    /// Every writer with a record or a checkpoint.
     pub async fn writers(&self) -> Result<Vec<Uuid>, StoreError> {
-        let rows = sqlx::query("SELECT DISTINCT writer_id FROM decisions")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT writer_id FROM decisions UNION SELECT writer_id FROM chain_checkpoints",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| uuid(&r.try_get::<String, _>("writer_id")?))
             .collect()
+    }
+
+    pub async fn insert_checkpoint(&self, c: &CheckpointRow) -> Result<(), StoreError> {
+        insert_checkpoint(&self.pool, c).await
+    }
+
+    pub async fn checkpoints(&self) -> Result<Vec<CheckpointRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT writer_id, seq, hash, kind, at, note FROM chain_checkpoints ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CheckpointRow {
+                    writer_id: uuid(&r.try_get::<String, _>("writer_id")?)?,
+                    seq: r.try_get("seq")?,
+                    hash: r.try_get("hash")?,
+                    kind: r.try_get("kind")?,
+                    at: parse_ts(&r.try_get::<String, _>("at")?)?,
+                    note: r.try_get("note")?,
+                })
+            })
+            .collect()
+    }
+
+    /// As Postgres's: one transaction per writer, its prune checkpoint written before the rows go.
+    pub async fn prune_decisions(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+        note: &str,
+    ) -> Result<Vec<(CheckpointRow, u64)>, StoreError> {
+        let writers: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT writer_id FROM decisions WHERE at < ?")
+                .bind(ts(before))
+                .fetch_all(&self.pool)
+                .await?;
+        let mut cuts = Vec::new();
+        for writer in writers {
+            let mut tx = self.pool.begin().await?;
+            let head = sqlx::query(
+                "SELECT seq, hash FROM decisions
+                 WHERE writer_id = ?1 AND seq < coalesce(
+                     (SELECT min(seq) FROM decisions WHERE writer_id = ?1 AND at >= ?2),
+                     (SELECT max(seq) + 1 FROM decisions WHERE writer_id = ?1))
+                 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(&writer)
+            .bind(ts(before))
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(head) = head else { continue };
+            let checkpoint = CheckpointRow {
+                writer_id: uuid(&writer)?,
+                seq: head.try_get("seq")?,
+                hash: head.try_get("hash")?,
+                kind: "prune".to_string(),
+                at: now,
+                note: Some(note.to_string()),
+            };
+            insert_checkpoint(&mut *tx, &checkpoint).await?;
+            sqlx::query(
+                "DELETE FROM decision_outcomes WHERE decision_id IN
+                   (SELECT id FROM decisions WHERE writer_id = ? AND seq <= ?)",
+            )
+            .bind(&writer)
+            .bind(checkpoint.seq)
+            .execute(&mut *tx)
+            .await?;
+            let deleted = sqlx::query("DELETE FROM decisions WHERE writer_id = ? AND seq <= ?")
+                .bind(&writer)
+                .bind(checkpoint.seq)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            cuts.push((checkpoint, deleted));
+        }
+        Ok(cuts)
     }
 
     // ---- spend ----
@@ -943,4 +1026,22 @@ fn approval_from_row(r: &SqliteRow) -> Result<ApprovalRow, StoreError> {
         consumed_at: opt_ts(r.try_get("consumed_at")?)?,
         consumed_by_decision: opt_uuid(r.try_get("consumed_by_decision")?)?,
     })
+}
+
+async fn insert_checkpoint<'c, E: sqlx::SqliteExecutor<'c>>(
+    executor: E,
+    c: &CheckpointRow,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO chain_checkpoints (writer_id, seq, hash, kind, at, note) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(c.writer_id.to_string())
+    .bind(c.seq)
+    .bind(&c.hash)
+    .bind(&c.kind)
+    .bind(ts(c.at))
+    .bind(c.note.as_deref())
+    .execute(executor)
+    .await?;
+    Ok(())
 }
