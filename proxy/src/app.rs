@@ -246,6 +246,9 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         ledger: Ledger::new(store.clone()),
         approvals: approvals.clone(),
         in_flight: Default::default(),
+        stored: crate::throttle::StoredBytes::new(
+            config.audit.max_stored_bytes_per_agent_per_minute,
+        ),
     });
     let draining = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(Admin {

@@ -37,6 +37,11 @@ pub const DEFAULT_MAX_REQUESTS_PER_AGENT: usize = 32;
 /// How long an agent may take to send a request's body once tollgate starts reading it: 10 MiB at 1 Mbit/s
 /// takes ~84 s, so the default leaves room for the largest body on a slow link while bounding a trickle.
 pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 90_000;
+/// How long tollgate may take over a request before it is forwarded or refused, excluding the upstream and a
+/// reviewer's hold: reading the body, identifying the agent, judging it. Each of those has a bound of its
+/// own; this one bounds their sum and anything slow in between (a store read stuck behind a lock or a failing
+/// network). Past it the request is refused `408 request_timeout` and recorded.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 120_000;
 /// A policy evaluation is a few microseconds; 250 ms means a runaway policy, which is refused.
 pub const DEFAULT_POLICY_TIMEOUT_MS: u64 = 250;
 /// How often each replica checks the agents table for revocations; keeps revocation well within a second.
@@ -47,6 +52,10 @@ pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 16;
 pub const DEFAULT_AUDIT_MAX_BATCH: usize = 1024;
 /// Two writers: one commits while the other gathers and sends the next batch.
 pub const DEFAULT_AUDIT_WRITERS: usize = 2;
+/// How many bytes of decision records one agent may add per minute (per replica): 512 records at the
+/// 64 KiB stored-input limit, or tens of thousands of ordinary ones. A flood of large bodies is slowed to
+/// about half a megabyte a second per agent instead of filling the append-only table.
+pub const DEFAULT_MAX_STORED_BYTES_PER_AGENT_PER_MINUTE: u64 = 32 * 1024 * 1024;
 /// Where the redaction key is read from unless `[audit] redaction_key_env` says otherwise.
 pub const DEFAULT_REDACTION_KEY_ENV: &str = "TOLLGATE_REDACTION_KEY";
 /// Stripe remembers an idempotency key for at least 24 hours, then may prune it: a repeat after that runs
@@ -91,6 +100,7 @@ pub struct RawServer {
     pub header_timeout_ms: Option<u64>,
     pub max_requests_per_agent: Option<usize>,
     pub body_timeout_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
     pub identity_refresh_ms: Option<u64>,
     pub shutdown_drain_ms: Option<u64>,
 }
@@ -142,6 +152,7 @@ pub struct RawAudit {
     pub redaction_key_env: Option<String>,
     pub checkpoint_interval_seconds: Option<u64>,
     pub anchor_file: Option<PathBuf>,
+    pub max_stored_bytes_per_agent_per_minute: Option<u64>,
 }
 
 /// The checked configuration every other module reads.
@@ -175,6 +186,8 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// Request body timeout, from when the handler starts reading it.
     pub body_timeout: Duration,
+    /// Bound on everything before the forward (or refusal), excluding a reviewer's hold.
+    pub request_timeout: Duration,
     pub identity_refresh: Duration,
     /// On SIGTERM, how long `/readyz` reports draining (so load balancers stop sending) before the
     /// listeners close; in-flight requests then finish.
@@ -246,6 +259,8 @@ pub struct AuditConfig {
     pub checkpoint_interval: Duration,
     /// Where checkpoints are also appended, outside the database; `audit verify` reads it by default.
     pub anchor_file: Option<PathBuf>,
+    /// Bytes of decision records one agent may add per minute, per replica (see `throttle`).
+    pub max_stored_bytes_per_agent_per_minute: u64,
 }
 
 /// Every problem found in a configuration, reported together.
@@ -378,9 +393,14 @@ impl Config {
             .server
             .body_timeout_ms
             .unwrap_or(DEFAULT_BODY_TIMEOUT_MS);
-        if header_timeout_ms == 0 || body_timeout_ms == 0 {
+        let request_timeout_ms = raw
+            .server
+            .request_timeout_ms
+            .unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS);
+        if header_timeout_ms == 0 || body_timeout_ms == 0 || request_timeout_ms == 0 {
             errors.push(
-                "server.header_timeout_ms and server.body_timeout_ms must be positive".to_string(),
+                "server.header_timeout_ms, body_timeout_ms and request_timeout_ms must be positive"
+                    .to_string(),
             );
         }
         let upstream_timeout_ms = raw
@@ -560,6 +580,16 @@ impl Config {
             );
         }
         let anchor_file = raw.audit.anchor_file;
+        let max_stored_bytes_per_agent_per_minute = raw
+            .audit
+            .max_stored_bytes_per_agent_per_minute
+            .unwrap_or(DEFAULT_MAX_STORED_BYTES_PER_AGENT_PER_MINUTE);
+        if max_stored_bytes_per_agent_per_minute < 1024 * 1024 {
+            errors.push(
+                "audit.max_stored_bytes_per_agent_per_minute must be at least 1048576 (1 MiB)"
+                    .to_string(),
+            );
+        }
 
         let ttl_seconds = raw
             .approvals
@@ -582,6 +612,7 @@ impl Config {
                 max_requests_per_agent,
                 header_timeout: Duration::from_millis(header_timeout_ms),
                 body_timeout: Duration::from_millis(body_timeout_ms),
+                request_timeout: Duration::from_millis(request_timeout_ms),
                 identity_refresh: Duration::from_millis(identity_refresh_ms),
                 shutdown_drain: Duration::from_millis(raw.server.shutdown_drain_ms.unwrap_or(0)),
             },
@@ -607,6 +638,7 @@ impl Config {
                 redaction_key_env,
                 checkpoint_interval: Duration::from_secs(checkpoint_seconds),
                 anchor_file,
+                max_stored_bytes_per_agent_per_minute,
             },
             approvals: ApprovalsConfig {
                 ttl: Duration::from_secs(ttl_seconds),

@@ -27,6 +27,9 @@ pub enum RefusalCode {
     ApprovalInvalid,
     BudgetExceeded,
     BodyTooLarge,
+    /// The agent added more to the decision log than `audit.max_stored_bytes_per_agent_per_minute`
+    /// allows (429, with Retry-After).
+    RateLimited,
     UpstreamError,
     UpstreamTimeout,
     StoreUnavailable,
@@ -66,10 +69,12 @@ pub struct Refusal {
     approval_id: Option<String>,
     /// The provider may already have acted: tell SDKs not to retry automatically.
     not_retryable: bool,
+    /// Seconds after which a retry can succeed (`Retry-After`).
+    retry_after: Option<u64>,
 }
 
 impl RefusalCode {
-    pub const ALL: [RefusalCode; 15] = [
+    pub const ALL: [RefusalCode; 16] = [
         RefusalCode::RequestMalformed,
         RefusalCode::IdempotencyKeyInUse,
         RefusalCode::RequestTimeout,
@@ -79,6 +84,7 @@ impl RefusalCode {
         RefusalCode::ApprovalInvalid,
         RefusalCode::BudgetExceeded,
         RefusalCode::BodyTooLarge,
+        RefusalCode::RateLimited,
         RefusalCode::UpstreamError,
         RefusalCode::UpstreamTimeout,
         RefusalCode::StoreUnavailable,
@@ -98,6 +104,7 @@ impl RefusalCode {
             RefusalCode::ApprovalInvalid => "approval_invalid",
             RefusalCode::BudgetExceeded => "budget_exceeded",
             RefusalCode::BodyTooLarge => "body_too_large",
+            RefusalCode::RateLimited => "rate_limited",
             RefusalCode::UpstreamError => "upstream_error",
             RefusalCode::UpstreamTimeout => "upstream_timeout",
             RefusalCode::StoreUnavailable => "store_unavailable",
@@ -118,6 +125,7 @@ impl RefusalCode {
             | RefusalCode::ApprovalInvalid
             | RefusalCode::BudgetExceeded => StatusCode::FORBIDDEN,
             RefusalCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RefusalCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             RefusalCode::UpstreamError => StatusCode::BAD_GATEWAY,
             RefusalCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             RefusalCode::StoreUnavailable
@@ -148,6 +156,7 @@ impl RefusalCode {
             RefusalCode::ApprovalInvalid => 7405,
             RefusalCode::BudgetExceeded => 7406,
             RefusalCode::BodyTooLarge => 7413,
+            RefusalCode::RateLimited => 7429,
             RefusalCode::UpstreamError => 7502,
             RefusalCode::UpstreamTimeout => 7504,
             RefusalCode::StoreUnavailable => 7503,
@@ -166,7 +175,14 @@ impl Refusal {
             rule: None,
             approval_id: None,
             not_retryable: false,
+            retry_after: None,
         }
+    }
+
+    /// Adds `Retry-After: secs` (at least 1).
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
     }
 
     /// Marks a refusal after which an automatic retry could repeat an action the provider already took
@@ -289,6 +305,9 @@ impl Refusal {
                 http::HeaderName::from_static("x-should-retry"),
                 HeaderValue::from_static("false"),
             );
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if self.code == RefusalCode::AgentUnauthenticated {
             headers.insert(

@@ -23,6 +23,7 @@ pub mod policy;
 pub mod proxy;
 pub mod redact;
 pub mod store;
+pub mod throttle;
 
 /// The response header naming the decision record of every request.
 pub const DECISION_HEADER: http::HeaderName = http::HeaderName::from_static("tollgate-decision");

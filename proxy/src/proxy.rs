@@ -76,6 +76,8 @@ pub struct Gate {
     pub approvals: Approvals,
     /// Requests in flight per agent (see [`AgentSlot`]).
     pub in_flight: InFlight,
+    /// Bytes each agent added to the decision log lately.
+    pub stored: crate::throttle::StoredBytes,
 }
 
 /// How many requests each agent has in tollgate right now.
@@ -298,8 +300,21 @@ impl Gate {
         body: Body,
         answer: &Answer,
     ) -> Result<Finished, Refusal> {
-        let intake = self.intake(draft, parts, body).await?;
-        let ruling = self.judge_request(draft, parts, &intake).await?;
+        // Reading, identifying and judging are bounded as a whole (`server.request_timeout_ms`). Nothing
+        // before `authorize` writes anything, so giving up on them leaves nothing half done; from
+        // `authorize` on, the lifecycle finishes what it starts.
+        let judged = tokio::time::timeout(self.config.server.request_timeout, async {
+            let intake = self.intake(draft, parts, body).await?;
+            let ruling = self.judge_request(draft, parts, &intake).await?;
+            Ok::<_, Refusal>((intake, ruling))
+        })
+        .await;
+        let (intake, ruling) = judged.map_err(|_| {
+            Refusal::new(
+                RefusalCode::RequestTimeout,
+                "tollgate: the request was not read and judged within server.request_timeout_ms",
+            )
+        })??;
         let authorized = self.authorize(draft, &intake, &ruling, answer).await?;
         Ok(self
             .forward_and_settle(draft, parts, intake, ruling, authorized)
@@ -370,6 +385,16 @@ impl Gate {
                 ),
             ));
         };
+
+        // One agent cannot fill the append-only log: past its rate of stored bytes it waits, before its
+        // body is read or judged (this refusal's own record is small: it stores no input).
+        if let Some(wait) = self.stored.check(agent.id) {
+            return Err(Refusal::new(
+                RefusalCode::RateLimited,
+                "tollgate: this agent's requests have added more to the decision log than its rate allows; retry later",
+            )
+            .retry_after(wait.as_secs_f64().ceil() as u64));
+        }
 
         // classify (the catalog and the bundle that judges come from one snapshot of the live policy)
         let live = self.policy.current();
@@ -1077,6 +1102,15 @@ impl Gate {
             }
             _ => reasons,
         };
+        let input = draft.input.as_ref().map(|input| {
+            crate::audit::bounded_input(redactor.redact_input(&draft.provider, input))
+        });
+        if let Some(agent) = &draft.agent {
+            let size = input.as_ref().map_or(0, String::len)
+                + draft.path.len()
+                + draft.query.as_ref().map_or(0, String::len);
+            self.stored.charge(agent.id, size);
+        }
         DecisionRecord {
             id: draft.id,
             at: draft.at,
@@ -1124,9 +1158,7 @@ impl Gate {
                 .as_ref()
                 .map(|d| outcome_name(d.outcome).to_string()),
             shadow_outcome: draft.shadow_outcome.clone(),
-            input: draft.input.as_ref().map(|input| {
-                crate::audit::bounded_input(redactor.redact_input(&draft.provider, input))
-            }),
+            input,
         }
     }
 

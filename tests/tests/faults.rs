@@ -407,6 +407,125 @@ async fn slow_heads_and_bodies_are_cut_off_while_others_are_served() {
     assert_eq!(upstream.request_count(), 5);
 }
 
+/// Reading and judging a request are bounded as a whole (`server.request_timeout_ms`), whatever the
+/// bounds of each part: a body trickled within its own (long) deadline is still cut off, refused and
+/// recorded.
+#[tokio::test]
+async fn the_total_time_before_the_forward_is_bounded() {
+    use tokio::io::AsyncReadExt as _;
+    let db = TestDatabase::create().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    let upstream = Upstream::builder().start().await.unwrap();
+    let (tg, _policy, key) = hold_gate(db.url(), &upstream.url(), |b| {
+        b.server("body_timeout_ms = 20000")
+            .server("request_timeout_ms = 800")
+    })
+    .await;
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
+    let mut stream = tokio::net::TcpStream::connect(tg.proxy_addr())
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /stripe/v1/payment_intents HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {auth}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\namount=1"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    // One more byte every 200 ms: never idle long, never done.
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if stream.write_all(b"0").await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), trickle).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("server.request_timeout_ms"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM decisions WHERE code = 'request_timeout' AND agent_name = 'buyer'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 1);
+    assert_eq!(upstream.request_count(), 0);
+}
+
+/// One agent cannot fill the append-only log: large bodies are stored bounded, and past its rate of stored
+/// bytes the agent is refused `429 rate_limited` (recorded, with Retry-After) before its body is judged,
+/// while another agent is served as usual.
+#[tokio::test]
+async fn an_agent_flooding_the_log_is_slowed_and_others_are_not() {
+    let db = TestDatabase::create().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    let upstream = Upstream::builder().start().await.unwrap();
+    let (tg, _policy, key) = hold_gate(db.url(), &upstream.url(), |b| {
+        b.audit("max_stored_bytes_per_agent_per_minute = 1048576")
+    })
+    .await;
+    let other = tg.create_agent("other", &[]).await.unwrap();
+    // ~60 KB of fields: under the 64 KiB stored-input limit, so each record stores nearly all of it.
+    let mut big = String::from("amount=1&currency=usd");
+    for i in 0..60 {
+        big.push_str(&format!("&metadata[k{i}]={}", "v".repeat(1000)));
+    }
+    let http = reqwest::Client::new();
+    let pay = |key: &str, body: String| {
+        http.post(tg.url("/stripe/v1/payment_intents"))
+            .basic_auth(key, Some(""))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let mut passed = 0;
+    let mut limited = None;
+    for _ in 0..40 {
+        let r = pay(&key, big.clone()).await.unwrap();
+        if r.status() == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status(), 200);
+        passed += 1;
+    }
+    let limited = limited.expect("the flood was never slowed");
+    assert!((15..=19).contains(&passed), "{passed} passed");
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["tollgate"]["code"], "rate_limited", "{body}");
+    // Another agent is not slowed.
+    let r = pay(&other, "amount=1&currency=usd".to_string())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (stored, refusals): (i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(octet_length(input::text)), 0)::bigint,
+                count(*) FILTER (WHERE code = 'rate_limited')
+         FROM decisions WHERE agent_name = 'buyer'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(refusals, 1, "the refusal is recorded");
+    assert!(
+        stored <= 1_048_576 + 70_000,
+        "{stored} bytes stored for the flooding agent"
+    );
+    assert_eq!(upstream.request_count(), passed + 1);
+}
+
 /// The provider's side: the connection breaks after the request reached it, it answers too late, or it
 /// answers 5xx. The request may have been acted on in each case, so the money stays reserved and flagged
 /// (for an operator to settle), and the decision has exactly one outcome that says what happened.
