@@ -7,15 +7,20 @@
 //!
 //! - [`tollgate`]: the real `tollgate` binary started on ports the OS picks, with its CLI, against one test
 //!   database and one stand-in upstream.
+//! - [`books`]: the store's decisions, outcomes, reservations and windows, read alike from Postgres or SQLite,
+//!   and the invariants every fault scenario ends by checking.
 //! - [`faultrelay`]: a TCP relay between tollgate and a server that drops connections, refuses new ones, or
 //!   swallows the reply to a chosen message.
+//! - [`scenario`]: the fault scenarios' shared policy, tollgate on either store, raw-connection helpers.
 //! - [`sockets`]: the TCP sockets a running tollgate holds, with their options (Linux's pidfd_getfd).
 //!
 //! The end-to-end tests drive the real binary from the outside; the store conformance suite
 //! (`tests/store_conformance.rs`) calls the library's `Store` directly against both backends.
 
+pub mod books;
 pub mod faultrelay;
 pub mod postgres;
+pub mod scenario;
 pub mod sockets;
 pub mod tollgate;
 pub mod upstream;
