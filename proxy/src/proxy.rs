@@ -54,6 +54,9 @@ type ForwardResult =
     Result<(Response<Body>, Duration, Option<Vec<u8>>), (UpstreamFailure, Duration)>;
 /// The outcome row's note for an answer the agent was no longer connected to receive.
 const AGENT_DISCONNECTED: &str = "agent_disconnected";
+/// The outcome row's note for an allowed request that was not sent upstream (its agent had left); the
+/// lifecycle adds [`AGENT_DISCONNECTED`].
+const NOT_FORWARDED: &str = "not_forwarded";
 /// The longest a request is held open waiting for a reviewer, whatever the policy asks: agents' HTTP clients
 /// and load balancers time out beyond a few minutes.
 const MAX_HOLD_SECONDS: u64 = 300;
@@ -316,6 +319,9 @@ impl Gate {
             )
         })??;
         let authorized = self.authorize(draft, &intake, &ruling, answer).await?;
+        if answer.is_closed() {
+            return Ok(self.abandon(draft, authorized).await);
+        }
         Ok(self
             .forward_and_settle(draft, parts, intake, ruling, authorized)
             .await)
@@ -766,6 +772,31 @@ impl Gate {
                 tracing::error!(error = %e, "spend reservation failed");
                 Err(Refusal::store_unavailable())
             }
+        }
+    }
+
+    /// The agent left while its decision was being recorded: the call is not made for nobody (an agent that
+    /// gave up will likely retry, and the provider would then act twice). The money reserved goes back, an
+    /// approval it consumed is handed back, and the outcome row says it was not forwarded.
+    async fn abandon(&self, draft: &Draft, authorized: Authorized) -> Finished {
+        if authorized.reserved {
+            self.release(draft.id).await;
+        }
+        self.give_back(authorized.consumed).await;
+        Finished {
+            response: Refusal::new(
+                RefusalCode::RequestTimeout,
+                "tollgate: the agent disconnected before the request was forwarded",
+            )
+            .into_response(draft.envelope, draft.id),
+            outcome: Some(OutcomeRow {
+                decision_id: authorized.recorded.decision_id(),
+                at: Utc::now(),
+                upstream_status: None,
+                latency_us: 0,
+                error: Some(NOT_FORWARDED.to_string()),
+                flagged: false,
+            }),
         }
     }
 

@@ -1,10 +1,11 @@
 //! A TCP fault relay for tests: sits between tollgate and a server it talks to (Postgres, the stand-in
 //! upstream) on `127.0.0.1`, passes bytes through unchanged, and on command misbehaves the way networks and
-//! servers do: drops every open connection, refuses new ones for a while, or lets a client message through
-//! and swallows the server's reply (the acknowledgement of a commit lost with its connection).
+//! servers do: drops every open connection, refuses new ones for a while, lets a client message through and
+//! swallows the server's reply (the acknowledgement of a commit lost with its connection), or delays that
+//! reply (a slow commit).
 //!
 //! Faults are armed from the test ([`FaultRelay::reset_all`], [`FaultRelay::refuse`],
-//! [`FaultRelay::swallow_reply_after`]); what the relay did is counted ([`FaultRelay::swallowed`]).
+//! [`FaultRelay::swallow_reply_after`], [`FaultRelay::delay_reply_after`]); what the relay did is counted ([`FaultRelay::swallowed`]).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -39,6 +40,9 @@ struct Shared {
     /// the server's reply to it is dropped together with the connection.
     swallow: Mutex<Option<Vec<u8>>>,
     swallowed: AtomicUsize,
+    /// Armed by `delay_reply_after`: the next client message containing these bytes is forwarded at once,
+    /// and the server's reply to it reaches the client only after the delay.
+    delay: Mutex<Option<(Vec<u8>, std::time::Duration)>>,
 }
 
 impl FaultRelay {
@@ -54,6 +58,7 @@ impl FaultRelay {
             refusing: AtomicBool::new(false),
             swallow: Mutex::new(None),
             swallowed: AtomicUsize::new(0),
+            delay: Mutex::new(None),
         });
         let accept = shared.clone();
         let task = tokio::spawn(async move {
@@ -93,6 +98,12 @@ impl FaultRelay {
             .swallow
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(marker.to_vec());
+    }
+
+    /// The next client message that contains `marker` reaches the server at once; the server's reply
+    /// reaches the client `by` later (a slow commit, a congested link).
+    pub fn delay_reply_after(&self, marker: &[u8], by: std::time::Duration) {
+        *self.shared.delay.lock().unwrap_or_else(|e| e.into_inner()) = Some((marker.to_vec(), by));
     }
 
     /// How many replies were swallowed so far.
@@ -155,8 +166,22 @@ where
                     }
                     hit
                 };
+                let delayed = {
+                    let mut delay = shared.delay.lock().unwrap_or_else(|e| e.into_inner());
+                    let hit = delay.as_ref().is_some_and(|(marker, _)| {
+                        chunk.windows(marker.len()).any(|w| w == marker.as_slice())
+                    });
+                    if hit { delay.take().map(|(_, by)| by) } else { None }
+                };
                 if server_write.write_all(chunk).await.is_err() {
                     return;
+                }
+                if let Some(by) = delayed {
+                    let Ok(n) = server_read.read(&mut down).await else { return };
+                    tokio::time::sleep(by).await;
+                    if n == 0 || client_write.write_all(&down[..n]).await.is_err() {
+                        return;
+                    }
                 }
                 if armed {
                     // Let the server act on it (and answer into the void), then cut the client off.

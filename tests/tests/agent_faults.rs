@@ -35,6 +35,7 @@ macro_rules! on_both_stores {
 }
 
 on_both_stores!(
+    an_agent_that_hangs_up_before_the_decision_leaves_one_refusal,
     an_agent_that_hangs_up_during_the_forward_is_still_recorded_and_charged,
     an_agent_that_hangs_up_while_held_leaves_a_record_and_a_usable_approval,
     slow_heads_and_bodies_are_cut_off_while_others_are_served,
@@ -56,6 +57,38 @@ fn trickled_head(key: &str) -> String {
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\namount=1",
         basic(key)
     )
+}
+
+/// The agent closes its connection halfway through the body: nothing is judged or forwarded, and the
+/// request still leaves exactly one record (a refusal).
+async fn an_agent_that_hangs_up_before_the_decision_leaves_one_refusal(store: StoreKind) {
+    let upstream = Upstream::builder().start().await.unwrap();
+    let HoldGate {
+        tg,
+        key,
+        books,
+        keep: _keep,
+    } = hold_gate_on(store, &upstream.url(), |b| b).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(tg.proxy_addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(trickled_head(&key).as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(stream);
+    eventually("the refusal record", || async {
+        books.decisions().await.unwrap().len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let decisions = books.decisions().await.unwrap();
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(decisions[0].outcome, "refused");
+    assert_eq!(decisions[0].agent_name.as_deref(), Some("buyer"));
+    assert_eq!(upstream.request_count(), 0);
+    books.check(0).await.unwrap();
 }
 
 async fn an_agent_that_hangs_up_during_the_forward_is_still_recorded_and_charged(store: StoreKind) {

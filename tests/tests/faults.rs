@@ -178,3 +178,70 @@ async fn tollgate_recovers_from_a_database_outage_without_a_restart() {
     books.settled(upstream.request_count()).await.unwrap();
     books.check(upstream.request_count()).await.unwrap();
 }
+
+/// The agent disconnects while its decision is being committed (the commit's acknowledgement is slow): the
+/// record is kept, but the call is not made for an agent that left (it would likely retry, and the provider
+/// act twice). The money goes back and the outcome row says so.
+#[tokio::test]
+async fn an_agent_that_hangs_up_during_the_audit_wait_is_recorded_and_not_forwarded() {
+    use tokio::io::AsyncWriteExt as _;
+    use tollgate_tests::faultrelay::FaultRelay;
+    let db = TestDatabase::create().await.unwrap();
+    let relay = FaultRelay::start(db.server_target().unwrap())
+        .await
+        .unwrap();
+    let upstream = Upstream::builder().start().await.unwrap();
+    let (tg, _policy, key) = hold_gate(&db.url_via(relay.addr()), &upstream.url(), |b| {
+        b.audit("writers = 1")
+    })
+    .await;
+    // The decision batch carries the run id: its commit is acknowledged 1.5 s late.
+    relay.delay_reply_after(b"audit-wait-run", std::time::Duration::from_millis(1500));
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
+    let body = "amount=2500&currency=usd";
+    let head = format!(
+        "POST /stripe/v1/payment_intents HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {auth}\r\n\
+         Tollgate-Run: audit-wait-run\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(tg.proxy_addr())
+        .await
+        .unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(stream);
+    let books = Books::postgres(db.url()).await.unwrap();
+    eventually("the outcome row", || async {
+        books.outcomes().await.unwrap().len() == 1
+    })
+    .await;
+    let decisions = books.decisions().await.unwrap();
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions[0].outcome, "allow");
+    let outcome = books.outcomes().await.unwrap().remove(0);
+    assert_eq!(outcome.decision_id, decisions[0].id);
+    assert_eq!(
+        outcome.error.as_deref(),
+        Some("not_forwarded; agent_disconnected")
+    );
+    assert_eq!(outcome.upstream_status, None);
+    let reservation = books.reservations().await.unwrap().remove(0);
+    assert_eq!(reservation.state, "released", "nothing was bought");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(upstream.request_count(), 0, "not forwarded");
+    books.check(0).await.unwrap();
+    // The agent's retry is judged and forwarded as usual.
+    let r = reqwest::Client::new()
+        .post(tg.url("/stripe/v1/payment_intents"))
+        .basic_auth(&key, Some(""))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    books.settled(2).await.unwrap();
+    books.check(1).await.unwrap();
+}
