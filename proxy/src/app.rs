@@ -92,6 +92,37 @@ impl Running {
     }
 }
 
+/// How often reservations that no lifecycle will settle any more are looked for.
+const STALE_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Flags reservations still `reserved` long after any request could still settle them (the forward's
+/// timeout plus the time a lifecycle keeps retrying a settlement, plus a minute): their lifecycle ended
+/// without settling (a process killed mid-request, a store away for longer than the retries). Flagged, they
+/// are listed for an operator instead of silently holding budget. Every replica sweeps; the UPDATE is
+/// idempotent.
+fn spawn_stale_reservation_sweep(
+    ledger: crate::ledger::Ledger,
+    upstream_timeout: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    let age = upstream_timeout
+        + crate::ledger::SETTLE_PERSISTENCE
+        + std::time::Duration::from_secs(60);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(STALE_SWEEP_EVERY);
+        loop {
+            every.tick().await;
+            match ledger.flag_stale(age).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    flagged = n,
+                    "reservations left unsettled by their requests are flagged for an operator (tollgate spend flagged)"
+                ),
+                Err(e) => tracing::debug!(error = %e, "stale reservation sweep failed; next time"),
+            }
+        }
+    })
+}
+
 /// Loads the policy bundle, its route catalog and the shadow bundle named in the configuration.
 pub fn load_policy(config: &Config) -> Result<PolicyHandle, String> {
     let handle = PolicyHandle::load(
@@ -270,6 +301,10 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
 
     let mut tasks = vec![identity.spawn_refresh(config.server.identity_refresh)];
     tasks.push(admin::spawn_store_probe(admin.clone()));
+    tasks.push(spawn_stale_reservation_sweep(
+        crate::ledger::Ledger::new(store.clone()),
+        config.server.upstream_timeout,
+    ));
     tasks.push(admin::spawn_control_poll(
         admin.clone(),
         config.server.identity_refresh,

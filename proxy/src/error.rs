@@ -19,6 +19,9 @@ pub enum RefusalCode {
     /// The first request with this Idempotency-Key has no answer yet (409, retry shortly), as the provider
     /// itself answers a concurrent repeat.
     IdempotencyKeyInUse,
+    /// This Idempotency-Key was used for another request within the provider's replay window (400; Stripe's
+    /// own `idempotency_error`).
+    IdempotencyKeyReused,
     AgentUnauthenticated,
     /// The agent did not send its request body in time (`server.body_timeout_ms`).
     RequestTimeout,
@@ -74,9 +77,10 @@ pub struct Refusal {
 }
 
 impl RefusalCode {
-    pub const ALL: [RefusalCode; 16] = [
+    pub const ALL: [RefusalCode; 17] = [
         RefusalCode::RequestMalformed,
         RefusalCode::IdempotencyKeyInUse,
+        RefusalCode::IdempotencyKeyReused,
         RefusalCode::RequestTimeout,
         RefusalCode::AgentUnauthenticated,
         RefusalCode::PolicyDenied,
@@ -97,6 +101,7 @@ impl RefusalCode {
         match self {
             RefusalCode::RequestMalformed => "request_malformed",
             RefusalCode::IdempotencyKeyInUse => "idempotency_key_in_use",
+            RefusalCode::IdempotencyKeyReused => "idempotency_key_reused",
             RefusalCode::RequestTimeout => "request_timeout",
             RefusalCode::AgentUnauthenticated => "agent_unauthenticated",
             RefusalCode::PolicyDenied => "policy_denied",
@@ -116,7 +121,9 @@ impl RefusalCode {
 
     pub fn status(self) -> StatusCode {
         match self {
-            RefusalCode::RequestMalformed => StatusCode::BAD_REQUEST,
+            RefusalCode::RequestMalformed | RefusalCode::IdempotencyKeyReused => {
+                StatusCode::BAD_REQUEST
+            }
             RefusalCode::IdempotencyKeyInUse => StatusCode::CONFLICT,
             RefusalCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             RefusalCode::AgentUnauthenticated => StatusCode::UNAUTHORIZED,
@@ -149,6 +156,7 @@ impl RefusalCode {
         match self {
             RefusalCode::RequestMalformed => 7400,
             RefusalCode::IdempotencyKeyInUse => 7409,
+            RefusalCode::IdempotencyKeyReused => 7407,
             RefusalCode::RequestTimeout => 7408,
             RefusalCode::AgentUnauthenticated => 7401,
             RefusalCode::PolicyDenied => 7403,
@@ -263,15 +271,21 @@ impl Refusal {
                 "tollgate": tollgate,
             }),
             Envelope::Stripe => {
-                let kind = match self.code.fault() {
-                    Fault::Agent => "invalid_request_error",
-                    Fault::Upstream | Fault::Tollgate => "api_error",
+                let kind = match (self.code, self.code.fault()) {
+                    (RefusalCode::IdempotencyKeyReused, _) => "idempotency_error",
+                    (_, Fault::Agent) => "invalid_request_error",
+                    (_, Fault::Upstream | Fault::Tollgate) => "api_error",
                 };
+                // The SDKs keep only the `error` member (stripe-node's `StripeError.raw`, stripe-python's
+                // `e.error`): the tollgate facts are repeated inside it, and `code` is tollgate's code.
                 json!({
                     "error": {
                         "type": kind,
-                        "code": format!("tollgate_{}", self.code.as_str()),
+                        "code": self.code.as_str(),
                         "message": self.message,
+                        "tollgate_decision_id": decision_id.to_string(),
+                        "tollgate_approval_id": self.approval_id,
+                        "tollgate_rule": self.rule,
                     },
                     "tollgate": tollgate,
                 })
@@ -301,10 +315,21 @@ impl Refusal {
             headers.insert(crate::DECISION_HEADER, value);
         }
         if self.not_retryable {
-            headers.insert(
-                http::HeaderName::from_static("x-should-retry"),
-                HeaderValue::from_static("false"),
-            );
+            // `x-should-retry` is read by the Stainless-generated SDKs (Cloudflare's), `Stripe-Should-Retry`
+            // by Stripe's.
+            for name in ["x-should-retry", "stripe-should-retry"] {
+                headers.insert(
+                    http::HeaderName::from_static(name),
+                    HeaderValue::from_static("false"),
+                );
+            }
+        }
+        if let Some(value) = self
+            .approval_id
+            .as_deref()
+            .and_then(|id| HeaderValue::from_str(id).ok())
+        {
+            headers.insert(http::HeaderName::from_static("tollgate-approval-id"), value);
         }
         if let Some(secs) = self.retry_after {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
@@ -359,7 +384,15 @@ mod tests {
         let id = Uuid::nil();
         let agent = Refusal::malformed("bad").body(Envelope::Stripe, id);
         assert_eq!(agent["error"]["type"], "invalid_request_error");
-        assert_eq!(agent["error"]["code"], "tollgate_request_malformed");
+        assert_eq!(agent["error"]["code"], "request_malformed");
+        assert_eq!(agent["error"]["tollgate_decision_id"], id.to_string());
+        let reused = Refusal::new(RefusalCode::IdempotencyKeyReused, "other body")
+            .body(Envelope::Stripe, id);
+        assert_eq!(reused["error"]["type"], "idempotency_error");
+        let held = Refusal::new(RefusalCode::ApprovalRequired, "held")
+            .with_approval("a1")
+            .into_response(Envelope::Stripe, id);
+        assert_eq!(held.headers()["tollgate-approval-id"], "a1");
         let ours = Refusal::store_unavailable().body(Envelope::Stripe, id);
         assert_eq!(ours["error"]["type"], "api_error");
     }

@@ -90,6 +90,9 @@ pub enum Settlement {
     Unknown,
 }
 
+/// How long a request's lifecycle keeps trying to settle its reservation while the store is away.
+pub const SETTLE_PERSISTENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Clone)]
 pub struct Ledger {
     store: Store,
@@ -226,6 +229,37 @@ impl Ledger {
             Settlement::Release => self.store.settle(decision_id, false).await.map(|_| None),
             Settlement::Unknown => self.store.flag_reservation(decision_id).await.map(|_| None),
         }
+    }
+
+    /// Settles like [`Ledger::settle`], trying again with backoff while the store is unreachable (settling
+    /// is idempotent: only a reservation still `reserved` moves). Gives up after [`SETTLE_PERSISTENCE`];
+    /// what is still unsettled then is flagged by [`Ledger::flag_stale`] for an operator.
+    pub async fn settle_persistently(
+        &self,
+        decision_id: Uuid,
+        settlement: Settlement,
+    ) -> Result<Option<i64>, StoreError> {
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(100);
+        loop {
+            match self.settle(decision_id, settlement).await {
+                Ok(moved) => return Ok(moved),
+                Err(e) if started.elapsed() + pause > SETTLE_PERSISTENCE => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, %decision_id, "settlement failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Flags reservations left `reserved` by lifecycles that ended without settling (the store away for
+    /// longer than [`SETTLE_PERSISTENCE`], a killed process): older than `age`, they are counted against the
+    /// cap until an operator settles them, and now listed for one.
+    pub async fn flag_stale(&self, age: std::time::Duration) -> Result<u64, StoreError> {
+        let before = Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+        self.store.flag_stale_reservations(before).await
     }
 
     /// Reservations whose outcome is unknown and that no one has settled yet.

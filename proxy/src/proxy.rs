@@ -741,7 +741,8 @@ impl Gate {
                 RefusalCode::IdempotencyKeyInUse,
                 "tollgate: the first request with this Idempotency-Key has no answer yet; retry once it has",
             )),
-            Ok(Reservation::IdempotencyConflict) => Err(Refusal::malformed(
+            Ok(Reservation::IdempotencyConflict) => Err(Refusal::new(
+                RefusalCode::IdempotencyKeyReused,
                 "tollgate: this Idempotency-Key was already used for a different request (or with \
                  other account headers) within the provider's replay window",
             )),
@@ -883,9 +884,11 @@ impl Gate {
                     .with_label_values(&[&provider.name])
                     .inc_by(cents as u64),
                 Ok(None) => {}
-                // The reservation stays as it is: counted against the cap until someone settles it.
+                // The store is away: settling goes on in the background (the agent's answer does not wait
+                // for it); if it never succeeds, the sweeper flags the reservation for an operator.
                 Err(e) => {
-                    tracing::error!(error = %e, decision_id = %draft.id, "settlement failed; reservation left in place")
+                    tracing::error!(error = %e, decision_id = %draft.id, "settlement failed; trying again in the background");
+                    self.settle_later(draft.id, settlement, &provider.name);
                 }
             }
         }
@@ -1238,8 +1241,28 @@ impl Gate {
     /// Releases a reservation whose request will not be forwarded after all.
     async fn release(&self, decision_id: Uuid) {
         if let Err(e) = self.ledger.settle(decision_id, Settlement::Release).await {
-            tracing::error!(error = %e, %decision_id, "reservation not released; it stays counted until settled");
+            tracing::error!(error = %e, %decision_id, "reservation not released; trying again in the background");
+            self.settle_later(decision_id, Settlement::Release, "");
         }
+    }
+
+    /// Keeps trying a settlement that failed (`Ledger::settle_persistently`) in a task of its own.
+    fn settle_later(&self, decision_id: Uuid, settlement: Settlement, provider: &str) {
+        let ledger = self.ledger.clone();
+        let metrics = self.metrics.clone();
+        let provider = provider.to_string();
+        tokio::spawn(async move {
+            match ledger.settle_persistently(decision_id, settlement).await {
+                Ok(Some(cents)) if !provider.is_empty() => metrics
+                    .spend_committed_cents
+                    .with_label_values(&[&provider])
+                    .inc_by(cents as u64),
+                Ok(_) => tracing::info!(%decision_id, "settled after the store came back"),
+                Err(e) => {
+                    tracing::error!(error = %e, %decision_id, "settlement abandoned; the reservation will be flagged for an operator")
+                }
+            }
+        });
     }
 }
 

@@ -64,6 +64,7 @@ conformance!(
     decisions_commit_in_batches_with_outcomes_filters_and_an_intact_chain,
     forty_concurrent_reservations_admit_exactly_the_cap,
     settlement_commits_releases_and_flags,
+    reservations_left_unsettled_are_flagged_by_the_sweep,
     idempotency_keys_replay_and_conflict,
     flagged_reservations_are_settled_by_an_operator,
     approvals_open_once_decide_once_and_consume_once,
@@ -334,6 +335,29 @@ async fn settlement_commits_releases_and_flags(store: &Store) {
         (2000, 2000, 2000)
     );
     assert_eq!(store.window_spent(&w).await.unwrap(), 4000);
+}
+
+/// A reservation whose request never settled it (the store away for longer than the retries, a killed
+/// process) is flagged by the sweep once it is old enough; settled or fresh ones are left alone.
+async fn reservations_left_unsettled_are_flagged_by_the_sweep(store: &Store) {
+    let w = window();
+    let (stuck, settled) = (Uuid::now_v7(), Uuid::now_v7());
+    for id in [stuck, settled] {
+        store
+            .reserve(&reservation(&w, id, 700, None, "f"))
+            .await
+            .unwrap();
+    }
+    store.settle(settled, true).await.unwrap();
+    let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(store.flag_stale_reservations(an_hour_ago).await.unwrap(), 0);
+    assert!(store.flagged_reservations().await.unwrap().is_empty());
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(store.flag_stale_reservations(later).await.unwrap(), 1);
+    assert_eq!(store.flag_stale_reservations(later).await.unwrap(), 0, "once");
+    let flagged = store.flagged_reservations().await.unwrap();
+    assert_eq!(flagged.len(), 1);
+    assert_eq!(flagged[0].decision_id, stuck);
 }
 
 async fn idempotency_keys_replay_and_conflict(store: &Store) {

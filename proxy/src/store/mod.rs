@@ -213,6 +213,13 @@ impl Store {
     }
 
     /// Marks a reservation whose outcome is unknown; it stays reserved.
+    /// Flags every reservation still `reserved`, unflagged, and created before `before`: one whose request's
+    /// lifecycle ended without settling it (a settlement that failed while the store was away, a process
+    /// killed mid-request). How many were flagged.
+    pub async fn flag_stale_reservations(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.flag_stale_reservations(before).await)
+    }
+
     pub async fn flag_reservation(&self, decision_id: Uuid) -> Result<(), StoreError> {
         dispatch!(self, s => s.flag_reservation(decision_id).await)
     }

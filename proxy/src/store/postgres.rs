@@ -549,6 +549,17 @@ impl PgStore {
         })
     }
 
+    pub async fn flag_stale_reservations(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE spend_reservations SET flagged = true
+             WHERE state = 'reserved' AND NOT flagged AND created_at < $1",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// Marks a reservation whose outcome is unknown; it stays reserved.
     pub async fn flag_reservation(&self, decision_id: Uuid) -> Result<(), StoreError> {
         sqlx::query("UPDATE spend_reservations SET flagged = true WHERE decision_id = $1")

@@ -686,6 +686,17 @@ impl SqliteStore {
         Ok(Some(cents))
     }
 
+    pub async fn flag_stale_reservations(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE spend_reservations SET flagged = 1
+             WHERE state = 'reserved' AND NOT flagged AND created_at < ?",
+        )
+        .bind(ts(before))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     pub async fn flag_reservation(&self, decision_id: Uuid) -> Result<(), StoreError> {
         sqlx::query("UPDATE spend_reservations SET flagged = 1 WHERE decision_id = ?")
             .bind(decision_id.to_string())
