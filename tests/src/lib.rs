@@ -1,7 +1,8 @@
 //! The end-to-end test harness for tollgate: the fixtures a test needs around the real binary.
 //!
 //! - [`postgres`]: a fresh, empty, real Postgres database for each test ([`TestDatabase`]), either on the
-//!   server named by `DATABASE_URL` or on a private throwaway cluster started once per test process.
+//!   server named by `DATABASE_URL` or on a private throwaway cluster started once per test process; and a
+//!   private cluster of a test's own that it may restart ([`RestartableCluster`]).
 //! - [`upstream`]: a stand-in provider ([`Upstream`]) that records every request it receives exactly as it
 //!   arrived and answers with a configured status and JSON body.
 //!
@@ -25,5 +26,5 @@ pub mod sockets;
 pub mod tollgate;
 pub mod upstream;
 
-pub use postgres::TestDatabase;
+pub use postgres::{RestartableCluster, TestDatabase};
 pub use upstream::{RecordedRequest, Upstream, UpstreamBuilder};

@@ -26,6 +26,16 @@
 //!
 //! `initdb` and `postgres` refuse to run as root; as root (containers, CI) they run as the `postgres` system
 //! user through `setpriv`, and the temporary directory is handed to that user first.
+//!
+//! # A cluster a test may restart
+//!
+//! A test that restarts Postgres itself (`pg_ctl restart`) must not do so to a server other tests share.
+//! [`RestartableCluster::start`] gives it a private cluster of its own, always, even when `DATABASE_URL`
+//! is set: built from the same installed server binaries, listening on a Unix socket only in a private
+//! temporary directory, and run by `pg_ctl` rather than by a watchdog's child (a restart replaces the
+//! postmaster, which a watchdog waiting on its child could not follow). Dropping it stops the server
+//! (immediate shutdown) and removes the directory. In case the test process dies without dropping it, a
+//! watchdog on a lifeline pipe, as above, runs that same stop and removal when the process is gone.
 
 use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt as _;
@@ -260,63 +270,137 @@ wait "$guard"
 rm -rf "$dir"
 "#;
 
-async fn start_cluster() -> anyhow::Result<Server> {
-    let bindir = find_server_binaries().ok_or_else(|| anyhow!(NO_POSTGRES))?;
-    let dir = tempfile::Builder::new()
-        .prefix("tollgate-pg-")
-        .tempdir()
-        .context("creating a directory for the throwaway Postgres cluster")?;
-    let root = dir.path().to_owned();
-    let data_dir = root.join("data");
-    let socket_dir = root.join("socket");
-    std::fs::create_dir(&socket_dir).context("creating the cluster's socket directory")?;
+/// The settings every private cluster runs with.
+const CLUSTER_SETTINGS: &[(&str, &str)] = &[
+    // No TCP listener: clients connect through the socket in the private directory.
+    ("listen_addresses", ""),
+    // Durability is worthless for a cluster that is deleted when the tests end.
+    ("fsync", "off"),
+    ("synchronous_commit", "off"),
+    ("full_page_writes", "off"),
+    // Room for many tests' pools at once (sqlx pools default to 10 connections each).
+    ("max_connections", "300"),
+];
 
-    let as_root = std::fs::metadata(&root)
-        .context("reading the cluster directory's owner")?
-        .uid()
-        == 0;
-    if as_root {
-        let mut chown = Command::new("chown");
-        chown.arg("-R").arg("postgres:").arg(&root);
-        run_to_completion(
-            chown,
-            "handing the cluster directory to the `postgres` user (initdb and postgres refuse to run \
-             as root; the Debian package `postgresql` creates that user)",
-        )
-        .await?;
+/// A private cluster's directory with its data directory initialized, not yet running. Dropping it (before
+/// the directory is handed to something that cleans it up) removes the directory.
+#[derive(Debug)]
+struct NewCluster {
+    /// Where `initdb`, `postgres` and `pg_ctl` are.
+    bindir: PathBuf,
+    /// The cluster's temporary directory: `data/`, `socket/` and `postgres.log`.
+    dir: tempfile::TempDir,
+    data_dir: PathBuf,
+    socket_dir: PathBuf,
+    /// Whether the server programs must run as the `postgres` user (we are root).
+    as_root: bool,
+}
+
+impl NewCluster {
+    /// Makes the directory and runs `initdb` in it. `missing` is the error when no server binaries are
+    /// installed; `needs` names further programs the caller will run from the same directory.
+    async fn init(missing: &str, needs: &[&str]) -> anyhow::Result<NewCluster> {
+        let bindir = find_server_binaries()
+            .filter(|dir| needs.iter().all(|program| dir.join(program).is_file()))
+            .ok_or_else(|| anyhow!("{missing}"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("tollgate-pg-")
+            .tempdir()
+            .context("creating a directory for a private Postgres cluster")?;
+        let root = dir.path();
+        let data_dir = root.join("data");
+        let socket_dir = root.join("socket");
+        std::fs::create_dir(&socket_dir).context("creating the cluster's socket directory")?;
+
+        let as_root = std::fs::metadata(root)
+            .context("reading the cluster directory's owner")?
+            .uid()
+            == 0;
+        if as_root {
+            let mut chown = Command::new("chown");
+            chown.arg("-R").arg("postgres:").arg(root);
+            run_to_completion(
+                chown,
+                "handing the cluster directory to the `postgres` user (initdb and postgres refuse to run \
+                 as root; the Debian package `postgresql` creates that user)",
+            )
+            .await?;
+        }
+
+        let mut initdb = server_command(as_root, &bindir.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data_dir)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync"])
+            .args(["-E", "UTF8", "--locale=C"])
+            .current_dir(root);
+        run_to_completion(initdb, "initdb for a private Postgres cluster").await?;
+        Ok(NewCluster {
+            bindir,
+            dir,
+            data_dir,
+            socket_dir,
+            as_root,
+        })
     }
 
-    let mut initdb = server_command(as_root, &bindir.join("initdb"));
-    initdb
-        .arg("-D")
-        .arg(&data_dir)
-        .args(["-A", "trust", "-U", "postgres", "--no-sync"])
-        .args(["-E", "UTF8", "--locale=C"])
-        .current_dir(&root);
-    run_to_completion(initdb, "initdb for the throwaway Postgres cluster").await?;
+    /// `program` from the server binaries, as the `postgres` user when we are root, in the cluster's
+    /// directory (the `postgres` user may not be allowed into ours).
+    fn command(&self, program: &str) -> Command {
+        let mut command = server_command(self.as_root, &self.bindir.join(program));
+        command.current_dir(self.dir.path());
+        command
+    }
 
-    let mut postgres = server_command(as_root, &bindir.join("postgres"));
+    /// `pg_ctl <action> -D <data> -l <log> -w`, then `args`: waits (up to a minute) for the action to be
+    /// done, and a (re)started server logs to the same `postgres.log` as the first start.
+    fn pg_ctl(&self, action: &str, args: &[&str]) -> Command {
+        let mut pg_ctl = self.command("pg_ctl");
+        pg_ctl
+            .arg(action)
+            .arg("-D")
+            .arg(&self.data_dir)
+            .arg("-l")
+            .arg(self.dir.path().join("postgres.log"))
+            .args(["-w", "-t", "60"])
+            .args(args);
+        pg_ctl
+    }
+
+    /// A URL for `database` on this cluster, through its socket.
+    fn url(&self, database: &str) -> anyhow::Result<String> {
+        let socket = self
+            .socket_dir
+            .to_str()
+            .context("the temporary directory's path is not UTF-8")?;
+        Ok(format!(
+            "postgres://postgres@localhost/{database}?host={}&port={CLUSTER_PORT}",
+            encode_query_value(socket)
+        ))
+    }
+}
+
+async fn start_cluster() -> anyhow::Result<Server> {
+    let cluster = NewCluster::init(NO_POSTGRES, &[]).await?;
+    let mut postgres = cluster.command("postgres");
     postgres
         .arg("-D")
-        .arg(&data_dir)
+        .arg(&cluster.data_dir)
         .arg("-k")
-        .arg(&socket_dir)
-        .args(["-p", &CLUSTER_PORT.to_string()])
-        .args(["-c", "listen_addresses="])
-        // Durability is worthless for a cluster that is deleted when the tests end.
-        .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-        .args(["-c", "full_page_writes=off"])
-        // Room for many tests' pools at once (sqlx pools default to 10 connections each).
-        .args(["-c", "max_connections=300"]);
+        .arg(&cluster.socket_dir)
+        .args(["-p", &CLUSTER_PORT.to_string()]);
+    for (name, value) in CLUSTER_SETTINGS {
+        postgres.arg("-c").arg(format!("{name}={value}"));
+    }
     let mut watchdog = Command::new("/bin/sh");
     watchdog
         .arg("-c")
         .arg(WATCHDOG)
         .arg("tollgate-pg-watchdog")
-        .arg(&root)
+        .arg(cluster.dir.path())
         .arg(postgres.get_program())
         .args(postgres.get_args())
-        .current_dir(&root)
+        .current_dir(cluster.dir.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -329,22 +413,180 @@ async fn start_cluster() -> anyhow::Result<Server> {
         .stdin
         .take()
         .context("the watchdog's stdin pipe is missing")?;
+    let admin_url = cluster.url("postgres")?;
     // From here on the watchdog owns the directory and removes it when this process exits.
-    let root = dir.keep();
-
-    let socket = socket_dir
-        .to_str()
-        .context("the temporary directory's path is not UTF-8")?;
-    let admin_url = format!(
-        "postgres://postgres@localhost/postgres?host={}&port={CLUSTER_PORT}",
-        encode_query_value(socket)
-    );
+    let root = cluster.dir.keep();
     wait_until_ready(&admin_url, &root).await?;
     Ok(Server {
         admin_url,
         is_shared: false,
         _lifeline: Some(lifeline),
     })
+}
+
+/// A private Postgres cluster that a test may restart under tollgate's feet (see the module docs): always
+/// its own, never the `DATABASE_URL` server. Dropping it stops the server at once and removes its directory.
+#[derive(Debug)]
+pub struct RestartableCluster {
+    /// Holds the directory, which is removed when this is dropped.
+    cluster: NewCluster,
+    /// The database `tollgate` on this cluster.
+    url: String,
+    /// The watchdog that stops and removes the cluster should this process die without dropping it; its
+    /// stdin is our end of its lifeline pipe.
+    watchdog: std::process::Child,
+}
+
+/// Why a [`RestartableCluster`] cannot be had. `DATABASE_URL` does not help: a test never restarts a shared
+/// server.
+const NO_RESTARTABLE_POSTGRES: &str = "no Postgres server binaries (initdb, postgres, pg_ctl) were found \
+     via `pg_config --bindir`, in /usr/lib/postgresql/*/bin or on PATH; a test that restarts Postgres needs a \
+     private cluster even when DATABASE_URL is set. Install the Debian package `postgresql` \
+     (apt-get install postgresql)";
+
+/// The restartable cluster's watchdog. `$1` is the cluster's directory, the rest the command that stops the
+/// cluster at once. Unlike [`WATCHDOG`] it is not postgres's parent: `pg_ctl` starts (and restarts) the
+/// server, so the watchdog stops it through `pg_ctl` too.
+const STOP_WATCHDOG: &str = r#"set -u
+dir=$1
+shift
+# Returns at end of file: the test process dropped the cluster or is gone, however it ended.
+while read -r _; do :; done
+"$@" >/dev/null 2>&1
+rm -rf "$dir"
+"#;
+
+impl RestartableCluster {
+    /// Initializes and starts a new private cluster with an empty database `tollgate` (see
+    /// [`RestartableCluster::url`]); returns once it accepts connections.
+    pub async fn start() -> anyhow::Result<RestartableCluster> {
+        let cluster = NewCluster::init(NO_RESTARTABLE_POSTGRES, &["pg_ctl"]).await?;
+        // The settings go into postgresql.conf rather than on postgres's command line, so that every
+        // (re)start by `pg_ctl` reads the same ones.
+        let socket_dir = cluster
+            .socket_dir
+            .to_str()
+            .context("the temporary directory's path is not UTF-8")?;
+        let port = CLUSTER_PORT.to_string();
+        let mut settings =
+            String::from("\n# tollgate-tests: a private cluster a test may restart\n");
+        for (name, value) in [("unix_socket_directories", socket_dir), ("port", &port)]
+            .into_iter()
+            .chain(CLUSTER_SETTINGS.iter().copied())
+        {
+            // A quoted value may hold anything but a lone quote, which is doubled.
+            let _ = writeln!(settings, "{name} = '{}'", value.replace('\'', "''"));
+        }
+        let config = cluster.data_dir.join("postgresql.conf");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&config)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, settings.as_bytes()))
+            .with_context(|| format!("adding the test settings to {}", config.display()))?;
+
+        // The watchdog comes first, so that the server is never running without it.
+        let stop = cluster.pg_ctl("stop", &["-m", "immediate"]);
+        let watchdog = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(STOP_WATCHDOG)
+            .arg("tollgate-pg-stop-watchdog")
+            .arg(cluster.dir.path())
+            .arg(stop.get_program())
+            .args(stop.get_args())
+            .current_dir(cluster.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Out of the terminal's foreground group: a Ctrl-C stops the tests, not the clean-up.
+            .process_group(0)
+            .spawn()
+            .context("starting the restartable Postgres cluster's watchdog (/bin/sh)")?;
+        let url = cluster.url("tollgate")?;
+        let started = RestartableCluster {
+            cluster,
+            url,
+            watchdog,
+        };
+        started
+            .run_pg_ctl("start", &[], "starting the restartable Postgres cluster")
+            .await?;
+        let admin_url = started.cluster.url("postgres")?;
+        wait_until_ready(&admin_url, started.cluster.dir.path()).await?;
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .with_context(|| format!("connecting to the restartable cluster at {admin_url}"))?;
+        sqlx::query("CREATE DATABASE tollgate TEMPLATE template0")
+            .execute(&mut admin)
+            .await
+            .context("creating the database `tollgate` on the restartable cluster")?;
+        let _ = admin.close().await;
+        Ok(started)
+    }
+
+    /// A `postgres://` URL for the cluster's database `tollgate`, through its Unix socket.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A connection pool on the cluster's database, for a test's own queries. Its connections die with a
+    /// restart; take a new pool, or let the pool find them dead on their next use.
+    pub async fn pool(&self) -> anyhow::Result<PgPool> {
+        PgPool::connect(&self.url)
+            .await
+            .with_context(|| format!("connecting to the restartable cluster at {}", self.url))
+    }
+
+    /// Restarts the server (`pg_ctl restart -m fast`: every session is cut, the server shuts down cleanly
+    /// and starts again) and returns once it accepts connections again.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        self.run_pg_ctl(
+            "restart",
+            &["-m", "fast"],
+            "restarting the Postgres cluster",
+        )
+        .await?;
+        wait_until_ready(&self.url, self.cluster.dir.path()).await
+    }
+
+    /// The server's log so far (every start, shutdown and cut session), for a failing test's message.
+    pub fn log(&self) -> String {
+        read_log(self.cluster.dir.path())
+    }
+
+    /// Runs `pg_ctl <action>` to completion; a failure carries the server's log.
+    async fn run_pg_ctl(&self, action: &str, args: &[&str], what: &str) -> anyhow::Result<()> {
+        run_to_completion(self.cluster.pg_ctl(action, args), what)
+            .await
+            .with_context(|| format!("the cluster's log:\n{}", self.log()))
+    }
+}
+
+impl Drop for RestartableCluster {
+    fn drop(&mut self) {
+        // Immediate shutdown: nothing in the cluster is worth a checkpoint. Blocking is fine here: it takes
+        // moments, and the test is over.
+        match self
+            .cluster
+            .pg_ctl("stop", &["-m", "immediate"])
+            .stdin(Stdio::null())
+            .output()
+        {
+            Ok(output) if output.status.success() => {}
+            Ok(output) => eprintln!(
+                "tollgate-tests: stopping the restartable Postgres cluster failed ({}): {}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+            Err(error) => {
+                eprintln!("tollgate-tests: could not run pg_ctl to stop the cluster: {error}")
+            }
+        }
+        // Closing the lifeline lets the watchdog finish: its own stop finds no server, and it removes the
+        // directory (which the TempDir would otherwise remove right after this).
+        drop(self.watchdog.stdin.take());
+        let _ = self.watchdog.wait();
+    }
 }
 
 /// `program`, run as the `postgres` user when we are root.
@@ -388,7 +630,7 @@ async fn wait_until_ready(admin_url: &str, root: &Path) -> anyhow::Result<()> {
         // The watchdog writes `exited` when postgres stops, which during startup means it failed.
         if root.join("exited").exists() {
             bail!(
-                "the throwaway Postgres cluster stopped during startup; its log:\n{}",
+                "the private Postgres cluster stopped during startup; its log:\n{}",
                 read_log(root)
             );
         }
@@ -399,7 +641,7 @@ async fn wait_until_ready(admin_url: &str, root: &Path) -> anyhow::Result<()> {
             }
             Err(error) if started.elapsed() > STARTUP_TIMEOUT => {
                 bail!(
-                    "the throwaway Postgres cluster did not accept connections within {STARTUP_TIMEOUT:?} \
+                    "the private Postgres cluster did not accept connections within {STARTUP_TIMEOUT:?} \
                      ({error}); its log:\n{}",
                     read_log(root)
                 );
