@@ -104,9 +104,8 @@ fn spawn_stale_reservation_sweep(
     ledger: crate::ledger::Ledger,
     upstream_timeout: std::time::Duration,
 ) -> tokio::task::JoinHandle<()> {
-    let age = upstream_timeout
-        + crate::ledger::SETTLE_PERSISTENCE
-        + std::time::Duration::from_secs(60);
+    let age =
+        upstream_timeout + crate::ledger::SETTLE_PERSISTENCE + std::time::Duration::from_secs(60);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(STALE_SWEEP_EVERY);
         loop {

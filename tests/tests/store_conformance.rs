@@ -354,7 +354,11 @@ async fn reservations_left_unsettled_are_flagged_by_the_sweep(store: &Store) {
     assert!(store.flagged_reservations().await.unwrap().is_empty());
     let later = chrono::Utc::now() + chrono::Duration::seconds(1);
     assert_eq!(store.flag_stale_reservations(later).await.unwrap(), 1);
-    assert_eq!(store.flag_stale_reservations(later).await.unwrap(), 0, "once");
+    assert_eq!(
+        store.flag_stale_reservations(later).await.unwrap(),
+        0,
+        "once"
+    );
     let flagged = store.flagged_reservations().await.unwrap();
     assert_eq!(flagged.len(), 1);
     assert_eq!(flagged[0].decision_id, stuck);
