@@ -310,7 +310,7 @@ async fn a_replay_is_only_what_the_provider_replays() {
         .await;
     assert_eq!(
         (conflict.status, conflict.code()),
-        (400, "request_malformed"),
+        (400, "idempotency_key_reused"),
         "{}",
         conflict.body
     );

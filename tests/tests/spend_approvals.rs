@@ -478,8 +478,10 @@ async fn a_repeated_idempotency_key_is_not_charged_twice() {
     .await;
     assert_eq!(
         (status, body["tollgate"]["code"].as_str()),
-        (400, Some("request_malformed"))
+        (400, Some("idempotency_key_reused"))
     );
+    // As Stripe answers it, so its SDKs raise their IdempotencyError.
+    assert_eq!(body["error"]["type"], "idempotency_error", "{body}");
     let (ok, out, _) = c.replicas[0].cli(&["spend", "--json"]).await.unwrap();
     assert!(ok);
     let v: Value = serde_json::from_str(&out).unwrap();
