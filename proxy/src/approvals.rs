@@ -214,20 +214,47 @@ impl Approvals {
         }
     }
 
-    /// Why an approval cannot be used for this call, for the agent's error message.
-    pub async fn why_invalid(&self, id: Uuid, call: &Call<'_>) -> Result<&'static str, StoreError> {
+    /// Why an approval cannot be used for this call, for the agent's error message. For one already used,
+    /// what became of the call that used it: an agent whose SDK retried after an upstream failure learns
+    /// that its approved call was sent, and what the provider answered.
+    pub async fn why_invalid(&self, id: Uuid, call: &Call<'_>) -> Result<String, StoreError> {
         Ok(match self.store.approval(id).await? {
-            None => "unknown approval",
+            None => "unknown approval".to_string(),
             Some(a) if a.fingerprint != call.fingerprint() => {
-                "the approval is for a different request"
+                "the approval is for a different request".to_string()
             }
-            Some(a) if a.status == "consumed" => "the approval was already used",
-            Some(a) if a.status == "denied" => "the approval was denied",
+            Some(a) if a.status == "consumed" => match a.consumed_by_decision {
+                Some(used_by) => self.used_by(used_by).await?,
+                None => "the approval was already used".to_string(),
+            },
+            Some(a) if a.status == "denied" => "the approval was denied".to_string(),
             Some(a) if a.expires_at <= Utc::now() || a.status == "expired" => {
-                "the approval expired"
+                "the approval expired".to_string()
             }
-            Some(a) if a.status == "pending" => "the approval is still pending review",
-            Some(_) => "the approval cannot be used",
+            Some(a) if a.status == "pending" => "the approval is still pending review".to_string(),
+            Some(_) => "the approval cannot be used".to_string(),
+        })
+    }
+
+    /// What happened to the request (decision `used_by`) that consumed an approval.
+    async fn used_by(&self, used_by: Uuid) -> Result<String, StoreError> {
+        let outcome = self.store.decision(used_by).await?.and_then(|(_, o)| o);
+        Ok(match outcome {
+            Some(o) => match (o.upstream_status, o.error.as_deref()) {
+                (_, Some(e)) if e.starts_with("not_forwarded") => format!(
+                    "the approval was already used by request {used_by}, which was not sent (its agent had disconnected)"
+                ),
+                (Some(status), _) => format!(
+                    "the approval was already used: request {used_by} was sent to the provider, which answered {status}; ask for a new approval if the call must be made again"
+                ),
+                (None, error) => format!(
+                    "the approval was already used: request {used_by} was sent to the provider and got no answer ({}); the provider may have acted, so check before asking for a new approval",
+                    error.unwrap_or("unknown")
+                ),
+            },
+            None => format!(
+                "the approval was already used by request {used_by} (its outcome is not recorded yet)"
+            ),
         })
     }
 }

@@ -629,7 +629,7 @@ impl Gate {
                         .approvals
                         .why_invalid(id, &call)
                         .await
-                        .unwrap_or("the approval cannot be used");
+                        .unwrap_or_else(|_| "the approval cannot be used".to_string());
                     return Err(Refusal::new(
                         RefusalCode::ApprovalInvalid,
                         format!("tollgate: approval {id} is not valid for this request: {why}"),

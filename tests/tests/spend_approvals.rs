@@ -254,11 +254,21 @@ async fn an_approval_granted_on_one_replica_is_honoured_once_on_another() {
         (status, body["tollgate"]["code"].as_str()),
         (403, Some("approval_invalid"))
     );
+    // The refusal says what became of the approved call: sent, and what the provider answered (the outcome
+    // row may trail the answer by a few milliseconds).
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("already used"), "{message}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("already used")
+        message.contains("was sent to the provider, which answered 200")
+            || message.contains("its outcome is not recorded yet"),
+        "{message}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (_, body) = code_of(c.pay(0, &key, 6000, &[("Tollgate-Approval", &id)]).await).await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("was sent to the provider, which answered 200"),
+        "{message}"
     );
     assert_eq!(c.upstream.request_count(), 1);
 
