@@ -195,6 +195,28 @@ impl Settlement {
         }
     }
 
+    /// What a retry's answer tells about the earlier attempt it replaces: the same request, with the same
+    /// Idempotency-Key, whose outcome was unknown (its reservation flagged). A provider that keeps keys
+    /// (Stripe) either replays the earlier attempt's saved result — then that result settles the earlier
+    /// attempt — or, having no result for the key, runs the retry anew — then the earlier attempt never ran
+    /// and its money goes back. `None` when the answer tells nothing: the retry's own outcome is unknown,
+    /// or the provider says the key is still in use (409: the earlier attempt may still be running).
+    pub fn of_replaced(
+        status: u16,
+        envelope: Envelope,
+        replayed: bool,
+        body: Option<&[u8]>,
+    ) -> Option<Settlement> {
+        if status == 409 {
+            return None;
+        }
+        match Settlement::of_response(status, envelope, false, body) {
+            Settlement::Unknown => None,
+            replayed_result if replayed => Some(replayed_result),
+            _ => Some(Settlement::Release),
+        }
+    }
+
     /// Whether [`Settlement::of_response`] needs the response body to decide.
     pub fn needs_body(status: u16, envelope: Envelope) -> bool {
         (400..500).contains(&status) && envelope != Envelope::Plain
@@ -283,6 +305,42 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_settles_the_attempt_it_replaces() {
+        let refused = br#"{"error": {"type": "card_error"}}"#;
+        // Replayed: the earlier attempt ran; its saved result settles it.
+        assert_eq!(
+            Settlement::of_replaced(200, Envelope::Stripe, true, None),
+            Some(Settlement::Commit)
+        );
+        assert_eq!(
+            Settlement::of_replaced(402, Envelope::Stripe, true, Some(refused)),
+            Some(Settlement::Release)
+        );
+        // Run anew: the earlier attempt never ran.
+        assert_eq!(
+            Settlement::of_replaced(200, Envelope::Stripe, false, None),
+            Some(Settlement::Release)
+        );
+        assert_eq!(
+            Settlement::of_replaced(402, Envelope::Stripe, false, Some(refused)),
+            Some(Settlement::Release)
+        );
+        // Nothing learned.
+        assert_eq!(
+            Settlement::of_replaced(500, Envelope::Stripe, false, None),
+            None
+        );
+        assert_eq!(
+            Settlement::of_replaced(500, Envelope::Stripe, true, None),
+            None
+        );
+        assert_eq!(
+            Settlement::of_replaced(409, Envelope::Stripe, false, Some(refused)),
+            None
+        );
+    }
 
     fn agent(team: Option<&str>) -> Agent {
         Agent {

@@ -221,6 +221,9 @@ struct Ruling {
 struct Authorized {
     consumed: Option<ConsumedApproval>,
     reserved: bool,
+    /// The flagged reservation of an earlier attempt of this same request (same Idempotency-Key) that this
+    /// one's answer settles.
+    replaces: Option<Uuid>,
     recorded: Recorded,
 }
 
@@ -645,7 +648,7 @@ impl Gate {
 
         // reserve (a repeat of a request whose Idempotency-Key the provider still replays is not charged
         // again: the key as forwarded, the account headers and the request fingerprint must all match)
-        let reserved = match self.reserve(draft, intake, ruling, &call).await {
+        let (reserved, replaces) = match self.reserve(draft, intake, ruling, &call).await {
             Ok(reserved) => reserved,
             Err(refusal) => {
                 self.give_back(consumed.take()).await;
@@ -659,6 +662,7 @@ impl Gate {
             Ok(recorded) => Ok(Authorized {
                 consumed,
                 reserved,
+                replaces,
                 recorded,
             }),
             Err(e) => {
@@ -670,6 +674,7 @@ impl Gate {
                         return Ok(Authorized {
                             consumed,
                             reserved,
+                            replaces,
                             recorded,
                         });
                     }
@@ -699,9 +704,9 @@ impl Gate {
         intake: &Intake<'_>,
         ruling: &Ruling,
         call: &Call<'_>,
-    ) -> Result<bool, Refusal> {
+    ) -> Result<(bool, Option<Uuid>), Refusal> {
         let Some(charge) = &ruling.decision.charge else {
-            return Ok(false);
+            return Ok((false, None));
         };
         let provider = intake.provider;
         let window = ledger::window(
@@ -735,8 +740,9 @@ impl Gate {
             fingerprint: &fingerprint,
         };
         match self.ledger.reserve(&reservation).await {
-            Ok(Reservation::Reserved) => Ok(true),
-            Ok(Reservation::Replayed) => Ok(false),
+            Ok(Reservation::Reserved) => Ok((true, None)),
+            Ok(Reservation::ReservedReplacing(earlier)) => Ok((true, Some(earlier))),
+            Ok(Reservation::Replayed) => Ok((false, None)),
             Ok(Reservation::IdempotencyInFlight) => Err(Refusal::new(
                 RefusalCode::IdempotencyKeyInUse,
                 "tollgate: the first request with this Idempotency-Key has no answer yet; retry once it has",
@@ -858,17 +864,43 @@ impl Gate {
 
         // settle: money first, then the outcome record
         let mut settled = None;
+        // A replay is evidence only for a request that carried a key to replay.
+        let replayed = |response: &Response<Body>| {
+            intake.headers.forwarded_key.is_some()
+                && response
+                    .headers()
+                    .get("idempotent-replayed")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+        };
+        if let (Some(earlier), Ok((response, _, evidence))) = (authorized.replaces, &result)
+            && let Some(settlement) = Settlement::of_replaced(
+                response.status().as_u16(),
+                provider.envelope,
+                replayed(response),
+                evidence.as_deref(),
+            )
+        {
+            // The earlier attempt's fate is now known: its flagged reservation is settled by it.
+            tracing::info!(decision_id = %draft.id, %earlier, ?settlement, "a retry settles the earlier attempt it replaces");
+            match self.ledger.settle(earlier, settlement).await {
+                Ok(Some(cents)) if settlement == Settlement::Commit => self
+                    .metrics
+                    .spend_committed_cents
+                    .with_label_values(&[&provider.name])
+                    .inc_by(cents as u64),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, %earlier, "settling the replaced attempt failed; trying again in the background");
+                    self.settle_later(earlier, settlement, &provider.name);
+                }
+            }
+        }
         if authorized.reserved {
             let settlement = match &result {
                 Ok((response, _, evidence)) => Settlement::of_response(
                     response.status().as_u16(),
                     provider.envelope,
-                    // A replay is evidence only for a request that carried a key to replay.
-                    intake.headers.forwarded_key.is_some()
-                        && response
-                            .headers()
-                            .get("idempotent-replayed")
-                            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")),
+                    replayed(response),
                     evidence.as_deref(),
                 ),
                 Err((UpstreamFailure::Connect | UpstreamFailure::NoCredential, _)) => {

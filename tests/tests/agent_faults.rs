@@ -42,6 +42,7 @@ on_both_stores!(
     the_total_time_before_the_forward_is_bounded,
     an_agent_flooding_the_log_is_slowed_and_others_are_not,
     an_upstream_that_breaks_after_the_request_leaves_the_money_flagged,
+    a_same_key_retry_settles_the_attempt_whose_answer_was_lost,
     one_agent_cannot_hold_more_than_its_share,
 );
 
@@ -506,5 +507,77 @@ async fn one_agent_cannot_hold_more_than_its_share(store: StoreKind) {
     })
     .await;
     books.settled(1).await.unwrap();
+    books.check(upstream.request_count()).await.unwrap();
+}
+
+/// The answer to a Stripe payment is lost after Stripe acted (flagged: unknown); the SDK retries with the
+/// same Idempotency-Key and Stripe replays the saved result. The replay proves the first attempt ran: its
+/// flagged reservation is committed, the retry's own released — charged once, nothing left for an operator.
+async fn a_same_key_retry_settles_the_attempt_whose_answer_was_lost(store: StoreKind) {
+    use tollgate_tests::faultrelay::{FaultRelay, Target};
+    let upstream = Upstream::builder()
+        .json_body(json!({"object": "payment_intent"}))
+        .stripe_idempotency()
+        .start()
+        .await
+        .unwrap();
+    let upstream_addr: std::net::SocketAddr = upstream
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let relay = FaultRelay::start(Target::Tcp(upstream_addr)).await.unwrap();
+    let HoldGate {
+        tg,
+        key,
+        books,
+        keep: _keep,
+    } = hold_gate_on(store, &format!("http://{}", relay.addr()), |b| b)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let pay = || {
+        http.post(tg.url("/stripe/v1/payment_intents"))
+            .basic_auth(&key, Some(""))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("idempotency-key", "order-9")
+            .body("amount=2300&currency=usd")
+            .send()
+    };
+    relay.swallow_reply_after(b"amount=2300");
+    assert_eq!(pay().await.unwrap().status(), 502);
+    books.settled(1).await.unwrap();
+    let flagged: Vec<_> = books
+        .reservations()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.flagged && r.state == "reserved")
+        .collect();
+    assert_eq!(flagged.len(), 1, "the lost answer leaves the money flagged");
+    let retry = pay().await.unwrap();
+    assert_eq!(retry.status(), 200);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    books.settled(2).await.unwrap();
+    let reservations = books.reservations().await.unwrap();
+    let first = reservations
+        .iter()
+        .find(|r| r.decision_id == flagged[0].decision_id)
+        .unwrap();
+    assert_eq!(first.state, "committed", "the replay proves it ran");
+    assert_eq!(reservations.len(), 2);
+    assert!(
+        reservations
+            .iter()
+            .any(|r| r.decision_id != first.decision_id && r.state == "released"),
+        "{reservations:?}"
+    );
+    let window = books.windows().await.unwrap().remove(0);
+    assert_eq!(
+        (window.committed_cents, window.reserved_cents),
+        (2300, 0),
+        "charged once, nothing flagged"
+    );
+    assert_eq!(upstream.request_count(), 2);
     books.check(upstream.request_count()).await.unwrap();
 }

@@ -479,7 +479,8 @@ async fn idempotency_keys_replay_and_conflict(store: &Store) {
             .reserve(&reservation(&w, Uuid::now_v7(), 200, Some("k5"), "f1"))
             .await
             .unwrap(),
-        Reservation::Reserved
+        Reservation::ReservedReplacing(unknown),
+        "the retry's answer will settle the attempt it replaces"
     );
     assert_eq!(store.window_spent(&w).await.unwrap(), 5400);
     // A reservation refused over the cap does not claim the key.

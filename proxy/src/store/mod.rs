@@ -521,6 +521,10 @@ pub enum ManualSettlement {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reservation {
     Reserved,
+    /// Reserved, and the same request's earlier use of its Idempotency-Key had an unknown outcome (its
+    /// reservation flagged): this retry's answer tells what became of that one (see
+    /// `ledger::Settlement::of_replaced`).
+    ReservedReplacing(Uuid),
     /// A repeat of an already charged request (same Idempotency-Key, same request): not charged again.
     Replayed,
     /// The same Idempotency-Key was used for a different request.

@@ -411,6 +411,7 @@ impl PgStore {
     /// back with everything else.
     pub async fn reserve(&self, r: &NewReservation<'_>) -> Result<Reservation, StoreError> {
         let mut tx = self.pool.begin().await?;
+        let mut replaces = None;
         if let Some(idem) = &r.idempotency {
             let claimed = sqlx::query(
                 "INSERT INTO idempotency_keys (provider, account, key, agent_id, fingerprint, decision_id)
@@ -426,7 +427,7 @@ impl PgStore {
             .await?;
             if claimed.rows_affected() == 0 {
                 let earlier = sqlx::query(
-                    "SELECT k.fingerprint,
+                    "SELECT k.fingerprint, k.decision_id,
                             k.first_seen > now() - make_interval(secs => $4::float8) AS live,
                             coalesce(r.state, 'released') AS state, coalesce(r.flagged, false) AS flagged
                      FROM idempotency_keys k LEFT JOIN spend_reservations r ON r.decision_id = k.decision_id
@@ -448,6 +449,9 @@ impl PgStore {
                 {
                     tx.rollback().await?;
                     return Ok(verdict);
+                }
+                if state == "reserved" && flagged && fingerprint == r.fingerprint {
+                    replaces = Some(earlier.try_get::<Uuid, _>("decision_id")?);
                 }
                 sqlx::query(
                     "UPDATE idempotency_keys SET agent_id = $4, fingerprint = $5, decision_id = $6, first_seen = now()
@@ -520,7 +524,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Reservation::Reserved)
+        Ok(replaces.map_or(Reservation::Reserved, Reservation::ReservedReplacing))
     }
 
     /// Commits or releases a reservation in one statement; returns the cents moved (None if there was no open

@@ -463,9 +463,10 @@ impl SqliteStore {
     /// pooled connection serializes transactions).
     pub async fn reserve(&self, r: &NewReservation<'_>) -> Result<Reservation, StoreError> {
         let mut tx = self.pool.begin().await?;
+        let mut replaces = None;
         if let Some(idem) = &r.idempotency {
             let earlier = sqlx::query(
-                "SELECT k.fingerprint, k.first_seen, coalesce(r.state, 'released') AS state,
+                "SELECT k.fingerprint, k.decision_id, k.first_seen, coalesce(r.state, 'released') AS state,
                         coalesce(r.flagged, 0) AS flagged
                  FROM idempotency_keys k LEFT JOIN spend_reservations r ON r.decision_id = k.decision_id
                  WHERE k.provider = ? AND k.account = ? AND k.key = ?",
@@ -486,6 +487,9 @@ impl SqliteStore {
                 {
                     tx.rollback().await?;
                     return Ok(verdict);
+                }
+                if state == "reserved" && flagged && fingerprint == r.fingerprint {
+                    replaces = Some(uuid(&earlier.try_get::<String, _>("decision_id")?)?);
                 }
             }
             sqlx::query(
@@ -563,7 +567,7 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Reservation::Reserved)
+        Ok(replaces.map_or(Reservation::Reserved, Reservation::ReservedReplacing))
     }
 
     pub async fn flagged_reservations(&self) -> Result<Vec<FlaggedReservation>, StoreError> {
