@@ -36,5 +36,26 @@ BEGIN
     END IF;
     RAISE EXCEPTION 'decisions are append-only';
 END $$;
+CREATE FUNCTION decisions_no_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'decisions are append-only';
+END $$;
 CREATE TRIGGER decisions_no_truncate BEFORE TRUNCATE ON decisions
-    FOR EACH STATEMENT EXECUTE FUNCTION chain_checkpoints_append_only();
+    FOR EACH STATEMENT EXECUTE FUNCTION decisions_no_truncate();
+
+-- What happened upstream is append-only too: an outcome row goes only with its pruned decision.
+CREATE FUNCTION decision_outcomes_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND EXISTS (
+        SELECT 1 FROM decisions d JOIN chain_checkpoints c
+          ON c.writer_id = d.writer_id AND c.kind = 'prune' AND c.seq >= d.seq
+        WHERE d.id = OLD.decision_id
+    ) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'decision outcomes are append-only';
+END $$;
+CREATE TRIGGER decision_outcomes_append_only BEFORE UPDATE OR DELETE ON decision_outcomes
+    FOR EACH ROW EXECUTE FUNCTION decision_outcomes_append_only();
+CREATE TRIGGER decision_outcomes_no_truncate BEFORE TRUNCATE ON decision_outcomes
+    FOR EACH STATEMENT EXECUTE FUNCTION decisions_no_truncate();

@@ -20,3 +20,13 @@ CREATE TRIGGER decisions_no_delete BEFORE DELETE ON decisions
         WHERE c.writer_id = OLD.writer_id AND c.kind = 'prune' AND c.seq >= OLD.seq
     )
 BEGIN SELECT RAISE(ABORT, 'decisions are append-only'); END;
+
+-- Outcomes are append-only too: a row goes only with its pruned decision.
+CREATE TRIGGER decision_outcomes_no_update BEFORE UPDATE ON decision_outcomes BEGIN SELECT RAISE(ABORT, 'decision outcomes are append-only'); END;
+CREATE TRIGGER decision_outcomes_no_delete BEFORE DELETE ON decision_outcomes
+    WHEN NOT EXISTS (
+        SELECT 1 FROM decisions d JOIN chain_checkpoints c
+          ON c.writer_id = d.writer_id AND c.kind = 'prune' AND c.seq >= d.seq
+        WHERE d.id = OLD.decision_id
+    )
+BEGIN SELECT RAISE(ABORT, 'decision outcomes are append-only'); END;

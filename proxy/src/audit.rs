@@ -35,6 +35,27 @@ pub const MAX_STORED_INPUT: usize = 64 * 1024;
 /// replaced by its size and hash when the input would still be over [`MAX_STORED_INPUT`]. An agent cannot
 /// fill the append-only table with large bodies, denied or not.
 pub fn bounded_input(input: std::borrow::Cow<'_, Value>) -> String {
+    let input = bounded_strings(input);
+    let text = input.to_string();
+    if text.len() <= MAX_STORED_INPUT {
+        return text;
+    }
+    let mut owned = input.into_owned();
+    if let Some(request) = owned.get_mut("request").and_then(Value::as_object_mut) {
+        let bytes = request.get("body").map_or(0, |b| b.to_string().len());
+        let sha = request.get("body_sha256").cloned().unwrap_or(Value::Null);
+        request.insert(
+            "body".to_string(),
+            serde_json::json!({"omitted": format!("the parsed body is {bytes} bytes, over the stored limit"),
+                               "bytes": bytes, "sha256": sha}),
+        );
+    }
+    owned.to_string()
+}
+
+/// Every string (and object key) over [`MAX_STORED_STRING`] in `value` shortened to its start, length and
+/// SHA-256: for anything stored that may quote what an agent sent (inputs, reasons).
+pub fn bounded_strings(input: std::borrow::Cow<'_, Value>) -> std::borrow::Cow<'_, Value> {
     fn has_long(v: &Value) -> bool {
         match v {
             Value::String(s) => s.len() > MAX_STORED_STRING,
@@ -81,28 +102,31 @@ pub fn bounded_input(input: std::borrow::Cow<'_, Value>) -> String {
             _ => {}
         }
     }
-    let input = if has_long(&input) {
+    if has_long(&input) {
         let mut owned = input.into_owned();
         shorten(&mut owned);
         std::borrow::Cow::Owned(owned)
     } else {
         input
-    };
-    let text = input.to_string();
-    if text.len() <= MAX_STORED_INPUT {
+    }
+}
+
+/// A stored text field (path, query, attribution): as it is up to `max` bytes, else its start, its length
+/// and its SHA-256.
+pub fn bounded_text(text: String, max: usize) -> String {
+    if text.len() <= max {
         return text;
     }
-    let mut owned = input.into_owned();
-    if let Some(request) = owned.get_mut("request").and_then(Value::as_object_mut) {
-        let bytes = request.get("body").map_or(0, |b| b.to_string().len());
-        let sha = request.get("body_sha256").cloned().unwrap_or(Value::Null);
-        request.insert(
-            "body".to_string(),
-            serde_json::json!({"omitted": format!("the parsed body is {bytes} bytes, over the stored limit"),
-                               "bytes": bytes, "sha256": sha}),
-        );
-    }
-    owned.to_string()
+    let cut = (0..=STORED_STRING_PREFIX.min(max))
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    format!(
+        "{}…[{} bytes, sha256:{}]",
+        &text[..cut],
+        text.len(),
+        hex::encode(Sha256::digest(text.as_bytes()))
+    )
 }
 
 /// How the decision writers anchor their chains.
@@ -757,6 +781,9 @@ pub async fn verify(
         }
     }
     writers.sort();
+    // Since when checkpoints were anchored: a chain that began after it and has no anchor at all was not
+    // written by a tollgate that anchors (an invented chain, inserted with valid hashes, is one).
+    let anchoring_since = anchors.and_then(|a| a.iter().map(|c| c.at).min());
     let mut reports = Vec::with_capacity(writers.len());
     for writer_id in writers {
         let rows = store.writer_chain(writer_id).await?;
@@ -774,6 +801,7 @@ pub async fn verify(
             &rows,
             &own,
             anchors.map(|_| anchored),
+            anchoring_since,
         ));
     }
     Ok(reports)
@@ -784,6 +812,7 @@ fn verify_chain(
     rows: &[DecisionRow],
     checkpoints: &[&CheckpointRow],
     anchors: Option<Vec<&CheckpointRow>>,
+    anchoring_since: Option<DateTime<Utc>>,
 ) -> ChainReport {
     let mut problems = Vec::new();
     let mut notes = Vec::new();
@@ -887,6 +916,21 @@ fn verify_chain(
         for c in anchors {
             check("anchored", c);
         }
+        let began = checkpoints
+            .iter()
+            .map(|c| c.at)
+            .chain(rows.first().map(|r| r.at))
+            .min();
+        if anchors.iter().all(|a| a.kind == "prune")
+            && let (Some(began), Some(since)) = (began, anchoring_since)
+            && began > since
+        {
+            problems.push(format!(
+                "unanchored chain: it began at {} while checkpoints were anchored (since {}), and none of its checkpoints is in the anchor file (inserted by hand, or written by a tollgate without this anchor file)",
+                began.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+        }
         for p in checkpoints.iter().filter(|c| c.kind == "prune") {
             if !anchors.iter().any(|a| a == p) {
                 problems.push(format!(
@@ -908,9 +952,10 @@ fn verify_chain(
     }
 
     let last_checkpoint = checkpoints.last().map(|c| (*c).clone());
-    let closed = last_checkpoint
-        .as_ref()
-        .is_some_and(|c| c.kind == "shutdown" && c.seq == end);
+    // Closed by a shutdown checkpoint at its end (a later prune checkpoint does not reopen it).
+    let closed = checkpoints
+        .iter()
+        .any(|c| c.kind == "shutdown" && c.seq == end);
     let status = if !problems.is_empty() {
         ChainStatus::Broken
     } else if closed {

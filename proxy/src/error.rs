@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+/// The longest refusal message, in bytes.
+const MAX_MESSAGE: usize = 1024;
+
 /// The stable refusal codes of the external contract (DESIGN.md, "HTTP, agent side").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -177,9 +180,20 @@ impl RefusalCode {
 
 impl Refusal {
     pub fn new(code: RefusalCode, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        // A message may quote what the agent sent (a header token, a parameter): it is echoed and recorded,
+        // so it is bounded.
+        if message.len() > MAX_MESSAGE {
+            let cut = (0..=MAX_MESSAGE)
+                .rev()
+                .find(|i| message.is_char_boundary(*i))
+                .unwrap_or(0);
+            message.truncate(cut);
+            message.push_str("… (truncated)");
+        }
         Refusal {
             code,
-            message: message.into(),
+            message,
             rule: None,
             approval_id: None,
             not_retryable: false,
@@ -364,6 +378,18 @@ mod tests {
                 Fault::Tollgate => assert_eq!(status, 503, "{code:?}"),
             }
         }
+    }
+
+    #[test]
+    fn messages_are_bounded() {
+        let long = format!("tollgate: bad token {}", "é".repeat(5000));
+        let r = Refusal::malformed(long);
+        assert!(
+            r.message().len() <= MAX_MESSAGE + 20,
+            "{}",
+            r.message().len()
+        );
+        assert!(r.message().ends_with("(truncated)"));
     }
 
     #[test]

@@ -1171,28 +1171,60 @@ impl Gate {
         let input = draft.input.as_ref().map(|input| {
             crate::audit::bounded_input(redactor.redact_input(&draft.provider, input))
         });
-        if let Some(agent) = &draft.agent {
-            let size = input.as_ref().map_or(0, String::len)
-                + draft.path.len()
-                + draft.query.as_ref().map_or(0, String::len);
-            self.stored.charge(agent.id, size);
-        }
+        let reasons = crate::audit::bounded_strings(std::borrow::Cow::Owned(redact_strings(
+            redactor, reasons,
+        )))
+        .into_owned();
+        let path = crate::audit::bounded_text(
+            redactor.redact_text(&draft.path).into_owned(),
+            MAX_STORED_PATH,
+        );
+        let query = draft.query.as_deref().map(|q| {
+            let q = redactor
+                .redact_query(&draft.provider, q)
+                .unwrap_or_else(|| q.to_string());
+            crate::audit::bounded_text(q, MAX_STORED_QUERY)
+        });
+        let attribution = |value: &Option<String>| {
+            value
+                .as_deref()
+                .map(|v| redactor.redact_text(v).into_owned())
+        };
+        let (run_id, on_behalf_of) = (
+            attribution(&draft.run.id),
+            attribution(&draft.run.on_behalf_of),
+        );
+        // Every record is charged to its agent's rate of stored bytes; records of requests no agent could
+        // be found for share one bucket, and past its rate they keep only what identifies the refusal.
+        let size = input.as_ref().map_or(0, String::len)
+            + path.len()
+            + query.as_ref().map_or(0, String::len)
+            + reasons.to_string().len();
+        let bucket = draft.agent.as_ref().map_or(Uuid::nil(), |a| a.id);
+        let (path, query, reasons) = if draft.agent.is_none() && self.stored.check(bucket).is_some()
+        {
+            let code = refusal.map_or("refused", |r| r.code().as_str());
+            (
+                String::new(),
+                None,
+                json!([{"rule": format!("tollgate.{code}"),
+                        "message": "not stored: unidentified requests are over their rate of stored bytes"}]),
+            )
+        } else {
+            self.stored.charge(bucket, size);
+            (path, query, reasons)
+        };
         DecisionRecord {
             id: draft.id,
             at: draft.at,
             agent_id: draft.agent.as_ref().map(|a| a.id),
             agent_name: draft.agent.as_ref().map(|a| a.name.clone()),
-            run_id: draft.run.id.clone(),
-            on_behalf_of: draft.run.on_behalf_of.clone(),
+            run_id,
+            on_behalf_of,
             provider: draft.provider.clone(),
             method: draft.method.clone(),
-            path: redactor.redact_text(&draft.path).into_owned(),
-            query: draft.query.as_deref().map(|q| {
-                let q = redactor
-                    .redact_query(&draft.provider, q)
-                    .unwrap_or_else(|| q.to_string());
-                bounded_query(q)
-            }),
+            path,
+            query,
             action: draft
                 .action
                 .as_ref()
@@ -1208,7 +1240,7 @@ impl Gate {
             outcome: outcome.to_string(),
             code: refusal.map(|r| r.code().as_str().to_string()),
             rules,
-            reasons: redact_strings(redactor, reasons),
+            reasons,
             policy_revision: draft.policy_revision.clone(),
             charge_cents: draft
                 .decision
@@ -1593,24 +1625,9 @@ fn policy_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
 
 /// The most of a raw query stored verbatim (it is also in the stored input, bounded there).
 const MAX_STORED_QUERY: usize = 4096;
-
-/// A stored query: as it is up to [`MAX_STORED_QUERY`] bytes, else its start, length and SHA-256.
-fn bounded_query(q: String) -> String {
-    if q.len() <= MAX_STORED_QUERY {
-        return q;
-    }
-    use sha2::{Digest, Sha256};
-    let cut = (0..=512)
-        .rev()
-        .find(|i| q.is_char_boundary(*i))
-        .unwrap_or(0);
-    format!(
-        "{}…[{} bytes, sha256:{}]",
-        &q[..cut],
-        q.len(),
-        hex::encode(Sha256::digest(q.as_bytes()))
-    )
-}
+/// The longest path a record stores verbatim (canonical paths are at most 4096 bytes; a refused one may be
+/// anything).
+const MAX_STORED_PATH: usize = 2048;
 
 /// Every string in a JSON value (reason messages that may quote what the agent sent) through the detectors.
 fn redact_strings(redactor: &crate::redact::Redactor, mut value: Value) -> Value {

@@ -254,12 +254,35 @@ async fn a_recomputed_chain_and_a_forged_prune_are_caught_by_the_checkpoints() {
         text.contains("the prune through seq 1") && text.contains("is not in the anchor file"),
         "{text}"
     );
+
+    // An invented chain: a writer id of its own with start and shutdown checkpoints, all consistent, but
+    // none of it in the anchor file although anchoring was on.
+    let invented = uuid::Uuid::now_v7();
+    for kind in ["start", "shutdown"] {
+        sqlx::query(
+            "INSERT INTO chain_checkpoints (writer_id, seq, hash, kind, at) VALUES ($1, 0, $2, $3, now())",
+        )
+        .bind(invented)
+        .bind(tollgate::audit::GENESIS_HASH)
+        .bind(kind)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let (ok, reports, text) = verify(&tg, &[]).await;
+    assert!(!ok, "{text}");
+    assert_eq!(
+        report(&reports, &invented.to_string())["status"],
+        "broken",
+        "{text}"
+    );
+    assert!(text.contains("unanchored chain"), "{text}");
 }
 
 /// `audit prune` on both stores: old records go, a prune checkpoint (in the store and the anchor file)
 /// carries each chain's head at the cut, and what is left verifies; the trigger still refuses any other
 /// delete.
-async fn prune_keeps_the_rest_verifiable(builder: TollgateBuilder, anchors: &Path) {
+async fn prune_keeps_the_rest_verifiable(builder: TollgateBuilder, anchors: &Path) -> Tollgate {
     let mut tg = configured(builder, anchors).start().await.unwrap();
     let key = tg.create_agent("agent", &[]).await.unwrap();
     send(&tg, &key, 4).await;
@@ -306,6 +329,18 @@ async fn prune_keeps_the_rest_verifiable(builder: TollgateBuilder, anchors: &Pat
         .await
         .unwrap();
     assert!(!ok && err.contains("in the future"), "{err}");
+    tg
+}
+
+/// Pruning a closed chain to its end leaves it closed (and still verifiable from its prune checkpoint).
+async fn prune_to_the_end(tg: &Tollgate) {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let (ok, out, err) = tg.cli(&["audit", "prune", "--before", &now]).await.unwrap();
+    assert!(ok && out.contains("5 records removed"), "{out}{err}");
+    let (ok, reports, text) = verify(&tg, &["--strict"]).await;
+    assert!(ok, "{text}");
+    assert_eq!(reports[0]["status"], "closed", "{text}");
+    assert_eq!(reports[0]["records"], 0, "{text}");
 }
 
 #[tokio::test]
@@ -315,7 +350,7 @@ async fn prune_on_postgres() {
     let policy = policy_dir_with(ALLOW_ALL).unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let builder = Tollgate::builder(db.url(), &upstream.url()).policy_dir(policy.path());
-    prune_keeps_the_rest_verifiable(builder, &scratch.path().join("anchors.jsonl")).await;
+    let tg = prune_keeps_the_rest_verifiable(builder, &scratch.path().join("anchors.jsonl")).await;
     let pool = db.pool().await.unwrap();
     let refused = sqlx::query("DELETE FROM decisions").execute(&pool).await;
     assert!(refused.is_err(), "records after the cut stay append-only");
@@ -325,6 +360,15 @@ async fn prune_on_postgres() {
         .execute(&pool)
         .await;
     assert!(refused.is_err(), "checkpoints are append-only");
+    for sql in [
+        "UPDATE decision_outcomes SET upstream_status = 402",
+        "DELETE FROM decision_outcomes",
+        "TRUNCATE decision_outcomes",
+    ] {
+        let refused = sqlx::query(sql).execute(&pool).await;
+        assert!(refused.is_err(), "outcomes are append-only: {sql}");
+    }
+    prune_to_the_end(&tg).await;
 }
 
 #[tokio::test]
@@ -335,5 +379,6 @@ async fn prune_on_the_embedded_store() {
     let builder = Tollgate::builder("unused", &upstream.url())
         .embedded()
         .policy_dir(policy.path());
-    prune_keeps_the_rest_verifiable(builder, &scratch.path().join("anchors.jsonl")).await;
+    let tg = prune_keeps_the_rest_verifiable(builder, &scratch.path().join("anchors.jsonl")).await;
+    prune_to_the_end(&tg).await;
 }
