@@ -381,18 +381,208 @@ async fn serve_agents(
             }
         };
         no_delay(&mut tcp);
-        let service = TowerToHyperService::new(app.clone().into_service());
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+        // Idle connections are closed on HTTP/2 as on HTTP/1: hyper's header timeout is HTTP/1's alone, so
+        // a connection with no request in flight and nothing read for `header_timeout` is shut down here.
+        let activity = Arc::new(ConnectionActivity::default());
+        activity.touch();
+        let counted = CountedService {
+            inner: TowerToHyperService::new(app.clone().into_service()),
+            activity: activity.clone(),
+        };
+        let io = ActivityIo {
+            inner: tcp,
+            activity: activity.clone(),
+        };
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), counted);
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "agent connection closed with an error");
+            let mut connection = std::pin::pin!(connection);
+            let mut check = tokio::time::interval(header_timeout / 2);
+            check.tick().await;
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "agent connection closed with an error");
+                        }
+                        return;
+                    }
+                    _ = check.tick() => {
+                        if activity.idle_for() >= header_timeout {
+                            tracing::debug!("closing an idle agent connection");
+                            return;
+                        }
+                    }
+                }
             }
         });
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// What one agent connection is doing: requests in flight and when it last read anything.
+#[derive(Default)]
+struct ConnectionActivity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds since `EPOCH` of the last read.
+    last_read_ms: std::sync::atomic::AtomicU64,
+}
+
+/// The process-wide clock origin for [`ConnectionActivity`].
+static EPOCH: std::sync::LazyLock<std::time::Instant> =
+    std::sync::LazyLock::new(std::time::Instant::now);
+
+impl ConnectionActivity {
+    fn touch(&self) {
+        let now = EPOCH.elapsed().as_millis() as u64;
+        self.last_read_ms
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long the connection has had no request in flight and read nothing (zero while a request is in
+    /// flight: a held or slow request is bounded by its own timeouts).
+    fn idle_for(&self) -> std::time::Duration {
+        use std::sync::atomic::Ordering;
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return std::time::Duration::ZERO;
+        }
+        let last = self.last_read_ms.load(Ordering::Relaxed);
+        let now = EPOCH.elapsed().as_millis() as u64;
+        std::time::Duration::from_millis(now.saturating_sub(last))
+    }
+}
+
+/// The agent's socket, noting every read in its connection's [`ConnectionActivity`].
+struct ActivityIo {
+    inner: tokio::net::TcpStream,
+    activity: Arc<ConnectionActivity>,
+}
+
+impl tokio::io::AsyncRead for ActivityIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for ActivityIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The connection's service, counting its requests in flight (until each response head is ready).
+#[derive(Clone)]
+struct CountedService<S> {
+    inner: S,
+    activity: Arc<ConnectionActivity>,
+}
+
+/// One request in flight on its connection; counted out when dropped.
+struct InFlightRequest(Arc<ConnectionActivity>);
+
+impl Drop for InFlightRequest {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.touch();
+    }
+}
+
+impl<S, R, B> hyper::service::Service<R> for CountedService<S>
+where
+    S: hyper::service::Service<R, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+    B: http_body::Body + Unpin,
+{
+    type Response = http::Response<CountedBody<B>>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>,
+    >;
+
+    fn call(&self, request: R) -> Self::Future {
+        self.activity
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let guard = InFlightRequest(self.activity.clone());
+        let future = self.inner.call(request);
+        // The request stays in flight until its response body is sent (a streamed answer reads nothing).
+        Box::pin(async move {
+            let response = future.await?;
+            Ok(response.map(|inner| CountedBody {
+                inner,
+                _request: guard,
+            }))
+        })
+    }
+}
+
+/// A response body that keeps its request counted in flight until it is dropped.
+struct CountedBody<B> {
+    inner: B,
+    _request: InFlightRequest,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Turns Nagle's algorithm off on an accepted connection: a response whose head and body are written

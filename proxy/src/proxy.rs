@@ -57,6 +57,8 @@ const AGENT_DISCONNECTED: &str = "agent_disconnected";
 /// The outcome row's note for an allowed request that was not sent upstream (its agent had left); the
 /// lifecycle adds [`AGENT_DISCONNECTED`].
 const NOT_FORWARDED: &str = "not_forwarded";
+/// How long a refusal whose record failed waits before it is recorded again.
+const REFUSAL_RETRY_AFTER: Duration = Duration::from_millis(200);
 /// The longest a request is held open waiting for a reviewer, whatever the policy asks: agents' HTTP clients
 /// and load balancers time out beyond a few minutes.
 const MAX_HOLD_SECONDS: u64 = 300;
@@ -1133,12 +1135,11 @@ impl Gate {
             _ => "refused",
         };
         let record = self.record_of(&draft, outcome, Some(&refusal));
-        let refusal = match self.audit.record(record).await {
-            Ok(_) => refusal,
-            Err(e) => {
-                tracing::error!(error = %e, decision_id = %draft.id, code = refusal.code().as_str(), "refusal not recorded");
-                Refusal::store_unavailable()
-            }
+        let refusal = if self.record_refusal(record).await {
+            refusal
+        } else {
+            tracing::error!(decision_id = %draft.id, code = refusal.code().as_str(), "refusal not recorded");
+            Refusal::store_unavailable()
         };
         self.metrics.refused(&draft.provider, refusal.code());
         self.count(
@@ -1147,6 +1148,26 @@ impl Gate {
             Some(refusal.code().as_str()),
         );
         refusal.into_response(draft.envelope, draft.id)
+    }
+
+    /// Records a refusal, trying again (twice, a moment apart) when its batch failed and the store says the
+    /// record is not there: a writer that lost its connection takes a new one for the next batch. A record
+    /// whose fate the store cannot tell is not sent again (it could then be there twice).
+    async fn record_refusal(&self, record: DecisionRecord) -> bool {
+        for attempt in 0..3 {
+            match self.audit.record(record.clone()).await {
+                Ok(_) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, decision_id = %record.id, attempt, "refusal record not committed");
+                }
+            }
+            match self.audit.confirm(record.id).await {
+                Ok(Some(_)) => return true,
+                Ok(None) if attempt < 2 => tokio::time::sleep(REFUSAL_RETRY_AFTER).await,
+                Ok(None) | Err(_) => return false,
+            }
+        }
+        false
     }
 
     /// The decision record, as stored: everything the agent sent passes through `redact` (the input, the
@@ -1276,11 +1297,19 @@ impl Gate {
             .request_duration_seconds
             .with_label_values(&[&draft.provider, outcome])
             .observe(elapsed.as_secs_f64());
+        let live = self.policy.current();
+        let run = draft
+            .run
+            .id
+            .as_deref()
+            .map_or(std::borrow::Cow::Borrowed("-"), |r| {
+                live.bundle.redactor().redact_text(r)
+            });
         tracing::info!(
             target: "tollgate::decision",
             decision_id = %draft.id,
             agent = draft.agent.as_ref().map(|a| a.name.as_str()).unwrap_or("-"),
-            run = draft.run.id.as_deref().unwrap_or("-"),
+            run = %run,
             provider = %draft.provider,
             method = %draft.method,
             action,

@@ -39,6 +39,7 @@ on_both_stores!(
     an_agent_that_hangs_up_during_the_forward_is_still_recorded_and_charged,
     an_agent_that_hangs_up_while_held_leaves_a_record_and_a_usable_approval,
     slow_heads_and_bodies_are_cut_off_while_others_are_served,
+    idle_http2_connections_are_closed_too,
     the_total_time_before_the_forward_is_bounded,
     an_agent_flooding_the_log_is_slowed_and_others_are_not,
     an_upstream_that_breaks_after_the_request_leaves_the_money_flagged,
@@ -579,5 +580,64 @@ async fn a_same_key_retry_settles_the_attempt_whose_answer_was_lost(store: Store
         "charged once, nothing flagged"
     );
     assert_eq!(upstream.request_count(), 2);
+    books.check(upstream.request_count()).await.unwrap();
+}
+
+/// Found by review: hyper's header timeout is HTTP/1's alone, so an HTTP/2 connection (prior knowledge)
+/// that sent its preface, or half a HEADERS frame, stayed open for ever. An agent connection with no request
+/// in flight that reads nothing for `header_timeout_ms` is now closed whatever its protocol, while one whose
+/// request is in flight is left alone.
+async fn idle_http2_connections_are_closed_too(store: StoreKind) {
+    let upstream = Upstream::builder()
+        .delay(Duration::from_millis(1500))
+        .start()
+        .await
+        .unwrap();
+    let HoldGate {
+        tg,
+        key,
+        books,
+        keep: _keep,
+    } = hold_gate_on(store, &upstream.url(), |b| {
+        b.server("header_timeout_ms = 700")
+    })
+    .await
+    .unwrap();
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const EMPTY_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    // A HEADERS frame (type 1) announcing 100 bytes of which none follow.
+    const HALF_HEADERS: &[u8] = &[0, 0, 100, 1, 0, 0, 0, 0, 1];
+    let mut idle = Vec::new();
+    for half in [false, true] {
+        let mut stream = tokio::net::TcpStream::connect(tg.proxy_addr())
+            .await
+            .unwrap();
+        stream.write_all(PREFACE).await.unwrap();
+        stream.write_all(EMPTY_SETTINGS).await.unwrap();
+        if half {
+            stream.write_all(HALF_HEADERS).await.unwrap();
+        }
+        idle.push(stream);
+    }
+    // Meanwhile a slow request (the upstream takes 1.5 s, over the idle limit) is not cut off.
+    let slow = reqwest::Client::new()
+        .get(tg.url("/cloudflare/client/v4/zones"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), 200);
+    let started = std::time::Instant::now();
+    for mut stream in idle {
+        let mut buf = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+        assert!(
+            closed.is_ok(),
+            "an idle HTTP/2 connection was still open after {:?}",
+            started.elapsed()
+        );
+    }
+    books.settled(1).await.unwrap();
     books.check(upstream.request_count()).await.unwrap();
 }

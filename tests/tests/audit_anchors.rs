@@ -337,7 +337,7 @@ async fn prune_to_the_end(tg: &Tollgate) {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let (ok, out, err) = tg.cli(&["audit", "prune", "--before", &now]).await.unwrap();
     assert!(ok && out.contains("5 records removed"), "{out}{err}");
-    let (ok, reports, text) = verify(&tg, &["--strict"]).await;
+    let (ok, reports, text) = verify(tg, &["--strict"]).await;
     assert!(ok, "{text}");
     assert_eq!(reports[0]["status"], "closed", "{text}");
     assert_eq!(reports[0]["records"], 0, "{text}");
