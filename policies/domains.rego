@@ -185,7 +185,8 @@ approve contains {"rule": "domains.years", "message": msg} if {
 	msg := sprintf("%s for %d years: registrations longer than %d year(s) need a human", [domain, years, data.domains.approve_years_above])
 }
 
-# auto_renew: true authorizes a charge every year from now on. It must be a JSON boolean.
+# auto_renew: true authorizes Cloudflare to charge the account every year before the domain expires, at
+# renewal prices that may change. It must be a JSON boolean.
 deny contains {"rule": "domains.auto_renew", "message": msg} if {
 	input.action.name in renewal_settings
 	a := lib.get(data.tollgate.lib.body, "auto_renew")
@@ -197,16 +198,25 @@ deny contains {"rule": "domains.auto_renew", "message": msg} if {
 approve contains {"rule": "domains.auto_renew", "message": msg} if {
 	input.action.name in renewal_settings
 	data.tollgate.lib.body.auto_renew == true
-	msg := sprintf("%s turns auto-renew on, which authorizes a charge every year; a human must approve it (send auto_renew: false to avoid this)", [input.action.name])
+	msg := sprintf("%s sets auto_renew: true, which authorizes Cloudflare to charge the account every year before the domain expires, at renewal prices that may change; a human must approve it (%s)", [input.action.name, renewal_alternative])
 }
 
-# Cloudflare enables auto-renew when a registration does not say otherwise.
+# What the agent can send instead: on a registration or transfer-in, leaving auto_renew out is the same as
+# false when Cloudflare defaults to no auto-renew (data/domains.yaml, auto_renew_when_absent).
+renewal_alternative := "send auto_renew: false, or leave it out: Cloudflare then does not renew" if {
+	input.action.name in registrations
+	data.domains.auto_renew_when_absent == false
+} else := "send auto_renew: false to avoid this"
+
+# An absent auto_renew is what Cloudflare defaults to. Its reference says false for registrations and
+# transfers-in, and then nothing here applies; when data/domains.yaml says Cloudflare defaults to true, an
+# absent auto_renew commits the same yearly charge as an explicit true.
 approve contains {"rule": "domains.auto_renew", "message": msg} if {
 	input.action.name in registrations
+	data.domains.auto_renew_when_absent == true
 	data.tollgate.lib.body
 	lib.get(data.tollgate.lib.body, "auto_renew") == null
-	data.domains.auto_renew_when_absent == true
-	msg := sprintf("%s does not set auto_renew, and Cloudflare then renews (and charges) every year; send auto_renew: false, or have a human approve it", [input.action.name])
+	msg := sprintf("%s does not set auto_renew, and data/domains.yaml (auto_renew_when_absent: true) says Cloudflare then renews the domain and charges the account every year; send auto_renew: false, or have a human approve it", [input.action.name])
 }
 
 # A transfer-in moves a domain (and its billing) into the account, is billed and cannot be refunded once the

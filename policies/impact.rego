@@ -1,6 +1,7 @@
 # High-impact changes: allowed for an agent that holds the scope, but only after a human has looked. These are
 # the changes whose mistakes are outages, hijacks or losses that no later request can undo: mail and
-# delegation records, the zone apex, deletes, bulk DNS, DNSSEC, certificates, production Workers.
+# delegation records, the zone apex, deletes (Stripe customers and products too), bulk DNS, DNSSEC,
+# certificates, production Workers.
 #
 # Data: data/impact.yaml (record types, zone names, production Worker scripts).
 package tollgate.impact
@@ -14,6 +15,7 @@ applies if input.action.name in {
 	"cloudflare.cert.custom.upload", "cloudflare.cert.custom.change", "cloudflare.cert.origin.revoke",
 	"cloudflare.zone.delete", "cloudflare.worker.delete", "cloudflare.account.delete",
 	"cloudflare.account.subscription", "cloudflare.worker.deploy", "cloudflare.worker.rollout",
+	"stripe.customer.delete", "stripe.product.delete",
 }
 
 # What main.rego reads. DNS record writes are judged by the record rules only, every other action by the
@@ -133,12 +135,20 @@ action_approvals contains {"rule": "impact.certificates", "message": msg} if {
 # Deletes of whole things, subscriptions, production Workers
 # ---------------------------------------------------------------------------------------------------------
 
-deletes := {"cloudflare.zone.delete", "cloudflare.worker.delete", "cloudflare.account.delete"}
+# A Stripe customer is deleted for good, and its active subscriptions are cancelled at once (Stripe's API
+# reference); a product can be deleted only while no price uses it, and cannot be restored either.
+deletes := {
+	"cloudflare.zone.delete", "cloudflare.worker.delete", "cloudflare.account.delete",
+	"stripe.customer.delete", "stripe.product.delete",
+}
 
 action_approvals contains {"rule": "impact.delete", "message": msg} if {
 	input.action.name in deletes
-	msg := sprintf("%s (%s) cannot be undone; a human must approve it", [input.action.name, input.request.path])
+	msg := sprintf("%s (%s) cannot be undone%s; a human must approve it", [input.action.name, input.request.path, object.get(delete_effects, input.action.name, "")])
 }
+
+# What else a delete does, for its message.
+delete_effects := {"stripe.customer.delete": ", and Stripe cancels the customer's active subscriptions at once"}
 
 # Cancelling a subscription (e.g. Workers Paid) can take down whatever relied on the paid plan.
 action_approvals contains {"rule": "impact.subscription_cancel", "message": msg} if {

@@ -11,6 +11,7 @@
 #   domains.rego    tollgate.domains    registration: TLDs, brands, years, auto-renew, transfers
 #   tokens.rego     tollgate.tokens     token ceilings, resources, expiry, request IP; roll and delete
 #   impact.rego     tollgate.impact     high-impact changes that need a human
+#   billing.rego    tollgate.billing    Stripe customers, products, prices: parameters that steer money
 # Shared helpers are in lib.rego; prices, caps, ceilings, TLDs, brands and the action table in data/.
 # Before editing any rule, read README.md, "Writing rules that run on the bytecode VM": the live engine is
 # regorus's RVM, and it differs from the interpreter the tests run on.
@@ -69,6 +70,11 @@ denials contains r if {
 	some r in data.tollgate.impact.deny
 }
 
+denials contains r if {
+	data.tollgate.billing.applies
+	some r in data.tollgate.billing.deny
+}
+
 approvals contains r if {
 	data.tollgate.spend.applies
 	some r in data.tollgate.spend.approve
@@ -87,4 +93,9 @@ approvals contains r if {
 approvals contains r if {
 	data.tollgate.impact.applies
 	some r in data.tollgate.impact.approve
+}
+
+approvals contains r if {
+	data.tollgate.billing.applies
+	some r in data.tollgate.billing.approve
 }

@@ -47,7 +47,9 @@ catalog_actions := {
 	"cloudflare.account.delete", "stripe.payment.create", "stripe.payment.confirm", "stripe.payment.capture",
 	"stripe.subscription.create", "stripe.subscription.update", "stripe.checkout.create", "stripe.invoice.item",
 	"stripe.invoice.create", "stripe.invoice.finalize", "stripe.invoice.pay", "stripe.payment_link.create",
-	"stripe.payment_link.update", "stripe.read",
+	"stripe.payment_link.update", "stripe.read", "stripe.customer.create", "stripe.customer.update",
+	"stripe.customer.delete", "stripe.product.create", "stripe.product.update", "stripe.product.delete",
+	"stripe.price.create", "stripe.price.update",
 }
 
 test_every_catalog_action_is_mapped if {
@@ -228,6 +230,62 @@ test_registration_settings_are_typed if {
 	whole_cents(data.domains.approve_years_above)
 	is_boolean(data.domains.auto_renew_when_absent)
 	data.domains.idn_labels in {"approve", "deny"}
+}
+
+# --- data/billing.yaml ---------------------------------------------------------------------------------
+
+# Every action billing.rego judges has a list of known parameters: lower-case parameter names, sorted, no
+# repeats; and no action is listed that billing.rego does not judge (its list would never be read).
+billing_list_problems contains action if {
+	some action, params in data.billing.known_parameters
+	not parameter_list(params)
+}
+
+billing_list_problems contains action if {
+	some action, _ in data.billing.known_parameters
+	not data.tollgate.billing.applies with input as {"action": {"name": action}}
+}
+
+billing_list_problems contains action if {
+	some action in billing_actions
+	not is_array(data.billing.known_parameters[action])
+}
+
+billing_actions := {
+	"stripe.customer.create", "stripe.customer.update", "stripe.product.create", "stripe.product.update",
+	"stripe.price.create", "stripe.price.update",
+}
+
+parameter_list(params) if {
+	is_array(params)
+	count([p | some p in params; not regex.match(`^[a-z][a-z0-9_]*$`, p)]) == 0
+	params == sort(params)
+	count(params) == count({p | some p in params})
+}
+
+test_billing_parameter_lists_are_well_formed if count(billing_list_problems) == 0
+
+test_a_bad_billing_parameter_list_is_caught if {
+	problems := billing_list_problems with data.billing.known_parameters as {
+		"stripe.customer.create": ["name", "email"],
+		"stripe.customer.update": ["email", "email"],
+		"stripe.product.create": ["Name"],
+		"stripe.price.create": "currency",
+		"stripe.invoice.create": ["customer"],
+	}
+	problems == {
+		"stripe.customer.create", "stripe.customer.update", "stripe.product.create", "stripe.price.create",
+		"stripe.invoice.create", "stripe.product.update", "stripe.price.update",
+	}
+}
+
+# The legacy subscription parameters (denied on customers) are plain names, and none of them is listed as a
+# known customer parameter.
+test_legacy_subscription_parameters_are_names if {
+	legacy := data.billing.legacy_subscription_parameters
+	parameter_list(sort(legacy))
+	count({p | some p in legacy} & {p | some p in data.billing.known_parameters["stripe.customer.create"]}) == 0
+	count({p | some p in legacy} & {p | some p in data.billing.known_parameters["stripe.customer.update"]}) == 0
 }
 
 # --- data/tokens.yaml ----------------------------------------------------------------------------------

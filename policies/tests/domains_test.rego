@@ -8,6 +8,11 @@ check(name) if fx.check_case(cases[name])
 # A registration of `domain` with the given body fields (auto_renew false unless overridden).
 reg(domain, body) := fx.register(domain, body)
 
+# A registration whose body has no auto_renew key at all (the SDKs send none unless asked).
+reg_without_auto_renew(domain, body) := fx.cf("POST", concat("", ["/accounts/", fx.acc, "/registrar/registrations"]), "cloudflare.domain.register", {"account_id": fx.acc, "domain_name": domain}, object.union({"domain_name": domain, "privacy_mode": "redaction"}, body))
+
+transfer_with(domain, body) := fx.cf("POST", concat("", ["/accounts/", fx.acc, "/registrar/registrations/", domain, "/transfer-in"]), "cloudflare.domain.transfer_in", {"account_id": fx.acc, "domain_name": domain}, body)
+
 transfer(domain) := fx.cf("POST", concat("", ["/accounts/", fx.acc, "/registrar/registrations/", domain, "/transfer-in"]), "cloudflare.domain.transfer_in", {"account_id": fx.acc, "domain_name": domain}, {"auth_code": "X7#k2-redacted", "auto_renew": false})
 
 update(domain, body) := fx.cf("PATCH", concat("", ["/accounts/", fx.acc, "/registrar/registrations/", domain]), "cloudflare.domain.update", {"account_id": fx.acc, "domain_name": domain}, body)
@@ -58,10 +63,17 @@ cases := {
 	# --- Auto-renew ---
 	"auto_renew_true": {"input": reg("acme-widgets.com", {"auto_renew": true}), "outcome": "approve", "rules": ["domains.auto_renew"], "cents": 1044},
 	"auto_renew_as_string": {"input": reg("acme-widgets.com", {"auto_renew": "true"}), "outcome": "deny", "rules": ["domains.auto_renew"]},
-	"auto_renew_absent": {
+	# Cloudflare defaults auto_renew to false on registrations and transfers-in (data/domains.yaml,
+	# auto_renew_when_absent): leaving it out, as the SDKs do unless asked, renews nothing.
+	"auto_renew_absent": {"input": reg_without_auto_renew("acme-widgets.com", {}), "outcome": "allow", "rules": [], "cents": 1044},
+	"auto_renew_absent_for_two_years": {"input": reg_without_auto_renew("acme-widgets.com", {"years": 2}), "outcome": "approve", "rules": ["domains.years"], "cents": 2088},
+	"auto_renew_null": {
 		"input": fx.patch(reg("acme-widgets.com", {}), {"request": {"body": {"auto_renew": null}}}),
-		"outcome": "approve", "rules": ["domains.auto_renew"],
+		"outcome": "allow", "rules": [], "cents": 1044,
 	},
+	"auto_renew_false": {"input": reg("acme-widgets.com", {"auto_renew": false}), "outcome": "allow", "rules": [], "cents": 1044},
+	"transfer_in_without_auto_renew": {"input": transfer_with("acme-widgets.com", {"auth_code": "X7#k2-redacted"}), "outcome": "approve", "rules": ["domains.transfer_in"], "cents": 1044},
+	"transfer_in_auto_renew_true": {"input": transfer_with("acme-widgets.com", {"auth_code": "X7#k2-redacted", "auto_renew": true}), "outcome": "approve", "rules": ["domains.transfer_in", "domains.auto_renew"], "cents": 1044},
 	"update_auto_renew_on": {"input": update("acme-widgets.com", {"auto_renew": true}), "outcome": "approve", "rules": ["domains.auto_renew"]},
 	"update_auto_renew_off": {"input": update("acme-widgets.com", {"auto_renew": false}), "outcome": "allow", "rules": []},
 	"update_auto_renew_as_number": {"input": update("acme-widgets.com", {"auto_renew": 1}), "outcome": "deny", "rules": ["domains.auto_renew"]},
@@ -137,6 +149,16 @@ test_auto_renew_as_string if check("auto_renew_as_string")
 
 test_auto_renew_absent if check("auto_renew_absent")
 
+test_auto_renew_absent_for_two_years if check("auto_renew_absent_for_two_years")
+
+test_auto_renew_null if check("auto_renew_null")
+
+test_auto_renew_false if check("auto_renew_false")
+
+test_transfer_in_without_auto_renew if check("transfer_in_without_auto_renew")
+
+test_transfer_in_auto_renew_true if check("transfer_in_auto_renew_true")
+
 test_update_auto_renew_on if check("update_auto_renew_on")
 
 test_update_auto_renew_off if check("update_auto_renew_off")
@@ -168,10 +190,29 @@ test_idn_can_be_refused if {
 	fx.rules(d) == {"domains.idn"}
 }
 
-test_auto_renew_absent_can_be_trusted if {
-	inp := fx.patch(reg("acme-widgets.com", {}), {"request": {"body": {"auto_renew": null}}})
-	d := fx.decide(inp) with data.domains.auto_renew_when_absent as false
-	d.outcome == "allow"
+# If Cloudflare's default changes, reviewers set auto_renew_when_absent: true and an absent auto_renew needs a
+# human, on registrations and transfers-in alike; an explicit false is still allowed.
+test_auto_renew_absent_can_be_held if {
+	d := fx.decide(cases.auto_renew_absent.input) with data.domains.auto_renew_when_absent as true
+	d.outcome == "approve"
+	fx.rules(d) == {"domains.auto_renew"}
+	contains(d.reasons[0].message, "auto_renew_when_absent: true")
+	d2 := fx.decide(cases.transfer_in_without_auto_renew.input) with data.domains.auto_renew_when_absent as true
+	fx.rules(d2) == {"domains.transfer_in", "domains.auto_renew"}
+	d3 := fx.decide(cases.auto_renew_false.input) with data.domains.auto_renew_when_absent as true
+	d3.outcome == "allow"
+}
+
+# The message for an explicit true says what it authorizes and what to send instead: on a registration,
+# leaving auto_renew out is enough while Cloudflare defaults to false; on an update it is not.
+test_auto_renew_message_names_the_alternative if {
+	d := fx.decide(cases.auto_renew_true.input)
+	contains(d.reasons[0].message, "charge the account every year")
+	contains(d.reasons[0].message, "or leave it out")
+	d2 := fx.decide(cases.update_auto_renew_on.input)
+	contains(d2.reasons[0].message, "send auto_renew: false to avoid this")
+	d3 := fx.decide(cases.auto_renew_true.input) with data.domains.auto_renew_when_absent as true
+	contains(d3.reasons[0].message, "send auto_renew: false to avoid this")
 }
 
 test_tld_list_is_data if {

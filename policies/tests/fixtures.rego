@@ -81,6 +81,9 @@ risks := {
 	"stripe.subscription.create": "high", "stripe.subscription.update": "high", "stripe.checkout.create": "high",
 	"stripe.invoice.item": "high", "stripe.invoice.create": "high", "stripe.invoice.finalize": "high",
 	"stripe.invoice.pay": "high", "stripe.payment_link.create": "high", "stripe.payment_link.update": "high",
+	"stripe.customer.create": "write", "stripe.customer.update": "high", "stripe.customer.delete": "irreversible",
+	"stripe.product.create": "write", "stripe.product.update": "high", "stripe.product.delete": "irreversible",
+	"stripe.price.create": "write", "stripe.price.update": "high",
 	"stripe.read": "read",
 }
 
@@ -154,6 +157,18 @@ payment(body) := stripe("POST", "/v1/payment_intents", "stripe.payment.create", 
 subscription(body) := stripe("POST", "/v1/subscriptions", "stripe.subscription.create", {}, body)
 
 checkout(body) := stripe("POST", "/v1/checkout/sessions", "stripe.checkout.create", {}, body)
+
+customer_create(body) := stripe("POST", "/v1/customers", "stripe.customer.create", {}, body)
+
+customer_update(id, body) := stripe("POST", concat("", ["/v1/customers/", id]), "stripe.customer.update", {"customer_id": id}, body)
+
+product_create(body) := stripe("POST", "/v1/products", "stripe.product.create", {}, body)
+
+product_update(id, body) := stripe("POST", concat("", ["/v1/products/", id]), "stripe.product.update", {"product_id": id}, body)
+
+price_create(body) := stripe("POST", "/v1/prices", "stripe.price.create", {}, body)
+
+price_update(id, body) := stripe("POST", concat("", ["/v1/prices/", id]), "stripe.price.update", {"price_id": id}, body)
 
 # An inline Stripe price: price_data with unit_amount cents in usd.
 price_data(cents) := {"currency": "usd", "product": "prod_NWjs8kKbJWmuuc", "unit_amount": cents, "recurring": {"interval": "month"}}

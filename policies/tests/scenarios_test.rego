@@ -52,6 +52,28 @@ cases := {
 		"input": acting(billing_agent, fx.subscription({"customer": "cus_NffrFeUfNV2Hib", "items": [{"price_data": fx.price_data("1500"), "quantity": "3"}], "payment_behavior": "default_incomplete"})),
 		"outcome": "allow", "rules": [], "cents": 4500,
 	},
+	# The steps before a subscription (issue #15): the product, its price and the customer, each allowed and
+	# none of them a charge; then the subscription, priced.
+	"billing_agent_creates_a_product": {
+		"input": acting(billing_agent, fx.product_create({"name": "Team plan", "metadata": {"sku": "team"}})),
+		"outcome": "allow", "rules": [], "cents": null,
+	},
+	"billing_agent_creates_its_price": {
+		"input": acting(billing_agent, fx.price_create({"currency": "usd", "unit_amount": "1500", "recurring": {"interval": "month"}, "product": "prod_NWjs8kKbJWmuuc", "nickname": "Team monthly"})),
+		"outcome": "allow", "rules": [], "cents": null,
+	},
+	"billing_agent_creates_the_customer": {
+		"input": acting(billing_agent, fx.customer_create({"email": "jenny.rosen@example.com", "name": "Jenny Rosen", "payment_method": "pm_1NtxGp2eZvKYlo2CkdqHnZ1y", "invoice_settings": {"default_payment_method": "pm_1NtxGp2eZvKYlo2CkdqHnZ1y"}})),
+		"outcome": "allow", "rules": [], "cents": null,
+	},
+	"billing_agent_redirects_a_customers_payments": {
+		"input": acting(billing_agent, fx.customer_update("cus_NffrFeUfNV2Hib", {"invoice_settings": {"default_payment_method": "pm_other"}, "balance": "-100000"})),
+		"outcome": "approve", "rules": ["billing.payment_method", "billing.balance"], "cents": null,
+	},
+	"billing_agent_deletes_a_customer": {
+		"input": acting(billing_agent, fx.stripe("DELETE", "/v1/customers/cus_NffrFeUfNV2Hib", "stripe.customer.delete", {"customer_id": "cus_NffrFeUfNV2Hib"}, null)),
+		"outcome": "approve", "rules": ["impact.delete"], "cents": null,
+	},
 	"billing_agent_may_not_touch_cloudflare": {
 		"input": acting(billing_agent, fx.cf("POST", concat("", ["/zones/", fx.z1, "/subscription"]), "cloudflare.zone.plan", {"zone_id": fx.z1}, {"rate_plan": {"id": "pro"}, "frequency": "monthly"})),
 		"outcome": "deny", "rules": ["placement.zone"],
@@ -75,3 +97,13 @@ test_billing_agent_takes_60_dollars if check("billing_agent_takes_60_dollars")
 test_billing_agent_starts_a_subscription if check("billing_agent_starts_a_subscription")
 
 test_billing_agent_may_not_touch_cloudflare if check("billing_agent_may_not_touch_cloudflare")
+
+test_billing_agent_creates_a_product if check("billing_agent_creates_a_product")
+
+test_billing_agent_creates_its_price if check("billing_agent_creates_its_price")
+
+test_billing_agent_creates_the_customer if check("billing_agent_creates_the_customer")
+
+test_billing_agent_redirects_a_customers_payments if check("billing_agent_redirects_a_customers_payments")
+
+test_billing_agent_deletes_a_customer if check("billing_agent_deletes_a_customer")
