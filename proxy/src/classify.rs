@@ -1153,6 +1153,14 @@ mod tests {
         ("stripe", "POST", "/v1/invoices/in_1/finalize", "stripe.invoice.finalize", &[("invoice_id", "in_1")]),
         ("stripe", "POST", "/v1/invoices/in_1/pay", "stripe.invoice.pay", &[("invoice_id", "in_1")]),
         ("stripe", "POST", "/v1/payment_links", "stripe.payment_link.create", &[]),
+        ("stripe", "POST", "/v1/customers", "stripe.customer.create", &[]),
+        ("stripe", "POST", "/v1/customers/cus_1", "stripe.customer.update", &[("customer_id", "cus_1")]),
+        ("stripe", "DELETE", "/v1/customers/cus_1", "stripe.customer.delete", &[("customer_id", "cus_1")]),
+        ("stripe", "POST", "/v1/products", "stripe.product.create", &[]),
+        ("stripe", "POST", "/v1/products/prod_1", "stripe.product.update", &[("product_id", "prod_1")]),
+        ("stripe", "DELETE", "/v1/products/prod_1", "stripe.product.delete", &[("product_id", "prod_1")]),
+        ("stripe", "POST", "/v1/prices", "stripe.price.create", &[]),
+        ("stripe", "POST", "/v1/prices/price_1", "stripe.price.update", &[("price_id", "price_1")]),
         ("stripe", "POST", "/v1/payment_links/plink_1", "stripe.payment_link.update", &[("payment_link_id", "plink_1")]),
         ("stripe", "GET", "/v1/customers/cus_1", "stripe.read", &[("object", "customers/cus_1")]),
     ];
@@ -1459,7 +1467,7 @@ routes:
         check("stripe", "GET", "/v1", UNKNOWN_ACTION, &[]);
         check("stripe", "GET", "/v2/core/accounts", UNKNOWN_ACTION, &[]);
         // The glob is a GET route; a POST below /v1 that no route lists is unknown.
-        check("stripe", "POST", "/v1/customers", UNKNOWN_ACTION, &[]);
+        check("stripe", "POST", "/v1/refunds", UNKNOWN_ACTION, &[]);
     }
 
     #[test]
@@ -1497,7 +1505,7 @@ routes:
                 "/client/v4/zones//dns_records",
                 Risk::Read,
             ),
-            ("stripe", "DELETE", "/v1/customers/cus_1", Risk::Write),
+            ("stripe", "DELETE", "/v1/prices/price_1", Risk::Write),
             ("github", "GET", "/repos", Risk::Read),
             ("github", "POST", "/repos", Risk::Write),
             ("github", "HEAD", "/repos", Risk::Read),

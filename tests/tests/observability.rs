@@ -825,7 +825,7 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported_by_the_real_bin
     let (status, body) = t
         .send(
             t.http
-                .post(t.gate.url("/stripe/v1/customers"))
+                .post(t.gate.url("/stripe/v1/refunds"))
                 .basic_auth(&t.key, Some(""))
                 .header("content-type", "application/x-www-form-urlencoded")
                 .body("email=a%40example.com"),
