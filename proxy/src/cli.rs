@@ -504,6 +504,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         println!("  note: {n}");
                     }
                 }
+                if anchor_path.is_none() {
+                    println!(
+                        "note: no anchor file (audit.anchor_file or --anchors): a chain dropped together with its checkpoints, or a forged prune checkpoint, cannot be told from none"
+                    );
+                }
                 println!(
                     "{} writer(s): {} broken, {} open{}",
                     reports.len(),
