@@ -208,9 +208,10 @@ pub enum AuditCommand {
     Verify {
         #[arg(long)]
         json: bool,
-        /// The external anchor file to hold the chains against (default: `audit.anchor_file`).
+        /// An external anchor file to hold the chains against (default: `audit.anchor_file`); repeat it
+        /// for replicas that anchor to files of their own.
         #[arg(long)]
-        anchors: Option<PathBuf>,
+        anchors: Vec<PathBuf>,
         /// Also fail on chains that no shutdown checkpoint closes (for a fleet that was shut down).
         #[arg(long)]
         strict: bool,
@@ -471,11 +472,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => {
             let config = load_config(&cli)?;
             let store = connect(&config).await?;
-            let anchor_path = anchors.clone().or(config.audit.anchor_file.clone());
-            let anchored = match &anchor_path {
-                Some(path) => Some(crate::audit::Anchors::read(path).map_err(anyhow::Error::msg)?),
-                None => None,
+            let anchor_paths: Vec<PathBuf> = if anchors.is_empty() {
+                config.audit.anchor_file.iter().cloned().collect()
+            } else {
+                anchors.clone()
             };
+            let anchored = if anchor_paths.is_empty() {
+                None
+            } else {
+                let mut all = Vec::new();
+                for path in &anchor_paths {
+                    all.extend(crate::audit::Anchors::read(path).map_err(anyhow::Error::msg)?);
+                }
+                Some(all)
+            };
+            let anchor_path = (!anchor_paths.is_empty()).then(|| {
+                anchor_paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
             let reports = crate::audit::verify(&store, anchored.as_deref()).await?;
             use crate::audit::ChainStatus;
             let count = |status: ChainStatus| reports.iter().filter(|r| r.status == status).count();
@@ -515,7 +532,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     broken,
                     open,
                     match &anchor_path {
-                        Some(p) => format!(", anchors from {}", p.display()),
+                        Some(p) => format!(", anchors from {p}"),
                         None => ", no anchor file".to_string(),
                     }
                 );
