@@ -382,18 +382,15 @@ async fn serve_agents(
         };
         no_delay(&mut tcp);
         // Idle connections are closed on HTTP/2 as on HTTP/1: hyper's header timeout is HTTP/1's alone, so
-        // a connection with no request in flight and nothing read for `header_timeout` is shut down here.
+        // a connection with no request in flight for `header_timeout` since it opened or since its last
+        // request ended is shut down here. Only requests count: bytes (an HTTP/2 PING) do not keep it open.
         let activity = Arc::new(ConnectionActivity::default());
         activity.touch();
         let counted = CountedService {
             inner: TowerToHyperService::new(app.clone().into_service()),
             activity: activity.clone(),
         };
-        let io = ActivityIo {
-            inner: tcp,
-            activity: activity.clone(),
-        };
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), counted);
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), counted);
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
             let mut connection = std::pin::pin!(connection);
@@ -422,12 +419,12 @@ async fn serve_agents(
     Ok(())
 }
 
-/// What one agent connection is doing: requests in flight and when it last read anything.
+/// What one agent connection is doing: requests in flight, and when it last started or ended one.
 #[derive(Default)]
 struct ConnectionActivity {
     in_flight: std::sync::atomic::AtomicUsize,
-    /// Milliseconds since `EPOCH` of the last read.
-    last_read_ms: std::sync::atomic::AtomicU64,
+    /// Milliseconds since `EPOCH` of the connection's opening or its last request's start or end.
+    last_request_ms: std::sync::atomic::AtomicU64,
 }
 
 /// The process-wide clock origin for [`ConnectionActivity`].
@@ -437,77 +434,20 @@ static EPOCH: std::sync::LazyLock<std::time::Instant> =
 impl ConnectionActivity {
     fn touch(&self) {
         let now = EPOCH.elapsed().as_millis() as u64;
-        self.last_read_ms
+        self.last_request_ms
             .store(now, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// How long the connection has had no request in flight and read nothing (zero while a request is in
-    /// flight: a held or slow request is bounded by its own timeouts).
+    /// How long the connection has had no request in flight (zero while one is: a held or slow request is
+    /// bounded by its own timeouts).
     fn idle_for(&self) -> std::time::Duration {
         use std::sync::atomic::Ordering;
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return std::time::Duration::ZERO;
         }
-        let last = self.last_read_ms.load(Ordering::Relaxed);
+        let last = self.last_request_ms.load(Ordering::Relaxed);
         let now = EPOCH.elapsed().as_millis() as u64;
         std::time::Duration::from_millis(now.saturating_sub(last))
-    }
-}
-
-/// The agent's socket, noting every read in its connection's [`ConnectionActivity`].
-struct ActivityIo {
-    inner: tokio::net::TcpStream,
-    activity: Arc<ConnectionActivity>,
-}
-
-impl tokio::io::AsyncRead for ActivityIo {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl tokio::io::AsyncWrite for ActivityIo {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 
@@ -546,6 +486,7 @@ where
         self.activity
             .in_flight
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.activity.touch();
         let guard = InFlightRequest(self.activity.clone());
         let future = self.inner.call(request);
         // The request stays in flight until its response body is sent (a streamed answer reads nothing).

@@ -322,6 +322,7 @@ impl AuditWriter {
                 seq: 0,
                 head: GENESIS_HASH.to_string(),
                 lost: false,
+                pending: None,
                 max_batch,
                 metrics: metrics.clone(),
                 ready: ready.clone(),
@@ -406,6 +407,9 @@ struct Writer {
     /// A batch failed and may have committed anyway (a lost acknowledgement): `seq`/`head` are not to be
     /// trusted until re-read from the store.
     lost: bool,
+    /// The head the failed batch would have made: after it, the store's head must be this or the head
+    /// before the batch. Anything else means someone changed the chain.
+    pending: Option<(i64, String)>,
     max_batch: usize,
     metrics: Arc<Metrics>,
     ready: WritersReady,
@@ -490,11 +494,34 @@ impl Writer {
         match self.sink.chain_head(self.writer_id).await {
             Ok(head) => {
                 let (seq, hash) = head.unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
-                if seq != self.seq {
+                let pending = self.pending.take();
+                if (seq, &hash) == (self.seq, &self.head) {
+                    // The batch did not commit: the chain goes on from where it was.
+                } else if pending
+                    .as_ref()
+                    .is_some_and(|(ps, ph)| (*ps, ph) == (seq, &hash))
+                {
                     tracing::warn!(writer = %self.writer_id, seq, "the failed batch had committed after all; the chain goes on from it");
+                    self.seq = seq;
+                    self.head = hash;
+                } else {
+                    // Neither: rows of this chain were deleted or added behind the writer's back. The
+                    // last head it knows is checkpointed (and anchored), so `verify` shows what is missing,
+                    // and the writer goes on as a new chain instead of certifying the altered one.
+                    tracing::error!(
+                        writer = %self.writer_id,
+                        known_seq = self.seq,
+                        found_seq = seq,
+                        "the chain in the store is not the one this writer wrote: records were deleted or inserted; checkpointing the known head and starting a new chain"
+                    );
+                    self.metrics.audit_errors_total.inc();
+                    self.checkpoint("periodic").await;
+                    self.writer_id = Uuid::now_v7();
+                    self.seq = 0;
+                    self.head = GENESIS_HASH.to_string();
+                    self.checkpointed = None;
+                    self.checkpoint("start").await;
                 }
-                self.seq = seq;
-                self.head = hash;
                 self.lost = false;
                 self.metrics.audit_writer_recoveries_total.inc();
                 self.set_ready(true);
@@ -596,6 +623,7 @@ impl Writer {
                 self.metrics.audit_errors_total.inc();
                 log_store_error(&e, rows.len(), 0);
                 self.lost = true;
+                self.pending = Some((seq, head));
                 self.set_ready(false);
                 for w in waiters {
                     let _ = w.send(Err(AuditError::NotCommitted));
@@ -733,6 +761,42 @@ pub fn chain_hash(prev_hash: &str, content: &[u8; 32]) -> String {
     hex::encode(h.finalize())
 }
 
+/// `audit anchor-existing`: appends every chain's current head to the anchor file (kind `baseline`), so
+/// chains written before anchoring was turned on are held against it from now on. Returns the heads
+/// anchored.
+pub async fn anchor_existing(
+    store: &Store,
+    anchors: &Anchors,
+) -> Result<Vec<CheckpointRow>, anyhow::Error> {
+    let checkpoints = store.checkpoints().await?;
+    let mut anchored = Vec::new();
+    for writer_id in store.writers().await? {
+        let rows = store.writer_chain(writer_id).await?;
+        let (seq, hash) = match rows.last() {
+            Some(r) => (r.seq, r.hash.clone()),
+            None => match checkpoints
+                .iter()
+                .filter(|c| c.writer_id == writer_id)
+                .last()
+            {
+                Some(c) => (c.seq, c.hash.clone()),
+                None => continue,
+            },
+        };
+        let baseline = CheckpointRow {
+            writer_id,
+            seq,
+            hash,
+            kind: "baseline".to_string(),
+            at: Utc::now().trunc_subsecs(6),
+            note: Some("audit anchor-existing".to_string()),
+        };
+        anchors.append(&baseline).await?;
+        anchored.push(baseline);
+    }
+    Ok(anchored)
+}
+
 /// What `audit verify` found for one writer's chain.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -781,9 +845,6 @@ pub async fn verify(
         }
     }
     writers.sort();
-    // Since when checkpoints were anchored: a chain that began after it and has no anchor at all was not
-    // written by a tollgate that anchors (an invented chain, inserted with valid hashes, is one).
-    let anchoring_since = anchors.and_then(|a| a.iter().map(|c| c.at).min());
     let mut reports = Vec::with_capacity(writers.len());
     for writer_id in writers {
         let rows = store.writer_chain(writer_id).await?;
@@ -801,7 +862,6 @@ pub async fn verify(
             &rows,
             &own,
             anchors.map(|_| anchored),
-            anchoring_since,
         ));
     }
     Ok(reports)
@@ -812,7 +872,6 @@ fn verify_chain(
     rows: &[DecisionRow],
     checkpoints: &[&CheckpointRow],
     anchors: Option<Vec<&CheckpointRow>>,
-    anchoring_since: Option<DateTime<Utc>>,
 ) -> ChainReport {
     let mut problems = Vec::new();
     let mut notes = Vec::new();
@@ -916,20 +975,15 @@ fn verify_chain(
         for c in anchors {
             check("anchored", c);
         }
-        let began = checkpoints
-            .iter()
-            .map(|c| c.at)
-            .chain(rows.first().map(|r| r.at))
-            .min();
-        if anchors.iter().all(|a| a.kind == "prune")
-            && let (Some(began), Some(since)) = (began, anchoring_since)
-            && began > since
-        {
-            problems.push(format!(
-                "unanchored chain: it began at {} while checkpoints were anchored (since {}), and none of its checkpoints is in the anchor file (inserted by hand, or written by a tollgate without this anchor file)",
-                began.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ));
+        // Every record, checkpoint and timestamp in the store can be written by whoever can write the
+        // store; the anchor file is the only thing they cannot. A chain none of whose checkpoints is
+        // anchored proves nothing (an invented one with valid hashes looks intact). Chains from before
+        // anchoring are anchored once with `tollgate audit anchor-existing`.
+        if anchors.iter().all(|a| a.kind == "prune") {
+            problems.push(
+                "unanchored chain: none of its checkpoints is in the anchor file (inserted by hand, written by a tollgate without this anchor file, or from before anchoring: `tollgate audit anchor-existing` anchors existing chains once)"
+                    .to_string(),
+            );
         }
         for p in checkpoints.iter().filter(|c| c.kind == "prune") {
             if !anchors.iter().any(|a| a == p) {

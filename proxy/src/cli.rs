@@ -216,6 +216,9 @@ pub enum AuditCommand {
         #[arg(long)]
         strict: bool,
     },
+    /// Append every existing chain's head to the anchor file (`audit.anchor_file`), once, when anchoring is
+    /// turned on for a store that already has chains.
+    AnchorExisting,
     /// Delete decision records (and their outcomes) older than a date, leaving a prune checkpoint per chain
     /// so the rest still verifies.
     Prune {
@@ -542,6 +545,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Audit(AuditCommand::AnchorExisting) => {
+            let config = load_config(&cli)?;
+            let Some(path) = config.audit.anchor_file.clone() else {
+                anyhow::bail!("audit.anchor_file is not set: there is no anchor file to write");
+            };
+            let store = connect(&config).await?;
+            let anchored =
+                crate::audit::anchor_existing(&store, &crate::audit::Anchors::file(path.clone()))
+                    .await?;
+            for a in &anchored {
+                println!("writer {}: anchored at seq {}", a.writer_id, a.seq);
+            }
+            println!("{} chain(s) anchored in {}", anchored.len(), path.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::Prune { before }) => {
             let config = load_config(&cli)?;

@@ -357,6 +357,19 @@ impl Gate {
         };
         draft.provider = provider.name.clone();
         draft.envelope = provider.envelope;
+
+        // identify first (it needs only the credential header), so that every later refusal is the agent's:
+        // attributed to it and charged to its own rate of stored bytes
+        let key = presented_key(&parts.headers).ok_or_else(Refusal::unauthenticated)?;
+        let agent = match self.identity.authenticate(&key).await {
+            Ok(agent) => agent,
+            Err(AuthError::Unauthenticated) => return Err(Refusal::unauthenticated()),
+            Err(AuthError::Store(e)) => {
+                tracing::error!(error = %e, "agent lookup failed");
+                return Err(Refusal::store_unavailable());
+            }
+        };
+        draft.agent = Some(agent.clone());
         if self.frozen.load(Ordering::Acquire) {
             return Err(Refusal::new(
                 RefusalCode::Frozen,
@@ -375,17 +388,6 @@ impl Gate {
             on_behalf_of: attribution(&parts.headers, "tollgate-on-behalf-of")?,
         };
 
-        // identify
-        let key = presented_key(&parts.headers).ok_or_else(Refusal::unauthenticated)?;
-        let agent = match self.identity.authenticate(&key).await {
-            Ok(agent) => agent,
-            Err(AuthError::Unauthenticated) => return Err(Refusal::unauthenticated()),
-            Err(AuthError::Store(e)) => {
-                tracing::error!(error = %e, "agent lookup failed");
-                return Err(Refusal::store_unavailable());
-            }
-        };
-        draft.agent = Some(agent.clone());
         // One agent's slow or numerous requests cannot hold what every other agent needs.
         let limit = self.config.server.max_requests_per_agent;
         let Some(slot) = self.in_flight.take(agent.id, limit) else {
@@ -1150,6 +1152,27 @@ impl Gate {
         refusal.into_response(draft.envelope, draft.id)
     }
 
+    /// `text` with every occurrence of a secret tollgate holds (provider credentials, the admin token, the
+    /// redaction key) replaced: the detectors in `redact` find secrets by their shape, these by their value.
+    fn scrub_own_secrets(&self, mut text: String) -> String {
+        use secrecy::ExposeSecret as _;
+        let config = &self.config;
+        let secrets = config
+            .providers
+            .values()
+            .filter_map(|p| p.credential.as_ref()?.secret.as_ref())
+            .chain(config.admin.token.as_ref())
+            .chain(config.audit.redaction_key.as_ref());
+        for secret in secrets {
+            let secret = secret.expose_secret();
+            // Short values would match by accident (and are not credentials anyone issues).
+            if secret.len() >= 8 && text.contains(secret) {
+                text = text.replace(secret, "[redacted: a secret tollgate holds]");
+            }
+        }
+        text
+    }
+
     /// Records a refusal, trying again (twice, a moment apart) when its batch failed and the store says the
     /// record is not there: a writer that lost its connection takes a new one for the next batch. A record
     /// whose fate the store cannot tell is not sent again (it could then be there twice).
@@ -1234,6 +1257,25 @@ impl Gate {
         } else {
             self.stored.charge(bucket, size);
             (path, query, reasons)
+        };
+        // tollgate's own secrets, wherever an agent put them (a misconfigured client sending the provider
+        // credential as its run id, the admin token in a query), never reach a record verbatim.
+        let own = |text: String| self.scrub_own_secrets(text);
+        let (path, query, run_id, on_behalf_of) = (
+            own(path),
+            query.map(own),
+            run_id.map(own),
+            on_behalf_of.map(own),
+        );
+        let input = input.map(own);
+        let reasons = {
+            let text = reasons.to_string();
+            let scrubbed = own(text.clone());
+            if scrubbed == text {
+                reasons
+            } else {
+                serde_json::from_str(&scrubbed).unwrap_or(reasons)
+            }
         };
         DecisionRecord {
             id: draft.id,

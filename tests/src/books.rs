@@ -186,6 +186,20 @@ impl Books {
         )
     }
 
+    /// Every text column of every decision, concatenated: to look for what must never be stored.
+    pub async fn dump(&self) -> anyhow::Result<String> {
+        let rows: Vec<String> = rows!(
+            self,
+            "SELECT concat_ws('|', path, query, run_id, on_behalf_of, reasons::text, input::text) AS t
+             FROM decisions",
+            "SELECT coalesce(path, '') || '|' || coalesce(query, '') || '|' || coalesce(run_id, '') || '|' ||
+                    coalesce(on_behalf_of, '') || '|' || coalesce(reasons, '') || '|' || coalesce(input, '') AS t
+             FROM decisions",
+            |r| r.try_get::<String, _>("t")?
+        )?;
+        Ok(rows.join("\n"))
+    }
+
     /// Decisions with this refusal code (from this agent, when given).
     pub async fn refusals(&self, code: &str, agent: Option<&str>) -> anyhow::Result<usize> {
         Ok(self

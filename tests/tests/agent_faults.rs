@@ -40,6 +40,7 @@ on_both_stores!(
     an_agent_that_hangs_up_while_held_leaves_a_record_and_a_usable_approval,
     slow_heads_and_bodies_are_cut_off_while_others_are_served,
     idle_http2_connections_are_closed_too,
+    an_agents_early_refusals_are_its_own_and_hold_no_secret_of_tollgate,
     the_total_time_before_the_forward_is_bounded,
     an_agent_flooding_the_log_is_slowed_and_others_are_not,
     an_upstream_that_breaks_after_the_request_leaves_the_money_flagged,
@@ -619,6 +620,23 @@ async fn idle_http2_connections_are_closed_too(store: StoreKind) {
         }
         idle.push(stream);
     }
+    // A connection kept busy with PINGs but no request is idle all the same.
+    const PING: &[u8] = &[0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let mut pinging = tokio::net::TcpStream::connect(tg.proxy_addr())
+        .await
+        .unwrap();
+    pinging.write_all(PREFACE).await.unwrap();
+    pinging.write_all(EMPTY_SETTINGS).await.unwrap();
+    let (mut ping_read, mut ping_write) = pinging.into_split();
+    let pinger = tokio::spawn(async move {
+        for _ in 0..50 {
+            if ping_write.write_all(PING).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    });
     // Meanwhile a slow request (the upstream takes 1.5 s, over the idle limit) is not cut off.
     let slow = reqwest::Client::new()
         .get(tg.url("/cloudflare/client/v4/zones"))
@@ -638,6 +656,62 @@ async fn idle_http2_connections_are_closed_too(store: StoreKind) {
             started.elapsed()
         );
     }
+    let mut buf = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(5), ping_read.read_to_end(&mut buf)).await;
+    assert!(
+        closed.is_ok(),
+        "PINGs kept an HTTP/2 connection with no request open"
+    );
+    let _ = pinger.await;
     books.settled(1).await.unwrap();
     books.check(upstream.request_count()).await.unwrap();
+}
+
+/// Found by review: refusals decided before the key was read (a bad path, a repeated header) were recorded
+/// without their agent, charged to the unidentified requests' shared budget; and a secret tollgate itself
+/// holds, sent by a misconfigured client, was stored verbatim. The key is now read first, and tollgate's own
+/// secrets are scrubbed from every record by value.
+async fn an_agents_early_refusals_are_its_own_and_hold_no_secret_of_tollgate(store: StoreKind) {
+    use tollgate_tests::tollgate::{ADMIN_TOKEN, CLOUDFLARE_SECRET, STRIPE_SECRET};
+    let upstream = Upstream::builder().start().await.unwrap();
+    let HoldGate {
+        tg,
+        key,
+        books,
+        keep: _keep,
+    } = hold_gate_on(store, &upstream.url(), |b| b).await.unwrap();
+    let http = reqwest::Client::new();
+    let bad_path = http
+        .get(tg.url(&format!("/stripe/v1//customers?token={ADMIN_TOKEN}")))
+        .basic_auth(&key, Some(""))
+        .header("tollgate-run", STRIPE_SECRET)
+        .header("tollgate-on-behalf-of", CLOUDFLARE_SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_path.status(), 400);
+    let repeated = http
+        .get(tg.url("/stripe/v1/customers"))
+        .basic_auth(&key, Some(""))
+        .header("tollgate-run", "a")
+        .header("tollgate-run", "b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(repeated.status(), 400);
+    eventually("both refusals recorded", || async {
+        books
+            .refusals("request_malformed", Some("buyer"))
+            .await
+            .unwrap()
+            == 2
+    })
+    .await;
+    let dump = books.dump().await.unwrap();
+    for secret in [STRIPE_SECRET, CLOUDFLARE_SECRET, ADMIN_TOKEN] {
+        assert!(!dump.contains(secret), "a secret tollgate holds was stored");
+    }
+    assert!(dump.contains("[redacted: a secret tollgate holds]"));
+    assert_eq!(upstream.request_count(), 0);
 }

@@ -560,3 +560,90 @@ async fn tollgate_recovers_from_a_postgres_restart_under_load_and_the_books_stay
     );
     eprintln!("whole scenario: {:?}", started.elapsed());
 }
+
+/// Found by review: a database administrator deleted the newest records of a running writer's chain (a
+/// forwarded payment among them) and cut its connection; the writer, recovering, re-read its head from the
+/// shortened table and went on from it, so its next checkpoint certified the cut chain. A writer now accepts
+/// only the head it knew or the one its failed batch would have made; anything else is checkpointed as it
+/// knew it (so `verify` shows the missing tail) and the writer goes on as a new chain.
+#[tokio::test]
+async fn a_writer_does_not_certify_a_chain_shortened_behind_its_back() {
+    use tollgate_tests::faultrelay::FaultRelay;
+    let db = TestDatabase::create().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    let relay = FaultRelay::start(db.server_target().unwrap())
+        .await
+        .unwrap();
+    let upstream = Upstream::builder().start().await.unwrap();
+    let (tg, _policy, key) = hold_gate(&db.url_via(relay.addr()), &upstream.url(), |b| {
+        b.audit("writers = 1")
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let pay = |run: &'static str| {
+        http.post(tg.url("/stripe/v1/payment_intents"))
+            .basic_auth(&key, Some(""))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("tollgate-run", run)
+            .body("amount=777&currency=usd")
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(pay("before").await.unwrap().status(), 200);
+    }
+    let writer: uuid::Uuid = sqlx::query_scalar("SELECT writer_id FROM decisions LIMIT 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // The cover-up: the newest record goes, with its outcome, triggers off and on again.
+    let mut tx = pool.begin().await.unwrap();
+    for sql in [
+        "ALTER TABLE decisions DISABLE TRIGGER decisions_append_only",
+        "ALTER TABLE decision_outcomes DISABLE TRIGGER decision_outcomes_append_only",
+    ] {
+        sqlx::query(sql).execute(&mut *tx).await.unwrap();
+    }
+    sqlx::query(
+        "DELETE FROM decision_outcomes WHERE decision_id IN (SELECT id FROM decisions WHERE seq = 3)",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM decisions WHERE seq = 3")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    for sql in [
+        "ALTER TABLE decisions ENABLE TRIGGER decisions_append_only",
+        "ALTER TABLE decision_outcomes ENABLE TRIGGER decision_outcomes_append_only",
+    ] {
+        sqlx::query(sql).execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    // The writer's connection is cut: its next batch fails, and it recovers.
+    relay.reset_all();
+    let mut passed = 0;
+    for _ in 0..20 {
+        if pay("after").await.unwrap().status() == 200 {
+            passed += 1;
+            if passed == 2 {
+                break;
+            }
+        }
+    }
+    assert_eq!(passed, 2, "tollgate goes on:\n{}", tg.log());
+    assert!(
+        tg.log()
+            .contains("the chain in the store is not the one this writer wrote"),
+        "{}",
+        tg.log()
+    );
+    let (ok, out, err) = tg.cli(&["audit", "verify"]).await.unwrap();
+    assert!(!ok, "{out}{err}");
+    assert!(
+        out.contains(&format!("writer {writer}: 2 records"))
+            && out.contains("missing tail")
+            && out.contains("shows seq 3, the records end at seq 2"),
+        "{out}"
+    );
+}
