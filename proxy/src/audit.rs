@@ -774,11 +774,7 @@ pub async fn anchor_existing(
         let rows = store.writer_chain(writer_id).await?;
         let (seq, hash) = match rows.last() {
             Some(r) => (r.seq, r.hash.clone()),
-            None => match checkpoints
-                .iter()
-                .filter(|c| c.writer_id == writer_id)
-                .last()
-            {
+            None => match checkpoints.iter().rfind(|c| c.writer_id == writer_id) {
                 Some(c) => (c.seq, c.hash.clone()),
                 None => continue,
             },
