@@ -9,7 +9,7 @@
 //!
 //! One test function per SDK; its cases run in sequence against one tollgate and one stand-in (the Stripe
 //! idempotency case has a tollgate of its own, whose upstream is `Upstream::stripe_idempotency()`). Behaviour
-//! that issue #15 calls a bug is asserted as it is today, marked `// issue #15 item N:`, so the fix flips it.
+//! that issue #15 calls a bug is asserted as it is today, marked `// issue #15 (<item>):`, so the fix flips it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -567,8 +567,9 @@ async fn stripe_suite(lang: Lang) {
             .as_str()
             .expect("approval_id")
             .to_string(),
-        // issue #15 item 1: stripe-node keeps only the body's `error` member, so the agent cannot read
-        // tollgate.approval_id; it is only in the message text. Take it from there (the fix should expose it).
+        // issue #15 (stripe-node StripeError.raw): stripe-node keeps only the body's `error` member, so the
+        // agent cannot read tollgate.approval_id; it is only in the message text. Taken from there until the
+        // fix exposes it.
         Lang::Node => {
             let message = e["message"].as_str().unwrap_or_default();
             message
@@ -756,9 +757,9 @@ async fn stripe_suite(lang: Lang) {
         Some("tollgate_upstream_timeout"),
         "{out}"
     );
-    // issue #15 (Stripe SDKs retry a 504): tollgate's 504 carries no `Stripe-Should-Retry: false`, so the SDK
-    // retries the charge twice more (same Idempotency-Key, but tollgate reserves each attempt again). The fix
-    // should make this one request.
+    // issue #15 (Stripe-Should-Retry on 504): tollgate's 504 carries no `Stripe-Should-Retry: false`, so the
+    // SDK retries the charge twice more (same Idempotency-Key, but tollgate reserves each attempt again). The
+    // fix should make this one request and one flagged reservation.
     assert_eq!(e["headers"].get("stripe-should-retry"), None, "{out}");
     let received = stand_in.take();
     assert_eq!(
@@ -854,8 +855,9 @@ fn assert_stripe_refusal(lang: Lang, e: &Value, code: &str) {
             assert_eq!(e["class"], "StripePermissionError", "{e}");
             assert_eq!(e["code"], expected_code.as_str(), "{e}");
             assert_eq!(e["error_type"], "invalid_request_error", "{e}");
-            // issue #15 item 1: stripe-node's StripeError.raw keeps only the body's `error` member, so the
-            // `tollgate` object (code, decision_id, rule, approval_id) does not reach the agent.
+            // issue #15 (stripe-node StripeError.raw): stripe-node's StripeError.raw keeps only the body's
+            // `error` member, so the `tollgate` object (code, decision_id, rule, approval_id) does not reach
+            // the agent; its code is in e.code, the decision id in the Tollgate-Decision header.
             assert_eq!(e["tollgate"], Value::Null, "{e}");
             assert!(
                 e["headers"]["tollgate-decision"].is_string(),
@@ -945,7 +947,8 @@ impl Suite {
         assert!(ok, "decisions: {stderr}");
         let mut rows: Vec<Value> = serde_json::from_str(&stdout).expect("decisions --json");
         assert_eq!(rows.len(), n, "decisions of {}: {stdout}", agent.name);
-        rows.sort_by(|a, b| a["at"].as_str().cmp(&b["at"].as_str()));
+        // The store lists the newest first (at, then id, descending).
+        rows.reverse();
         rows
     }
 
