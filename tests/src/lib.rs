@@ -14,6 +14,8 @@
 //!   swallows the reply to a chosen message.
 //! - [`scenario`]: the fault scenarios' shared policy, tollgate on either store, raw-connection helpers.
 //! - [`sockets`]: the TCP sockets a running tollgate holds, with their options (Linux's pidfd_getfd).
+//! - [`sdk`]: the agents' real SDKs (pinned in `tests/sdk/`, installed into a cache by the suite itself), the
+//!   agent programs that drive them, and a stand-in that answers each request through a test's function.
 //!
 //! The end-to-end tests drive the real binary from the outside; the store conformance suite
 //! (`tests/store_conformance.rs`) calls the library's `Store` directly against both backends.
@@ -22,6 +24,7 @@ pub mod books;
 pub mod faultrelay;
 pub mod postgres;
 pub mod scenario;
+pub mod sdk;
 pub mod sockets;
 pub mod tollgate;
 pub mod upstream;
