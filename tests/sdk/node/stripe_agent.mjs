@@ -13,6 +13,7 @@ import Stripe from "stripe";
 
 const WANTED_HEADERS = [
   "tollgate-decision",
+  "tollgate-approval-id",
   "idempotency-key",
   "idempotent-replayed",
   "stripe-should-retry",

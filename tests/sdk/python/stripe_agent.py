@@ -17,6 +17,7 @@ import stripe
 
 WANTED_HEADERS = (
     "tollgate-decision",
+    "tollgate-approval-id",
     "idempotency-key",
     "idempotent-replayed",
     "stripe-should-retry",
