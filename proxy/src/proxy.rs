@@ -1152,9 +1152,10 @@ impl Gate {
         refusal.into_response(draft.envelope, draft.id)
     }
 
-    /// `text` with every occurrence of a secret tollgate holds (provider credentials, the admin token, the
-    /// redaction key) replaced: the detectors in `redact` find secrets by their shape, these by their value.
-    fn scrub_own_secrets(&self, mut text: String) -> String {
+    /// Replaces in `text` every occurrence of a secret tollgate holds (provider credentials, the admin token,
+    /// the redaction key): the detectors in `redact` find secrets by their shape, these by their value. True
+    /// when anything was replaced.
+    fn scrub_own_secrets(&self, text: &mut String) -> bool {
         use secrecy::ExposeSecret as _;
         let config = &self.config;
         let secrets = config
@@ -1163,14 +1164,16 @@ impl Gate {
             .filter_map(|p| p.credential.as_ref()?.secret.as_ref())
             .chain(config.admin.token.as_ref())
             .chain(config.audit.redaction_key.as_ref());
+        let mut replaced = false;
         for secret in secrets {
             let secret = secret.expose_secret();
             // Short values would match by accident (and are not credentials anyone issues).
             if secret.len() >= 8 && text.contains(secret) {
-                text = text.replace(secret, "[redacted: a secret tollgate holds]");
+                *text = text.replace(secret, "[redacted: a secret tollgate holds]");
+                replaced = true;
             }
         }
-        text
+        replaced
     }
 
     /// Records a refusal, trying again (twice, a moment apart) when its batch failed and the store says the
@@ -1238,12 +1241,31 @@ impl Gate {
             attribution(&draft.run.id),
             attribution(&draft.run.on_behalf_of),
         );
+        // tollgate's own secrets, wherever an agent put them (a misconfigured client sending the provider
+        // credential as its run id, the admin token in a query), never reach a record verbatim.
+        let own = |mut text: String| {
+            self.scrub_own_secrets(&mut text);
+            text
+        };
+        let (path, query, run_id, on_behalf_of) = (
+            own(path),
+            query.map(own),
+            run_id.map(own),
+            on_behalf_of.map(own),
+        );
+        let input = input.map(own);
+        let mut reasons_text = reasons.to_string();
+        let reasons = if self.scrub_own_secrets(&mut reasons_text) {
+            serde_json::from_str(&reasons_text).unwrap_or(reasons)
+        } else {
+            reasons
+        };
         // Every record is charged to its agent's rate of stored bytes; records of requests no agent could
         // be found for share one bucket, and past its rate they keep only what identifies the refusal.
         let size = input.as_ref().map_or(0, String::len)
             + path.len()
             + query.as_ref().map_or(0, String::len)
-            + reasons.to_string().len();
+            + reasons_text.len();
         let bucket = draft.agent.as_ref().map_or(Uuid::nil(), |a| a.id);
         let (path, query, reasons) = if draft.agent.is_none() && self.stored.check(bucket).is_some()
         {
@@ -1257,25 +1279,6 @@ impl Gate {
         } else {
             self.stored.charge(bucket, size);
             (path, query, reasons)
-        };
-        // tollgate's own secrets, wherever an agent put them (a misconfigured client sending the provider
-        // credential as its run id, the admin token in a query), never reach a record verbatim.
-        let own = |text: String| self.scrub_own_secrets(text);
-        let (path, query, run_id, on_behalf_of) = (
-            own(path),
-            query.map(own),
-            run_id.map(own),
-            on_behalf_of.map(own),
-        );
-        let input = input.map(own);
-        let reasons = {
-            let text = reasons.to_string();
-            let scrubbed = own(text.clone());
-            if scrubbed == text {
-                reasons
-            } else {
-                serde_json::from_str(&scrubbed).unwrap_or(reasons)
-            }
         };
         DecisionRecord {
             id: draft.id,

@@ -48,6 +48,17 @@ on_both_stores!(
     one_agent_cannot_hold_more_than_its_share,
 );
 
+/// A fault relay in front of the stand-in upstream.
+async fn relay_to(upstream: &Upstream) -> tollgate_tests::faultrelay::FaultRelay {
+    use tollgate_tests::faultrelay::{FaultRelay, Target};
+    let addr: std::net::SocketAddr = upstream
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the stand-in's address");
+    FaultRelay::start(Target::Tcp(addr)).await.expect("relay")
+}
+
 fn basic(key: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
@@ -382,18 +393,12 @@ async fn an_agent_flooding_the_log_is_slowed_and_others_are_not(store: StoreKind
 /// answers 5xx. The request may have been acted on in each case, so the money stays reserved and flagged
 /// (for an operator to settle), and the decision has exactly one outcome that says what happened.
 async fn an_upstream_that_breaks_after_the_request_leaves_the_money_flagged(store: StoreKind) {
-    use tollgate_tests::faultrelay::{FaultRelay, Target};
     let upstream = Upstream::builder()
         .json_body(json!({"id": "pi_1"}))
         .start()
         .await
         .unwrap();
-    let upstream_addr: std::net::SocketAddr = upstream
-        .url()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let relay = FaultRelay::start(Target::Tcp(upstream_addr)).await.unwrap();
+    let relay = relay_to(&upstream).await;
     let HoldGate {
         tg,
         key,
@@ -516,19 +521,13 @@ async fn one_agent_cannot_hold_more_than_its_share(store: StoreKind) {
 /// same Idempotency-Key and Stripe replays the saved result. The replay proves the first attempt ran: its
 /// flagged reservation is committed, the retry's own released — charged once, nothing left for an operator.
 async fn a_same_key_retry_settles_the_attempt_whose_answer_was_lost(store: StoreKind) {
-    use tollgate_tests::faultrelay::{FaultRelay, Target};
     let upstream = Upstream::builder()
         .json_body(json!({"object": "payment_intent"}))
         .stripe_idempotency()
         .start()
         .await
         .unwrap();
-    let upstream_addr: std::net::SocketAddr = upstream
-        .url()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let relay = FaultRelay::start(Target::Tcp(upstream_addr)).await.unwrap();
+    let relay = relay_to(&upstream).await;
     let HoldGate {
         tg,
         key,
