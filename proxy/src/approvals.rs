@@ -19,15 +19,23 @@ use crate::store::{ApprovalRow, Store, StoreError};
 /// One hour: long enough for a reviewer to look, short enough that consent is about now.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
-/// Proof that an approval was consumed for the request being forwarded. Only [`Approvals::consume`] makes it.
+/// Proof that an approval was consumed for the request being forwarded. Only [`Approvals::consume`] makes it,
+/// and [`Approvals::retry`] for a same-key retry of the request that consumed it.
 #[derive(Debug)]
 pub struct ConsumedApproval {
     id: Uuid,
+    /// The decision whose request consumed the approval, when this request is a retry of it.
+    retry_of: Option<Uuid>,
 }
 
 impl ConsumedApproval {
     pub fn id(&self) -> Uuid {
         self.id
+    }
+
+    /// The request this one retries (same call, same forwarded Idempotency-Key), if it is a retry.
+    pub fn retry_of(&self) -> Option<Uuid> {
+        self.retry_of
     }
 }
 
@@ -152,17 +160,47 @@ impl Approvals {
     }
 
     /// Uses an approved, unexpired approval for exactly this call; at most one caller ever succeeds.
+    /// `key` is the Idempotency-Key the call is forwarded with, if any: a retry repeating it is the same call
+    /// (see [`Approvals::retry`]).
     pub async fn consume(
         &self,
         id: Uuid,
         call: &Call<'_>,
         decision_id: Uuid,
+        key: Option<&str>,
     ) -> Result<Option<ConsumedApproval>, StoreError> {
         let used = self
             .store
-            .consume_approval(id, &call.fingerprint(), decision_id)
+            .consume_approval(id, &call.fingerprint(), decision_id, key)
             .await?;
-        Ok(used.then_some(ConsumedApproval { id }))
+        Ok(used.then_some(ConsumedApproval { id, retry_of: None }))
+    }
+
+    /// A consumed approval presented again by a retry of the request that consumed it: the identical call
+    /// (the approval's fingerprint: agent, account headers, body, charge) with the same forwarded
+    /// Idempotency-Key, within the provider's replay window (`window`) of the consumption. The provider
+    /// deduplicates such a retry by its key — it acts at most once — so it is the same approved call, not a
+    /// second one: it goes out again, and the ledger charges it once (its idempotency rows). An SDK's
+    /// automatic retry after a 5xx repeats the key and the approval header, so the agent sees the provider's
+    /// eventual answer rather than `approval_invalid`. A different key, body or account is a new call and
+    /// needs a new approval.
+    pub async fn retry(
+        &self,
+        id: Uuid,
+        call: &Call<'_>,
+        key: &str,
+        window: Duration,
+    ) -> Result<Option<ConsumedApproval>, StoreError> {
+        let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::hours(24));
+        let since = Utc::now() - window;
+        let first = self
+            .store
+            .approval_retry(id, &call.fingerprint(), key, since)
+            .await?;
+        Ok(first.map(|first| ConsumedApproval {
+            id,
+            retry_of: Some(first),
+        }))
     }
 
     /// A reviewer approves or denies a pending, unexpired approval; `None` if it is not pending (any more).
@@ -177,8 +215,12 @@ impl Approvals {
         self.store.decide_approval(id, approve, by, note).await
     }
 
-    /// Makes a consumed approval usable again, for a request that was refused after consuming it.
+    /// Makes a consumed approval usable again, for a request that was refused after consuming it. A retry
+    /// did not consume it (its first request did, and may have been sent): nothing to hand back.
     pub async fn restore(&self, consumed: ConsumedApproval) -> Result<(), StoreError> {
+        if consumed.retry_of.is_some() {
+            return Ok(());
+        }
         self.store.restore_approval(consumed.id).await
     }
 
@@ -217,13 +259,24 @@ impl Approvals {
     /// Why an approval cannot be used for this call, for the agent's error message. For one already used,
     /// what became of the call that used it: an agent whose SDK retried after an upstream failure learns
     /// that its approved call was sent, and what the provider answered.
-    pub async fn why_invalid(&self, id: Uuid, call: &Call<'_>) -> Result<String, StoreError> {
+    /// `keyed`: the provider deduplicates by Idempotency-Key, so the agent is told that a retry with the
+    /// consuming request's key is the way to repeat that call.
+    pub async fn why_invalid(
+        &self,
+        id: Uuid,
+        call: &Call<'_>,
+        keyed: bool,
+    ) -> Result<String, StoreError> {
         Ok(match self.store.approval(id).await? {
             None => "unknown approval".to_string(),
             Some(a) if a.fingerprint != call.fingerprint() => {
                 "the approval is for a different request".to_string()
             }
             Some(a) if a.status == "consumed" => match a.consumed_by_decision {
+                Some(used_by) if keyed => format!(
+                    "{}; a retry with that request's Idempotency-Key is the same call and may use the approval again",
+                    self.used_by(used_by).await?
+                ),
                 Some(used_by) => self.used_by(used_by).await?,
                 None => "the approval was already used".to_string(),
             },

@@ -46,7 +46,12 @@ pub enum Command {
     /// Apply database migrations and exit.
     Migrate,
     /// Validate the configuration and compile the policy bundle; exit 0 when both are good.
-    CheckConfig,
+    CheckConfig {
+        /// Also fail on policy lint findings (Rego that OPA and regorus evaluate differently), which are
+        /// otherwise printed as warnings.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Manage agent identities.
     #[command(subcommand)]
     Agents(AgentsCommand),
@@ -311,7 +316,7 @@ async fn connect(config: &Config) -> anyhow::Result<Store> {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::CheckConfig => Ok(check_config(&cli)),
+        Command::CheckConfig { strict } => Ok(check_config(&cli, *strict)),
         Command::Serve { migrate } => serve(&cli, *migrate).await,
         Command::Migrate => {
             let store = connect(&load_config(&cli)?).await?;
@@ -331,9 +336,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let report = crate::policy::run_tests(&dir)?;
             let failed = report.tests.len() - report.passed();
+            let lint = crate::policy_lint::lint_dir(&dir).map_err(anyhow::Error::msg)?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                let mut value = serde_json::to_value(&report)?;
+                if let Some(map) = value.as_object_mut() {
+                    map.insert("lint".to_string(), serde_json::to_value(&lint)?);
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
+                for finding in &lint {
+                    eprintln!("warning: {finding}");
+                }
                 for t in &report.tests {
                     match &t.detail {
                         None => println!("PASS  {}", t.name),
@@ -664,7 +677,7 @@ async fn spend_command(cli: &Cli, command: &SpendCommand) -> anyhow::Result<Exit
     }
 }
 
-fn check_config(cli: &Cli) -> ExitCode {
+fn check_config(cli: &Cli, strict: bool) -> ExitCode {
     let mut problems = Vec::new();
     let config = match load_config(cli) {
         Ok(c) => Some(c),
@@ -697,6 +710,19 @@ fn check_config(cli: &Cli) -> ExitCode {
                 )
             }
             Err(e) => problems.push(e),
+        }
+        match crate::policy_lint::lint_dir(&config.policy.dir) {
+            Ok(findings) if strict => problems.extend(
+                findings
+                    .iter()
+                    .map(|f| format!("policy lint (--strict): {f}")),
+            ),
+            Ok(findings) => {
+                for f in findings {
+                    eprintln!("warning: policy lint: {f}");
+                }
+            }
+            Err(e) => problems.push(format!("policy lint: {e}")),
         }
     }
     if problems.is_empty() {

@@ -195,26 +195,17 @@ impl Settlement {
         }
     }
 
-    /// What a retry's answer tells about the earlier attempt it replaces: the same request, with the same
-    /// Idempotency-Key, whose outcome was unknown (its reservation flagged). A provider that keeps keys
-    /// (Stripe) either replays the earlier attempt's saved result — then that result settles the earlier
-    /// attempt — or, having no result for the key, runs the retry anew — then the earlier attempt never ran
-    /// and its money goes back. `None` when the answer tells nothing: the retry's own outcome is unknown,
-    /// or the provider says the key is still in use (409: the earlier attempt may still be running).
-    pub fn of_replaced(
-        status: u16,
-        envelope: Envelope,
-        replayed: bool,
-        body: Option<&[u8]>,
-    ) -> Option<Settlement> {
+    /// What the answer to a retry that took over an earlier attempt's reservation proves (see
+    /// `Reservation::ReservedReplacing`): the same request with the same Idempotency-Key, whose earlier
+    /// attempt's outcome was unknown. The provider acts on a key at most once, so the answer is about the
+    /// call, whichever attempt the provider ran: a replayed 2xx (the earlier attempt ran) commits like a fresh
+    /// one, a refusal in the provider's envelope releases. A 409 says the key is still in use — the earlier
+    /// attempt may still be running — so nothing is learned and the money stays reserved, flagged.
+    pub fn of_retry(status: u16, envelope: Envelope, body: Option<&[u8]>) -> Settlement {
         if status == 409 {
-            return None;
+            return Settlement::Unknown;
         }
-        match Settlement::of_response(status, envelope, false, body) {
-            Settlement::Unknown => None,
-            replayed_result if replayed => Some(replayed_result),
-            _ => Some(Settlement::Release),
-        }
+        Settlement::of_response(status, envelope, false, body)
     }
 
     /// Whether [`Settlement::of_response`] needs the response body to decide.
@@ -307,38 +298,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_retry_settles_the_attempt_it_replaces() {
+    fn a_retry_that_took_over_settles_the_call() {
         let refused = br#"{"error": {"type": "card_error"}}"#;
-        // Replayed: the earlier attempt ran; its saved result settles it.
+        // Replayed or run anew, a 2xx means the call ran once: committed.
         assert_eq!(
-            Settlement::of_replaced(200, Envelope::Stripe, true, None),
-            Some(Settlement::Commit)
+            Settlement::of_response(200, Envelope::Stripe, true, None),
+            Settlement::Release,
+            "a plain replay spends nothing new"
         );
         assert_eq!(
-            Settlement::of_replaced(402, Envelope::Stripe, true, Some(refused)),
-            Some(Settlement::Release)
-        );
-        // Run anew: the earlier attempt never ran.
-        assert_eq!(
-            Settlement::of_replaced(200, Envelope::Stripe, false, None),
-            Some(Settlement::Release)
+            Settlement::of_retry(200, Envelope::Stripe, None),
+            Settlement::Commit,
+            "but a retry carries its earlier attempt's money"
         );
         assert_eq!(
-            Settlement::of_replaced(402, Envelope::Stripe, false, Some(refused)),
-            Some(Settlement::Release)
+            Settlement::of_retry(402, Envelope::Stripe, Some(refused)),
+            Settlement::Release
         );
         // Nothing learned.
         assert_eq!(
-            Settlement::of_replaced(500, Envelope::Stripe, false, None),
-            None
+            Settlement::of_retry(500, Envelope::Stripe, None),
+            Settlement::Unknown
         );
         assert_eq!(
-            Settlement::of_replaced(500, Envelope::Stripe, true, None),
-            None
-        );
-        assert_eq!(
-            Settlement::of_replaced(409, Envelope::Stripe, false, Some(refused)),
-            None
+            Settlement::of_retry(409, Envelope::Stripe, Some(refused)),
+            Settlement::Unknown
         );
     }
 

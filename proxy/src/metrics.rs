@@ -202,7 +202,7 @@ impl Metrics {
         let approvals_total = IntCounterVec::new(
             Opts::new(
                 "approvals_total",
-                "Approval events: requested, approved, denied, consumed, invalid",
+                "Approval events: requested, approved, denied, consumed, retried (a same-key retry of the consuming request), invalid",
             ),
             &["result"],
         )?;

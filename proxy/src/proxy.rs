@@ -616,15 +616,42 @@ impl Gate {
         // approve (consume): the approval is used before money is reserved, so that of two concurrent retries
         // exactly one proceeds and the other learns the approval was used. If the request then cannot go
         // ahead (budget, store), the approval is handed back.
+        // A provider that deduplicates by Idempotency-Key (Stripe) makes a same-key retry of the consuming
+        // request the same call: it goes out under the approval again (`Approvals::retry`).
         let mut consumed = None;
         if let (Outcome::Approve, Some(id)) = (decision.outcome, approval_header) {
             draft.approval_id = Some(id.to_string());
-            match self.approvals.consume(id, &call, draft.id).await {
+            let replayable = match (
+                &intake.headers.forwarded_key,
+                intake.provider.idempotency_window,
+            ) {
+                (Some(key), Some(window)) => key.to_str().ok().map(|k| (k, window)),
+                _ => None,
+            };
+            let used = match self
+                .approvals
+                .consume(id, &call, draft.id, replayable.map(|(k, _)| k))
+                .await
+            {
+                Ok(None) if let Some((key, window)) = replayable => {
+                    self.approvals.retry(id, &call, key, window).await
+                }
+                other => other,
+            };
+            match used {
                 Ok(Some(c)) => {
+                    let label = if c.retry_of().is_some() {
+                        "retried"
+                    } else {
+                        "consumed"
+                    };
                     self.metrics
                         .approvals_total
-                        .with_label_values(&["consumed"])
+                        .with_label_values(&[label])
                         .inc();
+                    if let Some(first) = c.retry_of() {
+                        tracing::info!(decision_id = %draft.id, approval_id = %id, %first, "a same-key retry of an approved request goes out under its approval");
+                    }
                     consumed = Some(c);
                 }
                 Ok(None) => {
@@ -634,7 +661,7 @@ impl Gate {
                         .inc();
                     let why = self
                         .approvals
-                        .why_invalid(id, &call)
+                        .why_invalid(id, &call, intake.provider.idempotency_window.is_some())
                         .await
                         .unwrap_or_else(|_| "the approval cannot be used".to_string());
                     return Err(Refusal::new(
@@ -692,7 +719,7 @@ impl Gate {
                 }
                 tracing::error!(error = %e, decision_id = %draft.id, "allow not recorded; refusing");
                 if reserved {
-                    self.release(allow_id).await;
+                    self.unreserve(allow_id, replaces).await;
                 }
                 self.give_back(consumed.take()).await;
                 // The refusal path tries once more to record this refusal itself.
@@ -791,7 +818,7 @@ impl Gate {
     /// approval it consumed is handed back, and the outcome row says it was not forwarded.
     async fn abandon(&self, draft: &Draft, authorized: Authorized) -> Finished {
         if authorized.reserved {
-            self.release(draft.id).await;
+            self.unreserve(draft.id, authorized.replaces).await;
         }
         self.give_back(authorized.consumed).await;
         Finished {
@@ -837,7 +864,7 @@ impl Gate {
             // Unreachable by construction (authorize refuses denials and unconsumed approvals); the money
             // reserved for it goes back.
             if authorized.reserved {
-                self.release(draft.id).await;
+                self.unreserve(draft.id, authorized.replaces).await;
             }
             let refusal = Refusal::policy_unavailable();
             return Finished {
@@ -876,38 +903,28 @@ impl Gate {
                     .get("idempotent-replayed")
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
         };
-        if let (Some(earlier), Ok((response, _, evidence))) = (authorized.replaces, &result)
-            && let Some(settlement) = Settlement::of_replaced(
-                response.status().as_u16(),
-                provider.envelope,
-                replayed(response),
-                evidence.as_deref(),
-            )
-        {
-            // The earlier attempt's fate is now known: its flagged reservation is settled by it.
-            tracing::info!(decision_id = %draft.id, %earlier, ?settlement, "a retry settles the earlier attempt it replaces");
-            match self.ledger.settle(earlier, settlement).await {
-                Ok(Some(cents)) if settlement == Settlement::Commit => self
-                    .metrics
-                    .spend_committed_cents
-                    .with_label_values(&[&provider.name])
-                    .inc_by(cents as u64),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, %earlier, "settling the replaced attempt failed; trying again in the background");
-                    self.settle_later(earlier, settlement, &provider.name);
-                }
-            }
+        if let Some(earlier) = authorized.replaces {
+            tracing::info!(decision_id = %draft.id, %earlier, "a same-key retry carries the money of the flagged attempt it replaces");
         }
         if authorized.reserved {
             let settlement = match &result {
+                Ok((response, _, evidence)) if authorized.replaces.is_some() => {
+                    Settlement::of_retry(
+                        response.status().as_u16(),
+                        provider.envelope,
+                        evidence.as_deref(),
+                    )
+                }
                 Ok((response, _, evidence)) => Settlement::of_response(
                     response.status().as_u16(),
                     provider.envelope,
                     replayed(response),
                     evidence.as_deref(),
                 ),
-                Err((UpstreamFailure::Connect | UpstreamFailure::NoCredential, _)) => {
+                // Not sent; but a retry's reservation carries an earlier attempt's, which may have run.
+                Err((UpstreamFailure::Connect | UpstreamFailure::NoCredential, _))
+                    if authorized.replaces.is_none() =>
+                {
                     Settlement::Release
                 }
                 Err(_) => Settlement::Unknown,
@@ -1376,11 +1393,18 @@ impl Gate {
         }
     }
 
-    /// Releases a reservation whose request will not be forwarded after all.
-    async fn release(&self, decision_id: Uuid) {
-        if let Err(e) = self.ledger.settle(decision_id, Settlement::Release).await {
-            tracing::error!(error = %e, %decision_id, "reservation not released; trying again in the background");
-            self.settle_later(decision_id, Settlement::Release, "");
+    /// Gives back a reservation whose request will not be forwarded after all.
+    ///
+    /// A same-key retry's reservation carries the money of the flagged attempt it replaces
+    /// (`replaces`), whose outcome is still unknown: it stays reserved, flagged for an operator.
+    async fn unreserve(&self, decision_id: Uuid, replaces: Option<Uuid>) {
+        let settlement = match replaces {
+            None => Settlement::Release,
+            Some(_) => Settlement::Unknown,
+        };
+        if let Err(e) = self.ledger.settle(decision_id, settlement).await {
+            tracing::error!(error = %e, %decision_id, "reservation not settled; trying again in the background");
+            self.settle_later(decision_id, settlement, "");
         }
     }
 

@@ -1191,8 +1191,9 @@ async fn a_repeat_is_free_only_once_the_first_request_has_committed() {
     assert_eq!(g.spent("payer", "stripe").await, (2000, 0));
     assert_eq!(g.upstream.request_count(), 2);
 
-    // A first use whose outcome is unknown (a 5xx): the SDK's retry with the same key is charged again,
-    // since it may run anew.
+    // A first use whose outcome is unknown (a 5xx): the SDK's retries with the same key are the same call
+    // (Stripe acts on a key at most once), so each takes the flagged reservation over: the call stays
+    // reserved, flagged, once — however many attempts.
     let failing = Upstream::builder()
         .status(500)
         .json_body(json!({"error": {"type": "api_error", "message": "boom"}}))
@@ -1201,14 +1202,49 @@ async fn a_repeat_is_free_only_once_the_first_request_has_committed() {
         .unwrap();
     let g = gate(1, failing, |b| b).await;
     let key = g.agent("payer", &["--scope", "billing:spend"]).await;
-    for _ in 0..2 {
+    for _ in 0..3 {
         let r = g.pay(0, &key, &[("idempotency-key", "order-10")]).await;
         assert_eq!(r.status, 500, "{}", r.body);
     }
     assert_eq!(
         g.spent("payer", "stripe").await,
+        (0, 2000),
+        "one call, reserved and flagged once"
+    );
+    let flagged: Vec<(String, bool)> =
+        sqlx::query_as("SELECT state, flagged FROM spend_reservations ORDER BY created_at")
+            .fetch_all(&g.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        flagged,
+        vec![
+            ("released".to_string(), true),
+            ("released".to_string(), true),
+            ("reserved".to_string(), true)
+        ],
+        "the latest attempt carries the call's money"
+    );
+
+    // Past the provider's replay window the key may be forgotten, so a retry may run anew while the first
+    // attempt also ran: it is charged again.
+    let failing = Upstream::builder()
+        .status(500)
+        .json_body(json!({"error": {"type": "api_error", "message": "boom"}}))
+        .start()
+        .await
+        .unwrap();
+    let g = gate(1, failing, |b| b.stripe("idempotency_window_seconds = 1")).await;
+    let key = g.agent("payer", &["--scope", "billing:spend"]).await;
+    let r = g.pay(0, &key, &[("idempotency-key", "order-11")]).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = g.pay(0, &key, &[("idempotency-key", "order-11")]).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert_eq!(
+        g.spent("payer", "stripe").await,
         (0, 4000),
-        "both stay reserved, flagged"
+        "two possible executions, both reserved and flagged"
     );
 }
 

@@ -518,8 +518,9 @@ async fn one_agent_cannot_hold_more_than_its_share(store: StoreKind) {
 }
 
 /// The answer to a Stripe payment is lost after Stripe acted (flagged: unknown); the SDK retries with the
-/// same Idempotency-Key and Stripe replays the saved result. The replay proves the first attempt ran: its
-/// flagged reservation is committed, the retry's own released — charged once, nothing left for an operator.
+/// same Idempotency-Key and Stripe replays the saved result. The retry is the same call: it took the flagged
+/// reservation over (released with a note naming it), and the replay proves the call ran, so the retry's
+/// reservation is committed — charged once, nothing left for an operator.
 async fn a_same_key_retry_settles_the_attempt_whose_answer_was_lost(store: StoreKind) {
     let upstream = Upstream::builder()
         .json_body(json!({"object": "payment_intent"}))
@@ -565,13 +566,13 @@ async fn a_same_key_retry_settles_the_attempt_whose_answer_was_lost(store: Store
         .iter()
         .find(|r| r.decision_id == flagged[0].decision_id)
         .unwrap();
-    assert_eq!(first.state, "committed", "the replay proves it ran");
+    assert_eq!(first.state, "released", "taken over by the retry");
     assert_eq!(reservations.len(), 2);
     assert!(
         reservations
             .iter()
-            .any(|r| r.decision_id != first.decision_id && r.state == "released"),
-        "{reservations:?}"
+            .any(|r| r.decision_id != first.decision_id && r.state == "committed"),
+        "the replay proves the call ran: {reservations:?}"
     );
     let window = books.windows().await.unwrap().remove(0);
     assert_eq!(

@@ -277,6 +277,56 @@ async fn cloudflare_suite(lang: Lang) {
     );
     assert!(stand_in.take().is_empty());
 
+    // --- Cloudflare has no idempotency keys, so an approved call that got an answer cannot go out again:
+    // an approved record meets a 502 once and the SDK's automatic retry (same Tollgate-Approval) is refused
+    // with approval_invalid, whose message says the call was sent and what the provider answered (issue #15,
+    // item 2). The SDK raises that refusal; the stand-in saw the call once.
+    stand_in.answer(|_| {
+        Reply::json(
+            502,
+            json!({"success": false, "errors": [{"code": 10000, "message": "stand-in bad gateway"}], "messages": [], "result": null}),
+        )
+    });
+    let mx2 = json!({"zone": ZONE, "name": "mail2.example.com", "type": "MX", "content": "mx.example.net", "max_retries": 0});
+    let out = s
+        .run("cloudflare_agent", "dns_create", &dns, mx2.clone())
+        .await;
+    assert_eq!(
+        out["error"]["tollgate"]["code"], "approval_required",
+        "{out}"
+    );
+    let approval = out["error"]["tollgate"]["approval_id"]
+        .as_str()
+        .expect("approval_id")
+        .to_string();
+    s.approve(&approval).await;
+    let mut retry = mx2.clone();
+    retry["approval_id"] = json!(approval);
+    retry["max_retries"] = json!(2);
+    let out = s.run("cloudflare_agent", "dns_create", &dns, retry).await;
+    assert_eq!(out["ok"], false, "{out}");
+    assert_eq!(out["error"]["status"], 403, "{out}");
+    assert_eq!(
+        out["error"]["tollgate"]["code"], "approval_invalid",
+        "{out}"
+    );
+    let message = out["error"]["tollgate"]["message"]
+        .as_str()
+        .or(out["error"]["message"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("already used")
+            && (message.contains("was sent to the provider, which answered 502")
+                || message.contains("its outcome is not recorded yet")),
+        "the refusal says the approved call was sent and what came back: {out}"
+    );
+    assert!(
+        !message.contains("Idempotency-Key"),
+        "no same-key advice where the provider has no keys: {message}"
+    );
+    assert_eq!(stand_in.take().len(), 1, "the approved call went out once");
+
     // --- The provider fails with a 500: with the SDK's default retries (2) it sends the read three times,
     // with retries off once; either way the SDK raises its 500 error.
     stand_in.answer(|_| {
@@ -631,6 +681,79 @@ async fn stripe_suite(lang: Lang) {
     let d = s.decisions(&big, 1).await.remove(0);
     assert_eq!(d["rules"], json!(["spend.cap"]), "{d}");
 
+    // --- An approved call meets a gateway failure (502) once; the SDK retries it with the same
+    // Idempotency-Key and the same Tollgate-Approval header. That retry is the same call (Stripe acts on a
+    // key once), so it goes out under the approval again, and the call is charged once (issue #15, item 2).
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&attempts);
+    stand_in.answer(move |r| {
+        if count.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Reply::json(
+                502,
+                json!({"error": {"type": "api_error", "message": "stand-in bad gateway"}}),
+            );
+        }
+        let form = form(r);
+        Reply::json(
+            200,
+            json!({"id": "pi_retried", "object": "payment_intent",
+                   "amount": form.get("amount").and_then(|a| a.parse::<i64>().ok()), "currency": "usd"}),
+        )
+    });
+    let retrier = s
+        .agent("retrying-buyer", &["--scope", "billing:spend"])
+        .await;
+    let out = s
+        .run(
+            "stripe_agent",
+            "payment_create",
+            &retrier,
+            json!({"amount": 6000, "max_retries": 0}),
+        )
+        .await;
+    assert_stripe_refusal(lang, &out["error"], "approval_required");
+    let approval = s.pending_approvals().await.remove(0);
+    s.approve(&approval).await;
+    let out = s
+        .run(
+            "stripe_agent",
+            "payment_create",
+            &retrier,
+            json!({"amount": 6000, "max_retries": 2, "approval_id": approval}),
+        )
+        .await;
+    assert_eq!(
+        out["ok"], true,
+        "the SDK's retry got the provider's answer: {out}"
+    );
+    assert_eq!(out["result"]["id"], "pi_retried", "{out}");
+    let received = stand_in.take();
+    assert_eq!(received.len(), 2, "the 502, then the retry");
+    let keys: Vec<Option<&str>> = received
+        .iter()
+        .map(|r| r.header("idempotency-key"))
+        .collect();
+    assert!(
+        keys[0].is_some_and(|k| k.starts_with("tollgate-")) && keys[0] == keys[1],
+        "one call, one key: {keys:?}"
+    );
+    for r in &received {
+        assert_stripe_credential(r, &retrier.key);
+        assert_eq!(r.header("tollgate-approval"), None);
+    }
+    for d in s.decisions(&retrier, 2).await {
+        assert_eq!(
+            (d["outcome"].as_str(), d["approval_id"].as_str()),
+            (Some("allow"), Some(approval.as_str())),
+            "{d}"
+        );
+    }
+    assert_eq!(
+        s.window(&retrier).await,
+        (6000, 0, 0),
+        "charged once, nothing left flagged"
+    );
+
     // --- The provider fails with a 500: how many times each SDK sends the POST with its default retries and
     // with retries off, with one Idempotency-Key per call; the money stays reserved and flagged.
     stand_in.answer(|_| {
@@ -697,8 +820,10 @@ async fn stripe_suite(lang: Lang) {
         for r in &received {
             assert_stripe_credential(r, &flaky.key);
         }
-        // Each attempt was judged and reserved apart; an unknown outcome keeps its money flagged.
-        flagged += 500 * sent as i64;
+        // Each attempt was judged apart, but the attempts of one call share its Idempotency-Key and the
+        // provider acts on a key at most once: a retry takes the flagged attempt's reservation over, so the
+        // call's unknown outcome keeps its money flagged once, not once per attempt.
+        flagged += 500;
         assert_eq!(s.window(&flaky).await, (0, flagged, flagged), "{case}");
     }
 

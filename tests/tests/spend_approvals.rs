@@ -3,8 +3,12 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
+use tollgate_tests::sdk::{Reply, StandIn};
 use tollgate_tests::tollgate::{ADMIN_TOKEN, Tollgate, TollgateBuilder, policy_dir_with};
 use tollgate_tests::{TestDatabase, Upstream};
 
@@ -37,11 +41,22 @@ async fn cluster(
     upstream: Upstream,
     configure: fn(TollgateBuilder) -> TollgateBuilder,
 ) -> Cluster {
+    let url = upstream.url();
+    cluster_at(replicas, upstream, &url, configure).await
+}
+
+/// A cluster whose replicas forward to `url` (`upstream` then only stands by).
+async fn cluster_at(
+    replicas: usize,
+    upstream: Upstream,
+    url: &str,
+    configure: fn(TollgateBuilder) -> TollgateBuilder,
+) -> Cluster {
     let db = TestDatabase::create().await.expect("database");
     let policy = policy_dir_with(SPEND_POLICY).expect("policy dir");
     let mut started = Vec::new();
     for _ in 0..replicas {
-        let b = Tollgate::builder(db.url(), &upstream.url()).policy_dir(policy.path());
+        let b = Tollgate::builder(db.url(), url).policy_dir(policy.path());
         started.push(configure(b).start().await.expect("replica starts"));
     }
     let pool = db.pool().await.expect("pool");
@@ -382,6 +397,132 @@ async fn two_concurrent_retries_with_one_approval_let_exactly_one_through() {
     assert_eq!(results[1].1["tollgate"]["code"], "approval_invalid");
     assert_eq!(c.upstream.request_count(), 1);
     assert_eq!(c.window("buyer").await, (5500, 0));
+}
+
+/// Issue #15: an SDK retries an approved Stripe call after a 5xx with the same Idempotency-Key and the same
+/// `Tollgate-Approval`. That retry is the same call (Stripe deduplicates by the key), so it goes out again
+/// under the approval — on any replica — and the ledger charges the call once. Another key, another body or
+/// another account is another call and needs its own approval.
+#[tokio::test]
+async fn a_same_key_retry_of_an_approved_call_goes_out_again_and_is_charged_once() {
+    let stand_in = StandIn::start().await.expect("stand-in");
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&answered);
+    // The first attempt meets a gateway failure before Stripe executes anything; later ones succeed.
+    stand_in.answer(move |_| match count.fetch_add(1, Ordering::SeqCst) {
+        0 => Reply::json(
+            502,
+            json!({"error": {"type": "api_error", "message": "bad gateway"}}),
+        ),
+        n => Reply::json(
+            200,
+            json!({"id": format!("pi_{n}"), "object": "payment_intent", "amount": 6000}),
+        ),
+    });
+    let idle = Upstream::builder().start().await.unwrap();
+    let c = cluster_at(2, idle, &stand_in.url(), |b| b).await;
+    let key = c.replicas[0].create_agent("buyer", &[]).await.unwrap();
+    let (_, body) = code_of(c.pay(0, &key, 6000, &[]).await).await;
+    let id = body["tollgate"]["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let approved = c
+        .admin_post(0, &format!("/api/approvals/{id}/approve"), json!({}))
+        .await;
+    assert_eq!(approved.status(), 200);
+
+    let with = |k: &'static str| {
+        [
+            ("Tollgate-Approval", id.clone()),
+            ("Idempotency-Key", k.to_string()),
+        ]
+    };
+    let headers = |h: &[(&'static str, String); 2]| -> Vec<(&'static str, String)> { h.to_vec() };
+    let send = |replica: usize, amount: i64, h: Vec<(&'static str, String)>| {
+        let c = &c;
+        let key = key.clone();
+        async move {
+            let extra: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            code_of(c.pay(replica, &key, amount, &extra).await).await
+        }
+    };
+
+    // The approved call meets the 502, which the agent sees as is; its money stays reserved and flagged.
+    let (status, _) = send(0, 6000, headers(&with("order-9"))).await;
+    assert_eq!(status, 502);
+    assert_eq!(c.window("buyer").await, (0, 6000));
+
+    // The SDK's retry, on the other replica: same call, same key, same approval — forwarded again.
+    let (status, body) = send(1, 6000, headers(&with("order-9"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], "pi_1");
+    let received = stand_in.take();
+    assert_eq!(received.len(), 2);
+    let forwarded = received[0].header("idempotency-key").unwrap().to_string();
+    assert_eq!(
+        received[1].header("idempotency-key"),
+        Some(forwarded.as_str())
+    );
+    assert_eq!(
+        c.window("buyer").await,
+        (6000, 0),
+        "charged once: the retry settles the attempt it replaces"
+    );
+
+    // A repeat after the success is still that call: forwarded (Stripe would replay it), not charged again.
+    let (status, _) = send(0, 6000, headers(&with("order-9"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(stand_in.take().len(), 1);
+    assert_eq!(c.window("buyer").await, (6000, 0));
+
+    // Another key is another call: refused, and told how to repeat the approved one.
+    let (status, body) = send(1, 6000, headers(&with("order-10"))).await;
+    assert_eq!(
+        (status, body["tollgate"]["code"].as_str()),
+        (403, Some("approval_invalid"))
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("already used"), "{message}");
+    assert!(
+        message.contains("same Idempotency-Key")
+            || message.contains("Idempotency-Key is the same call"),
+        "{message}"
+    );
+    // So is another body under the same key, and the same call without any key.
+    let (status, body) = send(0, 6001, headers(&with("order-9"))).await;
+    assert_eq!(
+        (status, body["tollgate"]["code"].as_str()),
+        (403, Some("approval_invalid"))
+    );
+    let (status, body) = send(0, 6000, vec![("Tollgate-Approval", id.clone())]).await;
+    assert_eq!(
+        (status, body["tollgate"]["code"].as_str()),
+        (403, Some("approval_invalid"))
+    );
+    assert!(stand_in.take().is_empty(), "none of those went out");
+    assert_eq!(c.window("buyer").await, (6000, 0));
+
+    // Every attempt that went out is recorded under the approval.
+    let approval_ids: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT approval_id FROM decisions WHERE outcome = 'allow'")
+            .fetch_all(&c.pool)
+            .await
+            .unwrap();
+    assert_eq!(approval_ids, vec![Some(id.clone()); 3]);
+    let retried = c
+        .http
+        .get(c.replicas[1].admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        retried.contains("tollgate_approvals_total{result=\"retried\"} 1"),
+        "the metric counts the retry"
+    );
 }
 
 #[tokio::test]

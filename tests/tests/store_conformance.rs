@@ -463,8 +463,8 @@ async fn idempotency_keys_replay_and_conflict(store: &Store) {
         Reservation::IdempotencyConflict
     );
     assert_eq!(store.window_spent(&w).await.unwrap(), 5000);
-    // A first use with an unknown outcome (flagged): the retry may run anew at the provider, so it is
-    // charged again.
+    // A first use with an unknown outcome (flagged): the retry is the same call (the provider acts on the
+    // key at most once), so it takes the flagged reservation over — the call is counted once.
     let unknown = Uuid::now_v7();
     assert_eq!(
         store
@@ -480,9 +480,18 @@ async fn idempotency_keys_replay_and_conflict(store: &Store) {
             .await
             .unwrap(),
         Reservation::ReservedReplacing(unknown),
-        "the retry's answer will settle the attempt it replaces"
+        "the retry's answer will settle the call"
     );
-    assert_eq!(store.window_spent(&w).await.unwrap(), 5400);
+    assert_eq!(store.window_spent(&w).await.unwrap(), 5200);
+    assert!(
+        store.flagged_reservations().await.unwrap().is_empty(),
+        "the replaced attempt is no longer waiting for an operator"
+    );
+    assert_eq!(
+        store.settle(unknown, false).await.unwrap(),
+        None,
+        "it holds no money any more"
+    );
     // A reservation refused over the cap does not claim the key.
     let mut big = reservation(&w, Uuid::now_v7(), 9_000, Some("k4"), "f1");
     big.cap_cents = 10_000;
@@ -598,7 +607,7 @@ async fn approvals_open_once_decide_once_and_consume_once(store: &Store) {
     assert!(oldest.is_some_and(|t| t <= Utc::now()));
     assert!(
         !store
-            .consume_approval(first.id, "fp", Uuid::now_v7())
+            .consume_approval(first.id, "fp", Uuid::now_v7(), None)
             .await
             .unwrap(),
         "pending is not usable"
@@ -622,27 +631,84 @@ async fn approvals_open_once_decide_once_and_consume_once(store: &Store) {
     );
     assert!(
         !store
-            .consume_approval(first.id, "other", Uuid::now_v7())
+            .consume_approval(first.id, "other", Uuid::now_v7(), None)
             .await
             .unwrap(),
         "bound to its fingerprint"
     );
     let (x, y) = tokio::join!(
-        store.consume_approval(first.id, "fp", Uuid::now_v7()),
-        store.consume_approval(first.id, "fp", Uuid::now_v7())
+        store.consume_approval(first.id, "fp", Uuid::now_v7(), Some("key-a")),
+        store.consume_approval(first.id, "fp", Uuid::now_v7(), Some("key-b"))
     );
     assert_eq!(
         [x.unwrap(), y.unwrap()].iter().filter(|w| **w).count(),
         1,
         "consumed exactly once"
     );
+    // The winner's forwarded Idempotency-Key is kept: a retry with it (same call, recent) finds the
+    // consuming decision; another key, another call or an older consumption does not.
+    let consumer = store
+        .approval(first.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .consumed_by_decision
+        .unwrap();
+    let recent = Utc::now() - Days::seconds(60);
+    let (a, b) = (
+        store
+            .approval_retry(first.id, "fp", "key-a", recent)
+            .await
+            .unwrap(),
+        store
+            .approval_retry(first.id, "fp", "key-b", recent)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        [a, b].iter().flatten().collect::<Vec<_>>(),
+        vec![&consumer],
+        "exactly the winner's key retries"
+    );
+    let winner = if a.is_some() { "key-a" } else { "key-b" };
+    assert_eq!(
+        store
+            .approval_retry(first.id, "other", winner, recent)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .approval_retry(first.id, "fp", winner, Utc::now() + Days::seconds(60))
+            .await
+            .unwrap(),
+        None,
+        "only within the window"
+    );
     store.restore_approval(first.id).await.unwrap();
+    assert_eq!(
+        store
+            .approval_retry(first.id, "fp", winner, recent)
+            .await
+            .unwrap(),
+        None,
+        "a handed-back approval has no consuming request"
+    );
     assert!(
         store
-            .consume_approval(first.id, "fp", Uuid::now_v7())
+            .consume_approval(first.id, "fp", Uuid::now_v7(), None)
             .await
             .unwrap(),
         "restored approvals are usable again"
+    );
+    assert_eq!(
+        store
+            .approval_retry(first.id, "fp", winner, recent)
+            .await
+            .unwrap(),
+        None,
+        "a consumption without a key has nothing to retry"
     );
     assert_eq!(
         store.approval(first.id).await.unwrap().unwrap().status,

@@ -266,13 +266,27 @@ impl Store {
     }
 
     /// Uses an approval for the request with this fingerprint, once: only one concurrent caller can win.
+    /// `key` is the Idempotency-Key the request is forwarded with (namespaced), kept for its retries.
     pub async fn consume_approval(
         &self,
         id: Uuid,
         fingerprint: &str,
         decision_id: Uuid,
+        key: Option<&str>,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.consume_approval(id, fingerprint, decision_id).await)
+        dispatch!(self, s => s.consume_approval(id, fingerprint, decision_id, key).await)
+    }
+
+    /// The decision that consumed approval `id` for the request with this fingerprint and forwarded
+    /// Idempotency-Key `key`, at or after `since`: a retry of that very request may go out under it again.
+    pub async fn approval_retry(
+        &self,
+        id: Uuid,
+        fingerprint: &str,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<Uuid>, StoreError> {
+        dispatch!(self, s => s.approval_retry(id, fingerprint, key, since).await)
     }
 
     pub async fn restore_approval(&self, id: Uuid) -> Result<(), StoreError> {
@@ -477,6 +491,11 @@ pub struct Idempotency<'a> {
 /// Only an earlier use that committed (the provider acted and saved its answer) makes an identical repeat a
 /// free replay; one still in flight makes it wait, because if the first then fails validation the provider
 /// keeps nothing and the repeat would run as a new request.
+/// The settle note of a flagged reservation whose money a same-key retry (decision `by`) took over.
+pub(crate) fn replaced_note(by: Uuid) -> String {
+    format!("replaced by same-key retry {by}: the same call, counted once")
+}
+
 pub(crate) fn earlier_use(
     live: bool,
     state: &str,
@@ -522,8 +541,9 @@ pub enum ManualSettlement {
 pub enum Reservation {
     Reserved,
     /// Reserved, and the same request's earlier use of its Idempotency-Key had an unknown outcome (its
-    /// reservation flagged): this retry's answer tells what became of that one (see
-    /// `ledger::Settlement::of_replaced`).
+    /// reservation flagged): the provider acts on the key at most once, so this reservation took the earlier
+    /// one's money over (released it, note [`replaced_note`]) and the retry's answer settles the call (see
+    /// `ledger::Settlement::of_retry`).
     ReservedReplacing(Uuid),
     /// A repeat of an already charged request (same Idempotency-Key, same request): not charged again.
     Replayed,

@@ -450,8 +450,24 @@ impl PgStore {
                     tx.rollback().await?;
                     return Ok(verdict);
                 }
-                if state == "reserved" && flagged && fingerprint == r.fingerprint {
-                    replaces = Some(earlier.try_get::<Uuid, _>("decision_id")?);
+                if live && state == "reserved" && flagged && fingerprint == r.fingerprint {
+                    // The same call as the flagged attempt (the provider acts on the key at most once): this
+                    // reservation takes its money over, so the call is counted once against the cap.
+                    let earlier_id: Uuid = earlier.try_get("decision_id")?;
+                    sqlx::query(
+                        "WITH e AS (
+                            UPDATE spend_reservations SET state = 'released', settled_at = now(),
+                                settled_by = 'tollgate', settle_note = $2
+                            WHERE decision_id = $1 AND state = 'reserved'
+                            RETURNING budget, subject, period, cents)
+                         UPDATE spend_windows w SET reserved_cents = w.reserved_cents - e.cents, updated_at = now()
+                         FROM e WHERE w.budget = e.budget AND w.subject = e.subject AND w.period = e.period",
+                    )
+                    .bind(earlier_id)
+                    .bind(replaced_note(r.decision_id))
+                    .execute(&mut *tx)
+                    .await?;
+                    replaces = Some(earlier_id);
                 }
                 sqlx::query(
                     "UPDATE idempotency_keys SET agent_id = $4, fingerprint = $5, decision_id = $6, first_seen = now()
@@ -776,22 +792,50 @@ impl PgStore {
         id: Uuid,
         fingerprint: &str,
         decision_id: Uuid,
+        key: Option<&str>,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE approvals SET status = 'consumed', consumed_at = now(), consumed_by_decision = $3
+            "UPDATE approvals SET status = 'consumed', consumed_at = now(), consumed_by_decision = $3,
+                 consumed_key = $4
              WHERE id = $1 AND fingerprint = $2 AND status = 'approved' AND expires_at > now()",
         )
         .bind(id)
         .bind(fingerprint)
         .bind(decision_id)
+        .bind(key)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
+    pub async fn approval_retry(
+        &self,
+        id: Uuid,
+        fingerprint: &str,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let row = sqlx::query(
+            "SELECT consumed_by_decision FROM approvals
+             WHERE id = $1 AND fingerprint = $2 AND status = 'consumed' AND consumed_key = $3
+               AND consumed_at >= $4",
+        )
+        .bind(id)
+        .bind(fingerprint)
+        .bind(key)
+        .bind(since)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => r.try_get("consumed_by_decision")?,
+            None => None,
+        })
+    }
+
     pub async fn restore_approval(&self, id: Uuid) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE approvals SET status = 'approved', consumed_at = NULL, consumed_by_decision = NULL
+            "UPDATE approvals SET status = 'approved', consumed_at = NULL, consumed_by_decision = NULL,
+                 consumed_key = NULL
              WHERE id = $1 AND status = 'consumed'",
         )
         .bind(id)

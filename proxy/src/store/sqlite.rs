@@ -488,8 +488,36 @@ impl SqliteStore {
                     tx.rollback().await?;
                     return Ok(verdict);
                 }
-                if state == "reserved" && flagged && fingerprint == r.fingerprint {
-                    replaces = Some(uuid(&earlier.try_get::<String, _>("decision_id")?)?);
+                if live && state == "reserved" && flagged && fingerprint == r.fingerprint {
+                    // The same call as the flagged attempt (the provider acts on the key at most once): this
+                    // reservation takes its money over, so the call is counted once against the cap.
+                    let earlier_id = uuid(&earlier.try_get::<String, _>("decision_id")?)?;
+                    let now = ts(Utc::now());
+                    let released = sqlx::query(
+                        "UPDATE spend_reservations SET state = 'released', settled_at = ?2,
+                            settled_by = 'tollgate', settle_note = ?3
+                         WHERE decision_id = ?1 AND state = 'reserved'
+                         RETURNING budget, subject, period, cents",
+                    )
+                    .bind(earlier_id.to_string())
+                    .bind(&now)
+                    .bind(replaced_note(r.decision_id))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some(e) = released {
+                        sqlx::query(
+                            "UPDATE spend_windows SET reserved_cents = reserved_cents - ?4, updated_at = ?5
+                             WHERE budget = ?1 AND subject = ?2 AND period = ?3",
+                        )
+                        .bind(e.try_get::<String, _>("budget")?)
+                        .bind(e.try_get::<String, _>("subject")?)
+                        .bind(e.try_get::<String, _>("period")?)
+                        .bind(e.try_get::<i64, _>("cents")?)
+                        .bind(&now)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    replaces = Some(earlier_id);
                 }
             }
             sqlx::query(
@@ -834,23 +862,51 @@ impl SqliteStore {
         id: Uuid,
         fingerprint: &str,
         decision_id: Uuid,
+        key: Option<&str>,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE approvals SET status = 'consumed', consumed_at = ?4, consumed_by_decision = ?3
+            "UPDATE approvals SET status = 'consumed', consumed_at = ?4, consumed_by_decision = ?3,
+                 consumed_key = ?5
              WHERE id = ?1 AND fingerprint = ?2 AND status = 'approved' AND expires_at > ?4",
         )
         .bind(id.to_string())
         .bind(fingerprint)
         .bind(decision_id.to_string())
         .bind(ts(Utc::now()))
+        .bind(key)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
+    pub async fn approval_retry(
+        &self,
+        id: Uuid,
+        fingerprint: &str,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let row = sqlx::query(
+            "SELECT consumed_by_decision FROM approvals
+             WHERE id = ?1 AND fingerprint = ?2 AND status = 'consumed' AND consumed_key = ?3
+               AND consumed_at >= ?4",
+        )
+        .bind(id.to_string())
+        .bind(fingerprint)
+        .bind(key)
+        .bind(ts(since))
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => opt_uuid(r.try_get("consumed_by_decision")?),
+            None => Ok(None),
+        }
+    }
+
     pub async fn restore_approval(&self, id: Uuid) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE approvals SET status = 'approved', consumed_at = NULL, consumed_by_decision = NULL
+            "UPDATE approvals SET status = 'approved', consumed_at = NULL, consumed_by_decision = NULL,
+                 consumed_key = NULL
              WHERE id = ? AND status = 'consumed'",
         )
         .bind(id.to_string())
