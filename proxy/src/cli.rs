@@ -1172,7 +1172,12 @@ async fn policy_diff(
 ) -> anyhow::Result<ExitCode> {
     use crate::policy_diff::{Differ, load_both, read_reviewed, reviewed_path, summaries};
     // Read everything that can fail on input first: an unreadable reviewed list accepts nothing.
-    let reviewed = read_reviewed(candidate_dir)?;
+    // An entry the base's list already has was accepted for an earlier change: it accepts nothing here, so
+    // a list left behind after a merge cannot wave through the next change's widening.
+    let earlier = read_reviewed(base_dir).context("the base's reviewed list")?;
+    let (inherited, reviewed): (Vec<_>, Vec<_>) = read_reviewed(candidate_dir)?
+        .into_iter()
+        .partition(|entry| earlier.contains(entry));
     let (base, candidate) = tokio::task::block_in_place(|| load_both(base_dir, candidate_dir))?;
     let mut differ = Differ::new(&base.bundle, &candidate.bundle);
     tokio::task::block_in_place(|| differ.add_cases(&base, &candidate));
@@ -1213,13 +1218,14 @@ async fn policy_diff(
         from = Some("the store".to_string());
     }
     let (b, c) = summaries(base_dir, &base, candidate_dir, &candidate);
-    let report = differ.finish(
+    let mut report = differ.finish(
         b,
         c,
         from,
         &reviewed,
         reviewed_path(candidate_dir).map(|p| p.display().to_string()),
     );
+    report.reviewed_inherited = inherited;
     match format {
         "json" => println!("{}", serde_json::to_string_pretty(&report.json())?),
         "markdown" => print!("{}", report.markdown()),

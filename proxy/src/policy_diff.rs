@@ -28,6 +28,11 @@ use crate::policy::{Bundle, Charge, Review};
 /// never becomes policy data and does not change the bundle's revision.
 pub const REVIEWED_FILE: &str = "reviewed_widenings.toml";
 
+/// The most of a Markdown report kept (GitHub comments hold at most 65,536 characters), and the most
+/// failing tests it names.
+const MARKDOWN_MAX: usize = 60_000;
+const MARKDOWN_FAILED: usize = 50;
+
 /// How many examples each transition lists.
 const EXAMPLES: usize = 5;
 
@@ -308,6 +313,8 @@ pub struct Report {
     /// The reviewed list that was applied, and its entries that matched nothing (stale: remove them).
     pub reviewed_file: Option<String>,
     pub reviewed_unused: Vec<ReviewedWidening>,
+    /// Entries the base's list has too: accepted for an earlier change, they accept nothing in this one.
+    pub reviewed_inherited: Vec<ReviewedWidening>,
     pub unreviewed_widenings: usize,
     /// 0, 1 or 2: see the module documentation.
     pub exit_code: u8,
@@ -523,6 +530,7 @@ impl<'a> Differ<'a> {
                 .filter(|(_, u)| !**u)
                 .map(|(r, _)| r.clone())
                 .collect(),
+            reviewed_inherited: Vec::new(),
             unreviewed_widenings: unreviewed,
             exit_code,
             verdict,
@@ -792,6 +800,16 @@ impl Report {
                 ),
             );
         }
+        for r in &self.reviewed_inherited {
+            line(
+                &mut out,
+                format!(
+                    "note: {REVIEWED_FILE} entry {} {} → {} is in the base's list too: it was accepted for an \
+                     earlier change and accepts nothing in this one (delete it)",
+                    r.action, r.from, r.to
+                ),
+            );
+        }
         line(&mut out, String::new());
         line(
             &mut out,
@@ -851,8 +869,14 @@ impl Report {
         out.push('\n');
         if !self.candidate.failed.is_empty() {
             out.push_str("\n<details open><summary>Failing candidate tests</summary>\n\n");
-            for f in &self.candidate.failed {
+            for f in self.candidate.failed.iter().take(MARKDOWN_FAILED) {
                 out.push_str(&format!("- `{}`\n", f.replace('`', "'")));
+            }
+            if self.candidate.failed.len() > MARKDOWN_FAILED {
+                out.push_str(&format!(
+                    "- … and {} more\n",
+                    self.candidate.failed.len() - MARKDOWN_FAILED
+                ));
             }
             out.push_str("\n</details>\n");
         }
@@ -918,6 +942,30 @@ impl Report {
                 .collect();
             out.push_str(&names.join(", "));
             out.push('\n');
+        }
+        if !self.reviewed_inherited.is_empty() {
+            let names: Vec<String> = self
+                .reviewed_inherited
+                .iter()
+                .map(|r| format!("`{} {} → {}`", r.action, r.from, r.to))
+                .collect();
+            out.push_str(&format!(
+                "\nEntries of `{REVIEWED_FILE}` already in the base (accepted for an earlier change; they accept \
+                 nothing here, delete them): {}\n",
+                names.join(", ")
+            ));
+        }
+        if out.len() > MARKDOWN_MAX {
+            // GitHub refuses comments over 65,536 characters: keep the summary, cut the details.
+            let mut cut = MARKDOWN_MAX;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let cut = out[..cut].rfind('\n').unwrap_or(cut);
+            out.truncate(cut);
+            out.push_str(
+                "\n\n</details>\n\n… report cut to fit a comment: run `tollgate policy diff --format text` (or `json`) for all of it.\n",
+            );
         }
         out
     }

@@ -308,6 +308,22 @@ async fn recorded_decisions_show_a_widening_first_until_it_is_reviewed_and_a_nar
     );
     assert_eq!(report["reviewed_unused"], json!([]));
 
+    // Once merged, the entry is in the base's list as well: it was for that change, and accepts nothing in
+    // the next one.
+    std::fs::copy(
+        widen.path().join("reviewed_widenings.toml"),
+        base.join("reviewed_widenings.toml"),
+    )
+    .unwrap();
+    let (code, report) = diff_json(base, widen.path(), &["--decisions", file], None);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(
+        report["reviewed_inherited"][0]["action"],
+        "stripe.payment.create"
+    );
+    assert!(report["widenings"][0]["transitions"][0]["reviewed"].is_null());
+    std::fs::remove_file(base.join("reviewed_widenings.toml")).unwrap();
+
     // Narrowing only: release-bot's own threshold drops to $10, so the recorded $20 payment now needs a
     // human. Exit 0, the narrowing reported, nothing widens. In Markdown, for a pull request.
     let narrow = candidate_with_threshold("release-bot", 1000);
