@@ -1175,9 +1175,12 @@ async fn policy_diff(
     // An entry the base's list already has was accepted for an earlier change: it accepts nothing here, so
     // a list left behind after a merge cannot wave through the next change's widening.
     let earlier = read_reviewed(base_dir).context("the base's reviewed list")?;
-    let (inherited, reviewed): (Vec<_>, Vec<_>) = read_reviewed(candidate_dir)?
+    let mine = read_reviewed(candidate_dir)?;
+    let (inherited, reviewed): (Vec<_>, Vec<_>) = mine
+        .widening
         .into_iter()
-        .partition(|entry| earlier.contains(entry));
+        .partition(|entry| earlier.widening.contains(entry));
+    let catalog_review = mine.catalog.filter(|c| earlier.catalog.as_ref() != Some(c));
     let (base, candidate) = tokio::task::block_in_place(|| load_both(base_dir, candidate_dir))?;
     let mut differ = Differ::new(&base.bundle, &candidate.bundle);
     tokio::task::block_in_place(|| differ.add_cases(&base, &candidate));
@@ -1226,6 +1229,10 @@ async fn policy_diff(
         reviewed_path(candidate_dir).map(|p| p.display().to_string()),
     );
     report.reviewed_inherited = inherited;
+    report.apply_catalog(
+        crate::policy_diff::catalogs_differ(base_dir, candidate_dir),
+        catalog_review.as_ref(),
+    );
     match format {
         "json" => println!("{}", serde_json::to_string_pretty(&report.json())?),
         "markdown" => print!("{}", report.markdown()),

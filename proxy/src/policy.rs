@@ -351,7 +351,7 @@ impl Live {
         timeout: Duration,
     ) -> Result<Live, PolicyError> {
         let bundle = Bundle::load(dir, timeout)?;
-        let catalog = Catalog::load(&dir.join("catalog"))
+        let catalog = Catalog::load(&catalog_dir(dir))
             .map_err(|e| PolicyError::Load(vec![format!("catalog: {e}")]))?;
         let shadow = match shadow_dir {
             Some(d) => Some(
@@ -366,6 +366,11 @@ impl Live {
             shadow,
         })
     }
+}
+
+/// Where a bundle keeps its route catalog.
+pub fn catalog_dir(bundle_dir: &Path) -> PathBuf {
+    bundle_dir.join("catalog")
 }
 
 impl PolicyHandle {

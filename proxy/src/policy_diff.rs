@@ -33,6 +33,10 @@ pub const REVIEWED_FILE: &str = "reviewed_widenings.toml";
 const MARKDOWN_MAX: usize = 60_000;
 const MARKDOWN_FAILED: usize = 50;
 
+const CATALOG_NOTE: &str = "note: the route catalog changed. Recorded decisions keep the action they were \
+     classified as and case tables name their action, so a route that now maps to another action (or none) is \
+     not judged here: review the catalog change itself.";
+
 /// How many examples each transition lists.
 const EXAMPLES: usize = 5;
 
@@ -148,23 +152,33 @@ pub struct ReviewedWidening {
     pub reason: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// A reviewed change of the route catalog: which route is which action, which this review cannot judge.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct ReviewedFile {
+pub struct CatalogReview {
+    pub reason: String,
+}
+
+/// The whole [`REVIEWED_FILE`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reviewed {
     #[serde(default)]
-    widening: Vec<ReviewedWidening>,
+    pub widening: Vec<ReviewedWidening>,
+    #[serde(default)]
+    pub catalog: Option<CatalogReview>,
 }
 
 /// Reads the candidate's reviewed list (none when the file is absent). A list that does not parse, or an
 /// entry that is not a widening or gives no reason, is an error: an unreadable list accepts nothing.
-pub fn read_reviewed(candidate_dir: &Path) -> anyhow::Result<Vec<ReviewedWidening>> {
+pub fn read_reviewed(candidate_dir: &Path) -> anyhow::Result<Reviewed> {
     let path = candidate_dir.join(REVIEWED_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Reviewed::default()),
         Err(e) => anyhow::bail!("{}: {e}", path.display()),
     };
-    let file: ReviewedFile =
+    let file: Reviewed =
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let mut problems = Vec::new();
     for (i, w) in file.widening.iter().enumerate() {
@@ -204,10 +218,17 @@ pub fn read_reviewed(candidate_dir: &Path) -> anyhow::Result<Vec<ReviewedWidenin
             ));
         }
     }
+    if file
+        .catalog
+        .as_ref()
+        .is_some_and(|c| c.reason.trim().is_empty())
+    {
+        problems.push("catalog: a reason is required".to_string());
+    }
     if !problems.is_empty() {
         anyhow::bail!("{}: {}", path.display(), problems.join("; "));
     }
-    Ok(file.widening)
+    Ok(file)
 }
 
 /// Where an input under review came from.
@@ -316,6 +337,10 @@ pub struct Report {
     /// Entries the base's list has too: accepted for an earlier change, they accept nothing in this one.
     pub reviewed_inherited: Vec<ReviewedWidening>,
     pub unreviewed_widenings: usize,
+    /// The route catalogs differ: which route is which action changed, and nothing here judges that. It
+    /// fails the review (exit 1) unless the reviewed list's `[catalog]` accepts it (`catalog_reviewed`).
+    pub catalog_changed: bool,
+    pub catalog_reviewed: Option<String>,
     /// 0, 1 or 2: see the module documentation.
     pub exit_code: u8,
     pub verdict: String,
@@ -532,8 +557,36 @@ impl<'a> Differ<'a> {
                 .collect(),
             reviewed_inherited: Vec::new(),
             unreviewed_widenings: unreviewed,
+            catalog_changed: false,
+            catalog_reviewed: None,
             exit_code,
             verdict,
+        }
+    }
+}
+
+impl Report {
+    /// Applies what the review knows about the route catalogs: a change nobody accepted in `[catalog]` is an
+    /// unreviewed change (exit 1, unless the review already fails harder).
+    pub fn apply_catalog(&mut self, changed: bool, review: Option<&CatalogReview>) {
+        self.catalog_changed = changed;
+        if !changed {
+            return;
+        }
+        self.catalog_reviewed = review.map(|r| r.reason.clone());
+        if self.catalog_reviewed.is_some() {
+            return;
+        }
+        let why = format!(
+            "the route catalog changed and {REVIEWED_FILE} does not accept it ([catalog] reason = \"…\")"
+        );
+        match self.exit_code {
+            0 => {
+                self.exit_code = 1;
+                self.verdict = why;
+            }
+            1 => self.verdict = format!("{}; {why}", self.verdict),
+            _ => {}
         }
     }
 }
@@ -612,6 +665,43 @@ pub fn summaries(
         BundleSummary::of(base_dir, base),
         BundleSummary::of(candidate_dir, candidate),
     )
+}
+
+/// Whether the two bundles' route catalogs differ (file names or bytes). Recorded inputs keep the action they
+/// were classified as, so a catalog change is not judged here: the report says so.
+pub fn catalogs_differ(base: &Path, candidate: &Path) -> bool {
+    fn contents(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.'))
+                {
+                    continue;
+                }
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    let rel = path
+                        .strip_prefix(dir)
+                        .unwrap_or(&path)
+                        .to_string_lossy()
+                        .to_string();
+                    out.push((rel, std::fs::read(&path).unwrap_or_default()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+    contents(&crate::policy::catalog_dir(base)) != contents(&crate::policy::catalog_dir(candidate))
 }
 
 /// The reviewed file's path in a candidate, for the report.
@@ -800,6 +890,12 @@ impl Report {
                 ),
             );
         }
+        if self.catalog_changed {
+            line(&mut out, CATALOG_NOTE.to_string());
+            if let Some(r) = &self.catalog_reviewed {
+                line(&mut out, format!("  reviewed: {r}"));
+            }
+        }
         for r in &self.reviewed_inherited {
             line(
                 &mut out,
@@ -942,6 +1038,13 @@ impl Report {
                 .collect();
             out.push_str(&names.join(", "));
             out.push('\n');
+        }
+        if self.catalog_changed {
+            out.push_str(&format!("\n⚠️ {}", md(CATALOG_NOTE)));
+            match &self.catalog_reviewed {
+                Some(r) => out.push_str(&format!(" Reviewed: ✅ {}\n", md(r))),
+                None => out.push_str(" Reviewed: **no**\n"),
+            }
         }
         if !self.reviewed_inherited.is_empty() {
             let names: Vec<String> = self
@@ -1092,7 +1195,7 @@ mod tests {
         );
     }
 
-    fn reviewed(text: &str) -> anyhow::Result<Vec<ReviewedWidening>> {
+    fn reviewed(text: &str) -> anyhow::Result<Reviewed> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(REVIEWED_FILE), text).unwrap();
         read_reviewed(dir.path())
@@ -1105,7 +1208,13 @@ mod tests {
              [[widening]]\naction = \"a\"\nfrom = \"allow\"\nto = \"allow\"\nchange = \"lower-charge\"\nreason = \"r\"\n",
         )
         .unwrap();
-        assert_eq!(ok.len(), 2);
+        assert_eq!(ok.widening.len(), 2);
+        assert_eq!(ok.catalog, None);
+        let catalog =
+            reviewed("[catalog]\nreason = \"stripe.yaml: payment links catalogued (SEC-7)\"\n")
+                .unwrap();
+        assert!(catalog.catalog.is_some());
+        assert!(reviewed("[catalog]\nreason = \"\"\n").is_err());
         assert!(
             reviewed(
                 "[[widening]]\naction = \"a\"\nfrom = \"allow\"\nto = \"deny\"\nreason = \"r\"\n"
@@ -1131,7 +1240,7 @@ mod tests {
         );
         assert!(reviewed("not toml [").is_err());
         let none = tempfile::tempdir().unwrap();
-        assert!(read_reviewed(none.path()).unwrap().is_empty());
+        assert_eq!(read_reviewed(none.path()).unwrap(), Reviewed::default());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `tollgate policy diff` and `tollgate decisions export` against the real binary: a candidate that widens
 //! (unreviewed: exit 1, listed first; declared in `reviewed_widenings.toml`: exit 0), one that only narrows
-//! (exit 0, the narrowing reported), one whose own tests fail (exit 2), judged on the bundles' case tables
+//! (exit 0, the narrowing reported), one whose own tests fail (exit 2), one that changes the route catalog
+//! (exit 1 until its reviewed list accepts it), judged on the bundles' case tables
 //! and on decisions a running tollgate recorded, read from an export file and from the store.
 //!
 //! Candidates are copies of the bundled `policies/` with one data value changed. The budgets file is found
@@ -432,4 +433,35 @@ async fn case_tables_alone_show_widenings_and_a_candidate_failing_its_tests_exit
     );
     assert_eq!(code, 2);
     assert!(err.contains("is not a widening"), "{err}");
+}
+
+#[test]
+fn a_route_catalog_change_fails_the_review_until_it_is_accepted() {
+    let base = bundled_policies();
+    let candidate = copy_bundle();
+    // Which file is the catalog is the loader's business: the one routing Stripe payment intents, found by
+    // its content; a comment is added, which changes no route but is a change all the same.
+    let catalog = files(candidate.path())
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(p).is_ok_and(|t| {
+                t.contains("stripe.payment.create") && t.contains("/v1/payment_intents")
+            }) && p.extension().is_some_and(|e| e == "yaml")
+        })
+        .expect("the Stripe route catalog");
+    let mut text = std::fs::read_to_string(&catalog).unwrap();
+    text.push_str("\n# a reviewer's note\n");
+    std::fs::write(&catalog, text).unwrap();
+    let (code, report) = diff_json(&base, candidate.path(), &[], None);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["catalog_changed"], true);
+    assert!(transitions(&report, "widenings").is_empty());
+    std::fs::write(
+        candidate.path().join("reviewed_widenings.toml"),
+        "[catalog]\nreason = \"comment only (SEC-9)\"\n",
+    )
+    .unwrap();
+    let (code, report) = diff_json(&base, candidate.path(), &[], None);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["catalog_reviewed"], "comment only (SEC-9)");
 }
