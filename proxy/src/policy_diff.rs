@@ -654,7 +654,7 @@ pub fn load_both(base: &Path, candidate: &Path) -> anyhow::Result<(Review, Revie
     Ok((b, c))
 }
 
-/// The summary lines of one bundle's tests.
+/// Both bundles as the report names them: directory, revision, engine, test results.
 pub fn summaries(
     base_dir: &Path,
     base: &Review,
