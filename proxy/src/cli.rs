@@ -214,10 +214,13 @@ pub enum PolicyCommand {
     },
     /// Review a policy change: run both bundles' tests, judge their case tables and recorded decisions
     /// under both, and report every outcome transition, widenings first. Exit 0: no unreviewed widening;
-    /// 1: unreviewed widenings (accept them in the candidate's reviewed_widenings.toml); 2: the candidate's
-    /// tests fail, or a bundle, the reviewed list or the decisions cannot be read.
+    /// 1: unreviewed widenings or route catalog change (accept them in the candidate's
+    /// reviewed_widenings.toml); 2: the candidate's tests fail, or a bundle, the reviewed list or the
+    /// decisions cannot be read.
     Diff {
+        /// The bundle as it is (e.g. the pull request's base checkout of policies/).
         base: PathBuf,
+        /// The changed bundle.
         candidate: PathBuf,
         /// Recorded decisions from a file written by `tollgate decisions export`.
         #[arg(long, conflicts_with = "since")]
@@ -225,6 +228,7 @@ pub enum PolicyCommand {
         /// Recorded decisions from the configured store, since this time (RFC 3339, YYYY-MM-DD, or 7d, 12h).
         #[arg(long)]
         since: Option<String>,
+        /// text, markdown (a pull-request comment) or json.
         #[arg(long, default_value = "text", value_parser = ["text", "markdown", "json"])]
         format: String,
     },

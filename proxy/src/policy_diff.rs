@@ -1267,6 +1267,11 @@ mod tests {
             Err("redacted when recorded")
         );
 
+        // What `proxy` stores in place of tollgate's own secrets (scrub_own_secrets), wherever an agent put one.
+        let mut own = input.clone();
+        own["run"] = json!({"id": "[redacted: a secret tollgate holds]"});
+        assert_eq!(replayable(&own), Err("redacted when recorded"));
+
         // What `audit::bounded_input` stores of long strings and of an oversized body.
         let mut long = input.clone();
         long["request"]["body"]["description"] =
