@@ -58,8 +58,11 @@ pub enum Command {
     /// Work with policy bundles.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// List recent decisions, newest first.
+    /// List recent decisions, newest first; `decisions export` writes them with their inputs as JSON lines.
+    #[command(args_conflicts_with_subcommands = true)]
     Decisions {
+        #[command(subcommand)]
+        command: Option<DecisionsCommand>,
         #[arg(long)]
         agent: Option<String>,
         #[arg(long, default_value_t = 20)]
@@ -96,6 +99,21 @@ pub enum Command {
         period: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DecisionsCommand {
+    /// Every decision record (newest first) as one JSON object per line: the fields `decisions --json`
+    /// shows, plus `policy_outcome` and the recorded (already redacted) policy `input`. For
+    /// `tollgate policy diff --decisions FILE`.
+    Export {
+        /// Only decisions since this time: RFC 3339, a date (YYYY-MM-DD, midnight UTC), or a duration ago
+        /// like 7d, 12h.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
     },
 }
 
@@ -198,6 +216,26 @@ pub enum PolicyCommand {
         /// Also list the uncovered lines of each policy file.
         #[arg(long)]
         coverage: bool,
+    },
+    /// Review a policy change: run both bundles' tests, judge their case tables and recorded decisions
+    /// under both, and report every outcome transition, widenings first. Exit 0: no unreviewed widening;
+    /// 1: unreviewed widenings or route catalog change (accept them in the candidate's
+    /// reviewed_widenings.toml); 2: the candidate's tests fail, or a bundle, the reviewed list or the
+    /// decisions cannot be read.
+    Diff {
+        /// The bundle as it is (e.g. the pull request's base checkout of policies/).
+        base: PathBuf,
+        /// The changed bundle.
+        candidate: PathBuf,
+        /// Recorded decisions from a file written by `tollgate decisions export`.
+        #[arg(long, conflicts_with = "since")]
+        decisions: Option<PathBuf>,
+        /// Recorded decisions from the configured store, since this time (RFC 3339, YYYY-MM-DD, or 7d, 12h).
+        #[arg(long)]
+        since: Option<String>,
+        /// text, markdown (a pull-request comment) or json.
+        #[arg(long, default_value = "text", value_parser = ["text", "markdown", "json"])]
+        format: String,
     },
     /// Print the decision for one policy input (JSON file).
     Eval {
@@ -400,7 +438,61 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Decisions { agent, limit, json } => {
+        Command::Policy(PolicyCommand::Diff {
+            base,
+            candidate,
+            decisions,
+            since,
+            format,
+        }) => Ok(
+            match policy_diff(
+                &cli,
+                base,
+                candidate,
+                decisions.as_deref(),
+                since.as_deref(),
+                format,
+            )
+            .await
+            {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("tollgate: policy diff: {e:#}");
+                    ExitCode::from(2)
+                }
+            },
+        ),
+        Command::Decisions {
+            command: Some(DecisionsCommand::Export { since, agent }),
+            ..
+        } => {
+            let store = connect(&load_config(&cli)?).await?;
+            let since = since.as_deref().map(parse_since).transpose()?;
+            use std::io::Write as _;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut failed = None;
+            let n = each_record(&store, since, agent.clone(), |record| {
+                if failed.is_none()
+                    && let Err(e) = writeln!(out, "{record}")
+                {
+                    failed = Some(e);
+                }
+            })
+            .await?;
+            if let Some(e) = failed {
+                anyhow::bail!("writing the export: {e}");
+            }
+            out.flush()?;
+            eprintln!("exported {n} decision(s)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Decisions {
+            command: None,
+            agent,
+            limit,
+            json,
+        } => {
             let store = connect(&load_config(&cli)?).await?;
             let filter = DecisionFilter {
                 agent: agent.clone(),
@@ -964,10 +1056,13 @@ async fn approvals(cli: &Cli, cmd: &ApprovalsCommand) -> anyhow::Result<ExitCode
     }
 }
 
-/// `--since`: an RFC 3339 time, or a duration before now (`7d`, `12h`, `30m`).
+/// `--since`: an RFC 3339 time, a date (its midnight UTC), or a duration before now (`7d`, `12h`, `30m`).
 fn parse_since(text: &str) -> anyhow::Result<chrono::DateTime<Utc>> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(d.and_time(chrono::NaiveTime::MIN).and_utc());
     }
     let now = Utc::now();
     let later = identity::parse_expiry(text, now).map_err(anyhow::Error::msg)?;
@@ -1051,4 +1146,127 @@ async fn replay(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One decision record as `decisions export` writes it: what `decisions --json` shows, plus the policy's own
+/// outcome and the recorded input (redacted and bounded when it was stored; nothing here adds a secret).
+fn export_record(d: &crate::store::DecisionRow, o: Option<&crate::store::OutcomeRow>) -> Value {
+    let mut v = crate::admin::decision_json(d, o, false);
+    v["policy_outcome"] = json!(d.policy_outcome);
+    v["input"] = d
+        .input
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null);
+    v
+}
+
+/// Calls `f` with every decision record since `since` (of `agent`), newest first, a page at a time; returns
+/// how many there were.
+async fn each_record(
+    store: &Store,
+    since: Option<chrono::DateTime<Utc>>,
+    agent: Option<String>,
+    mut f: impl FnMut(Value),
+) -> anyhow::Result<usize> {
+    const PAGE: i64 = 1000;
+    let mut filter = DecisionFilter {
+        agent,
+        since,
+        limit: PAGE,
+        ..DecisionFilter::default()
+    };
+    let mut n = 0;
+    loop {
+        let rows = store.list_decisions(&filter).await?;
+        for (d, o) in &rows {
+            f(export_record(d, o.as_ref()));
+        }
+        n += rows.len();
+        match rows.last() {
+            Some((d, _)) if rows.len() as i64 == PAGE => filter.before = Some((d.at, d.id)),
+            _ => return Ok(n),
+        }
+    }
+}
+
+/// `tollgate policy diff`: see `policy_diff`. Errors (a bundle that does not compile, an unreadable reviewed
+/// list or decisions file) are exit status 2, as `cli::run`'s caller prints them.
+async fn policy_diff(
+    cli: &Cli,
+    base_dir: &std::path::Path,
+    candidate_dir: &std::path::Path,
+    decisions: Option<&std::path::Path>,
+    since: Option<&str>,
+    format: &str,
+) -> anyhow::Result<ExitCode> {
+    use crate::policy_diff::{Differ, load_both, read_reviewed, reviewed_path, summaries};
+    // Read everything that can fail on input first: an unreadable reviewed list accepts nothing.
+    // An entry the base's list already has was accepted for an earlier change: it accepts nothing here, so
+    // a list left behind after a merge cannot wave through the next change's widening.
+    let earlier = read_reviewed(base_dir).context("the base's reviewed list")?;
+    let mine = read_reviewed(candidate_dir)?;
+    let (inherited, reviewed): (Vec<_>, Vec<_>) = mine
+        .widening
+        .into_iter()
+        .partition(|entry| earlier.widening.contains(entry));
+    let catalog_review = mine.catalog.filter(|c| earlier.catalog.as_ref() != Some(c));
+    let (base, candidate) = tokio::task::block_in_place(|| load_both(base_dir, candidate_dir))?;
+    let mut differ = Differ::new(&base.bundle, &candidate.bundle);
+    tokio::task::block_in_place(|| differ.add_cases(&base, &candidate));
+    let mut from = None;
+    if let Some(path) = decisions {
+        use std::io::BufRead as _;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.with_context(|| format!("reading {}", path.display()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let record: Value = serde_json::from_str(&line).with_context(|| {
+                format!(
+                    "{} line {}: not a JSON decision record",
+                    path.display(),
+                    i + 1
+                )
+            })?;
+            tokio::task::block_in_place(|| differ.add_record(&record));
+        }
+        from = Some(path.display().to_string());
+    } else if let Some(since) = since {
+        let config = load_config(cli)?;
+        if config.database.url.is_none() && !std::path::Path::new("tollgate.db").exists() {
+            anyhow::bail!(
+                "--since reads the configured store, and none is configured (no [database] url, no ./tollgate.db); \
+                 use --decisions FILE from `tollgate decisions export`"
+            );
+        }
+        let store = connect(&config).await?;
+        let since = parse_since(since)?;
+        each_record(&store, Some(since), None, |record| {
+            tokio::task::block_in_place(|| differ.add_record(&record))
+        })
+        .await?;
+        from = Some("the store".to_string());
+    }
+    let (b, c) = summaries(base_dir, &base, candidate_dir, &candidate);
+    let mut report = differ.finish(
+        b,
+        c,
+        from,
+        &reviewed,
+        reviewed_path(candidate_dir).map(|p| p.display().to_string()),
+    );
+    report.reviewed_inherited = inherited;
+    report.apply_catalog(
+        crate::policy_diff::catalogs_differ(base_dir, candidate_dir),
+        catalog_review.as_ref(),
+    );
+    match format {
+        "json" => println!("{}", serde_json::to_string_pretty(&report.json())?),
+        "markdown" => print!("{}", report.markdown()),
+        _ => print!("{}", report.text()),
+    }
+    Ok(ExitCode::from(report.exit_code))
 }

@@ -20,6 +20,7 @@ pub mod identity;
 pub mod ledger;
 pub mod metrics;
 pub mod policy;
+pub mod policy_diff;
 pub mod policy_lint;
 pub mod proxy;
 pub mod redact;

@@ -45,6 +45,16 @@ pub enum Outcome {
     Approve,
 }
 
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::Approve => "approve",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Reason {
     pub rule: String,
@@ -341,7 +351,7 @@ impl Live {
         timeout: Duration,
     ) -> Result<Live, PolicyError> {
         let bundle = Bundle::load(dir, timeout)?;
-        let catalog = Catalog::load(&dir.join("catalog"))
+        let catalog = Catalog::load(&catalog_dir(dir))
             .map_err(|e| PolicyError::Load(vec![format!("catalog: {e}")]))?;
         let shadow = match shadow_dir {
             Some(d) => Some(
@@ -356,6 +366,11 @@ impl Live {
             shadow,
         })
     }
+}
+
+/// Where a bundle keeps its route catalog.
+pub fn catalog_dir(bundle_dir: &Path) -> PathBuf {
+    bundle_dir.join("catalog")
 }
 
 impl PolicyHandle {
@@ -567,6 +582,27 @@ pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
     run_tests_on(dir, &bundle)
 }
 
+/// A bundle as a policy review sees it (`tollgate policy diff`): compiled and warmed up like a live bundle,
+/// but kept even when its own tests fail, so the review can report the failures beside what changed.
+pub struct Review {
+    pub bundle: Bundle,
+    pub tests: TestReport,
+    /// Every test package's `cases` table.
+    pub cases: Vec<Case>,
+}
+
+/// Loads `dir` for review: compile and warm up (either failing is an error, as for [`Bundle::load`]), then
+/// run its tests and read its case tables once, whatever their results.
+pub fn load_for_review(dir: &Path, timeout: Duration) -> Result<Review, PolicyError> {
+    let (bundle, _) = Bundle::compile(dir, timeout)?;
+    let (tests, cases) = run_tests_and_cases(dir, &bundle)?;
+    Ok(Review {
+        bundle,
+        tests,
+        cases,
+    })
+}
+
 /// The test run, with `bundle` as the serving engine for the case-table replay.
 ///
 /// Test rules run on the interpreter (they use `with`, which the bytecode VM cannot compile), but requests
@@ -574,6 +610,14 @@ pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
 /// `cases` table (`{name: {"input": …, "outcome": …, "rules": [...]}}`) is also replayed through
 /// [`Bundle::evaluate`] — the exact path requests take — and each case is a test of its own.
 fn run_tests_on(dir: &Path, bundle: &Bundle) -> Result<TestReport, PolicyError> {
+    run_tests_and_cases(dir, bundle).map(|(report, _)| report)
+}
+
+/// [`run_tests_on`], also handing back the case tables it replayed.
+fn run_tests_and_cases(
+    dir: &Path,
+    bundle: &Bundle,
+) -> Result<(TestReport, Vec<Case>), PolicyError> {
     let Sources {
         mut engine,
         tests,
@@ -630,7 +674,8 @@ fn run_tests_on(dir: &Path, bundle: &Bundle) -> Result<TestReport, PolicyError> 
             detail,
         });
     }
-    results.extend(replay_cases(&mut engine, &packages, bundle));
+    let cases = case_tables(&mut engine, &packages);
+    results.extend(replay_cases(&cases, bundle));
     let coverage = engine
         .get_coverage_report()
         .map_err(|e| PolicyError::Eval(e.to_string()))?;
@@ -652,23 +697,32 @@ fn run_tests_on(dir: &Path, bundle: &Bundle) -> Result<TestReport, PolicyError> 
             f.not_covered.iter().copied().collect(),
         ));
     }
-    Ok(TestReport {
-        revision,
-        tests: results,
-        covered_lines: covered,
-        coverable_lines: coverable,
-        files,
-    })
+    Ok((
+        TestReport {
+            revision,
+            tests: results,
+            covered_lines: covered,
+            coverable_lines: coverable,
+            files,
+        },
+        cases,
+    ))
 }
 
-/// Replays every test package's `cases` table through the serving engine (see [`run_tests_on`]).
-fn replay_cases(
-    engine: &mut regorus::Engine,
-    packages: &[String],
-    bundle: &Bundle,
-) -> Vec<TestResult> {
+/// One entry of a test package's `cases` table (`data.<package>.cases[<name>]`): an input and what the
+/// bundle's authors expect of it.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub package: String,
+    pub name: String,
+    /// The whole entry: `input`, `outcome`, optionally `rules` (and whatever else the table keeps).
+    pub case: Value,
+}
+
+/// Every test package's `cases` table, each entry once, in package then name order.
+fn case_tables(engine: &mut regorus::Engine, packages: &[String]) -> Vec<Case> {
     let mut seen = std::collections::BTreeSet::new();
-    let mut results = Vec::new();
+    let mut out = Vec::new();
     for package in packages {
         let Ok(table) = engine.eval_rule(format!("data.{package}.cases")) else {
             continue;
@@ -677,51 +731,68 @@ fn replay_cases(
             continue;
         };
         for (name, case) in cases {
-            if !seen.insert((package.clone(), name.clone())) {
-                continue;
-            }
-            let test = format!(
-                "data.{package}.cases[{name:?}] on the {} engine",
-                bundle.engine_name()
-            );
-            let expected = case
-                .get("outcome")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let expected_rules: Option<std::collections::BTreeSet<String>> =
-                case.get("rules").and_then(Value::as_array).map(|r| {
-                    r.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
+            if seen.insert((package.clone(), name.clone())) {
+                out.push(Case {
+                    package: package.clone(),
+                    name,
+                    case,
                 });
-            let input = case.get("input").cloned().unwrap_or(Value::Null);
-            let detail = match bundle.evaluate(&input) {
-                Err(e) => Some(format!("evaluation failed: {e}")),
-                Ok(d) => {
-                    let outcome = match d.outcome {
-                        Outcome::Allow => "allow",
-                        Outcome::Deny => "deny",
-                        Outcome::Approve => "approve",
-                    };
-                    let rules: std::collections::BTreeSet<String> =
-                        d.reasons.iter().map(|r| r.rule.clone()).collect();
-                    if outcome != expected {
-                        Some(format!("outcome {outcome}, expected {expected}"))
-                    } else if expected_rules.as_ref().is_some_and(|e| *e != rules) {
-                        Some(format!("rules {rules:?}, expected {expected_rules:?}"))
-                    } else {
-                        None
-                    }
-                }
-            };
-            results.push(TestResult {
-                name: test,
-                passed: detail.is_none(),
-                detail,
-            });
+            }
         }
+    }
+    out
+}
+
+/// Replays every test package's `cases` table through the serving engine (see [`run_tests_on`]).
+fn replay_cases(cases: &[Case], bundle: &Bundle) -> Vec<TestResult> {
+    let mut results = Vec::new();
+    for Case {
+        package,
+        name,
+        case,
+    } in cases
+    {
+        let test = format!(
+            "data.{package}.cases[{name:?}] on the {} engine",
+            bundle.engine_name()
+        );
+        let expected = case
+            .get("outcome")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let expected_rules: Option<std::collections::BTreeSet<String>> =
+            case.get("rules").and_then(Value::as_array).map(|r| {
+                r.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            });
+        let input = case.get("input").cloned().unwrap_or(Value::Null);
+        let detail = match bundle.evaluate(&input) {
+            Err(e) => Some(format!("evaluation failed: {e}")),
+            Ok(d) => {
+                let outcome = match d.outcome {
+                    Outcome::Allow => "allow",
+                    Outcome::Deny => "deny",
+                    Outcome::Approve => "approve",
+                };
+                let rules: std::collections::BTreeSet<String> =
+                    d.reasons.iter().map(|r| r.rule.clone()).collect();
+                if outcome != expected {
+                    Some(format!("outcome {outcome}, expected {expected}"))
+                } else if expected_rules.as_ref().is_some_and(|e| *e != rules) {
+                    Some(format!("rules {rules:?}, expected {expected_rules:?}"))
+                } else {
+                    None
+                }
+            }
+        };
+        results.push(TestResult {
+            name: test,
+            passed: detail.is_none(),
+            detail,
+        });
     }
     results
 }
