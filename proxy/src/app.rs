@@ -279,6 +279,9 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         stored: crate::throttle::StoredBytes::new(
             config.audit.max_stored_bytes_per_agent_per_minute,
         ),
+        engine_checks: Arc::new(tokio::sync::Semaphore::new(
+            crate::proxy::ENGINE_CHECKS_AT_ONCE,
+        )),
     });
     let draining = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(Admin {

@@ -120,6 +120,7 @@ pub struct RawPolicy {
     pub timeout_ms: Option<u64>,
     pub shadow_dir: Option<PathBuf>,
     pub watch: Option<bool>,
+    pub engine_check_sample: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,6 +211,9 @@ pub struct PolicyConfig {
     pub shadow_dir: Option<PathBuf>,
     /// Reload when files under `dir` (or `shadow_dir`) change.
     pub watch: bool,
+    /// The share of judged requests (0 to 1) also evaluated on regorus's interpreter, off the request
+    /// path, to catch the bytecode VM and the interpreter disagreeing in production. 0: off.
+    pub engine_check_sample: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -443,6 +447,12 @@ impl Config {
         if policy_timeout_ms == 0 {
             errors.push("policy.timeout_ms must be positive".to_string());
         }
+        let engine_check_sample = raw.policy.engine_check_sample.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&engine_check_sample) {
+            errors.push(format!(
+                "policy.engine_check_sample: {engine_check_sample} is not a share between 0 and 1"
+            ));
+        }
 
         let raw_providers = raw.providers.unwrap_or_default();
         let mut providers = BTreeMap::new();
@@ -626,6 +636,7 @@ impl Config {
                 timeout: Duration::from_millis(policy_timeout_ms),
                 shadow_dir: raw.policy.shadow_dir,
                 watch: raw.policy.watch.unwrap_or(true),
+                engine_check_sample,
             },
             providers,
             admin: AdminConfig { token_env, token },

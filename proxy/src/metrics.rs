@@ -39,6 +39,7 @@ pub struct Metrics {
     pub policy_info: IntGaugeVec,
     pub policy_reloads_total: IntCounterVec,
     pub shadow_disagreements_total: IntCounterVec,
+    pub policy_engine_checks_total: IntCounterVec,
     pub upstream_duration_seconds: HistogramVec,
     pub upstream_errors_total: IntCounterVec,
     pub audit_queue_depth: IntGauge,
@@ -111,6 +112,15 @@ impl Metrics {
                 "Requests where the shadow bundle's outcome differed",
             ),
             &["action"],
+        )?;
+        let policy_engine_checks_total = IntCounterVec::new(
+            Opts::new(
+                "policy_engine_checks_total",
+                "Sampled requests evaluated again on regorus's interpreter ([policy] engine_check_sample), by \
+                 result: agree, disagree (outcome, reasons or charge differ from the bytecode VM's, or the \
+                 interpreter failed where the VM decided), skipped (checks already running)",
+            ),
+            &["result"],
         )?;
         let upstream_duration_seconds = HistogramVec::new(
             HistogramOpts::new(
@@ -218,6 +228,7 @@ impl Metrics {
         registry.register(Box::new(policy_info.clone()))?;
         registry.register(Box::new(policy_reloads_total.clone()))?;
         registry.register(Box::new(shadow_disagreements_total.clone()))?;
+        registry.register(Box::new(policy_engine_checks_total.clone()))?;
         registry.register(Box::new(upstream_duration_seconds.clone()))?;
         registry.register(Box::new(upstream_errors_total.clone()))?;
         registry.register(Box::new(audit_queue_depth.clone()))?;
@@ -255,6 +266,7 @@ impl Metrics {
             policy_info,
             policy_reloads_total,
             shadow_disagreements_total,
+            policy_engine_checks_total,
             upstream_duration_seconds,
             upstream_errors_total,
             audit_queue_depth,

@@ -269,6 +269,12 @@ impl Bundle {
         decision_of(&result)
     }
 
+    /// Evaluates on regorus's interpreter even when the bundle serves on the bytecode VM: the engine check
+    /// (`[policy] engine_check_sample`) compares the two on live inputs. Synchronous and CPU-bound.
+    pub fn evaluate_on_interpreter(&self, input: &Value) -> Result<Decision, PolicyError> {
+        decision_of(&self.evaluate_interpreter(to_rego(input)?)?)
+    }
+
     /// Evaluates on the calling thread, but only on the bytecode VM and only for up to `budget`
     /// (bounded by the bundle's own limit): `Err(PolicyError::OverBudget)` means "not decided here, evaluate
     /// again with [`Bundle::evaluate`] on a blocking pool". The bundled library decides in 1–120 µs, so

@@ -83,6 +83,8 @@ pub struct Gate {
     pub in_flight: InFlight,
     /// Bytes each agent added to the decision log lately.
     pub stored: crate::throttle::StoredBytes,
+    /// Engine checks running now (at most [`ENGINE_CHECKS_AT_ONCE`]).
+    pub engine_checks: Arc<tokio::sync::Semaphore>,
 }
 
 /// How many requests each agent has in tollgate right now.
@@ -1037,6 +1039,9 @@ impl Gate {
         input: Value,
     ) -> Result<Decision, Refusal> {
         draft.policy_revision = Some(live.bundle.revision().to_string());
+        let checked = (live.bundle.uses_bytecode()
+            && sampled(draft.id, self.config.policy.engine_check_sample))
+        .then(|| Arc::clone(&live));
         let (result, shadow, input) =
             match judge(&live, &input, Some(INLINE_POLICY_BUDGET), &self.metrics) {
                 Some((result, shadow)) => (result, shadow, input),
@@ -1056,6 +1061,9 @@ impl Gate {
                     }
                 }
             };
+        if let (Some(live), Ok(decision)) = (checked, &result) {
+            self.check_engines(live, input.clone(), decision.clone(), draft);
+        }
         draft.input = Some(input);
         let live_outcome = result
             .as_ref()
@@ -1383,7 +1391,75 @@ impl Gate {
     }
 }
 
+/// Whether decision `id` is in the sampled `share` (0 to 1) of requests: a hash of the id read as a
+/// fraction (a UUIDv7's own bits are a timestamp and a counter, not uniform), so the choice is uniform and
+/// needs no random source of its own.
+fn sampled(id: Uuid, share: f64) -> bool {
+    use std::hash::{Hash, Hasher};
+    if share <= 0.0 {
+        return false;
+    }
+    if share >= 1.0 {
+        return true;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    (h.finish() as f64) < share * (u64::MAX as f64)
+}
+
+/// At most this many engine checks run at once; a sample that finds them busy is skipped (and counted).
+pub const ENGINE_CHECKS_AT_ONCE: usize = 2;
+
 impl Gate {
+    /// The engine check: evaluates a sampled request's input again on regorus's interpreter, on the blocking
+    /// pool, after the request has moved on (it never delays or changes the request). A decision that
+    /// differs from the bytecode VM's — outcome, reasons (rule and message) or charge — is counted and
+    /// logged with the decision id, so an engine disagreement seen in production can be replayed.
+    fn check_engines(&self, live: Arc<Live>, input: Value, served: Decision, draft: &Draft) {
+        let result = |r: &str| {
+            self.metrics
+                .policy_engine_checks_total
+                .with_label_values(&[r])
+                .inc()
+        };
+        let Ok(permit) = Arc::clone(&self.engine_checks).try_acquire_owned() else {
+            result("skipped");
+            return;
+        };
+        let metrics = self.metrics.clone();
+        let decision_id = draft.id;
+        let action = draft
+            .action
+            .as_ref()
+            .map(|a| a.name.to_string())
+            .unwrap_or_default();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let verdict = match live.bundle.evaluate_on_interpreter(&input) {
+                Ok(other) if other == served => "agree",
+                Ok(other) => {
+                    tracing::warn!(
+                        %decision_id,
+                        %action,
+                        revision = live.bundle.revision(),
+                        vm = ?served,
+                        interpreter = ?other,
+                        "the policy engines disagree on this request's input (served: the VM's decision)"
+                    );
+                    "disagree"
+                }
+                Err(e) => {
+                    tracing::warn!(%decision_id, %action, error = %e, "the policy engines disagree: the interpreter failed where the VM decided");
+                    "disagree"
+                }
+            };
+            metrics
+                .policy_engine_checks_total
+                .with_label_values(&[verdict])
+                .inc();
+        });
+    }
+
     /// Hands a consumed approval back (approved again) when its request will not be forwarded after all.
     async fn give_back(&self, consumed: Option<ConsumedApproval>) {
         if let Some(c) = consumed
@@ -1754,6 +1830,19 @@ pub fn insert_decision_header(headers: &mut HeaderMap, id: Uuid) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_engine_check_samples_the_share_asked_for() {
+        let ids: Vec<Uuid> = (0..20_000).map(|_| Uuid::now_v7()).collect();
+        let count = |share: f64| ids.iter().filter(|id| sampled(**id, share)).count();
+        assert_eq!(count(0.0), 0);
+        assert_eq!(count(1.0), ids.len());
+        // 1 % of 20,000 is 200; a uniform sample stays well within ±50 % of it.
+        let one_percent = count(0.01);
+        assert!((100..=300).contains(&one_percent), "{one_percent}");
+        let half = count(0.5);
+        assert!((9_000..=11_000).contains(&half), "{half}");
+    }
 
     #[test]
     fn provider_split() {

@@ -30,6 +30,10 @@ decision := {"outcome": "allow", "reasons": []} if {
 	input.action.risk == "read"
 } else := {"outcome": "deny", "reasons": [{"rule": "observed.unknown_write", "message": "writes to unknown routes are denied"}]} if {
 	input.action.name == "unknown"
+} else := {"outcome": "deny", "reasons": [{"rule": "observed.engines", "message": "only the bytecode VM denies this"}]} if {
+	input.action.name == "stripe.customer.create"
+	missing := input.request.body.missing
+	not missing == "ok"
 } else := {"outcome": "approve", "reasons": [{"rule": "observed.large_charge", "message": "charges above $50 need a human"}], "charge": charge} if {
 	amount > 5000
 } else := {"outcome": "allow", "reasons": [], "charge": charge} if {
@@ -801,6 +805,7 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported_by_the_real_bin
     let gate = Tollgate::builder(db.url(), &upstream.url())
         .policy_dir(live.path())
         .policy(&format!("shadow_dir = \"{}\"", shadow.path().display()))
+        .policy("engine_check_sample = 1.0")
         .server("upstream_timeout_ms = 500")
         .start()
         .await
@@ -826,6 +831,18 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported_by_the_real_bin
         .send(
             t.http
                 .post(t.gate.url("/stripe/v1/refunds"))
+                .basic_auth(&t.key, Some(""))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("email=a%40example.com"),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (403, "policy_denied"), "{body}");
+    // A request the engines judge differently (regorus's VM carries on with an undefined binding, the
+    // interpreter does not): served as the VM decided, and the engine check counts the disagreement.
+    let (status, body) = t
+        .send(
+            t.http
+                .post(t.gate.url("/stripe/v1/customers"))
                 .basic_auth(&t.key, Some(""))
                 .header("content-type", "application/x-www-form-urlencoded")
                 .body("email=a%40example.com"),
@@ -888,7 +905,10 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported_by_the_real_bin
     let mut text = String::new();
     for _ in 0..100 {
         text = t.metrics().await;
-        if text.contains("tollgate_store_up 1") && text.contains("tollgate_audit_queue_depth 0") {
+        if text.contains("tollgate_store_up 1")
+            && text.contains("tollgate_audit_queue_depth 0")
+            && text.contains("tollgate_policy_engine_checks_total{result=\"disagree\"} 1")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
