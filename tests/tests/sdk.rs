@@ -184,6 +184,41 @@ async fn cloudflare_suite(lang: Lang) {
         "the client's default Tollgate-Run header is recorded (and not forwarded)"
     );
 
+    // --- An unchanged program pointed at tollgate by its environment alone: CLOUDFLARE_BASE_URL,
+    // CLOUDFLARE_API_TOKEN and CLOUDFLARE_CUSTOM_HEADERS (newline-separated `Name: value`), which both
+    // Cloudflare SDKs read, carry the attribution headers; tollgate records them and does not forward them.
+    let custom = "Tollgate-Run: env-run-7\nTollgate-On-Behalf-Of: alice@example.com";
+    let out = s
+        .run_with(
+            "cloudflare_agent",
+            "dns_create",
+            &dns,
+            json!({"zone": ZONE, "name": "env.example.com", "from_env": true}),
+            &[
+                ("CLOUDFLARE_BASE_URL", s.tg.url("/cloudflare/client/v4")),
+                ("CLOUDFLARE_API_TOKEN", dns.key.clone()),
+                ("CLOUDFLARE_CUSTOM_HEADERS", custom.to_string()),
+            ],
+        )
+        .await;
+    assert_eq!(out["ok"], true, "{out}");
+    let received = stand_in.take();
+    assert_eq!(received.len(), 1, "forwarded once");
+    assert_cloudflare_credential(&received[0], &dns.key);
+    for name in ["tollgate-run", "tollgate-on-behalf-of"] {
+        assert_eq!(
+            received[0].header(name),
+            None,
+            "{name} is tollgate's, not forwarded"
+        );
+    }
+    let d = s.decisions(&dns, 1).await.remove(0);
+    assert_eq!(
+        (d["run_id"].as_str(), d["on_behalf_of"].as_str()),
+        (Some("env-run-7"), Some("alice@example.com")),
+        "the headers from CLOUDFLARE_CUSTOM_HEADERS are recorded: {d}"
+    );
+
     // --- The same create in a zone outside the agent's placement: the SDK raises its 403 error, and the
     // refusal (rule and reason) is readable from what the SDK exposes.
     let out = s
@@ -1022,7 +1057,19 @@ impl Suite {
 
     /// Runs one case of an agent program as `agent`; returns the JSON line it printed.
     async fn run(&self, script: &str, case: &str, agent: &Agent, params: Value) -> Value {
-        let env = [
+        self.run_with(script, case, agent, params, &[]).await
+    }
+
+    /// [`Suite::run`] with more environment variables for the program.
+    async fn run_with(
+        &self,
+        script: &str,
+        case: &str,
+        agent: &Agent,
+        params: Value,
+        extra: &[(&str, String)],
+    ) -> Value {
+        let mut env = vec![
             (
                 "TG_CF_BASE",
                 self.tg.url("/cloudflare/client/v4").to_string(),
@@ -1031,6 +1078,7 @@ impl Suite {
             ("TG_PROXY", self.tg.proxy.clone()),
             ("TG_AGENT_KEY", agent.key.clone()),
         ];
+        env.extend(extra.iter().cloned());
         let run = self
             .sdk
             .run(script, case, &env, &params)

@@ -35,6 +35,9 @@ function describeError(e) {
 }
 
 function client(params) {
+  // An unchanged program: base URL, token and default headers all come from the environment
+  // (CLOUDFLARE_BASE_URL, CLOUDFLARE_API_TOKEN, CLOUDFLARE_CUSTOM_HEADERS).
+  if (params.from_env) return new Cloudflare({ maxRetries: 0 });
   const options = { apiToken: process.env.TG_AGENT_KEY, baseURL: process.env.TG_CF_BASE };
   if (params.max_retries !== undefined && params.max_retries !== null) options.maxRetries = params.max_retries;
   if (params.run) options.defaultHeaders = { "Tollgate-Run": params.run };

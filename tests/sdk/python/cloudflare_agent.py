@@ -38,6 +38,10 @@ def describe_error(e):
 
 
 def client(params):
+    if params.get("from_env"):
+        # An unchanged program: base URL, token and default headers all come from the environment
+        # (CLOUDFLARE_BASE_URL, CLOUDFLARE_API_TOKEN, CLOUDFLARE_CUSTOM_HEADERS).
+        return Cloudflare(max_retries=0)
     kwargs = {"api_token": os.environ["TG_AGENT_KEY"], "base_url": os.environ["TG_CF_BASE"]}
     if params.get("max_retries") is not None:
         kwargs["max_retries"] = params["max_retries"]
