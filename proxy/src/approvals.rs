@@ -178,7 +178,8 @@ impl Approvals {
 
     /// A consumed approval presented again by a retry of the request that consumed it: the identical call
     /// (the approval's fingerprint: agent, account headers, body, charge) with the same forwarded
-    /// Idempotency-Key, within the provider's replay window (`window`) of the consumption. The provider
+    /// Idempotency-Key, within the provider's replay window (`window`) of the consumption and the approval's
+    /// lifetime (consent is about now, even for a retry that may be the call's first execution). The provider
     /// deduplicates such a retry by its key — it acts at most once — so it is the same approved call, not a
     /// second one: it goes out again, and the ledger charges it once (its idempotency rows). An SDK's
     /// automatic retry after a 5xx repeats the key and the approval header, so the agent sees the provider's
@@ -216,7 +217,9 @@ impl Approvals {
     }
 
     /// Makes a consumed approval usable again, for a request that was refused after consuming it. A retry
-    /// did not consume it (its first request did, and may have been sent): nothing to hand back.
+    /// did not consume it (its first request did, and may have been sent): nothing to hand back. Nor is an
+    /// approval a retry went out under handed back when its consuming request is refused (the store checks):
+    /// the call may have been made.
     pub async fn restore(&self, consumed: ConsumedApproval) -> Result<(), StoreError> {
         if consumed.retry_of.is_some() {
             return Ok(());

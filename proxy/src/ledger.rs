@@ -197,15 +197,23 @@ impl Settlement {
 
     /// What the answer to a retry that took over an earlier attempt's reservation proves (see
     /// `Reservation::ReservedReplacing`): the same request with the same Idempotency-Key, whose earlier
-    /// attempt's outcome was unknown. The provider acts on a key at most once, so the answer is about the
-    /// call, whichever attempt the provider ran: a replayed 2xx (the earlier attempt ran) commits like a fresh
-    /// one, a refusal in the provider's envelope releases. A 409 says the key is still in use — the earlier
-    /// attempt may still be running — so nothing is learned and the money stays reserved, flagged.
-    pub fn of_retry(status: u16, envelope: Envelope, body: Option<&[u8]>) -> Settlement {
-        if status == 409 {
-            return Settlement::Unknown;
+    /// attempt's outcome was unknown. The provider acts on a key at most once, so a 2xx — replayed (the earlier
+    /// attempt ran) or fresh (it did not, the retry did) — means the call ran once: committed. A refusal
+    /// releases the call's money only when it is the provider's saved answer to the key
+    /// (`Idempotent-Replayed: true`): a fresh refusal (a 429 rate limit, a 401, a 409 "key in use") may come
+    /// before the provider looks at the key at all and proves nothing about the earlier attempt, so the money
+    /// stays reserved, flagged for an operator.
+    pub fn of_retry(
+        status: u16,
+        envelope: Envelope,
+        replayed: bool,
+        body: Option<&[u8]>,
+    ) -> Settlement {
+        match Settlement::of_response(status, envelope, false, body) {
+            Settlement::Commit => Settlement::Commit,
+            Settlement::Release if replayed => Settlement::Release,
+            _ => Settlement::Unknown,
         }
-        Settlement::of_response(status, envelope, false, body)
     }
 
     /// Whether [`Settlement::of_response`] needs the response body to decide.
@@ -300,28 +308,42 @@ mod tests {
     #[test]
     fn a_retry_that_took_over_settles_the_call() {
         let refused = br#"{"error": {"type": "card_error"}}"#;
+        let limited = br#"{"error": {"type": "invalid_request_error", "code": "rate_limit"}}"#;
         // Replayed or run anew, a 2xx means the call ran once: committed.
         assert_eq!(
             Settlement::of_response(200, Envelope::Stripe, true, None),
             Settlement::Release,
             "a plain replay spends nothing new"
         );
+        for replayed in [true, false] {
+            assert_eq!(
+                Settlement::of_retry(200, Envelope::Stripe, replayed, None),
+                Settlement::Commit,
+                "but a retry carries its earlier attempt's money"
+            );
+        }
+        // The provider's saved refusal for the key: the call was refused.
         assert_eq!(
-            Settlement::of_retry(200, Envelope::Stripe, None),
-            Settlement::Commit,
-            "but a retry carries its earlier attempt's money"
-        );
-        assert_eq!(
-            Settlement::of_retry(402, Envelope::Stripe, Some(refused)),
+            Settlement::of_retry(402, Envelope::Stripe, true, Some(refused)),
             Settlement::Release
         );
-        // Nothing learned.
+        // A fresh refusal may predate the key lookup (found by an attacker: a 429 after a timed-out first
+        // attempt wiped the money of a payment the provider had made).
         assert_eq!(
-            Settlement::of_retry(500, Envelope::Stripe, None),
+            Settlement::of_retry(429, Envelope::Stripe, false, Some(limited)),
             Settlement::Unknown
         );
         assert_eq!(
-            Settlement::of_retry(409, Envelope::Stripe, Some(refused)),
+            Settlement::of_retry(402, Envelope::Stripe, false, Some(refused)),
+            Settlement::Unknown
+        );
+        // Nothing learned.
+        assert_eq!(
+            Settlement::of_retry(500, Envelope::Stripe, true, None),
+            Settlement::Unknown
+        );
+        assert_eq!(
+            Settlement::of_retry(409, Envelope::Stripe, false, Some(refused)),
             Settlement::Unknown
         );
     }

@@ -914,6 +914,7 @@ impl Gate {
                     Settlement::of_retry(
                         response.status().as_u16(),
                         provider.envelope,
+                        replayed(response),
                         evidence.as_deref(),
                     )
                 }

@@ -525,6 +525,72 @@ async fn a_same_key_retry_of_an_approved_call_goes_out_again_and_is_charged_once
     );
 }
 
+/// Found by an attacker: a same-key retry takes the flagged reservation of an attempt whose outcome is
+/// unknown over; a *fresh* refusal of that retry (a 429 comes before Stripe looks at the key) proves nothing
+/// about the earlier attempt, so the money stays reserved and flagged — only the provider's replayed answer
+/// settles the call. And the key's window keeps running from its first use: a repeat past it is charged anew.
+#[tokio::test]
+async fn a_fresh_refusal_of_a_retry_keeps_the_call_flagged_and_the_window_runs_from_the_first_use()
+{
+    let stand_in = StandIn::start().await.expect("stand-in");
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&answered);
+    let paid = json!({"id": "pi_1", "object": "payment_intent", "amount": 4000});
+    stand_in.answer(move |_| match count.fetch_add(1, Ordering::SeqCst) {
+        // The provider acts but answers after tollgate gave up (504).
+        0 => Reply::json(200, paid.clone()).after(Duration::from_millis(1500)),
+        // Rate limited before the key is looked at.
+        1 => Reply::json(
+            429,
+            json!({"error": {"type": "invalid_request_error", "code": "rate_limit", "message": "slow down"}}),
+        ),
+        // The provider's saved answer to the key.
+        2 => Reply::json(200, paid.clone()).header("Idempotent-Replayed", "true"),
+        _ => Reply::json(200, json!({"id": "pi_2", "object": "payment_intent", "amount": 4000})),
+    });
+    let idle = Upstream::builder().start().await.unwrap();
+    let c = cluster_at(1, idle, &stand_in.url(), |b| {
+        b.server("upstream_timeout_ms = 1000")
+            .stripe("idempotency_window_seconds = 4")
+    })
+    .await;
+    let key = c.replicas[0].create_agent("buyer", &[]).await.unwrap();
+    let first_use = std::time::Instant::now();
+    let pay = || c.pay(0, &key, 4000, &[("Idempotency-Key", "order-31")]);
+    assert_eq!(pay().await.status(), 504);
+    assert_eq!(c.window("buyer").await, (0, 4000));
+    assert_eq!(pay().await.status(), 429);
+    assert_eq!(
+        c.window("buyer").await,
+        (0, 4000),
+        "the 429 says nothing about the first attempt: still reserved"
+    );
+    let flagged: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM spend_reservations WHERE state = 'reserved' AND flagged",
+    )
+    .fetch_one(&c.pool)
+    .await
+    .unwrap();
+    assert_eq!(flagged, 1, "and flagged for an operator");
+    let replay = pay().await;
+    assert_eq!(replay.status(), 200);
+    assert_eq!(
+        c.window("buyer").await,
+        (4000, 0),
+        "the replayed answer settles the call once"
+    );
+    // Past the provider's window from the first use (not from the takeover), the key is new again.
+    let past = Duration::from_millis(4300).saturating_sub(first_use.elapsed());
+    tokio::time::sleep(past).await;
+    assert_eq!(pay().await.status(), 200);
+    assert_eq!(
+        c.window("buyer").await,
+        (8000, 0),
+        "a repeat the provider runs anew is charged anew"
+    );
+    assert_eq!(stand_in.take().len(), 4);
+}
+
 #[tokio::test]
 async fn revoking_on_one_replica_is_refused_by_the_other_within_a_second() {
     let c = cluster(2, Upstream::builder().start().await.unwrap(), |b| b).await;

@@ -492,6 +492,58 @@ async fn idempotency_keys_replay_and_conflict(store: &Store) {
         None,
         "it holds no money any more"
     );
+    // Concurrent retries of a flagged attempt (found by an attacker: on Postgres a locking join re-checked
+    // the key row against an old snapshot of the reservations and took a live use for a released one):
+    // exactly one takes the money over, the same call again waits for its answer, another body conflicts.
+    let flagged = Uuid::now_v7();
+    assert_eq!(
+        store
+            .reserve(&reservation(&w, flagged, 300, Some("k6"), "f1"))
+            .await
+            .unwrap(),
+        Reservation::Reserved
+    );
+    store.flag_reservation(flagged).await.unwrap();
+    let before = store.window_spent(&w).await.unwrap();
+    let ids: Vec<Uuid> = (0..12).map(|_| Uuid::now_v7()).collect();
+    let attempts: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let store = store.clone();
+            let w = w.clone();
+            let id = *id;
+            tokio::spawn(async move {
+                let fingerprint = if i % 2 == 0 { "f1" } else { "f2" };
+                store
+                    .reserve(&reservation(&w, id, 300, Some("k6"), fingerprint))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for attempt in attempts {
+        results.push(attempt.await.unwrap());
+    }
+    let replacing = results
+        .iter()
+        .filter(|r| matches!(r, Reservation::ReservedReplacing(e) if *e == flagged))
+        .count();
+    assert_eq!(replacing, 1, "{results:?}");
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Reservation::ReservedReplacing(_) => assert_eq!(i % 2, 0),
+            Reservation::IdempotencyInFlight => assert_eq!(i % 2, 0, "{results:?}"),
+            Reservation::IdempotencyConflict => assert_eq!(i % 2, 1, "{results:?}"),
+            other => panic!("attempt {i}: {other:?} ({results:?})"),
+        }
+    }
+    assert_eq!(
+        store.window_spent(&w).await.unwrap(),
+        before,
+        "the call is still counted once"
+    );
     // A reservation refused over the cap does not claim the key.
     let mut big = reservation(&w, Uuid::now_v7(), 9_000, Some("k4"), "f1");
     big.cap_cents = 10_000;
@@ -686,10 +738,29 @@ async fn approvals_open_once_decide_once_and_consume_once(store: &Store) {
         None,
         "only within the window"
     );
+    // An approval a retry went out under is never handed back: the call may have been made.
     store.restore_approval(first.id).await.unwrap();
     assert_eq!(
+        store.approval(first.id).await.unwrap().unwrap().status,
+        "consumed",
+        "not handed back after a retry"
+    );
+    // Without retries it is handed back, and then has no consuming request to retry.
+    let second = store.open_approval(&approval("fp3")).await.unwrap();
+    store
+        .decide_approval(second.id, true, "alice", None)
+        .await
+        .unwrap();
+    assert!(
         store
-            .approval_retry(first.id, "fp", winner, recent)
+            .consume_approval(second.id, "fp3", Uuid::now_v7(), Some("key-c"))
+            .await
+            .unwrap()
+    );
+    store.restore_approval(second.id).await.unwrap();
+    assert_eq!(
+        store
+            .approval_retry(second.id, "fp3", "key-c", recent)
             .await
             .unwrap(),
         None,
@@ -697,18 +768,41 @@ async fn approvals_open_once_decide_once_and_consume_once(store: &Store) {
     );
     assert!(
         store
-            .consume_approval(first.id, "fp", Uuid::now_v7(), None)
+            .consume_approval(second.id, "fp3", Uuid::now_v7(), None)
             .await
             .unwrap(),
         "restored approvals are usable again"
     );
     assert_eq!(
         store
-            .approval_retry(first.id, "fp", winner, recent)
+            .approval_retry(second.id, "fp3", "key-c", recent)
             .await
             .unwrap(),
         None,
         "a consumption without a key has nothing to retry"
+    );
+    // An expired approval is not retried either (consent is about now).
+    let mut short = approval("fp4");
+    short.expires_at = Utc::now() + Days::milliseconds(300);
+    let short = store.open_approval(&short).await.unwrap();
+    store
+        .decide_approval(short.id, true, "alice", None)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .consume_approval(short.id, "fp4", Uuid::now_v7(), Some("key-d"))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(
+        store
+            .approval_retry(short.id, "fp4", "key-d", recent)
+            .await
+            .unwrap(),
+        None,
+        "expired"
     );
     assert_eq!(
         store.approval(first.id).await.unwrap().unwrap().status,

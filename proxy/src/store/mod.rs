@@ -278,7 +278,8 @@ impl Store {
     }
 
     /// The decision that consumed approval `id` for the request with this fingerprint and forwarded
-    /// Idempotency-Key `key`, at or after `since`: a retry of that very request may go out under it again.
+    /// Idempotency-Key `key`, at or after `since`, while the approval is unexpired: a retry of that very
+    /// request may go out under it again. Counts the retry, after which the approval is never handed back.
     pub async fn approval_retry(
         &self,
         id: Uuid,
@@ -289,6 +290,7 @@ impl Store {
         dispatch!(self, s => s.approval_retry(id, fingerprint, key, since).await)
     }
 
+    /// Hands a consumed approval back (approved again), unless a retry already went out under it.
     pub async fn restore_approval(&self, id: Uuid) -> Result<(), StoreError> {
         dispatch!(self, s => s.restore_approval(id).await)
     }

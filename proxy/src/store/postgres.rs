@@ -412,6 +412,7 @@ impl PgStore {
     pub async fn reserve(&self, r: &NewReservation<'_>) -> Result<Reservation, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut replaces = None;
+        let mut cents = r.cents;
         if let Some(idem) = &r.idempotency {
             let claimed = sqlx::query(
                 "INSERT INTO idempotency_keys (provider, account, key, agent_id, fingerprint, decision_id)
@@ -426,13 +427,16 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
             if claimed.rows_affected() == 0 {
+                // Lock the key's row first, then read its reservation in a statement of its own: a join in
+                // the locking statement would, after waiting on a concurrent claim, re-check the new key row
+                // against the reservations of its old snapshot (not see the one just inserted), and take a
+                // live use of the key for a released one.
                 let earlier = sqlx::query(
-                    "SELECT k.fingerprint, k.decision_id,
-                            k.first_seen > now() - make_interval(secs => $4::float8) AS live,
-                            coalesce(r.state, 'released') AS state, coalesce(r.flagged, false) AS flagged
-                     FROM idempotency_keys k LEFT JOIN spend_reservations r ON r.decision_id = k.decision_id
-                     WHERE k.provider = $1 AND k.account = $2 AND k.key = $3
-                     FOR UPDATE OF k",
+                    "SELECT fingerprint, decision_id,
+                            first_seen > now() - make_interval(secs => $4::float8) AS live
+                     FROM idempotency_keys
+                     WHERE provider = $1 AND account = $2 AND key = $3
+                     FOR UPDATE",
                 )
                 .bind(r.provider)
                 .bind(idem.account)
@@ -442,8 +446,17 @@ impl PgStore {
                 .await?;
                 let fingerprint: String = earlier.try_get("fingerprint")?;
                 let live: bool = earlier.try_get("live")?;
-                let state: String = earlier.try_get("state")?;
-                let flagged: bool = earlier.try_get("flagged")?;
+                let earlier_id: Uuid = earlier.try_get("decision_id")?;
+                let reservation = sqlx::query(
+                    "SELECT state, flagged FROM spend_reservations WHERE decision_id = $1",
+                )
+                .bind(earlier_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let (state, flagged): (String, bool) = match reservation {
+                    Some(row) => (row.try_get("state")?, row.try_get("flagged")?),
+                    None => ("released".to_string(), false),
+                };
                 if let Some(verdict) =
                     earlier_use(live, &state, flagged, fingerprint == r.fingerprint)
                 {
@@ -452,27 +465,44 @@ impl PgStore {
                 }
                 if live && state == "reserved" && flagged && fingerprint == r.fingerprint {
                     // The same call as the flagged attempt (the provider acts on the key at most once): this
-                    // reservation takes its money over, so the call is counted once against the cap.
-                    let earlier_id: Uuid = earlier.try_get("decision_id")?;
-                    sqlx::query(
-                        "WITH e AS (
-                            UPDATE spend_reservations SET state = 'released', settled_at = now(),
-                                settled_by = 'tollgate', settle_note = $2
-                            WHERE decision_id = $1 AND state = 'reserved'
-                            RETURNING budget, subject, period, cents)
-                         UPDATE spend_windows w SET reserved_cents = w.reserved_cents - e.cents, updated_at = now()
-                         FROM e WHERE w.budget = e.budget AND w.subject = e.subject AND w.period = e.period",
+                    // reservation takes its money over, so the call is counted once against the cap — at the
+                    // larger of the two charges (prices may have changed between the attempts).
+                    let released = sqlx::query(
+                        "UPDATE spend_reservations SET state = 'released', settled_at = now(),
+                            settled_by = 'tollgate', settle_note = $2
+                         WHERE decision_id = $1 AND state = 'reserved'
+                         RETURNING budget, subject, period, cents",
                     )
                     .bind(earlier_id)
                     .bind(replaced_note(r.decision_id))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let earlier_cents: i64 = released.try_get("cents")?;
+                    sqlx::query(
+                        "UPDATE spend_windows SET reserved_cents = reserved_cents - $4, updated_at = now()
+                         WHERE budget = $1 AND subject = $2 AND period = $3",
+                    )
+                    .bind(released.try_get::<String, _>("budget")?)
+                    .bind(released.try_get::<String, _>("subject")?)
+                    .bind(released.try_get::<String, _>("period")?)
+                    .bind(earlier_cents)
                     .execute(&mut *tx)
                     .await?;
+                    cents = cents.max(earlier_cents);
                     replaces = Some(earlier_id);
                 }
-                sqlx::query(
-                    "UPDATE idempotency_keys SET agent_id = $4, fingerprint = $5, decision_id = $6, first_seen = now()
-                     WHERE provider = $1 AND account = $2 AND key = $3",
-                )
+                // A takeover is the same call: the key's window still runs from its first use (the
+                // provider's does). Anything else claims the key anew.
+                let first_seen = if replaces.is_some() {
+                    "first_seen"
+                } else {
+                    "now()"
+                };
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE idempotency_keys SET agent_id = $4, fingerprint = $5, decision_id = $6,
+                        first_seen = {first_seen}
+                     WHERE provider = $1 AND account = $2 AND key = $3"
+                )))
                 .bind(r.provider)
                 .bind(idem.account)
                 .bind(idem.key)
@@ -503,7 +533,7 @@ impl PgStore {
         .bind(&r.window.budget)
         .bind(&r.window.subject)
         .bind(&r.window.period)
-        .bind(r.cents)
+        .bind(cents)
         .bind(r.cap_cents)
         .fetch_optional(&mut *tx)
         .await?;
@@ -534,7 +564,7 @@ impl PgStore {
         .bind(&r.window.period)
         .bind(r.agent_id)
         .bind(r.provider)
-        .bind(r.cents)
+        .bind(cents)
         .bind(r.idempotency.map(|i| i.key))
         .bind(r.fingerprint)
         .execute(&mut *tx)
@@ -816,9 +846,10 @@ impl PgStore {
         since: DateTime<Utc>,
     ) -> Result<Option<Uuid>, StoreError> {
         let row = sqlx::query(
-            "SELECT consumed_by_decision FROM approvals
+            "UPDATE approvals SET retries = retries + 1
              WHERE id = $1 AND fingerprint = $2 AND status = 'consumed' AND consumed_key = $3
-               AND consumed_at >= $4",
+               AND consumed_at >= $4 AND expires_at > now()
+             RETURNING consumed_by_decision",
         )
         .bind(id)
         .bind(fingerprint)
@@ -836,7 +867,7 @@ impl PgStore {
         sqlx::query(
             "UPDATE approvals SET status = 'approved', consumed_at = NULL, consumed_by_decision = NULL,
                  consumed_key = NULL
-             WHERE id = $1 AND status = 'consumed'",
+             WHERE id = $1 AND status = 'consumed' AND retries = 0",
         )
         .bind(id)
         .execute(&self.pool)

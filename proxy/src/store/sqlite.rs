@@ -464,7 +464,9 @@ impl SqliteStore {
     pub async fn reserve(&self, r: &NewReservation<'_>) -> Result<Reservation, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut replaces = None;
+        let mut cents = r.cents;
         if let Some(idem) = &r.idempotency {
+            let mut first_seen_now = ts(Utc::now());
             let earlier = sqlx::query(
                 "SELECT k.fingerprint, k.decision_id, k.first_seen, coalesce(r.state, 'released') AS state,
                         coalesce(r.flagged, 0) AS flagged
@@ -490,7 +492,8 @@ impl SqliteStore {
                 }
                 if live && state == "reserved" && flagged && fingerprint == r.fingerprint {
                     // The same call as the flagged attempt (the provider acts on the key at most once): this
-                    // reservation takes its money over, so the call is counted once against the cap.
+                    // reservation takes its money over, so the call is counted once against the cap — at the
+                    // larger of the two charges — and the key's window still runs from its first use.
                     let earlier_id = uuid(&earlier.try_get::<String, _>("decision_id")?)?;
                     let now = ts(Utc::now());
                     let released = sqlx::query(
@@ -505,6 +508,8 @@ impl SqliteStore {
                     .fetch_optional(&mut *tx)
                     .await?;
                     if let Some(e) = released {
+                        cents = cents.max(e.try_get::<i64, _>("cents")?);
+                        first_seen_now = ts(first_seen);
                         sqlx::query(
                             "UPDATE spend_windows SET reserved_cents = reserved_cents - ?4, updated_at = ?5
                              WHERE budget = ?1 AND subject = ?2 AND period = ?3",
@@ -532,7 +537,7 @@ impl SqliteStore {
             .bind(r.agent_id.to_string())
             .bind(r.fingerprint)
             .bind(r.decision_id.to_string())
-            .bind(ts(Utc::now()))
+            .bind(&first_seen_now)
             .execute(&mut *tx)
             .await?;
         }
@@ -556,7 +561,7 @@ impl SqliteStore {
         .bind(&r.window.budget)
         .bind(&r.window.subject)
         .bind(&r.window.period)
-        .bind(r.cents)
+        .bind(cents)
         .bind(r.cap_cents)
         .bind(&now)
         .execute(&mut *tx)
@@ -588,7 +593,7 @@ impl SqliteStore {
         .bind(&r.window.period)
         .bind(r.agent_id.to_string())
         .bind(r.provider)
-        .bind(r.cents)
+        .bind(cents)
         .bind(r.idempotency.map(|i| i.key))
         .bind(r.fingerprint)
         .bind(&now)
@@ -887,14 +892,16 @@ impl SqliteStore {
         since: DateTime<Utc>,
     ) -> Result<Option<Uuid>, StoreError> {
         let row = sqlx::query(
-            "SELECT consumed_by_decision FROM approvals
+            "UPDATE approvals SET retries = retries + 1
              WHERE id = ?1 AND fingerprint = ?2 AND status = 'consumed' AND consumed_key = ?3
-               AND consumed_at >= ?4",
+               AND consumed_at >= ?4 AND expires_at > ?5
+             RETURNING consumed_by_decision",
         )
         .bind(id.to_string())
         .bind(fingerprint)
         .bind(key)
         .bind(ts(since))
+        .bind(ts(Utc::now()))
         .fetch_optional(&self.pool)
         .await?;
         match row {
@@ -907,7 +914,7 @@ impl SqliteStore {
         sqlx::query(
             "UPDATE approvals SET status = 'approved', consumed_at = NULL, consumed_by_decision = NULL,
                  consumed_key = NULL
-             WHERE id = ? AND status = 'consumed'",
+             WHERE id = ? AND status = 'consumed' AND retries = 0",
         )
         .bind(id.to_string())
         .execute(&self.pool)
