@@ -3,7 +3,7 @@
 #
 # They charge nothing themselves. A price carries an amount, but it bills only when a subscription, invoice,
 # Checkout session or payment link uses it, and that request is judged and priced by spend.rego (from the
-# request's price_data, or a price id in data/prices.yaml: a new price's id is not there, so its first use
+# request's price_data, or a price id in prices/data.yaml: a new price's id is not there, so its first use
 # needs a human). So creating and changing them needs only billing:spend (scopes.rego), except the parameters
 # that move money by another road or steer it to other amounts, accounts or cards, which a human approves:
 #   billing.balance           a customer balance is added to (or credits) the customer's next invoices
@@ -16,7 +16,7 @@
 #   billing.lookup_key        moving a lookup key to another price: code that looks prices up by key charges it
 #   billing.currency_options  what an existing price charges in other currencies
 #   billing.default_price     which price an existing product sells at by default
-#   billing.parameter         a parameter data/billing.yaml does not list: whether it moves money is unknown
+#   billing.parameter         a parameter billing/data.yaml does not list: whether it moves money is unknown
 # and denies one thing:
 #   billing.subscription      older API versions' customer parameters that subscribe the customer (plan):
 #                             a subscription nothing prices; POST /v1/subscriptions is priced
@@ -26,7 +26,7 @@
 # subscriptions yet, so the payment method it is created with is allowed (the subscription that charges it is
 # judged), while its balance and invoice text are held.
 #
-# Bodies are Stripe forms (every value a string), the query string merged in. Data: data/billing.yaml.
+# Bodies are Stripe forms (every value a string), the query string merged in. Data: billing/data.yaml.
 package tollgate.billing
 
 import data.tollgate.lib
@@ -162,7 +162,7 @@ lookup_key_problem := sprintf("%s moves lookup key %s to this price (transfer_lo
 
 # currency_options of an existing price: what it charges in other currencies, wherever it is used in them
 # (subscriptions, Checkout, payment links; *unverified* whether running subscriptions take a changed amount
-# at their next billing). data/prices.yaml prices a price id in US cents only, so a changed option would
+# at their next billing). prices/data.yaml prices a price id in US cents only, so a changed option would
 # also bill more than the policy counts for it.
 approve contains {"rule": "billing.currency_options", "message": msg} if {
 	input.action.name == "stripe.price.update"
@@ -184,7 +184,7 @@ approve contains {"rule": "billing.tax", "message": msg} if {
 
 approve contains {"rule": "billing.parameter", "message": msg} if {
 	count(unknown_parameters) > 0
-	msg := sprintf("%s sets %s, which data/billing.yaml does not list for this action; the policy cannot tell whether it moves money (older API versions take coupon and promotion_code on a customer, which discount its invoices), so a human must approve it", [input.action.name, concat(", ", sort(unknown_parameters))])
+	msg := sprintf("%s sets %s, which billing/data.yaml does not list for this action; the policy cannot tell whether it moves money (older API versions take coupon and promotion_code on a customer, which discount its invoices), so a human must approve it", [input.action.name, concat(", ", sort(unknown_parameters))])
 }
 
 unknown_parameters contains field if {

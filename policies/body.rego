@@ -4,7 +4,7 @@
 # fields that matter (a token's permission groups, a payment's amount) behind an unusual content type, and a
 # human asked to approve it would see nothing either: never allow or approve what could not be read.
 #
-# Which actions need their body, and how much, is data.actions[<action>].body (see data/actions.yaml):
+# Which actions need their body, and how much, is data.actions[<action>].body (see actions/data.yaml):
 #   required  the body must be an object (for DELETE: it may be empty, but not unreadable)
 #   readable  the body may be empty, but not unreadable, and not a JSON value other than an object
 package tollgate.body

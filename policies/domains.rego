@@ -7,7 +7,7 @@
 # The scope (registrar:register) is checked by scopes.rego; the price by spend.rego.
 #
 # The domain arrives canonical in input.action.params.domain_name (lower case, no trailing dot, IDNA punycode).
-# Data: data/domains.yaml.
+# Data: domains/data.yaml.
 package tollgate.domains
 
 import data.tollgate.lib
@@ -71,12 +71,12 @@ deny contains {"rule": "domains.tld", "message": msg} if {
 }
 
 # Names that imitate a protected brand are denied, exact domains in allowed_names excepted. The comparison
-# (data/domains.yaml, protected_brands): `contains` finds the folded brand anywhere in the folded label,
+# (domains/data.yaml, protected_brands): `contains` finds the folded brand anywhere in the folded label,
 # `prefix` at its start or as one of its hyphen-separated parts.
 deny contains {"rule": "domains.brand", "message": msg} if {
 	hits := sort(imitated_brands)
 	count(hits) > 0
-	msg := sprintf("%s imitates the protected brand %s (look-alike digits, hyphens, doubled letters and added words count); register a name that imitates no brand in data/domains.yaml, or list the exact domain in allowed_names", [domain, concat(", ", hits)])
+	msg := sprintf("%s imitates the protected brand %s (look-alike digits, hyphens, doubled letters and added words count); register a name that imitates no brand in domains/data.yaml, or list the exact domain in allowed_names", [domain, concat(", ", hits)])
 }
 
 imitated_brands contains brand if {
@@ -122,13 +122,13 @@ folded_label := fold(label)
 folded_parts := {fold(part) | some part in split(label, "-")}
 
 # fold(s): s with look-alike characters and letter groups replaced and doubled letters collapsed, so that
-# "paypa1", "pay-pal" and "paypall" all read "paypal" (see lookalike in data/domains.yaml).
+# "paypa1", "pay-pal" and "paypall" all read "paypal" (see lookalike in domains/data.yaml).
 fold(s) := collapse(collapse(collapse(strings.replace_n(data.domains.lookalike.sequences, strings.replace_n(data.domains.lookalike.characters, s)))))
 
 collapse(s) := strings.replace_n(data.domains.lookalike.collapse, s)
 
 # Internationalized labels (punycode) can imitate a brand with letters of other scripts, which the folding
-# above cannot see: a human looks at them, or they are refused (idn_labels in data/domains.yaml).
+# above cannot see: a human looks at them, or they are refused (idn_labels in domains/data.yaml).
 approve contains {"rule": "domains.idn", "message": msg} if {
 	startswith(label, "xn--")
 	data.domains.idn_labels != "deny"
@@ -138,7 +138,7 @@ approve contains {"rule": "domains.idn", "message": msg} if {
 deny contains {"rule": "domains.idn", "message": msg} if {
 	startswith(label, "xn--")
 	data.domains.idn_labels == "deny"
-	msg := sprintf("%s is an internationalized name (punycode); data/domains.yaml refuses those (idn_labels: deny); register an ASCII name", [domain])
+	msg := sprintf("%s is an internationalized name (punycode); domains/data.yaml refuses those (idn_labels: deny); register an ASCII name", [domain])
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -202,21 +202,21 @@ approve contains {"rule": "domains.auto_renew", "message": msg} if {
 }
 
 # What the agent can send instead: on a registration or transfer-in, leaving auto_renew out is the same as
-# false when Cloudflare defaults to no auto-renew (data/domains.yaml, auto_renew_when_absent).
+# false when Cloudflare defaults to no auto-renew (domains/data.yaml, auto_renew_when_absent).
 renewal_alternative := "send auto_renew: false, or leave it out: Cloudflare then does not renew" if {
 	input.action.name in registrations
 	data.domains.auto_renew_when_absent == false
 } else := "send auto_renew: false to avoid this"
 
 # An absent auto_renew is what Cloudflare defaults to. Its reference says false for registrations and
-# transfers-in, and then nothing here applies; when data/domains.yaml says Cloudflare defaults to true, an
+# transfers-in, and then nothing here applies; when domains/data.yaml says Cloudflare defaults to true, an
 # absent auto_renew commits the same yearly charge as an explicit true.
 approve contains {"rule": "domains.auto_renew", "message": msg} if {
 	input.action.name in registrations
 	data.domains.auto_renew_when_absent == true
 	data.tollgate.lib.body
 	lib.get(data.tollgate.lib.body, "auto_renew") == null
-	msg := sprintf("%s does not set auto_renew, and data/domains.yaml (auto_renew_when_absent: true) says Cloudflare then renews the domain and charges the account every year; send auto_renew: false, or have a human approve it", [input.action.name])
+	msg := sprintf("%s does not set auto_renew, and domains/data.yaml (auto_renew_when_absent: true) says Cloudflare then renews the domain and charges the account every year; send auto_renew: false, or have a human approve it", [input.action.name])
 }
 
 # A transfer-in moves a domain (and its billing) into the account, is billed and cannot be refunded once the

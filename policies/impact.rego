@@ -3,7 +3,7 @@
 # delegation records, the zone apex, deletes (Stripe customers and products too), bulk DNS, DNSSEC,
 # certificates, production Workers.
 #
-# Data: data/impact.yaml (record types, zone names, production Worker scripts).
+# Data: impact/data.yaml (record types, zone names, production Worker scripts).
 package tollgate.impact
 
 import data.tollgate.lib
@@ -47,7 +47,7 @@ record_approvals contains {"rule": "impact.dns_record_type", "message": msg} if 
 }
 
 # The apex carries the zone's own address and mail: changing it changes the whole site. The apex is "@" or
-# the zone's own name when data/impact.yaml knows it ...
+# the zone's own name when impact/data.yaml knows it ...
 record_approvals contains {"rule": "impact.dns_apex", "message": msg} if {
 	record_name in {"@", object.get(data.impact.dns.zone_names, input.action.params.zone_id, "@")}
 	msg := apex_message
@@ -162,7 +162,7 @@ action_approvals contains {"rule": "impact.production_worker", "message": msg} i
 	input.action.name in {"cloudflare.worker.deploy", "cloudflare.worker.rollout"}
 	script := input.action.params.script_name
 	production(input.action.params.account_id, script)
-	msg := sprintf("%s to Worker %s, which data/impact.yaml labels production; a human must approve it", [input.action.name, script])
+	msg := sprintf("%s to Worker %s, which impact/data.yaml labels production; a human must approve it", [input.action.name, script])
 }
 
 production(_, script) if data.impact.workers.labels[script] == "production"

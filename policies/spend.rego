@@ -24,12 +24,12 @@
 # data.prices.max_tax_rate (`tax`). README.md, "Money rules", states every rule, the upper-bound choices and
 # their sources.
 #
-# Prices, caps and thresholds are data: data/prices.yaml and data/budgets.yaml.
+# Prices, caps and thresholds are data: prices/data.yaml and budgets/data.yaml.
 package tollgate.spend
 
 import data.tollgate.lib
 
-# The actions this file judges: those data/actions.yaml marks as money.
+# The actions this file judges: those actions/data.yaml marks as money.
 applies if data.actions[input.action.name].money == true
 
 # ---------------------------------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ deny contains {"rule": "spend.cap", "message": msg} if {
 deny contains {"rule": "spend.budget", "message": msg} if {
 	priced
 	not budget_ok
-	msg := sprintf("%s costs money, but the budget for %s in data/budgets.yaml is not usable (%v); budget must be agent-provider-month, account-provider-month, or team-provider-month for an agent with a team, and cap_cents and approve_above_cents integers >= 0", [input.action.name, data.tollgate.lib.agent_desc, budget])
+	msg := sprintf("%s costs money, but the budget for %s in budgets/data.yaml is not usable (%v); budget must be agent-provider-month, account-provider-month, or team-provider-month for an agent with a team, and cap_cents and approve_above_cents integers >= 0", [input.action.name, data.tollgate.lib.agent_desc, budget])
 }
 
 # A single charge above the threshold (default $50) needs a human, even within the cap.
@@ -73,7 +73,7 @@ approve contains {"rule": "spend.unpriced", "message": msg} if {
 	msg := sprintf("%s: %s: %s; a human must approve it%s", [input.action.name, line.what, line.unpriced, counted])
 }
 
-# Tax on priced money, when data/prices.yaml has no max_tax_rate to bound it.
+# Tax on priced money, when prices/data.yaml has no max_tax_rate to bound it.
 approve contains {"rule": "spend.unpriced", "message": msg} if {
 	is_string(tax.unpriced)
 	msg := sprintf("%s: tax: %s; a human must approve it%s", [input.action.name, tax.unpriced, counted])
@@ -340,7 +340,7 @@ dearest(ls) := [{"what": "shipping_options (the dearest option)", "cents": max(c
 	count(cs) > 0
 } else := []
 
-# shipping_line(what, o): a shipping rate id priced from data/prices.yaml stripe_shipping_rates, or
+# shipping_line(what, o): a shipping rate id priced from prices/data.yaml stripe_shipping_rates, or
 # shipping_rate_data[fixed_amount][amount] in [currency] (amounts in other currencies, currency_options, are
 # not priced).
 shipping_line(what, o) := {"what": what, "malformed": sprintf("%s must be an object with shipping_rate or shipping_rate_data, not %s", [what, lib.show(o)])} if {
@@ -351,7 +351,7 @@ shipping_line(what, o) := {"what": what, "malformed": sprintf("%s must be an obj
 } else := {"what": what, "cents": r.amount_cents} if {
 	r := data.prices.stripe_shipping_rates[o.shipping_rate]
 	lib.is_int(r.amount_cents)
-} else := {"what": what, "unpriced": sprintf("shipping rate %s is not in data/prices.yaml stripe_shipping_rates", [o.shipping_rate])} if {
+} else := {"what": what, "unpriced": sprintf("shipping rate %s is not in prices/data.yaml stripe_shipping_rates", [o.shipping_rate])} if {
 	is_string(o.shipping_rate)
 } else := {"what": what, "malformed": sprintf("%s needs shipping_rate (an id) or shipping_rate_data (an object with fixed_amount[amount] and fixed_amount[currency]); its shipping_rate_data is %s", [what, lib.show(lib.get(o, "shipping_rate_data"))])} if {
 	not is_object(lib.get(o, "shipping_rate_data"))
@@ -410,7 +410,7 @@ tax := {"cents": ceil(base_cents * rate)} if {
 	rate := data.prices.max_tax_rate
 	is_number(rate)
 	rate >= 0
-} else := {"unpriced": "Stripe may add tax to it (tax rates or automatic_tax here, or those of the subscription or invoice it joins), and data/prices.yaml has no max_tax_rate to bound it"} if {
+} else := {"unpriced": "Stripe may add tax to it (tax rates or automatic_tax here, or those of the subscription or invoice it joins), and prices/data.yaml has no max_tax_rate to bound it"} if {
 	taxed
 	base_cents > 0
 }
@@ -466,7 +466,7 @@ in_usd(what, n, currency) := {"what": what, "malformed": sprintf("currency must 
 	rate := data.prices.currency_rates[lower(currency)]
 	is_number(rate)
 	rate > 0
-} else := {"what": what, "unpriced": sprintf("it is in %s, and data/prices.yaml has no currency_rates entry to convert it to US cents (only usd is priced without one)", [lower(currency)])}
+} else := {"what": what, "unpriced": sprintf("it is in %s, and prices/data.yaml has no currency_rates entry to convert it to US cents (only usd is priced without one)", [lower(currency)])}
 
 valid_currency(c) if {
 	is_string(c)
@@ -602,7 +602,7 @@ problem(o) if is_string(o.malformed)
 problem(o) if is_string(o.unpriced)
 
 # price_of(item): the item's unit price {"unit", "currency", "recurring"} (inline price_data, or a price id
-# from data/prices.yaml), or a problem {"malformed"} / {"unpriced"}.
+# from prices/data.yaml), or a problem {"malformed"} / {"unpriced"}.
 price_of(item) := {"malformed": sprintf("price_data must be an object, not %s", [lib.show(item.price_data)])} if {
 	lib.get(item, "price_data") != null
 	not is_object(item.price_data)
@@ -619,7 +619,7 @@ price_of(item) := {"malformed": sprintf("price_data must be an object, not %s", 
 } else := {"unit": p.unit_amount_cents, "currency": "usd", "recurring": data_recurring(item.price, p)} if {
 	p := data.prices.stripe_prices[item.price]
 	lib.is_int(p.unit_amount_cents)
-} else := {"unpriced": sprintf("price %s is not in data/prices.yaml stripe_prices", [item.price])} if {
+} else := {"unpriced": sprintf("price %s is not in prices/data.yaml stripe_prices", [item.price])} if {
 	is_string(item.price)
 } else := {"unpriced": "it has neither price nor price_data, so its cost is not in the request"}
 
@@ -642,11 +642,11 @@ inline_recurring(pd) := {"once": true, "problem": {"malformed": "price_data has 
 	lib.get(pd.recurring, "interval_count") != null
 } else := {"interval": pd.recurring.interval, "count": 1}
 
-# A price from data/prices.yaml: `interval` (+ `interval_count`, default 1) for a recurring price;
+# A price from prices/data.yaml: `interval` (+ `interval_count`, default 1) for a recurring price;
 # `one_time: true` or `interval: null` for a one-time price; neither: unknown.
-data_recurring(id, p) := {"once": true, "problem": {"unpriced": sprintf("data/prices.yaml marks price %s one-time, and a subscription needs a recurring price (Stripe would refuse it; check the data)", [id])}} if {
+data_recurring(id, p) := {"once": true, "problem": {"unpriced": sprintf("prices/data.yaml marks price %s one-time, and a subscription needs a recurring price (Stripe would refuse it; check the data)", [id])}} if {
 	p.one_time == true
-} else := {"once": true, "problem": {"unpriced": sprintf("data/prices.yaml marks price %s one-time, and a subscription needs a recurring price (Stripe would refuse it; check the data)", [id])}} if {
+} else := {"once": true, "problem": {"unpriced": sprintf("prices/data.yaml marks price %s one-time, and a subscription needs a recurring price (Stripe would refuse it; check the data)", [id])}} if {
 	"interval" in object.keys(p)
 	p.interval == null
 } else := {"interval": p.interval, "count": c} if {
@@ -654,7 +654,7 @@ data_recurring(id, p) := {"once": true, "problem": {"unpriced": sprintf("data/pr
 	c := object.get(p, "interval_count", 1)
 	lib.is_int(c)
 	c >= 1
-} else := {"problem": {"unpriced": sprintf("data/prices.yaml does not say how often price %s bills (interval day, week, month or year, integer interval_count >= 1; or one_time: true)", [id])}}
+} else := {"problem": {"unpriced": sprintf("prices/data.yaml does not say how often price %s bills (interval day, week, month or year, integer interval_count >= 1; or one_time: true)", [id])}}
 
 # --- Billing schedules ---------------------------------------------------------------------------------------
 # Times are seconds since the epoch. The budget window is a UTC calendar month: [window_start, window_end).
@@ -901,7 +901,7 @@ registration_line(suffix, years) := {"what": sprintf("registration of .%s for %d
 	p := data.prices.domains[suffix]
 	lib.is_int(p.registration_cents)
 	lib.is_int(p.renewal_cents)
-} else := {"what": sprintf("registration of .%s", [suffix]), "unpriced": sprintf("data/prices.yaml has no registration price for .%s", [suffix])}
+} else := {"what": sprintf("registration of .%s", [suffix]), "unpriced": sprintf("prices/data.yaml has no registration price for .%s", [suffix])}
 
 # A transfer-in is billed one year (it extends the registration by a year).
 lines contains line if {
@@ -918,7 +918,7 @@ transfer_line(suffix) := {"what": sprintf("transfer of .%s", [suffix]), "cents":
 } else := {"what": sprintf("transfer of .%s", [suffix]), "cents": p.renewal_cents} if {
 	p := data.prices.domains[suffix]
 	lib.is_int(p.renewal_cents)
-} else := {"what": sprintf("transfer of .%s", [suffix]), "unpriced": sprintf("data/prices.yaml has no renewal price for .%s", [suffix])}
+} else := {"what": sprintf("transfer of .%s", [suffix]), "unpriced": sprintf("prices/data.yaml has no renewal price for .%s", [suffix])}
 
 # Zone plans and account subscriptions: rate_plan.id at `frequency`, from the plan tables. Recurring money:
 # the first period is charged.
@@ -943,7 +943,7 @@ plan_line(what, table, body) := {"what": what, "malformed": sprintf("rate_plan.i
 } else := {"what": sprintf("%s %s (%s)", [what, body.rate_plan.id, frequency(body)]), "cents": price} if {
 	price := data.prices[table][body.rate_plan.id][frequency(body)]
 	lib.is_int(price)
-} else := {"what": sprintf("%s %s", [what, body.rate_plan.id]), "unpriced": sprintf("data/prices.yaml %s has no %s price for rate plan %s", [table, frequency(body), body.rate_plan.id])}
+} else := {"what": sprintf("%s %s", [what, body.rate_plan.id]), "unpriced": sprintf("prices/data.yaml %s has no %s price for rate plan %s", [table, frequency(body), body.rate_plan.id])}
 
 frequency(body) := body.frequency if is_string(body.frequency)
 

@@ -7,7 +7,7 @@
 # accounts and zones the agent may change, no wildcards, a short life, and where required a source-IP
 # condition. Rolling or deleting a token breaks whatever uses it, so a human approves those.
 #
-# Data: data/tokens.yaml (known permission groups, ceilings per agent / team / default, lifetime, request IP).
+# Data: tokens/data.yaml (known permission groups, ceilings per agent / team / default, lifetime, request IP).
 package tollgate.tokens
 
 import data.tollgate.lib
@@ -157,7 +157,7 @@ requested contains id if {
 deny contains {"rule": "tokens.ceiling", "message": msg} if {
 	some id in requested
 	not data.tokens.permission_groups[id]
-	msg := sprintf("permission group id %s is not a known group (data/tokens.yaml), so it is outside every ceiling; %s allows: %s", [id, ceiling_owner, ceiling_names])
+	msg := sprintf("permission group id %s is not a known group (tokens/data.yaml), so it is outside every ceiling; %s allows: %s", [id, ceiling_owner, ceiling_names])
 }
 
 # Every grantable group must be inside the agent's ceiling.
