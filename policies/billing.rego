@@ -61,7 +61,7 @@ approve contains {"rule": "billing.payment_method", "message": msg} if {
 	input.action.name == "stripe.customer.update"
 	fields := payment_fields
 	count(fields) > 0
-	msg := sprintf("%s changes which payment method pays customer %v (%s): Stripe charges the customer's invoices and running subscriptions to it with no further request; a human must approve it", [input.action.name, object.get(input.action.params, "customer_id", "?"), concat(", ", sort(fields))])
+	msg := sprintf("%s changes which payment method pays customer %v (%s): Stripe charges the customer's invoices and running subscriptions to it with no further request; a human must approve it", [input.action.name, object.get(data.tollgate.lib.params, "customer_id", "?"), concat(", ", sort(fields))])
 }
 
 payment_fields contains field if {
@@ -125,7 +125,7 @@ deny contains {"rule": "billing.subscription", "message": msg} if {
 approve contains {"rule": "billing.default_price", "message": msg} if {
 	input.action.name == "stripe.product.update"
 	given("default_price")
-	msg := sprintf("%s makes %s the default price of product %v: whatever sells the product at its default price (pricing tables, checkout code) would charge that price instead; a human must approve it", [input.action.name, lib.show(data.tollgate.lib.body.default_price), object.get(input.action.params, "product_id", "?")])
+	msg := sprintf("%s makes %s the default price of product %v: whatever sells the product at its default price (pricing tables, checkout code) would charge that price instead; a human must approve it", [input.action.name, lib.show(data.tollgate.lib.body.default_price), object.get(data.tollgate.lib.params, "product_id", "?")])
 }
 
 # The tax code of an existing product decides the tax Stripe Tax adds to every subscription and invoice
@@ -155,7 +155,7 @@ lookup_key_problem := sprintf("%s moves lookup key %s to this price (transfer_lo
 	t := lib.get(data.tollgate.lib.body, "transfer_lookup_key")
 	t != null
 	t != "false"
-} else := sprintf("%s changes the lookup key of existing price %v to %s: code that looks the old key up stops finding this price, and a new price, at any amount, can take the freed key; a human must approve it", [input.action.name, object.get(input.action.params, "price_id", "?"), lib.show(data.tollgate.lib.body.lookup_key)]) if {
+} else := sprintf("%s changes the lookup key of existing price %v to %s: code that looks the old key up stops finding this price, and a new price, at any amount, can take the freed key; a human must approve it", [input.action.name, object.get(data.tollgate.lib.params, "price_id", "?"), lib.show(data.tollgate.lib.body.lookup_key)]) if {
 	input.action.name == "stripe.price.update"
 	given("lookup_key")
 }
@@ -167,7 +167,7 @@ lookup_key_problem := sprintf("%s moves lookup key %s to this price (transfer_lo
 approve contains {"rule": "billing.currency_options", "message": msg} if {
 	input.action.name == "stripe.price.update"
 	given("currency_options")
-	msg := sprintf("%s changes what existing price %v charges in other currencies (currency_options), for everything that sells it in them; a human must approve it", [input.action.name, object.get(input.action.params, "price_id", "?")])
+	msg := sprintf("%s changes what existing price %v charges in other currencies (currency_options), for everything that sells it in them; a human must approve it", [input.action.name, object.get(data.tollgate.lib.params, "price_id", "?")])
 }
 
 # tax_behavior of an existing price: exclusive adds tax on top of the price for everything already using it,
@@ -175,7 +175,7 @@ approve contains {"rule": "billing.currency_options", "message": msg} if {
 approve contains {"rule": "billing.tax", "message": msg} if {
 	input.action.name == "stripe.price.update"
 	given("tax_behavior")
-	msg := sprintf("%s sets the tax behavior of existing price %v to %s (exclusive adds tax on top of the price for everything that uses it, and inclusive or exclusive cannot be changed back); a human must approve it", [input.action.name, object.get(input.action.params, "price_id", "?"), lib.show(data.tollgate.lib.body.tax_behavior)])
+	msg := sprintf("%s sets the tax behavior of existing price %v to %s (exclusive adds tax on top of the price for everything that uses it, and inclusive or exclusive cannot be changed back); a human must approve it", [input.action.name, object.get(data.tollgate.lib.params, "price_id", "?"), lib.show(data.tollgate.lib.body.tax_behavior)])
 }
 
 # ---------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ value := object.get(input.request, "body", null)
 
 deny contains {"rule": "body.unreadable", "message": msg} if {
 	# A parsed object is what every action expects: most requests stop here.
-	not is_object(input.request.body)
+	not data.tollgate.lib.body
 	msg := problem(data.actions[input.action.name].body)
 	is_string(msg)
 }

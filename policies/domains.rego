@@ -57,7 +57,7 @@ suffix := concat(".", array.slice(labels, 1, count(labels)))
 deny contains {"rule": "domains.name", "message": msg} if {
 	input.action.name in registrations
 	not domain
-	msg := sprintf("%s needs a domain name in canonical form (e.g. example.com); got %s", [input.action.name, lib.show(object.get(input.action.params, "domain_name", null))])
+	msg := sprintf("%s needs a domain name in canonical form (e.g. example.com); got %s", [input.action.name, lib.show(object.get(data.tollgate.lib.params, "domain_name", null))])
 }
 
 # Only allow-listed suffixes: cheap, well-known TLDs the company actually uses. Exotic or premium TLDs are
@@ -113,7 +113,7 @@ brand_folds[brand] := folded if {
 
 brand_folds[brand] := fold(brand) if {
 	some brand, protected in data.domains.protected_brands
-	not is_string(protected.folded)
+	not is_string(lib.get(protected, "folded"))
 }
 
 folded_label := fold(label)
@@ -223,14 +223,14 @@ approve contains {"rule": "domains.auto_renew", "message": msg} if {
 # registry accepts it; which domain, and whether the company owns it, is for a human to judge.
 approve contains {"rule": "domains.transfer_in", "message": msg} if {
 	input.action.name == "cloudflare.domain.transfer_in"
-	msg := sprintf("transferring %s into the account is billed and irreversible; a human must approve every transfer-in", [object.get(input.action.params, "domain_name", "a domain")])
+	msg := sprintf("transferring %s into the account is billed and irreversible; a human must approve every transfer-in", [object.get(data.tollgate.lib.params, "domain_name", "a domain")])
 }
 
 # Turning the registrar lock off (legacy API) lets the domain be transferred away.
 approve contains {"rule": "domains.unlock", "message": msg} if {
 	input.action.name == "cloudflare.domain.legacy_update"
 	data.tollgate.lib.body.locked == false
-	msg := sprintf("unlocking %s lets it be transferred to another registrar; a human must approve it", [object.get(input.action.params, "domain_name", "the domain")])
+	msg := sprintf("unlocking %s lets it be transferred to another registrar; a human must approve it", [object.get(data.tollgate.lib.params, "domain_name", "the domain")])
 }
 
 deny contains {"rule": "domains.unlock", "message": msg} if {

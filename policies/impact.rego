@@ -49,14 +49,14 @@ record_approvals contains {"rule": "impact.dns_record_type", "message": msg} if 
 # The apex carries the zone's own address and mail: changing it changes the whole site. The apex is "@" or
 # the zone's own name when impact/data.yaml knows it ...
 record_approvals contains {"rule": "impact.dns_apex", "message": msg} if {
-	record_name in {"@", object.get(data.impact.dns.zone_names, input.action.params.zone_id, "@")}
+	record_name in {"@", object.get(data.impact.dns.zone_names, object.get(data.tollgate.lib.params, "zone_id", ""), "@")}
 	msg := apex_message
 }
 
 # ... and otherwise any two-label name ("example.com"), the apex of a zone under a one-label TLD.
 record_approvals contains {"rule": "impact.dns_apex", "message": msg} if {
 	is_string(record_name)
-	not data.impact.dns.zone_names[input.action.params.zone_id]
+	not data.impact.dns.zone_names[object.get(data.tollgate.lib.params, "zone_id", "")]
 	count(split(record_name, ".")) == 2
 	msg := apex_message
 }
@@ -98,7 +98,7 @@ record_denials contains {"rule": "impact.dns_record", "message": msg} if {
 # A delete cannot be undone by the agent: the record's content is gone.
 action_approvals contains {"rule": "impact.dns_delete", "message": msg} if {
 	input.action.name == "cloudflare.dns.delete"
-	msg := sprintf("deleting DNS record %v in zone %v needs a human", [object.get(input.action.params, "dns_record_id", "?"), object.get(input.action.params, "zone_id", "?")])
+	msg := sprintf("deleting DNS record %v in zone %v needs a human", [object.get(data.tollgate.lib.params, "dns_record_id", "?"), object.get(data.tollgate.lib.params, "zone_id", "?")])
 }
 
 # Many changes in one call (or a whole zone file) are too many to judge record by record.
@@ -154,7 +154,7 @@ delete_effects := {"stripe.customer.delete": ", and Stripe cancels the customer'
 action_approvals contains {"rule": "impact.subscription_cancel", "message": msg} if {
 	input.action.name == "cloudflare.account.subscription"
 	input.request.method == "DELETE"
-	msg := sprintf("cancelling subscription %v may take down what depends on it; a human must approve it", [object.get(input.action.params, "subscription_id", input.request.path)])
+	msg := sprintf("cancelling subscription %v may take down what depends on it; a human must approve it", [object.get(data.tollgate.lib.params, "subscription_id", input.request.path)])
 }
 
 # A deploy or rollout to a production script serves live traffic at once.

@@ -39,7 +39,7 @@ deny contains {"rule": "placement.zone", "message": msg} if {
 deny contains {"rule": "placement.account", "message": msg} if {
 	input.action.name == "cloudflare.zone.create"
 	data.tollgate.lib.body
-	not is_string(data.tollgate.lib.body.account.id)
+	not is_string(lib.get(lib.get(data.tollgate.lib.body, "account"), "id"))
 	msg := sprintf("cloudflare.zone.create must name the account as account.id (a string); got account %s", [lib.show(lib.get(data.tollgate.lib.body, "account"))])
 }
 

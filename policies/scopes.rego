@@ -16,8 +16,8 @@ deny contains {"rule": "scopes.unknown_route", "message": msg} if {
 # open it before someone has decided which scope it needs. (So is an input without an action name, which the
 # proxy never builds.)
 deny contains {"rule": "scopes.unmapped", "message": msg} if {
-	not data.actions[input.action.name]
-	not input.action.name == "unknown"
+	not data.actions[action_name]
+	action_name != "unknown"
 	msg := sprintf("%s has no entry in actions/data.yaml, so no scope can allow it; writes are allowed only for mapped actions", [action_name])
 }
 
@@ -28,6 +28,6 @@ else := "a request without an action name"
 # The agent must hold every scope the action needs (one reason per missing scope).
 deny contains {"rule": "scopes.missing", "message": msg} if {
 	some scope in data.actions[input.action.name].scopes
-	not scope in input.agent.scopes
+	not scope in data.tollgate.lib.agent_scopes
 	msg := sprintf("%s needs scope %s, which %s does not hold (it holds: %s)", [input.action.name, scope, data.tollgate.lib.agent_desc, lib.listing(data.tollgate.lib.agent_scopes)])
 }

@@ -404,7 +404,7 @@ lines contains line if {
 # raised by data.prices.max_tax_rate, a conservative ceiling reviewers set (rounding up); without it the tax
 # is unpriced. An update or an invoice item joins a subscription or invoice whose own tax settings are not in
 # the request, so it is always taxed.
-tax := {"cents": ceil(base_cents * rate)} if {
+tax := {"cents": lib.mul_ceil(base_cents, rate)} if {
 	taxed
 	base_cents > 0
 	rate := data.prices.max_tax_rate
@@ -462,7 +462,7 @@ in_usd(what, n, currency) := {"what": what, "malformed": sprintf("currency must 
 	not valid_currency(currency)
 } else := {"what": what, "cents": n} if {
 	lower(currency) == "usd"
-} else := {"what": what, "cents": ceil(n * rate)} if {
+} else := {"what": what, "cents": lib.mul_ceil(n, rate)} if {
 	rate := data.prices.currency_rates[lower(currency)]
 	is_number(rate)
 	rate > 0
@@ -936,10 +936,10 @@ lines contains line if {
 }
 
 plan_line(what, table, body) := {"what": what, "malformed": sprintf("rate_plan.id must be a string such as \"pro\", not %s", [lib.show(lib.get(lib.get(body, "rate_plan"), "id"))])} if {
-	not is_string(body.rate_plan.id)
+	not is_string(lib.get(lib.get(body, "rate_plan"), "id"))
 } else := {"what": what, "malformed": sprintf("frequency must be a string such as \"monthly\", not %s", [lib.show(body.frequency)])} if {
 	lib.get(body, "frequency") != null
-	not is_string(body.frequency)
+	not is_string(lib.get(body, "frequency"))
 } else := {"what": sprintf("%s %s (%s)", [what, body.rate_plan.id, frequency(body)]), "cents": price} if {
 	price := data.prices[table][body.rate_plan.id][frequency(body)]
 	lib.is_int(price)

@@ -248,7 +248,7 @@ billing_list_problems contains action if {
 
 billing_list_problems contains action if {
 	some action in billing_actions
-	not is_array(data.billing.known_parameters[action])
+	not is_array(object.get(data.billing.known_parameters, action, null))
 }
 
 billing_actions := {

@@ -260,6 +260,14 @@ impl Bundle {
         decision_of(&result)
     }
 
+    /// Evaluates on the tree-walking interpreter (the engine `tollgate policy test` runs test rules on),
+    /// whatever the serving engine is: for conformance checks holding the two regorus engines (and OPA)
+    /// against each other. Not on the request path.
+    pub fn evaluate_on_interpreter(&self, input: &Value) -> Result<Decision, PolicyError> {
+        let input = to_rego(input)?;
+        decision_of(&self.evaluate_interpreter(input)?)
+    }
+
     /// Evaluates on the calling thread, but only on the bytecode VM and only for up to `budget`
     /// (bounded by the bundle's own limit): `Err(PolicyError::OverBudget)` means "not decided here, evaluate
     /// again with [`Bundle::evaluate`] on a blocking pool". The bundled library decides in 1–120 µs, so
@@ -657,6 +665,38 @@ fn run_tests_on(dir: &Path, bundle: &Bundle) -> Result<TestReport, PolicyError> 
         coverable_lines: coverable,
         files,
     })
+}
+
+/// Every test package's `cases` table as the interpreter evaluates it: (package, case name, case), in
+/// package and name order. For conformance checks that evaluate the same inputs elsewhere.
+pub fn case_tables(dir: &Path) -> Result<Vec<(String, String, Value)>, PolicyError> {
+    let Sources {
+        mut engine, tests, ..
+    } = read_sources(dir)?;
+    let mut packages = std::collections::BTreeSet::new();
+    for (rel, text) in tests {
+        if let Some(package) = text.lines().find_map(|l| l.trim().strip_prefix("package ")) {
+            packages.insert(package.trim().to_string());
+        }
+        engine
+            .add_policy(rel.clone(), text)
+            .map_err(|e| PolicyError::Load(vec![format!("{rel}: {e}")]))?;
+    }
+    let mut out = Vec::new();
+    for package in packages {
+        // A package without a table has nothing to give (as in `replay_cases`).
+        let Ok(table) = engine.eval_rule(format!("data.{package}.cases")) else {
+            continue;
+        };
+        if let Ok(Value::Object(cases)) = serde_json::to_value(&table) {
+            out.extend(
+                cases
+                    .into_iter()
+                    .map(|(name, case)| (package.clone(), name, case)),
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// Replays every test package's `cases` table through the serving engine (see [`run_tests_on`]).
