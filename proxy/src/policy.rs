@@ -260,6 +260,12 @@ impl Bundle {
         decision_of(&result)
     }
 
+    /// The bundle's whole data document (`data`, rules excluded) as JSON: for checking that another loader
+    /// (OPA's) reads the same documents from the same files.
+    pub fn data_document(&self) -> Result<Value, PolicyError> {
+        serde_json::to_value(&self.data).map_err(|e| PolicyError::Eval(e.to_string()))
+    }
+
     /// Evaluates on the tree-walking interpreter (the engine `tollgate policy test` runs test rules on),
     /// whatever the serving engine is: for conformance checks holding the two regorus engines (and OPA)
     /// against each other. Not on the request path.

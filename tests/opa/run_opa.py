@@ -25,7 +25,7 @@ Then, on one engine with every module and that data:
 - every input of CORPUS.json (a JSON array of {"id": str, "input": object}) is evaluated at
   `data.tollgate.decision`.
 
-It prints one JSON object: {"modules": [...], "data_files": [...], "tests": [{"name", "passed", "detail"}],
+It prints one JSON object: {"modules": [...], "data_files": [...], "data": the data document, "tests": [{"name", "passed", "detail"}],
 "cases": [{"name", "passed", "detail"}], "decisions": [{"id", "value"} | {"id", "error"} | {"id",
 "undefined": true}]}. It exits non-zero only when it cannot load the bundle.
 """
@@ -121,7 +121,7 @@ def load(policy_dir):
     for rel, text in modules.items():
         engine.add_policy(rel, text)
     engine.add_data(bundle_doc)
-    return engine, modules, data_files
+    return engine, modules, data_files, bundle_doc
 
 
 def test_rules(modules):
@@ -206,7 +206,7 @@ def replay_cases(engine, modules):
 def main():
     policy_dir, corpus_path = sys.argv[1], sys.argv[2]
     try:
-        engine, modules, data_files = load(policy_dir)
+        engine, modules, data_files, document = load(policy_dir)
     except (LoadError, opa_bindings.OpaError, ValueError) as e:
         print(f"run_opa: cannot load {policy_dir}: {e}", file=sys.stderr)
         sys.exit(2)
@@ -224,6 +224,7 @@ def main():
     out = {
         "modules": sorted(modules),
         "data_files": data_files,
+        "data": document,
         "tests": run_tests(engine, modules),
         "cases": replay_cases(engine, modules),
         "decisions": decisions,

@@ -3,6 +3,7 @@
 //! Installs the real OPA engine (v1.20.2, the pinned `opa-golib-python-bindings` wheel; `tollgate_tests::opa`)
 //! and runs `tests/opa/run_opa.py`, which loads `policies/` exactly as `opa test policies/` and
 //! `opa eval -b policies/` load it. Then:
+//! - OPA's data document (its YAML 1.1 reading of every `data.yaml`) equals tollgate's (YAML 1.2);
 //! - every `test_*` rule of the bundle passes under OPA (what `opa test policies/` reports), and every test
 //!   package's `cases` table gives the expected outcome and rules under OPA;
 //! - a corpus of inputs — every case table's input plus variants generated from them (fields removed, set to
@@ -44,6 +45,26 @@ fn the_bundle_means_the_same_under_opa_and_both_regorus_engines() {
 
     let out = opa.run(&dir, &corpus).expect("run_opa.py");
     let mut failures = Vec::new();
+
+    // The data files mean the same to both loaders (YAML 1.1 under OPA, 1.2 under tollgate): the refusal
+    // of version-dependent YAML values in the loader makes them so, and this holds it.
+    let ours = bundle.data_document().expect("tollgate's data document");
+    if ours != out["data"] {
+        let keys = |v: &Value| -> Vec<String> {
+            v.as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        let differing: Vec<String> = keys(&ours)
+            .into_iter()
+            .chain(keys(&out["data"]))
+            .filter(|k| ours.get(k) != out["data"].get(k))
+            .collect();
+        failures.push(format!(
+            "OPA and tollgate read different data documents: data.{{{}}} differ",
+            differing.join(", ")
+        ));
+    }
 
     // `opa test policies/` and the case tables, under OPA.
     let tests = out["tests"].as_array().cloned().unwrap_or_default();
