@@ -57,7 +57,7 @@ suffix := concat(".", array.slice(labels, 1, count(labels)))
 deny contains {"rule": "domains.name", "message": msg} if {
 	input.action.name in registrations
 	not domain
-	msg := sprintf("%s needs a domain name in canonical form (e.g. example.com); got %s", [input.action.name, lib.show(object.get(data.tollgate.lib.params, "domain_name", null))])
+	msg := sprintf("%s needs a domain name in canonical form (e.g. example.com); got %s", [data.tollgate.lib.action_name, lib.show(object.get(data.tollgate.lib.params, "domain_name", null))])
 }
 
 # Only allow-listed suffixes: cheap, well-known TLDs the company actually uses. Exotic or premium TLDs are
@@ -198,7 +198,7 @@ deny contains {"rule": "domains.auto_renew", "message": msg} if {
 approve contains {"rule": "domains.auto_renew", "message": msg} if {
 	input.action.name in renewal_settings
 	data.tollgate.lib.body.auto_renew == true
-	msg := sprintf("%s sets auto_renew: true, which authorizes Cloudflare to charge the account every year before the domain expires, at renewal prices that may change; a human must approve it (%s)", [input.action.name, renewal_alternative])
+	msg := sprintf("%s sets auto_renew: true, which authorizes Cloudflare to charge the account every year before the domain expires, at renewal prices that may change; a human must approve it (%s)", [data.tollgate.lib.action_name, renewal_alternative])
 }
 
 # What the agent can send instead: on a registration or transfer-in, leaving auto_renew out is the same as
@@ -216,7 +216,7 @@ approve contains {"rule": "domains.auto_renew", "message": msg} if {
 	data.domains.auto_renew_when_absent == true
 	data.tollgate.lib.body
 	lib.get(data.tollgate.lib.body, "auto_renew") == null
-	msg := sprintf("%s does not set auto_renew, and domains/data.yaml (auto_renew_when_absent: true) says Cloudflare then renews the domain and charges the account every year; send auto_renew: false, or have a human approve it", [input.action.name])
+	msg := sprintf("%s does not set auto_renew, and domains/data.yaml (auto_renew_when_absent: true) says Cloudflare then renews the domain and charges the account every year; send auto_renew: false, or have a human approve it", [data.tollgate.lib.action_name])
 }
 
 # A transfer-in moves a domain (and its billing) into the account, is billed and cannot be refunded once the

@@ -57,6 +57,12 @@ listing(s) := concat(", ", sort(s)) if count(s) > 0
 
 else := "none"
 
+# action_name: the action's name for messages; a name that is not a string (the proxy never sends one) is
+# shown with %v, since OPA's sprintf prints "%s" of a number as "%!s(int64=7)".
+action_name := input.action.name if is_string(input.action.name)
+
+else := sprintf("%v", [input.action.name])
+
 # params: the path variables (input.action.params) as an object; {} when the input has none or another type,
 # so that object.get and a `not` read it alike on every engine (object.get errors on a non-object).
 params := input.action.params if is_object(input.action.params)

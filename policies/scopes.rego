@@ -29,5 +29,5 @@ else := "a request without an action name"
 deny contains {"rule": "scopes.missing", "message": msg} if {
 	some scope in data.actions[input.action.name].scopes
 	not scope in data.tollgate.lib.agent_scopes
-	msg := sprintf("%s needs scope %s, which %s does not hold (it holds: %s)", [input.action.name, scope, data.tollgate.lib.agent_desc, lib.listing(data.tollgate.lib.agent_scopes)])
+	msg := sprintf("%s needs scope %s, which %s does not hold (it holds: %s)", [data.tollgate.lib.action_name, scope, data.tollgate.lib.agent_desc, lib.listing(data.tollgate.lib.agent_scopes)])
 }

@@ -41,7 +41,7 @@ applies if data.actions[input.action.name].money == true
 deny contains {"rule": "spend.malformed", "message": msg} if {
 	some line in lines
 	is_string(line.malformed)
-	msg := sprintf("%s: %s", [input.action.name, line.malformed])
+	msg := sprintf("%s: %s", [data.tollgate.lib.action_name, line.malformed])
 }
 
 # A single charge larger than the whole cap can never be admitted by the ledger; refusing it here keeps it
@@ -49,34 +49,34 @@ deny contains {"rule": "spend.malformed", "message": msg} if {
 deny contains {"rule": "spend.cap", "message": msg} if {
 	c := charge
 	c.cents > c.cap_cents
-	msg := sprintf("%s costs %s, more than the whole %s cap of %s for %s; nothing above the cap can be spent", [input.action.name, lib.usd(c.cents), c.budget, lib.usd(c.cap_cents), data.tollgate.lib.agent_desc])
+	msg := sprintf("%s costs %s, more than the whole %s cap of %s for %s; nothing above the cap can be spent", [data.tollgate.lib.action_name, lib.usd(c.cents), c.budget, lib.usd(c.cap_cents), data.tollgate.lib.agent_desc])
 }
 
 # A charge needs a budget the ledger knows and a cap in integer cents.
 deny contains {"rule": "spend.budget", "message": msg} if {
 	priced
 	not budget_ok
-	msg := sprintf("%s costs money, but the budget for %s in budgets/data.yaml is not usable (%v); budget must be agent-provider-month, account-provider-month, or team-provider-month for an agent with a team, and cap_cents and approve_above_cents integers >= 0", [input.action.name, data.tollgate.lib.agent_desc, budget])
+	msg := sprintf("%s costs money, but the budget for %s in budgets/data.yaml is not usable (%v); budget must be agent-provider-month, account-provider-month, or team-provider-month for an agent with a team, and cap_cents and approve_above_cents integers >= 0", [data.tollgate.lib.action_name, data.tollgate.lib.agent_desc, budget])
 }
 
 # A single charge above the threshold (default $50) needs a human, even within the cap.
 approve contains {"rule": "spend.threshold", "message": msg} if {
 	c := charge
 	c.cents > budget.approve_above_cents
-	msg := sprintf("%s costs %s, above the %s a single request may spend without approval", [input.action.name, lib.usd(c.cents), lib.usd(budget.approve_above_cents)])
+	msg := sprintf("%s costs %s, above the %s a single request may spend without approval", [data.tollgate.lib.action_name, lib.usd(c.cents), lib.usd(budget.approve_above_cents)])
 }
 
 # Money whose amount the request and data do not determine needs a human.
 approve contains {"rule": "spend.unpriced", "message": msg} if {
 	some line in lines
 	is_string(line.unpriced)
-	msg := sprintf("%s: %s: %s; a human must approve it%s", [input.action.name, line.what, line.unpriced, counted])
+	msg := sprintf("%s: %s: %s; a human must approve it%s", [data.tollgate.lib.action_name, line.what, line.unpriced, counted])
 }
 
 # Tax on priced money, when prices/data.yaml has no max_tax_rate to bound it.
 approve contains {"rule": "spend.unpriced", "message": msg} if {
 	is_string(tax.unpriced)
-	msg := sprintf("%s: tax: %s; a human must approve it%s", [input.action.name, tax.unpriced, counted])
+	msg := sprintf("%s: tax: %s; a human must approve it%s", [data.tollgate.lib.action_name, tax.unpriced, counted])
 }
 
 # A money action with no line at all (a new money action nobody priced yet) needs a human. A DELETE cancels
@@ -85,7 +85,7 @@ approve contains {"rule": "spend.unpriced", "message": msg} if {
 	data.actions[input.action.name].money == true
 	input.request.method != "DELETE"
 	count(lines) == 0
-	msg := sprintf("%s costs money, and the policy cannot price it from this request; a human must approve it", [input.action.name])
+	msg := sprintf("%s costs money, and the policy cannot price it from this request; a human must approve it", [data.tollgate.lib.action_name])
 }
 
 counted := sprintf(" (only the priced part, %s, is counted against the budget)", [lib.usd(cents)]) if priced

@@ -70,7 +70,7 @@ max_lifetime := v if {
 # Shape: the fields the checks below rely on must have the documented types, or the token is refused.
 # ---------------------------------------------------------------------------------------------------------
 
-deny contains {"rule": "tokens.malformed", "message": sprintf("%s: %s", [input.action.name, problem])} if {
+deny contains {"rule": "tokens.malformed", "message": sprintf("%s: %s", [data.tollgate.lib.action_name, problem])} if {
 	some problem in shape_problems
 }
 
@@ -277,7 +277,7 @@ now_ns := time.parse_rfc3339_ns(input.now) if {
 deny contains {"rule": "tokens.expiry", "message": msg} if {
 	token
 	lib.get(token, "expires_on") == null
-	msg := sprintf("%s: expires_on is required: an RFC 3339 time such as 2026-12-01T12:00:00Z, at most %s hours after now", [input.action.name, lib.hours(max_lifetime)])
+	msg := sprintf("%s: expires_on is required: an RFC 3339 time such as 2026-12-01T12:00:00Z, at most %s hours after now", [data.tollgate.lib.action_name, lib.hours(max_lifetime)])
 }
 
 deny contains {"rule": "tokens.expiry", "message": msg} if {
@@ -285,21 +285,21 @@ deny contains {"rule": "tokens.expiry", "message": msg} if {
 	e := lib.get(token, "expires_on")
 	e != null
 	not lib.rfc3339_ns(e)
-	msg := sprintf("%s: expires_on must be an RFC 3339 date-time such as 2026-12-01T12:00:00Z, not %s", [input.action.name, lib.show(e)])
+	msg := sprintf("%s: expires_on must be an RFC 3339 date-time such as 2026-12-01T12:00:00Z, not %s", [data.tollgate.lib.action_name, lib.show(e)])
 }
 
 deny contains {"rule": "tokens.expiry", "message": msg} if {
 	token
 	expires := lib.rfc3339_ns(token.expires_on)
 	(expires - now_ns) > (max_lifetime * 1000000000)
-	msg := sprintf("%s: expires_on %s is %s hours after now; the most allowed for %s is %s hours", [input.action.name, token.expires_on, lib.hours((expires - now_ns) / 1000000000), data.tollgate.lib.agent_desc, lib.hours(max_lifetime)])
+	msg := sprintf("%s: expires_on %s is %s hours after now; the most allowed for %s is %s hours", [data.tollgate.lib.action_name, token.expires_on, lib.hours((expires - now_ns) / 1000000000), data.tollgate.lib.agent_desc, lib.hours(max_lifetime)])
 }
 
 # Without a readable clock the lifetime cannot be checked: refuse rather than skip the check.
 deny contains {"rule": "tokens.expiry", "message": msg} if {
 	token
 	not now_ns
-	msg := sprintf("%s: the request time %s is not an RFC 3339 time, so the token's lifetime cannot be checked", [input.action.name, lib.show(object.get(input, "now", null))])
+	msg := sprintf("%s: the request time %s is not an RFC 3339 time, so the token's lifetime cannot be checked", [data.tollgate.lib.action_name, lib.show(object.get(input, "now", null))])
 }
 
 # Where data requires it, the token only works from listed source networks.
@@ -307,7 +307,7 @@ deny contains {"rule": "tokens.request_ip", "message": msg} if {
 	token
 	setting("require_request_ip") == true
 	not request_ip_ok
-	msg := sprintf("%s: tokens minted by %s must carry condition.request_ip.in, a list of source CIDRs such as 198.51.100.0/24 (not 0.0.0.0/0 or ::/0); got %s", [input.action.name, data.tollgate.lib.agent_desc, lib.show(object.get(object.get(token, "condition", {}), "request_ip", null))])
+	msg := sprintf("%s: tokens minted by %s must carry condition.request_ip.in, a list of source CIDRs such as 198.51.100.0/24 (not 0.0.0.0/0 or ::/0); got %s", [data.tollgate.lib.action_name, data.tollgate.lib.agent_desc, lib.show(object.get(object.get(token, "condition", {}), "request_ip", null))])
 }
 
 request_ip_ok if {

@@ -320,6 +320,14 @@ fn body_variants(input: &Value) -> Vec<(String, Value)> {
 /// The parts of the input the proxy builds, missing or wrong-typed (the policy must not trust their shape).
 fn top_level_variants(input: &Value) -> Vec<(String, Value)> {
     let paths: &[&[&str]] = &[
+        &["agent"],
+        &["request"],
+        &["action"],
+        &["action", "name"],
+        &["agent", "name"],
+        &["request", "provider"],
+        &["request", "headers"],
+        &["request", "body_sha256"],
         &["agent", "scopes"],
         &["agent", "labels"],
         &["agent", "team"],
