@@ -3,7 +3,7 @@
 #
 # They charge nothing themselves. A price carries an amount, but it bills only when a subscription, invoice,
 # Checkout session or payment link uses it, and that request is judged and priced by spend.rego (from the
-# request's price_data, or a price id in data/prices.yaml: a new price's id is not there, so its first use
+# request's price_data, or a price id in prices/data.yaml: a new price's id is not there, so its first use
 # needs a human). So creating and changing them needs only billing:spend (scopes.rego), except the parameters
 # that move money by another road or steer it to other amounts, accounts or cards, which a human approves:
 #   billing.balance           a customer balance is added to (or credits) the customer's next invoices
@@ -16,7 +16,7 @@
 #   billing.lookup_key        moving a lookup key to another price: code that looks prices up by key charges it
 #   billing.currency_options  what an existing price charges in other currencies
 #   billing.default_price     which price an existing product sells at by default
-#   billing.parameter         a parameter data/billing.yaml does not list: whether it moves money is unknown
+#   billing.parameter         a parameter billing/data.yaml does not list: whether it moves money is unknown
 # and denies one thing:
 #   billing.subscription      older API versions' customer parameters that subscribe the customer (plan):
 #                             a subscription nothing prices; POST /v1/subscriptions is priced
@@ -26,7 +26,7 @@
 # subscriptions yet, so the payment method it is created with is allowed (the subscription that charges it is
 # judged), while its balance and invoice text are held.
 #
-# Bodies are Stripe forms (every value a string), the query string merged in. Data: data/billing.yaml.
+# Bodies are Stripe forms (every value a string), the query string merged in. Data: billing/data.yaml.
 package tollgate.billing
 
 import data.tollgate.lib
@@ -52,7 +52,7 @@ given(field) if lib.get(data.tollgate.lib.body, field) != null
 approve contains {"rule": "billing.balance", "message": msg} if {
 	input.action.name in customers
 	given("balance")
-	msg := sprintf("%s sets the customer's balance to %s: Stripe adds a positive balance to the customer's next invoices and credits a negative one, money no request prices; a human must approve it (leave balance out)", [input.action.name, lib.show(data.tollgate.lib.body.balance)])
+	msg := sprintf("%s sets the customer's balance to %s: Stripe adds a positive balance to the customer's next invoices and credits a negative one, money no request prices; a human must approve it (leave balance out)", [data.tollgate.lib.action_name, lib.show(data.tollgate.lib.body.balance)])
 }
 
 # On an existing customer, invoices and running subscriptions are charged by Stripe's scheduler to the default
@@ -61,7 +61,7 @@ approve contains {"rule": "billing.payment_method", "message": msg} if {
 	input.action.name == "stripe.customer.update"
 	fields := payment_fields
 	count(fields) > 0
-	msg := sprintf("%s changes which payment method pays customer %v (%s): Stripe charges the customer's invoices and running subscriptions to it with no further request; a human must approve it", [input.action.name, object.get(input.action.params, "customer_id", "?"), concat(", ", sort(fields))])
+	msg := sprintf("%s changes which payment method pays customer %v (%s): Stripe charges the customer's invoices and running subscriptions to it with no further request; a human must approve it", [data.tollgate.lib.action_name, object.get(data.tollgate.lib.params, "customer_id", "?"), concat(", ", sort(fields))])
 }
 
 payment_fields contains field if {
@@ -80,7 +80,7 @@ approve contains {"rule": "billing.invoice_settings", "message": msg} if {
 	input.action.name in customers
 	fields := invoice_text_fields
 	count(fields) > 0
-	msg := sprintf("%s sets what the customer's invoices say (%s): a footer, custom fields or a template can carry payment instructions that send the customer's money elsewhere; a human must read and approve it", [input.action.name, concat(", ", sort(fields))])
+	msg := sprintf("%s sets what the customer's invoices say (%s): a footer, custom fields or a template can carry payment instructions that send the customer's money elsewhere; a human must read and approve it", [data.tollgate.lib.action_name, concat(", ", sort(fields))])
 }
 
 invoice_text_fields contains sprintf("invoice_settings[%s]", [field]) if {
@@ -104,7 +104,7 @@ approve contains {"rule": "billing.tax", "message": msg} if {
 	exempt := lib.get(data.tollgate.lib.body, "tax_exempt")
 	exempt != null
 	not exempt in {"none", ""}
-	msg := sprintf("%s sets tax_exempt to %s: Stripe then collects no tax from the customer (exempt, or a reverse charge), tax the company may still owe; a human must approve it", [input.action.name, lib.show(exempt)])
+	msg := sprintf("%s sets tax_exempt to %s: Stripe then collects no tax from the customer (exempt, or a reverse charge), tax the company may still owe; a human must approve it", [data.tollgate.lib.action_name, lib.show(exempt)])
 }
 
 # Older API versions take `plan` (with quantity, trial_end) on a customer, subscribing it in the same request:
@@ -113,7 +113,7 @@ deny contains {"rule": "billing.subscription", "message": msg} if {
 	input.action.name in customers
 	fields := [field | some field in data.billing.legacy_subscription_parameters; given(field)]
 	count(fields) > 0
-	msg := sprintf("%s sets %s, which older Stripe API versions read as a subscription for the customer, billed with no price the policy can check; create subscriptions with POST /v1/subscriptions instead", [input.action.name, concat(", ", fields)])
+	msg := sprintf("%s sets %s, which older Stripe API versions read as a subscription for the customer, billed with no price the policy can check; create subscriptions with POST /v1/subscriptions instead", [data.tollgate.lib.action_name, concat(", ", fields)])
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -125,7 +125,7 @@ deny contains {"rule": "billing.subscription", "message": msg} if {
 approve contains {"rule": "billing.default_price", "message": msg} if {
 	input.action.name == "stripe.product.update"
 	given("default_price")
-	msg := sprintf("%s makes %s the default price of product %v: whatever sells the product at its default price (pricing tables, checkout code) would charge that price instead; a human must approve it", [input.action.name, lib.show(data.tollgate.lib.body.default_price), object.get(input.action.params, "product_id", "?")])
+	msg := sprintf("%s makes %s the default price of product %v: whatever sells the product at its default price (pricing tables, checkout code) would charge that price instead; a human must approve it", [data.tollgate.lib.action_name, lib.show(data.tollgate.lib.body.default_price), object.get(data.tollgate.lib.params, "product_id", "?")])
 }
 
 # The tax code of an existing product decides the tax Stripe Tax adds to every subscription and invoice
@@ -134,7 +134,7 @@ approve contains {"rule": "billing.tax", "message": msg} if {
 	input.action.name == "stripe.product.update"
 	fields := [field | some field in ["tax_code", "tax_details"]; given(field)]
 	count(fields) > 0
-	msg := sprintf("%s changes the tax category of an existing product (%s), and with it the tax Stripe adds to every subscription and invoice that sells it; a human must approve it", [input.action.name, concat(", ", fields)])
+	msg := sprintf("%s changes the tax category of an existing product (%s), and with it the tax Stripe adds to every subscription and invoice that sells it; a human must approve it", [data.tollgate.lib.action_name, concat(", ", fields)])
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -151,23 +151,23 @@ approve contains {"rule": "billing.lookup_key", "message": msg} if {
 	is_string(msg)
 }
 
-lookup_key_problem := sprintf("%s moves lookup key %s to this price (transfer_lookup_key): code that looks prices up by that key then charges this price instead of the one that held it; a human must approve it", [input.action.name, lib.show(lib.get(data.tollgate.lib.body, "lookup_key"))]) if {
+lookup_key_problem := sprintf("%s moves lookup key %s to this price (transfer_lookup_key): code that looks prices up by that key then charges this price instead of the one that held it; a human must approve it", [data.tollgate.lib.action_name, lib.show(lib.get(data.tollgate.lib.body, "lookup_key"))]) if {
 	t := lib.get(data.tollgate.lib.body, "transfer_lookup_key")
 	t != null
 	t != "false"
-} else := sprintf("%s changes the lookup key of existing price %v to %s: code that looks the old key up stops finding this price, and a new price, at any amount, can take the freed key; a human must approve it", [input.action.name, object.get(input.action.params, "price_id", "?"), lib.show(data.tollgate.lib.body.lookup_key)]) if {
+} else := sprintf("%s changes the lookup key of existing price %v to %s: code that looks the old key up stops finding this price, and a new price, at any amount, can take the freed key; a human must approve it", [data.tollgate.lib.action_name, object.get(data.tollgate.lib.params, "price_id", "?"), lib.show(data.tollgate.lib.body.lookup_key)]) if {
 	input.action.name == "stripe.price.update"
 	given("lookup_key")
 }
 
 # currency_options of an existing price: what it charges in other currencies, wherever it is used in them
 # (subscriptions, Checkout, payment links; *unverified* whether running subscriptions take a changed amount
-# at their next billing). data/prices.yaml prices a price id in US cents only, so a changed option would
+# at their next billing). prices/data.yaml prices a price id in US cents only, so a changed option would
 # also bill more than the policy counts for it.
 approve contains {"rule": "billing.currency_options", "message": msg} if {
 	input.action.name == "stripe.price.update"
 	given("currency_options")
-	msg := sprintf("%s changes what existing price %v charges in other currencies (currency_options), for everything that sells it in them; a human must approve it", [input.action.name, object.get(input.action.params, "price_id", "?")])
+	msg := sprintf("%s changes what existing price %v charges in other currencies (currency_options), for everything that sells it in them; a human must approve it", [data.tollgate.lib.action_name, object.get(data.tollgate.lib.params, "price_id", "?")])
 }
 
 # tax_behavior of an existing price: exclusive adds tax on top of the price for everything already using it,
@@ -175,7 +175,7 @@ approve contains {"rule": "billing.currency_options", "message": msg} if {
 approve contains {"rule": "billing.tax", "message": msg} if {
 	input.action.name == "stripe.price.update"
 	given("tax_behavior")
-	msg := sprintf("%s sets the tax behavior of existing price %v to %s (exclusive adds tax on top of the price for everything that uses it, and inclusive or exclusive cannot be changed back); a human must approve it", [input.action.name, object.get(input.action.params, "price_id", "?"), lib.show(data.tollgate.lib.body.tax_behavior)])
+	msg := sprintf("%s sets the tax behavior of existing price %v to %s (exclusive adds tax on top of the price for everything that uses it, and inclusive or exclusive cannot be changed back); a human must approve it", [data.tollgate.lib.action_name, object.get(data.tollgate.lib.params, "price_id", "?"), lib.show(data.tollgate.lib.body.tax_behavior)])
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ approve contains {"rule": "billing.tax", "message": msg} if {
 
 approve contains {"rule": "billing.parameter", "message": msg} if {
 	count(unknown_parameters) > 0
-	msg := sprintf("%s sets %s, which data/billing.yaml does not list for this action; the policy cannot tell whether it moves money (older API versions take coupon and promotion_code on a customer, which discount its invoices), so a human must approve it", [input.action.name, concat(", ", sort(unknown_parameters))])
+	msg := sprintf("%s sets %s, which billing/data.yaml does not list for this action; the policy cannot tell whether it moves money (older API versions take coupon and promotion_code on a customer, which discount its invoices), so a human must approve it", [data.tollgate.lib.action_name, concat(", ", sort(unknown_parameters))])
 }
 
 unknown_parameters contains field if {

@@ -7,7 +7,7 @@
 # The scope (registrar:register) is checked by scopes.rego; the price by spend.rego.
 #
 # The domain arrives canonical in input.action.params.domain_name (lower case, no trailing dot, IDNA punycode).
-# Data: data/domains.yaml.
+# Data: domains/data.yaml.
 package tollgate.domains
 
 import data.tollgate.lib
@@ -57,7 +57,7 @@ suffix := concat(".", array.slice(labels, 1, count(labels)))
 deny contains {"rule": "domains.name", "message": msg} if {
 	input.action.name in registrations
 	not domain
-	msg := sprintf("%s needs a domain name in canonical form (e.g. example.com); got %s", [input.action.name, lib.show(object.get(input.action.params, "domain_name", null))])
+	msg := sprintf("%s needs a domain name in canonical form (e.g. example.com); got %s", [data.tollgate.lib.action_name, lib.show(object.get(data.tollgate.lib.params, "domain_name", null))])
 }
 
 # Only allow-listed suffixes: cheap, well-known TLDs the company actually uses. Exotic or premium TLDs are
@@ -71,12 +71,12 @@ deny contains {"rule": "domains.tld", "message": msg} if {
 }
 
 # Names that imitate a protected brand are denied, exact domains in allowed_names excepted. The comparison
-# (data/domains.yaml, protected_brands): `contains` finds the folded brand anywhere in the folded label,
+# (domains/data.yaml, protected_brands): `contains` finds the folded brand anywhere in the folded label,
 # `prefix` at its start or as one of its hyphen-separated parts.
 deny contains {"rule": "domains.brand", "message": msg} if {
 	hits := sort(imitated_brands)
 	count(hits) > 0
-	msg := sprintf("%s imitates the protected brand %s (look-alike digits, hyphens, doubled letters and added words count); register a name that imitates no brand in data/domains.yaml, or list the exact domain in allowed_names", [domain, concat(", ", hits)])
+	msg := sprintf("%s imitates the protected brand %s (look-alike digits, hyphens, doubled letters and added words count); register a name that imitates no brand in domains/data.yaml, or list the exact domain in allowed_names", [domain, concat(", ", hits)])
 }
 
 imitated_brands contains brand if {
@@ -113,7 +113,7 @@ brand_folds[brand] := folded if {
 
 brand_folds[brand] := fold(brand) if {
 	some brand, protected in data.domains.protected_brands
-	not is_string(protected.folded)
+	not is_string(lib.get(protected, "folded"))
 }
 
 folded_label := fold(label)
@@ -122,13 +122,13 @@ folded_label := fold(label)
 folded_parts := {fold(part) | some part in split(label, "-")}
 
 # fold(s): s with look-alike characters and letter groups replaced and doubled letters collapsed, so that
-# "paypa1", "pay-pal" and "paypall" all read "paypal" (see lookalike in data/domains.yaml).
+# "paypa1", "pay-pal" and "paypall" all read "paypal" (see lookalike in domains/data.yaml).
 fold(s) := collapse(collapse(collapse(strings.replace_n(data.domains.lookalike.sequences, strings.replace_n(data.domains.lookalike.characters, s)))))
 
 collapse(s) := strings.replace_n(data.domains.lookalike.collapse, s)
 
 # Internationalized labels (punycode) can imitate a brand with letters of other scripts, which the folding
-# above cannot see: a human looks at them, or they are refused (idn_labels in data/domains.yaml).
+# above cannot see: a human looks at them, or they are refused (idn_labels in domains/data.yaml).
 approve contains {"rule": "domains.idn", "message": msg} if {
 	startswith(label, "xn--")
 	data.domains.idn_labels != "deny"
@@ -138,7 +138,7 @@ approve contains {"rule": "domains.idn", "message": msg} if {
 deny contains {"rule": "domains.idn", "message": msg} if {
 	startswith(label, "xn--")
 	data.domains.idn_labels == "deny"
-	msg := sprintf("%s is an internationalized name (punycode); data/domains.yaml refuses those (idn_labels: deny); register an ASCII name", [domain])
+	msg := sprintf("%s is an internationalized name (punycode); domains/data.yaml refuses those (idn_labels: deny); register an ASCII name", [domain])
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -198,39 +198,39 @@ deny contains {"rule": "domains.auto_renew", "message": msg} if {
 approve contains {"rule": "domains.auto_renew", "message": msg} if {
 	input.action.name in renewal_settings
 	data.tollgate.lib.body.auto_renew == true
-	msg := sprintf("%s sets auto_renew: true, which authorizes Cloudflare to charge the account every year before the domain expires, at renewal prices that may change; a human must approve it (%s)", [input.action.name, renewal_alternative])
+	msg := sprintf("%s sets auto_renew: true, which authorizes Cloudflare to charge the account every year before the domain expires, at renewal prices that may change; a human must approve it (%s)", [data.tollgate.lib.action_name, renewal_alternative])
 }
 
 # What the agent can send instead: on a registration or transfer-in, leaving auto_renew out is the same as
-# false when Cloudflare defaults to no auto-renew (data/domains.yaml, auto_renew_when_absent).
+# false when Cloudflare defaults to no auto-renew (domains/data.yaml, auto_renew_when_absent).
 renewal_alternative := "send auto_renew: false, or leave it out: Cloudflare then does not renew" if {
 	input.action.name in registrations
 	data.domains.auto_renew_when_absent == false
 } else := "send auto_renew: false to avoid this"
 
 # An absent auto_renew is what Cloudflare defaults to. Its reference says false for registrations and
-# transfers-in, and then nothing here applies; when data/domains.yaml says Cloudflare defaults to true, an
+# transfers-in, and then nothing here applies; when domains/data.yaml says Cloudflare defaults to true, an
 # absent auto_renew commits the same yearly charge as an explicit true.
 approve contains {"rule": "domains.auto_renew", "message": msg} if {
 	input.action.name in registrations
 	data.domains.auto_renew_when_absent == true
 	data.tollgate.lib.body
 	lib.get(data.tollgate.lib.body, "auto_renew") == null
-	msg := sprintf("%s does not set auto_renew, and data/domains.yaml (auto_renew_when_absent: true) says Cloudflare then renews the domain and charges the account every year; send auto_renew: false, or have a human approve it", [input.action.name])
+	msg := sprintf("%s does not set auto_renew, and domains/data.yaml (auto_renew_when_absent: true) says Cloudflare then renews the domain and charges the account every year; send auto_renew: false, or have a human approve it", [data.tollgate.lib.action_name])
 }
 
 # A transfer-in moves a domain (and its billing) into the account, is billed and cannot be refunded once the
 # registry accepts it; which domain, and whether the company owns it, is for a human to judge.
 approve contains {"rule": "domains.transfer_in", "message": msg} if {
 	input.action.name == "cloudflare.domain.transfer_in"
-	msg := sprintf("transferring %s into the account is billed and irreversible; a human must approve every transfer-in", [object.get(input.action.params, "domain_name", "a domain")])
+	msg := sprintf("transferring %s into the account is billed and irreversible; a human must approve every transfer-in", [object.get(data.tollgate.lib.params, "domain_name", "a domain")])
 }
 
 # Turning the registrar lock off (legacy API) lets the domain be transferred away.
 approve contains {"rule": "domains.unlock", "message": msg} if {
 	input.action.name == "cloudflare.domain.legacy_update"
 	data.tollgate.lib.body.locked == false
-	msg := sprintf("unlocking %s lets it be transferred to another registrar; a human must approve it", [object.get(input.action.params, "domain_name", "the domain")])
+	msg := sprintf("unlocking %s lets it be transferred to another registrar; a human must approve it", [object.get(data.tollgate.lib.params, "domain_name", "the domain")])
 }
 
 deny contains {"rule": "domains.unlock", "message": msg} if {

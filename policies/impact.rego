@@ -3,7 +3,7 @@
 # delegation records, the zone apex, deletes (Stripe customers and products too), bulk DNS, DNSSEC,
 # certificates, production Workers.
 #
-# Data: data/impact.yaml (record types, zone names, production Worker scripts).
+# Data: impact/data.yaml (record types, zone names, production Worker scripts).
 package tollgate.impact
 
 import data.tollgate.lib
@@ -43,20 +43,20 @@ record_approvals contains {"rule": "impact.dns_record_type", "message": msg} if 
 	type := object.get(record, "type", null)
 	is_string(type)
 	data.impact.dns.approve_types[upper(type)] == true
-	msg := sprintf("%s of a %s record: changes to %s records need a human", [input.action.name, upper(type), concat(", ", sort(object.keys(data.impact.dns.approve_types)))])
+	msg := sprintf("%s of a %s record: changes to %s records need a human", [data.tollgate.lib.action_name, upper(type), concat(", ", sort(object.keys(data.impact.dns.approve_types)))])
 }
 
 # The apex carries the zone's own address and mail: changing it changes the whole site. The apex is "@" or
-# the zone's own name when data/impact.yaml knows it ...
+# the zone's own name when impact/data.yaml knows it ...
 record_approvals contains {"rule": "impact.dns_apex", "message": msg} if {
-	record_name in {"@", object.get(data.impact.dns.zone_names, input.action.params.zone_id, "@")}
+	record_name in {"@", object.get(data.impact.dns.zone_names, object.get(data.tollgate.lib.params, "zone_id", ""), "@")}
 	msg := apex_message
 }
 
 # ... and otherwise any two-label name ("example.com"), the apex of a zone under a one-label TLD.
 record_approvals contains {"rule": "impact.dns_apex", "message": msg} if {
 	is_string(record_name)
-	not data.impact.dns.zone_names[input.action.params.zone_id]
+	not data.impact.dns.zone_names[object.get(data.tollgate.lib.params, "zone_id", "")]
 	count(split(record_name, ".")) == 2
 	msg := apex_message
 }
@@ -67,7 +67,7 @@ record_name := trim_suffix(lower(name), ".") if {
 	is_string(name)
 }
 
-apex_message := sprintf("%s of %s, the zone apex: changes to the apex need a human", [input.action.name, record.name])
+apex_message := sprintf("%s of %s, the zone apex: changes to the apex need a human", [data.tollgate.lib.action_name, record.name])
 
 # A PATCH may leave the type or the name out; then the policy cannot tell which record it changes. (A create
 # or a PUT without them is refused by Cloudflare itself.)
@@ -75,20 +75,20 @@ record_approvals contains {"rule": rule, "message": msg} if {
 	input.request.method == "PATCH"
 	some field, rule in {"type": "impact.dns_record_type", "name": "impact.dns_apex"}
 	object.get(record, field, null) == null
-	msg := sprintf("%s does not say the record %s, so it could change an NS, MX or CAA record or the zone apex; include \"%s\", or have a human approve it", [input.action.name, field, field])
+	msg := sprintf("%s does not say the record %s, so it could change an NS, MX or CAA record or the zone apex; include \"%s\", or have a human approve it", [data.tollgate.lib.action_name, field, field])
 }
 
 # Both must be strings when present: a type of 1 or a name of ["www"] is refused, not guessed at.
 record_denials contains {"rule": "impact.dns_record", "message": msg} if {
 	record
 	not is_string(object.get(record, "type", ""))
-	msg := sprintf("%s: type must be a string such as \"A\" or \"CNAME\", not %s", [input.action.name, lib.show(record.type)])
+	msg := sprintf("%s: type must be a string such as \"A\" or \"CNAME\", not %s", [data.tollgate.lib.action_name, lib.show(record.type)])
 }
 
 record_denials contains {"rule": "impact.dns_record", "message": msg} if {
 	record
 	not is_string(object.get(record, "name", ""))
-	msg := sprintf("%s: name must be a string such as \"www.example.com\", not %s", [input.action.name, lib.show(record.name)])
+	msg := sprintf("%s: name must be a string such as \"www.example.com\", not %s", [data.tollgate.lib.action_name, lib.show(record.name)])
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -98,13 +98,13 @@ record_denials contains {"rule": "impact.dns_record", "message": msg} if {
 # A delete cannot be undone by the agent: the record's content is gone.
 action_approvals contains {"rule": "impact.dns_delete", "message": msg} if {
 	input.action.name == "cloudflare.dns.delete"
-	msg := sprintf("deleting DNS record %v in zone %v needs a human", [object.get(input.action.params, "dns_record_id", "?"), object.get(input.action.params, "zone_id", "?")])
+	msg := sprintf("deleting DNS record %v in zone %v needs a human", [object.get(data.tollgate.lib.params, "dns_record_id", "?"), object.get(data.tollgate.lib.params, "zone_id", "?")])
 }
 
 # Many changes in one call (or a whole zone file) are too many to judge record by record.
 action_approvals contains {"rule": "impact.dns_bulk", "message": msg} if {
 	input.action.name in {"cloudflare.dns.batch", "cloudflare.dns.import"}
-	msg := sprintf("%s changes many records at once; bulk DNS changes need a human", [input.action.name])
+	msg := sprintf("%s changes many records at once; bulk DNS changes need a human", [data.tollgate.lib.action_name])
 }
 
 # A wrong DNSSEC state makes the zone unresolvable for validating resolvers.
@@ -128,7 +128,7 @@ certificate_actions := {
 
 action_approvals contains {"rule": "impact.certificates", "message": msg} if {
 	input.action.name in certificate_actions
-	msg := sprintf("%s changes the certificates visitors or origins rely on; a human must approve it", [input.action.name])
+	msg := sprintf("%s changes the certificates visitors or origins rely on; a human must approve it", [data.tollgate.lib.action_name])
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ deletes := {
 
 action_approvals contains {"rule": "impact.delete", "message": msg} if {
 	input.action.name in deletes
-	msg := sprintf("%s (%s) cannot be undone%s; a human must approve it", [input.action.name, input.request.path, object.get(delete_effects, input.action.name, "")])
+	msg := sprintf("%s (%s) cannot be undone%s; a human must approve it", [data.tollgate.lib.action_name, input.request.path, object.get(delete_effects, data.tollgate.lib.action_name, "")])
 }
 
 # What else a delete does, for its message.
@@ -154,7 +154,7 @@ delete_effects := {"stripe.customer.delete": ", and Stripe cancels the customer'
 action_approvals contains {"rule": "impact.subscription_cancel", "message": msg} if {
 	input.action.name == "cloudflare.account.subscription"
 	input.request.method == "DELETE"
-	msg := sprintf("cancelling subscription %v may take down what depends on it; a human must approve it", [object.get(input.action.params, "subscription_id", input.request.path)])
+	msg := sprintf("cancelling subscription %v may take down what depends on it; a human must approve it", [object.get(data.tollgate.lib.params, "subscription_id", input.request.path)])
 }
 
 # A deploy or rollout to a production script serves live traffic at once.
@@ -162,7 +162,7 @@ action_approvals contains {"rule": "impact.production_worker", "message": msg} i
 	input.action.name in {"cloudflare.worker.deploy", "cloudflare.worker.rollout"}
 	script := input.action.params.script_name
 	production(input.action.params.account_id, script)
-	msg := sprintf("%s to Worker %s, which data/impact.yaml labels production; a human must approve it", [input.action.name, script])
+	msg := sprintf("%s to Worker %s, which impact/data.yaml labels production; a human must approve it", [data.tollgate.lib.action_name, script])
 }
 
 production(_, script) if data.impact.workers.labels[script] == "production"

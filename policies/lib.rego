@@ -57,6 +57,31 @@ listing(s) := concat(", ", sort(s)) if count(s) > 0
 
 else := "none"
 
+# action_name: the action's name for messages; a name that is not a string (the proxy never sends one) is
+# shown with %v, since OPA's sprintf prints "%s" of a number as "%!s(int64=7)".
+action_name := input.action.name if is_string(input.action.name)
+
+else := sprintf("%v", [input.action.name])
+
+# params: the path variables (input.action.params) as an object; {} when the input has none or another type,
+# so that object.get and a `not` read it alike on every engine (object.get errors on a non-object).
+params := input.action.params if is_object(input.action.params)
+
+else := {}
+
+# hours(seconds): a duration in hours with one decimal ("24.0", "36.5"), from whole numbers only: OPA's
+# sprintf prints "%.1f" of an integer as "%!f(int64=24)", and the two engines' arithmetic on fractions differs
+# in the last bits.
+hours(seconds) := sprintf("%d.%d", [floor(t / 10), t % 10]) if {
+	t := round(seconds / 360)
+}
+
+# mul_ceil(n, rate): n x rate rounded up to a whole number, with the rate read to a millionth. OPA and
+# regorus compute 3000 x 0.3 as 900.0000000000001 and 900, which ceil tells apart; so the rate becomes a
+# whole number of millionths first and only whole numbers are multiplied (the one division is exact
+# whenever the true result is whole).
+mul_ceil(n, rate) := ceil((n * round(rate * 1000000)) / 1000000)
+
 # usd(cents): "$10.44".
 usd(cents) := sprintf("$%d.%02d", [floor(cents / 100), cents % 100]) if is_int(cents)
 

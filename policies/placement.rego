@@ -39,7 +39,7 @@ deny contains {"rule": "placement.zone", "message": msg} if {
 deny contains {"rule": "placement.account", "message": msg} if {
 	input.action.name == "cloudflare.zone.create"
 	data.tollgate.lib.body
-	not is_string(data.tollgate.lib.body.account.id)
+	not is_string(lib.get(lib.get(data.tollgate.lib.body, "account"), "id"))
 	msg := sprintf("cloudflare.zone.create must name the account as account.id (a string); got account %s", [lib.show(lib.get(data.tollgate.lib.body, "account"))])
 }
 
@@ -54,9 +54,9 @@ deny contains {"rule": "placement.stripe_account", "message": msg} if {
 	msg := stripe_outside(header, account)
 }
 
-stripe_outside(header, account) := sprintf("%s acts on connected account %s (%s), but %s has no 'stripe_accounts' label, so it may act only on the platform account; give it --label stripe_accounts=<acct ids>", [input.action.name, account, header, data.tollgate.lib.agent_desc]) if {
+stripe_outside(header, account) := sprintf("%s acts on connected account %s (%s), but %s has no 'stripe_accounts' label, so it may act only on the platform account; give it --label stripe_accounts=<acct ids>", [data.tollgate.lib.action_name, account, header, data.tollgate.lib.agent_desc]) if {
 	not input.agent.labels.stripe_accounts
-} else := sprintf("%s acts on connected account %s (%s), which is not among the accounts %s may act on (%s)", [input.action.name, account, header, data.tollgate.lib.agent_desc, lib.listing(stripe_accounts)])
+} else := sprintf("%s acts on connected account %s (%s), which is not among the accounts %s may act on (%s)", [data.tollgate.lib.action_name, account, header, data.tollgate.lib.agent_desc, lib.listing(stripe_accounts)])
 
 stripe_accounts := a if {
 	a := data.tollgate.lib.label_set("stripe_accounts")
@@ -73,6 +73,6 @@ allowed_zones := z if {
 	is_set(z)
 } else := set()
 
-outside(kind, id, label, allowed) := sprintf("%s changes %s %s, but %s has no '%s' label, so it may change no %s; give it --label %s=<ids>", [input.action.name, kind, id, data.tollgate.lib.agent_desc, label, kind, label]) if {
+outside(kind, id, label, allowed) := sprintf("%s changes %s %s, but %s has no '%s' label, so it may change no %s; give it --label %s=<ids>", [data.tollgate.lib.action_name, kind, id, data.tollgate.lib.agent_desc, label, kind, label]) if {
 	not input.agent.labels[label]
-} else := sprintf("%s changes %s %s, which is not among the %ss %s may change (%s)", [input.action.name, kind, id, kind, data.tollgate.lib.agent_desc, lib.listing(allowed)])
+} else := sprintf("%s changes %s %s, which is not among the %ss %s may change (%s)", [data.tollgate.lib.action_name, kind, id, kind, data.tollgate.lib.agent_desc, lib.listing(allowed)])

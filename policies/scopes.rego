@@ -1,5 +1,5 @@
 # Agent scopes: which kinds of change an agent may make at all. Every write needs the scopes that
-# data/actions.yaml lists for its action; reads need none. Scopes are granted when an agent is created
+# actions/data.yaml lists for its action; reads need none. Scopes are granted when an agent is created
 # (`tollgate agents create NAME --scope dns:write`), so this is the first, coarsest gate.
 package tollgate.scopes
 
@@ -12,13 +12,13 @@ deny contains {"rule": "scopes.unknown_route", "message": msg} if {
 	msg := sprintf("%v %v is not a route in the catalog (policies/catalog); writes are allowed only to catalogued routes, reads to any route", [input.request.method, input.request.path])
 }
 
-# A catalogued action that data/actions.yaml does not map is denied: adding a route to the catalog must not
+# A catalogued action that actions/data.yaml does not map is denied: adding a route to the catalog must not
 # open it before someone has decided which scope it needs. (So is an input without an action name, which the
 # proxy never builds.)
 deny contains {"rule": "scopes.unmapped", "message": msg} if {
-	not data.actions[input.action.name]
-	not input.action.name == "unknown"
-	msg := sprintf("%s has no entry in data/actions.yaml, so no scope can allow it; writes are allowed only for mapped actions", [action_name])
+	not data.actions[action_name]
+	action_name != "unknown"
+	msg := sprintf("%s has no entry in actions/data.yaml, so no scope can allow it; writes are allowed only for mapped actions", [action_name])
 }
 
 action_name := input.action.name if is_string(input.action.name)
@@ -28,6 +28,6 @@ else := "a request without an action name"
 # The agent must hold every scope the action needs (one reason per missing scope).
 deny contains {"rule": "scopes.missing", "message": msg} if {
 	some scope in data.actions[input.action.name].scopes
-	not scope in input.agent.scopes
-	msg := sprintf("%s needs scope %s, which %s does not hold (it holds: %s)", [input.action.name, scope, data.tollgate.lib.agent_desc, lib.listing(data.tollgate.lib.agent_scopes)])
+	not scope in data.tollgate.lib.agent_scopes
+	msg := sprintf("%s needs scope %s, which %s does not hold (it holds: %s)", [data.tollgate.lib.action_name, scope, data.tollgate.lib.agent_desc, lib.listing(data.tollgate.lib.agent_scopes)])
 }

@@ -24,12 +24,12 @@
 # data.prices.max_tax_rate (`tax`). README.md, "Money rules", states every rule, the upper-bound choices and
 # their sources.
 #
-# Prices, caps and thresholds are data: data/prices.yaml and data/budgets.yaml.
+# Prices, caps and thresholds are data: prices/data.yaml and budgets/data.yaml.
 package tollgate.spend
 
 import data.tollgate.lib
 
-# The actions this file judges: those data/actions.yaml marks as money.
+# The actions this file judges: those actions/data.yaml marks as money.
 applies if data.actions[input.action.name].money == true
 
 # ---------------------------------------------------------------------------------------------------------
@@ -41,7 +41,7 @@ applies if data.actions[input.action.name].money == true
 deny contains {"rule": "spend.malformed", "message": msg} if {
 	some line in lines
 	is_string(line.malformed)
-	msg := sprintf("%s: %s", [input.action.name, line.malformed])
+	msg := sprintf("%s: %s", [data.tollgate.lib.action_name, line.malformed])
 }
 
 # A single charge larger than the whole cap can never be admitted by the ledger; refusing it here keeps it
@@ -49,34 +49,34 @@ deny contains {"rule": "spend.malformed", "message": msg} if {
 deny contains {"rule": "spend.cap", "message": msg} if {
 	c := charge
 	c.cents > c.cap_cents
-	msg := sprintf("%s costs %s, more than the whole %s cap of %s for %s; nothing above the cap can be spent", [input.action.name, lib.usd(c.cents), c.budget, lib.usd(c.cap_cents), data.tollgate.lib.agent_desc])
+	msg := sprintf("%s costs %s, more than the whole %s cap of %s for %s; nothing above the cap can be spent", [data.tollgate.lib.action_name, lib.usd(c.cents), c.budget, lib.usd(c.cap_cents), data.tollgate.lib.agent_desc])
 }
 
 # A charge needs a budget the ledger knows and a cap in integer cents.
 deny contains {"rule": "spend.budget", "message": msg} if {
 	priced
 	not budget_ok
-	msg := sprintf("%s costs money, but the budget for %s in data/budgets.yaml is not usable (%v); budget must be agent-provider-month, account-provider-month, or team-provider-month for an agent with a team, and cap_cents and approve_above_cents integers >= 0", [input.action.name, data.tollgate.lib.agent_desc, budget])
+	msg := sprintf("%s costs money, but the budget for %s in budgets/data.yaml is not usable (%v); budget must be agent-provider-month, account-provider-month, or team-provider-month for an agent with a team, and cap_cents and approve_above_cents integers >= 0", [data.tollgate.lib.action_name, data.tollgate.lib.agent_desc, budget])
 }
 
 # A single charge above the threshold (default $50) needs a human, even within the cap.
 approve contains {"rule": "spend.threshold", "message": msg} if {
 	c := charge
 	c.cents > budget.approve_above_cents
-	msg := sprintf("%s costs %s, above the %s a single request may spend without approval", [input.action.name, lib.usd(c.cents), lib.usd(budget.approve_above_cents)])
+	msg := sprintf("%s costs %s, above the %s a single request may spend without approval", [data.tollgate.lib.action_name, lib.usd(c.cents), lib.usd(budget.approve_above_cents)])
 }
 
 # Money whose amount the request and data do not determine needs a human.
 approve contains {"rule": "spend.unpriced", "message": msg} if {
 	some line in lines
 	is_string(line.unpriced)
-	msg := sprintf("%s: %s: %s; a human must approve it%s", [input.action.name, line.what, line.unpriced, counted])
+	msg := sprintf("%s: %s: %s; a human must approve it%s", [data.tollgate.lib.action_name, line.what, line.unpriced, counted])
 }
 
-# Tax on priced money, when data/prices.yaml has no max_tax_rate to bound it.
+# Tax on priced money, when prices/data.yaml has no max_tax_rate to bound it.
 approve contains {"rule": "spend.unpriced", "message": msg} if {
 	is_string(tax.unpriced)
-	msg := sprintf("%s: tax: %s; a human must approve it%s", [input.action.name, tax.unpriced, counted])
+	msg := sprintf("%s: tax: %s; a human must approve it%s", [data.tollgate.lib.action_name, tax.unpriced, counted])
 }
 
 # A money action with no line at all (a new money action nobody priced yet) needs a human. A DELETE cancels
@@ -85,7 +85,7 @@ approve contains {"rule": "spend.unpriced", "message": msg} if {
 	data.actions[input.action.name].money == true
 	input.request.method != "DELETE"
 	count(lines) == 0
-	msg := sprintf("%s costs money, and the policy cannot price it from this request; a human must approve it", [input.action.name])
+	msg := sprintf("%s costs money, and the policy cannot price it from this request; a human must approve it", [data.tollgate.lib.action_name])
 }
 
 counted := sprintf(" (only the priced part, %s, is counted against the budget)", [lib.usd(cents)]) if priced
@@ -340,7 +340,7 @@ dearest(ls) := [{"what": "shipping_options (the dearest option)", "cents": max(c
 	count(cs) > 0
 } else := []
 
-# shipping_line(what, o): a shipping rate id priced from data/prices.yaml stripe_shipping_rates, or
+# shipping_line(what, o): a shipping rate id priced from prices/data.yaml stripe_shipping_rates, or
 # shipping_rate_data[fixed_amount][amount] in [currency] (amounts in other currencies, currency_options, are
 # not priced).
 shipping_line(what, o) := {"what": what, "malformed": sprintf("%s must be an object with shipping_rate or shipping_rate_data, not %s", [what, lib.show(o)])} if {
@@ -351,7 +351,7 @@ shipping_line(what, o) := {"what": what, "malformed": sprintf("%s must be an obj
 } else := {"what": what, "cents": r.amount_cents} if {
 	r := data.prices.stripe_shipping_rates[o.shipping_rate]
 	lib.is_int(r.amount_cents)
-} else := {"what": what, "unpriced": sprintf("shipping rate %s is not in data/prices.yaml stripe_shipping_rates", [o.shipping_rate])} if {
+} else := {"what": what, "unpriced": sprintf("shipping rate %s is not in prices/data.yaml stripe_shipping_rates", [o.shipping_rate])} if {
 	is_string(o.shipping_rate)
 } else := {"what": what, "malformed": sprintf("%s needs shipping_rate (an id) or shipping_rate_data (an object with fixed_amount[amount] and fixed_amount[currency]); its shipping_rate_data is %s", [what, lib.show(lib.get(o, "shipping_rate_data"))])} if {
 	not is_object(lib.get(o, "shipping_rate_data"))
@@ -404,13 +404,13 @@ lines contains line if {
 # raised by data.prices.max_tax_rate, a conservative ceiling reviewers set (rounding up); without it the tax
 # is unpriced. An update or an invoice item joins a subscription or invoice whose own tax settings are not in
 # the request, so it is always taxed.
-tax := {"cents": ceil(base_cents * rate)} if {
+tax := {"cents": lib.mul_ceil(base_cents, rate)} if {
 	taxed
 	base_cents > 0
 	rate := data.prices.max_tax_rate
 	is_number(rate)
 	rate >= 0
-} else := {"unpriced": "Stripe may add tax to it (tax rates or automatic_tax here, or those of the subscription or invoice it joins), and data/prices.yaml has no max_tax_rate to bound it"} if {
+} else := {"unpriced": "Stripe may add tax to it (tax rates or automatic_tax here, or those of the subscription or invoice it joins), and prices/data.yaml has no max_tax_rate to bound it"} if {
 	taxed
 	base_cents > 0
 }
@@ -462,11 +462,11 @@ in_usd(what, n, currency) := {"what": what, "malformed": sprintf("currency must 
 	not valid_currency(currency)
 } else := {"what": what, "cents": n} if {
 	lower(currency) == "usd"
-} else := {"what": what, "cents": ceil(n * rate)} if {
+} else := {"what": what, "cents": lib.mul_ceil(n, rate)} if {
 	rate := data.prices.currency_rates[lower(currency)]
 	is_number(rate)
 	rate > 0
-} else := {"what": what, "unpriced": sprintf("it is in %s, and data/prices.yaml has no currency_rates entry to convert it to US cents (only usd is priced without one)", [lower(currency)])}
+} else := {"what": what, "unpriced": sprintf("it is in %s, and prices/data.yaml has no currency_rates entry to convert it to US cents (only usd is priced without one)", [lower(currency)])}
 
 valid_currency(c) if {
 	is_string(c)
@@ -602,7 +602,7 @@ problem(o) if is_string(o.malformed)
 problem(o) if is_string(o.unpriced)
 
 # price_of(item): the item's unit price {"unit", "currency", "recurring"} (inline price_data, or a price id
-# from data/prices.yaml), or a problem {"malformed"} / {"unpriced"}.
+# from prices/data.yaml), or a problem {"malformed"} / {"unpriced"}.
 price_of(item) := {"malformed": sprintf("price_data must be an object, not %s", [lib.show(item.price_data)])} if {
 	lib.get(item, "price_data") != null
 	not is_object(item.price_data)
@@ -619,7 +619,7 @@ price_of(item) := {"malformed": sprintf("price_data must be an object, not %s", 
 } else := {"unit": p.unit_amount_cents, "currency": "usd", "recurring": data_recurring(item.price, p)} if {
 	p := data.prices.stripe_prices[item.price]
 	lib.is_int(p.unit_amount_cents)
-} else := {"unpriced": sprintf("price %s is not in data/prices.yaml stripe_prices", [item.price])} if {
+} else := {"unpriced": sprintf("price %s is not in prices/data.yaml stripe_prices", [item.price])} if {
 	is_string(item.price)
 } else := {"unpriced": "it has neither price nor price_data, so its cost is not in the request"}
 
@@ -642,11 +642,11 @@ inline_recurring(pd) := {"once": true, "problem": {"malformed": "price_data has 
 	lib.get(pd.recurring, "interval_count") != null
 } else := {"interval": pd.recurring.interval, "count": 1}
 
-# A price from data/prices.yaml: `interval` (+ `interval_count`, default 1) for a recurring price;
+# A price from prices/data.yaml: `interval` (+ `interval_count`, default 1) for a recurring price;
 # `one_time: true` or `interval: null` for a one-time price; neither: unknown.
-data_recurring(id, p) := {"once": true, "problem": {"unpriced": sprintf("data/prices.yaml marks price %s one-time, and a subscription needs a recurring price (Stripe would refuse it; check the data)", [id])}} if {
+data_recurring(id, p) := {"once": true, "problem": {"unpriced": sprintf("prices/data.yaml marks price %s one-time, and a subscription needs a recurring price (Stripe would refuse it; check the data)", [id])}} if {
 	p.one_time == true
-} else := {"once": true, "problem": {"unpriced": sprintf("data/prices.yaml marks price %s one-time, and a subscription needs a recurring price (Stripe would refuse it; check the data)", [id])}} if {
+} else := {"once": true, "problem": {"unpriced": sprintf("prices/data.yaml marks price %s one-time, and a subscription needs a recurring price (Stripe would refuse it; check the data)", [id])}} if {
 	"interval" in object.keys(p)
 	p.interval == null
 } else := {"interval": p.interval, "count": c} if {
@@ -654,7 +654,7 @@ data_recurring(id, p) := {"once": true, "problem": {"unpriced": sprintf("data/pr
 	c := object.get(p, "interval_count", 1)
 	lib.is_int(c)
 	c >= 1
-} else := {"problem": {"unpriced": sprintf("data/prices.yaml does not say how often price %s bills (interval day, week, month or year, integer interval_count >= 1; or one_time: true)", [id])}}
+} else := {"problem": {"unpriced": sprintf("prices/data.yaml does not say how often price %s bills (interval day, week, month or year, integer interval_count >= 1; or one_time: true)", [id])}}
 
 # --- Billing schedules ---------------------------------------------------------------------------------------
 # Times are seconds since the epoch. The budget window is a UTC calendar month: [window_start, window_end).
@@ -901,7 +901,7 @@ registration_line(suffix, years) := {"what": sprintf("registration of .%s for %d
 	p := data.prices.domains[suffix]
 	lib.is_int(p.registration_cents)
 	lib.is_int(p.renewal_cents)
-} else := {"what": sprintf("registration of .%s", [suffix]), "unpriced": sprintf("data/prices.yaml has no registration price for .%s", [suffix])}
+} else := {"what": sprintf("registration of .%s", [suffix]), "unpriced": sprintf("prices/data.yaml has no registration price for .%s", [suffix])}
 
 # A transfer-in is billed one year (it extends the registration by a year).
 lines contains line if {
@@ -918,7 +918,7 @@ transfer_line(suffix) := {"what": sprintf("transfer of .%s", [suffix]), "cents":
 } else := {"what": sprintf("transfer of .%s", [suffix]), "cents": p.renewal_cents} if {
 	p := data.prices.domains[suffix]
 	lib.is_int(p.renewal_cents)
-} else := {"what": sprintf("transfer of .%s", [suffix]), "unpriced": sprintf("data/prices.yaml has no renewal price for .%s", [suffix])}
+} else := {"what": sprintf("transfer of .%s", [suffix]), "unpriced": sprintf("prices/data.yaml has no renewal price for .%s", [suffix])}
 
 # Zone plans and account subscriptions: rate_plan.id at `frequency`, from the plan tables. Recurring money:
 # the first period is charged.
@@ -936,14 +936,14 @@ lines contains line if {
 }
 
 plan_line(what, table, body) := {"what": what, "malformed": sprintf("rate_plan.id must be a string such as \"pro\", not %s", [lib.show(lib.get(lib.get(body, "rate_plan"), "id"))])} if {
-	not is_string(body.rate_plan.id)
+	not is_string(lib.get(lib.get(body, "rate_plan"), "id"))
 } else := {"what": what, "malformed": sprintf("frequency must be a string such as \"monthly\", not %s", [lib.show(body.frequency)])} if {
 	lib.get(body, "frequency") != null
-	not is_string(body.frequency)
+	not is_string(lib.get(body, "frequency"))
 } else := {"what": sprintf("%s %s (%s)", [what, body.rate_plan.id, frequency(body)]), "cents": price} if {
 	price := data.prices[table][body.rate_plan.id][frequency(body)]
 	lib.is_int(price)
-} else := {"what": sprintf("%s %s", [what, body.rate_plan.id]), "unpriced": sprintf("data/prices.yaml %s has no %s price for rate plan %s", [table, frequency(body), body.rate_plan.id])}
+} else := {"what": sprintf("%s %s", [what, body.rate_plan.id]), "unpriced": sprintf("prices/data.yaml %s has no %s price for rate plan %s", [table, frequency(body), body.rate_plan.id])}
 
 frequency(body) := body.frequency if is_string(body.frequency)
 

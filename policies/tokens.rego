@@ -7,7 +7,7 @@
 # accounts and zones the agent may change, no wildcards, a short life, and where required a source-IP
 # condition. Rolling or deleting a token breaks whatever uses it, so a human approves those.
 #
-# Data: data/tokens.yaml (known permission groups, ceilings per agent / team / default, lifetime, request IP).
+# Data: tokens/data.yaml (known permission groups, ceilings per agent / team / default, lifetime, request IP).
 package tollgate.tokens
 
 import data.tollgate.lib
@@ -70,13 +70,13 @@ max_lifetime := v if {
 # Shape: the fields the checks below rely on must have the documented types, or the token is refused.
 # ---------------------------------------------------------------------------------------------------------
 
-deny contains {"rule": "tokens.malformed", "message": sprintf("%s: %s", [input.action.name, problem])} if {
+deny contains {"rule": "tokens.malformed", "message": sprintf("%s: %s", [data.tollgate.lib.action_name, problem])} if {
 	some problem in shape_problems
 }
 
 shape_problems contains "policies must be a non-empty list of {effect, resources, permission_groups}" if {
 	token
-	not non_empty_array(token.policies)
+	not non_empty_array(lib.get(token, "policies"))
 }
 
 shape_problems contains sprintf("status must be \"active\", \"disabled\" or \"expired\", not %s", [lib.show(token.status)]) if {
@@ -92,26 +92,26 @@ shape_problems contains sprintf("policies[%d] must be an object, not %s", [i, li
 shape_problems contains sprintf("policies[%d].effect must be \"allow\" or \"deny\", not %s", [i, lib.show(lib.get(p, "effect"))]) if {
 	some i, p in policies
 	is_object(p)
-	not p.effect in {"allow", "deny"}
+	not lib.get(p, "effect") in {"allow", "deny"}
 }
 
 shape_problems contains sprintf("policies[%d].permission_groups must be a non-empty list of {\"id\": ...}", [i]) if {
 	some i, p in policies
 	is_object(p)
-	not non_empty_array(p.permission_groups)
+	not non_empty_array(lib.get(p, "permission_groups"))
 }
 
 shape_problems contains sprintf("policies[%d].permission_groups[%d] must be an object with a string id, not %s", [i, j, lib.show(g)]) if {
 	some i, p in policies
 	is_array(p.permission_groups)
 	some j, g in p.permission_groups
-	not is_string(g.id)
+	not is_string(lib.get(g, "id"))
 }
 
 shape_problems contains sprintf("policies[%d].resources must be a non-empty object of resource -> \"*\"", [i]) if {
 	some i, p in policies
 	is_object(p)
-	not non_empty_object(p.resources)
+	not non_empty_object(lib.get(p, "resources"))
 }
 
 shape_problems contains sprintf("policies[%d].resources[%s] must be \"*\" or an object of zone resources -> \"*\", not %s", [i, k, lib.show(v)]) if {
@@ -157,7 +157,7 @@ requested contains id if {
 deny contains {"rule": "tokens.ceiling", "message": msg} if {
 	some id in requested
 	not data.tokens.permission_groups[id]
-	msg := sprintf("permission group id %s is not a known group (data/tokens.yaml), so it is outside every ceiling; %s allows: %s", [id, ceiling_owner, ceiling_names])
+	msg := sprintf("permission group id %s is not a known group (tokens/data.yaml), so it is outside every ceiling; %s allows: %s", [id, ceiling_owner, ceiling_names])
 }
 
 # Every grantable group must be inside the agent's ceiling.
@@ -175,7 +175,7 @@ deny contains {"rule": "tokens.escalation", "message": msg} if {
 	some id in requested
 	group := data.tokens.permission_groups[id]
 	is_object(group)
-	not group.grantable == true
+	not lib.get(group, "grantable") == true
 	msg := sprintf("permission group '%s' (%s) can mint or edit tokens or grant access, and is never granted to a token minted through tollgate", [group.name, id])
 }
 
@@ -277,7 +277,7 @@ now_ns := time.parse_rfc3339_ns(input.now) if {
 deny contains {"rule": "tokens.expiry", "message": msg} if {
 	token
 	lib.get(token, "expires_on") == null
-	msg := sprintf("%s: expires_on is required: an RFC 3339 time such as 2026-12-01T12:00:00Z, at most %.1f hours after now", [input.action.name, max_lifetime / 3600])
+	msg := sprintf("%s: expires_on is required: an RFC 3339 time such as 2026-12-01T12:00:00Z, at most %s hours after now", [data.tollgate.lib.action_name, lib.hours(max_lifetime)])
 }
 
 deny contains {"rule": "tokens.expiry", "message": msg} if {
@@ -285,21 +285,21 @@ deny contains {"rule": "tokens.expiry", "message": msg} if {
 	e := lib.get(token, "expires_on")
 	e != null
 	not lib.rfc3339_ns(e)
-	msg := sprintf("%s: expires_on must be an RFC 3339 date-time such as 2026-12-01T12:00:00Z, not %s", [input.action.name, lib.show(e)])
+	msg := sprintf("%s: expires_on must be an RFC 3339 date-time such as 2026-12-01T12:00:00Z, not %s", [data.tollgate.lib.action_name, lib.show(e)])
 }
 
 deny contains {"rule": "tokens.expiry", "message": msg} if {
 	token
 	expires := lib.rfc3339_ns(token.expires_on)
 	(expires - now_ns) > (max_lifetime * 1000000000)
-	msg := sprintf("%s: expires_on %s is %.1f hours after now; the most allowed for %s is %.1f hours", [input.action.name, token.expires_on, ((expires - now_ns) / 1000000000) / 3600, data.tollgate.lib.agent_desc, max_lifetime / 3600])
+	msg := sprintf("%s: expires_on %s is %s hours after now; the most allowed for %s is %s hours", [data.tollgate.lib.action_name, token.expires_on, lib.hours((expires - now_ns) / 1000000000), data.tollgate.lib.agent_desc, lib.hours(max_lifetime)])
 }
 
 # Without a readable clock the lifetime cannot be checked: refuse rather than skip the check.
 deny contains {"rule": "tokens.expiry", "message": msg} if {
 	token
 	not now_ns
-	msg := sprintf("%s: the request time %s is not an RFC 3339 time, so the token's lifetime cannot be checked", [input.action.name, lib.show(object.get(input, "now", null))])
+	msg := sprintf("%s: the request time %s is not an RFC 3339 time, so the token's lifetime cannot be checked", [data.tollgate.lib.action_name, lib.show(object.get(input, "now", null))])
 }
 
 # Where data requires it, the token only works from listed source networks.
@@ -307,7 +307,7 @@ deny contains {"rule": "tokens.request_ip", "message": msg} if {
 	token
 	setting("require_request_ip") == true
 	not request_ip_ok
-	msg := sprintf("%s: tokens minted by %s must carry condition.request_ip.in, a list of source CIDRs such as 198.51.100.0/24 (not 0.0.0.0/0 or ::/0); got %s", [input.action.name, data.tollgate.lib.agent_desc, lib.show(object.get(object.get(token, "condition", {}), "request_ip", null))])
+	msg := sprintf("%s: tokens minted by %s must carry condition.request_ip.in, a list of source CIDRs such as 198.51.100.0/24 (not 0.0.0.0/0 or ::/0); got %s", [data.tollgate.lib.action_name, data.tollgate.lib.agent_desc, lib.show(object.get(object.get(token, "condition", {}), "request_ip", null))])
 }
 
 request_ip_ok if {
@@ -342,7 +342,7 @@ restrictive_cidr(c) if {
 # A roll issues a new secret and kills the old one at once: whatever still uses the old secret breaks.
 approve contains {"rule": "tokens.roll", "message": msg} if {
 	input.action.name == "cloudflare.token.roll"
-	msg := sprintf("rolling token %v kills its current secret at once, breaking whatever still uses it; a human must approve it", [object.get(input.action.params, "token_id", "?")])
+	msg := sprintf("rolling token %v kills its current secret at once, breaking whatever still uses it; a human must approve it", [object.get(data.tollgate.lib.params, "token_id", "?")])
 }
 
 # Rewriting a token changes what whatever holds it can do: narrowing, expiring or disabling it cuts that off
@@ -352,7 +352,7 @@ approve contains {"rule": "tokens.roll", "message": msg} if {
 # checks above still deny what no human may approve.
 approve contains {"rule": "tokens.update", "message": msg} if {
 	input.action.name == "cloudflare.token.update"
-	msg := sprintf("rewriting token %v changes or cuts off what its holder can do, and tollgate cannot tell whether this agent minted it; a human must approve it", [object.get(input.action.params, "token_id", "?")])
+	msg := sprintf("rewriting token %v changes or cuts off what its holder can do, and tollgate cannot tell whether this agent minted it; a human must approve it", [object.get(data.tollgate.lib.params, "token_id", "?")])
 }
 
 # Disabling (or expiring) a token through an update cuts off whatever uses it, exactly like deleting it.
@@ -361,11 +361,11 @@ approve contains {"rule": "tokens.disable", "message": msg} if {
 	status := lib.get(token, "status")
 	is_string(status)
 	status != "active"
-	msg := sprintf("setting token %v to status %s cuts off whatever uses it, like deleting it; a human must approve it", [object.get(input.action.params, "token_id", "?"), lib.show(status)])
+	msg := sprintf("setting token %v to status %s cuts off whatever uses it, like deleting it; a human must approve it", [object.get(data.tollgate.lib.params, "token_id", "?"), lib.show(status)])
 }
 
 # A delete cannot be undone, and may cut off a running system.
 approve contains {"rule": "tokens.delete", "message": msg} if {
 	input.action.name == "cloudflare.token.delete"
-	msg := sprintf("deleting token %v cannot be undone and cuts off whatever uses it; a human must approve it", [object.get(input.action.params, "token_id", "?")])
+	msg := sprintf("deleting token %v cannot be undone and cuts off whatever uses it; a human must approve it", [object.get(data.tollgate.lib.params, "token_id", "?")])
 }

@@ -272,7 +272,7 @@ billing_writes := [
 	"stripe.product.update", "stripe.product.delete", "stripe.price.create", "stripe.price.update",
 ]
 
-# A price the agent creates is not in data/prices.yaml, so the subscription that first uses it needs a human
+# A price the agent creates is not in prices/data.yaml, so the subscription that first uses it needs a human
 # (spend.unpriced): creating a price cannot make a charge look smaller.
 test_a_new_price_is_unpriced_where_it_bills if {
 	inp := fx.subscription({"customer": cus, "items": [{"price": "price_created_just_now", "quantity": "1"}]})

@@ -63,7 +63,7 @@ cases := {
 	# --- Auto-renew ---
 	"auto_renew_true": {"input": reg("acme-widgets.com", {"auto_renew": true}), "outcome": "approve", "rules": ["domains.auto_renew"], "cents": 1044},
 	"auto_renew_as_string": {"input": reg("acme-widgets.com", {"auto_renew": "true"}), "outcome": "deny", "rules": ["domains.auto_renew"]},
-	# Cloudflare defaults auto_renew to false on registrations and transfers-in (data/domains.yaml,
+	# Cloudflare defaults auto_renew to false on registrations and transfers-in (domains/data.yaml,
 	# auto_renew_when_absent): leaving it out, as the SDKs do unless asked, renews nothing.
 	"auto_renew_absent": {"input": reg_without_auto_renew("acme-widgets.com", {}), "outcome": "allow", "rules": [], "cents": 1044},
 	"auto_renew_absent_for_two_years": {"input": reg_without_auto_renew("acme-widgets.com", {"years": 2}), "outcome": "approve", "rules": ["domains.years"], "cents": 2088},

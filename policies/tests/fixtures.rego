@@ -20,7 +20,7 @@ other_acc := "01a7362d577a6c3019a474fd6f485823"
 
 other_zone := "d41d8cd98f00b204e9800998ecf8427e"
 
-# Permission group ids (data/tokens.yaml).
+# Permission group ids (tokens/data.yaml).
 dns_read := "82e64a83756745bbbb1c9c2701bf816b"
 
 dns_write := "4755a26eedb94da69e1066d98aa820be"
@@ -57,7 +57,7 @@ sha(body) := empty_sha if body == null
 
 else := some_sha
 
-# Risk of every catalog action (policies/catalog/*.yaml), so cases only name the action.
+# Risk of every catalog action (policies/catalog/*/data.yaml), so cases only name the action.
 risks := {
 	"cloudflare.token.read": "read", "cloudflare.token.create": "high", "cloudflare.token.update": "high",
 	"cloudflare.token.roll": "irreversible", "cloudflare.token.delete": "irreversible",

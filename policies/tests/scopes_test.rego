@@ -1,4 +1,4 @@
-# Scopes: writes need the scopes data/actions.yaml lists; unknown and unmapped routes are closed to writes.
+# Scopes: writes need the scopes actions/data.yaml lists; unknown and unmapped routes are closed to writes.
 package tollgate_test.scopes
 
 import data.tollgate_test.fixtures as fx

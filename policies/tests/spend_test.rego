@@ -559,7 +559,7 @@ cases := {
 		"input": shop({"shipping_options": [{"shipping_rate_data": {"display_name": "Express", "type": "fixed_amount", "fixed_amount": {"amount": "1000", "currency": "eur"}}}]}),
 		"outcome": "approve", "rules": ["spend.unpriced"], "cents": 2000,
 	},
-	# A shipping rate id not in data/prices.yaml needs a human; the dearest priced option is still counted.
+	# A shipping rate id not in prices/data.yaml needs a human; the dearest priced option is still counted.
 	"checkout_shipping_rate_id_unknown": {
 		"input": shop({"shipping_options": [{"shipping_rate": "shr_1QhGxpB7WZ01zgkW"}, ship("500")]}),
 		"outcome": "approve", "rules": ["spend.unpriced"], "cents": 2500,
@@ -606,7 +606,7 @@ cases := {
 		"input": shop({"optional_items": [{"price_data": once("500"), "quantity": "3"}, {"price_data": once("100"), "quantity": "2"}]}),
 		"outcome": "allow", "rules": [], "cents": 3700,
 	},
-	# A price id not in data/prices.yaml needs a human, exactly as in line_items.
+	# A price id not in prices/data.yaml needs a human, exactly as in line_items.
 	"checkout_optional_items_unknown_price": {
 		"input": shop({"optional_items": [{"price": "price_1PgafmB7WZ01zgkW", "quantity": "1"}]}),
 		"outcome": "approve", "rules": ["spend.unpriced"], "cents": 2000,
@@ -1419,7 +1419,7 @@ test_account_budget if {
 
 # --- Shipping rates and the tax ceiling are data ---------------------------------------------------------
 
-# A shipping rate id priced in data/prices.yaml: the dearest option counts ($20 + $18).
+# A shipping rate id priced in prices/data.yaml: the dearest option counts ($20 + $18).
 test_shipping_rate_id_priced_from_data if {
 	inp := shop({"shipping_options": [{"shipping_rate": "shr_express"}, ship("500"), {"shipping_rate": "shr_free"}]})
 	d := fx.decide(inp) with data.prices.stripe_shipping_rates as {"shr_express": {"amount_cents": 1800}, "shr_free": {"amount_cents": 0}}

@@ -1,4 +1,5 @@
-//! Classification, step 4 of the data path: the route catalog in `policies/catalog/*.yaml` turns a
+//! Classification, step 4 of the data path: the route catalog in `policies/catalog/<provider>/data.yaml`
+//! (policy data at `data.catalog.<provider>`, where OPA's loader puts it too) turns a
 //! request's provider, method and canonical path into an [`Action`]. An action is a name such as
 //! `cloudflare.domain.register`, a [`Risk`], and the path variables as `params`, and the policy
 //! receives it as `input.action`.
@@ -131,7 +132,7 @@ pub enum CatalogError {
     },
     /// A catalog without files would classify every request as `unknown`: almost surely a wrong
     /// directory.
-    #[error("the route catalog directory {} holds no *.yaml or *.yml file", .dir.display())]
+    #[error("the route catalog directory {} holds no <provider>/data.yaml file", .dir.display())]
     Empty { dir: PathBuf },
     #[error("the route catalog has {} problem(s):{}", .problems.len(), bullet_list(.problems))]
     Invalid { problems: Vec<CatalogProblem> },
@@ -216,7 +217,8 @@ impl fmt::Display for CatalogProblem {
 }
 
 impl Catalog {
-    /// Loads every *.yaml / *.yml file in `dir`; each file is one provider; two files for one
+    /// Loads `dir/<name>/data.yaml` (or `data.yml`) for every subdirectory of `dir`, the layout OPA
+    /// loads as data (`data.catalog.<name>`); each file is one provider; two files for one
     /// provider, a bad template, a duplicate (method, template) pair, or an ambiguous pair of
     /// routes are errors. Report ALL errors found, not just the first.
     pub fn load(dir: &Path) -> Result<Catalog, CatalogError> {
@@ -226,8 +228,8 @@ impl Catalog {
         };
         let mut files = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(directory_error)? {
-            let path = entry.map_err(directory_error)?.path();
-            if is_catalog_file(&path) {
+            let sub = entry.map_err(directory_error)?.path();
+            if let Some(path) = catalog_file_in(&sub) {
                 files.push(path);
             }
         }
@@ -580,16 +582,20 @@ fn bullet_list(problems: &[CatalogProblem]) -> String {
         .collect()
 }
 
-fn is_catalog_file(path: &Path) -> bool {
-    let hidden = path
+/// The provider file of a catalog subdirectory: `data.yaml` (or `data.yml`) in a directory that is not
+/// hidden.
+fn catalog_file_in(sub: &Path) -> Option<PathBuf> {
+    let hidden = sub
         .file_name()
         .and_then(|name| name.to_str())
         .is_none_or(|name| name.starts_with('.'));
-    let yaml = path
-        .extension()
-        .and_then(|ext| ext.to_str())
-        .is_some_and(|ext| ext == "yaml" || ext == "yml");
-    !hidden && yaml && path.is_file()
+    if hidden || !sub.is_dir() {
+        return None;
+    }
+    ["data.yaml", "data.yml"]
+        .iter()
+        .map(|name| sub.join(name))
+        .find(|path| path.is_file())
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -1867,7 +1873,11 @@ routes:
             std::env::temp_dir().join(format!("tollgate-classify-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap()
+        };
 
         let missing = Catalog::load(&dir.join("absent")).unwrap_err();
         assert!(
@@ -1875,29 +1885,30 @@ routes:
             "{missing}"
         );
         write("README.md", "not a catalog");
+        write("flat.yaml", "provider: [not read");
         let empty = Catalog::load(&dir).unwrap_err();
         assert!(matches!(empty, CatalogError::Empty { .. }), "{empty}");
 
         write(
-            "a.yaml",
+            "a/data.yaml",
             "provider: demo\nroutes:\n  - {action: demo.x, risk: read, methods: [GET], paths: [/x]}\n",
         );
-        write(".hidden.yaml", "not: [a catalog");
+        write(".hidden/data.yaml", "not: [a catalog");
         let catalog = Catalog::load(&dir).unwrap();
         check_in(&catalog, "demo", "GET", "/x", "demo.x", &[]);
 
         write(
-            "b.yml",
+            "b/data.yml",
             "provider: demo\nroutes:\n  - {action: demo.y, risk: read, methods: [GET], paths: [/y]}\n",
         );
-        write("c.yaml", "provider: [broken");
+        write("c/data.yaml", "provider: [broken");
         let err = Catalog::load(&dir).unwrap_err();
-        let a = dir.join("a.yaml").display().to_string();
+        let a = dir.join("a/data.yaml").display().to_string();
         assert_problems(
             &err,
             &[
-                &format!("b.yml: provider \"demo\" is already defined in {a}"),
-                "c.yaml: not a valid",
+                &format!("b/data.yml: provider \"demo\" is already defined in {a}"),
+                "c/data.yaml: not a valid",
             ],
         );
 

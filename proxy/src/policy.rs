@@ -1,7 +1,8 @@
 //! The policy engine: loading a Rego bundle, building the policy input, evaluating `data.tollgate.decision`,
 //! and parsing what comes back into a [`Decision`].
 //!
-//! Owns: the bundle on disk (`*.rego` outside `tests/`, data files under `data/`), its revision (a hash of
+//! Owns: the bundle on disk, laid out as OPA loads it (`*.rego` outside `tests/`; data only in files named
+//! `data.json`/`data.yaml`, at `data.<directory path>`, see [`kind_of`]), its revision (a hash of
 //! every file that shapes a decision, catalog included), compilation to regorus's bytecode VM with the
 //! tree-walking interpreter as fallback, the warm-up evaluation that catches unknown builtins at load, and
 //! the strict reading of the output: anything but a well-formed decision is an error, which callers refuse
@@ -269,10 +270,19 @@ impl Bundle {
         decision_of(&result)
     }
 
-    /// Evaluates on regorus's interpreter even when the bundle serves on the bytecode VM: the engine check
-    /// (`[policy] engine_check_sample`) compares the two on live inputs. Synchronous and CPU-bound.
+    /// The bundle's whole data document (`data`, rules excluded) as JSON: for checking that another loader
+    /// (OPA's) reads the same documents from the same files.
+    pub fn data_document(&self) -> Result<Value, PolicyError> {
+        serde_json::to_value(&self.data).map_err(|e| PolicyError::Eval(e.to_string()))
+    }
+
+    /// Evaluates on the tree-walking interpreter (the engine `tollgate policy test` runs test rules on),
+    /// whatever the serving engine is: for conformance checks holding the two regorus engines (and OPA)
+    /// against each other, and the engine check (`[policy] engine_check_sample`) on sampled live inputs,
+    /// off the request path. Synchronous and CPU-bound.
     pub fn evaluate_on_interpreter(&self, input: &Value) -> Result<Decision, PolicyError> {
-        decision_of(&self.evaluate_interpreter(to_rego(input)?)?)
+        let input = to_rego(input)?;
+        decision_of(&self.evaluate_interpreter(input)?)
     }
 
     /// Evaluates on the calling thread, but only on the bytecode VM and only for up to `budget`
@@ -459,7 +469,7 @@ impl PolicyHandle {
 /// The redactor of a bundle's data: its `data.secrets`, or the built-in names when it has none.
 fn redactor_of(data: &regorus::Value) -> Result<Redactor, PolicyError> {
     let invalid =
-        |e: String| PolicyError::Load(vec![format!("data.secrets (data/secrets.yaml): {e}")]);
+        |e: String| PolicyError::Load(vec![format!("data.secrets (secrets/data.yaml): {e}")]);
     let secrets = match &data[&regorus::Value::from("secrets")] {
         regorus::Value::Undefined => None,
         secrets => Some(serde_json::to_value(secrets).map_err(|e| invalid(e.to_string()))?),
@@ -506,31 +516,28 @@ fn read_sources(dir: &Path) -> Result<Sources, PolicyError> {
                     errors.push(format!("{rel}: {e}"));
                 }
             }
-            FileKind::Data(key) => {
-                let parsed = if rel.ends_with(".json") {
-                    regorus::Value::from_json_str(&text)
-                } else {
-                    regorus::Value::from_yaml_str(&text)
-                };
-                match parsed {
-                    Ok(value) => {
-                        let mut wrapper = regorus::Value::new_object();
-                        if let Ok(map) = wrapper.as_object_mut() {
-                            map.insert(regorus::Value::from(key.as_str()), value);
+            FileKind::Data(path) => match data_value(&rel, &text) {
+                Ok(value) => {
+                    // `a/b/data.yaml` is `data.a.b`, as OPA's loaders place it.
+                    let wrapped = path.iter().rev().fold(value, |inner, key| {
+                        let mut outer = regorus::Value::new_object();
+                        if let Ok(map) = outer.as_object_mut() {
+                            map.insert(regorus::Value::from(key.as_str()), inner);
                         }
-                        if let Err(e) = engine.add_data(wrapper) {
-                            errors.push(format!("{rel}: {e}"));
-                        }
+                        outer
+                    });
+                    if let Err(e) = engine.add_data(wrapped) {
+                        errors.push(format!("{rel}: {e}"));
                     }
-                    Err(e) => errors.push(format!("{rel}: {e}")),
                 }
-            }
+                Err(e) => errors.extend(e),
+            },
             FileKind::Test => {
                 if rel.ends_with(".rego") {
                     tests.push((rel, text));
                 }
             }
-            FileKind::HashedOnly => {}
+            FileKind::Refused(why) => errors.push(format!("{rel}: {why}")),
         }
     }
     if policies == 0 {
@@ -680,7 +687,7 @@ fn run_tests_and_cases(
             detail,
         });
     }
-    let cases = case_tables(&mut engine, &packages);
+    let cases = cases_of(&mut engine, &packages);
     results.extend(replay_cases(&cases, bundle));
     let coverage = engine
         .get_coverage_report()
@@ -725,8 +732,33 @@ pub struct Case {
     pub case: Value,
 }
 
+/// Every test package's `cases` table as the interpreter evaluates it: (package, case name, case), in
+/// package and name order. For conformance checks that evaluate the same inputs elsewhere (OPA).
+pub fn case_tables(dir: &Path) -> Result<Vec<(String, String, Value)>, PolicyError> {
+    let Sources {
+        mut engine, tests, ..
+    } = read_sources(dir)?;
+    let mut packages: Vec<String> = Vec::new();
+    for (rel, text) in tests {
+        if let Some(package) = text.lines().find_map(|l| l.trim().strip_prefix("package ")) {
+            let package = package.trim().to_string();
+            if !packages.contains(&package) {
+                packages.push(package);
+            }
+        }
+        engine
+            .add_policy(rel.clone(), text)
+            .map_err(|e| PolicyError::Load(vec![format!("{rel}: {e}")]))?;
+    }
+    packages.sort();
+    Ok(cases_of(&mut engine, &packages)
+        .into_iter()
+        .map(|c| (c.package, c.name, c.case))
+        .collect())
+}
+
 /// Every test package's `cases` table, each entry once, in package then name order.
-fn case_tables(engine: &mut regorus::Engine, packages: &[String]) -> Vec<Case> {
+fn cases_of(engine: &mut regorus::Engine, packages: &[String]) -> Vec<Case> {
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     for package in packages {
@@ -805,27 +837,64 @@ fn replay_cases(cases: &[Case], bundle: &Bundle) -> Vec<TestResult> {
 
 enum FileKind {
     Policy,
-    Data(String),
+    /// A data file, placed at `data.<its directory's path>`.
+    Data(Vec<String>),
     Test,
-    /// Part of the revision but not loaded here (the route catalog).
-    HashedOnly,
+    /// A file OPA would read differently from tollgate: refused, with the reason.
+    Refused(&'static str),
 }
 
+/// What a bundle file is, by the rules OPA's loaders follow, so that `opa test DIR` and
+/// `opa eval -b DIR` see what tollgate loads: `*.rego` are policies (tests: under `tests/` or
+/// `*_test.rego`), and data is only ever a file named `data.json`, `data.yaml` or `data.yml`, placed by its
+/// directory (`tokens/data.yaml` is `data.tokens`, `catalog/stripe/data.yaml` is `data.catalog.stripe`).
+/// OPA's bundle reader ignores other JSON/YAML files and its directory loader merges them into their
+/// directory's document, so any other `.json`/`.yaml`/`.yml` file is refused rather than read one way.
 fn kind_of(rel: &str) -> FileKind {
-    let in_dir = |d: &str| rel.starts_with(&format!("{d}/"));
-    let stem = Path::new(rel)
-        .file_stem()
+    let path = Path::new(rel);
+    let name = path
+        .file_name()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
-    if in_dir("tests") || rel.ends_with("_test.rego") {
-        FileKind::Test
-    } else if rel.ends_with(".rego") {
-        FileKind::Policy
-    } else if in_dir("data") {
-        FileKind::Data(stem)
+    if rel.ends_with(".rego") {
+        if rel.starts_with("tests/") || rel.ends_with("_test.rego") {
+            FileKind::Test
+        } else {
+            FileKind::Policy
+        }
+    } else if matches!(name.as_str(), "data.json" | "data.yaml" | "data.yml") {
+        let dir = path
+            .parent()
+            .map(|p| {
+                p.components()
+                    .map(|c| c.as_os_str().to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        FileKind::Data(dir)
     } else {
-        FileKind::HashedOnly
+        FileKind::Refused(
+            "data files must be named data.json or data.yaml (OPA places `<dir>/data.yaml` at \
+             `data.<dir>`; it would merge or ignore a file of any other name)",
+        )
     }
+}
+
+/// A data file's value: JSON, or YAML without any plain scalar whose type depends on the YAML version
+/// ([`crate::datafile`]). Errors name the file and line.
+fn data_value(rel: &str, text: &str) -> Result<regorus::Value, Vec<String>> {
+    if rel.ends_with(".json") {
+        return regorus::Value::from_json_str(text).map_err(|e| vec![format!("{rel}: {e}")]);
+    }
+    let ambiguous =
+        crate::datafile::ambiguous_scalars(text).map_err(|e| vec![format!("{rel}: {e}")])?;
+    if !ambiguous.is_empty() {
+        return Err(ambiguous
+            .into_iter()
+            .map(|a| format!("{rel}:{}: unquoted `{}` is {}", a.line, a.value, a.why))
+            .collect());
+    }
+    regorus::Value::from_yaml_str(text).map_err(|e| vec![format!("{rel}: {e}")])
 }
 
 /// Every file of the bundle in a stable order: `.rego`, and `.json`/`.yaml`/`.yml` (data and catalog).
@@ -1037,9 +1106,87 @@ mod tests {
     fn bundle_with(rego: &str) -> Result<Bundle, PolicyError> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("main.rego"), rego).unwrap();
-        std::fs::create_dir(dir.path().join("data")).unwrap();
-        std::fs::write(dir.path().join("data/limits.yaml"), "cap: 100\n").unwrap();
+        std::fs::create_dir(dir.path().join("limits")).unwrap();
+        std::fs::write(dir.path().join("limits/data.yaml"), "cap: 100\n").unwrap();
         Bundle::load(dir.path(), Duration::from_millis(250))
+    }
+
+    /// A bundle of one policy that exposes `data` and the given files.
+    fn bundle_of(files: &[(&str, &str)]) -> Result<Bundle, PolicyError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("main.rego"),
+            "package tollgate\n\ndecision := {\"outcome\": \"allow\"}\n",
+        )
+        .unwrap();
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        Bundle::load(dir.path(), Duration::from_millis(250))
+    }
+
+    #[test]
+    fn data_files_are_placed_by_their_directory_as_opa_places_them() {
+        let b = bundle_of(&[
+            ("tokens/data.yaml", "ceiling: [a]\n"),
+            ("catalog/stripe/data.yaml", "provider: stripe\n"),
+            ("prices/data.json", "{\"usd\": 1}"),
+            ("data.yaml", "top: \"n\"\n"),
+        ])
+        .unwrap();
+        let data = serde_json::to_value(&b.data).unwrap();
+        assert_eq!(
+            data,
+            json!({
+                "tokens": {"ceiling": ["a"]},
+                "catalog": {"stripe": {"provider": "stripe"}},
+                "prices": {"usd": 1},
+                "top": "n",
+            })
+        );
+    }
+
+    #[test]
+    fn data_files_of_other_names_are_refused() {
+        for name in ["data/limits.yaml", "limits.json", "tests/fixture.yml"] {
+            let err = bundle_of(&[(name, "cap: 100\n")])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains(name), "{err}");
+            assert!(
+                err.contains("must be named data.json or data.yaml"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn yaml_values_whose_type_depends_on_the_yaml_version_are_refused() {
+        let err = bundle_of(&[(
+            "domains/data.yaml",
+            "fold:\n  nn: n\n  ok: \"y\"\nmode: 0777\nbig: 1_000\n",
+        )])
+        .err()
+        .unwrap()
+        .to_string();
+        for expected in [
+            "domains/data.yaml:2: unquoted `n` is a boolean under YAML 1.1 (OPA)",
+            "domains/data.yaml:4: unquoted `0777` is a number the two YAML readings take differently",
+            "domains/data.yaml:5: unquoted `1_000` is a number the two YAML readings",
+        ] {
+            assert!(err.contains(expected), "{expected} not in {err}");
+        }
+        assert!(!err.contains("`y`"), "{err}");
+        // Quoted, the same values load, as strings.
+        let b =
+            bundle_of(&[("domains/data.yaml", "fold:\n  nn: \"n\"\nmode: \"0777\"\n")]).unwrap();
+        assert_eq!(
+            serde_json::to_value(&b.data).unwrap(),
+            json!({"domains": {"fold": {"nn": "n"}, "mode": "0777"}})
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What tollgate stores of a request, with its secrets taken out.
 //!
-//! Owns: the reviewed list of secret fields (`data.secrets`, `policies/data/secrets.yaml`: names redacted at
+//! Owns: the reviewed list of secret fields (`data.secrets`, `policies/secrets/data.yaml`: names redacted at
 //! any depth of a body, and paths per provider), the value detectors that run on every recorded string
 //! whatever the list says (card numbers by Luhn, known key prefixes, PEM private keys), and the replacement
 //! `[redacted hmac-sha256:<hex>]` (keyed with the deployment's redaction key; `[redacted sha256:<hex>]` when

@@ -16,12 +16,15 @@
 //! - [`sockets`]: the TCP sockets a running tollgate holds, with their options (Linux's pidfd_getfd).
 //! - [`sdk`]: the agents' real SDKs (pinned in `tests/sdk/`, installed into a cache by the suite itself), the
 //!   agent programs that drive them, and a stand-in that answers each request through a test's function.
+//! - [`opa`]: the real OPA engine (v1.20, the pinned `opa-golib-python-bindings` wheel, installed into the same
+//!   cache) and `tests/opa/run_opa.py`, which loads a policy directory as `opa test`/`opa eval -b` do.
 //!
 //! The end-to-end tests drive the real binary from the outside; the store conformance suite
 //! (`tests/store_conformance.rs`) calls the library's `Store` directly against both backends.
 
 pub mod books;
 pub mod faultrelay;
+pub mod opa;
 pub mod postgres;
 pub mod scenario;
 pub mod sdk;

@@ -125,7 +125,7 @@ pub fn cache_root() -> anyhow::Result<PathBuf> {
 }
 
 /// The interpreter that builds the virtualenv: `$TOLLGATE_SDK_PYTHON`, else `python3`.
-fn base_python() -> PathBuf {
+pub(crate) fn base_python() -> PathBuf {
     std::env::var_os("TOLLGATE_SDK_PYTHON")
         .filter(|p| !p.is_empty())
         .map_or_else(|| PathBuf::from("python3"), PathBuf::from)
@@ -273,7 +273,7 @@ fn install_node(src: &Path, entry: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs an installation step with its output in `<entry>/<name>.log`, killed after [`INSTALL_TIMEOUT`].
-fn run_logged(mut command: Command, entry: &Path, name: &str) -> anyhow::Result<()> {
+pub(crate) fn run_logged(mut command: Command, entry: &Path, name: &str) -> anyhow::Result<()> {
     let log_path = entry.join(format!("{name}.log"));
     let log = File::create(&log_path)?;
     let described = format!("{command:?}");

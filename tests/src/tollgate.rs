@@ -49,11 +49,13 @@ pub fn bundled_policies() -> PathBuf {
 /// own (a denial, a broken decision) on real routes.
 pub fn policy_dir_with(rego: &str) -> anyhow::Result<tempfile::TempDir> {
     let dir = tempfile::tempdir()?;
-    std::fs::create_dir(dir.path().join("catalog"))?;
+    // `catalog/<provider>/data.yaml`: the layout OPA loads as `data.catalog.<provider>`.
     for entry in std::fs::read_dir(bundled_policies().join("catalog"))? {
         let path = entry?.path();
         if let Some(name) = path.file_name() {
-            std::fs::copy(&path, dir.path().join("catalog").join(name))?;
+            let to = dir.path().join("catalog").join(name);
+            std::fs::create_dir_all(&to)?;
+            std::fs::copy(path.join("data.yaml"), to.join("data.yaml"))?;
         }
     }
     std::fs::write(dir.path().join("policy.rego"), rego)?;

@@ -14,9 +14,9 @@ fn hash(value: &str) -> String {
     )
 }
 
-/// The shipped `policies/data/secrets.yaml`, read the way the policy engine reads data files.
+/// The shipped `policies/secrets/data.yaml`, read the way the policy engine reads data files.
 fn shipped() -> Redactor {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/data/secrets.yaml");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/secrets/data.yaml");
     let text = std::fs::read_to_string(path).unwrap();
     let data = serde_json::to_value(regorus::Value::from_yaml_str(&text).unwrap()).unwrap();
     Redactor::from_data(Some(&data)).unwrap()
@@ -558,9 +558,9 @@ fn a_bundle_loads_its_secrets_and_refuses_a_broken_list() {
             "package tollgate\ndecision := {\"outcome\": \"allow\"}\n",
         )
         .unwrap();
-        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::create_dir(dir.path().join("secrets")).unwrap();
         if let Some(secrets) = secrets {
-            std::fs::write(dir.path().join("data/secrets.yaml"), secrets).unwrap();
+            std::fs::write(dir.path().join("secrets/data.yaml"), secrets).unwrap();
         }
         crate::policy::Bundle::load(dir.path(), Duration::from_millis(250))
     };
@@ -583,7 +583,7 @@ fn a_bundle_loads_its_secrets_and_refuses_a_broken_list() {
     };
     let error = error.to_string();
     assert!(
-        error.contains("data/secrets.yaml")
+        error.contains("secrets/data.yaml")
             && error.contains("\"pin\" is listed twice")
             && error.contains("\"a..b\" has an empty segment"),
         "{error}"
