@@ -81,7 +81,7 @@ deny contains {"rule": "domains.brand", "message": msg} if {
 
 imitated_brands contains brand if {
 	is_string(label)
-	not data.domains.allowed_names[domain]
+	not data.domains.allowed_names[domain] # lint: defined (label, a string, is split from domain)
 	some brand, folded in brand_folds
 	data.domains.protected_brands[brand].match != "prefix"
 	contains(folded_label, folded)
@@ -90,7 +90,7 @@ imitated_brands contains brand if {
 # prefix: the label starts with the brand, or one of its hyphen-separated parts is the brand.
 imitated_brands contains brand if {
 	is_string(label)
-	not data.domains.allowed_names[domain]
+	not data.domains.allowed_names[domain] # lint: defined (label, a string, is split from domain)
 	some brand, folded in brand_folds
 	data.domains.protected_brands[brand].match == "prefix"
 	startswith(folded_label, folded)
@@ -98,7 +98,7 @@ imitated_brands contains brand if {
 
 imitated_brands contains brand if {
 	is_string(label)
-	not data.domains.allowed_names[domain]
+	not data.domains.allowed_names[domain] # lint: defined (label, a string, is split from domain)
 	some brand, folded in brand_folds
 	data.domains.protected_brands[brand].match == "prefix"
 	folded in folded_parts

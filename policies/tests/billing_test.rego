@@ -332,7 +332,8 @@ test_legacy_subscription_message_points_to_subscriptions if {
 
 test_customer_delete_message_names_the_subscriptions if {
 	contains(reason(customer_delete, "impact.delete"), "cancels the customer's active subscriptions")
-	not contains(reason(product_delete, "impact.delete"), "subscriptions")
+	product := reason(product_delete, "impact.delete")
+	not contains(product, "subscriptions")
 }
 
 # --- Data-driven settings ---------------------------------------------------------------------------------

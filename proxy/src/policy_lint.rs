@@ -59,14 +59,52 @@ pub fn lint_dir(dir: &Path) -> Result<Vec<Finding>, String> {
             std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         sources.push((rel, text));
     }
-    let functions: BTreeSet<String> = sources
-        .iter()
-        .flat_map(|(_, text)| heads(&lex(text)).functions)
-        .collect();
+    let mut bundle = BundleFacts::default();
+    for (_, text) in &sources {
+        bundle.learn(text);
+    }
     Ok(sources
         .iter()
-        .flat_map(|(rel, text)| lint_source(rel, text, &functions))
+        .flat_map(|(rel, text)| lint_source(rel, text, &bundle))
         .collect())
+}
+
+/// What one file's lint needs to know of the others.
+#[derive(Debug, Default)]
+pub struct BundleFacts {
+    /// The names of every function the bundle defines that may be undefined (last path segment).
+    functions: BTreeSet<String>,
+    /// `data.<package>.<rule>` of every rule with a `default`: always defined.
+    defaulted: BTreeSet<String>,
+}
+
+impl BundleFacts {
+    /// Adds one file's functions and defaulted rules.
+    pub fn learn(&mut self, text: &str) {
+        let tokens = lex(text);
+        let heads = heads(&tokens);
+        self.functions.extend(heads.functions);
+        if let Some(package) = package_of(&tokens) {
+            self.defaulted.extend(
+                heads
+                    .defaulted
+                    .iter()
+                    .map(|rule| format!("data.{package}.{rule}")),
+            );
+        }
+    }
+}
+
+fn package_of(tokens: &[Token]) -> Option<String> {
+    let start = tokens.iter().position(|t| t.is_word("package"))? + 1;
+    let mut name = String::new();
+    for t in &tokens[start..] {
+        match t.kind {
+            Kind::Newline => break,
+            _ => name.push_str(&t.text),
+        }
+    }
+    Some(name)
 }
 
 fn collect(
@@ -95,36 +133,129 @@ fn collect(
     Ok(())
 }
 
-/// Lints one file. `functions`: the names of every function the bundle defines (last path segment).
-pub fn lint_source(file: &str, text: &str, functions: &BTreeSet<String>) -> Vec<Finding> {
+/// Lints one file, knowing the bundle's functions and defaulted rules (`bundle`).
+///
+/// Not reported: an operand bound earlier in the rule (a local: `x := …`, `some x in …`, a function
+/// parameter), one already used earlier in the rule outside a `not` (its body stops there under every engine
+/// when it is undefined), a rule with a `default`, and a line marked `# lint: defined` (or below such a
+/// comment line) — for an operand a reviewer knows is defined there; say why in the comment.
+pub fn lint_source(file: &str, text: &str, bundle: &BundleFacts) -> Vec<Finding> {
     let tokens = lex(text);
     let heads = heads(&tokens);
-    let scope = Scope {
-        rules: &heads.undefaulted,
-        functions,
-    };
+    let marked: BTreeSet<u32> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("# lint: defined"))
+        .flat_map(|(n, l)| {
+            let n = n as u32 + 1;
+            // A comment on its own line marks the next line.
+            if l.trim_start().starts_with('#') {
+                vec![n + 1]
+            } else {
+                vec![n]
+            }
+        })
+        .collect();
     let mut findings = Vec::new();
     for (i, t) in tokens.iter().enumerate() {
-        if !t.is_word("not") || i + 1 >= tokens.len() {
+        if !t.is_word("not") || i + 1 >= tokens.len() || marked.contains(&t.line) {
             continue;
         }
         let operand = operand(&tokens[i + 1..]);
         if operand.is_empty() {
             continue;
         }
+        let head = head_at(&tokens, i);
+        let body = &tokens[head..i];
+        let scope = Scope {
+            rules: &heads.undefaulted,
+            functions: &bundle.functions,
+            defaulted: &bundle.defaulted,
+            locals: locals(body),
+            used: used_before(body),
+        };
         let mut why = Vec::new();
         scope.expression(operand, &mut why);
         if let Some(first) = why.into_iter().next() {
             findings.push(Finding {
                 file: file.to_string(),
                 line: t.line,
-                rule: rule_at(&tokens, i),
+                rule: tokens[head].text.clone(),
                 expression: format!("not {}", render(operand)),
                 why: first,
             });
         }
     }
     findings
+}
+
+/// The index of the head of the rule whose body holds token `i` (0 when there is none).
+fn head_at(tokens: &[Token], i: usize) -> usize {
+    (0..i)
+        .rev()
+        .find(|&j| {
+            let t = &tokens[j];
+            t.at_line_start
+                && t.kind == Kind::Word
+                && !matches!(t.text.as_str(), "package" | "import" | "default" | "else")
+        })
+        .unwrap_or(0)
+}
+
+/// Names bound in a rule before a point: function parameters, `x :=` / `x =` assignments, `some` variables.
+fn locals(body: &[Token]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    // Parameters: `name(a, b)` at the head.
+    if body.get(1).is_some_and(|t| t.is("(")) {
+        let close = matching(body, 1);
+        out.extend(
+            body[2..close]
+                .iter()
+                .filter(|t| t.kind == Kind::Word)
+                .map(|t| t.text.clone()),
+        );
+    }
+    for (j, t) in body.iter().enumerate() {
+        if t.kind == Kind::Word
+            && body
+                .get(j + 1)
+                .is_some_and(|n| n.is(":=") || n.is("=") || n.is(","))
+            && (j == 0 || !body[j - 1].is("."))
+        {
+            // `x :=`, `x =`, and the names of `some x, y in …` / `[a, b] :=` (commas) are bindings.
+            out.insert(t.text.clone());
+        }
+        if t.is_word("some") {
+            for v in body[j + 1..]
+                .iter()
+                .take_while(|v| !v.is_word("in") && v.kind != Kind::Newline)
+            {
+                if v.kind == Kind::Word {
+                    out.insert(v.text.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The text of every statement line of a rule body before a point that is not itself a `not`.
+fn used_before(body: &[Token]) -> Vec<String> {
+    let mut lines: Vec<Vec<Token>> = Vec::new();
+    let mut current = Vec::new();
+    for t in body {
+        if t.kind == Kind::Newline {
+            lines.push(std::mem::take(&mut current));
+        } else {
+            current.push(t.clone());
+        }
+    }
+    lines.push(current);
+    lines
+        .into_iter()
+        .filter(|l| l.first().is_some_and(|t| !t.is_word("not")))
+        .map(|l| render(&l))
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,7 +397,9 @@ fn lex(text: &str) -> Vec<Token> {
 struct Heads {
     /// Rules of this file without a `default`.
     undefaulted: BTreeSet<String>,
-    /// Functions this file defines.
+    /// Rules of this file with a `default`.
+    defaulted: BTreeSet<String>,
+    /// Functions this file defines that may be undefined for defined arguments (no unconditional `else`).
     functions: BTreeSet<String>,
 }
 
@@ -274,12 +407,14 @@ fn heads(tokens: &[Token]) -> Heads {
     let mut rules = BTreeSet::new();
     let mut defaulted = BTreeSet::new();
     let mut functions = BTreeSet::new();
+    let mut total_functions = BTreeSet::new();
     for (i, t) in tokens.iter().enumerate() {
         if !(t.at_line_start && t.kind == Kind::Word) {
             continue;
         }
         match t.text.as_str() {
-            "package" | "import" => {}
+            // `else` at the start of a line continues the rule above.
+            "package" | "import" | "else" => {}
             "default" => {
                 if let Some(name) = tokens.get(i + 1).filter(|n| n.kind == Kind::Word) {
                     defaulted.insert(name.text.clone());
@@ -288,30 +423,60 @@ fn heads(tokens: &[Token]) -> Heads {
             name => {
                 if tokens.get(i + 1).is_some_and(|n| n.is("(")) {
                     functions.insert(name.to_string());
+                    let close = matching(tokens, i + 1);
+                    if total(&definition(tokens, i)[close - i..]) {
+                        total_functions.insert(name.to_string());
+                    }
                 } else {
                     rules.insert(name.to_string());
+                    if total(definition(tokens, i)) {
+                        // Defined whatever the input: as good as a default.
+                        defaulted.insert(name.to_string());
+                    }
                 }
             }
         }
     }
     Heads {
         undefaulted: rules.difference(&defaulted).cloned().collect(),
-        functions,
+        defaulted,
+        functions: functions.difference(&total_functions).cloned().collect(),
     }
 }
 
-/// The rule whose body holds token `i`: the nearest rule head above it.
-fn rule_at(tokens: &[Token], i: usize) -> String {
-    tokens[..i]
+/// The tokens of the rule definition whose head is at `i`: up to the next rule head.
+fn definition(tokens: &[Token], i: usize) -> &[Token] {
+    let end = tokens[i + 1..]
         .iter()
-        .rev()
-        .find(|t| {
-            t.at_line_start
-                && t.kind == Kind::Word
-                && !matches!(t.text.as_str(), "package" | "import" | "default")
-        })
-        .map(|t| t.text.clone())
-        .unwrap_or_else(|| "?".to_string())
+        .position(|t| t.at_line_start && t.kind == Kind::Word && t.text != "else")
+        .map_or(tokens.len(), |n| i + 1 + n);
+    &tokens[i..end]
+}
+
+/// Whether a definition yields a value for every input: `name := value` with no condition, or an `else`
+/// chain whose last branch has none. (`contains` rules, partial sets, are always defined too.)
+fn total(definition: &[Token]) -> bool {
+    // `definition` starts at the head's name (a rule) or its closing parenthesis (a function).
+    let definition = &definition[1.min(definition.len())..];
+    if definition.first().is_some_and(|t| t.is_word("contains")) {
+        return true;
+    }
+    if !definition.first().is_some_and(|t| t.is(":=") || t.is("=")) {
+        return false;
+    }
+    let (_, elses) = split_top(definition, |t| t.is_word("else"));
+    let last = match elses.last() {
+        Some(e) => {
+            let at = definition
+                .iter()
+                .position(|t| std::ptr::eq(t, *e))
+                .unwrap_or(0);
+            &definition[at..]
+        }
+        None => definition,
+    };
+    let (_, conditions) = split_top(last, |t| t.is_word("if"));
+    conditions.is_empty()
 }
 
 /// The operand of a `not`: up to the end of its expression (a newline, `;` or a closing bracket at depth 0,
@@ -373,6 +538,10 @@ const BUILTIN_NAMESPACES: [&str; 22] = [
 struct Scope<'a> {
     rules: &'a BTreeSet<String>,
     functions: &'a BTreeSet<String>,
+    defaulted: &'a BTreeSet<String>,
+    locals: BTreeSet<String>,
+    /// Earlier statements of the rule (rendered).
+    used: Vec<String>,
 }
 
 impl Scope<'_> {
@@ -463,7 +632,26 @@ impl Scope<'_> {
             .concat();
         let root = first.text.as_str();
         // `input` and `data` themselves are always defined (tollgate always passes an input).
-        (accessed || self.rules.contains(root)).then_some(text)
+        let maybe = if accessed {
+            !self.defaulted.contains(&text)
+        } else {
+            self.rules.contains(root) && !self.locals.contains(root)
+        };
+        (maybe && !self.used_earlier(&text)).then_some(text)
+    }
+
+    /// Whether an earlier statement of the rule used `text` (as a whole reference or call).
+    fn used_earlier(&self, text: &str) -> bool {
+        self.used.iter().any(|line| {
+            line.match_indices(text).any(|(at, _)| {
+                let before = line[..at].chars().next_back();
+                let after = line[at + text.len()..].chars().next();
+                let boundary = |c: Option<char>| {
+                    !c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
+                };
+                boundary(before) && (boundary(after) || after == Some('('))
+            })
+        })
     }
 
     /// The function name when an item is a call to a function the bundle defines.
@@ -478,13 +666,15 @@ impl Scope<'_> {
         let builtin = item[..open]
             .first()
             .is_some_and(|root| open > 1 && BUILTIN_NAMESPACES.contains(&root.text.as_str()));
-        (!builtin && name.kind == Kind::Word && self.functions.contains(&name.text)).then(|| {
-            item[..open]
-                .iter()
-                .map(|t| t.text.as_str())
-                .collect::<Vec<_>>()
-                .concat()
-        })
+        if builtin || name.kind != Kind::Word || !self.functions.contains(&name.text) {
+            return None;
+        }
+        let callee = item[..open]
+            .iter()
+            .map(|t| t.text.as_str())
+            .collect::<Vec<_>>()
+            .concat();
+        (!self.used_earlier(&render(item))).then_some(callee)
     }
 }
 
@@ -594,8 +784,9 @@ mod tests {
     use super::*;
 
     fn lint(src: &str) -> Vec<(u32, String)> {
-        let functions: BTreeSet<String> = heads(&lex(src)).functions;
-        lint_source("t.rego", src, &functions)
+        let mut bundle = BundleFacts::default();
+        bundle.learn(src);
+        lint_source("t.rego", src, &bundle)
             .into_iter()
             .map(|f| (f.line, f.rule))
             .collect()
@@ -623,13 +814,14 @@ mod tests {
             "not input.foo.n + 1 == 3",
             "not data.t[input.k] == 3",
             "not is_string(f(x))",
+            "not x in conditional",
             "not lib.non_empty(\n\t\ttoken.policies,\n\t)",
         ];
         for shape in diverges {
             let src = format!(
-                "package x\n\nr := 1 if input.zzz\n\nf(v) := v if v > 1\n\nrule if {{\n\tx := input.foo\n\t{shape}\n}}\n"
+                "package x\n\nr := 1 if input.zzz\n\nconditional := {{1}} if input.c else := {{2}} if input.d\n\nf(v) := v if v > 1\n\nrule if {{\n\tx := input.foo\n\t{shape}\n}}\n"
             );
-            assert_eq!(lint(&src), vec![(9, "rule".to_string())], "{shape}");
+            assert_eq!(lint(&src), vec![(11, "rule".to_string())], "{shape}");
         }
     }
 
@@ -652,10 +844,15 @@ mod tests {
             "not x in {\"a\", \"b\"}",
             "not valid with input as {}",
             "not is_string(object.get(x, \"k\", \"\"))",
+            "not startswith(x, prefix)",
+            "not x in spaced",
+            "not is_string(get(x, \"k\"))",
+            "not x in chain",
+            "not x in members",
         ];
         for shape in agree {
             let src = format!(
-                "package x\n\ndefault d := 1\n\nd := 2 if input.q\n\nr := 1 if input.zzz\n\nf(v) := v if v > 1\n\nget(o, k) := o[k]\n\nrule if {{\n\tx := input.foo\n\t{shape}\n}}\n"
+                "package x\n\ndefault d := 1\n\nd := 2 if input.q\n\nr := 1 if input.zzz\n\nf(v) := v if v > 1\n\nget(o, k) := o[k] if is_object(o)\n\nelse := null\n\nspaced := {{1}} if input.s\n\nelse := set()\n\nprefix := \"com.\"\n\nchain := {{1}} if input.a else := {{2}}\n\nmembers contains 1 if input.b\n\nrule if {{\n\tx := input.foo\n\t{shape}\n}}\n"
             );
             assert_eq!(lint(&src), vec![], "{shape}");
         }
@@ -669,7 +866,7 @@ mod tests {
     #[test]
     fn names_file_line_rule_and_operand() {
         let src = "package x\n\nmalformed contains r if {\n\tsome g in input.groups\n\tnot is_string(g.id)\n\tr := 1\n}\n";
-        let found = lint_source("tokens.rego", src, &BTreeSet::new());
+        let found = lint_source("tokens.rego", src, &BundleFacts::default());
         assert_eq!(found.len(), 1);
         let f = &found[0];
         assert_eq!(

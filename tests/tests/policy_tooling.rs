@@ -307,4 +307,69 @@ async fn policy_test_runner_reports_failures_and_exits_non_zero() {
         "the bundled library's own tests pass: {}",
         String::from_utf8_lossy(&bundled.stdout)
     );
+    assert_eq!(
+        String::from_utf8_lossy(&bundled.stderr)
+            .matches("warning:")
+            .count(),
+        0,
+        "the bundled library has no Rego the engines read differently: {}",
+        String::from_utf8_lossy(&bundled.stderr)
+    );
+}
+
+/// The lint for Rego that OPA and regorus evaluate differently: `policy test` warns with file, line and rule;
+/// `check-config` warns, and fails with `--strict`.
+#[tokio::test]
+async fn a_not_over_a_possibly_undefined_operand_is_a_warning_and_fails_strict_mode() {
+    let divergent = r#"package tollgate
+
+decision := {"outcome": "deny", "reasons": [{"rule": "t.malformed", "message": "no token id"}]} if {
+	input.action.risk == "write"
+	not is_string(input.request.body.id)
+} else := {"outcome": "allow", "reasons": []}
+"#;
+    let dir = policy_dir_with(divergent).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(tollgate_tests::tollgate::binary().unwrap())
+            .args(args)
+            .env("CLOUDFLARE_API_TOKEN", "cf-test-credential")
+            .env("STRIPE_SECRET_KEY", "sk_test_credential")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["policy", "test", dir.path().to_str().unwrap()]);
+    let warnings = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        warnings.contains(
+            "warning: policy.rego:5: rule decision: `not is_string(input.request.body.id)`"
+        ),
+        "{warnings}"
+    );
+    let config = dir.path().join("tollgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"sqlite://{}/t.db\"\n\n[policy]\ndir = \"{}\"\n",
+            dir.path().display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let relaxed = run(&["--config", config, "check-config"]);
+    assert!(
+        relaxed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&relaxed.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&relaxed.stderr).contains("warning: policy lint: policy.rego:5")
+    );
+    let strict = run(&["--config", config, "check-config", "--strict"]);
+    assert!(!strict.status.success());
+    assert!(
+        String::from_utf8_lossy(&strict.stderr).contains("policy lint (--strict): policy.rego:5"),
+        "{}",
+        String::from_utf8_lossy(&strict.stderr)
+    );
 }
