@@ -87,6 +87,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawApprovals {
     pub ttl_seconds: Option<u64>,
+    pub allow_self_approval: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +173,9 @@ pub struct Config {
 pub struct ApprovalsConfig {
     /// How long an approval (pending or approved) stays usable.
     pub ttl: Duration,
+    /// Separation of duties off: a reviewer may approve a request made on their own behalf, or by an agent
+    /// they created. Default false; meant for a team of one.
+    pub allow_self_approval: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -653,6 +657,7 @@ impl Config {
             },
             approvals: ApprovalsConfig {
                 ttl: Duration::from_secs(ttl_seconds),
+                allow_self_approval: raw.approvals.allow_self_approval.unwrap_or(false),
             },
         })
     }
