@@ -16,6 +16,10 @@ CREATE TABLE reviewers (
     last_used     TEXT
 );
 
+-- Single sign-on through an authenticating reverse proxy maps its identity header (an email) to one active
+-- reviewer: at most one active reviewer per email, compared case-insensitively.
+CREATE UNIQUE INDEX reviewers_active_email ON reviewers (lower(email)) WHERE revoked_at IS NULL AND email IS NOT NULL;
+
 -- Who created an agent through the admin API (a reviewer's name; `local:<user>` from the CLI). Separation of
 -- duties: a reviewer may not approve a request of an agent they created.
 ALTER TABLE agents ADD COLUMN created_by TEXT;

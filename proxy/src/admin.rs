@@ -180,17 +180,29 @@ async fn require_role(
             "a valid reviewer token (or the bootstrap admin token) is required as a Bearer token",
         )
     };
-    let Some(presented) = presented else {
-        return unauthenticated();
+    // Single sign-on: without a bearer token, the identity header of a trusted authenticating proxy (by
+    // the connection's peer address; the header from anyone else is ignored).
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let vouched: Option<String> = peer
+        .filter(|ip| admin.config.admin.trusted_proxies.contains(ip))
+        .and_then(|_| request.headers().get(&admin.config.admin.identity_header))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let found = match (presented, vouched) {
+        (Some(p), _) => {
+            reviewers::authenticate(&admin.store, admin.config.admin.token.as_ref(), p).await
+        }
+        (None, Some(email)) => reviewers::authenticate_email(&admin.store, &email).await,
+        (None, None) => return unauthenticated(),
     };
-    let reviewer =
-        match reviewers::authenticate(&admin.store, admin.config.admin.token.as_ref(), presented)
-            .await
-        {
-            Ok(Authenticated::Reviewer(r)) => r,
-            Ok(Authenticated::Unknown) => return unauthenticated(),
-            Err(e) => return store_error(e),
-        };
+    let reviewer = match found {
+        Ok(Authenticated::Reviewer(r)) => r,
+        Ok(Authenticated::Unknown) => return unauthenticated(),
+        Err(e) => return store_error(e),
+    };
     if !reviewer.role.allows(endpoint.role) {
         tracing::warn!(reviewer = %reviewer.name, role = %reviewer.role, method = endpoint.method,
             path = endpoint.path, "admin call refused: role too low");

@@ -148,7 +148,9 @@ impl SelfApproval {
 }
 
 /// The separation of duties rule for approving: `None` when `reviewer` may approve a request made on behalf of
-/// `on_behalf_of` by an agent created by `agent_created_by`.
+/// `on_behalf_of` by an agent created by `agent_created_by`. An agent created at the local CLI
+/// (`local:<user>`) counts as created by the reviewer named `<user>`: the name is unauthenticated there, but
+/// reading it so can only refuse more, never less.
 pub fn may_not_approve(
     reviewer: &Reviewer,
     on_behalf_of: Option<&str>,
@@ -157,7 +159,7 @@ pub fn may_not_approve(
     if on_behalf_of.is_some_and(|p| reviewer.is(p)) {
         return Some(SelfApproval::OnBehalfOfSelf);
     }
-    if agent_created_by.is_some_and(|c| reviewer.is(c)) {
+    if agent_created_by.is_some_and(|c| reviewer.is(c.strip_prefix(LOCAL_PREFIX).unwrap_or(c))) {
         return Some(SelfApproval::OwnAgent);
     }
     None
@@ -312,6 +314,30 @@ pub async fn authenticate(
     }
 }
 
+/// The active reviewer whose email an authenticating reverse proxy vouches for (single sign-on). The caller
+/// has checked that the request came from a trusted proxy address.
+pub async fn authenticate_email(store: &Store, email: &str) -> Result<Authenticated, StoreError> {
+    let email = email.trim();
+    if email.is_empty() || !email.contains('@') {
+        return Ok(Authenticated::Unknown);
+    }
+    let Some(row) = store.reviewer_by_email(email).await? else {
+        return Ok(Authenticated::Unknown);
+    };
+    let Some(role) = Role::parse(&row.role) else {
+        return Ok(Authenticated::Unknown);
+    };
+    if let Err(e) = store.touch_reviewer(row.id).await {
+        tracing::warn!(error = %e, reviewer = %row.name, "reviewer last_used not recorded");
+    }
+    Ok(Authenticated::Reviewer(Reviewer {
+        id: Some(row.id),
+        name: row.name,
+        email: row.email,
+        role,
+    }))
+}
+
 /// Compares without an early exit on the first differing byte (the length is not secret).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -396,6 +422,11 @@ mod tests {
             may_not_approve(&alice, None, Some("alice")),
             Some(SelfApproval::OwnAgent)
         );
+        assert_eq!(
+            may_not_approve(&alice, None, Some("local:alice")),
+            Some(SelfApproval::OwnAgent)
+        );
+        assert_eq!(may_not_approve(&alice, None, Some("local:bob")), None);
         assert_eq!(may_not_approve(&alice, Some(""), Some("")), None);
         assert_eq!(Reviewer::local("ops").name, "local:ops");
         assert_eq!(Reviewer::bootstrap().role, Role::Admin);

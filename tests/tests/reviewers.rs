@@ -1,7 +1,7 @@
 //! Reviewer identities and roles (issue #16) against the real binary on a real Postgres: every admin
 //! endpoint's role for every role (and 401 without, with a bad, an agent's or a revoked token), the recorded
 //! approver is the authenticated reviewer, separation of duties and the key that lifts it, rotation and
-//! revocation honoured at once by another replica.
+//! revocation honoured at once by another replica, single sign-on through a trusted proxy's identity header.
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -646,4 +646,67 @@ async fn rotation_and_revocation_hold_at_once_on_every_replica() {
             .any(|a| a == "reviewer.revoke by bootstrap-admin"),
         "{actions:?}"
     );
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_identity_header_signs_a_reviewer_in() {
+    // Trusted: requests from 127.0.0.1 (the test is the "proxy") carrying X-Auth-Email.
+    let s = setup(1, |b| {
+        b.admin(r#"trusted_proxies = ["127.0.0.1"]"#)
+            .admin(r#"identity_header = "X-Auth-Email""#)
+    })
+    .await;
+    s.reviewer("alice", "approver", Some("alice@example.com"))
+        .await;
+    let gone = s.reviewer("gone", "admin", Some("gone@example.com")).await;
+    drop(gone);
+    let (ok, _, _) = s.replicas[0]
+        .cli(&["reviewers", "revoke", "gone"])
+        .await
+        .unwrap();
+    assert!(ok);
+    let whoami = |header: &'static str, email: &'static str| {
+        let http = s.http.clone();
+        let url = s.replicas[0].admin_url("/api/whoami");
+        async move {
+            let r = http.get(url).header(header, email).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, me) = whoami("X-Auth-Email", "ALICE@example.com").await;
+    assert_eq!(
+        (status, me["name"].as_str(), me["role"].as_str()),
+        (200, Some("alice"), Some("approver"))
+    );
+    // Unknown, revoked, or the header this tollgate does not trust: no one.
+    assert_eq!(whoami("X-Auth-Email", "mallory@example.com").await.0, 401);
+    assert_eq!(whoami("X-Auth-Email", "gone@example.com").await.0, 401);
+    assert_eq!(
+        whoami("X-Forwarded-Email", "alice@example.com").await.0,
+        401
+    );
+    // Roles hold for a signed-in reviewer too.
+    let r = s
+        .http
+        .post(s.replicas[0].admin_url("/api/freeze"))
+        .header("X-Auth-Email", "alice@example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // The same header from an address that is not a trusted proxy is ignored.
+    let other = setup(1, |b| b.admin(r#"trusted_proxies = ["192.0.2.7"]"#)).await;
+    other
+        .reviewer("alice", "admin", Some("alice@example.com"))
+        .await;
+    let r = other
+        .http
+        .get(other.replicas[0].admin_url("/api/whoami"))
+        .header("X-Forwarded-Email", "alice@example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
 }

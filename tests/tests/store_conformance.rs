@@ -901,6 +901,31 @@ async fn reviewers_are_unique_found_by_hash_revoked_and_rotated(store: &Store) {
         listed.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
         vec!["alice", "bob"]
     );
+    // Single sign-on finds the active reviewer by email, ignoring case; one active reviewer per email.
+    let bob = store
+        .reviewer_by_email("BOB@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bob.name, "bob");
+    assert!(
+        store
+            .reviewer_by_email("alice@example.com")
+            .await
+            .unwrap()
+            .is_none(),
+        "revoked"
+    );
+    let mut twin = reviewer("bobby", "admin");
+    twin.email = Some("Bob@Example.com".into());
+    assert!(matches!(
+        store.insert_reviewer(&twin).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Alice's email is free again once she is revoked.
+    let mut again = reviewer("alice2", "viewer");
+    again.email = Some("alice@example.com".into());
+    store.insert_reviewer(&again).await.unwrap();
 }
 
 async fn agents_and_approvals_keep_creator_and_on_behalf_of(store: &Store) {

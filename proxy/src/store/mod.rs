@@ -138,6 +138,11 @@ impl Store {
         dispatch!(self, s => s.reviewer_by_token_hash(token_hash).await)
     }
 
+    /// The active reviewer with this email (case-insensitive), for single sign-on.
+    pub async fn reviewer_by_email(&self, email: &str) -> Result<Option<ReviewerRow>, StoreError> {
+        dispatch!(self, s => s.reviewer_by_email(email).await)
+    }
+
     pub async fn list_reviewers(&self) -> Result<Vec<ReviewerRow>, StoreError> {
         dispatch!(self, s => s.list_reviewers().await)
     }

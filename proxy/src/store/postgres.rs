@@ -202,9 +202,9 @@ impl PgStore {
         .await;
         match result {
             Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                Err(StoreError::Conflict(format!("reviewer '{}'", r.name)))
-            }
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(
+                StoreError::Conflict(format!("reviewer '{}' (or one with that email)", r.name)),
+            ),
             Err(e) => Err(e.into()),
         }
     }
@@ -219,6 +219,18 @@ impl PgStore {
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| reviewer_from_row(&r)).transpose()
+    }
+
+    pub async fn reviewer_by_email(&self, email: &str) -> Result<Option<ReviewerRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM reviewers WHERE lower(email) = lower($1) AND revoked_at IS NULL",
+            Self::REVIEWER_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(email)
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| reviewer_from_row(&r)).transpose()
