@@ -174,11 +174,16 @@ async fn require_role(
         })
         .filter(|p| !p.is_empty());
     let unauthenticated = || {
-        api_error(
+        let mut response = api_error(
             StatusCode::UNAUTHORIZED,
             "admin_unauthenticated",
             "a valid reviewer token (or the bootstrap admin token) is required as a Bearer token",
-        )
+        );
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"tollgate-admin\""),
+        );
+        response
     };
     // Single sign-on: without a bearer token, the identity header of a trusted authenticating proxy (by
     // the connection's peer address; the header from anyone else is ignored).
