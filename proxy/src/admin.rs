@@ -1,7 +1,12 @@
 //! The admin listener: health, readiness, metrics, and the JSON API operators and reviewers use.
 //!
-//! Owns: `/healthz`, `/readyz`, `/metrics` (unauthenticated, for probes and scrapers) and `/api/*` behind the
-//! admin bearer token (compared in constant time; without a configured token every `/api` call is refused).
+//! Owns: `/healthz`, `/readyz`, `/metrics` (unauthenticated, for probes and scrapers) and `/api/*`, each
+//! endpoint guarded by the least reviewer role that may call it. [`api`] is the one table of endpoints, their
+//! roles and handlers; the router mounts nothing else under `/api`, so no endpoint can be added without a
+//! role. A call authenticates with a reviewer token (`tgr_…`, looked up in the store on every call, so a
+//! revocation holds on every replica at once) or the bootstrap `TOLLGATE_ADMIN_TOKEN` (an admin named
+//! `bootstrap-admin`); missing or wrong → 401, a role below the endpoint's → 403. What a state-changing call
+//! records as its actor is the authenticated reviewer, never a name from the request body.
 //! Must not: serve agent traffic. It runs on its own listener so that no agent request can reach it.
 
 use std::collections::BTreeMap;
@@ -13,10 +18,9 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::{MethodRouter, delete, get, post};
+use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -26,7 +30,10 @@ use crate::config::Config;
 use crate::identity::{self, NewAgent};
 use crate::metrics::Metrics;
 use crate::policy::PolicyHandle;
-use crate::store::{ApprovalRow, DecisionFilter, DecisionRow, OutcomeRow, Store, StoreError};
+use crate::reviewers::{self, Authenticated, Reviewer, Role};
+use crate::store::{
+    ApprovalRow, DecisionFilter, DecisionRow, OutcomeRow, ReviewerRow, Store, StoreError,
+};
 
 /// How often the store's reachability is checked for `/readyz` and `tollgate_store_up`.
 const STORE_PROBE_EVERY: Duration = Duration::from_secs(2);
@@ -44,35 +51,76 @@ pub struct Admin {
     pub writers: crate::audit::WritersReady,
 }
 
-pub fn router(admin: Arc<Admin>) -> Router {
-    let api = Router::new()
-        .route("/api/decisions", get(list_decisions))
-        .route("/api/decisions/{id}", get(get_decision))
-        .route("/api/agents", get(list_agents).post(create_agent))
-        .route("/api/agents/{name}/revoke", post(revoke_agent))
-        .route("/api/approvals", get(list_approvals))
-        .route("/api/approvals/{id}", get(get_approval))
-        .route("/api/approvals/{id}/approve", post(approve))
-        .route("/api/approvals/{id}/deny", post(deny))
-        .route("/api/spend", get(spend))
-        .route("/api/spend/flagged", get(flagged_reservations))
-        .route(
-            "/api/spend/reservations/{id}/settle",
+/// One admin API endpoint: method, path (axum syntax) and the least role that may call it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub role: Role,
+}
+
+/// Every `/api` endpoint with its role and handler: the only place endpoints are declared. Reads are for
+/// viewers; approve/deny for approvers; freeze, reload, revoking agents and settling reservations for
+/// operators; creating agents and managing reviewers for admins.
+fn api() -> Vec<(Endpoint, MethodRouter<Arc<Admin>>)> {
+    use Role::{Admin as A, Approver as Ap, Operator as O, Viewer as V};
+    let e = |method, path, role| Endpoint { method, path, role };
+    vec![
+        (e("GET", "/api/whoami", V), get(whoami)),
+        (e("GET", "/api/decisions", V), get(list_decisions)),
+        (e("GET", "/api/decisions/{id}", V), get(get_decision)),
+        (e("GET", "/api/agents", V), get(list_agents)),
+        (e("POST", "/api/agents", A), post(create_agent)),
+        (
+            e("POST", "/api/agents/{name}/revoke", O),
+            post(revoke_agent),
+        ),
+        (e("GET", "/api/approvals", V), get(list_approvals)),
+        (e("GET", "/api/approvals/{id}", V), get(get_approval)),
+        (e("POST", "/api/approvals/{id}/approve", Ap), post(approve)),
+        (e("POST", "/api/approvals/{id}/deny", Ap), post(deny)),
+        (e("GET", "/api/spend", V), get(spend)),
+        (e("GET", "/api/spend/flagged", V), get(flagged_reservations)),
+        (
+            e("POST", "/api/spend/reservations/{id}/settle", O),
             post(settle_reservation),
-        )
-        .route("/api/policy", get(policy_status))
-        .route("/api/policy/reload", post(reload_policy))
-        .route("/api/freeze", post(freeze).delete(unfreeze))
-        .layer(middleware::from_fn_with_state(
-            admin.clone(),
-            require_admin_token,
-        ));
-    Router::new()
+        ),
+        (e("GET", "/api/policy", V), get(policy_status)),
+        (e("POST", "/api/policy/reload", O), post(reload_policy)),
+        (e("POST", "/api/freeze", O), post(freeze)),
+        (e("DELETE", "/api/freeze", O), delete(unfreeze)),
+        (e("GET", "/api/reviewers", A), get(list_reviewers)),
+        (e("POST", "/api/reviewers", A), post(create_reviewer)),
+        (
+            e("POST", "/api/reviewers/{name}/revoke", A),
+            post(revoke_reviewer),
+        ),
+        (
+            e("POST", "/api/reviewers/{name}/rotate", A),
+            post(rotate_reviewer),
+        ),
+    ]
+}
+
+/// The endpoints and their roles (for tests, docs and the console).
+pub fn endpoints() -> Vec<Endpoint> {
+    api().into_iter().map(|(e, _)| e).collect()
+}
+
+pub fn router(admin: Arc<Admin>) -> Router {
+    let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .merge(api)
-        .with_state(admin)
+        .route("/metrics", get(metrics));
+    for (endpoint, handler) in api() {
+        // `route_layer`: the guard wraps exactly this method's handler; routes with the same path merge.
+        let guarded = handler.route_layer(middleware::from_fn_with_state(
+            (admin.clone(), endpoint),
+            require_role,
+        ));
+        router = router.route(endpoint.path, guarded);
+    }
+    router.with_state(admin)
 }
 
 /// Keeps `tollgate_store_up` current.
@@ -108,36 +156,81 @@ pub fn spawn_store_probe(admin: Arc<Admin>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-async fn require_admin_token(
-    State(admin): State<Arc<Admin>>,
-    request: Request,
+/// Authenticates the caller (reviewer token or bootstrap token) and checks the endpoint's role; the
+/// authenticated [`Reviewer`] goes to the handler as an extension (a handler that needs it and runs without
+/// this guard fails its extraction: closed, not open).
+async fn require_role(
+    State((admin, endpoint)): State<(Arc<Admin>, Endpoint)>,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let presented = request
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let ok = match (&admin.config.admin.token, presented) {
-        (Some(token), Some(p)) => constant_time_eq(token.expose_secret().as_bytes(), p.as_bytes()),
-        _ => false,
-    };
-    if !ok {
-        return api_error(
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .filter(|p| !p.is_empty());
+    let unauthenticated = || {
+        let mut response = api_error(
             StatusCode::UNAUTHORIZED,
             "admin_unauthenticated",
-            "a valid admin bearer token is required",
+            "a valid reviewer token (or the bootstrap admin token) is required as a Bearer token",
+        );
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"tollgate-admin\""),
+        );
+        response
+    };
+    // Single sign-on: without a bearer token, the identity header of a trusted authenticating proxy (by
+    // the connection's peer address; the header from anyone else is ignored).
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let vouched: Option<String> = peer
+        .filter(|ip| admin.config.admin.trusted_proxies.contains(ip))
+        .and_then(|_| request.headers().get(&admin.config.admin.identity_header))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let found = match (presented, vouched) {
+        (Some(p), _) => {
+            reviewers::authenticate(&admin.store, admin.config.admin.token.as_ref(), p).await
+        }
+        (None, Some(email)) => reviewers::authenticate_email(&admin.store, &email).await,
+        (None, None) => return unauthenticated(),
+    };
+    let reviewer = match found {
+        Ok(Authenticated::Reviewer(r)) => r,
+        Ok(Authenticated::Unknown) => return unauthenticated(),
+        Err(e) => return store_error(e),
+    };
+    if !reviewer.role.allows(endpoint.role) {
+        tracing::warn!(reviewer = %reviewer.name, role = %reviewer.role, method = endpoint.method,
+            path = endpoint.path, "admin call refused: role too low");
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            &format!(
+                "{} {} needs the {} role; reviewer '{}' has the {} role",
+                endpoint.method, endpoint.path, endpoint.role, reviewer.name, reviewer.role
+            ),
         );
     }
+    request.extensions_mut().insert(reviewer);
     next.run(request).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Who the caller is, as the admin API authenticated them.
+async fn whoami(Extension(me): Extension<Reviewer>) -> Response {
+    Json(
+        json!({"name": me.name, "email": me.email, "role": me.role.as_str(),
+        "bootstrap": me.name == reviewers::BOOTSTRAP_ADMIN}),
+    )
+    .into_response()
 }
 
 fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -314,7 +407,11 @@ struct CreateAgent {
     expires: Option<String>,
 }
 
-async fn create_agent(State(admin): State<Arc<Admin>>, Json(body): Json<CreateAgent>) -> Response {
+async fn create_agent(
+    State(admin): State<Arc<Admin>>,
+    Extension(me): Extension<Reviewer>,
+    Json(body): Json<CreateAgent>,
+) -> Response {
     let expires_at = match body
         .expires
         .as_deref()
@@ -330,12 +427,13 @@ async fn create_agent(State(admin): State<Arc<Admin>>, Json(body): Json<CreateAg
         scopes: body.scopes,
         labels: body.labels,
         expires_at,
+        created_by: Some(me.name.clone()),
     };
     match identity::create_agent(&admin.store, new).await {
         Ok((row, key)) => {
             audit_action(
                 &admin,
-                "admin",
+                &me.name,
                 "agent.create",
                 Some(&row.name),
                 json!({"scopes": row.scopes, "team": row.team}),
@@ -353,10 +451,14 @@ async fn create_agent(State(admin): State<Arc<Admin>>, Json(body): Json<CreateAg
     }
 }
 
-async fn revoke_agent(State(admin): State<Arc<Admin>>, Path(name): Path<String>) -> Response {
+async fn revoke_agent(
+    State(admin): State<Arc<Admin>>,
+    Extension(me): Extension<Reviewer>,
+    Path(name): Path<String>,
+) -> Response {
     match admin.store.revoke_agent(&name).await {
         Ok(true) => {
-            audit_action(&admin, "admin", "agent.revoke", Some(&name), json!({})).await;
+            audit_action(&admin, &me.name, "agent.revoke", Some(&name), json!({})).await;
             Json(json!({"name": name, "status": "revoked"})).into_response()
         }
         Ok(false) => api_error(
@@ -390,11 +492,14 @@ fn policy_json(admin: &Admin) -> Value {
 }
 
 /// Reloads now; 200 with the new status, or 422 with the error (the old bundle stays live).
-async fn reload_policy(State(admin): State<Arc<Admin>>) -> Response {
+async fn reload_policy(
+    State(admin): State<Arc<Admin>>,
+    Extension(me): Extension<Reviewer>,
+) -> Response {
     let result = crate::app::reload_policy(&admin.policy, &admin.metrics, "admin API").await;
     audit_action(
         &admin,
-        "admin-api",
+        &me.name,
         "policy.reload",
         None,
         json!({"ok": result.is_ok()}),
@@ -408,22 +513,22 @@ async fn reload_policy(State(admin): State<Arc<Admin>>) -> Response {
     (status, Json(policy_json(&admin))).into_response()
 }
 
-async fn freeze(State(admin): State<Arc<Admin>>) -> Response {
-    set_frozen(&admin, true).await
+async fn freeze(State(admin): State<Arc<Admin>>, Extension(me): Extension<Reviewer>) -> Response {
+    set_frozen(&admin, &me, true).await
 }
 
-async fn unfreeze(State(admin): State<Arc<Admin>>) -> Response {
-    set_frozen(&admin, false).await
+async fn unfreeze(State(admin): State<Arc<Admin>>, Extension(me): Extension<Reviewer>) -> Response {
+    set_frozen(&admin, &me, false).await
 }
 
 /// Freezing is stored, so every replica picks it up with its next control poll; this replica applies it now.
-async fn set_frozen(admin: &Admin, frozen: bool) -> Response {
-    if let Err(e) = admin.store.set_frozen(frozen, "admin-api").await {
+async fn set_frozen(admin: &Admin, me: &Reviewer, frozen: bool) -> Response {
+    if let Err(e) = admin.store.set_frozen(frozen, &me.name).await {
         return store_error(e);
     }
     audit_action(
         admin,
-        "admin-api",
+        &me.name,
         if frozen { "freeze" } else { "unfreeze" },
         None,
         json!({}),
@@ -431,7 +536,7 @@ async fn set_frozen(admin: &Admin, frozen: bool) -> Response {
     .await;
     admin.frozen.store(frozen, Ordering::Release);
     admin.metrics.frozen.set(i64::from(frozen));
-    tracing::warn!(frozen, "agent traffic freeze changed by an operator");
+    tracing::warn!(frozen, by = %me.name, "agent traffic freeze changed by an operator");
     Json(json!({"frozen": frozen})).into_response()
 }
 
@@ -510,7 +615,7 @@ pub fn approval_json(a: &ApprovalRow) -> Value {
     json!({
         "id": a.id, "status": status, "agent": a.agent_name, "agent_id": a.agent_id, "provider": a.provider,
         "method": a.method, "path": a.path, "query": a.query, "headers": a.headers,
-        "body_sha256": a.body_sha256, "action": a.action,
+        "body_sha256": a.body_sha256, "action": a.action, "on_behalf_of": a.on_behalf_of,
         "reasons": a.reasons, "charge_cents": a.charge_cents, "created_at": a.created_at,
         "expires_at": a.expires_at, "requested_by_decision": a.requested_by_decision,
         "decided_by": a.decided_by, "decided_at": a.decided_at, "note": a.note,
@@ -522,28 +627,73 @@ pub fn approval_json(a: &ApprovalRow) -> Value {
 #[serde(deny_unknown_fields)]
 struct Verdict {
     note: Option<String>,
-    /// The reviewer; the admin token names no person, so the caller says who they are.
+    /// Ignored: accepted so that clients written before reviewer accounts keep working. Who decided is the
+    /// authenticated reviewer, never a name the caller types.
+    #[allow(dead_code)]
     by: Option<String>,
 }
 
 async fn approve(
     State(admin): State<Arc<Admin>>,
+    Extension(me): Extension<Reviewer>,
     Path(id): Path<Uuid>,
     body: Option<Json<Verdict>>,
 ) -> Response {
-    decide(admin, id, true, body.map(|b| b.0).unwrap_or_default()).await
+    decide(admin, &me, id, true, body.map(|b| b.0).unwrap_or_default()).await
 }
 
 async fn deny(
     State(admin): State<Arc<Admin>>,
+    Extension(me): Extension<Reviewer>,
     Path(id): Path<Uuid>,
     body: Option<Json<Verdict>>,
 ) -> Response {
-    decide(admin, id, false, body.map(|b| b.0).unwrap_or_default()).await
+    decide(admin, &me, id, false, body.map(|b| b.0).unwrap_or_default()).await
 }
 
-async fn decide(admin: Arc<Admin>, id: Uuid, approve: bool, verdict: Verdict) -> Response {
-    let by = verdict.by.unwrap_or_else(|| "admin-api".to_string());
+/// Separation of duties, for approving (denying is always allowed: refusing your own request is harmless):
+/// `Some(refusal)` when `me` may not approve approval `id` — it was requested on their own behalf or by an
+/// agent they created — unless `[approvals] allow_self_approval`. A reviewer with an email is matched by
+/// name and email.
+async fn separation_of_duties(admin: &Admin, me: &Reviewer, id: Uuid) -> Option<Response> {
+    if admin.config.approvals.allow_self_approval {
+        return None;
+    }
+    let approval = match admin.store.approval(id).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return None, // decide() answers 404
+        Err(e) => return Some(store_error(e)),
+    };
+    let created_by = match admin.store.agent_created_by(approval.agent_id).await {
+        Ok(c) => c,
+        Err(e) => return Some(store_error(e)),
+    };
+    let why =
+        reviewers::may_not_approve(me, approval.on_behalf_of.as_deref(), created_by.as_deref())?;
+    tracing::warn!(reviewer = %me.name, approval = %id, code = why.code(),
+        "approval refused: separation of duties");
+    audit_action(
+        admin,
+        &me.name,
+        "approval.approve.refused",
+        Some(&id.to_string()),
+        json!({"code": why.code()}),
+    )
+    .await;
+    Some(api_error(StatusCode::FORBIDDEN, why.code(), why.message()))
+}
+
+async fn decide(
+    admin: Arc<Admin>,
+    me: &Reviewer,
+    id: Uuid,
+    approve: bool,
+    verdict: Verdict,
+) -> Response {
+    if approve && let Some(refused) = separation_of_duties(&admin, me, id).await {
+        return refused;
+    }
+    let by = me.name.clone();
     match admin
         .approvals
         .decide(id, approve, &by, verdict.note.as_deref())
@@ -600,13 +750,15 @@ struct SettleRequest {
     outcome: String,
     /// What the operator checked; required, it is the record of why.
     note: String,
-    /// Who settles; the admin token names no person, so the caller says who they are.
-    by: String,
+    /// Ignored (accepted for older clients): who settles is the authenticated reviewer.
+    #[allow(dead_code)]
+    by: Option<String>,
 }
 
 /// An operator settles a flagged reservation; who and why are kept on it and in `admin_actions`.
 async fn settle_reservation(
     State(admin): State<Arc<Admin>>,
+    Extension(me): Extension<Reviewer>,
     Path(id): Path<Uuid>,
     body: Option<Json<SettleRequest>>,
 ) -> Response {
@@ -614,7 +766,7 @@ async fn settle_reservation(
         return api_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            "the body must be {\"outcome\": \"committed\"|\"released\", \"note\": \"…\", \"by\": \"…\"}",
+            "the body must be {\"outcome\": \"committed\"|\"released\", \"note\": \"…\"}",
         );
     };
     let how = match request.outcome.as_str() {
@@ -628,21 +780,21 @@ async fn settle_reservation(
             );
         }
     };
-    if request.note.trim().is_empty() || request.by.trim().is_empty() {
+    if request.note.trim().is_empty() {
         return api_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            "note and by are required: a settlement records who decided and why",
+            "a note is required: a settlement records who decided and why",
         );
     }
     match admin
         .store
-        .settle_flagged(id, how, request.by.trim(), request.note.trim())
+        .settle_flagged(id, how, &me.name, request.note.trim())
         .await
     {
         Ok(Some(cents)) => Json(
             json!({"decision_id": id, "outcome": request.outcome, "cents": cents,
-            "by": request.by.trim(), "note": request.note.trim()}),
+            "by": me.name, "note": request.note.trim()}),
         )
         .into_response(),
         Ok(None) => api_error(
@@ -666,5 +818,146 @@ async fn spend(State(admin): State<Arc<Admin>>, Query(q): Query<SpendQuery>) -> 
     match admin.store.spend(&period).await {
         Ok(rows) => Json(json!({"period": period, "windows": rows})).into_response(),
         Err(e) => store_error(e),
+    }
+}
+
+/// The API shape of a reviewer account (never the token or its hash).
+pub fn reviewer_json(r: &ReviewerRow) -> Value {
+    json!({
+        "id": r.id, "name": r.name, "email": r.email, "role": r.role, "token_prefix": r.token_prefix,
+        "status": if r.revoked_at.is_some() { "revoked" } else { "active" },
+        "created_at": r.created_at, "created_by": r.created_by, "revoked_at": r.revoked_at,
+        "rotated_at": r.rotated_at, "last_used": r.last_used,
+    })
+}
+
+async fn list_reviewers(State(admin): State<Arc<Admin>>) -> Response {
+    match admin.store.list_reviewers().await {
+        Ok(rows) => Json(json!({"reviewers": rows.iter().map(reviewer_json).collect::<Vec<_>>()}))
+            .into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateReviewer {
+    name: String,
+    role: String,
+    email: Option<String>,
+}
+
+async fn create_reviewer(
+    State(admin): State<Arc<Admin>>,
+    Extension(me): Extension<Reviewer>,
+    Json(body): Json<CreateReviewer>,
+) -> Response {
+    let Some(role) = Role::parse(&body.role) else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "role must be viewer, approver, operator or admin",
+        );
+    };
+    match reviewers::create(
+        &admin.store,
+        &body.name,
+        role,
+        body.email.as_deref(),
+        &me.name,
+    )
+    .await
+    {
+        Ok((row, token)) => {
+            audit_action(
+                &admin,
+                &me.name,
+                "reviewer.create",
+                Some(&row.name),
+                json!({"role": row.role}),
+            )
+            .await;
+            let mut v = reviewer_json(&row);
+            // The only time the token is ever returned.
+            v["token"] = Value::String(token.expose().to_string());
+            (StatusCode::CREATED, Json(v)).into_response()
+        }
+        Err(reviewers::ReviewerError::Invalid(m)) => {
+            api_error(StatusCode::BAD_REQUEST, "invalid", &m)
+        }
+        Err(reviewers::ReviewerError::Store(e)) => store_error(e),
+    }
+}
+
+async fn revoke_reviewer(
+    State(admin): State<Arc<Admin>>,
+    Extension(me): Extension<Reviewer>,
+    Path(name): Path<String>,
+) -> Response {
+    match admin.store.revoke_reviewer(&name).await {
+        Ok(true) => {
+            audit_action(&admin, &me.name, "reviewer.revoke", Some(&name), json!({})).await;
+            Json(json!({"name": name, "status": "revoked"})).into_response()
+        }
+        Ok(false) => api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no active reviewer with that name",
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn rotate_reviewer(
+    State(admin): State<Arc<Admin>>,
+    Extension(me): Extension<Reviewer>,
+    Path(name): Path<String>,
+) -> Response {
+    match reviewers::rotate(&admin.store, &name).await {
+        Ok(Some(token)) => {
+            audit_action(&admin, &me.name, "reviewer.rotate", Some(&name), json!({})).await;
+            // The only time the new token is ever returned; the old one no longer works.
+            Json(json!({"name": name, "token": token.expose()})).into_response()
+        }
+        Ok(None) => api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no active reviewer with that name",
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_endpoint_is_declared_once_with_a_role() {
+        let all = endpoints();
+        let mut seen = std::collections::BTreeSet::new();
+        for e in &all {
+            assert!(e.path.starts_with("/api/"), "{e:?}");
+            assert!(
+                seen.insert((e.method, e.path)),
+                "declared twice: {} {}",
+                e.method,
+                e.path
+            );
+            assert!(axum::http::Method::from_bytes(e.method.as_bytes()).is_ok());
+            // Reads are for every role (but the reviewer list, for admins); nothing that changes state is
+            // open to viewers.
+            if e.method == "GET" && !e.path.starts_with("/api/reviewers") {
+                assert_eq!(e.role, Role::Viewer, "{e:?}");
+            } else {
+                assert!(e.role > Role::Viewer, "{e:?}");
+            }
+        }
+        // Managing reviewers and minting agents is for admins only.
+        for e in all.iter().filter(|e| {
+            e.path.starts_with("/api/reviewers") || (e.path == "/api/agents" && e.method == "POST")
+        }) {
+            assert_eq!(e.role, Role::Admin, "{e:?}");
+        }
     }
 }

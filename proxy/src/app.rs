@@ -330,9 +330,13 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
             watch.clone(),
         )),
         tokio::spawn(
-            axum::serve(admin_listener.tap_io(no_delay), admin_app)
-                .with_graceful_shutdown(stop(watch))
-                .into_future(),
+            // With the peer address: an identity header is trusted only from `admin.trusted_proxies`.
+            axum::serve(
+                admin_listener.tap_io(no_delay),
+                admin_app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop(watch))
+            .into_future(),
         ),
     ];
     Ok(Running {

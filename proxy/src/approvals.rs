@@ -71,6 +71,9 @@ pub struct Call<'a> {
     /// fingerprint, so an approved call that would now be charged differently (prices changed, a new
     /// window) needs a new approval.
     pub charge: &'a str,
+    /// `Tollgate-On-Behalf-Of` as sent. Part of the approval fingerprint (not the request's): an approval is
+    /// for a request on behalf of one person, and separation of duties is judged against that person.
+    pub on_behalf_of: Option<&'a str>,
 }
 
 #[derive(Clone)]
@@ -109,6 +112,12 @@ impl Call<'_> {
         ] {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part.as_bytes());
+        }
+        // Absent adds nothing, so approvals of requests without the header keep the fingerprint they had.
+        if with_charge && let Some(who) = self.on_behalf_of {
+            h.update([1u8]);
+            h.update((who.len() as u64).to_be_bytes());
+            h.update(who.as_bytes());
         }
         hex::encode(h.finalize())
     }
@@ -150,6 +159,7 @@ impl Approvals {
             created_at: now,
             expires_at: now + ttl,
             requested_by_decision: decision_id,
+            on_behalf_of: call.on_behalf_of.map(str::to_string),
             decided_by: None,
             decided_at: None,
             note: None,
@@ -331,6 +341,7 @@ mod tests {
             body_sha256: body,
             action: "stripe.payment.create",
             charge: "7500/agent-provider-month/2026-11",
+            on_behalf_of: None,
         }
     }
 
@@ -367,5 +378,24 @@ mod tests {
             ..call("/v1/payment_intents", "", "aa")
         };
         assert_ne!(base, next_window.fingerprint());
+        // On whose behalf: bound into the approval (separation of duties is judged against it), not into the
+        // request fingerprint; absent and empty differ.
+        let alice = Call {
+            on_behalf_of: Some("alice@example.com"),
+            ..call("/v1/payment_intents", "", "aa")
+        };
+        let bob = Call {
+            on_behalf_of: Some("bob@example.com"),
+            ..call("/v1/payment_intents", "", "aa")
+        };
+        let empty = Call {
+            on_behalf_of: Some(""),
+            ..call("/v1/payment_intents", "", "aa")
+        };
+        assert_ne!(base, alice.fingerprint());
+        assert_ne!(alice.fingerprint(), bob.fingerprint());
+        assert_ne!(base, empty.fingerprint());
+        assert_eq!(base, call("/v1/payment_intents", "", "aa").fingerprint());
+        assert_eq!(alice.request_fingerprint(), bob.request_fingerprint());
     }
 }

@@ -55,6 +55,9 @@ pub enum Command {
     /// Manage agent identities.
     #[command(subcommand)]
     Agents(AgentsCommand),
+    /// Manage reviewer accounts: the people who use the admin API, each with a role and a token.
+    #[command(subcommand)]
+    Reviewers(ReviewersCommand),
     /// Work with policy bundles.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -141,7 +144,7 @@ pub enum SpendCommand {
         /// Why (what you checked at the provider); recorded with the settlement.
         #[arg(long)]
         note: String,
-        /// Who is settling (recorded); defaults to $USER.
+        /// Who is settling; recorded as `local:<by>` (defaults to $USER).
         #[arg(long)]
         by: Option<String>,
     },
@@ -162,7 +165,8 @@ pub enum ApprovalsCommand {
         id: uuid::Uuid,
         #[arg(long)]
         note: Option<String>,
-        /// Who is approving (recorded); defaults to $USER.
+        /// Who is approving; recorded as `local:<by>` (defaults to $USER). The admin API records the
+        /// authenticated reviewer instead.
         #[arg(long)]
         by: Option<String>,
     },
@@ -187,6 +191,36 @@ pub enum AgentsCommand {
     },
     /// Revoke an agent's key; every replica refuses it within a second.
     Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReviewersCommand {
+    /// Create a reviewer and print their token (shown once; `tgr_…`).
+    Create {
+        name: String,
+        /// viewer (reads), approver (+ approve/deny), operator (+ freeze, reload, revoke agents, settle),
+        /// admin (+ create agents and reviewers).
+        #[arg(long)]
+        role: String,
+        /// Their email, if it is what agents send in Tollgate-On-Behalf-Of (separation of duties).
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List reviewers (never their tokens).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a reviewer; their token is refused by every replica from the next call.
+    Revoke { name: String },
+    /// Give a reviewer a new token (printed once); the old one stops working at once.
+    Rotate {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -363,6 +397,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Agents(cmd) => agents(&cli, cmd).await,
+        Command::Reviewers(cmd) => reviewers(&cli, cmd).await,
         Command::Policy(PolicyCommand::Test {
             dir,
             json,
@@ -750,10 +785,7 @@ async fn spend_command(cli: &Cli, command: &SpendCommand) -> anyhow::Result<Exit
             } else {
                 crate::store::ManualSettlement::Released
             };
-            let by = by
-                .clone()
-                .or_else(|| std::env::var("USER").ok())
-                .unwrap_or_else(|| "cli".to_string());
+            let by = local_actor(by);
             match ledger.settle_flagged(*id, how, &by, note).await? {
                 Some(cents) => {
                     let verb = if *committed { "committed" } else { "released" };
@@ -920,6 +952,7 @@ async fn agents(cli: &Cli, cmd: &AgentsCommand) -> anyhow::Result<ExitCode> {
                 scopes: args.scopes.clone(),
                 labels,
                 expires_at,
+                created_by: Some(operator()),
             };
             let (row, key) = identity::create_agent(&store, new).await?;
             store
@@ -980,19 +1013,142 @@ async fn agents(cli: &Cli, cmd: &AgentsCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Who runs this CLI, for the admin action record.
+/// Who runs this CLI, for the admin action record: `local:<$USER>`. The local CLI writes the store directly
+/// (whoever can run it holds the database credentials), so it authenticates nobody: the `local:` prefix keeps
+/// what it records apart from the authenticated reviewers of the admin API (reviewer names cannot contain
+/// `:`).
 fn operator() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "cli".to_string())
+    local_actor(&None)
+}
+
+/// `local:<by>`, `--by` defaulting to `$USER`.
+fn local_actor(by: &Option<String>) -> String {
+    let who = by
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "cli".to_string());
+    crate::reviewers::Reviewer::local(who.trim()).name
+}
+
+async fn reviewers(cli: &Cli, cmd: &ReviewersCommand) -> anyhow::Result<ExitCode> {
+    use crate::reviewers::{self, Role};
+    let store = connect(&load_config(cli)?).await?;
+    match cmd {
+        ReviewersCommand::Create {
+            name,
+            role,
+            email,
+            json,
+        } => {
+            let role = Role::parse(role).ok_or_else(|| {
+                anyhow::anyhow!("--role must be viewer, approver, operator or admin")
+            })?;
+            let actor = operator();
+            let (row, token) =
+                match reviewers::create(&store, name, role, email.as_deref(), &actor).await {
+                    Ok(created) => created,
+                    Err(reviewers::ReviewerError::Invalid(m)) => anyhow::bail!("{m}"),
+                    Err(reviewers::ReviewerError::Store(e)) => return Err(e.into()),
+                };
+            store
+                .record_admin_action(
+                    &actor,
+                    "reviewer.create",
+                    Some(&row.name),
+                    &json!({"via": "cli", "role": row.role}),
+                )
+                .await?;
+            if *json {
+                let mut v = crate::admin::reviewer_json(&row);
+                v["token"] = Value::String(token.expose().to_string());
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "created reviewer '{}' ({}), role {}",
+                    row.name, row.id, row.role
+                );
+                println!("token (shown once, store it now): {}", token.expose());
+            }
+        }
+        ReviewersCommand::List { json } => {
+            let rows = store.list_reviewers().await?;
+            if *json {
+                let items: Vec<Value> = rows.iter().map(crate::admin::reviewer_json).collect();
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                let when = |t: Option<chrono::DateTime<Utc>>| {
+                    t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())
+                };
+                for r in rows {
+                    println!(
+                        "{:<24} {:<8} {:<8} token={}…  created_by={}  last_used={}",
+                        r.name,
+                        r.role,
+                        if r.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        },
+                        r.token_prefix,
+                        r.created_by,
+                        when(r.last_used),
+                    );
+                }
+            }
+        }
+        ReviewersCommand::Revoke { name } => {
+            if store.revoke_reviewer(name).await? {
+                store
+                    .record_admin_action(
+                        &operator(),
+                        "reviewer.revoke",
+                        Some(name),
+                        &json!({"via": "cli"}),
+                    )
+                    .await?;
+                println!("revoked reviewer '{name}'");
+            } else {
+                eprintln!("no active reviewer named '{name}'");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        ReviewersCommand::Rotate { name, json } => match reviewers::rotate(&store, name).await? {
+            Some(token) => {
+                store
+                    .record_admin_action(
+                        &operator(),
+                        "reviewer.rotate",
+                        Some(name),
+                        &json!({"via": "cli"}),
+                    )
+                    .await?;
+                if *json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &json!({"name": name, "token": token.expose()})
+                        )?
+                    );
+                } else {
+                    println!("rotated reviewer '{name}'; the old token no longer works");
+                    println!("token (shown once, store it now): {}", token.expose());
+                }
+            }
+            None => {
+                eprintln!("no active reviewer named '{name}'");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn approvals(cli: &Cli, cmd: &ApprovalsCommand) -> anyhow::Result<ExitCode> {
     let config = load_config(cli)?;
     let store = connect(&config).await?;
-    let reviewer = |by: &Option<String>| {
-        by.clone()
-            .or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "cli".to_string())
-    };
+    // The local CLI authenticates nobody (it holds the database credentials): what it records is
+    // `local:<--by or $USER>`, never a bare name that could pass for an authenticated reviewer.
+    let reviewer = local_actor;
     let (id, approve, note, by) = match cmd {
         ApprovalsCommand::List { status, json } => {
             let rows = store.list_approvals(status.as_deref(), 500).await?;

@@ -87,6 +87,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawApprovals {
     pub ttl_seconds: Option<u64>,
+    pub allow_self_approval: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +144,8 @@ pub struct RawCredential {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub token_env: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub identity_header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +175,9 @@ pub struct Config {
 pub struct ApprovalsConfig {
     /// How long an approval (pending or approved) stays usable.
     pub ttl: Duration,
+    /// Separation of duties off: a reviewer may approve a request made on their own behalf, or by an agent
+    /// they created. Default false; meant for a team of one.
+    pub allow_self_approval: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +254,11 @@ pub struct Credential {
 pub struct AdminConfig {
     pub token_env: String,
     pub token: Option<SecretString>,
+    /// Addresses of authenticating reverse proxies (oauth2-proxy, Pomerium) whose `identity_header` is
+    /// trusted; empty (the default): the header is never trusted.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The header such a proxy puts the signed-in user's email in (default `X-Forwarded-Email`).
+    pub identity_header: http::HeaderName,
 }
 
 #[derive(Debug, Clone)]
@@ -550,6 +561,28 @@ impl Config {
             .redaction_key_env
             .clone()
             .unwrap_or_else(|| DEFAULT_REDACTION_KEY_ENV.to_string());
+        let mut trusted_proxies = Vec::new();
+        for text in raw.admin.trusted_proxies.iter().flatten() {
+            match text.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) => trusted_proxies.push(ip),
+                Err(_) => errors.push(format!(
+                    "admin.trusted_proxies: '{text}' is not an IP address"
+                )),
+            }
+        }
+        let identity_header = match raw
+            .admin
+            .identity_header
+            .as_deref()
+            .unwrap_or("X-Forwarded-Email")
+            .parse::<http::HeaderName>()
+        {
+            Ok(h) => h,
+            Err(_) => {
+                errors.push("admin.identity_header is not a valid header name".to_string());
+                http::HeaderName::from_static("x-forwarded-email")
+            }
+        };
         let token_env = raw
             .admin
             .token_env
@@ -639,7 +672,12 @@ impl Config {
                 engine_check_sample,
             },
             providers,
-            admin: AdminConfig { token_env, token },
+            admin: AdminConfig {
+                token_env,
+                token,
+                trusted_proxies,
+                identity_header,
+            },
             audit: AuditConfig {
                 max_batch,
                 writers,
@@ -653,6 +691,7 @@ impl Config {
             },
             approvals: ApprovalsConfig {
                 ttl: Duration::from_secs(ttl_seconds),
+                allow_self_approval: raw.approvals.allow_self_approval.unwrap_or(false),
             },
         })
     }
@@ -786,6 +825,34 @@ mod tests {
             e.to_string().contains("max_connections of at least 4"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn reviewer_keys() {
+        let c = load("", &[]).unwrap();
+        assert!(!c.approvals.allow_self_approval);
+        assert!(
+            c.admin.trusted_proxies.is_empty(),
+            "no proxy is trusted by default"
+        );
+        assert_eq!(c.admin.identity_header.as_str(), "x-forwarded-email");
+        let c = load(
+            "[approvals]\nallow_self_approval = true\n[admin]\ntrusted_proxies = [\"10.0.0.7\", \"::1\"]\nidentity_header = \"X-Auth-Request-Email\"\n",
+            &[],
+        )
+        .unwrap();
+        assert!(c.approvals.allow_self_approval);
+        assert_eq!(c.admin.trusted_proxies.len(), 2);
+        assert_eq!(c.admin.identity_header.as_str(), "x-auth-request-email");
+        let c = load("", &[("TOLLGATE_APPROVALS__ALLOW_SELF_APPROVAL", "true")]).unwrap();
+        assert!(c.approvals.allow_self_approval);
+        let e = load(
+            "[admin]\ntrusted_proxies = [\"10.0.0.0/8\"]\nidentity_header = \"bad header\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert!(e.to_string().contains("10.0.0.0/8"), "{e}");
     }
 
     #[test]

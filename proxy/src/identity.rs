@@ -54,6 +54,9 @@ pub struct NewAgent {
     pub scopes: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// Who creates it (the authenticated reviewer, or `local:<user>` from the CLI); separation of duties
+    /// keeps its creator from approving its requests.
+    pub created_by: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -319,6 +322,7 @@ pub async fn create_agent(
         created_at: Utc::now(),
         expires_at: new.expires_at,
         revoked_at: None,
+        created_by: new.created_by,
     };
     store.insert_agent(&row).await?;
     Ok((row, key))

@@ -219,6 +219,8 @@ struct Ruling {
     /// `cents/budget/period` of the decision's charge, or empty: part of the approval fingerprint.
     charge: String,
     approval_header: Option<Uuid>,
+    /// `Tollgate-On-Behalf-Of`: part of the approval fingerprint (separation of duties needs to know it).
+    on_behalf_of: Option<String>,
 }
 
 /// What the authorize phase secured: the approval used (if any), the money reserved, the committed record.
@@ -252,6 +254,7 @@ impl Ruling {
             body_sha256: &intake.facts.body_sha256,
             action: &intake.action.name,
             charge: &self.charge,
+            on_behalf_of: self.on_behalf_of.as_deref(),
         }
     }
 }
@@ -529,6 +532,7 @@ impl Gate {
             canonical_query: canon::canonical_query(&intake.facts.query),
             charge,
             approval_header,
+            on_behalf_of: draft.run.on_behalf_of.clone(),
         })
     }
 

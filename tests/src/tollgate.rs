@@ -72,6 +72,8 @@ pub struct TollgateBuilder {
     policy_extra: Vec<String>,
     stripe_extra: Vec<String>,
     audit_extra: Vec<String>,
+    approvals_extra: Vec<String>,
+    admin_extra: Vec<String>,
 }
 
 pub struct Tollgate {
@@ -92,6 +94,8 @@ impl TollgateBuilder {
             policy_extra: Vec::new(),
             stripe_extra: Vec::new(),
             audit_extra: Vec::new(),
+            approvals_extra: Vec::new(),
+            admin_extra: Vec::new(),
         }
     }
 
@@ -129,6 +133,18 @@ impl TollgateBuilder {
         self
     }
 
+    /// An extra `key = value` line in `[approvals]`, e.g. `allow_self_approval = true`.
+    pub fn approvals(mut self, line: &str) -> Self {
+        self.approvals_extra.push(line.to_string());
+        self
+    }
+
+    /// An extra `key = value` line in `[admin]`, e.g. `trusted_proxies = ["127.0.0.1"]`.
+    pub fn admin(mut self, line: &str) -> Self {
+        self.admin_extra.push(line.to_string());
+        self
+    }
+
     /// An extra `key = value` line in `[audit]`, e.g. `writers = 1`.
     pub fn audit(mut self, line: &str) -> Self {
         self.audit_extra.push(line.to_string());
@@ -161,11 +177,19 @@ credential = {{ env = "STRIPE_SECRET_KEY", scheme = "basic" }}
 
 [audit]
 {audit_extra}
+
+[approvals]
+{approvals_extra}
+
+[admin]
+{admin_extra}
 "#,
             extra = self.server_extra.join("\n"),
             policy_extra = self.policy_extra.join("\n"),
             stripe_extra = self.stripe_extra.join("\n"),
             audit_extra = self.audit_extra.join("\n"),
+            approvals_extra = self.approvals_extra.join("\n"),
+            admin_extra = self.admin_extra.join("\n"),
             database = match &self.database_url {
                 Some(url) => format!("[database]\nurl = \"{url}\"\nmigrate_on_start = true\n"),
                 None => String::new(),

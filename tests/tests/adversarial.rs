@@ -848,9 +848,11 @@ async fn only_evidence_releases_a_reservation() {
     .map(|r| (r.get(0), r.get(1)))
     .collect();
     assert_eq!(actions.len(), 2);
-    assert_eq!(actions[0].0, "alice");
+    // The API records the authenticated caller (the bootstrap admin), not the body's "by"; the local CLI
+    // records `local:<--by>`.
+    assert_eq!(actions[0].0, "bootstrap-admin");
     assert!(actions[0].1.contains("no charge in the Stripe dashboard"));
-    assert_eq!(actions[1].0, "bob");
+    assert_eq!(actions[1].0, "local:bob");
     let window: (i64, i64) = sqlx::query(
         "SELECT committed_cents, reserved_cents FROM spend_windows WHERE budget = 'agent-provider-month'",
     )

@@ -245,7 +245,8 @@ async fn an_approval_granted_on_one_replica_is_honoured_once_on_another() {
         .await;
     assert_eq!(approved.status(), 200);
     let approved: Value = approved.json().await.unwrap();
-    assert_eq!(approved["decided_by"], "alice");
+    // The authenticated caller (here the bootstrap token), never the body's "by".
+    assert_eq!(approved["decided_by"], "bootstrap-admin");
     assert_eq!(approved["note"], "launch budget");
 
     // A changed body with that approval is refused; the exact request on replica 1 passes once.
@@ -299,7 +300,7 @@ async fn an_approval_granted_on_one_replica_is_honoured_once_on_another() {
             .fetch_one(&c.pool)
             .await
             .unwrap();
-    assert_eq!(actor, "alice");
+    assert_eq!(actor, "bootstrap-admin");
 }
 
 #[tokio::test]

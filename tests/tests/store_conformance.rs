@@ -10,7 +10,7 @@ use tollgate::audit::{AuditWriter, DecisionRecord};
 use tollgate::metrics::Metrics;
 use tollgate::store::{
     AgentRow, ApprovalRow, DecisionFilter, Idempotency, ManualSettlement, NewReservation,
-    Reservation, Store, StoreError, WindowKey,
+    Reservation, ReviewerRow, Store, StoreError, WindowKey,
 };
 use tollgate_tests::TestDatabase;
 use uuid::Uuid;
@@ -69,6 +69,8 @@ conformance!(
     flagged_reservations_are_settled_by_an_operator,
     approvals_open_once_decide_once_and_consume_once,
     controls_and_admin_actions,
+    reviewers_are_unique_found_by_hash_revoked_and_rotated,
+    agents_and_approvals_keep_creator_and_on_behalf_of,
 );
 
 fn agent(name: &str) -> AgentRow {
@@ -84,6 +86,7 @@ fn agent(name: &str) -> AgentRow {
         created_at: Utc::now(),
         expires_at: Some(Utc::now() + Days::days(1)),
         revoked_at: None,
+        created_by: None,
     }
 }
 
@@ -642,6 +645,7 @@ fn approval(fingerprint: &str) -> ApprovalRow {
         created_at: now,
         expires_at: now + Days::hours(1),
         requested_by_decision: Uuid::now_v7(),
+        on_behalf_of: None,
         decided_by: None,
         decided_at: None,
         note: None,
@@ -862,4 +866,180 @@ async fn a_second_server_on_one_sqlite_file_is_refused() {
         err.to_string().contains("another tollgate is serving"),
         "{err}"
     );
+}
+
+fn reviewer(name: &str, role: &str) -> ReviewerRow {
+    ReviewerRow {
+        id: Uuid::now_v7(),
+        name: name.to_string(),
+        email: Some(format!("{name}@example.com")),
+        role: role.to_string(),
+        token_hash: format!("token-hash-of-{name}"),
+        token_prefix: "tgr_abcdef".into(),
+        created_at: Utc::now(),
+        created_by: "bootstrap-admin".into(),
+        revoked_at: None,
+        rotated_at: None,
+        last_used: None,
+    }
+}
+
+async fn reviewers_are_unique_found_by_hash_revoked_and_rotated(store: &Store) {
+    let alice = reviewer("alice", "approver");
+    store.insert_reviewer(&alice).await.unwrap();
+    assert!(matches!(
+        store.insert_reviewer(&reviewer("alice", "admin")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // A role outside the four is refused by the table itself.
+    assert!(
+        store
+            .insert_reviewer(&reviewer("mallory", "root"))
+            .await
+            .is_err()
+    );
+    let found = store
+        .reviewer_by_token_hash("token-hash-of-alice")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            found.id,
+            found.role.as_str(),
+            found.email.as_deref(),
+            found.created_by.as_str()
+        ),
+        (
+            alice.id,
+            "approver",
+            Some("alice@example.com"),
+            "bootstrap-admin"
+        )
+    );
+    assert!(found.last_used.is_none() && found.revoked_at.is_none());
+    assert!(
+        store
+            .reviewer_by_token_hash("nope")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // last_used is written, and at most once a minute.
+    store.touch_reviewer(alice.id).await.unwrap();
+    let used = store
+        .reviewer_by_token_hash("token-hash-of-alice")
+        .await
+        .unwrap()
+        .unwrap()
+        .last_used
+        .unwrap();
+    store.touch_reviewer(alice.id).await.unwrap();
+    let again = store
+        .reviewer_by_token_hash("token-hash-of-alice")
+        .await
+        .unwrap()
+        .unwrap()
+        .last_used
+        .unwrap();
+    assert_eq!(used, again);
+
+    // Rotation swaps the hash: the old one finds nobody.
+    assert!(
+        store
+            .rotate_reviewer("alice", "token-hash-2", "tgr_zzzzzz")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .reviewer_by_token_hash("token-hash-of-alice")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let rotated = store
+        .reviewer_by_token_hash("token-hash-2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rotated.rotated_at.is_some());
+    assert_eq!(rotated.token_prefix, "tgr_zzzzzz");
+    assert!(!store.rotate_reviewer("nobody", "h", "p").await.unwrap());
+
+    store
+        .insert_reviewer(&reviewer("bob", "viewer"))
+        .await
+        .unwrap();
+    assert!(store.revoke_reviewer("alice").await.unwrap());
+    assert!(
+        !store.revoke_reviewer("alice").await.unwrap(),
+        "already revoked"
+    );
+    // A revoked reviewer's row stays (for the record) and says so; rotating it is refused.
+    let revoked = store
+        .reviewer_by_token_hash("token-hash-2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert!(
+        !store
+            .rotate_reviewer("alice", "token-hash-3", "p")
+            .await
+            .unwrap()
+    );
+    let listed = store.list_reviewers().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        vec!["alice", "bob"]
+    );
+    // Single sign-on finds the active reviewer by email, ignoring case; one active reviewer per email.
+    let bob = store
+        .reviewer_by_email("BOB@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bob.name, "bob");
+    assert!(
+        store
+            .reviewer_by_email("alice@example.com")
+            .await
+            .unwrap()
+            .is_none(),
+        "revoked"
+    );
+    let mut twin = reviewer("bobby", "admin");
+    twin.email = Some("Bob@Example.com".into());
+    assert!(matches!(
+        store.insert_reviewer(&twin).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Alice's email is free again once she is revoked.
+    let mut again = reviewer("alice2", "viewer");
+    again.email = Some("alice@example.com".into());
+    store.insert_reviewer(&again).await.unwrap();
+}
+
+async fn agents_and_approvals_keep_creator_and_on_behalf_of(store: &Store) {
+    let mut a = agent("made-by-alice");
+    a.created_by = Some("alice".into());
+    store.insert_agent(&a).await.unwrap();
+    store.insert_agent(&agent("old")).await.unwrap();
+    assert_eq!(
+        store.agent_created_by(a.id).await.unwrap().as_deref(),
+        Some("alice")
+    );
+    let listed = store.list_agents().await.unwrap();
+    assert_eq!(listed[0].created_by.as_deref(), Some("alice"));
+    assert_eq!(store.agent_created_by(Uuid::now_v7()).await.unwrap(), None);
+    let mut ap = approval("fp-obo");
+    ap.on_behalf_of = Some("bob@example.com".into());
+    let opened = store.open_approval(&ap).await.unwrap();
+    assert_eq!(opened.on_behalf_of.as_deref(), Some("bob@example.com"));
+    let read = store.approval(opened.id).await.unwrap().unwrap();
+    assert_eq!(read.on_behalf_of.as_deref(), Some("bob@example.com"));
+    let listed = store.list_approvals(None, 10).await.unwrap();
+    assert_eq!(listed[0].on_behalf_of.as_deref(), Some("bob@example.com"));
 }

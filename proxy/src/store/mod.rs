@@ -121,6 +121,53 @@ impl Store {
         dispatch!(self, s => s.revoke_agent(name).await)
     }
 
+    /// Who created the agent with this id (`agents.created_by`); `None` when unknown or not recorded.
+    pub async fn agent_created_by(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.agent_created_by(id).await)
+    }
+
+    pub async fn insert_reviewer(&self, reviewer: &ReviewerRow) -> Result<(), StoreError> {
+        dispatch!(self, s => s.insert_reviewer(reviewer).await)
+    }
+
+    /// The reviewer whose token hashes to this, revoked or not (the caller checks).
+    pub async fn reviewer_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<ReviewerRow>, StoreError> {
+        dispatch!(self, s => s.reviewer_by_token_hash(token_hash).await)
+    }
+
+    /// The active reviewer with this email (case-insensitive), for single sign-on.
+    pub async fn reviewer_by_email(&self, email: &str) -> Result<Option<ReviewerRow>, StoreError> {
+        dispatch!(self, s => s.reviewer_by_email(email).await)
+    }
+
+    pub async fn list_reviewers(&self) -> Result<Vec<ReviewerRow>, StoreError> {
+        dispatch!(self, s => s.list_reviewers().await)
+    }
+
+    /// Revokes by name; false when there is no such active reviewer.
+    pub async fn revoke_reviewer(&self, name: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.revoke_reviewer(name).await)
+    }
+
+    /// Replaces an active reviewer's token hash (the old token stops working in the same statement); false
+    /// when there is no such active reviewer.
+    pub async fn rotate_reviewer(
+        &self,
+        name: &str,
+        token_hash: &str,
+        token_prefix: &str,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.rotate_reviewer(name, token_hash, token_prefix).await)
+    }
+
+    /// Notes that a reviewer's token was used now; written at most once a minute per reviewer.
+    pub async fn touch_reviewer(&self, id: Uuid) -> Result<(), StoreError> {
+        dispatch!(self, s => s.touch_reviewer(id).await)
+    }
+
     /// A number that changes whenever any agent row changes (insert, revoke).
     pub async fn agents_version(&self) -> Result<i64, StoreError> {
         dispatch!(self, s => s.agents_version().await)
@@ -371,6 +418,26 @@ pub struct AgentRow {
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Who created it: a reviewer's name (admin API) or `local:<user>` (CLI); `None` for agents from before.
+    pub created_by: Option<String>,
+}
+
+/// A reviewer account as stored; `reviewers` turns it into a `Reviewer`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReviewerRow {
+    pub id: Uuid,
+    pub name: String,
+    pub email: Option<String>,
+    /// `viewer`, `approver`, `operator` or `admin`.
+    pub role: String,
+    #[serde(skip)]
+    pub token_hash: String,
+    pub token_prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub rotated_at: Option<DateTime<Utc>>,
+    pub last_used: Option<DateTime<Utc>>,
 }
 
 /// Where a writer's chain stood at a moment: written at start, periodically, at shutdown and by `audit prune`.
@@ -594,6 +661,8 @@ pub struct ApprovalRow {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub requested_by_decision: Uuid,
+    /// `Tollgate-On-Behalf-Of` of the request that opened it (part of its fingerprint).
+    pub on_behalf_of: Option<String>,
     pub decided_by: Option<String>,
     pub decided_at: Option<DateTime<Utc>>,
     pub note: Option<String>,

@@ -108,8 +108,9 @@ impl PgStore {
 
     pub async fn insert_agent(&self, agent: &AgentRow) -> Result<(), StoreError> {
         let result = sqlx::query(
-            "INSERT INTO agents (id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO agents (id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at,
+                created_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(agent.id)
         .bind(&agent.name)
@@ -121,6 +122,7 @@ impl PgStore {
         .bind(&agent.status)
         .bind(agent.created_at)
         .bind(agent.expires_at)
+        .bind(&agent.created_by)
         .execute(&self.pool)
         .await;
         match result {
@@ -132,7 +134,7 @@ impl PgStore {
         }
     }
 
-    const AGENT_COLUMNS: &'static str = "id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at, revoked_at";
+    const AGENT_COLUMNS: &'static str = "id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at, revoked_at, created_by";
 
     pub async fn agent_by_key_hash(&self, key_hash: &str) -> Result<Option<AgentRow>, StoreError> {
         let sql = format!(
@@ -164,6 +166,124 @@ impl PgStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn agent_created_by(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT created_by FROM agents WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get("created_by")?,
+            None => None,
+        })
+    }
+
+    // ---- reviewers ----
+
+    const REVIEWER_COLUMNS: &'static str =
+        "id, name, email, role, token_hash, token_prefix, created_at, created_by,
+        revoked_at, rotated_at, last_used";
+
+    pub async fn insert_reviewer(&self, r: &ReviewerRow) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO reviewers (id, name, email, role, token_hash, token_prefix, created_at, created_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(r.id)
+        .bind(&r.name)
+        .bind(&r.email)
+        .bind(&r.role)
+        .bind(&r.token_hash)
+        .bind(&r.token_prefix)
+        .bind(r.created_at)
+        .bind(&r.created_by)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(
+                StoreError::Conflict(format!("reviewer '{}' (or one with that email)", r.name)),
+            ),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn reviewer_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<ReviewerRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM reviewers WHERE token_hash = $1",
+            Self::REVIEWER_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| reviewer_from_row(&r)).transpose()
+    }
+
+    pub async fn reviewer_by_email(&self, email: &str) -> Result<Option<ReviewerRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM reviewers WHERE lower(email) = lower($1) AND revoked_at IS NULL",
+            Self::REVIEWER_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| reviewer_from_row(&r)).transpose()
+    }
+
+    pub async fn list_reviewers(&self) -> Result<Vec<ReviewerRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM reviewers ORDER BY name",
+            Self::REVIEWER_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(reviewer_from_row).collect()
+    }
+
+    pub async fn revoke_reviewer(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE reviewers SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL",
+        )
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn rotate_reviewer(
+        &self,
+        name: &str,
+        token_hash: &str,
+        token_prefix: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE reviewers SET token_hash = $2, token_prefix = $3, rotated_at = now()
+             WHERE name = $1 AND revoked_at IS NULL",
+        )
+        .bind(name)
+        .bind(token_hash)
+        .bind(token_prefix)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn touch_reviewer(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE reviewers SET last_used = now()
+             WHERE id = $1 AND (last_used IS NULL OR last_used < now() - interval '1 minute')",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// A number that changes whenever any agent row changes (insert, revoke).
@@ -759,8 +879,8 @@ impl PgStore {
             let inserted = sqlx::query(
                 "INSERT INTO approvals (id, fingerprint, agent_id, agent_name, provider, method, path, query,
                     body_sha256, action, reasons, charge_cents, status, created_at, expires_at, requested_by_decision,
-                    headers)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::json, $12, 'pending', $13, $14, $15, $16)
+                    headers, on_behalf_of)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::json, $12, 'pending', $13, $14, $15, $16, $17)
                  ON CONFLICT DO NOTHING",
             )
             .bind(new.id)
@@ -779,6 +899,7 @@ impl PgStore {
             .bind(new.expires_at)
             .bind(new.requested_by_decision)
             .bind(&new.headers)
+            .bind(&new.on_behalf_of)
             .execute(&self.pool)
             .await?;
             if inserted.rows_affected() == 1 {
@@ -791,7 +912,7 @@ impl PgStore {
 
     const APPROVAL_COLUMNS: &'static str = "id, fingerprint, agent_id, agent_name, provider, method, path, query,
         headers, body_sha256, action, reasons, charge_cents, status, created_at, expires_at, requested_by_decision,
-        decided_by, decided_at, note, consumed_at, consumed_by_decision";
+        on_behalf_of, decided_by, decided_at, note, consumed_at, consumed_by_decision";
 
     /// A reviewer's decision on a pending, unexpired approval. `Ok(None)` if it is not (or no longer) pending.
     pub async fn decide_approval(
@@ -1246,6 +1367,23 @@ fn agent_from_row(r: &sqlx::postgres::PgRow) -> Result<AgentRow, StoreError> {
         created_at: r.try_get("created_at")?,
         expires_at: r.try_get("expires_at")?,
         revoked_at: r.try_get("revoked_at")?,
+        created_by: r.try_get("created_by")?,
+    })
+}
+
+fn reviewer_from_row(r: &sqlx::postgres::PgRow) -> Result<ReviewerRow, StoreError> {
+    Ok(ReviewerRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        email: r.try_get("email")?,
+        role: r.try_get("role")?,
+        token_hash: r.try_get("token_hash")?,
+        token_prefix: r.try_get("token_prefix")?,
+        created_at: r.try_get("created_at")?,
+        created_by: r.try_get("created_by")?,
+        revoked_at: r.try_get("revoked_at")?,
+        rotated_at: r.try_get("rotated_at")?,
+        last_used: r.try_get("last_used")?,
     })
 }
 
@@ -1315,6 +1453,7 @@ fn approval_from_row(r: &sqlx::postgres::PgRow) -> Result<ApprovalRow, StoreErro
         created_at: r.try_get("created_at")?,
         expires_at: r.try_get("expires_at")?,
         requested_by_decision: r.try_get("requested_by_decision")?,
+        on_behalf_of: r.try_get("on_behalf_of")?,
         decided_by: r.try_get("decided_by")?,
         decided_at: r.try_get("decided_at")?,
         note: r.try_get("note")?,

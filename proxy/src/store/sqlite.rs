@@ -130,8 +130,8 @@ impl SqliteStore {
     pub async fn insert_agent(&self, a: &AgentRow) -> Result<(), StoreError> {
         let result = sqlx::query(
             "INSERT INTO agents (id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at,
-                version)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT coalesce(max(version), 0) + 1 FROM agents))",
+                created_by, version)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT coalesce(max(version), 0) + 1 FROM agents))",
         )
         .bind(a.id.to_string())
         .bind(&a.name)
@@ -143,6 +143,7 @@ impl SqliteStore {
         .bind(&a.status)
         .bind(ts(a.created_at))
         .bind(a.expires_at.map(ts))
+        .bind(&a.created_by)
         .execute(&self.pool)
         .await;
         match result {
@@ -154,7 +155,7 @@ impl SqliteStore {
         }
     }
 
-    const AGENT_COLUMNS: &'static str = "id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at, revoked_at";
+    const AGENT_COLUMNS: &'static str = "id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at, revoked_at, created_by";
 
     pub async fn agent_by_key_hash(&self, key_hash: &str) -> Result<Option<AgentRow>, StoreError> {
         let sql = format!(
@@ -187,6 +188,128 @@ impl SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn agent_created_by(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT created_by FROM agents WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get("created_by")?,
+            None => None,
+        })
+    }
+
+    // ---- reviewers ----
+
+    const REVIEWER_COLUMNS: &'static str =
+        "id, name, email, role, token_hash, token_prefix, created_at, created_by,
+        revoked_at, rotated_at, last_used";
+
+    pub async fn insert_reviewer(&self, r: &ReviewerRow) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO reviewers (id, name, email, role, token_hash, token_prefix, created_at, created_by)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(r.id.to_string())
+        .bind(&r.name)
+        .bind(&r.email)
+        .bind(&r.role)
+        .bind(&r.token_hash)
+        .bind(&r.token_prefix)
+        .bind(ts(r.created_at))
+        .bind(&r.created_by)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(
+                StoreError::Conflict(format!("reviewer '{}' (or one with that email)", r.name)),
+            ),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn reviewer_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<ReviewerRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM reviewers WHERE token_hash = ?",
+            Self::REVIEWER_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| reviewer_from_row(&r)).transpose()
+    }
+
+    pub async fn reviewer_by_email(&self, email: &str) -> Result<Option<ReviewerRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM reviewers WHERE lower(email) = lower(?) AND revoked_at IS NULL",
+            Self::REVIEWER_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| reviewer_from_row(&r)).transpose()
+    }
+
+    pub async fn list_reviewers(&self) -> Result<Vec<ReviewerRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM reviewers ORDER BY name",
+            Self::REVIEWER_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(reviewer_from_row).collect()
+    }
+
+    pub async fn revoke_reviewer(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE reviewers SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+        )
+        .bind(ts(Utc::now()))
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn rotate_reviewer(
+        &self,
+        name: &str,
+        token_hash: &str,
+        token_prefix: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE reviewers SET token_hash = ?, token_prefix = ?, rotated_at = ?
+             WHERE name = ? AND revoked_at IS NULL",
+        )
+        .bind(token_hash)
+        .bind(token_prefix)
+        .bind(ts(Utc::now()))
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn touch_reviewer(&self, id: Uuid) -> Result<(), StoreError> {
+        let now = Utc::now();
+        sqlx::query(
+            "UPDATE reviewers SET last_used = ? WHERE id = ? AND (last_used IS NULL OR last_used < ?)",
+        )
+        .bind(ts(now))
+        .bind(id.to_string())
+        .bind(ts(now - chrono::Duration::minutes(1)))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub async fn agents_version(&self) -> Result<i64, StoreError> {
@@ -785,7 +908,7 @@ impl SqliteStore {
 
     const APPROVAL_COLUMNS: &'static str = "id, fingerprint, agent_id, agent_name, provider, method, path, query,
         headers, body_sha256, action, reasons, charge_cents, status, created_at, expires_at, requested_by_decision,
-        decided_by, decided_at, note, consumed_at, consumed_by_decision";
+        on_behalf_of, decided_by, decided_at, note, consumed_at, consumed_by_decision";
 
     pub async fn open_approval(&self, new: &ApprovalRow) -> Result<ApprovalRow, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -813,8 +936,8 @@ impl SqliteStore {
         sqlx::query(
             "INSERT INTO approvals (id, fingerprint, agent_id, agent_name, provider, method, path, query,
                 body_sha256, action, reasons, charge_cents, status, created_at, expires_at, requested_by_decision,
-                headers)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                headers, on_behalf_of)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
         )
         .bind(new.id.to_string())
         .bind(&new.fingerprint)
@@ -832,6 +955,7 @@ impl SqliteStore {
         .bind(ts(new.expires_at))
         .bind(new.requested_by_decision.to_string())
         .bind(&new.headers)
+        .bind(&new.on_behalf_of)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -1032,6 +1156,23 @@ fn agent_from_row(r: &SqliteRow) -> Result<AgentRow, StoreError> {
         created_at: parse_ts(&r.try_get::<String, _>("created_at")?)?,
         expires_at: opt_ts(r.try_get("expires_at")?)?,
         revoked_at: opt_ts(r.try_get("revoked_at")?)?,
+        created_by: r.try_get("created_by")?,
+    })
+}
+
+fn reviewer_from_row(r: &SqliteRow) -> Result<ReviewerRow, StoreError> {
+    Ok(ReviewerRow {
+        id: uuid(&r.try_get::<String, _>("id")?)?,
+        name: r.try_get("name")?,
+        email: r.try_get("email")?,
+        role: r.try_get("role")?,
+        token_hash: r.try_get("token_hash")?,
+        token_prefix: r.try_get("token_prefix")?,
+        created_at: parse_ts(&r.try_get::<String, _>("created_at")?)?,
+        created_by: r.try_get("created_by")?,
+        revoked_at: opt_ts(r.try_get("revoked_at")?)?,
+        rotated_at: opt_ts(r.try_get("rotated_at")?)?,
+        last_used: opt_ts(r.try_get("last_used")?)?,
     })
 }
 
@@ -1098,6 +1239,7 @@ fn approval_from_row(r: &SqliteRow) -> Result<ApprovalRow, StoreError> {
         created_at: parse_ts(&r.try_get::<String, _>("created_at")?)?,
         expires_at: parse_ts(&r.try_get::<String, _>("expires_at")?)?,
         requested_by_decision: uuid(&r.try_get::<String, _>("requested_by_decision")?)?,
+        on_behalf_of: r.try_get("on_behalf_of")?,
         decided_by: r.try_get("decided_by")?,
         decided_at: opt_ts(r.try_get("decided_at")?)?,
         note: r.try_get("note")?,
