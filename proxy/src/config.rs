@@ -527,6 +527,17 @@ impl Config {
             // idempotency keys, so there a repeat is a new request. 0 turns replays off.
             let idempotency_window = match p.idempotency_window_seconds {
                 Some(0) => None,
+                // A repeat inside the window is forwarded uncharged as a replay: a window longer than the
+                // provider keeps keys would let it run anew at the provider without being charged.
+                Some(secs)
+                    if envelope == Envelope::Stripe
+                        && secs > DEFAULT_STRIPE_IDEMPOTENCY_WINDOW_SECONDS =>
+                {
+                    errors.push(format!(
+                        "providers.{name}.idempotency_window_seconds: {secs} is more than Stripe's guaranteed 86400 (24 h): a repeat after Stripe forgot its key would run again uncharged"
+                    ));
+                    None
+                }
                 Some(secs) if secs <= MAX_IDEMPOTENCY_WINDOW_SECONDS => {
                     Some(Duration::from_secs(secs))
                 }
@@ -802,6 +813,34 @@ mod tests {
             CredentialScheme::Basic
         );
         assert!(c.database.url.is_none());
+    }
+
+    /// Found by an attacker: with a window longer than Stripe keeps keys, a same-key repeat Stripe runs
+    /// anew was forwarded as a replay and never charged.
+    #[test]
+    fn a_stripe_replay_window_is_at_most_what_stripe_guarantees() {
+        let stripe = |secs: u64| {
+            format!(
+                "[providers.stripe]\nupstream = \"https://api.stripe.com\"\nenvelope = \"stripe\"\n\
+                 credential = {{ env = \"STRIPE_SECRET_KEY\", scheme = \"basic\" }}\n\
+                 idempotency_window_seconds = {secs}\n"
+            )
+        };
+        let c = load(&stripe(86_400), &[]).unwrap();
+        assert_eq!(
+            c.providers["stripe"].idempotency_window,
+            Some(Duration::from_secs(86_400))
+        );
+        let e = load(&stripe(86_401), &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("providers.stripe.idempotency_window_seconds: 86401"),
+            "{e}"
+        );
+        assert_eq!(
+            load(&stripe(0), &[]).unwrap().providers["stripe"].idempotency_window,
+            None
+        );
     }
 
     #[test]
