@@ -211,6 +211,20 @@ struct Intake<'g> {
     bytes: Bytes,
 }
 
+impl Intake<'_> {
+    /// The forwarded Idempotency-Key and the provider's replay window, when the provider deduplicates by
+    /// key and the request carries one: what makes a repeat of it the same call at the provider.
+    fn replay_key(&self) -> Option<(&str, Duration)> {
+        match (
+            &self.headers.forwarded_key,
+            self.provider.idempotency_window,
+        ) {
+            (Some(key), Some(window)) => key.to_str().ok().map(|k| (k, window)),
+            _ => None,
+        }
+    }
+}
+
 /// What the decide phase concluded.
 struct Ruling {
     decision: Decision,
@@ -627,13 +641,7 @@ impl Gate {
         let mut consumed = None;
         if let (Outcome::Approve, Some(id)) = (decision.outcome, approval_header) {
             draft.approval_id = Some(id.to_string());
-            let replayable = match (
-                &intake.headers.forwarded_key,
-                intake.provider.idempotency_window,
-            ) {
-                (Some(key), Some(window)) => key.to_str().ok().map(|k| (k, window)),
-                _ => None,
-            };
+            let replayable = intake.replay_key();
             let used = match self
                 .approvals
                 .consume(id, &call, draft.id, replayable.map(|(k, _)| k))
@@ -758,14 +766,11 @@ impl Gate {
             Refusal::policy_unavailable()
         })?;
         let fingerprint = call.request_fingerprint();
-        let idempotency = match (&intake.headers.forwarded_key, provider.idempotency_window) {
-            (Some(key), Some(window)) => Some(Idempotency {
-                key: key.to_str().unwrap_or_default(),
-                account: &intake.headers.account,
-                window_secs: i64::try_from(window.as_secs()).unwrap_or(i64::MAX),
-            }),
-            _ => None,
-        };
+        let idempotency = intake.replay_key().map(|(key, window)| Idempotency {
+            key,
+            account: &intake.headers.account,
+            window_secs: i64::try_from(window.as_secs()).unwrap_or(i64::MAX),
+        });
         let reservation = NewReservation {
             window: &window,
             provider: &provider.name,
