@@ -120,7 +120,9 @@ pub fn router(admin: Arc<Admin>) -> Router {
         ));
         router = router.route(endpoint.path, guarded);
     }
-    router.with_state(admin)
+    router
+        .merge(crate::console::router(admin.clone()))
+        .with_state(admin)
 }
 
 /// Keeps `tollgate_store_up` current.
@@ -291,7 +293,9 @@ struct DecisionQuery {
     agent: Option<String>,
     action: Option<String>,
     outcome: Option<String>,
+    provider: Option<String>,
     since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
     limit: Option<i64>,
     cursor: Option<String>,
 }
@@ -316,7 +320,9 @@ async fn list_decisions(
         agent: q.agent,
         action: q.action,
         outcome: q.outcome,
+        provider: q.provider,
         since: q.since,
+        until: q.until,
         before,
         limit,
     };
@@ -338,7 +344,7 @@ async fn list_decisions(
     }
 }
 
-fn parse_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
+pub(crate) fn parse_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
     let (micros, id) = c.split_once('_')?;
     Some((
         DateTime::from_timestamp_micros(micros.parse().ok()?)?,
@@ -474,7 +480,7 @@ async fn policy_status(State(admin): State<Arc<Admin>>) -> Response {
     Json(policy_json(&admin)).into_response()
 }
 
-fn policy_json(admin: &Admin) -> Value {
+pub(crate) fn policy_json(admin: &Admin) -> Value {
     let live = admin.policy.current();
     let b = &live.bundle;
     let status = admin.policy.status();
@@ -514,15 +520,15 @@ async fn reload_policy(
 }
 
 async fn freeze(State(admin): State<Arc<Admin>>, Extension(me): Extension<Reviewer>) -> Response {
-    set_frozen(&admin, &me, true).await
+    set_frozen(&admin, &me, true, None).await
 }
 
 async fn unfreeze(State(admin): State<Arc<Admin>>, Extension(me): Extension<Reviewer>) -> Response {
-    set_frozen(&admin, &me, false).await
+    set_frozen(&admin, &me, false, None).await
 }
 
 /// Freezing is stored, so every replica picks it up with its next control poll; this replica applies it now.
-async fn set_frozen(admin: &Admin, me: &Reviewer, frozen: bool) -> Response {
+async fn set_frozen(admin: &Admin, me: &Reviewer, frozen: bool, reason: Option<&str>) -> Response {
     if let Err(e) = admin.store.set_frozen(frozen, &me.name).await {
         return store_error(e);
     }
@@ -531,7 +537,7 @@ async fn set_frozen(admin: &Admin, me: &Reviewer, frozen: bool) -> Response {
         &me.name,
         if frozen { "freeze" } else { "unfreeze" },
         None,
-        json!({}),
+        json!({"reason": reason}),
     )
     .await;
     admin.frozen.store(frozen, Ordering::Release);
@@ -925,6 +931,74 @@ async fn rotate_reviewer(
             "no active reviewer with that name",
         ),
         Err(e) => store_error(e),
+    }
+}
+
+// ---- the console's way in: the same handlers, called as the reviewer its session authenticated ----
+
+/// Approve or deny as `me` (the console's forms; the note is required there).
+pub(crate) async fn decide_as(
+    admin: Arc<Admin>,
+    me: &Reviewer,
+    id: Uuid,
+    approve: bool,
+    note: &str,
+) -> Response {
+    let verdict = Verdict {
+        note: Some(note.to_string()),
+        by: None,
+    };
+    decide(admin, me, id, approve, verdict).await
+}
+
+/// `POST /api/agents` as `me`, with the same JSON body the API takes.
+pub(crate) async fn create_agent_as(admin: &Arc<Admin>, me: &Reviewer, body: Value) -> Response {
+    match serde_json::from_value::<CreateAgent>(body) {
+        Ok(body) => create_agent(State(admin.clone()), Extension(me.clone()), Json(body)).await,
+        Err(e) => api_error(StatusCode::BAD_REQUEST, "invalid", &e.to_string()),
+    }
+}
+
+pub(crate) async fn revoke_agent_as(admin: &Arc<Admin>, me: &Reviewer, name: &str) -> Response {
+    revoke_agent(
+        State(admin.clone()),
+        Extension(me.clone()),
+        Path(name.to_string()),
+    )
+    .await
+}
+
+pub(crate) async fn set_frozen_as(
+    admin: &Admin,
+    me: &Reviewer,
+    frozen: bool,
+    reason: Option<&str>,
+) -> Response {
+    set_frozen(admin, me, frozen, reason).await
+}
+
+pub(crate) async fn reload_policy_as(admin: &Arc<Admin>, me: &Reviewer) -> Response {
+    reload_policy(State(admin.clone()), Extension(me.clone())).await
+}
+
+/// `POST /api/spend/reservations/{id}/settle` as `me`, with the same JSON body the API takes.
+pub(crate) async fn settle_as(
+    admin: &Arc<Admin>,
+    me: &Reviewer,
+    id: Uuid,
+    body: Value,
+) -> Response {
+    match serde_json::from_value::<SettleRequest>(body) {
+        Ok(body) => {
+            settle_reservation(
+                State(admin.clone()),
+                Extension(me.clone()),
+                Path(id),
+                Some(Json(body)),
+            )
+            .await
+        }
+        Err(e) => api_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),
     }
 }
 

@@ -81,6 +81,15 @@ pub struct RawConfig {
     pub audit: RawAudit,
     #[serde(default)]
     pub approvals: RawApprovals,
+    #[serde(default)]
+    pub console: RawConsole,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsole {
+    /// How long a console sign-in lasts (default 8; at most a week).
+    pub session_hours: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +178,18 @@ pub struct Config {
     pub admin: AdminConfig,
     pub audit: AuditConfig,
     pub approvals: ApprovalsConfig,
+    pub console: ConsoleConfig,
+}
+
+/// The reviewer console (`console.rs`).
+#[derive(Debug, Clone)]
+pub struct ConsoleConfig {
+    /// How long a sign-in lasts before the reviewer must present their token again.
+    pub session_lifetime: chrono::Duration,
+    /// The console is reached over TLS (its public URL is `https://`): cookies are `Secure` and `__Host-`.
+    pub public_url_is_https: bool,
+    /// The scheme://host[:port] of the public URL: a form posted with this `Origin` is the console's own.
+    pub public_origin: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -653,6 +674,11 @@ impl Config {
             errors.push("approvals.ttl_seconds must be between 1 and 604800 (a week)".to_string());
         }
 
+        let session_hours = raw.console.session_hours.unwrap_or(8);
+        if session_hours == 0 || session_hours > 7 * 24 {
+            errors.push("console.session_hours must be between 1 and 168 (a week)".to_string());
+        }
+
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -703,6 +729,11 @@ impl Config {
             approvals: ApprovalsConfig {
                 ttl: Duration::from_secs(ttl_seconds),
                 allow_self_approval: raw.approvals.allow_self_approval.unwrap_or(false),
+            },
+            console: ConsoleConfig {
+                session_lifetime: chrono::Duration::hours(session_hours as i64),
+                public_url_is_https: false,
+                public_origin: None,
             },
         })
     }

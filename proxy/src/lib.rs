@@ -14,6 +14,7 @@ pub mod canon;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod datafile;
 pub mod error;
 pub mod forward;

@@ -18,6 +18,8 @@
 //!   agent programs that drive them, and a stand-in that answers each request through a test's function.
 //! - [`opa`]: the real OPA engine (v1.20, the pinned `opa-golib-python-bindings` wheel, installed into the same
 //!   cache) and `tests/opa/run_opa.py`, which loads a policy directory as `opa test`/`opa eval -b` do.
+//! - [`webdriver`]: headless Chromium (Debian's packages, installed when missing) driven over WebDriver, for
+//!   the console's browser tests.
 //!
 //! The end-to-end tests drive the real binary from the outside; the store conformance suite
 //! (`tests/store_conformance.rs`) calls the library's `Store` directly against both backends.
@@ -31,6 +33,7 @@ pub mod sdk;
 pub mod sockets;
 pub mod tollgate;
 pub mod upstream;
+pub mod webdriver;
 
 pub use postgres::{RestartableCluster, TestDatabase};
 pub use upstream::{RecordedRequest, Upstream, UpstreamBuilder};

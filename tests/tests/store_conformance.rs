@@ -9,8 +9,8 @@ use serde_json::json;
 use tollgate::audit::{AuditWriter, DecisionRecord};
 use tollgate::metrics::Metrics;
 use tollgate::store::{
-    AgentRow, ApprovalRow, DecisionFilter, Idempotency, ManualSettlement, NewReservation,
-    Reservation, ReviewerRow, Store, StoreError, WindowKey,
+    AgentRow, ApprovalRow, ConsoleSessionRow, DecisionFilter, Idempotency, ManualSettlement,
+    NewReservation, Reservation, ReviewerRow, Store, StoreError, WindowKey,
 };
 use tollgate_tests::TestDatabase;
 use uuid::Uuid;
@@ -71,6 +71,8 @@ conformance!(
     controls_and_admin_actions,
     reviewers_are_unique_found_by_hash_revoked_and_rotated,
     agents_and_approvals_keep_creator_and_on_behalf_of,
+    console_sessions_open_resume_end_and_expire,
+    decisions_filter_by_provider_and_until_and_agents_are_last_seen,
 );
 
 fn agent(name: &str) -> AgentRow {
@@ -1042,4 +1044,165 @@ async fn agents_and_approvals_keep_creator_and_on_behalf_of(store: &Store) {
     assert_eq!(read.on_behalf_of.as_deref(), Some("bob@example.com"));
     let listed = store.list_approvals(None, 10).await.unwrap();
     assert_eq!(listed[0].on_behalf_of.as_deref(), Some("bob@example.com"));
+}
+
+fn session(id_hash: &str, reviewer: Option<&ReviewerRow>, expires_in: Days) -> ConsoleSessionRow {
+    ConsoleSessionRow {
+        id_hash: id_hash.to_string(),
+        reviewer_id: reviewer.map(|r| r.id),
+        reviewer_name: reviewer.map_or("bootstrap-admin".to_string(), |r| r.name.clone()),
+        credential_hash: reviewer.map_or("hash-of-bootstrap".to_string(), |r| r.token_hash.clone()),
+        csrf_token: format!("csrf-{id_hash}"),
+        created_at: Utc::now(),
+        expires_at: Utc::now() + expires_in,
+    }
+}
+
+async fn console_sessions_open_resume_end_and_expire(store: &Store) {
+    let alice = reviewer("alice", "approver");
+    store.insert_reviewer(&alice).await.unwrap();
+    let found = store.reviewer_by_id(alice.id).await.unwrap().unwrap();
+    assert_eq!(
+        (found.name.as_str(), found.token_hash.as_str()),
+        ("alice", "token-hash-of-alice")
+    );
+    assert!(
+        store
+            .reviewer_by_id(Uuid::now_v7())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    store
+        .insert_console_session(&session("s1", Some(&alice), Days::hours(8)))
+        .await
+        .unwrap();
+    store
+        .insert_console_session(&session("s2", None, Days::hours(8)))
+        .await
+        .unwrap();
+    let s1 = store.console_session("s1").await.unwrap().unwrap();
+    assert_eq!(s1.reviewer_id, Some(alice.id));
+    assert_eq!(
+        (s1.reviewer_name.as_str(), s1.csrf_token.as_str()),
+        ("alice", "csrf-s1")
+    );
+    assert_eq!(s1.credential_hash, "token-hash-of-alice");
+    let s2 = store.console_session("s2").await.unwrap().unwrap();
+    assert_eq!(
+        (s2.reviewer_id, s2.reviewer_name.as_str()),
+        (None, "bootstrap-admin")
+    );
+    assert!(store.console_session("nope").await.unwrap().is_none());
+    // A session id is unique.
+    assert!(
+        store
+            .insert_console_session(&session("s1", Some(&alice), Days::hours(1)))
+            .await
+            .is_err()
+    );
+
+    // Ended: gone at once; ending twice is harmless.
+    store.end_console_session("s1").await.unwrap();
+    store.end_console_session("s1").await.unwrap();
+    assert!(store.console_session("s1").await.unwrap().is_none());
+    assert!(
+        store.console_session("s2").await.unwrap().is_some(),
+        "only that one"
+    );
+    // Expired: not honoured.
+    store
+        .insert_console_session(&session("s3", Some(&alice), Days::seconds(-1)))
+        .await
+        .unwrap();
+    assert!(store.console_session("s3").await.unwrap().is_none());
+    // Sessions long expired are swept when the next one opens.
+    store
+        .insert_console_session(&session("old", None, Days::days(-3)))
+        .await
+        .unwrap();
+    store
+        .insert_console_session(&session("s4", None, Days::hours(1)))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .insert_console_session(&session("old", None, Days::hours(1)))
+            .await
+            .is_ok(),
+        "the old row was deleted"
+    );
+}
+
+async fn decisions_filter_by_provider_and_until_and_agents_are_last_seen(store: &Store) {
+    let seen = agent("seen");
+    store.insert_agent(&seen).await.unwrap();
+    store.insert_agent(&agent("never")).await.unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (audit, task) = AuditWriter::start(
+        store.clone(),
+        1,
+        64,
+        tollgate::audit::Checkpoints::default(),
+        metrics,
+    );
+    let mut stripe = record("seen", "allow", "stripe.payment.create");
+    stripe.provider = "stripe".into();
+    stripe.at = Utc::now() - Days::hours(2);
+    let cloudflare = record("seen", "allow", "cloudflare.zone.read");
+    let (stripe_id, cloudflare_id) = (stripe.id, cloudflare.id);
+    audit.record(stripe).await.unwrap();
+    audit.record(cloudflare).await.unwrap();
+    drop(audit);
+    task.await.unwrap();
+
+    let only = |provider: Option<&str>, until| DecisionFilter {
+        provider: provider.map(str::to_string),
+        until,
+        limit: 10,
+        ..DecisionFilter::default()
+    };
+    let ids = |rows: Vec<(
+        tollgate::store::DecisionRow,
+        Option<tollgate::store::OutcomeRow>,
+    )>| { rows.into_iter().map(|(d, _)| d.id).collect::<Vec<_>>() };
+    assert_eq!(
+        ids(store
+            .list_decisions(&only(Some("stripe"), None))
+            .await
+            .unwrap()),
+        vec![stripe_id]
+    );
+    assert_eq!(
+        ids(store
+            .list_decisions(&only(Some("cloudflare"), None))
+            .await
+            .unwrap()),
+        vec![cloudflare_id]
+    );
+    assert!(
+        store
+            .list_decisions(&only(Some("github"), None))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let an_hour_ago = Some(Utc::now() - Days::hours(1));
+    assert_eq!(
+        ids(store
+            .list_decisions(&only(None, an_hour_ago))
+            .await
+            .unwrap()),
+        vec![stripe_id]
+    );
+
+    let last = store.agents_last_seen().await.unwrap();
+    assert_eq!(last.len(), 1, "an agent never seen is absent: {last:?}");
+    assert_eq!(last[0].0, "seen");
+    assert!(
+        Utc::now() - last[0].1 < Days::minutes(5),
+        "the newest decision: {:?}",
+        last[0].1
+    );
 }

@@ -173,6 +173,36 @@ impl Store {
         dispatch!(self, s => s.agents_version().await)
     }
 
+    // ---- console (issue #16) ----
+
+    /// A reviewer by id, revoked or not (the caller checks).
+    pub async fn reviewer_by_id(&self, id: Uuid) -> Result<Option<ReviewerRow>, StoreError> {
+        dispatch!(self, s => s.reviewer_by_id(id).await)
+    }
+
+    /// Opens a console session; sessions that ended or expired more than a day ago are deleted on the way.
+    pub async fn insert_console_session(&self, row: &ConsoleSessionRow) -> Result<(), StoreError> {
+        dispatch!(self, s => s.insert_console_session(row).await)
+    }
+
+    /// The open, unexpired session whose cookie hashes to `id_hash`.
+    pub async fn console_session(
+        &self,
+        id_hash: &str,
+    ) -> Result<Option<ConsoleSessionRow>, StoreError> {
+        dispatch!(self, s => s.console_session(id_hash).await)
+    }
+
+    /// Ends a session (sign-out); a no-op for one already ended.
+    pub async fn end_console_session(&self, id_hash: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.end_console_session(id_hash).await)
+    }
+
+    /// When each agent (by name) last had a decision recorded; agents never seen are absent.
+    pub async fn agents_last_seen(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        dispatch!(self, s => s.agents_last_seen().await)
+    }
+
     /// A handle for one audit writer that keeps its own connection between batches (Postgres); on SQLite,
     /// whose one pooled connection serializes everything anyway, it is the store itself.
     pub fn decision_sink(&self) -> DecisionSink {
@@ -422,6 +452,21 @@ pub struct AgentRow {
     pub created_by: Option<String>,
 }
 
+/// A console sign-in as stored: the SHA-256 of the cookie value, never the value itself.
+#[derive(Debug, Clone)]
+pub struct ConsoleSessionRow {
+    pub id_hash: String,
+    /// `None` for the bootstrap admin.
+    pub reviewer_id: Option<Uuid>,
+    pub reviewer_name: String,
+    /// What the session was opened with: the SHA-256 of the token, or `sso:<email>`. A session whose
+    /// reviewer no longer has this credential (rotated, revoked) is not honoured.
+    pub credential_hash: String,
+    pub csrf_token: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// A reviewer account as stored; `reviewers` turns it into a `Reviewer`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ReviewerRow {
@@ -505,6 +550,9 @@ pub struct DecisionFilter {
     pub action: Option<String>,
     pub outcome: Option<String>,
     pub since: Option<DateTime<Utc>>,
+    pub provider: Option<String>,
+    /// Rows strictly older than this.
+    pub until: Option<DateTime<Utc>>,
     /// Keyset cursor: rows strictly older than (at, id).
     pub before: Option<(DateTime<Utc>, Uuid)>,
     pub limit: i64,

@@ -294,6 +294,97 @@ impl PgStore {
         Ok(row.try_get("v")?)
     }
 
+    // ---- console ----
+
+    pub async fn reviewer_by_id(&self, id: Uuid) -> Result<Option<ReviewerRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM reviewers WHERE id = $1",
+            Self::REVIEWER_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| reviewer_from_row(&r)).transpose()
+    }
+
+    pub async fn insert_console_session(&self, s: &ConsoleSessionRow) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM console_sessions
+             WHERE expires_at < now() - interval '1 day' OR ended_at < now() - interval '1 day'",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO console_sessions (id_hash, reviewer_id, reviewer_name, credential_hash, csrf_token,
+                created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&s.id_hash)
+        .bind(s.reviewer_id)
+        .bind(&s.reviewer_name)
+        .bind(&s.credential_hash)
+        .bind(&s.csrf_token)
+        .bind(s.created_at)
+        .bind(s.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn console_session(
+        &self,
+        id_hash: &str,
+    ) -> Result<Option<ConsoleSessionRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id_hash, reviewer_id, reviewer_name, credential_hash, csrf_token, created_at, expires_at
+             FROM console_sessions WHERE id_hash = $1 AND ended_at IS NULL AND expires_at > now()",
+        )
+        .bind(id_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(ConsoleSessionRow {
+                id_hash: r.try_get("id_hash")?,
+                reviewer_id: r.try_get("reviewer_id")?,
+                reviewer_name: r.try_get("reviewer_name")?,
+                credential_hash: r.try_get("credential_hash")?,
+                csrf_token: r.try_get("csrf_token")?,
+                created_at: r.try_get("created_at")?,
+                expires_at: r.try_get("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn end_console_session(&self, id_hash: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE console_sessions SET ended_at = now() WHERE id_hash = $1 AND ended_at IS NULL",
+        )
+        .bind(id_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn agents_last_seen(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT a.name, (SELECT max(d.at) FROM decisions d WHERE d.agent_name = a.name) AS seen
+             FROM agents a",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut seen = Vec::new();
+        for r in &rows {
+            if let Some(at) = r.try_get::<Option<DateTime<Utc>>, _>("seen")? {
+                seen.push((r.try_get("name")?, at));
+            }
+        }
+        Ok(seen)
+    }
+
     // ---- decisions ----
 
     /// Inserts a batch of decision records atomically (see [`insert_batch`]).
@@ -363,6 +454,8 @@ impl PgStore {
                AND ($3::text IS NULL OR d.outcome = $3)
                AND ($4::timestamptz IS NULL OR d.at >= $4)
                AND ($5::timestamptz IS NULL OR (d.at, d.id) < ($5, $6::uuid))
+               AND ($8::text IS NULL OR d.provider = $8)
+               AND ($9::timestamptz IS NULL OR d.at < $9)
              ORDER BY d.at DESC, d.id DESC LIMIT $7",
             Self::DECISION_COLUMNS
         );
@@ -374,6 +467,8 @@ impl PgStore {
             .bind(filter.before.map(|b| b.0))
             .bind(filter.before.map(|b| b.1))
             .bind(filter.limit)
+            .bind(&filter.provider)
+            .bind(filter.until)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(decision_from_row).collect()

@@ -319,6 +319,98 @@ impl SqliteStore {
         Ok(row.try_get("v")?)
     }
 
+    // ---- console ----
+
+    pub async fn reviewer_by_id(&self, id: Uuid) -> Result<Option<ReviewerRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM reviewers WHERE id = ?",
+            Self::REVIEWER_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| reviewer_from_row(&r)).transpose()
+    }
+
+    pub async fn insert_console_session(&self, s: &ConsoleSessionRow) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let day_ago = ts(Utc::now() - chrono::Duration::days(1));
+        sqlx::query("DELETE FROM console_sessions WHERE expires_at < ?1 OR ended_at < ?1")
+            .bind(&day_ago)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO console_sessions (id_hash, reviewer_id, reviewer_name, credential_hash, csrf_token,
+                created_at, expires_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&s.id_hash)
+        .bind(s.reviewer_id.map(|id| id.to_string()))
+        .bind(&s.reviewer_name)
+        .bind(&s.credential_hash)
+        .bind(&s.csrf_token)
+        .bind(ts(s.created_at))
+        .bind(ts(s.expires_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn console_session(
+        &self,
+        id_hash: &str,
+    ) -> Result<Option<ConsoleSessionRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id_hash, reviewer_id, reviewer_name, credential_hash, csrf_token, created_at, expires_at
+             FROM console_sessions WHERE id_hash = ? AND ended_at IS NULL AND expires_at > ?",
+        )
+        .bind(id_hash)
+        .bind(ts(Utc::now()))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(ConsoleSessionRow {
+                id_hash: r.try_get("id_hash")?,
+                reviewer_id: opt_uuid(r.try_get("reviewer_id")?)?,
+                reviewer_name: r.try_get("reviewer_name")?,
+                credential_hash: r.try_get("credential_hash")?,
+                csrf_token: r.try_get("csrf_token")?,
+                created_at: parse_ts(&r.try_get::<String, _>("created_at")?)?,
+                expires_at: parse_ts(&r.try_get::<String, _>("expires_at")?)?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn end_console_session(&self, id_hash: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE console_sessions SET ended_at = ? WHERE id_hash = ? AND ended_at IS NULL",
+        )
+        .bind(ts(Utc::now()))
+        .bind(id_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn agents_last_seen(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT a.name, (SELECT max(d.at) FROM decisions d WHERE d.agent_name = a.name) AS seen
+             FROM agents a",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut seen = Vec::new();
+        for r in &rows {
+            if let Some(at) = opt_ts(r.try_get("seen")?)? {
+                seen.push((r.try_get("name")?, at));
+            }
+        }
+        Ok(seen)
+    }
+
     // ---- decisions ----
 
     pub async fn chain_head(&self, writer_id: Uuid) -> Result<Option<(i64, String)>, StoreError> {
@@ -428,6 +520,8 @@ impl SqliteStore {
                AND (?3 IS NULL OR d.outcome = ?3)
                AND (?4 IS NULL OR d.at >= ?4)
                AND (?5 IS NULL OR d.at < ?5 OR (d.at = ?5 AND d.id < ?6))
+               AND (?8 IS NULL OR d.provider = ?8)
+               AND (?9 IS NULL OR d.at < ?9)
              ORDER BY d.at DESC, d.id DESC LIMIT ?7",
             Self::DECISION_COLUMNS
         );
@@ -439,6 +533,8 @@ impl SqliteStore {
             .bind(f.before.map(|b| ts(b.0)))
             .bind(f.before.map(|b| b.1.to_string()))
             .bind(f.limit)
+            .bind(&f.provider)
+            .bind(f.until.map(ts))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(decision_from_row).collect()

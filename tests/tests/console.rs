@@ -1,0 +1,739 @@
+//! The reviewer console (issue #16) in a real browser: headless Chromium (Debian's `chromium` and
+//! `chromium-driver`, installed by the test when missing) driven over WebDriver against the real binary on a
+//! real Postgres, with a held request made by an agent through the proxy.
+//!
+//! An approver signs in with their token, finds the pending approval, reads exactly what will be executed,
+//! approves it with a note, and the agent's retry is forwarded; a viewer is offered no Approve button and a
+//! post they forge is refused; a form without its CSRF token, or from another site, is refused; a session
+//! ends when its reviewer's token is rotated. Screenshots of each page go to
+//! `target/console-screenshots/` (the ones in `docs/console/` come from this test).
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use tollgate_tests::tollgate::{Tollgate, policy_dir_with};
+use tollgate_tests::webdriver::Browser;
+use tollgate_tests::{TestDatabase, Upstream};
+
+/// A Stripe payment intent above $50 needs a human; everything else is allowed.
+const POLICY: &str = r#"package tollgate
+
+amount := to_number(input.request.body.amount) if input.action.name == "stripe.payment.create"
+
+decision := {"outcome": "approve", "reasons": [{"rule": "spend.single_charge", "message": "charges above $50 need a human"}], "charge": {"cents": amount, "budget": "agent-provider-month", "cap_cents": 10000}} if {
+	amount > 5000
+} else := {"outcome": "allow", "reasons": []}
+"#;
+
+fn screenshots() -> PathBuf {
+    let bin = tollgate_tests::tollgate::binary().expect("binary");
+    // target/<profile>/tollgate → target/console-screenshots
+    bin.parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .join("console-screenshots")
+}
+
+struct Setup {
+    _db: TestDatabase,
+    upstream: Upstream,
+    _policy: tempfile::TempDir,
+    tollgate: Tollgate,
+    http: reqwest::Client,
+    agent_key: String,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        let db = TestDatabase::create().await.expect("database");
+        let upstream = Upstream::builder().start().await.expect("upstream");
+        let policy = policy_dir_with(POLICY).expect("policy");
+        let tollgate = Tollgate::builder(db.url(), &upstream.url())
+            .policy_dir(policy.path())
+            .start()
+            .await
+            .expect("tollgate starts");
+        let agent_key = tollgate
+            .create_agent("buyer", &["--scope", "billing:spend"])
+            .await
+            .expect("agent");
+        Setup {
+            _db: db,
+            upstream,
+            _policy: policy,
+            tollgate,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            agent_key,
+        }
+    }
+
+    async fn reviewer(&self, name: &str, role: &str) -> String {
+        let (ok, out, err) = self
+            .tollgate
+            .cli(&["reviewers", "create", name, "--role", role, "--json"])
+            .await
+            .unwrap();
+        assert!(ok, "reviewers create: {err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    /// A $60 payment intent by the agent; `approval` retries it under an approval.
+    async fn pay(&self, approval: Option<&str>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(self.tollgate.url("/stripe/v1/payment_intents"))
+            .basic_auth(&self.agent_key, Some(""))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("Idempotency-Key", "console-test-1")
+            .body("amount=6000&currency=usd&description=annual+domain+bundle");
+        if let Some(id) = approval {
+            req = req.header("Tollgate-Approval", id);
+        }
+        let r = req.send().await.expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn held(&self) -> String {
+        let (status, body) = self.pay(None).await;
+        assert_eq!(
+            (status, body["tollgate"]["code"].as_str()),
+            (403, Some("approval_required")),
+            "{body}"
+        );
+        body["tollgate"]["approval_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn approval(&self, id: &str) -> Value {
+        self.http
+            .get(self.tollgate.admin_url(&format!("/api/approvals/{id}")))
+            .bearer_auth(tollgate_tests::tollgate::ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A form post to the console with a session cookie, as a script outside the browser would send it.
+    async fn post_form(
+        &self,
+        path: &str,
+        cookie: &str,
+        fields: &[(&str, &str)],
+        origin: Option<&str>,
+    ) -> (u16, String) {
+        let mut req = self
+            .http
+            .post(self.tollgate.admin_url(path))
+            .header("cookie", format!("tollgate_session={cookie}"))
+            .form(fields);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        let r = req.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+}
+
+async fn sign_in(browser: &Browser, s: &Setup, token: &str, shot: Option<&str>) {
+    browser
+        .goto(&s.tollgate.admin_url("/approvals"))
+        .await
+        .unwrap();
+    // Not signed in: the console sends the browser to its sign-in form, remembering where it was going.
+    let url = browser
+        .wait_for_url(|u| u.contains("/login"))
+        .await
+        .unwrap();
+    assert!(url.contains("next=%2Fapprovals"), "{url}");
+    let field = browser.find("#token").await.unwrap();
+    if let Some(name) = shot {
+        browser.screenshot(&screenshots().join(name)).await.unwrap();
+    }
+    browser.type_into(&field, token).await.unwrap();
+    browser
+        .click(&browser.find("#sign-in").await.unwrap())
+        .await
+        .unwrap();
+    browser
+        .wait_for_url(|u| u.ends_with("/approvals"))
+        .await
+        .unwrap();
+}
+
+/// The session cookie the browser holds, checked for its attributes.
+async fn session_cookie(browser: &Browser) -> String {
+    let cookies = browser.cookies().await.unwrap();
+    let (_, value, raw) = cookies
+        .iter()
+        .find(|(n, _, _)| n == "tollgate_session")
+        .unwrap_or_else(|| panic!("no session cookie in {cookies:?}"));
+    assert_eq!(raw["httpOnly"], true, "{raw}");
+    assert_eq!(raw["sameSite"], "Strict", "{raw}");
+    assert!(raw.get("expiry").is_some(), "the session expires: {raw}");
+    value.clone()
+}
+
+fn csrf_of(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
+    html[at..at + 64].to_string()
+}
+
+#[tokio::test]
+async fn an_approver_runs_the_approval_loop_in_a_real_browser() {
+    let s = Setup::start().await;
+    let alice = s.reviewer("alice", "approver").await;
+    let victor = s.reviewer("victor", "viewer").await;
+    let approval = s.held().await;
+    assert_eq!(s.upstream.requests().len(), 0, "nothing forwarded yet");
+
+    let browser = Browser::start().await.expect("a headless browser");
+    sign_in(&browser, &s, &alice, Some("01-sign-in.png")).await;
+    assert_eq!(
+        browser
+            .text(&browser.find("#whoami").await.unwrap())
+            .await
+            .unwrap(),
+        "alice"
+    );
+    let cookie = session_cookie(&browser).await;
+    assert!(!cookie.contains(&alice), "the cookie is not the token");
+
+    // The queue shows the held request; open it.
+    let link = browser.find("#pending a.approval-link").await.unwrap();
+    let queue = browser
+        .text(&browser.find("#pending").await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        queue.contains("buyer")
+            && queue.contains("POST /v1/payment_intents")
+            && queue.contains("$60.00"),
+        "{queue}"
+    );
+    browser
+        .screenshot(&screenshots().join("02-approvals.png"))
+        .await
+        .unwrap();
+    browser.click(&link).await.unwrap();
+    browser
+        .wait_for_url(|u| u.ends_with(&format!("/approvals/{approval}")))
+        .await
+        .unwrap();
+
+    // Exactly what will be executed: the request line, the parsed body, the charge, why it was held.
+    let request_line = browser
+        .text(&browser.find("#request-line").await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(request_line, "POST /v1/payment_intents");
+    let body = browser
+        .text(&browser.find("#body").await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        body.contains("\"amount\": \"6000\"") && body.contains("annual domain bundle"),
+        "{body}"
+    );
+    assert_eq!(
+        browser
+            .text(&browser.find("#charge").await.unwrap())
+            .await
+            .unwrap(),
+        "$60.00"
+    );
+    let reasons = browser
+        .text(&browser.find("#reasons").await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        reasons.contains("charges above $50 need a human"),
+        "{reasons}"
+    );
+    browser
+        .screenshot(&screenshots().join("03-approval.png"))
+        .await
+        .unwrap();
+
+    // A note is required: the form will not submit without one (the server refuses it too, below).
+    browser
+        .type_into(
+            &browser.find("#note").await.unwrap(),
+            "checked with finance, ticket FIN-2231",
+        )
+        .await
+        .unwrap();
+    browser
+        .click(&browser.find("#approve").await.unwrap())
+        .await
+        .unwrap();
+    browser
+        .wait_for_url(|u| u.contains("done=approved"))
+        .await
+        .unwrap();
+    assert_eq!(
+        browser
+            .text(&browser.find("#approval-status").await.unwrap())
+            .await
+            .unwrap(),
+        "approved"
+    );
+    assert_eq!(
+        browser
+            .text(&browser.find("#decided-by").await.unwrap())
+            .await
+            .unwrap(),
+        "alice"
+    );
+    browser
+        .screenshot(&screenshots().join("04-approved.png"))
+        .await
+        .unwrap();
+
+    // The recorded approver is the signed-in reviewer, with the note.
+    let recorded = s.approval(&approval).await;
+    assert_eq!(recorded["status"], "approved");
+    assert_eq!(recorded["decided_by"], "alice");
+    assert_eq!(recorded["note"], "checked with finance, ticket FIN-2231");
+
+    // The agent's retry of the exact call is forwarded, once.
+    let (status, answer) = s.pay(Some(&approval)).await;
+    assert_eq!(status, 200, "{answer}");
+    let forwarded = s.upstream.requests();
+    assert_eq!(forwarded.len(), 1);
+    assert_eq!(forwarded[0].path_and_query, "/v1/payment_intents");
+    let used = s.approval(&approval).await;
+    assert_eq!(used["status"], "consumed", "{used}");
+
+    // The other pages render for an approver: decisions (filtered), a decision, spend, agents, operations.
+    browser
+        .goto(&s.tollgate.admin_url("/decisions?agent=buyer&since=1h"))
+        .await
+        .unwrap();
+    let rows = browser
+        .text(&browser.find("#decisions").await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        rows.contains("approval_required") && rows.contains("allow"),
+        "{rows}"
+    );
+    browser
+        .screenshot(&screenshots().join("05-decisions.png"))
+        .await
+        .unwrap();
+    browser
+        .goto(&s.tollgate.admin_url("/decisions?outcome=deny"))
+        .await
+        .unwrap();
+    assert!(
+        browser.find_all("#decisions").await.unwrap().is_empty(),
+        "no denials"
+    );
+    browser.goto(&s.tollgate.admin_url("/audit")).await.unwrap();
+    assert_eq!(
+        browser
+            .text(&browser.find("#audit-status").await.unwrap())
+            .await
+            .unwrap(),
+        "intact"
+    );
+    browser.goto(&s.tollgate.admin_url("/spend")).await.unwrap();
+    let windows = browser
+        .text(&browser.find("#windows").await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        windows.contains("$60.00") && windows.contains("$100.00") && windows.contains("buyer"),
+        "{windows}"
+    );
+    browser
+        .screenshot(&screenshots().join("06-spend.png"))
+        .await
+        .unwrap();
+    browser
+        .goto(&s.tollgate.admin_url("/agents"))
+        .await
+        .unwrap();
+    let agents = browser
+        .text(&browser.find("#agents").await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        agents.contains("buyer") && agents.contains("billing:spend"),
+        "{agents}"
+    );
+    assert!(
+        browser.find_all("#create-agent").await.unwrap().is_empty(),
+        "an approver is not offered agent creation"
+    );
+    browser
+        .goto(&s.tollgate.admin_url("/operations"))
+        .await
+        .unwrap();
+    assert!(
+        browser.find_all("#freeze-form").await.unwrap().is_empty(),
+        "an approver is not offered the freeze"
+    );
+    browser
+        .screenshot(&screenshots().join("07-operations.png"))
+        .await
+        .unwrap();
+
+    // ---- a viewer: sees, cannot decide ----
+    let second = {
+        // A new call (another key) waits for a decision.
+        let r = s
+            .http
+            .post(s.tollgate.url("/stripe/v1/payment_intents"))
+            .basic_auth(&s.agent_key, Some(""))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("Idempotency-Key", "console-test-2")
+            .body("amount=7000&currency=usd")
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        v["tollgate"]["approval_id"].as_str().unwrap().to_string()
+    };
+    browser.delete_cookies().await.unwrap();
+    sign_in(&browser, &s, &victor, None).await;
+    let victor_cookie = session_cookie(&browser).await;
+    browser
+        .goto(&s.tollgate.admin_url(&format!("/approvals/{second}")))
+        .await
+        .unwrap();
+    browser.find("#no-decide").await.unwrap();
+    // What is already spent from the budget this call would spend from.
+    let budget = browser
+        .text(&browser.find(".budget-line").await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        budget.contains("$60.00 spent") && budget.contains("cap $100.00"),
+        "{budget}"
+    );
+    assert!(
+        browser.find_all("#approve").await.unwrap().is_empty(),
+        "no Approve button for a viewer"
+    );
+    assert!(
+        browser.find_all("#deny").await.unwrap().is_empty(),
+        "no Deny button for a viewer"
+    );
+    browser
+        .screenshot(&screenshots().join("08-viewer.png"))
+        .await
+        .unwrap();
+    // A forged post with the viewer's own valid session and CSRF token is refused by role.
+    let victor_csrf = csrf_of(&browser.source().await.unwrap());
+    let (status, page) = s
+        .post_form(
+            &format!("/approvals/{second}/approve"),
+            &victor_cookie,
+            &[("csrf", &victor_csrf), ("note", "forged")],
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("needs the approver role"), "{page}");
+    assert_eq!(s.approval(&second).await["status"], "pending");
+
+    // ---- CSRF: alice's live session, but no token, a wrong token, or another site ----
+    browser.delete_cookies().await.unwrap();
+    sign_in(&browser, &s, &alice, None).await;
+    let alice_cookie = session_cookie(&browser).await;
+    let alice_csrf = csrf_of(&browser.source().await.unwrap());
+    let path = format!("/approvals/{second}/approve");
+    let (status, page) = s
+        .post_form(&path, &alice_cookie, &[("note", "no token")], None)
+        .await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("CSRF token"), "{page}");
+    let (status, _) = s
+        .post_form(
+            &path,
+            &alice_cookie,
+            &[("csrf", &victor_csrf), ("note", "another session's token")],
+            None,
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, page) = s
+        .post_form(
+            &path,
+            &alice_cookie,
+            &[("csrf", &alice_csrf), ("note", "from elsewhere")],
+            Some("https://evil.example"),
+        )
+        .await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("another site"), "{page}");
+    // A note is required by the server, not only by the browser.
+    let (status, page) = s
+        .post_form(
+            &path,
+            &alice_cookie,
+            &[("csrf", &alice_csrf), ("note", "  ")],
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{page}");
+    assert_eq!(
+        s.approval(&second).await["status"],
+        "pending",
+        "nothing above changed it"
+    );
+    // With its token, the same post works.
+    let (status, _) = s
+        .post_form(
+            &path,
+            &alice_cookie,
+            &[("csrf", &alice_csrf), ("note", "ok by script")],
+            None,
+        )
+        .await;
+    assert_eq!(status, 303);
+    assert_eq!(s.approval(&second).await["decided_by"], "alice");
+
+    // ---- rotating alice's token ends her sessions at once ----
+    let (ok, _, err) = s
+        .tollgate
+        .cli(&["reviewers", "rotate", "alice"])
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    let r = s
+        .http
+        .get(s.tollgate.admin_url("/approvals"))
+        .header("cookie", format!("tollgate_session={alice_cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert!(
+        r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/login")
+    );
+    // Signing out ends victor's.
+    let (status, _) = s
+        .post_form("/logout", &victor_cookie, &[("csrf", &victor_csrf)], None)
+        .await;
+    assert_eq!(status, 303);
+    let r = s
+        .http
+        .get(s.tollgate.admin_url("/approvals"))
+        .header("cookie", format!("tollgate_session={victor_cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303, "signed out");
+}
+
+#[tokio::test]
+async fn every_page_carries_a_strict_policy_and_no_secret() {
+    let s = Setup::start().await;
+    let admin_token = s.reviewer("root", "admin").await;
+    let http = &s.http;
+    // The sign-in form: its double-submit cookie and the policy.
+    let r = http
+        .get(s.tollgate.admin_url("/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+        "form-action 'self'",
+    ] {
+        assert!(csp.contains(directive), "{csp}");
+    }
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    let login_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(login_cookie.contains("HttpOnly") && login_cookie.contains("SameSite=Strict"));
+    let nonce = login_cookie
+        .trim_start_matches("tollgate_login=")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let html = r.text().await.unwrap();
+    assert!(
+        !html.contains("<script>") && !html.contains("style="),
+        "no inline script or style"
+    );
+
+    // Sign-in without the double-submitted nonce is refused; with it, a session opens.
+    let signin = |with_cookie: bool| {
+        let mut req = http.post(s.tollgate.admin_url("/login")).form(&[
+            ("token", admin_token.as_str()),
+            ("login_csrf", nonce.as_str()),
+            ("next", "//evil.example/x"),
+        ]);
+        if with_cookie {
+            req = req.header("cookie", format!("tollgate_login={nonce}"));
+        }
+        req.send()
+    };
+    assert_eq!(signin(false).await.unwrap().status().as_u16(), 403);
+    let r = signin(true).await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/approvals", "no open redirect");
+    let session = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("tollgate_session="))
+        .unwrap();
+    let session = session["tollgate_session=".len()..]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+
+    // Every page renders for an admin, with the policy, without the token or the provider secrets.
+    for page in [
+        "/approvals",
+        "/decisions",
+        "/audit",
+        "/spend",
+        "/agents",
+        "/operations",
+    ] {
+        let r = http
+            .get(s.tollgate.admin_url(page))
+            .header("cookie", format!("tollgate_session={session}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{page}");
+        assert!(
+            r.headers().contains_key("content-security-policy"),
+            "{page}"
+        );
+        assert_eq!(r.headers()["cache-control"], "no-store", "{page}");
+        let html = r.text().await.unwrap();
+        for secret in [
+            admin_token.as_str(),
+            tollgate_tests::tollgate::ADMIN_TOKEN,
+            tollgate_tests::tollgate::STRIPE_SECRET,
+            tollgate_tests::tollgate::CLOUDFLARE_SECRET,
+            s.agent_key.as_str(),
+        ] {
+            assert!(!html.contains(secret), "{page} shows a secret");
+        }
+    }
+    // An admin creates an agent from the console: the key is shown once, on that answer only.
+    let csrf = {
+        let html = http
+            .get(s.tollgate.admin_url("/agents"))
+            .header("cookie", format!("tollgate_session={session}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        csrf_of(&html)
+    };
+    let (status, page) = s
+        .post_form(
+            "/agents",
+            &session,
+            &[
+                ("csrf", &csrf),
+                ("name", "dns-bot"),
+                ("scopes", "dns:write, dns:read"),
+                ("labels", "env=prod"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{page}");
+    let key_at = page.find("id=\"agent-key\">").unwrap() + 15;
+    let key = &page[key_at..key_at + 20];
+    assert!(key.starts_with("tg_"), "{key}");
+    let listing = http
+        .get(s.tollgate.admin_url("/agents"))
+        .header("cookie", format!("tollgate_session={session}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(listing.contains("dns-bot") && !listing.contains(key));
+    // The agent has the scopes the form gave.
+    let (_, out, _) = s.tollgate.cli(&["agents", "list", "--json"]).await.unwrap();
+    let agents: Value = serde_json::from_str(&out).unwrap();
+    let created = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "dns-bot")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(
+        created["scopes"],
+        serde_json::json!(["dns:write", "dns:read"]),
+        "{agents}"
+    );
+
+    // A freeze needs a reason, and is refused without one.
+    let (status, _) = s
+        .post_form(
+            "/operations/freeze",
+            &session,
+            &[("csrf", &csrf), ("reason", "")],
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = s
+        .post_form(
+            "/operations/freeze",
+            &session,
+            &[("csrf", &csrf), ("reason", "incident 42")],
+            None,
+        )
+        .await;
+    assert_eq!(status, 303);
+    let (status, body) = s.pay(None).await;
+    assert_eq!(status, 503, "frozen: {body}");
+    let (status, _) = s
+        .post_form(
+            "/operations/unfreeze",
+            &session,
+            &[("csrf", &csrf), ("reason", "resolved")],
+            None,
+        )
+        .await;
+    assert_eq!(status, 303);
+    // A session cookie that was never issued opens nothing.
+    let r = http
+        .get(s.tollgate.admin_url("/approvals"))
+        .header("cookie", format!("tollgate_session={}", "0".repeat(64)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+}
