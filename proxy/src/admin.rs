@@ -562,7 +562,7 @@ pub fn spawn_control_poll(admin: Arc<Admin>, every: Duration) -> tokio::task::Jo
 }
 
 /// Records a state-changing admin call; a failure is logged, not fatal (the change itself already happened).
-async fn audit_action(
+pub(crate) async fn audit_action(
     admin: &Admin,
     actor: &str,
     action: &str,

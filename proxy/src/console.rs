@@ -537,6 +537,14 @@ async fn require_session(
                 Some((reviewer, email)) if request.method() == http::Method::GET => {
                     match open_session(&admin, &reviewer, format!("sso:{email}"), tls).await {
                         Ok((c, signed)) => {
+                            admin::audit_action(
+                                &admin,
+                                &reviewer.name,
+                                "console.sign_in",
+                                None,
+                                json!({"via": "trusted proxy"}),
+                            )
+                            .await;
                             new_cookie = Some(c);
                             signed
                         }
@@ -771,6 +779,14 @@ async fn login(State(admin): State<Arc<Admin>>, request: Request) -> Response {
         Err(e) => return store_failed_plain(e),
     };
     tracing::info!(reviewer = %reviewer.name, role = %reviewer.role, "console sign-in");
+    admin::audit_action(
+        &admin,
+        &reviewer.name,
+        "console.sign_in",
+        None,
+        json!({"via": "token"}),
+    )
+    .await;
     let mut response = Redirect::to(&safe_next(form.next.as_deref())).into_response();
     let h = response.headers_mut();
     h.append(header::SET_COOKIE, session_cookie);
@@ -795,6 +811,14 @@ async fn logout(
     if let Err(e) = admin.store.end_console_session(&signed.session_hash).await {
         return store_failed(&signed, e);
     }
+    admin::audit_action(
+        &admin,
+        &signed.reviewer.name,
+        "console.sign_out",
+        None,
+        json!({}),
+    )
+    .await;
     let tls = over_tls(&admin, &headers, None) || cookie(&headers, SESSION_COOKIE_TLS).is_some();
     let name = if tls {
         SESSION_COOKIE_TLS

@@ -737,3 +737,89 @@ async fn every_page_carries_a_strict_policy_and_no_secret() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 303);
 }
+
+#[tokio::test]
+async fn a_trusted_proxy_signs_a_reviewer_into_the_console() {
+    let db = TestDatabase::create().await.expect("database");
+    let upstream = Upstream::builder().start().await.expect("upstream");
+    let policy = policy_dir_with(POLICY).expect("policy");
+    let tollgate = Tollgate::builder(db.url(), &upstream.url())
+        .policy_dir(policy.path())
+        .admin(r#"trusted_proxies = ["127.0.0.1"]"#)
+        .start()
+        .await
+        .expect("tollgate starts");
+    let (ok, _, err) = tollgate
+        .cli(&[
+            "reviewers",
+            "create",
+            "olga",
+            "--role",
+            "operator",
+            "--email",
+            "Olga@Example.com",
+        ])
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // The proxy vouches for olga: the page renders and a session opens for her.
+    let r = http
+        .get(tollgate.admin_url("/operations"))
+        .header("X-Forwarded-Email", "olga@example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    let cookie = cookie["tollgate_session=".len()..]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains(">olga<") && html.contains("freeze-form"),
+        "an operator is offered the freeze"
+    );
+    let csrf = csrf_of(&html);
+    // Through the proxy, her session posts.
+    let freeze = |with_header: bool| {
+        let mut req = http
+            .post(tollgate.admin_url("/operations/freeze"))
+            .header("cookie", format!("tollgate_session={cookie}"))
+            .form(&[("csrf", csrf.as_str()), ("reason", "sso drill")]);
+        if with_header {
+            req = req.header("X-Forwarded-Email", "olga@example.com");
+        }
+        req.send()
+    };
+    // The same cookie without the proxy's word is not a session: the single sign-on is the proxy's.
+    assert_eq!(freeze(false).await.unwrap().status().as_u16(), 401);
+    assert_eq!(freeze(true).await.unwrap().status().as_u16(), 303);
+    let pool = db.pool().await.unwrap();
+    let actions: Vec<(String, String)> = sqlx::query_as(
+        "SELECT action, actor FROM admin_actions WHERE action IN ('console.sign_in', 'freeze') ORDER BY at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        actions,
+        vec![
+            ("console.sign_in".into(), "olga".into()),
+            ("freeze".into(), "olga".into())
+        ]
+    );
+    // Someone the proxy vouches for who is no reviewer gets the sign-in form.
+    let r = http
+        .get(tollgate.admin_url("/operations"))
+        .header("X-Forwarded-Email", "stranger@example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+}
