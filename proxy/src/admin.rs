@@ -120,9 +120,10 @@ pub fn router(admin: Arc<Admin>) -> Router {
         ));
         router = router.route(endpoint.path, guarded);
     }
-    router
-        .merge(crate::console::router(admin.clone()))
-        .with_state(admin)
+    if admin.config.console.enabled {
+        router = router.merge(crate::console::router(admin.clone()));
+    }
+    router.with_state(admin)
 }
 
 /// Keeps `tollgate_store_up` current.

@@ -88,6 +88,8 @@ pub struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConsole {
+    /// Serve the console on the admin listener (default true); false leaves only the JSON API.
+    pub enabled: Option<bool>,
     /// How long a console sign-in lasts (default 8; at most a week).
     pub session_hours: Option<u64>,
 }
@@ -184,6 +186,7 @@ pub struct Config {
 /// The reviewer console (`console.rs`).
 #[derive(Debug, Clone)]
 pub struct ConsoleConfig {
+    pub enabled: bool,
     /// How long a sign-in lasts before the reviewer must present their token again.
     pub session_lifetime: chrono::Duration,
     /// The console is reached over TLS (its public URL is `https://`): cookies are `Secure` and `__Host-`.
@@ -731,6 +734,7 @@ impl Config {
                 allow_self_approval: raw.approvals.allow_self_approval.unwrap_or(false),
             },
             console: ConsoleConfig {
+                enabled: raw.console.enabled.unwrap_or(true),
                 session_lifetime: chrono::Duration::hours(session_hours as i64),
                 public_url_is_https: false,
                 public_origin: None,
