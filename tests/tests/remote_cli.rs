@@ -649,35 +649,42 @@ async fn admins_manage_agents_and_reviewers_remotely() {
     s.assert_no_local_store();
 }
 
+/// Runs a command that must fail with `expected` in stderr, exit status 1 and the token nowhere; returns how
+/// long it took.
+async fn refused(
+    dir: &Path,
+    args: &[&str],
+    token: Option<&str>,
+    expected: &str,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    let run = run_in(dir, token, args).await;
+    assert!(!run.ok, "{args:?} succeeded: {}", run.both());
+    assert_eq!(run.code, Some(1), "{args:?}");
+    assert!(run.err.contains(expected), "{args:?}: {}", run.err);
+    if let Some(t) = token {
+        assert!(!run.both().contains(t), "{args:?} printed the token");
+    }
+    started.elapsed()
+}
+
 #[tokio::test]
 async fn what_the_remote_cli_refuses_before_it_connects() {
     let dir = tempfile::tempdir().unwrap();
-    let token = "tgr_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-    let check =
-        |args: &'static [&'static str], token: Option<&'static str>, expected: &'static str| {
-            let dir = dir.path().to_path_buf();
-            async move {
-                let started = std::time::Instant::now();
-                let run = run_in(&dir, token, args).await;
-                assert!(!run.ok, "{args:?} succeeded: {}", run.both());
-                assert_eq!(run.code, Some(1), "{args:?}");
-                assert!(run.err.contains(expected), "{args:?}: {}", run.err);
-                if let Some(t) = token {
-                    assert!(!run.both().contains(t), "{args:?} printed the token");
-                }
-                started.elapsed()
-            }
-        };
+    let dir = dir.path();
+    let token = Some("tgr_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
     // Plaintext to a remote host: refused before any connection (no DNS, no socket: immediate).
-    let took = check(
+    let took = refused(
+        dir,
         &["--server", "http://example.com", "approvals", "list"],
-        Some(token),
+        token,
         "refusing to send a reviewer token over plain http to example.com",
     )
     .await;
     assert!(took < std::time::Duration::from_secs(5), "{took:?}");
-    // No token in the variable: named, nothing sent.
-    check(
+    // No token in the variable: the variable is named, nothing is sent.
+    refused(
+        dir,
         &[
             "--server",
             "https://tollgate.example.com",
@@ -689,27 +696,49 @@ async fn what_the_remote_cli_refuses_before_it_connects() {
     )
     .await;
     // Nobody listening: the URL is named.
-    check(
+    refused(
+        dir,
         &["--server", "http://127.0.0.1:1", "decisions"],
-        Some(token),
+        token,
         "cannot reach the tollgate admin API at http://127.0.0.1:1",
     )
     .await;
+    // A TLS failure (here: a server that speaks plain HTTP on the https port) names the server too.
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://127.0.0.1:{}", plain.local_addr().unwrap().port());
+    let answering = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        while let Ok((mut conn, _)) = plain.accept().await {
+            let _ = conn
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    refused(
+        dir,
+        &["--server", &url, "approvals", "list"],
+        token,
+        &format!("cannot reach the tollgate admin API at {url}: "),
+    )
+    .await;
+    answering.abort();
     // Local-only commands say so.
-    check(
+    refused(
+        dir,
         &["--server", "http://127.0.0.1:1", "audit", "verify"],
-        Some(token),
+        token,
         "`tollgate audit` works on the local configuration and database only",
     )
     .await;
-    check(
+    refused(
+        dir,
         &["--server", "http://127.0.0.1:1", "decisions", "export"],
-        Some(token),
+        token,
         "`tollgate decisions export` works on the local",
     )
     .await;
-    check(&["whoami"], Some(token), "give --server URL").await;
-    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    refused(dir, &["whoami"], token, "give --server URL").await;
+    let left: Vec<_> = std::fs::read_dir(dir).unwrap().collect();
     assert!(left.is_empty(), "files written: {left:?}");
 }
 
