@@ -523,6 +523,10 @@ const MAX_REASON_CHARS: usize = 1000;
 #[serde(deny_unknown_fields)]
 struct FreezeRequest {
     reason: Option<String>,
+    /// Ignored, as in an approve body: accepted because clients written before reviewer accounts sent it.
+    /// Who froze is the authenticated reviewer.
+    #[allow(dead_code)]
+    by: Option<String>,
 }
 
 async fn freeze_status(State(admin): State<Arc<Admin>>) -> Response {
