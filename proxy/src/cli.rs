@@ -244,7 +244,8 @@ pub enum SpendCommand {
         /// Why (what you checked at the provider); recorded with the settlement.
         #[arg(long)]
         note: String,
-        /// Who is settling; recorded as `local:<by>` (defaults to $USER).
+        /// Who is settling; recorded as `local:<by>` (defaults to $USER). Local mode only: with --server
+        /// the server records the token's reviewer.
         #[arg(long)]
         by: Option<String>,
     },
@@ -273,8 +274,8 @@ pub enum ApprovalsCommand {
         id: uuid::Uuid,
         #[arg(long)]
         note: Option<String>,
-        /// Who is approving; recorded as `local:<by>` (defaults to $USER). The admin API records the
-        /// authenticated reviewer instead.
+        /// Who is approving; recorded as `local:<by>` (defaults to $USER). Local mode only: with --server
+        /// the server records the token's reviewer.
         #[arg(long)]
         by: Option<String>,
     },
