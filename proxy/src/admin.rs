@@ -87,6 +87,7 @@ fn api() -> Vec<(Endpoint, MethodRouter<Arc<Admin>>)> {
         ),
         (e("GET", "/api/policy", V), get(policy_status)),
         (e("POST", "/api/policy/reload", O), post(reload_policy)),
+        (e("GET", "/api/freeze", V), get(freeze_status)),
         (e("POST", "/api/freeze", O), post(freeze)),
         (e("DELETE", "/api/freeze", O), delete(unfreeze)),
         (e("GET", "/api/reviewers", A), get(list_reviewers)),
@@ -478,13 +479,14 @@ async fn revoke_agent(
 }
 
 async fn policy_status(State(admin): State<Arc<Admin>>) -> Response {
-    Json(policy_json(&admin)).into_response()
+    Json(policy_json(&admin.policy)).into_response()
 }
 
-pub(crate) fn policy_json(admin: &Admin) -> Value {
-    let live = admin.policy.current();
+/// The API shape of the policy status: the live bundle's revision, engine and shadow, and how reloads went.
+pub fn policy_json(policy: &PolicyHandle) -> Value {
+    let live = policy.current();
     let b = &live.bundle;
-    let status = admin.policy.status();
+    let status = policy.status();
     json!({
         "revision": b.revision(),
         "loaded_at": b.loaded_at(),
@@ -517,34 +519,88 @@ async fn reload_policy(
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };
-    (status, Json(policy_json(&admin))).into_response()
+    (status, Json(policy_json(&admin.policy))).into_response()
 }
 
-async fn freeze(State(admin): State<Arc<Admin>>, Extension(me): Extension<Reviewer>) -> Response {
-    set_frozen(&admin, &me, true, None).await
+/// The longest freeze reason kept; it is a note for people, not a document.
+const MAX_REASON_CHARS: usize = 1000;
+
+/// The optional body of `POST /api/freeze` and `DELETE /api/freeze`; an empty body is no reason.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FreezeRequest {
+    reason: Option<String>,
+    /// Ignored, as in an approve body: accepted because clients written before reviewer accounts sent it.
+    /// Who froze is the authenticated reviewer.
+    #[allow(dead_code)]
+    by: Option<String>,
 }
 
-async fn unfreeze(State(admin): State<Arc<Admin>>, Extension(me): Extension<Reviewer>) -> Response {
-    set_frozen(&admin, &me, false, None).await
+async fn freeze_status(State(admin): State<Arc<Admin>>) -> Response {
+    match admin.store.freeze_state().await {
+        Ok(state) => Json(state).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn freeze(
+    State(admin): State<Arc<Admin>>,
+    Extension(me): Extension<Reviewer>,
+    body: Option<Json<FreezeRequest>>,
+) -> Response {
+    set_frozen(&admin, &me, true, body.map(|b| b.0).unwrap_or_default()).await
+}
+
+async fn unfreeze(
+    State(admin): State<Arc<Admin>>,
+    Extension(me): Extension<Reviewer>,
+    body: Option<Json<FreezeRequest>>,
+) -> Response {
+    set_frozen(&admin, &me, false, body.map(|b| b.0).unwrap_or_default()).await
 }
 
 /// Freezing is stored, so every replica picks it up with its next control poll; this replica applies it now.
-async fn set_frozen(admin: &Admin, me: &Reviewer, frozen: bool, reason: Option<&str>) -> Response {
+/// The reason goes into the admin action's detail, where `GET /api/freeze` reads it back.
+async fn set_frozen(
+    admin: &Admin,
+    me: &Reviewer,
+    frozen: bool,
+    request: FreezeRequest,
+) -> Response {
+    let reason = request
+        .reason
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
+    {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("the reason is longer than {MAX_REASON_CHARS} characters"),
+        );
+    }
     if let Err(e) = admin.store.set_frozen(frozen, &me.name).await {
         return store_error(e);
     }
+    let detail = match &reason {
+        Some(r) => json!({"reason": r}),
+        None => json!({}),
+    };
     audit_action(
         admin,
         &me.name,
         if frozen { "freeze" } else { "unfreeze" },
         None,
-        json!({"reason": reason}),
+        detail,
     )
     .await;
     admin.frozen.store(frozen, Ordering::Release);
     admin.metrics.frozen.set(i64::from(frozen));
-    tracing::warn!(frozen, by = %me.name, "agent traffic freeze changed by an operator");
-    Json(json!({"frozen": frozen})).into_response()
+    tracing::warn!(frozen, by = %me.name, reason = reason.as_deref().unwrap_or(""),
+        "agent traffic freeze changed by an operator");
+    Json(json!({"frozen": frozen, "changed_by": me.name, "reason": reason})).into_response()
 }
 
 /// Keeps this replica's frozen flag in step with the store.
@@ -975,7 +1031,22 @@ pub(crate) async fn set_frozen_as(
     frozen: bool,
     reason: Option<&str>,
 ) -> Response {
-    set_frozen(admin, me, frozen, reason).await
+    let request = FreezeRequest {
+        reason: reason.map(str::to_string),
+        by: None,
+    };
+    set_frozen(admin, me, frozen, request).await
+}
+
+/// `GET /api/freeze`'s answer, for the console.
+pub(crate) async fn freeze_state_json(admin: &Admin) -> Value {
+    match admin.store.freeze_state().await {
+        Ok(state) => serde_json::to_value(state).unwrap_or(Value::Null),
+        Err(e) => {
+            tracing::error!(error = %e, "freeze state not read");
+            Value::Null
+        }
+    }
 }
 
 pub(crate) async fn reload_policy_as(admin: &Arc<Admin>, me: &Reviewer) -> Response {

@@ -2,7 +2,12 @@
 //!
 //! Owns: turning a command into calls on the library and its result into text or `--json` output and an
 //! exit code. Agent keys are printed exactly once, by `agents create`; no other output contains a secret.
-//! Must not: hold business rules; every subcommand calls the module that owns the behaviour.
+//! The reviewer and operator commands (`approvals`, `decisions`, `spend`, `agents`, `reviewers`, `freeze`,
+//! `unfreeze`, `policy status|reload`, `whoami`) run either on the configured store (local mode) or, with
+//! `--server`, through the admin API ([`crate::remote`]); both modes produce the admin API's JSON shapes
+//! and one printing function per shape formats them, so the output is the same either way.
+//! Must not: hold business rules; every subcommand calls the module that owns the behaviour. Must not read
+//! the reviewer token from argv or print it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,9 +19,16 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
 use crate::config::{Config, ConfigSource};
-use crate::identity::{self, NewAgent};
 use crate::policy::Bundle;
+use crate::remote::{Remote, RemoteError};
 use crate::store::{DecisionFilter, Store};
+
+mod review;
+
+use review::{
+    agents, approvals, print_decisions, print_freeze, print_policy_status, print_spend,
+    remote_decisions, reviewers, set_frozen, spend_command, text,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,21 +43,40 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Run reviewer and operator commands (approvals, decisions, spend, agents, reviewers, freeze,
+    /// unfreeze, policy status|reload, whoami) through this tollgate's admin API, e.g.
+    /// https://tollgate.example.com:9090, instead of the local database: no database credentials needed.
+    /// Commands marked "local only" refuse it.
+    #[arg(long, global = true, env = "TOLLGATE_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// The environment variable that holds the reviewer token (tgr_…) for --server. The token itself is
+    /// never an argument.
+    #[arg(
+        long,
+        global = true,
+        default_value = "TOLLGATE_TOKEN",
+        value_name = "VAR"
+    )]
+    pub token_env: String,
+    /// Allow --server http:// to a host that is not loopback (the token then crosses the network in
+    /// plaintext).
+    #[arg(long, global = true)]
+    pub insecure_http: bool,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the proxy and admin listeners.
+    /// Run the proxy and admin listeners (local only).
     Serve {
         /// Apply database migrations before serving.
         #[arg(long)]
         migrate: bool,
     },
-    /// Apply database migrations and exit.
+    /// Apply database migrations and exit (local only).
     Migrate,
-    /// Validate the configuration and compile the policy bundle; exit 0 when both are good.
+    /// Validate the configuration and compile the policy bundle; exit 0 when both are good (local only).
     CheckConfig {
         /// Also fail on policy lint findings (Rego that OPA and regorus evaluate differently), which are
         /// otherwise printed as warnings.
@@ -68,15 +99,50 @@ pub enum Command {
         command: Option<DecisionsCommand>,
         #[arg(long)]
         agent: Option<String>,
+        /// Only this action, e.g. stripe.payment.create.
+        #[arg(long)]
+        action: Option<String>,
+        /// Only this outcome.
+        #[arg(long, value_enum)]
+        outcome: Option<OutcomeArg>,
+        /// Only decisions since this time: RFC 3339, a date (YYYY-MM-DD, midnight UTC), or a duration ago
+        /// like 30s, 15m, 2h, 7d.
+        #[arg(long)]
+        since: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: i64,
         #[arg(long)]
         json: bool,
     },
-    /// Verify the decision log.
+    /// Stop all agent traffic on every replica (`freeze status` shows the switch); `unfreeze` lifts it.
+    #[command(args_conflicts_with_subcommands = true)]
+    Freeze {
+        #[command(subcommand)]
+        command: Option<FreezeCommand>,
+        /// Why; recorded with the freeze and shown by `freeze status`.
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let agent traffic through again.
+    Unfreeze {
+        /// Why; recorded with the change.
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Who the admin API takes the --server token for (remote only).
+    Whoami {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify the decision log (local only).
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Re-evaluate recorded decision inputs against a candidate bundle and show what would change.
+    /// Re-evaluate recorded decision inputs against a candidate bundle and show what would change (local
+    /// only).
     Replay {
         /// The candidate policy directory.
         #[arg(long)]
@@ -89,7 +155,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Review approvals: list, approve, deny.
+    /// Review approvals: list, show, approve, deny.
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
     /// Spend per budget window (current month unless --period); `spend flagged` and `spend settle` for
@@ -105,9 +171,43 @@ pub enum Command {
     },
 }
 
+/// A decision's outcome as stored: what the policy said, or `refused` for a refusal before or beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutcomeArg {
+    #[value(alias = "allowed")]
+    Allow,
+    #[value(alias = "denied")]
+    Deny,
+    /// Held for a human (approval required).
+    #[value(alias = "approval_required")]
+    Approve,
+    /// Refused by tollgate itself (scope, budget, hygiene, freeze, …).
+    Refused,
+}
+
+impl OutcomeArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            OutcomeArg::Allow => "allow",
+            OutcomeArg::Deny => "deny",
+            OutcomeArg::Approve => "approve",
+            OutcomeArg::Refused => "refused",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FreezeCommand {
+    /// Whether agent traffic is frozen, since when, by whom and why.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DecisionsCommand {
-    /// Every decision record (newest first) as one JSON object per line: the fields `decisions --json`
+    /// (Local only.) Every decision record (newest first) as one JSON object per line: the fields `decisions --json`
     /// shows, plus `policy_outcome` and the recorded (already redacted) policy `input`. For
     /// `tollgate policy diff --decisions FILE`.
     Export {
@@ -144,7 +244,8 @@ pub enum SpendCommand {
         /// Why (what you checked at the provider); recorded with the settlement.
         #[arg(long)]
         note: String,
-        /// Who is settling; recorded as `local:<by>` (defaults to $USER).
+        /// Who is settling; recorded as `local:<by>` (defaults to $USER). Local mode only: with --server
+        /// the server records the token's reviewer.
         #[arg(long)]
         by: Option<String>,
     },
@@ -160,21 +261,31 @@ pub enum ApprovalsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show the full request under review: agent, run, on behalf of, method, path, query, headers, the
+    /// body as recorded (redacted fields marked), charge, reasons, revision, and who decided.
+    Show {
+        id: uuid::Uuid,
+        /// The approval as the API gives it, plus `requested_by`: the requesting decision with its input.
+        #[arg(long)]
+        json: bool,
+    },
     /// Approve a pending approval: the agent may then retry the exact request once.
     Approve {
         id: uuid::Uuid,
         #[arg(long)]
         note: Option<String>,
-        /// Who is approving; recorded as `local:<by>` (defaults to $USER). The admin API records the
-        /// authenticated reviewer instead.
+        /// Who is approving; recorded as `local:<by>` (defaults to $USER). Local mode only: with --server
+        /// the server records the token's reviewer.
         #[arg(long)]
         by: Option<String>,
     },
     /// Deny a pending approval.
     Deny {
         id: uuid::Uuid,
+        /// Why (required): the agent's operator reads it.
         #[arg(long)]
-        note: Option<String>,
+        note: String,
+        /// Who is denying; recorded as `local:<by>` (defaults to $USER). Local mode only.
         #[arg(long)]
         by: Option<String>,
     },
@@ -242,7 +353,7 @@ pub struct CreateAgentArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Run the bundle's `test_*` rules (tests/*.rego, *_test.rego); exit 1 on any failure.
+    /// (Local only.) Run the bundle's `test_*` rules (tests/*.rego, *_test.rego); exit 1 on any failure.
     Test {
         dir: Option<PathBuf>,
         #[arg(long)]
@@ -251,7 +362,7 @@ pub enum PolicyCommand {
         #[arg(long)]
         coverage: bool,
     },
-    /// Review a policy change: run both bundles' tests, judge their case tables and recorded decisions
+    /// (Local only.) Review a policy change: run both bundles' tests, judge their case tables and recorded decisions
     /// under both, and report every outcome transition, widenings first. Exit 0: no unreviewed widening;
     /// 1: unreviewed widenings or route catalog change (accept them in the candidate's
     /// reviewed_widenings.toml); 2: the candidate's tests fail, or a bundle, the reviewed list or the
@@ -271,7 +382,19 @@ pub enum PolicyCommand {
         #[arg(long, default_value = "text", value_parser = ["text", "markdown", "json"])]
         format: String,
     },
-    /// Print the decision for one policy input (JSON file).
+    /// The live bundle's revision and the last reload's result (with --server); without it, the
+    /// configured bundle loaded here.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the server reload its bundle now (needs --server; a server also reloads on file change and
+    /// SIGHUP). Exit 1 when the reload failed (the old bundle stays live).
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
+    /// (Local only.) Print the decision for one policy input (JSON file).
     Eval {
         #[arg(long)]
         input: PathBuf,
@@ -336,7 +459,11 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tollgate: {e:#}");
+            match e.downcast_ref::<RemoteError>() {
+                // The server's own words, with its code and status: `error: <message> (<code>, HTTP 403)`.
+                Some(remote) => eprintln!("error: {remote}"),
+                None => eprintln!("tollgate: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -386,7 +513,47 @@ async fn connect(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// The commands that only work on this machine's configuration and store: the admin API has nothing for
+/// them (serving, migrating, checking and testing bundles, exporting inputs, the audit chain's checks).
+fn local_only(command: &Command) -> Option<&'static str> {
+    Some(match command {
+        Command::Serve { .. } => "serve",
+        Command::Migrate => "migrate",
+        Command::CheckConfig { .. } => "check-config",
+        Command::Policy(PolicyCommand::Test { .. }) => "policy test",
+        Command::Policy(PolicyCommand::Eval { .. }) => "policy eval",
+        Command::Policy(PolicyCommand::Diff { .. }) => "policy diff",
+        Command::Decisions {
+            command: Some(DecisionsCommand::Export { .. }),
+            ..
+        } => "decisions export",
+        Command::Replay { .. } => "replay",
+        Command::Audit(_) => "audit",
+        _ => return None,
+    })
+}
+
+/// With `--server`, the admin API client (the URL checked and the token read, before any connection).
+fn remote(cli: &Cli) -> anyhow::Result<Option<Remote>> {
+    match &cli.server {
+        Some(server) => Ok(Some(Remote::from_env(
+            server,
+            &cli.token_env,
+            cli.insecure_http,
+        )?)),
+        None => Ok(None),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if cli.server.is_some()
+        && let Some(name) = local_only(&cli.command)
+    {
+        anyhow::bail!(
+            "`tollgate {name}` works on the local configuration and database only; the admin API has no \
+             equivalent. Run it without --server (and without TOLLGATE_SERVER in the environment)"
+        );
+    }
     match &cli.command {
         Command::CheckConfig { strict } => Ok(check_config(&cli, *strict)),
         Command::Serve { migrate } => serve(&cli, *migrate).await,
@@ -525,42 +692,118 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Decisions {
             command: None,
             agent,
+            action,
+            outcome,
+            since,
             limit,
             json,
         } => {
-            let store = connect(&load_config(&cli)?).await?;
             let filter = DecisionFilter {
                 agent: agent.clone(),
+                action: action.clone(),
+                outcome: outcome.map(|o| o.as_str().to_string()),
+                since: since.as_deref().map(parse_since).transpose()?,
                 limit: (*limit).clamp(1, 10_000),
                 ..DecisionFilter::default()
             };
-            let rows = store.list_decisions(&filter).await?;
-            if *json {
-                let items: Vec<Value> = rows
-                    .iter()
-                    .map(|(d, o)| crate::admin::decision_json(d, o.as_ref(), false))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&items)?);
-            } else {
-                for (d, o) in rows {
-                    let upstream = o
-                        .and_then(|o| o.upstream_status)
-                        .map(|s| s.to_string())
-                        .unwrap_or_default();
-                    println!(
-                        "{}  {}  {:<10} {:<8} {:<32} {:<8} {:<22} {}",
-                        d.at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
-                        d.id,
-                        d.agent_name.unwrap_or_else(|| "-".into()),
-                        d.method,
-                        d.action,
-                        d.outcome,
-                        d.code.unwrap_or_default(),
-                        upstream
-                    );
+            let items = match remote(&cli)? {
+                Some(r) => remote_decisions(&r, filter).await?,
+                None => {
+                    let store = connect(&load_config(&cli)?).await?;
+                    store
+                        .list_decisions(&filter)
+                        .await?
+                        .iter()
+                        .map(|(d, o)| crate::admin::decision_json(d, o.as_ref(), false))
+                        .collect()
                 }
+            };
+            print_decisions(&items, *json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Freeze {
+            command: Some(FreezeCommand::Status { json }),
+            ..
+        } => {
+            let state = match remote(&cli)? {
+                Some(r) => r.get("/api/freeze").await?,
+                None => {
+                    let store = connect(&load_config(&cli)?).await?;
+                    serde_json::to_value(store.freeze_state().await?)?
+                }
+            };
+            print_freeze(&state, *json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Freeze {
+            command: None,
+            reason,
+            json,
+        } => set_frozen(&cli, true, reason.as_deref(), *json).await,
+        Command::Unfreeze { reason, json } => {
+            set_frozen(&cli, false, reason.as_deref(), *json).await
+        }
+        Command::Whoami { json } => {
+            let Some(r) = remote(&cli)? else {
+                anyhow::bail!(
+                    "whoami asks the admin API who a token is: give --server URL (and the token in $TOLLGATE_TOKEN \
+                     or the variable --token-env names)"
+                );
+            };
+            let me = r.get("/api/whoami").await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&me)?);
+            } else {
+                println!(
+                    "{} (role {}{}) at {}",
+                    text(&me, "name"),
+                    text(&me, "role"),
+                    if me["bootstrap"] == true {
+                        ", the bootstrap admin token"
+                    } else {
+                        ""
+                    },
+                    r.server()
+                );
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Status { json }) => {
+            let status = match remote(&cli)? {
+                Some(r) => r.get("/api/policy").await?,
+                None => {
+                    let config = load_config(&cli)?;
+                    let handle = crate::app::load_policy(&config).map_err(anyhow::Error::msg)?;
+                    crate::admin::policy_json(&handle)
+                }
+            };
+            print_policy_status(&status, *json, cli.server.is_some())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Reload { json }) => {
+            let Some(r) = remote(&cli)? else {
+                anyhow::bail!(
+                    "policy reload acts on a running server: give --server URL, or send the server SIGHUP (it also \
+                     reloads by itself when a policy file changes)"
+                );
+            };
+            let (ok, status) = match r.post("/api/policy/reload", None).await {
+                Ok(status) => (true, status),
+                // 422: the new bundle failed; the answer names the error and the old bundle stays live.
+                Err(RemoteError::Refused { status: 422, .. }) => {
+                    (false, r.get("/api/policy").await?)
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if !ok && !*json {
+                eprintln!("error: the reload failed; the bundle that was live stays live");
+            }
+            print_policy_status(&status, *json, true)?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Approvals(cmd) => approvals(&cli, cmd).await,
         Command::Replay {
@@ -578,34 +821,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             period,
             json,
         } => {
-            let store = connect(&load_config(&cli)?).await?;
-            let period = period
-                .clone()
-                .unwrap_or_else(|| crate::ledger::period(Utc::now()));
-            let rows = store.spend(&period).await?;
-            if *json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({"period": period, "windows": rows}))?
-                );
-            } else {
-                println!(
-                    "{:<22} {:<52} {:>10} {:>10} {:>10} {:>10}",
-                    "budget", "subject", "cap", "committed", "reserved", "flagged"
-                );
-                for r in rows {
-                    println!(
-                        "{:<22} {:<52} {:>10} {:>10} {:>10} {:>10}",
-                        r.budget,
-                        r.subject,
-                        r.cap_cents,
-                        r.committed_cents,
-                        r.reserved_cents,
-                        r.flagged_cents
-                    );
+            let spend = match remote(&cli)? {
+                Some(r) => {
+                    let q = crate::remote::query(&[("period", period.clone())]);
+                    r.get(&format!("/api/spend{q}")).await?
                 }
-                println!("(cents, period {period})");
-            }
+                None => {
+                    let store = connect(&load_config(&cli)?).await?;
+                    let period = period
+                        .clone()
+                        .unwrap_or_else(|| crate::ledger::period(Utc::now()));
+                    let rows = store.spend(&period).await?;
+                    json!({"period": period, "windows": rows})
+                }
+            };
+            print_spend(&spend, *json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::Verify {
@@ -742,65 +972,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn spend_command(cli: &Cli, command: &SpendCommand) -> anyhow::Result<ExitCode> {
-    let store = connect(&load_config(cli)?).await?;
-    let ledger = crate::ledger::Ledger::new(store);
-    match command {
-        SpendCommand::Flagged { json } => {
-            let rows = ledger.flagged().await?;
-            if *json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({"reservations": rows}))?
-                );
-            } else {
-                println!(
-                    "{:<36}  {:<20}  {:<10} {:>10}  {:<22} subject",
-                    "decision", "reserved at", "provider", "cents", "budget"
-                );
-                for r in &rows {
-                    println!(
-                        "{:<36}  {:<20}  {:<10} {:>10}  {:<22} {}",
-                        r.decision_id,
-                        r.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
-                        r.provider,
-                        r.cents,
-                        r.budget,
-                        r.subject
-                    );
-                }
-                println!("{} flagged reservation(s)", rows.len());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        SpendCommand::Settle {
-            id,
-            committed,
-            released: _,
-            note,
-            by,
-        } => {
-            let how = if *committed {
-                crate::store::ManualSettlement::Committed
-            } else {
-                crate::store::ManualSettlement::Released
-            };
-            let by = local_actor(by);
-            match ledger.settle_flagged(*id, how, &by, note).await? {
-                Some(cents) => {
-                    let verb = if *committed { "committed" } else { "released" };
-                    println!("reservation {id}: {cents} cents {verb} by {by}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => {
-                    eprintln!("reservation {id} is not a flagged reservation that is still open");
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
-    }
-}
-
 fn check_config(cli: &Cli, strict: bool) -> ExitCode {
     let mut problems = Vec::new();
     let config = match load_config(cli) {
@@ -931,88 +1102,6 @@ async fn shutdown_signal() {
     }
 }
 
-async fn agents(cli: &Cli, cmd: &AgentsCommand) -> anyhow::Result<ExitCode> {
-    let store = connect(&load_config(cli)?).await?;
-    match cmd {
-        AgentsCommand::Create(args) => {
-            let mut labels = BTreeMap::new();
-            for l in &args.labels {
-                let (k, v) = l
-                    .split_once('=')
-                    .ok_or_else(|| anyhow::anyhow!("--label '{l}' is not k=v"))?;
-                labels.insert(k.to_string(), v.to_string());
-            }
-            let expires_at = match &args.expires {
-                Some(e) => Some(identity::parse_expiry(e, Utc::now()).map_err(anyhow::Error::msg)?),
-                None => None,
-            };
-            let new = NewAgent {
-                name: args.name.clone(),
-                team: args.team.clone(),
-                scopes: args.scopes.clone(),
-                labels,
-                expires_at,
-                created_by: Some(operator()),
-            };
-            let (row, key) = identity::create_agent(&store, new).await?;
-            store
-                .record_admin_action(
-                    &operator(),
-                    "agent.create",
-                    Some(&row.name),
-                    &json!({"via": "cli", "scopes": row.scopes}),
-                )
-                .await?;
-            if args.json {
-                let mut v = crate::admin::agent_json(&row);
-                v["key"] = Value::String(key.expose().to_string());
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!("created agent '{}' ({})", row.name, row.id);
-                println!("key (shown once, store it now): {}", key.expose());
-            }
-        }
-        AgentsCommand::List { json } => {
-            let rows = store.list_agents().await?;
-            if *json {
-                let items: Vec<Value> = rows.iter().map(crate::admin::agent_json).collect();
-                println!("{}", serde_json::to_string_pretty(&items)?);
-            } else {
-                for a in rows {
-                    println!(
-                        "{:<24} {:<8} team={:<12} key={}…  scopes={}  expires={}",
-                        a.name,
-                        a.status,
-                        a.team.unwrap_or_else(|| "-".into()),
-                        a.key_prefix,
-                        a.scopes.join(","),
-                        a.expires_at
-                            .map(|t| t.to_rfc3339())
-                            .unwrap_or_else(|| "never".into())
-                    );
-                }
-            }
-        }
-        AgentsCommand::Revoke { name } => {
-            if store.revoke_agent(name).await? {
-                store
-                    .record_admin_action(
-                        &operator(),
-                        "agent.revoke",
-                        Some(name),
-                        &json!({"via": "cli"}),
-                    )
-                    .await?;
-                println!("revoked agent '{name}'");
-            } else {
-                eprintln!("no active agent named '{name}'");
-                return Ok(ExitCode::FAILURE);
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 /// Who runs this CLI, for the admin action record: `local:<$USER>`. The local CLI writes the store directly
 /// (whoever can run it holds the database credentials), so it authenticates nobody: the `local:` prefix keeps
 /// what it records apart from the authenticated reviewers of the admin API (reviewer names cannot contain
@@ -1030,199 +1119,14 @@ fn local_actor(by: &Option<String>) -> String {
     crate::reviewers::Reviewer::local(who.trim()).name
 }
 
-async fn reviewers(cli: &Cli, cmd: &ReviewersCommand) -> anyhow::Result<ExitCode> {
-    use crate::reviewers::{self, Role};
-    let store = connect(&load_config(cli)?).await?;
-    match cmd {
-        ReviewersCommand::Create {
-            name,
-            role,
-            email,
-            json,
-        } => {
-            let role = Role::parse(role).ok_or_else(|| {
-                anyhow::anyhow!("--role must be viewer, approver, operator or admin")
-            })?;
-            let actor = operator();
-            let (row, token) =
-                match reviewers::create(&store, name, role, email.as_deref(), &actor).await {
-                    Ok(created) => created,
-                    Err(reviewers::ReviewerError::Invalid(m)) => anyhow::bail!("{m}"),
-                    Err(reviewers::ReviewerError::Store(e)) => return Err(e.into()),
-                };
-            store
-                .record_admin_action(
-                    &actor,
-                    "reviewer.create",
-                    Some(&row.name),
-                    &json!({"via": "cli", "role": row.role}),
-                )
-                .await?;
-            if *json {
-                let mut v = crate::admin::reviewer_json(&row);
-                v["token"] = Value::String(token.expose().to_string());
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!(
-                    "created reviewer '{}' ({}), role {}",
-                    row.name, row.id, row.role
-                );
-                println!("token (shown once, store it now): {}", token.expose());
-            }
-        }
-        ReviewersCommand::List { json } => {
-            let rows = store.list_reviewers().await?;
-            if *json {
-                let items: Vec<Value> = rows.iter().map(crate::admin::reviewer_json).collect();
-                println!("{}", serde_json::to_string_pretty(&items)?);
-            } else {
-                let when = |t: Option<chrono::DateTime<Utc>>| {
-                    t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())
-                };
-                for r in rows {
-                    println!(
-                        "{:<24} {:<8} {:<8} token={}…  created_by={}  last_used={}",
-                        r.name,
-                        r.role,
-                        if r.revoked_at.is_some() {
-                            "revoked"
-                        } else {
-                            "active"
-                        },
-                        r.token_prefix,
-                        r.created_by,
-                        when(r.last_used),
-                    );
-                }
-            }
-        }
-        ReviewersCommand::Revoke { name } => {
-            if store.revoke_reviewer(name).await? {
-                store
-                    .record_admin_action(
-                        &operator(),
-                        "reviewer.revoke",
-                        Some(name),
-                        &json!({"via": "cli"}),
-                    )
-                    .await?;
-                println!("revoked reviewer '{name}'");
-            } else {
-                eprintln!("no active reviewer named '{name}'");
-                return Ok(ExitCode::FAILURE);
-            }
-        }
-        ReviewersCommand::Rotate { name, json } => match reviewers::rotate(&store, name).await? {
-            Some(token) => {
-                store
-                    .record_admin_action(
-                        &operator(),
-                        "reviewer.rotate",
-                        Some(name),
-                        &json!({"via": "cli"}),
-                    )
-                    .await?;
-                if *json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(
-                            &json!({"name": name, "token": token.expose()})
-                        )?
-                    );
-                } else {
-                    println!("rotated reviewer '{name}'; the old token no longer works");
-                    println!("token (shown once, store it now): {}", token.expose());
-                }
-            }
-            None => {
-                eprintln!("no active reviewer named '{name}'");
-                return Ok(ExitCode::FAILURE);
-            }
-        },
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn approvals(cli: &Cli, cmd: &ApprovalsCommand) -> anyhow::Result<ExitCode> {
-    let config = load_config(cli)?;
-    let store = connect(&config).await?;
-    // The local CLI authenticates nobody (it holds the database credentials): what it records is
-    // `local:<--by or $USER>`, never a bare name that could pass for an authenticated reviewer.
-    let reviewer = local_actor;
-    let (id, approve, note, by) = match cmd {
-        ApprovalsCommand::List { status, json } => {
-            let rows = store.list_approvals(status.as_deref(), 500).await?;
-            if *json {
-                let items: Vec<Value> = rows.iter().map(crate::admin::approval_json).collect();
-                println!("{}", serde_json::to_string_pretty(&items)?);
-            } else {
-                for a in rows.iter().map(crate::admin::approval_json) {
-                    println!(
-                        "{}  {:<9} {:<12} {:<6} {:<30} {:<40} charge={}",
-                        a["id"].as_str().unwrap_or_default(),
-                        a["status"].as_str().unwrap_or_default(),
-                        a["agent"].as_str().unwrap_or_default(),
-                        a["method"].as_str().unwrap_or_default(),
-                        a["action"].as_str().unwrap_or_default(),
-                        a["path"].as_str().unwrap_or_default(),
-                        a["charge_cents"]
-                    );
-                }
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-        ApprovalsCommand::Approve { id, note, by } => (*id, true, note, reviewer(by)),
-        ApprovalsCommand::Deny { id, note, by } => (*id, false, note, reviewer(by)),
-    };
-    let approvals = crate::approvals::Approvals::new(store.clone(), config.approvals.ttl);
-    match approvals.decide(id, approve, &by, note.as_deref()).await? {
-        Some(a) => {
-            let action = if approve {
-                "approval.approve"
-            } else {
-                "approval.deny"
-            };
-            store
-                .record_admin_action(
-                    &by,
-                    action,
-                    Some(&id.to_string()),
-                    &json!({"note": a.note, "via": "cli"}),
-                )
-                .await?;
-            println!(
-                "approval {id} {} by {by}",
-                if approve { "approved" } else { "denied" }
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        None => {
-            let state = store.approval(id).await?.map(|a| {
-                crate::admin::approval_json(&a)["status"]
-                    .as_str()
-                    .unwrap_or("closed")
-                    .to_string()
-            });
-            match state {
-                Some(s) => eprintln!("approval {id} is {s}, not pending"),
-                None => eprintln!("no approval {id}"),
-            }
-            Ok(ExitCode::FAILURE)
-        }
-    }
-}
-
-/// `--since`: an RFC 3339 time, a date (its midnight UTC), or a duration before now (`7d`, `12h`, `30m`).
+/// `--since`: an RFC 3339 time, a date (its midnight UTC), or a duration before now (`30s`, `15m`, `12h`,
+/// `7d`).
 fn parse_since(text: &str) -> anyhow::Result<chrono::DateTime<Utc>> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(d.and_time(chrono::NaiveTime::MIN).and_utc());
-    }
-    let now = Utc::now();
-    let later = identity::parse_expiry(text, now).map_err(anyhow::Error::msg)?;
-    Ok(now - (later - now))
+    crate::console::parse_when(text, Utc::now()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "'{text}' is neither RFC 3339, a date (YYYY-MM-DD) nor a duration like 30s, 15m, 2h, 7d"
+        )
+    })
 }
 
 async fn replay(

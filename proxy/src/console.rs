@@ -1536,7 +1536,8 @@ async fn operations_page(
     };
     let mut context = signed.context("operations");
     context["frozen"] = json!(frozen);
-    context["policy"] = admin::policy_json(&admin);
+    context["policy"] = admin::policy_json(&admin.policy);
+    context["freeze"] = admin::freeze_state_json(&admin).await;
     context["flagged"] = serde_json::to_value(&flagged).unwrap_or(Value::Null);
     context["done"] = json!(done_message(done.done.as_deref()));
     render(StatusCode::OK, "operations.html", &context)

@@ -26,6 +26,7 @@ pub mod policy_diff;
 pub mod policy_lint;
 pub mod proxy;
 pub mod redact;
+pub mod remote;
 pub mod reviewers;
 pub mod store;
 pub mod throttle;

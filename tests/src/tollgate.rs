@@ -274,6 +274,8 @@ fn command(dir: &Path) -> anyhow::Result<Command> {
         .arg(dir.join("tollgate.toml"))
         .current_dir(dir)
         .env_remove("DATABASE_URL")
+        // The local CLI: a TOLLGATE_SERVER in the developer's environment would send it to a server.
+        .env_remove("TOLLGATE_SERVER")
         .env("CLOUDFLARE_API_TOKEN", CLOUDFLARE_SECRET)
         .env("STRIPE_SECRET_KEY", STRIPE_SECRET)
         .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)

@@ -719,6 +719,19 @@ async fn every_page_carries_a_strict_policy_and_no_secret() {
     assert_eq!(status, 303);
     let (status, body) = s.pay(None).await;
     assert_eq!(status, 503, "frozen: {body}");
+    let operations = http
+        .get(s.tollgate.admin_url("/operations"))
+        .header("cookie", format!("tollgate_session={session}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        operations.contains("Last frozen by root") && operations.contains("incident 42"),
+        "who froze and why: {operations}"
+    );
     let (status, _) = s
         .post_form(
             "/operations/unfreeze",

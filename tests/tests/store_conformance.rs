@@ -845,6 +845,16 @@ async fn approvals_open_once_decide_once_and_consume_once(store: &Store) {
 
 async fn controls_and_admin_actions(store: &Store) {
     assert!(!store.frozen().await.unwrap());
+    let initial = store.freeze_state().await.unwrap();
+    assert_eq!(
+        (
+            initial.frozen,
+            initial.changed_by,
+            initial.changed_at,
+            initial.reason
+        ),
+        (false, None, None, None)
+    );
     store.set_frozen(true, "alice").await.unwrap();
     assert!(store.frozen().await.unwrap());
     store.set_frozen(false, "alice").await.unwrap();
@@ -853,6 +863,31 @@ async fn controls_and_admin_actions(store: &Store) {
         .record_admin_action("alice", "freeze", None, &json!({"why": "test"}))
         .await
         .unwrap();
+    // The reason is the latest freeze/unfreeze action's, and only while it agrees with the switch.
+    store.set_frozen(true, "bob").await.unwrap();
+    store
+        .record_admin_action("bob", "freeze", None, &json!({"reason": "incident 7"}))
+        .await
+        .unwrap();
+    let state = store.freeze_state().await.unwrap();
+    assert!(state.frozen);
+    assert_eq!(state.changed_by.as_deref(), Some("bob"));
+    assert!(state.changed_at.is_some());
+    assert_eq!(state.reason.as_deref(), Some("incident 7"));
+    store.set_frozen(false, "carol").await.unwrap();
+    let state = store.freeze_state().await.unwrap();
+    assert_eq!(
+        (state.frozen, state.changed_by.as_deref(), state.reason),
+        (false, Some("carol"), None)
+    );
+    store
+        .record_admin_action("carol", "unfreeze", None, &json!({"reason": "all clear"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.freeze_state().await.unwrap().reason.as_deref(),
+        Some("all clear")
+    );
     assert!(store.ping().await);
 }
 

@@ -402,6 +402,12 @@ impl Store {
         dispatch!(self, s => s.set_frozen(frozen, by).await)
     }
 
+    /// The freeze switch with who last changed it, when, and the reason the latest `freeze`/`unfreeze` admin
+    /// action gave (when that action agrees with the switch).
+    pub async fn freeze_state(&self) -> Result<FreezeState, StoreError> {
+        dispatch!(self, s => s.freeze_state().await)
+    }
+
     pub async fn record_admin_action(
         &self,
         actor: &str,
@@ -674,6 +680,43 @@ pub enum Reservation {
         committed_cents: i64,
         reserved_cents: i64,
     },
+}
+
+/// The freeze switch as `GET /api/freeze` and `tollgate freeze status` show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FreezeState {
+    pub frozen: bool,
+    /// Who set the switch last; `None` while it has its initial value.
+    pub changed_by: Option<String>,
+    pub changed_at: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+}
+
+impl FreezeState {
+    /// Puts together the switch row and the latest `freeze`/`unfreeze` admin action (its action name and
+    /// detail): the action's `reason` counts only when the action agrees with the switch, so a reason is
+    /// never shown for a state someone else set without one.
+    fn assemble(
+        frozen: bool,
+        changed_by: Option<String>,
+        changed_at: Option<DateTime<Utc>>,
+        latest: Option<(String, Value)>,
+    ) -> FreezeState {
+        let reason = latest
+            .filter(|(action, _)| (action == "freeze") == frozen)
+            .and_then(|(_, detail)| {
+                detail
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
+        FreezeState {
+            frozen,
+            changed_at: changed_by.as_ref().and(changed_at),
+            changed_by,
+            reason,
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -1170,6 +1170,38 @@ impl PgStore {
         Ok(())
     }
 
+    pub async fn freeze_state(&self) -> Result<FreezeState, StoreError> {
+        let row = sqlx::query(
+            "SELECT value::text = 'true' AS frozen, updated_by, updated_at FROM controls WHERE key = 'frozen'",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let (frozen, by, at) = match row {
+            Some(r) => (
+                r.try_get("frozen")?,
+                r.try_get::<Option<String>, _>("updated_by")?,
+                r.try_get::<Option<DateTime<Utc>>, _>("updated_at")?,
+            ),
+            None => (false, None, None),
+        };
+        let latest = sqlx::query(
+            "SELECT action, detail::text AS detail FROM admin_actions WHERE action IN ('freeze', 'unfreeze')
+             ORDER BY at DESC, id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let latest = match latest {
+            Some(r) => Some((
+                r.try_get::<String, _>("action")?,
+                r.try_get::<Option<String>, _>("detail")?
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .unwrap_or(Value::Null),
+            )),
+            None => None,
+        };
+        Ok(FreezeState::assemble(frozen, by, at, latest))
+    }
+
     /// Records a state-changing admin call.
     pub async fn record_admin_action(
         &self,
