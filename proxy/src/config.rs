@@ -1205,7 +1205,7 @@ mod tests {
     fn check_notifications_case(webhooks: &str, env: &[(&str, &str)], expected: &[&str]) {
         let text = format!("[admin]\npublic_url = \"https://tollgate.example.com/\"\n{webhooks}");
         match load(&text, env) {
-            Ok(c) => assert!(
+            Ok(_) => assert!(
                 expected.is_empty(),
                 "{webhooks}: accepted, expected {expected:?}"
             ),
