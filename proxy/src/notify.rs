@@ -57,8 +57,8 @@ pub const REPLAY_WINDOW: Duration = Duration::from_secs(300);
 const LOOKBACK: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
 /// The most approvals one sweep reads.
 const SWEEP_APPROVALS: i64 = 500;
-/// The most deliveries one replica claims (and sends concurrently) at once.
-const CLAIM_BATCH: i64 = 16;
+/// The most deliveries one replica has in flight at once.
+const IN_FLIGHT: usize = 16;
 /// A claim's lease beyond the attempt's timeout: time to record the attempt before another replica may
 /// take the row again.
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
@@ -463,10 +463,9 @@ impl Notifier {
     /// Starts the sweep and the delivery loop.
     pub fn spawn(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
         let sweeper = self.clone();
-        let sender = self.clone();
         vec![
             tokio::spawn(async move { sweeper.sweep_forever().await }),
-            tokio::spawn(async move { sender.deliver_forever().await }),
+            tokio::spawn(self.clone().deliver_forever()),
         ]
     }
 
@@ -573,7 +572,9 @@ impl Notifier {
         Ok(added)
     }
 
-    async fn deliver_forever(&self) {
+    /// Claims due deliveries while it has free slots and sends each on a task of its own, so one
+    /// receiver that hangs holds one slot (for at most `timeout_ms`), not the deliveries to others.
+    async fn deliver_forever(self: Arc<Self>) {
         let names: Vec<String> = self
             .config
             .notifications
@@ -582,22 +583,29 @@ impl Notifier {
             .map(|w| w.name.clone())
             .collect();
         let lease = self.config.notifications.timeout + LEASE_MARGIN;
+        let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         loop {
-            let now = Utc::now();
-            let owner = Uuid::now_v7();
-            let claimed = match self
-                .store
-                .claim_notifications(&names, now, now + lease, owner, CLAIM_BATCH)
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!(error = %e, "claiming notifications failed; next time");
-                    Vec::new()
+            let free = slots.available_permits();
+            let claimed = if free == 0 {
+                Vec::new()
+            } else {
+                let now = Utc::now();
+                let owner = Uuid::now_v7();
+                let limit = i64::try_from(free).unwrap_or(1);
+                match self
+                    .store
+                    .claim_notifications(&names, now, now + lease, owner, limit)
+                    .await
+                {
+                    Ok(c) => c.into_iter().map(|row| (owner, row)).collect(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "claiming notifications failed; next time");
+                        Vec::new()
+                    }
                 }
             };
             if claimed.is_empty() {
-                // Until the next sweep queues something, or a retry falls due.
+                // Until a sweep queues something, a send finishes, or a retry falls due.
                 let _ = tokio::time::timeout(
                     self.config.notifications.sweep_interval,
                     self.queued.notified(),
@@ -605,8 +613,12 @@ impl Notifier {
                 .await;
                 continue;
             }
-            let mut sends = tokio::task::JoinSet::new();
-            for row in claimed {
+            for (owner, row) in claimed {
+                // Only this loop takes slots, and it claimed no more than were free: this succeeds. A row
+                // it did not would stay leased and be sent after its lease ran out.
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
                 let Some(webhook) = self
                     .config
                     .notifications
@@ -617,18 +629,19 @@ impl Notifier {
                 else {
                     continue;
                 };
-                let client = self.client.clone();
-                let timeout = self.config.notifications.timeout;
-                sends.spawn(async move {
-                    let result = send(&client, &webhook, &row, timeout).await;
-                    (webhook, row, result)
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let result = send(
+                        &this.client,
+                        &webhook,
+                        &row,
+                        this.config.notifications.timeout,
+                    )
+                    .await;
+                    this.record(owner, &webhook, &row, result).await;
+                    drop(slot);
+                    this.queued.notify_one();
                 });
-            }
-            while let Some(joined) = sends.join_next().await {
-                let Ok((webhook, row, result)) = joined else {
-                    continue;
-                };
-                self.record(owner, &webhook, &row, result).await;
             }
         }
     }

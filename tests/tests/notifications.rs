@@ -6,7 +6,6 @@
 //! decided approvals, a freeze and its end, a budget crossing 80 % — exactly once.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,13 +62,14 @@ impl Received {
 }
 
 /// A webhook receiver on 127.0.0.1: records every call, answers with the scripted statuses (then 200), and
-/// while closed holds every call unanswered.
+/// while closed holds every call to `held_path` unanswered.
 #[derive(Default)]
 struct ReceiverState {
     got: Mutex<Vec<Received>>,
     script: Mutex<VecDeque<u16>>,
-    arrived: AtomicUsize,
-    answered: AtomicUsize,
+    /// The paths of the calls answered so far.
+    answered: Mutex<Vec<String>>,
+    held_path: Option<String>,
     open: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
 }
 
@@ -81,11 +81,12 @@ struct Receiver {
 }
 
 impl Receiver {
-    async fn start(script: &[u16], open: bool) -> Receiver {
-        let (gate, watch) = tokio::sync::watch::channel(open);
+    async fn start(script: &[u16], held_path: Option<&str>) -> Receiver {
+        let (gate, watch) = tokio::sync::watch::channel(held_path.is_none());
         let state = Arc::new(ReceiverState {
             script: Mutex::new(script.iter().copied().collect()),
             open: Mutex::new(Some(watch)),
+            held_path: held_path.map(str::to_string),
             ..Default::default()
         });
         let app = Router::new().fallback(receive).with_state(state.clone());
@@ -112,6 +113,11 @@ impl Receiver {
 
     fn on(&self, path: &str) -> Vec<Received> {
         self.got().into_iter().filter(|r| r.path == path).collect()
+    }
+
+    fn answered(&self, path: &str) -> usize {
+        let answered = self.state.answered.lock().unwrap();
+        answered.iter().filter(|p| *p == path).count()
     }
 
     /// Waits until `done` holds of what arrived, or fails the test with what did.
@@ -143,18 +149,20 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    let path = uri.path().to_string();
     state.got.lock().unwrap().push(Received {
-        path: uri.path().to_string(),
+        path: path.clone(),
         headers,
         body,
     });
-    state.arrived.fetch_add(1, Ordering::SeqCst);
-    let watch = state.open.lock().unwrap().clone();
-    if let Some(mut w) = watch {
-        let _ = w.wait_for(|open| *open).await;
+    if state.held_path.as_deref() == Some(path.as_str()) {
+        let watch = state.open.lock().unwrap().clone();
+        if let Some(mut w) = watch {
+            let _ = w.wait_for(|open| *open).await;
+        }
     }
     let status = state.script.lock().unwrap().pop_front().unwrap_or(200);
-    state.answered.fetch_add(1, Ordering::SeqCst);
+    state.answered.lock().unwrap().push(path);
     StatusCode::from_u16(status).unwrap()
 }
 
@@ -336,8 +344,8 @@ fn webhook(name: &str, format: &str, url: &str, extra: &str) -> String {
 
 #[tokio::test]
 async fn a_held_request_is_announced_signed_with_a_link_and_never_waits_for_the_receiver() {
-    // Closed: every webhook call hangs until the test opens it.
-    let receiver = Receiver::start(&[], false).await;
+    // The Slack endpoint hangs until the test opens it; the generic one answers at once.
+    let receiver = Receiver::start(&[], Some("/slack")).await;
     let s = setup(
         1,
         &format!(
@@ -357,14 +365,21 @@ async fn a_held_request_is_announced_signed_with_a_link_and_never_waits_for_the_
     receiver
         .wait_for("both webhooks called", |got| got.len() == 2)
         .await;
-    // The receiver now hangs on both calls. Another held request is answered meanwhile: notifications are
-    // not on the request path.
+    // The Slack receiver now hangs. Another held request is answered meanwhile (notifications are not on
+    // the request path), and announced to the generic webhook (a hanging receiver holds up only itself).
     let second = s.held(0, 7000).await;
     assert_eq!(
-        receiver.state.answered.load(Ordering::SeqCst),
+        receiver.answered("/slack"),
         0,
-        "the agent was answered while the receiver still held every call"
+        "the agent was answered while the Slack receiver still held its call"
     );
+    receiver
+        .wait_for(
+            "the second approval announced to the generic webhook",
+            |got| got.iter().filter(|r| r.path == "/generic").count() == 2,
+        )
+        .await;
+    assert_eq!(receiver.answered("/slack"), 0);
     receiver.open();
     let got = receiver
         .wait_for("both approvals announced to both webhooks", |got| {
@@ -449,7 +464,7 @@ async fn a_held_request_is_announced_signed_with_a_link_and_never_waits_for_the_
 #[tokio::test]
 async fn a_failing_receiver_is_retried_until_it_answers_and_a_dead_one_is_given_up() {
     // 500, 500, then 200.
-    let receiver = Receiver::start(&[500, 500], true).await;
+    let receiver = Receiver::start(&[500, 500], None).await;
     // Nothing listens on the dead webhook's port (bound, then closed).
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -515,7 +530,7 @@ async fn a_failing_receiver_is_retried_until_it_answers_and_a_dead_one_is_given_
 
 #[tokio::test]
 async fn two_replicas_announce_every_event_once() {
-    let receiver = Receiver::start(&[], true).await;
+    let receiver = Receiver::start(&[], None).await;
     let s = setup(
         2,
         &webhook("siem", "generic", &format!("{}/generic", receiver.url), ""),
