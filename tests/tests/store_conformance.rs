@@ -1252,8 +1252,8 @@ async fn notification_sweeps_see_pending_and_decided_approvals_and_the_freeze(st
     let now = Utc::now();
     let seen = store.approvals_to_announce(before, now, 100).await.unwrap();
     let ids: Vec<Uuid> = seen.iter().map(|a| a.id).collect();
-    assert_eq!(ids, vec![pending.id, decided.id]);
-    assert_eq!(seen[1].decided_by.as_deref(), Some("rita"));
+    assert_eq!(ids, vec![decided.id, pending.id], "newest first");
+    assert_eq!(seen[0].decided_by.as_deref(), Some("rita"));
     // Decided before `since`: only the pending one is left.
     let seen = store
         .approvals_to_announce(now + Days::minutes(1), now, 100)

@@ -426,7 +426,7 @@ impl Store {
     }
 
     /// The approvals a notification sweep looks at: every pending, unexpired one, and every one decided at
-    /// or after `since` (oldest first, at most `limit`).
+    /// or after `since` (newest first, at most `limit`: a backlog of old ones never hides a new one).
     pub async fn approvals_to_announce(
         &self,
         since: DateTime<Utc>,

@@ -1222,7 +1222,7 @@ impl PgStore {
         let sql = format!(
             "SELECT {} FROM approvals
              WHERE (status = 'pending' AND expires_at > $2) OR decided_at >= $1
-             ORDER BY created_at LIMIT $3",
+             ORDER BY created_at DESC, id DESC LIMIT $3",
             Self::APPROVAL_COLUMNS
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
