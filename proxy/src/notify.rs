@@ -656,58 +656,53 @@ impl Notifier {
     ) {
         let n = &self.config.notifications;
         let at = Utc::now();
-        let (attempt, outcome) = match result {
-            Ok(status) => (
-                DeliveryAttempt {
-                    at,
-                    http_status: Some(status),
-                    error: None,
-                    next: NextStep::Delivered,
-                },
-                "delivered",
-            ),
-            Err(u) if row.attempts >= i64::from(n.max_attempts) => (
-                DeliveryAttempt {
-                    at,
-                    http_status: u.http_status,
-                    error: Some(u.error),
-                    next: NextStep::GiveUp,
-                },
-                "failed",
-            ),
-            Err(u) => {
-                let wait = backoff(
-                    row.attempts,
-                    n.backoff_initial,
-                    n.backoff_max,
-                    rand::random::<f64>(),
-                );
-                let next = at + chrono::TimeDelta::from_std(wait).unwrap_or(chrono::TimeDelta::MAX);
-                (
-                    DeliveryAttempt {
-                        at,
-                        http_status: u.http_status,
-                        error: Some(u.error),
-                        next: NextStep::RetryAt(next),
-                    },
-                    "retried",
-                )
+        let (http_status, error) = match result {
+            Ok(status) => (Some(status), None),
+            Err(u) => (u.http_status, Some(u.error)),
+        };
+        let next = if error.is_none() {
+            NextStep::Delivered
+        } else if row.attempts >= i64::from(n.max_attempts) {
+            NextStep::GiveUp
+        } else {
+            let wait = backoff(
+                row.attempts,
+                n.backoff_initial,
+                n.backoff_max,
+                rand::random::<f64>(),
+            );
+            NextStep::RetryAt(
+                at + chrono::TimeDelta::from_std(wait).unwrap_or(chrono::TimeDelta::MAX),
+            )
+        };
+        let why = error.as_deref().unwrap_or_default();
+        let result = match next {
+            NextStep::Delivered => {
+                tracing::info!(webhook = %webhook.name, event = %row.event, delivery = %row.id,
+                    attempts = row.attempts, "notification delivered");
+                "delivered"
+            }
+            NextStep::GiveUp => {
+                tracing::error!(webhook = %webhook.name, event = %row.event, delivery = %row.id,
+                    attempts = row.attempts, error = why, "notification not delivered; giving up");
+                "failed"
+            }
+            NextStep::RetryAt(_) => {
+                tracing::warn!(webhook = %webhook.name, event = %row.event, delivery = %row.id,
+                    attempts = row.attempts, error = why, "notification not delivered; will retry");
+                "retried"
             }
         };
-        match outcome {
-            "delivered" => tracing::info!(webhook = %webhook.name, event = %row.event,
-                delivery = %row.id, attempts = row.attempts, "notification delivered"),
-            "failed" => tracing::error!(webhook = %webhook.name, event = %row.event,
-                delivery = %row.id, attempts = row.attempts, error = attempt.error.as_deref().unwrap_or(""),
-                "notification not delivered; giving up"),
-            _ => tracing::warn!(webhook = %webhook.name, event = %row.event, delivery = %row.id,
-                attempts = row.attempts, error = attempt.error.as_deref().unwrap_or(""),
-                "notification not delivered; will retry"),
-        }
         self.metrics
             .notifications_total
-            .with_label_values(&[&webhook.name, outcome])
+            .with_label_values(&[&webhook.name, result])
             .inc();
+        let attempt = DeliveryAttempt {
+            at,
+            http_status,
+            error,
+            next,
+        };
         match self
             .store
             .finish_notification(row.id, owner, &attempt)
