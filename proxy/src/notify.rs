@@ -470,6 +470,7 @@ impl Notifier {
     }
 
     async fn sweep_forever(&self) {
+        let names = self.webhook_names();
         let mut remembered: HashSet<(String, String)> = HashSet::new();
         let mut tick = tokio::time::interval(self.config.notifications.sweep_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -483,7 +484,7 @@ impl Notifier {
                 }
                 Err(e) => tracing::debug!(error = %e, "notification sweep failed; next time"),
             }
-            if let Ok(n) = self.store.notifications_pending().await {
+            if let Ok(n) = self.store.notifications_pending(&names).await {
                 self.metrics.notifications_pending.set(n);
             }
         }
@@ -575,13 +576,7 @@ impl Notifier {
     /// Claims due deliveries while it has free slots and sends each on a task of its own, so one
     /// receiver that hangs holds one slot (for at most `timeout_ms`), not the deliveries to others.
     async fn deliver_forever(self: Arc<Self>) {
-        let names: Vec<String> = self
-            .config
-            .notifications
-            .webhooks
-            .iter()
-            .map(|w| w.name.clone())
-            .collect();
+        let names = self.webhook_names();
         let lease = self.config.notifications.timeout + LEASE_MARGIN;
         let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         loop {
@@ -644,6 +639,15 @@ impl Notifier {
                 });
             }
         }
+    }
+
+    fn webhook_names(&self) -> Vec<String> {
+        self.config
+            .notifications
+            .webhooks
+            .iter()
+            .map(|w| w.name.clone())
+            .collect()
     }
 
     /// Writes down one attempt and counts it.

@@ -1093,7 +1093,11 @@ async fn notifications_queue_once_and_are_claimed_under_a_lease(store: &Store) {
             .unwrap(),
         0
     );
-    assert_eq!(store.notifications_pending().await.unwrap(), 2);
+    assert_eq!(store.notifications_pending(&webhooks).await.unwrap(), 2);
+    assert_eq!(
+        store.notifications_pending(&webhooks[..1]).await.unwrap(),
+        1
+    );
     let listed = store.list_notifications(10).await.unwrap();
     assert_eq!(listed.len(), 2);
     let row = listed.iter().find(|n| n.webhook == "chat").unwrap();
@@ -1207,7 +1211,7 @@ async fn notifications_queue_once_and_are_claimed_under_a_lease(store: &Store) {
             .await
             .unwrap()
     );
-    assert_eq!(store.notifications_pending().await.unwrap(), 0);
+    assert_eq!(store.notifications_pending(&webhooks).await.unwrap(), 0);
     let listed = store.list_notifications(10).await.unwrap();
     let chat = listed.iter().find(|n| n.webhook == "chat").unwrap();
     assert_eq!(

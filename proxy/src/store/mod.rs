@@ -420,9 +420,10 @@ impl Store {
         dispatch!(self, s => s.list_notifications(limit).await)
     }
 
-    /// How many deliveries are still pending (queued or waiting for a retry).
-    pub async fn notifications_pending(&self) -> Result<i64, StoreError> {
-        dispatch!(self, s => s.notifications_pending().await)
+    /// How many deliveries to these webhooks are still pending (queued or waiting for a retry). Rows of a
+    /// webhook no longer configured stay pending for ever and are not counted.
+    pub async fn notifications_pending(&self, webhooks: &[String]) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.notifications_pending(webhooks).await)
     }
 
     /// The approvals a notification sweep looks at: every pending, unexpired one, and every one decided at

@@ -1205,12 +1205,13 @@ impl PgStore {
         rows.iter().map(notification_from_row).collect()
     }
 
-    pub async fn notifications_pending(&self) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT count(*) FROM notifications WHERE status = 'pending'")
-                .fetch_one(&self.pool)
-                .await?,
+    pub async fn notifications_pending(&self, webhooks: &[String]) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM notifications WHERE status = 'pending' AND webhook = ANY($1)",
         )
+        .bind(webhooks)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     pub async fn approvals_to_announce(

@@ -1244,12 +1244,14 @@ impl SqliteStore {
         rows.iter().map(notification_from_row).collect()
     }
 
-    pub async fn notifications_pending(&self) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT count(*) FROM notifications WHERE status = 'pending'")
-                .fetch_one(&self.pool)
-                .await?,
+    pub async fn notifications_pending(&self, webhooks: &[String]) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM notifications WHERE status = 'pending'
+                AND webhook IN (SELECT value FROM json_each(?))",
         )
+        .bind(serde_json::to_string(webhooks).map_err(decode)?)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     pub async fn approvals_to_announce(
