@@ -261,12 +261,30 @@ fn money(cents: i64) -> String {
 }
 
 /// Text inside Slack mrkdwn: `&`, `<` and `>` escaped, so an agent-chosen path or name cannot make a link
-/// or a mention.
-fn slack_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
+/// or a mention, and cut to `max` characters (Slack refuses a field over 2,000 and a section over 3,000, and
+/// would refuse the whole message).
+fn slack_escape(text: &str, max: usize) -> String {
+    let escaped = text
+        .replace('&', "&amp;")
         .replace('<', "&lt;")
-        .replace('>', "&gt;")
+        .replace('>', "&gt;");
+    if escaped.chars().count() <= max {
+        return escaped;
+    }
+    let mut cut: String = escaped.chars().take(max.saturating_sub(1)).collect();
+    // Never leave half an entity behind.
+    if let Some(amp) = cut.rfind('&')
+        && !cut[amp..].contains(';')
+    {
+        cut.truncate(amp);
+    }
+    cut.push('…');
+    cut
 }
+
+/// Slack's limits, less room for the label.
+const SLACK_FIELD_CHARS: usize = 1_900;
+const SLACK_SECTION_CHARS: usize = 2_900;
 
 /// The generic payload (signed): the event, its facts and the console link.
 fn generic_body(id: Uuid, h: &Happening, link: &str, at: DateTime<Utc>) -> Value {
@@ -285,7 +303,7 @@ fn slack_body(h: &Happening, link: &str) -> Value {
     let mut fields = Vec::new();
     let mut field = |label: &str, value: String| {
         fields.push(
-            json!({"type": "mrkdwn", "text": format!("*{label}*\n{}", slack_escape(&value))}),
+            json!({"type": "mrkdwn", "text": format!("*{label}*\n{}", slack_escape(&value, SLACK_FIELD_CHARS))}),
         );
     };
     match h {
@@ -376,9 +394,9 @@ fn slack_body(h: &Happening, link: &str) -> Value {
         _ => "Open in tollgate",
     };
     json!({
-        "text": format!("{} <{link}|{button}>", slack_escape(&summary)),
+        "text": format!("{} <{link}|{button}>", slack_escape(&summary, SLACK_SECTION_CHARS)),
         "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn", "text": slack_escape(&summary)}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": slack_escape(&summary, SLACK_SECTION_CHARS)}},
             {"type": "section", "fields": fields},
             {"type": "actions", "elements": [
                 {"type": "button", "text": {"type": "plain_text", "text": button}, "url": link}
@@ -923,5 +941,30 @@ mod tests {
         assert_eq!(generic["link"], link.as_str());
         assert!(generic["approval"].get("fingerprint").is_none());
         assert_eq!(money(-5), "-$0.05");
+        assert_eq!(slack_escape("a<b", 10), "a&lt;b");
+        assert_eq!(slack_escape("abcdef", 4), "abc…");
+        assert_eq!(slack_escape("ab<cdef", 5), "ab…", "no half entity");
+    }
+
+    #[test]
+    fn a_long_path_is_cut_to_slacks_limits() {
+        let mut a = approval();
+        a.path = format!("/v1/{}", "x".repeat(5_000));
+        let h = Happening::Approval {
+            event: Event::ApprovalRequired,
+            approval: Box::new(a),
+        };
+        let body = slack_body(&h, "https://t.example/approvals/1");
+        for field in body["blocks"][1]["fields"].as_array().unwrap() {
+            assert!(field["text"].as_str().unwrap().chars().count() <= 2_000);
+        }
+        assert!(
+            body["blocks"][0]["text"]["text"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .count()
+                <= 3_000
+        );
     }
 }
