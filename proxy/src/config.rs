@@ -2,8 +2,9 @@
 //!
 //! Owns: the raw file shape ([`RawConfig`], unknown keys rejected), the named defaults and why they are what
 //! they are, and validation that reports every error at once. Secrets (provider credentials, the admin
-//! token) are read from the environment variables the file names and held as [`SecretString`], so they are
-//! redacted in `Debug` and never printed.
+//! token, webhook signing secrets and URLs) are read from the environment variables the file names (a webhook
+//! URL may also be written in the file) and held as [`SecretString`], so they are redacted in `Debug` and never
+//! printed.
 //! Must not: open sockets or the database, or read the policy bundle (check-config does that separately).
 
 use std::collections::BTreeMap;
