@@ -88,6 +88,7 @@ fn api() -> Vec<(Endpoint, MethodRouter<Arc<Admin>>)> {
         (e("GET", "/api/policy", V), get(policy_status)),
         (e("POST", "/api/policy/reload", O), post(reload_policy)),
         (e("GET", "/api/freeze", V), get(freeze_status)),
+        (e("GET", "/api/notifications", V), get(list_notifications)),
         (e("POST", "/api/freeze", O), post(freeze)),
         (e("DELETE", "/api/freeze", O), delete(unfreeze)),
         (e("GET", "/api/reviewers", A), get(list_reviewers)),
@@ -795,6 +796,28 @@ async fn decide(
             Ok(None) => api_error(StatusCode::NOT_FOUND, "not_found", "no such approval"),
             Err(e) => store_error(e),
         },
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotificationsQuery {
+    limit: Option<i64>,
+}
+
+/// Recent webhook deliveries, newest first (`?limit=`, default 100, at most 500):
+/// `{"notifications": [{"id", "webhook", "event", "event_key", "subject", "status"
+/// (pending|delivered|failed), "attempts", "created_at", "next_attempt_at", "last_attempt_at",
+/// "last_status" (the receiver's HTTP status), "last_error", "delivered_at"}]}`. Bodies and URLs are not
+/// shown.
+async fn list_notifications(
+    State(admin): State<Arc<Admin>>,
+    Query(q): Query<NotificationsQuery>,
+) -> Response {
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    match admin.store.list_notifications(limit).await {
+        Ok(rows) => Json(json!({"notifications": rows})).into_response(),
         Err(e) => store_error(e),
     }
 }

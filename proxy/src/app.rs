@@ -316,6 +316,13 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         metrics.clone(),
         config.policy.watch,
     ));
+    // Webhook notifications run beside the request path, never on it: they read what requests and
+    // reviewers stored, and queue and send from the store's outbox.
+    if let Some(notifier) =
+        crate::notify::Notifier::new(config.clone(), store.clone(), metrics.clone())
+    {
+        tasks.extend(notifier.spawn());
+    }
 
     let stop = |mut w: tokio::sync::watch::Receiver<bool>| async move {
         let _ = w.wait_for(|s| *s).await;

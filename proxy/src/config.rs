@@ -2,8 +2,9 @@
 //!
 //! Owns: the raw file shape ([`RawConfig`], unknown keys rejected), the named defaults and why they are what
 //! they are, and validation that reports every error at once. Secrets (provider credentials, the admin
-//! token) are read from the environment variables the file names and held as [`SecretString`], so they are
-//! redacted in `Debug` and never printed.
+//! token, webhook signing secrets and URLs) are read from the environment variables the file names (a webhook
+//! URL may also be written in the file) and held as [`SecretString`], so they are redacted in `Debug` and never
+//! printed.
 //! Must not: open sockets or the database, or read the policy bundle (check-config does that separately).
 
 use std::collections::BTreeMap;
@@ -63,6 +64,18 @@ pub const DEFAULT_REDACTION_KEY_ENV: &str = "TOLLGATE_REDACTION_KEY";
 pub const DEFAULT_STRIPE_IDEMPOTENCY_WINDOW_SECONDS: u64 = 24 * 3600;
 /// A longer window would let an agent repeat a request the provider has long forgotten without being charged.
 pub const MAX_IDEMPOTENCY_WINDOW_SECONDS: u64 = 30 * 24 * 3600;
+/// Ten attempts with the default backoff span about nine minutes: a receiver restarting or a chat service
+/// having a bad minute is ridden out; one that is down for longer is reported as failed in the console.
+pub const DEFAULT_NOTIFY_MAX_ATTEMPTS: u32 = 10;
+/// The wait before the second attempt; it doubles (with jitter) for each one after.
+pub const DEFAULT_NOTIFY_BACKOFF_INITIAL_MS: u64 = 1_000;
+/// The longest wait between attempts, so that a receiver back up hears of the backlog within minutes.
+pub const DEFAULT_NOTIFY_BACKOFF_MAX_MS: u64 = 300_000;
+/// A webhook receiver (Slack included) answers within a second or two; 5 s bounds a hanging one.
+pub const DEFAULT_NOTIFY_TIMEOUT_MS: u64 = 5_000;
+/// How often each replica looks for new events (approvals, budgets, freeze) and due deliveries: a reviewer
+/// hears of a held request within about a second.
+pub const DEFAULT_NOTIFY_SWEEP_INTERVAL_MS: u64 = 1_000;
 
 /// What a user may write in `tollgate.toml`.
 #[derive(Debug, Default, Deserialize)]
@@ -83,6 +96,8 @@ pub struct RawConfig {
     pub approvals: RawApprovals,
     #[serde(default)]
     pub console: RawConsole,
+    #[serde(default)]
+    pub notifications: RawNotifications,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +107,34 @@ pub struct RawConsole {
     pub enabled: Option<bool>,
     /// How long a console sign-in lasts (default 8; at most a week).
     pub session_hours: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotifications {
+    pub webhooks: Option<Vec<RawWebhook>>,
+    pub max_attempts: Option<u32>,
+    pub backoff_initial_ms: Option<u64>,
+    pub backoff_max_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub sweep_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub name: String,
+    /// The endpoint; or `url_env`, the environment variable holding it (a Slack webhook URL is a secret).
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    /// `slack` or `generic`.
+    pub format: String,
+    /// The environment variable holding the HMAC secret; required for `generic`.
+    pub secret_env: Option<String>,
+    /// Which events go to this endpoint; absent: all.
+    pub events: Option<Vec<String>>,
+    /// Allow a plain `http://` URL to a host other than loopback.
+    pub allow_http: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +200,7 @@ pub struct RawAdmin {
     pub token_env: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
     pub identity_header: Option<String>,
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -181,6 +225,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub approvals: ApprovalsConfig,
     pub console: ConsoleConfig,
+    pub notifications: NotificationsConfig,
 }
 
 /// The reviewer console (`console.rs`).
@@ -193,6 +238,45 @@ pub struct ConsoleConfig {
     pub public_url_is_https: bool,
     /// The scheme://host[:port] of the public URL: a form posted with this `Origin` is the console's own.
     pub public_origin: Option<String>,
+}
+
+/// Webhook notifications (see `notify`).
+#[derive(Debug, Clone)]
+pub struct NotificationsConfig {
+    pub webhooks: Vec<WebhookConfig>,
+    /// Attempts per delivery before it is marked failed.
+    pub max_attempts: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Bound on one attempt: connecting, sending and the receiver's answer.
+    pub timeout: Duration,
+    pub sweep_interval: Duration,
+}
+
+/// The payload a webhook gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookFormat {
+    /// A Slack incoming-webhook message (`text` + `blocks`), also read by Mattermost and others.
+    Slack,
+    /// tollgate's own JSON, signed with HMAC-SHA256 (`Tollgate-Signature`).
+    Generic,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Unique among webhooks; names the endpoint in the outbox, the console, logs and metrics (the URL,
+    /// which may carry a secret, appears in none of them).
+    pub name: String,
+    /// Where `url` came from: the file, or the environment variable named here.
+    pub url_env: Option<String>,
+    /// Absent when `url_env` is not set; `serve` refuses to start then. A secret: Slack's URL is its key.
+    pub url: Option<SecretString>,
+    pub format: WebhookFormat,
+    pub secret_env: Option<String>,
+    /// Absent for `slack`, and when `secret_env` is not set (`serve` refuses to start then).
+    pub secret: Option<SecretString>,
+    pub events: Vec<crate::notify::Event>,
+    pub allow_http: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -283,6 +367,9 @@ pub struct AdminConfig {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// The header such a proxy puts the signed-in user's email in (default `X-Forwarded-Email`).
     pub identity_header: http::HeaderName,
+    /// The console's external base URL (scheme, host, optional path; no trailing slash), for links in
+    /// notifications: `{public_url}/approvals/{id}`. Required when webhooks are configured.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -625,6 +712,37 @@ impl Config {
         let token = env(&token_env)
             .filter(|v| !v.is_empty())
             .map(SecretString::from);
+        let public_url = raw.admin.public_url.as_deref().and_then(|text| {
+            let trimmed = text.trim_end_matches('/');
+            match trimmed.parse::<http::Uri>() {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.authority().is_some()
+                        && uri.query().is_none() =>
+                {
+                    Some(trimmed.to_string())
+                }
+                _ => {
+                    errors.push(format!(
+                        "admin.public_url: '{text}' must be an http(s) URL without a query, like https://tollgate.example.com"
+                    ));
+                    None
+                }
+            }
+        });
+        // The console's own origin, from its public URL: cookies are Secure when it is https, and a form posted
+        // with this Origin is the console's own.
+        let console_public = public_url.as_deref().and_then(|u| {
+            let uri = u.parse::<http::Uri>().ok()?;
+            Some((uri.scheme_str()?.to_string(), uri.authority()?.to_string()))
+        });
+        let notifications = check_notifications(raw.notifications, env, &mut errors);
+        if !notifications.webhooks.is_empty() && raw.admin.public_url.is_none() {
+            errors.push(
+                "admin.public_url is required with notifications.webhooks: notifications link to the approval in the console"
+                    .to_string(),
+            );
+        }
 
         let database_is_sqlite = url.as_deref().is_none_or(|u| u.starts_with("sqlite:"));
         let max_batch = raw.audit.max_batch.unwrap_or(DEFAULT_AUDIT_MAX_BATCH);
@@ -717,6 +835,7 @@ impl Config {
                 token,
                 trusted_proxies,
                 identity_header,
+                public_url,
             },
             audit: AuditConfig {
                 max_batch,
@@ -736,9 +855,13 @@ impl Config {
             console: ConsoleConfig {
                 enabled: raw.console.enabled.unwrap_or(true),
                 session_lifetime: chrono::Duration::hours(session_hours as i64),
-                public_url_is_https: false,
-                public_origin: None,
+                public_url_is_https: console_public
+                    .as_ref()
+                    .is_some_and(|(scheme, _)| scheme == "https"),
+                public_origin: console_public
+                    .map(|(scheme, authority)| format!("{scheme}://{authority}")),
             },
+            notifications,
         })
     }
 
@@ -755,11 +878,204 @@ impl Config {
                 Some(_) => {}
             }
         }
+        for w in &self.notifications.webhooks {
+            if let (Some(var), None) = (&w.url_env, &w.url) {
+                errors.push(format!(
+                    "notifications.webhooks '{}': environment variable {var} (its URL) is not set",
+                    w.name
+                ));
+            }
+            if let (Some(var), None) = (&w.secret_env, &w.secret) {
+                errors.push(format!(
+                    "notifications.webhooks '{}': environment variable {var} (its signing secret) is not set",
+                    w.name
+                ));
+            }
+        }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(ConfigErrors(errors))
         }
+    }
+}
+
+/// Checks `[notifications]`: unique webhook names, a URL that is https (plain http only to loopback or with
+/// `allow_http`), a signing secret for every generic webhook (and none for Slack, which would not check
+/// it), known events, sane delivery knobs. Messages never repeat a URL: it may carry a secret.
+fn check_notifications(
+    raw: RawNotifications,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<String>,
+) -> NotificationsConfig {
+    let max_attempts = raw.max_attempts.unwrap_or(DEFAULT_NOTIFY_MAX_ATTEMPTS);
+    if max_attempts == 0 || max_attempts > 100 {
+        errors.push("notifications.max_attempts must be between 1 and 100".to_string());
+    }
+    let backoff_initial_ms = raw
+        .backoff_initial_ms
+        .unwrap_or(DEFAULT_NOTIFY_BACKOFF_INITIAL_MS);
+    let backoff_max_ms = raw.backoff_max_ms.unwrap_or(DEFAULT_NOTIFY_BACKOFF_MAX_MS);
+    if backoff_initial_ms == 0 || backoff_max_ms < backoff_initial_ms {
+        errors.push(
+            "notifications.backoff_initial_ms must be positive and at most backoff_max_ms"
+                .to_string(),
+        );
+    }
+    if backoff_max_ms > 24 * 3600 * 1000 {
+        errors.push("notifications.backoff_max_ms must be at most a day (86400000)".to_string());
+    }
+    let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_NOTIFY_TIMEOUT_MS);
+    if timeout_ms == 0 || timeout_ms > 60_000 {
+        errors.push("notifications.timeout_ms must be between 1 and 60000".to_string());
+    }
+    let sweep_interval_ms = raw
+        .sweep_interval_ms
+        .unwrap_or(DEFAULT_NOTIFY_SWEEP_INTERVAL_MS);
+    if sweep_interval_ms == 0 || sweep_interval_ms > 60_000 {
+        errors.push("notifications.sweep_interval_ms must be between 1 and 60000".to_string());
+    }
+
+    let mut webhooks: Vec<WebhookConfig> = Vec::new();
+    for w in raw.webhooks.unwrap_or_default() {
+        let name = w.name;
+        let at = format!("notifications.webhooks '{name}'");
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            errors.push(format!(
+                "{at}: a webhook name is 1 to 64 lower-case letters, digits, '-' and '_'"
+            ));
+        }
+        if webhooks.iter().any(|o| o.name == name) {
+            errors.push(format!("{at}: the name is used by another webhook"));
+        }
+        let format = match w.format.as_str() {
+            "slack" => WebhookFormat::Slack,
+            "generic" => WebhookFormat::Generic,
+            other => {
+                errors.push(format!(
+                    "{at}: format '{other}' is not one of slack, generic"
+                ));
+                WebhookFormat::Generic
+            }
+        };
+        let allow_http = w.allow_http.unwrap_or(false);
+        let url_text = match (&w.url, &w.url_env) {
+            (Some(u), None) => Some(u.clone()),
+            (None, Some(var)) => env(var).filter(|v| !v.is_empty()),
+            _ => {
+                errors.push(format!("{at}: set exactly one of url and url_env"));
+                None
+            }
+        };
+        if let Some(text) = &url_text
+            && let Err(why) = check_webhook_url(text, allow_http)
+        {
+            errors.push(format!("{at}: the URL {why}"));
+        }
+        let secret = match (format, &w.secret_env) {
+            (WebhookFormat::Generic, None) => {
+                errors.push(format!(
+                    "{at}: a generic webhook needs secret_env, the environment variable holding its signing secret"
+                ));
+                None
+            }
+            (WebhookFormat::Slack, Some(_)) => {
+                errors.push(format!(
+                    "{at}: secret_env is for generic webhooks; Slack does not check a signature (keep its URL secret, e.g. in url_env)"
+                ));
+                None
+            }
+            (_, Some(var)) => env(var).filter(|v| !v.is_empty()).map(SecretString::from),
+            (_, None) => None,
+        };
+        if let Some(s) = &secret
+            && secrecy::ExposeSecret::expose_secret(s).len() < 16
+        {
+            errors.push(format!(
+                "{at}: the signing secret in {} is shorter than 16 characters",
+                w.secret_env.as_deref().unwrap_or_default()
+            ));
+        }
+        let events = match w.events {
+            None => crate::notify::Event::ALL.to_vec(),
+            Some(list) => {
+                if list.is_empty() {
+                    errors.push(format!(
+                        "{at}: events is empty (leave it out for all events)"
+                    ));
+                }
+                let mut events = Vec::new();
+                for e in list {
+                    match crate::notify::Event::parse(&e) {
+                        Some(ev) if !events.contains(&ev) => events.push(ev),
+                        Some(_) => {}
+                        None => errors.push(format!(
+                            "{at}: event '{e}' is not one of {}",
+                            crate::notify::Event::ALL.map(|e| e.as_str()).join(", ")
+                        )),
+                    }
+                }
+                events
+            }
+        };
+        webhooks.push(WebhookConfig {
+            name,
+            url_env: w.url_env,
+            url: url_text.map(SecretString::from),
+            format,
+            secret_env: w.secret_env,
+            secret,
+            events,
+            allow_http,
+        });
+    }
+    NotificationsConfig {
+        webhooks,
+        max_attempts,
+        backoff_initial: Duration::from_millis(backoff_initial_ms),
+        backoff_max: Duration::from_millis(backoff_max_ms),
+        timeout: Duration::from_millis(timeout_ms),
+        sweep_interval: Duration::from_millis(sweep_interval_ms),
+    }
+}
+
+/// A webhook URL tollgate will post to: https, or plain http to a loopback address (a receiver on the same
+/// host) or when `allow_http` says the operator means it. Notifications carry what a reviewer needs to
+/// judge a request; they do not cross a network in the clear by accident. The error never repeats the URL.
+pub fn check_webhook_url(text: &str, allow_http: bool) -> Result<http::Uri, String> {
+    let uri = text
+        .parse::<http::Uri>()
+        .map_err(|_| "is not a URL".to_string())?;
+    let host = uri
+        .host()
+        .ok_or_else(|| "has no host".to_string())?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err("must not carry a user name or password".to_string());
+    }
+    match uri.scheme_str() {
+        Some("https") => Ok(uri),
+        Some("http") => {
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback || allow_http {
+                Ok(uri)
+            } else {
+                Err(
+                    "is plain http to a host other than loopback; use https, or set allow_http = true"
+                        .to_string(),
+                )
+            }
+        }
+        _ => Err("must be an http(s) URL".to_string()),
     }
 }
 
@@ -927,6 +1243,157 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.0.len(), 2, "{e}");
         assert!(e.to_string().contains("10.0.0.0/8"), "{e}");
+    }
+
+    /// A `[notifications]` case: the webhook tables' text, the environment, and either the errors expected
+    /// (each a fragment of one message) or none.
+    fn check_notifications_case(webhooks: &str, env: &[(&str, &str)], expected: &[&str]) {
+        let text = format!("[admin]\npublic_url = \"https://tollgate.example.com/\"\n{webhooks}");
+        match load(&text, env) {
+            Ok(_) => assert!(
+                expected.is_empty(),
+                "{webhooks}: accepted, expected {expected:?}"
+            ),
+            Err(e) => {
+                assert_eq!(e.0.len(), expected.len(), "{webhooks}: {e}");
+                for fragment in expected {
+                    assert!(e.to_string().contains(fragment), "{webhooks}: {e}");
+                }
+                assert!(
+                    !e.to_string().contains("hooks.slack.com/services/T0"),
+                    "a URL leaked: {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn notifications_are_checked() {
+        let secret = [("HOOK_SECRET", "0123456789abcdef0123")];
+        let slack = "[[notifications.webhooks]]\nname = \"chat\"\nformat = \"slack\"\n";
+        let generic = "[[notifications.webhooks]]\nname = \"siem\"\nformat = \"generic\"\n";
+        // Accepted: https, loopback http, http when allowed, a URL from the environment.
+        check_notifications_case(
+            &format!("{slack}url = \"https://hooks.slack.com/services/T0/B0/x\"\n"),
+            &[],
+            &[],
+        );
+        check_notifications_case(
+            &format!(
+                "{generic}url = \"http://127.0.0.1:9/hook\"\nsecret_env = \"HOOK_SECRET\"\nevents = [\"approval_required\"]\n"
+            ),
+            &secret,
+            &[],
+        );
+        check_notifications_case(
+            &format!(
+                "{generic}url = \"http://receiver.internal/hook\"\nallow_http = true\nsecret_env = \"HOOK_SECRET\"\n"
+            ),
+            &secret,
+            &[],
+        );
+        check_notifications_case(
+            &format!("{slack}url_env = \"SLACK_URL\"\n"),
+            &[("SLACK_URL", "https://hooks.slack.com/services/T0/B0/x")],
+            &[],
+        );
+        // Refused.
+        check_notifications_case(
+            &format!("{slack}url = \"http://hooks.slack.com/services/T0/B0/x\"\n"),
+            &[],
+            &["plain http to a host other than loopback"],
+        );
+        check_notifications_case(
+            &format!("{generic}url = \"https://siem.example.com/hook\"\n"),
+            &[],
+            &["needs secret_env"],
+        );
+        check_notifications_case(
+            &format!(
+                "{slack}url = \"https://hooks.slack.com/services/T0/B0/x\"\nsecret_env = \"HOOK_SECRET\"\n"
+            ),
+            &secret,
+            &["secret_env is for generic webhooks"],
+        );
+        check_notifications_case(
+            &format!(
+                "{generic}url = \"https://siem.example.com/hook\"\nsecret_env = \"HOOK_SECRET\"\n"
+            ),
+            &[("HOOK_SECRET", "short")],
+            &["shorter than 16"],
+        );
+        check_notifications_case(
+            &format!("{slack}url = \"https://a.example/x\"\nurl_env = \"SLACK_URL\"\n"),
+            &[],
+            &["exactly one of url and url_env"],
+        );
+        check_notifications_case(
+            &format!(
+                "{slack}url = \"https://a.example/x\"\nevents = [\"approval_required\", \"lunch\"]\n"
+            ),
+            &[],
+            &["event 'lunch'"],
+        );
+        check_notifications_case(
+            &format!(
+                "{slack}url = \"https://a.example/x\"\n{slack}url = \"https://b.example/x\"\n"
+            ),
+            &[],
+            &["used by another webhook"],
+        );
+        check_notifications_case(
+            &format!("{slack}url = \"https://user:pw@a.example/x\"\n"),
+            &[],
+            &["user name or password"],
+        );
+        check_notifications_case(
+            &format!(
+                "[notifications]\nmax_attempts = 0\nbackoff_initial_ms = 10\nbackoff_max_ms = 5\n{slack}url = \"ftp://a.example/x\"\nformat_ = 1\n"
+            ),
+            &[],
+            &["format_"],
+        );
+        check_notifications_case(
+            "[notifications]\nmax_attempts = 0\nbackoff_initial_ms = 10\nbackoff_max_ms = 5\ntimeout_ms = 0\n",
+            &[],
+            &["max_attempts", "backoff_initial_ms", "timeout_ms"],
+        );
+    }
+
+    #[test]
+    fn notification_defaults_public_url_and_what_serve_needs() {
+        let c = load("", &[]).unwrap();
+        assert!(c.notifications.webhooks.is_empty());
+        assert_eq!(c.notifications.max_attempts, DEFAULT_NOTIFY_MAX_ATTEMPTS);
+        assert!(c.admin.public_url.is_none());
+        // Links need the console's address.
+        let e = load(
+            "[[notifications.webhooks]]\nname = \"chat\"\nformat = \"slack\"\nurl = \"https://a.example/x\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("admin.public_url is required"),
+            "{e}"
+        );
+        let e = load("[admin]\npublic_url = \"tollgate.example.com\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("admin.public_url"), "{e}");
+        // A secret or URL from an unset variable: valid for check-config, refused by serve.
+        let c = load(
+            "[admin]\npublic_url = \"https://t.example/console/\"\n[[notifications.webhooks]]\nname = \"siem\"\nformat = \"generic\"\nurl_env = \"SIEM_URL\"\nsecret_env = \"SIEM_SECRET\"\n",
+            &[("CLOUDFLARE_API_TOKEN", "x"), ("STRIPE_SECRET_KEY", "y")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.admin.public_url.as_deref(),
+            Some("https://t.example/console")
+        );
+        assert_eq!(
+            c.notifications.webhooks[0].events,
+            crate::notify::Event::ALL
+        );
+        let e = c.check_serveable().unwrap_err().to_string();
+        assert!(e.contains("SIEM_URL") && e.contains("SIEM_SECRET"), "{e}");
     }
 
     #[test]

@@ -1539,6 +1539,19 @@ async fn operations_page(
     context["policy"] = admin::policy_json(&admin.policy);
     context["freeze"] = admin::freeze_state_json(&admin).await;
     context["flagged"] = serde_json::to_value(&flagged).unwrap_or(Value::Null);
+    context["notifications"] = match admin.store.list_notifications(50).await {
+        Ok(rows) => serde_json::to_value(&rows).unwrap_or(Value::Null),
+        Err(e) => return store_failed(&signed, e),
+    };
+    context["webhooks"] = json!(
+        admin
+            .config
+            .notifications
+            .webhooks
+            .iter()
+            .map(|w| &w.name)
+            .collect::<Vec<_>>()
+    );
     context["done"] = json!(done_message(done.done.as_deref()));
     render(StatusCode::OK, "operations.html", &context)
 }

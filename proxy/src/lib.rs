@@ -21,6 +21,7 @@ pub mod forward;
 pub mod identity;
 pub mod ledger;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod policy_diff;
 pub mod policy_lint;

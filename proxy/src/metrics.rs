@@ -58,6 +58,8 @@ pub struct Metrics {
     pub budget_usage_ratio: GaugeVec,
     pub policy_last_reload_ok: IntGauge,
     pub approvals_total: IntCounterVec,
+    pub notifications_total: IntCounterVec,
+    pub notifications_pending: IntGauge,
     pub build_info: IntGaugeVec,
 }
 
@@ -216,6 +218,17 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let notifications_total = IntCounterVec::new(
+            Opts::new(
+                "notifications_total",
+                "Webhook delivery attempts by webhook name and result: delivered, retried (failed, will retry), failed (given up)",
+            ),
+            &["webhook", "result"],
+        )?;
+        let notifications_pending = IntGauge::new(
+            "notifications_pending",
+            "Webhook deliveries queued or waiting for a retry (shared by all replicas)",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "Build version (value is always 1)"),
             &["version"],
@@ -248,6 +261,8 @@ impl Metrics {
         registry.register(Box::new(approvals_oldest_pending_seconds.clone()))?;
         registry.register(Box::new(budget_usage_ratio.clone()))?;
         registry.register(Box::new(policy_last_reload_ok.clone()))?;
+        registry.register(Box::new(notifications_total.clone()))?;
+        registry.register(Box::new(notifications_pending.clone()))?;
 
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -285,6 +300,8 @@ impl Metrics {
             budget_usage_ratio,
             policy_last_reload_ok,
             approvals_total,
+            notifications_total,
+            notifications_pending,
             build_info,
         })
     }

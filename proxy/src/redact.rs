@@ -343,7 +343,7 @@ fn replacement(bytes: &[u8]) -> String {
 }
 
 /// HMAC-SHA256 (RFC 2104): H((K' ^ opad) || H((K' ^ ipad) || m)), K' the key padded (or hashed) to 64 bytes.
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
     const BLOCK: usize = 64;
     let mut padded = [0u8; BLOCK];
     if key.len() > BLOCK {

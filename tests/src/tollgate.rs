@@ -19,6 +19,8 @@ use tokio::process::{Child, Command};
 pub const CLOUDFLARE_SECRET: &str = "cf-test-credential-7d41c2";
 pub const STRIPE_SECRET: &str = "sk_test_tollgate_9f3b1e";
 pub const ADMIN_TOKEN: &str = "admin-test-token-51aa0c";
+/// The signing secret of generic webhooks in tests, in `TOLLGATE_WEBHOOK_SECRET` of every tollgate started.
+pub const WEBHOOK_SECRET: &str = "webhook-test-secret-0b77d9e4";
 /// The key recorded secrets are hashed with (HMAC-SHA256) in every fixture.
 pub const REDACTION_KEY: &str = "redaction-test-key-3c9e02";
 
@@ -74,6 +76,7 @@ pub struct TollgateBuilder {
     audit_extra: Vec<String>,
     approvals_extra: Vec<String>,
     admin_extra: Vec<String>,
+    tables_extra: Vec<String>,
 }
 
 pub struct Tollgate {
@@ -96,6 +99,7 @@ impl TollgateBuilder {
             audit_extra: Vec::new(),
             approvals_extra: Vec::new(),
             admin_extra: Vec::new(),
+            tables_extra: Vec::new(),
         }
     }
 
@@ -145,6 +149,12 @@ impl TollgateBuilder {
         self
     }
 
+    /// Extra tables at the end of the file, e.g. `[notifications]` and `[[notifications.webhooks]]`.
+    pub fn tables(mut self, toml: &str) -> Self {
+        self.tables_extra.push(toml.to_string());
+        self
+    }
+
     /// An extra `key = value` line in `[audit]`, e.g. `writers = 1`.
     pub fn audit(mut self, line: &str) -> Self {
         self.audit_extra.push(line.to_string());
@@ -183,6 +193,8 @@ credential = {{ env = "STRIPE_SECRET_KEY", scheme = "basic" }}
 
 [admin]
 {admin_extra}
+
+{tables_extra}
 "#,
             extra = self.server_extra.join("\n"),
             policy_extra = self.policy_extra.join("\n"),
@@ -190,6 +202,7 @@ credential = {{ env = "STRIPE_SECRET_KEY", scheme = "basic" }}
             audit_extra = self.audit_extra.join("\n"),
             approvals_extra = self.approvals_extra.join("\n"),
             admin_extra = self.admin_extra.join("\n"),
+            tables_extra = self.tables_extra.join("\n"),
             database = match &self.database_url {
                 Some(url) => format!("[database]\nurl = \"{url}\"\nmigrate_on_start = true\n"),
                 None => String::new(),
@@ -280,6 +293,7 @@ fn command(dir: &Path) -> anyhow::Result<Command> {
         .env("STRIPE_SECRET_KEY", STRIPE_SECRET)
         .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("TOLLGATE_REDACTION_KEY", REDACTION_KEY)
+        .env("TOLLGATE_WEBHOOK_SECRET", WEBHOOK_SECRET)
         .env("RUST_LOG", "info");
     Ok(cmd)
 }

@@ -34,8 +34,64 @@ fn screenshots() -> PathBuf {
         .join("console-screenshots")
 }
 
+/// A Slack-style webhook receiver on 127.0.0.1: every JSON body it was sent.
+struct Receiver {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let kept = kept.clone();
+                async move {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                        kept.lock().unwrap().push(v);
+                    }
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { url, bodies }
+    }
+
+    /// The link of the first message that has one, waiting up to 20 s for it.
+    async fn link(&self) -> String {
+        fn find(v: &Value) -> Option<String> {
+            match v {
+                Value::Object(m) => m
+                    .get("url")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .or_else(|| m.values().find_map(find)),
+                Value::Array(items) => items.iter().find_map(find),
+                _ => None,
+            }
+        }
+        for _ in 0..200 {
+            if let Some(link) = self.bodies.lock().unwrap().iter().find_map(find) {
+                return link;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("no notification with a link arrived");
+    }
+}
+
+/// The console's public URL, which notifications link to (plain HTTP here, as the browser reaches the test's
+/// listener; `served_over_tls_the_cookies_are_secure_and_host_only` sets an https one).
+const PUBLIC_URL: &str = "http://console.tollgate.test";
+
 struct Setup {
     _db: TestDatabase,
+    receiver: Receiver,
     upstream: Upstream,
     _policy: tempfile::TempDir,
     tollgate: Tollgate,
@@ -45,11 +101,21 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Setup {
+        Setup::start_with(PUBLIC_URL).await
+    }
+
+    async fn start_with(public_url: &str) -> Setup {
         let db = TestDatabase::create().await.expect("database");
         let upstream = Upstream::builder().start().await.expect("upstream");
         let policy = policy_dir_with(POLICY).expect("policy");
+        let receiver = Receiver::start().await;
         let tollgate = Tollgate::builder(db.url(), &upstream.url())
             .policy_dir(policy.path())
+            .admin(&format!("public_url = \"{public_url}\""))
+            .tables(&format!(
+                "[notifications]\nsweep_interval_ms = 100\n[[notifications.webhooks]]\nname = \"reviewers\"\nurl = \"{}\"\nformat = \"slack\"\n",
+                receiver.url
+            ))
             .start()
             .await
             .expect("tollgate starts");
@@ -59,6 +125,7 @@ impl Setup {
             .expect("agent");
         Setup {
             _db: db,
+            receiver,
             upstream,
             _policy: policy,
             tollgate,
@@ -224,11 +291,17 @@ async fn an_approver_runs_the_approval_loop_in_a_real_browser() {
         .screenshot(&screenshots().join("02-approvals.png"))
         .await
         .unwrap();
-    browser.click(&link).await.unwrap();
-    browser
-        .wait_for_url(|u| u.ends_with(&format!("/approvals/{approval}")))
-        .await
-        .unwrap();
+    // The reviewers' channel got a message linking to this approval in the console; follow it.
+    let notified = s.receiver.link().await;
+    let path = format!("/approvals/{approval}");
+    assert_eq!(notified, format!("{PUBLIC_URL}{path}"));
+    assert_eq!(
+        browser.attribute(&link, "href").await.unwrap().as_deref(),
+        Some(path.as_str()),
+        "the queue links to the same page"
+    );
+    browser.goto(&s.tollgate.admin_url(&path)).await.unwrap();
+    browser.wait_for_url(|u| u.ends_with(&path)).await.unwrap();
 
     // Exactly what will be executed: the request line, the parsed body, the charge, why it was held.
     let request_line = browser
@@ -383,6 +456,14 @@ async fn an_approver_runs_the_approval_loop_in_a_real_browser() {
     assert!(
         browser.find_all("#freeze-form").await.unwrap().is_empty(),
         "an approver is not offered the freeze"
+    );
+    let deliveries = browser
+        .text(&browser.find("#notifications").await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        deliveries.contains("approval_required") && deliveries.contains("delivered"),
+        "{deliveries}"
     );
     browser
         .screenshot(&screenshots().join("07-operations.png"))
@@ -835,4 +916,80 @@ async fn a_trusted_proxy_signs_a_reviewer_into_the_console() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 303);
+}
+
+#[tokio::test]
+async fn served_over_tls_the_cookies_are_secure_and_host_only() {
+    // Behind a TLS-terminating proxy: the public URL is https.
+    let s = Setup::start_with("https://tollgate-console.example").await;
+    let token = s.reviewer("tess", "viewer").await;
+    let r = s
+        .http
+        .get(s.tollgate.admin_url("/login"))
+        .send()
+        .await
+        .unwrap();
+    let login_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        login_cookie.starts_with("__Host-tollgate_login=") && login_cookie.contains("; Secure"),
+        "{login_cookie}"
+    );
+    let nonce = login_cookie["__Host-tollgate_login=".len()..]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let sign_in = |origin: &'static str| {
+        s.http
+            .post(s.tollgate.admin_url("/login"))
+            .header("cookie", format!("__Host-tollgate_login={nonce}"))
+            .header("origin", origin)
+            .form(&[("token", token.as_str()), ("login_csrf", nonce.as_str())])
+            .send()
+    };
+    // Posted from the plain-HTTP origin, not the console's public one: refused.
+    assert_eq!(
+        sign_in("http://tollgate-console.example")
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        403
+    );
+    let r = sign_in("https://tollgate-console.example").await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let session = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("__Host-tollgate_session="))
+        .expect("a __Host- session cookie");
+    assert!(
+        session.contains("; Secure") && session.contains("HttpOnly") && session.contains("Path=/"),
+        "{session}"
+    );
+    let value = session["__Host-tollgate_session=".len()..]
+        .split(';')
+        .next()
+        .unwrap();
+    let page = |name: &str| {
+        s.http
+            .get(s.tollgate.admin_url("/approvals"))
+            .header("cookie", format!("{name}={value}"))
+            .send()
+    };
+    assert_eq!(
+        page("__Host-tollgate_session")
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    // The same value under the plain-HTTP name is not read: the session lives only in the Secure cookie.
+    assert_eq!(
+        page("tollgate_session").await.unwrap().status().as_u16(),
+        303
+    );
 }

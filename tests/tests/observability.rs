@@ -807,6 +807,9 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported_by_the_real_bin
         .policy(&format!("shadow_dir = \"{}\"", shadow.path().display()))
         .policy("engine_check_sample = 1.0")
         .server("upstream_timeout_ms = 500")
+        // A webhook, so that the notification series exist (a closed loopback port: never delivered).
+        .admin("public_url = \"https://tollgate.example.com\"")
+        .tables("[[notifications.webhooks]]\nname = \"observed\"\nformat = \"slack\"\nurl = \"http://127.0.0.1:9/hook\"\n")
         .start()
         .await
         .expect("tollgate starts");

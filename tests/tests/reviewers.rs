@@ -44,6 +44,7 @@ const EXPECTED: &[(&str, &str, Role)] = &[
     ("GET", "/api/policy", Role::Viewer),
     ("POST", "/api/policy/reload", Role::Operator),
     ("GET", "/api/freeze", Role::Viewer),
+    ("GET", "/api/notifications", Role::Viewer),
     ("POST", "/api/freeze", Role::Operator),
     ("DELETE", "/api/freeze", Role::Operator),
     ("GET", "/api/reviewers", Role::Admin),

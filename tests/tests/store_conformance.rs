@@ -9,8 +9,9 @@ use serde_json::json;
 use tollgate::audit::{AuditWriter, DecisionRecord};
 use tollgate::metrics::Metrics;
 use tollgate::store::{
-    AgentRow, ApprovalRow, ConsoleSessionRow, DecisionFilter, Idempotency, ManualSettlement,
-    NewReservation, Reservation, ReviewerRow, Store, StoreError, WindowKey,
+    AgentRow, ApprovalRow, ConsoleSessionRow, DecisionFilter, DeliveryAttempt, Idempotency,
+    ManualSettlement, NewNotification, NewReservation, NextStep, NotificationStatus, Reservation,
+    ReviewerRow, Store, StoreError, WindowKey,
 };
 use tollgate_tests::TestDatabase;
 use uuid::Uuid;
@@ -73,6 +74,8 @@ conformance!(
     agents_and_approvals_keep_creator_and_on_behalf_of,
     console_sessions_open_resume_end_and_expire,
     decisions_filter_by_provider_and_until_and_agents_are_last_seen,
+    notifications_queue_once_and_are_claimed_under_a_lease,
+    notification_sweeps_see_pending_and_decided_approvals_and_the_freeze,
 );
 
 fn agent(name: &str) -> AgentRow {
@@ -1240,4 +1243,235 @@ async fn decisions_filter_by_provider_and_until_and_agents_are_last_seen(store: 
         "the newest decision: {:?}",
         last[0].1
     );
+}
+
+fn notification(webhook: &str, key: &str, at: chrono::DateTime<Utc>) -> NewNotification {
+    NewNotification {
+        id: Uuid::now_v7(),
+        webhook: webhook.into(),
+        event: "approval_required".into(),
+        event_key: key.into(),
+        subject: Some("a1".into()),
+        body: format!("{{\"key\":\"{key}\"}}"),
+        created_at: at,
+    }
+}
+
+fn attempt(at: chrono::DateTime<Utc>, status: Option<i32>, next: NextStep) -> DeliveryAttempt {
+    DeliveryAttempt {
+        at,
+        http_status: status,
+        error: (next != NextStep::Delivered).then(|| "the receiver answered 500".to_string()),
+        next,
+    }
+}
+
+/// The outbox: one row per (webhook, event key) however often it is queued (every replica queues what it
+/// sees); a claim leases rows so no other claim gets them until the lease runs out, counts the attempt, and
+/// only the lease's owner may record it; retries wait for their time; delivered and failed rows are done.
+async fn notifications_queue_once_and_are_claimed_under_a_lease(store: &Store) {
+    let t0 = Utc::now();
+    let webhooks = vec!["chat".to_string(), "siem".to_string()];
+    let first = notification("chat", "approval_required:a1", t0);
+    assert_eq!(
+        store
+            .enqueue_notifications(&[
+                first.clone(),
+                notification("siem", "approval_required:a1", t0)
+            ])
+            .await
+            .unwrap(),
+        2
+    );
+    // The same event seen again (another replica, a later sweep): nothing new; the first row is kept.
+    assert_eq!(
+        store
+            .enqueue_notifications(&[notification("chat", "approval_required:a1", t0)])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.notifications_pending(&webhooks).await.unwrap(), 2);
+    assert_eq!(
+        store.notifications_pending(&webhooks[..1]).await.unwrap(),
+        1
+    );
+    let listed = store.list_notifications(10).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    let row = listed.iter().find(|n| n.webhook == "chat").unwrap();
+    assert_eq!((row.id, row.body.as_str()), (first.id, first.body.as_str()));
+    assert_eq!((row.status, row.attempts), (NotificationStatus::Pending, 0));
+
+    // Only the webhooks asked for; a second claim meanwhile gets nothing.
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let lease = t0 + Days::seconds(10);
+    let claimed = store
+        .claim_notifications(&webhooks[..1], t0, lease, a, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].id, claimed[0].attempts), (first.id, 1));
+    assert!(
+        store
+            .claim_notifications(&webhooks[..1], t0, lease, b, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased"
+    );
+    // Only the lease's owner records the attempt.
+    let retry_at = t0 + Days::seconds(20);
+    assert!(
+        !store
+            .finish_notification(
+                first.id,
+                b,
+                &attempt(t0, Some(500), NextStep::RetryAt(retry_at))
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .finish_notification(
+                first.id,
+                a,
+                &attempt(t0, Some(500), NextStep::RetryAt(retry_at))
+            )
+            .await
+            .unwrap()
+    );
+    // Not due before its retry time.
+    assert!(
+        store
+            .claim_notifications(
+                &webhooks[..1],
+                t0 + Days::seconds(15),
+                t0 + Days::seconds(25),
+                b,
+                10
+            )
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claimed = store
+        .claim_notifications(
+            &webhooks[..1],
+            retry_at,
+            retry_at + Days::seconds(10),
+            a,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].attempts, 2);
+    assert_eq!(claimed[0].last_status, Some(500));
+    // The claimer went away: once its lease ran out, another claim takes the row, and the first one's late
+    // record is refused.
+    let later = retry_at + Days::seconds(11);
+    let claimed = store
+        .claim_notifications(&webhooks[..1], later, later + Days::seconds(10), b, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].attempts, 3);
+    assert!(
+        !store
+            .finish_notification(first.id, a, &attempt(later, Some(200), NextStep::Delivered))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .finish_notification(first.id, b, &attempt(later, Some(200), NextStep::Delivered))
+            .await
+            .unwrap()
+    );
+    // Delivered is done: never claimed again.
+    let far = later + Days::days(1);
+    assert!(
+        store
+            .claim_notifications(&webhooks[..1], far, far + Days::seconds(10), a, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The other one gives up.
+    let claimed = store
+        .claim_notifications(&webhooks, far, far + Days::seconds(10), a, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].webhook, "siem");
+    assert!(
+        store
+            .finish_notification(claimed[0].id, a, &attempt(far, None, NextStep::GiveUp))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.notifications_pending(&webhooks).await.unwrap(), 0);
+    let listed = store.list_notifications(10).await.unwrap();
+    let chat = listed.iter().find(|n| n.webhook == "chat").unwrap();
+    assert_eq!(
+        (
+            chat.status,
+            chat.attempts,
+            chat.last_status,
+            chat.last_error.as_deref()
+        ),
+        (NotificationStatus::Delivered, 3, Some(200), None)
+    );
+    assert!(chat.delivered_at.is_some());
+    let siem = listed.iter().find(|n| n.webhook == "siem").unwrap();
+    assert_eq!(
+        (
+            siem.status,
+            siem.attempts,
+            siem.last_status,
+            siem.last_error.as_deref()
+        ),
+        (
+            NotificationStatus::Failed,
+            1,
+            None,
+            Some("the receiver answered 500")
+        )
+    );
+    assert!(siem.delivered_at.is_none());
+}
+
+/// What the notification sweep reads: pending approvals whatever their age, approvals decided since a
+/// moment, and who last set the freeze control.
+async fn notification_sweeps_see_pending_and_decided_approvals_and_the_freeze(store: &Store) {
+    let before = Utc::now() - Days::seconds(1);
+    let pending = store.open_approval(&approval("fp-pending")).await.unwrap();
+    let decided = store.open_approval(&approval("fp-decided")).await.unwrap();
+    store
+        .decide_approval(decided.id, false, "rita", Some("no"))
+        .await
+        .unwrap()
+        .unwrap();
+    let now = Utc::now();
+    let seen = store.approvals_to_announce(before, now, 100).await.unwrap();
+    let ids: Vec<Uuid> = seen.iter().map(|a| a.id).collect();
+    assert_eq!(ids, vec![decided.id, pending.id], "newest first");
+    assert_eq!(seen[0].decided_by.as_deref(), Some("rita"));
+    // Decided before `since`: only the pending one is left.
+    let seen = store
+        .approvals_to_announce(now + Days::minutes(1), now, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        seen.iter().map(|a| a.id).collect::<Vec<_>>(),
+        vec![pending.id]
+    );
+
+    let initial = store.freeze_state().await.unwrap();
+    assert!(!initial.frozen);
+    assert_eq!(initial.changed_by, None, "nobody set it yet");
+    store.set_frozen(true, "olga").await.unwrap();
+    let frozen = store.freeze_state().await.unwrap();
+    assert!(frozen.frozen);
+    assert_eq!(frozen.changed_by.as_deref(), Some("olga"));
+    assert!(frozen.changed_at.unwrap() >= before);
 }

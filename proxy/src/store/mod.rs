@@ -417,6 +417,61 @@ impl Store {
     ) -> Result<(), StoreError> {
         dispatch!(self, s => s.record_admin_action(actor, action, target, detail).await)
     }
+
+    // ---- notifications (the webhook outbox; `notify` owns what goes in it) ----
+
+    /// Queues deliveries; one already queued for the same (webhook, event key) is kept as it is, so every
+    /// replica may queue the events it sees and each becomes one row. How many rows were new.
+    pub async fn enqueue_notifications(&self, rows: &[NewNotification]) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.enqueue_notifications(rows).await)
+    }
+
+    /// Claims up to `limit` pending deliveries of these webhooks that are due at `now` and not leased by
+    /// another claim, leasing them to `owner` until `lease_until` and counting the attempt. Concurrent
+    /// claims (other replicas) never get the same row while its lease runs.
+    pub async fn claim_notifications(
+        &self,
+        webhooks: &[String],
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        owner: Uuid,
+        limit: i64,
+    ) -> Result<Vec<NotificationRow>, StoreError> {
+        dispatch!(self, s => s.claim_notifications(webhooks, now, lease_until, owner, limit).await)
+    }
+
+    /// Records the attempt of a delivery claimed by `owner` and releases its lease. False when the claim
+    /// was lost (its lease ran out and another claim took the row): nothing is written then.
+    pub async fn finish_notification(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        attempt: &DeliveryAttempt,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.finish_notification(id, owner, attempt).await)
+    }
+
+    /// The most recent deliveries, newest first.
+    pub async fn list_notifications(&self, limit: i64) -> Result<Vec<NotificationRow>, StoreError> {
+        dispatch!(self, s => s.list_notifications(limit).await)
+    }
+
+    /// How many deliveries to these webhooks are still pending (queued or waiting for a retry). Rows of a
+    /// webhook no longer configured stay pending for ever and are not counted.
+    pub async fn notifications_pending(&self, webhooks: &[String]) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.notifications_pending(webhooks).await)
+    }
+
+    /// The approvals a notification sweep looks at: every pending, unexpired one, and every one decided at
+    /// or after `since` (newest first, at most `limit`: a backlog of old ones never hides a new one).
+    pub async fn approvals_to_announce(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
+        dispatch!(self, s => s.approvals_to_announce(since, now, limit).await)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -759,4 +814,106 @@ pub struct ApprovalRow {
     pub note: Option<String>,
     pub consumed_at: Option<DateTime<Utc>>,
     pub consumed_by_decision: Option<Uuid>,
+}
+
+/// Where a webhook delivery stands. Converted to and from its text here only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationStatus {
+    /// Queued, or waiting for its next attempt.
+    Pending,
+    Delivered,
+    /// Given up after the configured attempts.
+    Failed,
+}
+
+impl NotificationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationStatus::Pending => "pending",
+            NotificationStatus::Delivered => "delivered",
+            NotificationStatus::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> Result<NotificationStatus, StoreError> {
+        match text {
+            "pending" => Ok(NotificationStatus::Pending),
+            "delivered" => Ok(NotificationStatus::Delivered),
+            "failed" => Ok(NotificationStatus::Failed),
+            other => Err(StoreError::Unavailable(sqlx::Error::Decode(
+                format!("unknown notification status '{other}'").into(),
+            ))),
+        }
+    }
+}
+
+/// A delivery to queue: one event for one webhook, its body already rendered.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    pub id: Uuid,
+    pub webhook: String,
+    /// `approval_required`, `approval_decided`, `budget_threshold` or `freeze` (`notify::Event`).
+    pub event: String,
+    pub event_key: String,
+    pub subject: Option<String>,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A queued delivery as stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NotificationRow {
+    pub id: Uuid,
+    pub webhook: String,
+    pub event: String,
+    pub event_key: String,
+    pub subject: Option<String>,
+    #[serde(skip)]
+    pub body: String,
+    pub status: NotificationStatus,
+    /// Attempts started so far (a claim counts one).
+    pub attempts: i64,
+    pub created_at: DateTime<Utc>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// What one delivery attempt came to.
+#[derive(Debug, Clone)]
+pub struct DeliveryAttempt {
+    pub at: DateTime<Utc>,
+    /// The receiver's HTTP status, when it answered.
+    pub http_status: Option<i32>,
+    /// Why it did not count as delivered (never a URL or secret).
+    pub error: Option<String>,
+    pub next: NextStep,
+}
+
+/// Where a delivery goes after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    Delivered,
+    RetryAt(DateTime<Utc>),
+    GiveUp,
+}
+
+impl DeliveryAttempt {
+    fn status(&self) -> NotificationStatus {
+        match self.next {
+            NextStep::Delivered => NotificationStatus::Delivered,
+            NextStep::RetryAt(_) => NotificationStatus::Pending,
+            NextStep::GiveUp => NotificationStatus::Failed,
+        }
+    }
+
+    fn retry_at(&self) -> Option<DateTime<Utc>> {
+        match self.next {
+            NextStep::RetryAt(t) => Some(t),
+            _ => None,
+        }
+    }
 }

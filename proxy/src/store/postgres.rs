@@ -1220,6 +1220,147 @@ impl PgStore {
             .await?;
         Ok(())
     }
+
+    // ---- notifications (the webhook outbox) ----
+
+    const NOTIFICATION_COLUMNS: &'static str =
+        "id, webhook, event, event_key, subject, body, status, attempts,
+        created_at, next_attempt_at, last_attempt_at, last_status, last_error, delivered_at";
+
+    pub async fn enqueue_notifications(&self, rows: &[NewNotification]) -> Result<u64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let (mut webhooks, mut events, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut subjects, mut bodies, mut created) = (Vec::new(), Vec::new(), Vec::new());
+        for r in rows {
+            ids.push(r.id);
+            webhooks.push(r.webhook.as_str());
+            events.push(r.event.as_str());
+            keys.push(r.event_key.as_str());
+            subjects.push(r.subject.as_deref());
+            bodies.push(r.body.as_str());
+            created.push(r.created_at);
+        }
+        let done = sqlx::query(
+            "INSERT INTO notifications (id, webhook, event, event_key, subject, body, status, created_at, next_attempt_at)
+             SELECT id, webhook, event, event_key, subject, body, 'pending', created_at, created_at
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+                AS t(id, webhook, event, event_key, subject, body, created_at)
+             ON CONFLICT (webhook, event_key) DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&webhooks)
+        .bind(&events)
+        .bind(&keys)
+        .bind(&subjects)
+        .bind(&bodies)
+        .bind(&created)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn claim_notifications(
+        &self,
+        webhooks: &[String],
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        owner: Uuid,
+        limit: i64,
+    ) -> Result<Vec<NotificationRow>, StoreError> {
+        // SKIP LOCKED: a replica claiming at the same moment takes other rows instead of waiting for these.
+        let sql = format!(
+            "UPDATE notifications n SET lease_until = $3, lease_owner = $4, attempts = n.attempts + 1
+             FROM (SELECT id FROM notifications
+                   WHERE status = 'pending' AND webhook = ANY($1) AND next_attempt_at <= $2
+                     AND (lease_until IS NULL OR lease_until <= $2)
+                   ORDER BY next_attempt_at LIMIT $5 FOR UPDATE SKIP LOCKED) due
+             WHERE n.id = due.id
+             RETURNING {}",
+            Self::NOTIFICATION_COLUMNS
+                .split(',')
+                .map(|c| format!("n.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(webhooks)
+            .bind(now)
+            .bind(lease_until)
+            .bind(owner)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(notification_from_row).collect()
+    }
+
+    pub async fn finish_notification(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        attempt: &DeliveryAttempt,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE notifications SET status = $3, lease_until = NULL, lease_owner = NULL, last_attempt_at = $4,
+                last_status = $5, last_error = $6, next_attempt_at = coalesce($7, next_attempt_at),
+                delivered_at = CASE WHEN $3 = 'delivered' THEN $4 ELSE delivered_at END
+             WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(attempt.status().as_str())
+        .bind(attempt.at)
+        .bind(attempt.http_status)
+        .bind(attempt.error.as_deref())
+        .bind(attempt.retry_at())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn list_notifications(&self, limit: i64) -> Result<Vec<NotificationRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM notifications ORDER BY created_at DESC, id DESC LIMIT $1",
+            Self::NOTIFICATION_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(notification_from_row).collect()
+    }
+
+    pub async fn notifications_pending(&self, webhooks: &[String]) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM notifications WHERE status = 'pending' AND webhook = ANY($1)",
+        )
+        .bind(webhooks)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub async fn approvals_to_announce(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM approvals
+             WHERE (status = 'pending' AND expires_at > $2) OR decided_at >= $1
+             ORDER BY created_at DESC, id DESC LIMIT $3",
+            Self::APPROVAL_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(since)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(approval_from_row).collect()
+    }
 }
 
 /// Inserts a batch of decision records in one statement, so one round trip and one implicit transaction
@@ -1586,5 +1727,24 @@ fn approval_from_row(r: &sqlx::postgres::PgRow) -> Result<ApprovalRow, StoreErro
         note: r.try_get("note")?,
         consumed_at: r.try_get("consumed_at")?,
         consumed_by_decision: r.try_get("consumed_by_decision")?,
+    })
+}
+
+fn notification_from_row(r: &sqlx::postgres::PgRow) -> Result<NotificationRow, StoreError> {
+    Ok(NotificationRow {
+        id: r.try_get("id")?,
+        webhook: r.try_get("webhook")?,
+        event: r.try_get("event")?,
+        event_key: r.try_get("event_key")?,
+        subject: r.try_get("subject")?,
+        body: r.try_get("body")?,
+        status: NotificationStatus::parse(&r.try_get::<String, _>("status")?)?,
+        attempts: i64::from(r.try_get::<i32, _>("attempts")?),
+        created_at: r.try_get("created_at")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        last_attempt_at: r.try_get("last_attempt_at")?,
+        last_status: r.try_get("last_status")?,
+        last_error: r.try_get("last_error")?,
+        delivered_at: r.try_get("delivered_at")?,
     })
 }

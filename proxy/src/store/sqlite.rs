@@ -1268,6 +1268,139 @@ impl SqliteStore {
             .await?;
         Ok(())
     }
+
+    // ---- notifications (the webhook outbox) ----
+
+    const NOTIFICATION_COLUMNS: &'static str =
+        "id, webhook, event, event_key, subject, body, status, attempts,
+        created_at, next_attempt_at, last_attempt_at, last_status, last_error, delivered_at";
+
+    pub async fn enqueue_notifications(&self, rows: &[NewNotification]) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut added = 0;
+        for r in rows {
+            let done = sqlx::query(
+                "INSERT INTO notifications (id, webhook, event, event_key, subject, body, status, created_at, next_attempt_at)
+                 VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)
+                 ON CONFLICT (webhook, event_key) DO NOTHING",
+            )
+            .bind(r.id.to_string())
+            .bind(&r.webhook)
+            .bind(&r.event)
+            .bind(&r.event_key)
+            .bind(r.subject.as_deref())
+            .bind(&r.body)
+            .bind(ts(r.created_at))
+            .bind(ts(r.created_at))
+            .execute(&mut *tx)
+            .await?;
+            added += done.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    pub async fn claim_notifications(
+        &self,
+        webhooks: &[String],
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        owner: Uuid,
+        limit: i64,
+    ) -> Result<Vec<NotificationRow>, StoreError> {
+        // One statement on the store's one connection: no other claim can run in between.
+        let sql = format!(
+            "UPDATE notifications SET lease_until = ?3, lease_owner = ?4, attempts = attempts + 1
+             WHERE id IN (SELECT id FROM notifications
+                   WHERE status = 'pending' AND webhook IN (SELECT value FROM json_each(?1))
+                     AND next_attempt_at <= ?2 AND (lease_until IS NULL OR lease_until <= ?2)
+                   ORDER BY next_attempt_at LIMIT ?5)
+             RETURNING {}",
+            Self::NOTIFICATION_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(serde_json::to_string(webhooks).map_err(decode)?)
+            .bind(ts(now))
+            .bind(ts(lease_until))
+            .bind(owner.to_string())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut claimed = rows
+            .iter()
+            .map(notification_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        // RETURNING gives no order; deliver the longest-due first, as Postgres does.
+        claimed.sort_by_key(|n| n.next_attempt_at);
+        Ok(claimed)
+    }
+
+    pub async fn finish_notification(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        attempt: &DeliveryAttempt,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE notifications SET status = ?3, lease_until = NULL, lease_owner = NULL, last_attempt_at = ?4,
+                last_status = ?5, last_error = ?6, next_attempt_at = coalesce(?7, next_attempt_at),
+                delivered_at = CASE WHEN ?3 = 'delivered' THEN ?4 ELSE delivered_at END
+             WHERE id = ?1 AND lease_owner = ?2 AND status = 'pending'",
+        )
+        .bind(id.to_string())
+        .bind(owner.to_string())
+        .bind(attempt.status().as_str())
+        .bind(ts(attempt.at))
+        .bind(attempt.http_status)
+        .bind(attempt.error.as_deref())
+        .bind(attempt.retry_at().map(ts))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn list_notifications(&self, limit: i64) -> Result<Vec<NotificationRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM notifications ORDER BY created_at DESC, id DESC LIMIT ?",
+            Self::NOTIFICATION_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(notification_from_row).collect()
+    }
+
+    pub async fn notifications_pending(&self, webhooks: &[String]) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM notifications WHERE status = 'pending'
+                AND webhook IN (SELECT value FROM json_each(?))",
+        )
+        .bind(serde_json::to_string(webhooks).map_err(decode)?)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub async fn approvals_to_announce(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM approvals
+             WHERE (status = 'pending' AND expires_at > ?2) OR decided_at >= ?1
+             ORDER BY created_at DESC, id DESC LIMIT ?3",
+            Self::APPROVAL_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(ts(since))
+            .bind(ts(now))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(approval_from_row).collect()
+    }
 }
 
 fn agent_from_row(r: &SqliteRow) -> Result<AgentRow, StoreError> {
@@ -1391,4 +1524,23 @@ async fn insert_checkpoint<'c, E: sqlx::SqliteExecutor<'c>>(
     .execute(executor)
     .await?;
     Ok(())
+}
+
+fn notification_from_row(r: &SqliteRow) -> Result<NotificationRow, StoreError> {
+    Ok(NotificationRow {
+        id: uuid(&r.try_get::<String, _>("id")?)?,
+        webhook: r.try_get("webhook")?,
+        event: r.try_get("event")?,
+        event_key: r.try_get("event_key")?,
+        subject: r.try_get("subject")?,
+        body: r.try_get("body")?,
+        status: NotificationStatus::parse(&r.try_get::<String, _>("status")?)?,
+        attempts: r.try_get("attempts")?,
+        created_at: parse_ts(&r.try_get::<String, _>("created_at")?)?,
+        next_attempt_at: parse_ts(&r.try_get::<String, _>("next_attempt_at")?)?,
+        last_attempt_at: opt_ts(r.try_get("last_attempt_at")?)?,
+        last_status: r.try_get("last_status")?,
+        last_error: r.try_get("last_error")?,
+        delivered_at: opt_ts(r.try_get("delivered_at")?)?,
+    })
 }
