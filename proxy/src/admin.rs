@@ -465,6 +465,14 @@ async fn revoke_agent(
     Extension(me): Extension<Reviewer>,
     Path(name): Path<String>,
 ) -> Response {
+    // A name no agent can have (a NUL byte, a slash) is answered here, not sent to the store.
+    if !identity::valid_name(&name) {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no active agent with that name",
+        );
+    }
     match admin.store.revoke_agent(&name).await {
         Ok(true) => {
             audit_action(&admin, &me.name, "agent.revoke", Some(&name), json!({})).await;
@@ -747,6 +755,21 @@ async fn separation_of_duties(admin: &Admin, me: &Reviewer, id: Uuid) -> Option<
     Some(api_error(StatusCode::FORBIDDEN, why.code(), why.message()))
 }
 
+/// The longest note kept with an approval's decision or a settlement: a record of why, not a document (it is
+/// shown in every queue and sent in notifications).
+pub const MAX_NOTE_CHARS: usize = 2000;
+
+fn note_too_long(note: Option<&str>) -> Option<Response> {
+    note.filter(|n| n.chars().count() > MAX_NOTE_CHARS)
+        .map(|_| {
+            api_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("the note is longer than {MAX_NOTE_CHARS} characters"),
+            )
+        })
+}
+
 async fn decide(
     admin: Arc<Admin>,
     me: &Reviewer,
@@ -754,6 +777,9 @@ async fn decide(
     approve: bool,
     verdict: Verdict,
 ) -> Response {
+    if let Some(refused) = note_too_long(verdict.note.as_deref()) {
+        return refused;
+    }
     if approve && let Some(refused) = separation_of_duties(&admin, me, id).await {
         return refused;
     }
@@ -866,6 +892,9 @@ async fn settle_reservation(
             );
         }
     };
+    if let Some(refused) = note_too_long(Some(&request.note)) {
+        return refused;
+    }
     if request.note.trim().is_empty() {
         return api_error(
             StatusCode::BAD_REQUEST,
@@ -980,6 +1009,13 @@ async fn revoke_reviewer(
     Extension(me): Extension<Reviewer>,
     Path(name): Path<String>,
 ) -> Response {
+    if !reviewers::valid_name(&name) {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no active reviewer with that name",
+        );
+    }
     match admin.store.revoke_reviewer(&name).await {
         Ok(true) => {
             audit_action(&admin, &me.name, "reviewer.revoke", Some(&name), json!({})).await;
@@ -999,6 +1035,13 @@ async fn rotate_reviewer(
     Extension(me): Extension<Reviewer>,
     Path(name): Path<String>,
 ) -> Response {
+    if !reviewers::valid_name(&name) {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no active reviewer with that name",
+        );
+    }
     match reviewers::rotate(&admin.store, &name).await {
         Ok(Some(token)) => {
             audit_action(&admin, &me.name, "reviewer.rotate", Some(&name), json!({})).await;

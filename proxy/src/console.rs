@@ -837,15 +837,12 @@ async fn logout(
 /// The JSON an admin API handler answered: `Ok(body)` for a 2xx, else `Err((status, message))`.
 async fn api_answer(response: Response) -> Result<Value, (StatusCode, String)> {
     let status = response.status();
-    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .map_err(|_| {
-            (
-                StatusCode::BAD_GATEWAY,
-                "the answer could not be read".to_string(),
-            )
-        })?;
-    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20).await;
+    // The status says whether the action happened; an answer too large to read does not undo it.
+    let value: Value = match body {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    };
     if status.is_success() {
         Ok(value)
     } else {
@@ -881,24 +878,34 @@ fn see_other(location: &str) -> Response {
 #[derive(Debug, Deserialize)]
 struct ApprovalsQuery {
     status: Option<String>,
+    /// Only this agent's pending approvals.
+    agent: Option<String>,
 }
+
+/// How many pending approvals the queue shows at once; the page says how many there are in all and which
+/// agents they come from, so a flood from one agent cannot hide another's request.
+const QUEUE_PAGE: i64 = 200;
 
 async fn approvals_page(
     State(admin): State<Arc<Admin>>,
     Extension(signed): Extension<Signed>,
     Query(q): Query<ApprovalsQuery>,
 ) -> Response {
-    let pending = match admin.store.list_approvals(Some("pending"), 500).await {
+    let agent = non_empty(&q.agent);
+    // Oldest first: the one waiting longest is the one to look at.
+    let pending = match admin
+        .store
+        .pending_queue(agent.as_deref(), QUEUE_PAGE)
+        .await
+    {
         Ok(rows) => rows,
         Err(e) => return store_failed(&signed, e),
     };
-    // Oldest first: the one waiting longest is the one to look at.
-    let mut pending: Vec<Value> = pending
-        .iter()
-        .map(admin::approval_json)
-        .filter(|a| a["status"] == "pending")
-        .collect();
-    pending.sort_by(|a, b| a["created_at"].as_str().cmp(&b["created_at"].as_str()));
+    let by_agent = match admin.store.pending_by_agent().await {
+        Ok(rows) => rows,
+        Err(e) => return store_failed(&signed, e),
+    };
+    let total: i64 = by_agent.iter().map(|(_, n)| n).sum();
     let shown = q
         .status
         .as_deref()
@@ -912,7 +919,15 @@ async fn approvals_page(
         Err(e) => return store_failed(&signed, e),
     };
     let mut context = signed.context("approvals");
-    context["pending"] = json!(pending);
+    context["pending"] = json!(pending.iter().map(admin::approval_json).collect::<Vec<_>>());
+    context["pending_total"] = json!(total);
+    context["by_agent"] = json!(
+        by_agent
+            .iter()
+            .map(|(name, n)| json!({"agent": name, "pending": n}))
+            .collect::<Vec<_>>()
+    );
+    context["agent_filter"] = json!(agent);
     context["decided"] = json!(decided);
     context["status_filter"] = json!(shown);
     render(StatusCode::OK, "approvals.html", &context)

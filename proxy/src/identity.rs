@@ -273,16 +273,18 @@ fn looks_like_key(presented: &str) -> bool {
 }
 
 /// Validates and stores a new agent; returns its row and the key, which is never stored.
+/// An agent or team name: 1-64 letters, digits, `-`, `_` or `.`. A name outside this shape names no agent.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 pub async fn create_agent(
     store: &Store,
     new: NewAgent,
 ) -> Result<(AgentRow, AgentKey), CreateAgentError> {
-    let valid_name = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 64
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    };
     if !valid_name(&new.name) {
         return Err(CreateAgentError::Invalid(
             "name must be 1-64 characters of letters, digits, '-', '_' or '.'".into(),

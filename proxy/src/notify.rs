@@ -57,8 +57,9 @@ pub const REPLAY_WINDOW: Duration = Duration::from_secs(300);
 const LOOKBACK: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
 /// The most approvals one sweep reads.
 const SWEEP_APPROVALS: i64 = 500;
-/// The most deliveries one replica has in flight at once.
-const IN_FLIGHT: usize = 16;
+/// The most deliveries one replica has in flight at once to one webhook. Each webhook has its own slots, so
+/// a receiver that hangs (or a backlog of its rows) delays only its own deliveries, never another's.
+const IN_FLIGHT_PER_WEBHOOK: usize = 4;
 /// A claim's lease beyond the attempt's timeout: time to record the attempt before another replica may
 /// take the row again.
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
@@ -599,31 +600,47 @@ impl Notifier {
     }
 
     /// Claims due deliveries while it has free slots and sends each on a task of its own, so one
-    /// receiver that hangs holds one slot (for at most `timeout_ms`), not the deliveries to others.
+    /// receiver that hangs holds its own webhook's slots (each for at most `timeout_ms`), never another webhook's.
     async fn deliver_forever(self: Arc<Self>) {
         let names = self.webhook_names();
         let lease = self.config.notifications.timeout + LEASE_MARGIN;
-        let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let slots: Vec<(String, Arc<tokio::sync::Semaphore>)> = names
+            .iter()
+            .map(|n| {
+                let slots = tokio::sync::Semaphore::new(IN_FLIGHT_PER_WEBHOOK);
+                (n.clone(), Arc::new(slots))
+            })
+            .collect();
         loop {
-            let free = slots.available_permits();
-            let claimed = if free == 0 {
-                Vec::new()
-            } else {
+            // Each webhook claims only as many of its own due rows as it has free slots.
+            let mut claimed = Vec::new();
+            for (name, free_slots) in &slots {
+                let free = free_slots.available_permits();
+                if free == 0 {
+                    continue;
+                }
                 let now = Utc::now();
                 let owner = Uuid::now_v7();
                 let limit = i64::try_from(free).unwrap_or(1);
-                match self
+                let rows = match self
                     .store
-                    .claim_notifications(&names, now, now + lease, owner, limit)
+                    .claim_notifications(std::slice::from_ref(name), now, now + lease, owner, limit)
                     .await
                 {
-                    Ok(c) => c.into_iter().map(|row| (owner, row)).collect(),
+                    Ok(rows) => rows,
                     Err(e) => {
                         tracing::debug!(error = %e, "claiming notifications failed; next time");
                         Vec::new()
                     }
+                };
+                for row in rows {
+                    // Only this loop takes slots, and it claimed no more than were free: this succeeds. A row
+                    // it did not would stay leased and be sent after its lease ran out.
+                    if let Ok(slot) = free_slots.clone().try_acquire_owned() {
+                        claimed.push((owner, row, slot));
+                    }
                 }
-            };
+            }
             if claimed.is_empty() {
                 // Until a sweep queues something, a send finishes, or a retry falls due.
                 let _ = tokio::time::timeout(
@@ -633,12 +650,7 @@ impl Notifier {
                 .await;
                 continue;
             }
-            for (owner, row) in claimed {
-                // Only this loop takes slots, and it claimed no more than were free: this succeeds. A row
-                // it did not would stay leased and be sent after its lease ran out.
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    break;
-                };
+            for (owner, row, slot) in claimed {
                 let Some(webhook) = self
                     .config
                     .notifications

@@ -158,6 +158,15 @@ impl Remote {
                 "--server {server:?} has a query; give the admin listener's base URL"
             )));
         }
+        // Credentials in the URL would be printed with it (and are not how tollgate authenticates): refused
+        // without echoing them.
+        if base.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(RemoteError::BadServer(
+                "--server must not carry a user or password (user:pass@host); the reviewer token goes in the \
+                 variable --token-env names"
+                    .to_string(),
+            ));
+        }
         match scheme {
             "https" => {}
             "http" if is_loopback(host) || insecure_http => {}
@@ -407,6 +416,11 @@ mod tests {
         check("ftp://example.com", true, Err("must start with https://"));
         check("example.com", false, Err("must start with https://"));
         check("https://example.com/?a=b", false, Err("has a query"));
+        check(
+            "https://user:pass@example.com",
+            false,
+            Err("must not carry a user"),
+        );
     }
 
     #[test]

@@ -569,6 +569,18 @@ async fn an_approver_runs_the_approval_loop_in_a_real_browser() {
         )
         .await;
     assert_eq!(status, 400, "{page}");
+    // A note is a record of why, not a document: one over 2000 characters is refused, nothing changed.
+    let essay = "n".repeat(2001);
+    let (status, page) = s
+        .post_form(
+            &path,
+            &alice_cookie,
+            &[("csrf", &alice_csrf), ("note", &essay)],
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("longer than 2000 characters"), "{page}");
     assert_eq!(
         s.approval(&second).await["status"],
         "pending",
@@ -779,6 +791,16 @@ async fn every_page_carries_a_strict_policy_and_no_secret() {
         "{agents}"
     );
 
+    // A name no agent can have is answered as such, not sent to the store.
+    let (status, page) = s
+        .post_form(
+            "/agents/buyer%00/revoke",
+            &session,
+            &[("csrf", &csrf)],
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{page}");
     // A freeze needs a reason, and is refused without one.
     let (status, _) = s
         .post_form(
@@ -991,5 +1013,70 @@ async fn served_over_tls_the_cookies_are_secure_and_host_only() {
     assert_eq!(
         page("tollgate_session").await.unwrap().status().as_u16(),
         303
+    );
+}
+
+#[tokio::test]
+async fn a_flood_from_one_agent_hides_no_other_agents_request() {
+    let s = Setup::start().await;
+    let token = s.reviewer("vera", "viewer").await;
+    let flooder = s.tollgate.create_agent("flooder", &[]).await.unwrap();
+    // 205 distinct held requests from one agent, then one from another.
+    for cents in 6001..6206 {
+        let r = s
+            .http
+            .post(s.tollgate.url("/stripe/v1/payment_intents"))
+            .basic_auth(&flooder, Some(""))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("amount={cents}&currency=usd"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403);
+    }
+    let victim = s.held().await;
+    let browser = Browser::start().await.expect("a headless browser");
+    sign_in(&browser, &s, &token, None).await;
+    assert_eq!(
+        browser
+            .text(&browser.find("#pending-total").await.unwrap())
+            .await
+            .unwrap(),
+        "206 pending",
+        "the true count"
+    );
+    let groups = browser
+        .text(&browser.find("#by-agent").await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        groups.contains("flooder (205)") && groups.contains("buyer (1)"),
+        "{groups}"
+    );
+    let shown = browser
+        .find_all("#pending a.approval-link")
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(shown, 200, "a page of the oldest");
+    // The other agent's request is one click away.
+    let buyer = browser
+        .find("#by-agent a[href='/approvals?agent=buyer']")
+        .await
+        .unwrap();
+    browser.click(&buyer).await.unwrap();
+    browser
+        .wait_for_url(|u| u.ends_with("agent=buyer"))
+        .await
+        .unwrap();
+    let links = browser.find_all("#pending a.approval-link").await.unwrap();
+    assert_eq!(links.len(), 1);
+    assert_eq!(
+        browser
+            .attribute(&links[0], "href")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(format!("/approvals/{victim}").as_str())
     );
 }

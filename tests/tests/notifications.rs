@@ -461,6 +461,43 @@ async fn a_held_request_is_announced_signed_with_a_link_and_never_waits_for_the_
     assert_eq!(receiver.got().len(), 4);
 }
 
+/// A backlog at a receiver that hangs (more rows than a replica has deliveries in flight) holds up only that
+/// webhook: every approval still reaches the other one while the first hangs.
+#[tokio::test]
+async fn a_backlog_at_a_hanging_receiver_never_holds_up_another_webhook() {
+    let receiver = Receiver::start(&[], Some("/slack")).await;
+    let s = setup(
+        1,
+        &format!(
+            "timeout_ms = 60000\n{}{}",
+            webhook("siem", "generic", &format!("{}/generic", receiver.url), ""),
+            webhook("chat", "slack", &format!("{}/slack", receiver.url), ""),
+        ),
+    )
+    .await;
+    // An agent floods the queue: 24 distinct held requests, 24 rows for each webhook.
+    for cents in 6001..6025 {
+        s.held(0, cents).await;
+    }
+    receiver
+        .wait_for("all 24 announced to the generic webhook", |got| {
+            got.iter().filter(|r| r.path == "/generic").count() == 24
+        })
+        .await;
+    assert_eq!(
+        receiver.answered("/slack"),
+        0,
+        "the Slack receiver still hangs"
+    );
+    receiver.open();
+    receiver
+        .wait_for(
+            "the Slack backlog delivered once the receiver answers",
+            |got| got.iter().filter(|r| r.path == "/slack").count() >= 24,
+        )
+        .await;
+}
+
 #[tokio::test]
 async fn a_failing_receiver_is_retried_until_it_answers_and_a_dead_one_is_given_up() {
     // 500, 500, then 200.

@@ -198,6 +198,20 @@ impl Store {
         dispatch!(self, s => s.end_console_session(id_hash).await)
     }
 
+    /// The pending (unexpired) approvals, oldest first, optionally of one agent: the review queue.
+    pub async fn pending_queue(
+        &self,
+        agent: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
+        dispatch!(self, s => s.pending_queue(agent, limit).await)
+    }
+
+    /// How many pending (unexpired) approvals each agent has, most first.
+    pub async fn pending_by_agent(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        dispatch!(self, s => s.pending_by_agent().await)
+    }
+
     /// When each agent (by name) last had a decision recorded; agents never seen are absent.
     pub async fn agents_last_seen(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
         dispatch!(self, s => s.agents_last_seen().await)

@@ -369,6 +369,37 @@ impl PgStore {
         Ok(())
     }
 
+    pub async fn pending_queue(
+        &self,
+        agent: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM approvals WHERE status = 'pending' AND expires_at > now()
+               AND ($1::text IS NULL OR agent_name = $1)
+             ORDER BY created_at, id LIMIT $2",
+            Self::APPROVAL_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(agent)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(approval_from_row).collect()
+    }
+
+    pub async fn pending_by_agent(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT agent_name, count(*) AS n FROM approvals WHERE status = 'pending' AND expires_at > now()
+             GROUP BY agent_name ORDER BY n DESC, agent_name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("agent_name")?, r.try_get("n")?)))
+            .collect()
+    }
+
     pub async fn agents_last_seen(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
         let rows = sqlx::query(
             "SELECT a.name, (SELECT max(d.at) FROM decisions d WHERE d.agent_name = a.name) AS seen
