@@ -14,3 +14,11 @@ CREATE TABLE console_sessions (
     ended_at         TEXT
 );
 CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);
+
+-- Reviewer names are what the record shows as the actor; `admin` and `Admin` must not both exist (a reader
+-- could not tell their actions apart), so names are unique ignoring case.
+CREATE UNIQUE INDEX reviewers_name_ci ON reviewers (lower(name));
+
+-- The review queue: a new approval counts the agent's pending ones first (`approvals.max_pending_per_agent`),
+-- and the console lists them oldest first.
+CREATE INDEX approvals_pending_by_agent ON approvals (agent_id, created_at) WHERE status = 'pending';

@@ -262,7 +262,11 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
     );
     let forwarder = Arc::new(Forwarder::new(&config).map_err(anyhow::Error::msg)?);
     let frozen = Arc::new(AtomicBool::new(store.frozen().await?));
-    let approvals = Approvals::new(store.clone(), config.approvals.ttl);
+    let approvals = Approvals::new(
+        store.clone(),
+        config.approvals.ttl,
+        config.approvals.max_pending_per_agent,
+    );
     let writers = audit.ready();
 
     let gate = Arc::new(Gate {

@@ -80,6 +80,17 @@ pub struct Call<'a> {
 pub struct Approvals {
     store: Store,
     ttl: Duration,
+    max_pending_per_agent: u32,
+}
+
+/// Why no approval was opened for a call that needs one.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The agent already has this many requests waiting for a reviewer (`approvals.max_pending_per_agent`).
+    #[error("the agent already has {0} requests waiting for a reviewer")]
+    TooManyPending(u32),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl Call<'_> {
@@ -124,13 +135,20 @@ impl Call<'_> {
 }
 
 impl Approvals {
-    pub fn new(store: Store, ttl: Duration) -> Approvals {
-        Approvals { store, ttl }
+    pub fn new(store: Store, ttl: Duration, max_pending_per_agent: u32) -> Approvals {
+        Approvals {
+            store,
+            ttl,
+            max_pending_per_agent,
+        }
     }
 
     /// The open approval for this call (pending or approved), or a new pending one. A repeat of the same call
     /// while one is open gets the same id. `shown_query` is the query as stored for reviewers (secrets
-    /// redacted); the fingerprint binds the real one.
+    /// redacted); the fingerprint binds the real one. An agent with `max_pending_per_agent` requests already
+    /// waiting gets no new one ([`RequestError::TooManyPending`]); a repeat of one of those still gets its id.
+    /// (The count is read before the insert, so agents racing at the cap may pass it by the few requests in
+    /// flight at that moment: it protects the reviewers' queue, not money.)
     pub async fn request(
         &self,
         call: &Call<'_>,
@@ -138,12 +156,20 @@ impl Approvals {
         reasons: serde_json::Value,
         charge_cents: Option<i64>,
         decision_id: Uuid,
-    ) -> Result<ApprovalRow, StoreError> {
+    ) -> Result<ApprovalRow, RequestError> {
+        let fingerprint = call.fingerprint();
+        let waiting = self.store.pending_count_for_agent(call.agent_id).await?;
+        if waiting >= i64::from(self.max_pending_per_agent) {
+            return match self.store.open_approval_for(&fingerprint).await? {
+                Some(open) => Ok(open),
+                None => Err(RequestError::TooManyPending(self.max_pending_per_agent)),
+            };
+        }
         let now = Utc::now();
         let ttl = chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::hours(1));
         let row = ApprovalRow {
             id: Uuid::now_v7(),
-            fingerprint: call.fingerprint(),
+            fingerprint,
             agent_id: call.agent_id,
             agent_name: call.agent_name.to_string(),
             provider: call.provider.to_string(),
@@ -166,7 +192,7 @@ impl Approvals {
             consumed_at: None,
             consumed_by_decision: None,
         };
-        self.store.open_approval(&row).await
+        Ok(self.store.open_approval(&row).await?)
     }
 
     /// Uses an approved, unexpired approval for exactly this call; at most one caller ever succeeds.

@@ -142,6 +142,7 @@ pub struct RawWebhook {
 pub struct RawApprovals {
     pub ttl_seconds: Option<u64>,
     pub allow_self_approval: Option<bool>,
+    pub max_pending_per_agent: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -286,6 +287,9 @@ pub struct ApprovalsConfig {
     /// Separation of duties off: a reviewer may approve a request made on their own behalf, or by an agent
     /// they created. Default false; meant for a team of one.
     pub allow_self_approval: bool,
+    /// The most requests one agent may have waiting for a reviewer at once; beyond it a new one is refused
+    /// (429 `rate_limited`), so one agent cannot flood the queue and the reviewers' channel.
+    pub max_pending_per_agent: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -795,6 +799,10 @@ impl Config {
             errors.push("approvals.ttl_seconds must be between 1 and 604800 (a week)".to_string());
         }
 
+        let max_pending_per_agent = raw.approvals.max_pending_per_agent.unwrap_or(20);
+        if max_pending_per_agent == 0 || max_pending_per_agent > 10_000 {
+            errors.push("approvals.max_pending_per_agent must be between 1 and 10000".to_string());
+        }
         let session_hours = raw.console.session_hours.unwrap_or(8);
         if session_hours == 0 || session_hours > 7 * 24 {
             errors.push("console.session_hours must be between 1 and 168 (a week)".to_string());
@@ -851,6 +859,7 @@ impl Config {
             approvals: ApprovalsConfig {
                 ttl: Duration::from_secs(ttl_seconds),
                 allow_self_approval: raw.approvals.allow_self_approval.unwrap_or(false),
+                max_pending_per_agent,
             },
             console: ConsoleConfig {
                 enabled: raw.console.enabled.unwrap_or(true),

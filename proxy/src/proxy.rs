@@ -584,9 +584,20 @@ impl Gate {
                     .approvals
                     .request(&call, &shown_query, reasons, charge, draft.id)
                     .await
-                    .map_err(|e| {
-                        tracing::error!(error = %e, "approval not opened");
-                        Refusal::store_unavailable()
+                    .map_err(|e| match e {
+                        crate::approvals::RequestError::TooManyPending(cap) => Refusal::new(
+                            RefusalCode::RateLimited,
+                            format!(
+                                "tollgate: this call needs a reviewer's approval, and agent '{}' already has {cap} \
+                                 requests waiting for one (approvals.max_pending_per_agent); retry after a reviewer \
+                                 decides some of them",
+                                intake.agent.name
+                            ),
+                        ),
+                        crate::approvals::RequestError::Store(e) => {
+                            tracing::error!(error = %e, "approval not opened");
+                            Refusal::store_unavailable()
+                        }
                     })?;
                 self.metrics
                     .approvals_total

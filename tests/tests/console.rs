@@ -105,6 +105,11 @@ impl Setup {
     }
 
     async fn start_with(public_url: &str) -> Setup {
+        Setup::start_configured(public_url, "max_pending_per_agent = 20").await
+    }
+
+    /// `approvals`: a line for the `[approvals]` table.
+    async fn start_configured(public_url: &str, approvals: &str) -> Setup {
         let db = TestDatabase::create().await.expect("database");
         let upstream = Upstream::builder().start().await.expect("upstream");
         let policy = policy_dir_with(POLICY).expect("policy");
@@ -112,6 +117,7 @@ impl Setup {
         let tollgate = Tollgate::builder(db.url(), &upstream.url())
             .policy_dir(policy.path())
             .admin(&format!("public_url = \"{public_url}\""))
+            .approvals(approvals)
             .tables(&format!(
                 "[notifications]\nsweep_interval_ms = 100\n[[notifications.webhooks]]\nname = \"reviewers\"\nurl = \"{}\"\nformat = \"slack\"\n",
                 receiver.url
@@ -1018,7 +1024,8 @@ async fn served_over_tls_the_cookies_are_secure_and_host_only() {
 
 #[tokio::test]
 async fn a_flood_from_one_agent_hides_no_other_agents_request() {
-    let s = Setup::start().await;
+    // A deployment that lets one agent keep hundreds of requests waiting.
+    let s = Setup::start_configured(PUBLIC_URL, "max_pending_per_agent = 1000").await;
     let token = s.reviewer("vera", "viewer").await;
     let flooder = s.tollgate.create_agent("flooder", &[]).await.unwrap();
     // 205 distinct held requests from one agent, then one from another.
@@ -1079,4 +1086,92 @@ async fn a_flood_from_one_agent_hides_no_other_agents_request() {
             .as_deref(),
         Some(format!("/approvals/{victim}").as_str())
     );
+}
+
+#[tokio::test]
+async fn an_agent_may_keep_only_so_many_requests_waiting() {
+    let s = Setup::start_configured(PUBLIC_URL, "max_pending_per_agent = 2").await;
+    let flooder = s.tollgate.create_agent("flooder", &[]).await.unwrap();
+    let pay = |cents: u32| {
+        s.http
+            .post(s.tollgate.url("/stripe/v1/payment_intents"))
+            .basic_auth(&flooder, Some(""))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("amount={cents}&currency=usd"))
+            .send()
+    };
+    let mut ids = Vec::new();
+    for cents in [6001, 6002] {
+        let v: Value = pay(cents).await.unwrap().json().await.unwrap();
+        assert_eq!(v["tollgate"]["code"], "approval_required", "{v}");
+        ids.push(v["tollgate"]["approval_id"].as_str().unwrap().to_string());
+    }
+    // A third request that needs a reviewer is refused, and nothing new waits.
+    let r = pay(6003).await.unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["tollgate"]["code"], "rate_limited", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already has 2 requests waiting"),
+        "{v}"
+    );
+    // A repeat of a waiting request still gets its approval; another agent is not affected.
+    let v: Value = pay(6001).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        v["tollgate"]["approval_id"].as_str(),
+        Some(ids[0].as_str()),
+        "{v}"
+    );
+    s.held().await;
+    let pending: Value = s
+        .http
+        .get(s.tollgate.admin_url("/api/approvals?status=pending"))
+        .bearer_auth(tollgate_tests::tollgate::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        pending["approvals"].as_array().unwrap().len(),
+        3,
+        "{pending}"
+    );
+    // Once a reviewer decides one, the agent may ask again.
+    let r = s
+        .http
+        .post(
+            s.tollgate
+                .admin_url(&format!("/api/approvals/{}/deny", ids[1])),
+        )
+        .bearer_auth(tollgate_tests::tollgate::ADMIN_TOKEN)
+        .json(&serde_json::json!({"note": "no"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = pay(6003).await.unwrap().json().await.unwrap();
+    assert_eq!(v["tollgate"]["code"], "approval_required", "{v}");
+    // The refusal left a decision record like any other.
+    let decisions: Value = s
+        .http
+        .get(s.tollgate.admin_url("/api/decisions?agent=flooder"))
+        .bearer_auth(tollgate_tests::tollgate::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let limited = decisions["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["code"] == "rate_limited")
+        .count();
+    assert_eq!(limited, 1, "{decisions}");
 }

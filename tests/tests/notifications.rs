@@ -238,6 +238,8 @@ async fn setup(replicas: usize, notifications: &str) -> Setup {
         let b: TollgateBuilder = Tollgate::builder(db.url(), &upstream.url())
             .policy_dir(policy.path())
             .admin(&format!("public_url = \"{PUBLIC_URL}/\""))
+            // The backlog test keeps more requests waiting than the default allows one agent.
+            .approvals("max_pending_per_agent = 100")
             .tables(&format!(
                 "[notifications]\nsweep_interval_ms = 100\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\n{notifications}"
             ));

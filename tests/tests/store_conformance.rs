@@ -1099,6 +1099,13 @@ fn session(id_hash: &str, reviewer: Option<&ReviewerRow>, expires_in: Days) -> C
 async fn console_sessions_open_resume_end_and_expire(store: &Store) {
     let alice = reviewer("alice", "approver");
     store.insert_reviewer(&alice).await.unwrap();
+    // Names are unique ignoring case: the record could not tell `alice` from `ALICE`.
+    let mut shouting = reviewer("ALICE", "admin");
+    shouting.email = None;
+    assert!(matches!(
+        store.insert_reviewer(&shouting).await,
+        Err(StoreError::Conflict(_))
+    ));
     let found = store.reviewer_by_id(alice.id).await.unwrap().unwrap();
     assert_eq!(
         (found.name.as_str(), found.token_hash.as_str()),

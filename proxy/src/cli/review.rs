@@ -920,7 +920,11 @@ async fn decide(
             // The local CLI authenticates nobody (it holds the database credentials): what it records is
             // `local:<--by or $USER>`, never a bare name that could pass for an authenticated reviewer.
             let by = local_actor(by);
-            let approvals = crate::approvals::Approvals::new(store.clone(), config.approvals.ttl);
+            let approvals = crate::approvals::Approvals::new(
+                store.clone(),
+                config.approvals.ttl,
+                config.approvals.max_pending_per_agent,
+            );
             match approvals.decide(id, approve, &by, note).await? {
                 Some(a) => {
                     store

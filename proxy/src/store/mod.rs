@@ -207,6 +207,19 @@ impl Store {
         dispatch!(self, s => s.pending_queue(agent, limit).await)
     }
 
+    /// How many pending (unexpired) approvals one agent has.
+    pub async fn pending_count_for_agent(&self, agent_id: Uuid) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.pending_count_for_agent(agent_id).await)
+    }
+
+    /// The open (pending or approved, unexpired) approval for a call's fingerprint, if any.
+    pub async fn open_approval_for(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<ApprovalRow>, StoreError> {
+        dispatch!(self, s => s.open_approval_for(fingerprint).await)
+    }
+
     /// How many pending (unexpired) approvals each agent has, most first.
     pub async fn pending_by_agent(&self) -> Result<Vec<(String, i64)>, StoreError> {
         dispatch!(self, s => s.pending_by_agent().await)

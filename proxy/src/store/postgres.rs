@@ -388,6 +388,33 @@ impl PgStore {
         rows.iter().map(approval_from_row).collect()
     }
 
+    pub async fn pending_count_for_agent(&self, agent_id: Uuid) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n FROM approvals
+             WHERE agent_id = $1 AND status = 'pending' AND expires_at > now()",
+        )
+        .bind(agent_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    pub async fn open_approval_for(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<ApprovalRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM approvals WHERE fingerprint = $1 AND status IN ('pending', 'approved')
+               AND expires_at > now()",
+            Self::APPROVAL_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(fingerprint)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| approval_from_row(&r)).transpose()
+    }
+
     pub async fn pending_by_agent(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query(
             "SELECT agent_name, count(*) AS n FROM approvals WHERE status = 'pending' AND expires_at > now()

@@ -415,6 +415,35 @@ impl SqliteStore {
         rows.iter().map(approval_from_row).collect()
     }
 
+    pub async fn pending_count_for_agent(&self, agent_id: Uuid) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n FROM approvals
+             WHERE agent_id = ? AND status = 'pending' AND expires_at > ?",
+        )
+        .bind(agent_id.to_string())
+        .bind(ts(Utc::now()))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    pub async fn open_approval_for(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<ApprovalRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM approvals WHERE fingerprint = ? AND status IN ('pending', 'approved')
+               AND expires_at > ?",
+            Self::APPROVAL_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(fingerprint)
+            .bind(ts(Utc::now()))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| approval_from_row(&r)).transpose()
+    }
+
     pub async fn pending_by_agent(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query(
             "SELECT agent_name, count(*) AS n FROM approvals WHERE status = 'pending' AND expires_at > ?
