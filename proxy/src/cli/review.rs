@@ -26,15 +26,35 @@ use crate::store::DecisionFilter;
 /// The API's largest page (`admin::MAX_PAGE`); longer listings follow the cursor.
 const API_PAGE: i64 = 500;
 
-/// A string field of an API object, `""` when absent.
-pub(super) fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or_default()
+/// Text an agent may have chosen (a path, a header, a policy reason quoting its body), made safe for a
+/// reviewer's terminal: control characters (ESC and the rest of C0, DEL, C1, which would move the cursor,
+/// rewrite what was printed above or retitle the window) are shown escaped, `\u{1b}`, not sent raw.
+pub(super) fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
 }
 
-/// A string field, `-` when absent or null.
+/// A string field of an API object, `""` when absent; safe to print (see [`shown`]).
+pub(super) fn text<'a>(v: &'a Value, key: &str) -> std::borrow::Cow<'a, str> {
+    shown(v[key].as_str().unwrap_or_default())
+}
+
+/// A string field, `-` when absent or null; safe to print (see [`shown`]).
 fn or_dash(v: &Value, key: &str) -> String {
     match &v[key] {
-        Value::String(s) => s.clone(),
+        Value::String(s) => shown(s).into_owned(),
         Value::Null => "-".to_string(),
         other => other.to_string(),
     }
@@ -270,7 +290,7 @@ pub(super) fn print_freeze(state: &Value, json: bool) -> anyhow::Result<()> {
     };
     let reason = state["reason"]
         .as_str()
-        .map(|r| format!(": {r}"))
+        .map(|r| format!(": {}", shown(r)))
         .unwrap_or_default();
     if state["frozen"] == true {
         println!("agent traffic is FROZEN{since}{reason}");
@@ -731,9 +751,13 @@ fn print_approval(approval: &Value, request: Option<&Value>) {
             query.to_string()
         },
     );
-    let headers: Vec<&str> = text(approval, "headers")
+    // One header per line: split before escaping (a newline is a control character).
+    let headers: Vec<std::borrow::Cow<'_, str>> = approval["headers"]
+        .as_str()
+        .unwrap_or_default()
         .lines()
         .filter(|l| !l.trim().is_empty())
+        .map(shown)
         .collect();
     if headers.is_empty() {
         row("headers", "-".into());
@@ -777,7 +801,7 @@ fn print_approval(approval: &Value, request: Option<&Value>) {
             "decided",
             format!(
                 "{} by {by} at {}{}",
-                match status {
+                match status.as_ref() {
                     "denied" => "denied",
                     _ => "approved",
                 },
@@ -963,6 +987,20 @@ async fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_chosen_text_reaches_a_terminal_escaped() {
+        assert_eq!(shown("plain /zones?page=1"), "plain /zones?page=1");
+        assert_eq!(shown("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(
+            shown("bell\u{7}del\u{7f}csi\u{9b}"),
+            "bell\\u{7}del\\u{7f}csi\\u{9b}"
+        );
+        assert_eq!(shown("line\nbreak"), "line\\u{a}break");
+        let v = json!({"path": "/x\u{1b}]0;pwned\u{7}", "note": null});
+        assert_eq!(text(&v, "path"), "/x\\u{1b}]0;pwned\\u{7}");
+        assert_eq!(or_dash(&v, "note"), "-");
+    }
 
     #[test]
     fn redaction_marks_are_counted_at_any_depth() {
