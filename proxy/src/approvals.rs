@@ -14,7 +14,7 @@ use chrono::Utc;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::store::{ApprovalRow, Store, StoreError};
+use crate::store::{ApprovalRow, Opened, Store, StoreError};
 
 /// One hour: long enough for a reviewer to look, short enough that consent is about now.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
@@ -86,9 +86,9 @@ pub struct Approvals {
 /// Why no approval was opened for a call that needs one.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
-    /// The agent already has this many requests waiting for a reviewer (`approvals.max_pending_per_agent`).
+    /// The agent already has this many requests waiting for a reviewer (at least `max_pending_per_agent`).
     #[error("the agent already has {0} requests waiting for a reviewer")]
-    TooManyPending(u32),
+    TooManyPending(i64),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -147,8 +147,8 @@ impl Approvals {
     /// while one is open gets the same id. `shown_query` is the query as stored for reviewers (secrets
     /// redacted); the fingerprint binds the real one. An agent with `max_pending_per_agent` requests already
     /// waiting gets no new one ([`RequestError::TooManyPending`]); a repeat of one of those still gets its id.
-    /// (The count is read before the insert, so agents racing at the cap may pass it by the few requests in
-    /// flight at that moment: it protects the reviewers' queue, not money.)
+    /// The count and the insert are one transaction under a per-agent lock, so parallel requests cannot pass
+    /// the cap.
     pub async fn request(
         &self,
         call: &Call<'_>,
@@ -158,13 +158,6 @@ impl Approvals {
         decision_id: Uuid,
     ) -> Result<ApprovalRow, RequestError> {
         let fingerprint = call.fingerprint();
-        let waiting = self.store.pending_count_for_agent(call.agent_id).await?;
-        if waiting >= i64::from(self.max_pending_per_agent) {
-            return match self.store.open_approval_for(&fingerprint).await? {
-                Some(open) => Ok(open),
-                None => Err(RequestError::TooManyPending(self.max_pending_per_agent)),
-            };
-        }
         let now = Utc::now();
         let ttl = chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::hours(1));
         let row = ApprovalRow {
@@ -192,7 +185,14 @@ impl Approvals {
             consumed_at: None,
             consumed_by_decision: None,
         };
-        Ok(self.store.open_approval(&row).await?)
+        match self
+            .store
+            .open_approval_capped(&row, i64::from(self.max_pending_per_agent))
+            .await?
+        {
+            Opened::Approval(row) => Ok(row),
+            Opened::TooMany(n) => Err(RequestError::TooManyPending(n)),
+        }
     }
 
     /// Uses an approved, unexpired approval for exactly this call; at most one caller ever succeeds.

@@ -585,10 +585,10 @@ impl Gate {
                     .request(&call, &shown_query, reasons, charge, draft.id)
                     .await
                     .map_err(|e| match e {
-                        crate::approvals::RequestError::TooManyPending(cap) => Refusal::new(
+                        crate::approvals::RequestError::TooManyPending(waiting) => Refusal::new(
                             RefusalCode::RateLimited,
                             format!(
-                                "tollgate: this call needs a reviewer's approval, and agent '{}' already has {cap} \
+                                "tollgate: this call needs a reviewer's approval, and agent '{}' already has {waiting} \
                                  requests waiting for one (approvals.max_pending_per_agent); retry after a reviewer \
                                  decides some of them",
                                 intake.agent.name

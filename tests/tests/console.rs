@@ -1156,6 +1156,27 @@ async fn an_agent_may_keep_only_so_many_requests_waiting() {
     assert_eq!(r.status().as_u16(), 200);
     let v: Value = pay(6003).await.unwrap().json().await.unwrap();
     assert_eq!(v["tollgate"]["code"], "approval_required", "{v}");
+    // In parallel, too: a fresh agent sending 25 distinct calls at once gets exactly 2 waiting.
+    let racer = s.tollgate.create_agent("racer", &[]).await.unwrap();
+    let mut calls = Vec::new();
+    for cents in 6101..6126 {
+        let r = s
+            .http
+            .post(s.tollgate.url("/stripe/v1/payment_intents"))
+            .basic_auth(&racer, Some(""))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("amount={cents}&currency=usd"))
+            .send();
+        calls.push(r);
+    }
+    let mut codes = std::collections::BTreeMap::new();
+    for r in futures_join(calls).await {
+        let v: Value = r.unwrap().json().await.unwrap();
+        *codes
+            .entry(v["tollgate"]["code"].as_str().unwrap_or("?").to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(codes.get("approval_required"), Some(&2), "{codes:?}");
     // The refusal left a decision record like any other.
     let decisions: Value = s
         .http
@@ -1174,4 +1195,18 @@ async fn an_agent_may_keep_only_so_many_requests_waiting() {
         .filter(|d| d["code"] == "rate_limited")
         .count();
     assert_eq!(limited, 1, "{decisions}");
+}
+
+/// Runs the futures at once (each on its own task) and returns their outputs in order.
+async fn futures_join<F>(futures: Vec<F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let tasks: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
 }

@@ -10,8 +10,8 @@ use tollgate::audit::{AuditWriter, DecisionRecord};
 use tollgate::metrics::Metrics;
 use tollgate::store::{
     AgentRow, ApprovalRow, ConsoleSessionRow, DecisionFilter, DeliveryAttempt, Idempotency,
-    ManualSettlement, NewNotification, NewReservation, NextStep, NotificationStatus, Reservation,
-    ReviewerRow, Store, StoreError, WindowKey,
+    ManualSettlement, NewNotification, NewReservation, NextStep, NotificationStatus, Opened,
+    Reservation, ReviewerRow, Store, StoreError, WindowKey,
 };
 use tollgate_tests::TestDatabase;
 use uuid::Uuid;
@@ -75,6 +75,7 @@ conformance!(
     console_sessions_open_resume_end_and_expire,
     decisions_filter_by_provider_and_until_and_agents_are_last_seen,
     notifications_queue_once_and_are_claimed_under_a_lease,
+    twelve_concurrent_openers_get_exactly_the_cap_of_pending_approvals,
     notification_sweeps_see_pending_and_decided_approvals_and_the_freeze,
 );
 
@@ -1481,4 +1482,44 @@ async fn notification_sweeps_see_pending_and_decided_approvals_and_the_freeze(st
     assert!(frozen.frozen);
     assert_eq!(frozen.changed_by.as_deref(), Some("olga"));
     assert!(frozen.changed_at.unwrap() >= before);
+}
+
+/// The per-agent cap on pending approvals holds under concurrency: of twelve distinct calls opened at once,
+/// exactly `cap` get an approval; a repeat of one of them still gets its own; another agent is not counted.
+async fn twelve_concurrent_openers_get_exactly_the_cap_of_pending_approvals(store: &Store) {
+    let agent = Uuid::now_v7();
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let store = store.clone();
+        let mut row = approval(&format!("capped-{i}"));
+        row.agent_id = agent;
+        tasks.push(tokio::spawn(async move {
+            store.open_approval_capped(&row, 3).await.unwrap()
+        }));
+    }
+    let mut opened = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Opened::Approval(a) => opened.push(a),
+            Opened::TooMany(n) => {
+                assert_eq!(n, 3);
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((opened.len(), refused), (3, 9));
+    let mut again = approval(&opened[0].fingerprint);
+    again.agent_id = agent;
+    match store.open_approval_capped(&again, 3).await.unwrap() {
+        Opened::Approval(a) => assert_eq!(a.id, opened[0].id, "a repeat keeps its approval"),
+        Opened::TooMany(_) => panic!("a repeat of a waiting call was refused"),
+    }
+    assert!(matches!(
+        store
+            .open_approval_capped(&approval("another-agent"), 3)
+            .await
+            .unwrap(),
+        Opened::Approval(_)
+    ));
 }

@@ -207,17 +207,16 @@ impl Store {
         dispatch!(self, s => s.pending_queue(agent, limit).await)
     }
 
-    /// How many pending (unexpired) approvals one agent has.
-    pub async fn pending_count_for_agent(&self, agent_id: Uuid) -> Result<i64, StoreError> {
-        dispatch!(self, s => s.pending_count_for_agent(agent_id).await)
-    }
-
-    /// The open (pending or approved, unexpired) approval for a call's fingerprint, if any.
-    pub async fn open_approval_for(
+    /// As [`Store::open_approval`], but when the call has no open approval and its agent already has `cap`
+    /// pending ones, opens none: [`Opened::TooMany`] with the count. The count and the insert are one
+    /// transaction under a per-agent lock (Postgres; SQLite's one connection serializes them), so parallel
+    /// requests cannot pass the cap.
+    pub async fn open_approval_capped(
         &self,
-        fingerprint: &str,
-    ) -> Result<Option<ApprovalRow>, StoreError> {
-        dispatch!(self, s => s.open_approval_for(fingerprint).await)
+        new: &ApprovalRow,
+        cap: i64,
+    ) -> Result<Opened, StoreError> {
+        dispatch!(self, s => s.open_approval_capped(new, cap).await)
     }
 
     /// How many pending (unexpired) approvals each agent has, most first.
@@ -538,6 +537,15 @@ pub struct AgentRow {
     pub revoked_at: Option<DateTime<Utc>>,
     /// Who created it: a reviewer's name (admin API) or `local:<user>` (CLI); `None` for agents from before.
     pub created_by: Option<String>,
+}
+
+/// What [`Store::open_approval_capped`] did.
+#[derive(Debug, Clone)]
+pub enum Opened {
+    /// The call's open approval: the one it already had, or a new pending one.
+    Approval(ApprovalRow),
+    /// None opened: the agent already has this many pending.
+    TooMany(i64),
 }
 
 /// A console sign-in as stored: the SHA-256 of the cookie value, never the value itself.

@@ -388,33 +388,6 @@ impl PgStore {
         rows.iter().map(approval_from_row).collect()
     }
 
-    pub async fn pending_count_for_agent(&self, agent_id: Uuid) -> Result<i64, StoreError> {
-        let row = sqlx::query(
-            "SELECT count(*) AS n FROM approvals
-             WHERE agent_id = $1 AND status = 'pending' AND expires_at > now()",
-        )
-        .bind(agent_id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get("n")?)
-    }
-
-    pub async fn open_approval_for(
-        &self,
-        fingerprint: &str,
-    ) -> Result<Option<ApprovalRow>, StoreError> {
-        let sql = format!(
-            "SELECT {} FROM approvals WHERE fingerprint = $1 AND status IN ('pending', 'approved')
-               AND expires_at > now()",
-            Self::APPROVAL_COLUMNS
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(fingerprint)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| approval_from_row(&r)).transpose()
-    }
-
     pub async fn pending_by_agent(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query(
             "SELECT agent_name, count(*) AS n FROM approvals WHERE status = 'pending' AND expires_at > now()
@@ -1061,6 +1034,77 @@ impl PgStore {
             // Lost a race with an identical request: the next round reads the winner's row.
         }
         Err(StoreError::Conflict("approval for this request".into()))
+    }
+
+    pub async fn open_approval_capped(
+        &self,
+        new: &ApprovalRow,
+        cap: i64,
+    ) -> Result<Opened, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // One opener per agent at a time: the count below cannot be passed by a request racing it.
+        sqlx::query("SELECT pg_advisory_xact_lock(7461, hashtext($1::text))")
+            .bind(new.agent_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE approvals SET status = 'expired' WHERE fingerprint = $1 AND status IN ('pending', 'approved')
+             AND expires_at <= now()",
+        )
+        .bind(&new.fingerprint)
+        .execute(&mut *tx)
+        .await?;
+        let sql = format!(
+            "SELECT {} FROM approvals WHERE fingerprint = $1 AND status IN ('pending', 'approved')",
+            Self::APPROVAL_COLUMNS
+        );
+        if let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&new.fingerprint)
+            .fetch_optional(&mut *tx)
+            .await?
+        {
+            tx.commit().await?;
+            return Ok(Opened::Approval(approval_from_row(&row)?));
+        }
+        let waiting: i64 = sqlx::query(
+            "SELECT count(*) AS n FROM approvals
+             WHERE agent_id = $1 AND status = 'pending' AND expires_at > now()",
+        )
+        .bind(new.agent_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        if waiting >= cap {
+            tx.commit().await?;
+            return Ok(Opened::TooMany(waiting));
+        }
+        sqlx::query(
+            "INSERT INTO approvals (id, fingerprint, agent_id, agent_name, provider, method, path, query,
+                body_sha256, action, reasons, charge_cents, status, created_at, expires_at, requested_by_decision,
+                headers, on_behalf_of)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::json, $12, 'pending', $13, $14, $15, $16, $17)",
+        )
+        .bind(new.id)
+        .bind(&new.fingerprint)
+        .bind(new.agent_id)
+        .bind(&new.agent_name)
+        .bind(&new.provider)
+        .bind(&new.method)
+        .bind(&new.path)
+        .bind(&new.query)
+        .bind(&new.body_sha256)
+        .bind(&new.action)
+        .bind(new.reasons.to_string())
+        .bind(new.charge_cents)
+        .bind(new.created_at)
+        .bind(new.expires_at)
+        .bind(new.requested_by_decision)
+        .bind(&new.headers)
+        .bind(&new.on_behalf_of)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Opened::Approval(new.clone()))
     }
 
     const APPROVAL_COLUMNS: &'static str = "id, fingerprint, agent_id, agent_name, provider, method, path, query,

@@ -415,35 +415,6 @@ impl SqliteStore {
         rows.iter().map(approval_from_row).collect()
     }
 
-    pub async fn pending_count_for_agent(&self, agent_id: Uuid) -> Result<i64, StoreError> {
-        let row = sqlx::query(
-            "SELECT count(*) AS n FROM approvals
-             WHERE agent_id = ? AND status = 'pending' AND expires_at > ?",
-        )
-        .bind(agent_id.to_string())
-        .bind(ts(Utc::now()))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get("n")?)
-    }
-
-    pub async fn open_approval_for(
-        &self,
-        fingerprint: &str,
-    ) -> Result<Option<ApprovalRow>, StoreError> {
-        let sql = format!(
-            "SELECT {} FROM approvals WHERE fingerprint = ? AND status IN ('pending', 'approved')
-               AND expires_at > ?",
-            Self::APPROVAL_COLUMNS
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(fingerprint)
-            .bind(ts(Utc::now()))
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| approval_from_row(&r)).transpose()
-    }
-
     pub async fn pending_by_agent(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query(
             "SELECT agent_name, count(*) AS n FROM approvals WHERE status = 'pending' AND expires_at > ?
@@ -1069,6 +1040,18 @@ impl SqliteStore {
         on_behalf_of, decided_by, decided_at, note, consumed_at, consumed_by_decision";
 
     pub async fn open_approval(&self, new: &ApprovalRow) -> Result<ApprovalRow, StoreError> {
+        match self.open_approval_capped(new, i64::MAX).await? {
+            Opened::Approval(row) => Ok(row),
+            Opened::TooMany(n) => Err(StoreError::Conflict(format!("{n} pending approvals"))),
+        }
+    }
+
+    /// One transaction on the one connection: the count and the insert cannot interleave with another's.
+    pub async fn open_approval_capped(
+        &self,
+        new: &ApprovalRow,
+        cap: i64,
+    ) -> Result<Opened, StoreError> {
         let mut tx = self.pool.begin().await?;
         let now = ts(Utc::now());
         sqlx::query(
@@ -1089,7 +1072,19 @@ impl SqliteStore {
             .await?
         {
             tx.commit().await?;
-            return approval_from_row(&row);
+            return Ok(Opened::Approval(approval_from_row(&row)?));
+        }
+        let waiting: i64 = sqlx::query(
+            "SELECT count(*) AS n FROM approvals WHERE agent_id = ? AND status = 'pending' AND expires_at > ?",
+        )
+        .bind(new.agent_id.to_string())
+        .bind(&now)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        if waiting >= cap {
+            tx.commit().await?;
+            return Ok(Opened::TooMany(waiting));
         }
         sqlx::query(
             "INSERT INTO approvals (id, fingerprint, agent_id, agent_name, provider, method, path, query,
@@ -1117,7 +1112,7 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(new.clone())
+        Ok(Opened::Approval(new.clone()))
     }
 
     pub async fn decide_approval(
