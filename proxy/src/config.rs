@@ -1496,6 +1496,48 @@ mod tests {
     }
 
     #[test]
+    fn vault_keys_and_pass_through_labels() {
+        // Default: one key from TOLLGATE_VAULT_KEY, id k1, vault mode on.
+        let c = load("", &[("TOLLGATE_VAULT_KEY", "a2V5")]).unwrap();
+        assert!(c.vault.enabled);
+        assert_eq!(c.vault.keys.len(), 1);
+        assert_eq!(
+            (c.vault.keys[0].id.as_str(), c.vault.keys[0].env.as_str()),
+            ("k1", "TOLLGATE_VAULT_KEY")
+        );
+        assert!(c.vault.keys[0].secret.is_some());
+        // A rotation list: order kept, first seals.
+        let c = load(
+            "[vault]\nkeys = [{ id = \"k2\", env = \"V2\" }, { id = \"k1\", env = \"V1\" }]\npass_through_labels = [\"ci=true\"]\n",
+            &[],
+        )
+        .unwrap();
+        let ids: Vec<&str> = c.vault.keys.iter().map(|k| k.id.as_str()).collect();
+        assert_eq!(ids, ["k2", "k1"]);
+        assert!(c.vault.keys.iter().all(|k| k.secret.is_none()));
+        assert_eq!(
+            c.vault.pass_through_labels,
+            vec![("ci".to_string(), "true".to_string())]
+        );
+        // The vault names the missing variable; vault mode off needs none.
+        let errors = crate::vault::Vault::from_config(&c.vault)
+            .err()
+            .unwrap()
+            .join("\n");
+        assert!(errors.contains("V2") && errors.contains("V1"), "{errors}");
+        let off = load("[vault]\nenabled = false\n", &[]).unwrap();
+        assert!(crate::vault::Vault::from_config(&off.vault).is_ok());
+        for bad in [
+            "[vault]\nkey_env = \"A\"\nkeys = [{ id = \"k1\", env = \"B\" }]\n",
+            "[vault]\nkeys = [{ id = \"k1\", env = \"A\" }, { id = \"k1\", env = \"B\" }]\n",
+            "[vault]\npass_through_labels = [\"ci\"]\n",
+            "[vault]\npass_through = true\n",
+        ] {
+            assert!(load(bad, &[]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let e = load("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n", &[]).unwrap_err();
         assert!(e.to_string().contains("lisen"), "{e}");

@@ -74,6 +74,7 @@ const INLINE_POLICY_BUDGET: Duration = Duration::from_millis(1);
 /// the rolled-away handle keeps its name).
 fn handle_agent(
     agent: &Agent,
+    created_by: Option<String>,
     parent_id: Uuid,
     parent_name: &str,
     token_id: &str,
@@ -105,7 +106,7 @@ fn handle_agent(
         created_at: Utc::now(),
         expires_at,
         revoked_at: None,
-        created_by: None,
+        created_by,
         minted_by: Some(parent_id),
         minted_token_id: Some(token_id.to_string()),
     };
@@ -1235,8 +1236,10 @@ impl Gate {
                     TokenEvent::Created => parsed.as_ref().and_then(|p| p.token_id.clone()),
                     _ => path_token,
                 };
+                // An answer with nothing secret in it (a create's `result` without `value`) is passed on.
+                let no_secret = parsed.as_ref().is_some_and(|p| p.secret().is_none());
                 let (Some(parsed), Some(token_id)) = (parsed, token_id) else {
-                    if custody == Custody::PassThrough {
+                    if custody == Custody::PassThrough || no_secret {
                         tracing::warn!(decision_id = %draft.id, "a token action's answer is not the expected shape; passed through unrecorded");
                         return pass(bytes);
                     }
@@ -1256,8 +1259,20 @@ impl Gate {
                                 );
                             }
                         };
+                        // Separation of duties carries over: whoever created the minter may not approve
+                        // its handle's requests either.
+                        let created_by = match self.store.agent_created_by(parent_id).await {
+                            Ok(created_by) => created_by,
+                            Err(e) => {
+                                tracing::error!(error = %e, %token_id, "reading the minter failed; the secret is withheld");
+                                return withheld(
+                                    "the minted token could not be recorded, so its secret is withheld (vault mode); delete the token",
+                                );
+                            }
+                        };
                         let (row, key) = handle_agent(
                             &intake.agent,
+                            created_by,
                             parent_id,
                             &parent_name,
                             &token_id,
@@ -1269,11 +1284,6 @@ impl Gate {
                         (Some(sealed), Some(row), Some(key))
                     }
                     _ => (None, None, None),
-                };
-                let custody = if sealed.is_some() {
-                    Custody::Vault
-                } else {
-                    Custody::PassThrough
                 };
                 let recorded = match event {
                     TokenEvent::Created => {
@@ -1321,7 +1331,7 @@ impl Gate {
                 };
                 if let Err(e) = recorded {
                     tracing::error!(error = %e, %token_id, decision_id = %draft.id, "recording a minted token failed");
-                    if custody == Custody::Vault {
+                    if key.is_some() {
                         return withheld(
                             "the minted token could not be recorded, so its secret is withheld (vault mode); delete the token",
                         );

@@ -297,11 +297,13 @@ impl MintedResponse {
         let result = body.get("result")?;
         let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
         let (token_id, name, expires_on, secret) = match event {
+            // A `result` object without `value` carries no secret (nothing to keep); anything but an object
+            // is not an answer tollgate knows.
             TokenEvent::Created => (
-                text(result.get("id")),
+                text(result.as_object()?.get("id")),
                 text(result.get("name")),
                 text(result.get("expires_on")).and_then(|t| parse_time(&t)),
-                Some(text(result.get("value"))?),
+                text(result.get("value")),
             ),
             TokenEvent::Rolled => (None, None, None, Some(result.as_str()?.to_string())),
             TokenEvent::Deleted => (text(result.get("id")), None, None, None),
@@ -492,7 +494,10 @@ mod tests {
 
         // Not the expected shape: nothing to hand back.
         assert!(MintedResponse::parse(TokenEvent::Created, b"not json").is_none());
-        assert!(MintedResponse::parse(TokenEvent::Created, br#"{"result":{"id":"x"}}"#).is_none());
+        assert!(MintedResponse::parse(TokenEvent::Created, br#"{"result":"x"}"#).is_none());
+        let no_secret =
+            MintedResponse::parse(TokenEvent::Created, br#"{"result":{"id":"x"}}"#).unwrap();
+        assert!(no_secret.secret().is_none());
         assert!(MintedResponse::parse(TokenEvent::Rolled, br#"{"result":{"v":1}}"#).is_none());
     }
 
