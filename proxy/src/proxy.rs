@@ -61,6 +61,9 @@ const AGENT_DISCONNECTED: &str = "agent_disconnected";
 /// The outcome row's note for an allowed request that was not sent upstream (its agent had left); the
 /// lifecycle adds [`AGENT_DISCONNECTED`].
 const NOT_FORWARDED: &str = "not_forwarded";
+/// The outcome row's note for a token action's 2xx answer that the agent did not get, because its secret
+/// could not be kept in the vault.
+const MINTED_TOKEN_WITHHELD: &str = "minted_token_withheld";
 /// How long a refusal whose record failed waits before it is recorded again.
 const REFUSAL_RETRY_AFTER: Duration = Duration::from_millis(200);
 /// The longest a request is held open waiting for a reviewer, whatever the policy asks: agents' HTTP clients
@@ -1069,7 +1072,7 @@ impl Gate {
         match result {
             Ok((response, latency, _)) => {
                 let status = response.status().as_u16();
-                let outcome = OutcomeRow {
+                let mut outcome = OutcomeRow {
                     decision_id: permit.decision_id(),
                     at: Utc::now(),
                     upstream_status: Some(i32::from(status)),
@@ -1090,6 +1093,10 @@ impl Gate {
                     }
                     _ => response,
                 };
+                if response.status().as_u16() != status {
+                    // The provider acted, but its answer was withheld (vault mode): say so in the outcome.
+                    outcome.error = Some(MINTED_TOKEN_WITHHELD.to_string());
+                }
                 // respond (the agent sees its own Idempotency-Key, not the namespaced one)
                 intake.headers.restore_key(response.headers_mut());
                 insert_decision_header(response.headers_mut(), draft.id);

@@ -46,6 +46,10 @@ fn cloudflare_tokens(rolls: Arc<AtomicUsize>) -> impl Fn(&RecordedRequest) -> Re
         if r.method == "POST" && path == "/client/v4/user/tokens" {
             let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
             let name = body["name"].as_str().unwrap_or("unnamed").to_string();
+            if name == "odd" {
+                // Not Cloudflare's shape: tollgate cannot tell where the secret is.
+                return Reply::json(200, json!({"token": created_secret("odd")}));
+            }
             return ok(json!({
                 "id": format!("tok-{name}"),
                 "name": name,
@@ -447,6 +451,39 @@ async fn a_pass_through_label_keeps_the_secret_with_the_agent_and_the_row_says_s
         .create_token(&w.deployer, "delta", "2099-01-01T00:00:00Z")
         .await;
     assert!(handle_of(&created).starts_with("tg_"));
+
+    // An answer of a shape tollgate does not know: withheld in vault mode (the outcome says so), passed on to
+    // a pass-through agent.
+    let (status, refused) = w
+        .create_token(&w.deployer, "odd", "2099-01-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 502, "{refused}");
+    assert_eq!(refused["tollgate"]["code"], "upstream_error");
+    assert!(!refused.to_string().contains(&created_secret("odd")));
+    let decision = refused["tollgate"]["decision_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut note = None;
+    for _ in 0..50 {
+        note = sqlx::query_scalar::<_, Option<String>>(
+            "SELECT error FROM decision_outcomes WHERE decision_id = $1::uuid",
+        )
+        .bind(&decision)
+        .fetch_optional(&w.pool)
+        .await
+        .unwrap()
+        .flatten();
+        if note.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(note.as_deref(), Some("minted_token_withheld"));
+    let (status, passed) = w.create_token(&ci, "odd", "2099-01-01T00:00:00Z").await;
+    assert_eq!(status, 200);
+    assert_eq!(passed["token"], created_secret("odd"));
+    assert!(!w.gate.log().contains(&created_secret("odd")));
 }
 
 #[tokio::test]
