@@ -247,9 +247,19 @@ impl Identity {
     }
 
     /// The live minted token a handle's agent stands for; `None` (not authenticated) when its token was
-    /// deleted or tollgate no longer holds its secret. Revocation on roll and delete goes through the agents
-    /// table, so the cache drops a handle as it drops any revoked agent.
+    /// deleted, tollgate no longer holds its secret, or its minter is revoked or expired. Revocation on roll
+    /// and delete (and the minter's) goes through the agents table, so the cache drops a handle as it drops
+    /// any revoked agent.
     async fn minted_of(&self, row: &AgentRow) -> Result<Option<Minted>, StoreError> {
+        let minter_live = match row.minted_by {
+            Some(minter) => self.store.agent_by_id(minter).await?.is_some_and(|m| {
+                m.status == "active" && m.expires_at.is_none_or(|t| t > Utc::now())
+            }),
+            None => false,
+        };
+        if !minter_live {
+            return Ok(None);
+        }
         let Some(token) = self.store.minted_token_by_handle(row.id).await? else {
             return Ok(None);
         };

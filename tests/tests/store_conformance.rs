@@ -1546,6 +1546,11 @@ async fn minted_tokens_are_recorded_rolled_and_deleted_with_their_handles(store:
         .unwrap()
         .unwrap();
     assert_eq!(by_handle.token_id, "tok-1");
+    assert_eq!(
+        store.agent_by_id(minter.id).await.unwrap().unwrap().name,
+        "deployer"
+    );
+    assert!(store.agent_by_id(Uuid::now_v7()).await.unwrap().is_none());
     let child = store
         .agent_by_key_hash(&first.key_hash)
         .await

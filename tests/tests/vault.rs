@@ -416,6 +416,18 @@ async fn roll_delete_and_expiry_end_a_handle() {
     assert!(row.get::<bool, _>("deleted"));
     assert!(row.get::<Option<Vec<u8>>, _>("secret_ciphertext").is_none());
 
+    // Another agent's revocation leaves a handle alone.
+    let (_, created) = w
+        .create_token(&w.deployer, "kept", "2099-01-01T00:00:00Z")
+        .await;
+    let kept = handle_of(&created);
+    assert_eq!(w.read(&kept, "/cloudflare/client/v4/zones").await.0, 200);
+    let other = w.gate.create_agent("other", &[]).await.unwrap();
+    let (ok, _, err) = w.gate.cli(&["agents", "revoke", "other"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(w.read_until(&other, 401).await, 401);
+    assert_eq!(w.read(&kept, "/cloudflare/client/v4/zones").await.0, 200);
+
     // Expiry: the handle ends with the token's `expires_on`.
     let soon = (chrono::Utc::now() + chrono::Duration::seconds(2))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -425,6 +437,15 @@ async fn roll_delete_and_expiry_end_a_handle() {
     assert_eq!(w.read(&brief, "/cloudflare/client/v4/zones").await.0, 200);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(w.read(&brief, "/cloudflare/client/v4/zones").await.0, 401);
+
+    // Revoking the minter ends its handles too.
+    let (ok, _, err) = w.gate.cli(&["agents", "revoke", "deployer"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(
+        w.read_until(&kept, 401).await,
+        401,
+        "the revoked minter's handle"
+    );
 }
 
 #[tokio::test]

@@ -112,6 +112,10 @@ impl Store {
         dispatch!(self, s => s.agent_by_key_hash(key_hash).await)
     }
 
+    pub async fn agent_by_id(&self, id: Uuid) -> Result<Option<AgentRow>, StoreError> {
+        dispatch!(self, s => s.agent_by_id(id).await)
+    }
+
     pub async fn list_agents(&self) -> Result<Vec<AgentRow>, StoreError> {
         dispatch!(self, s => s.list_agents().await)
     }

@@ -146,6 +146,15 @@ impl SqliteStore {
         row.map(|r| agent_from_row(&r)).transpose()
     }
 
+    pub async fn agent_by_id(&self, id: Uuid) -> Result<Option<AgentRow>, StoreError> {
+        let sql = format!("SELECT {} FROM agents WHERE id = ?", Self::AGENT_COLUMNS);
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| agent_from_row(&r)).transpose()
+    }
+
     pub async fn list_agents(&self) -> Result<Vec<AgentRow>, StoreError> {
         let sql = format!("SELECT {} FROM agents ORDER BY name", Self::AGENT_COLUMNS);
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
