@@ -232,6 +232,11 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
              shared by all replicas"
         ),
     }
+    // Vault mode without a usable key is refused here as well as by `serve`'s own check.
+    let vault = Arc::new(
+        crate::vault::Vault::from_config(&config.vault)
+            .map_err(|errors| anyhow::anyhow!(errors.join("\n")))?,
+    );
     let metrics = Arc::new(Metrics::new());
     let policy = Arc::new(load_policy(&config).map_err(anyhow::Error::msg)?);
     // Every configured provider has a usage series from the start; the store probe keeps it current.
@@ -286,6 +291,8 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         engine_checks: Arc::new(tokio::sync::Semaphore::new(
             crate::proxy::ENGINE_CHECKS_AT_ONCE,
         )),
+        vault,
+        store: store.clone(),
     });
     let draining = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(Admin {

@@ -190,7 +190,7 @@ impl Approvals {
             .open_approval_capped(&row, i64::from(self.max_pending_per_agent))
             .await?
         {
-            Opened::Approval(row) => Ok(row),
+            Opened::Approval(row) => Ok(*row),
             Opened::TooMany(n) => Err(RequestError::TooManyPending(n)),
         }
     }

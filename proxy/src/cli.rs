@@ -985,6 +985,9 @@ fn check_config(cli: &Cli, strict: bool) -> ExitCode {
         if let Err(e) = config.check_serveable() {
             problems.extend(e.0);
         }
+        if let Err(errors) = crate::vault::Vault::from_config(&config.vault) {
+            problems.extend(errors);
+        }
         match crate::app::load_policy(config) {
             Ok(handle) => {
                 let live = handle.current();
@@ -1043,6 +1046,11 @@ async fn serve(cli: &Cli, migrate: bool) -> anyhow::Result<ExitCode> {
     let store = connect(&config).await?;
     if store.is_embedded() {
         store.lock_for_serving()?;
+    }
+    // Vault mode (the default) keeps minted tokens' secrets sealed under its key: without a usable key it
+    // would have to hand agents the secrets, so it does not start.
+    if let Err(errors) = crate::vault::Vault::from_config(&config.vault) {
+        anyhow::bail!("{}", errors.join("\n"));
     }
     // The embedded file is created and migrated on start; Postgres is migrated on request (a deploy step).
     if migrate || config.database.migrate_on_start || store.is_embedded() {

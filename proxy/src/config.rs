@@ -98,6 +98,30 @@ pub struct RawConfig {
     pub console: RawConsole,
     #[serde(default)]
     pub notifications: RawNotifications,
+    #[serde(default)]
+    pub vault: RawVault,
+}
+
+/// `[vault]`: minted tokens' secrets stay behind the gate (`vault.rs`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVault {
+    /// Vault mode (default true): agents get a handle where a token's secret would be.
+    pub enabled: Option<bool>,
+    /// One key: the environment variable holding it (default `TOLLGATE_VAULT_KEY`), key id "k1".
+    pub key_env: Option<String>,
+    /// Several keys for rotation, instead of `key_env`: the first seals, all open.
+    pub keys: Option<Vec<RawVaultKey>>,
+    /// Agents with any of these labels (`key=value`) get the real secret (e.g. a CI system whose token must
+    /// leave); the choice is recorded on the minted token's row.
+    pub pass_through_labels: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVaultKey {
+    pub id: String,
+    pub env: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -227,6 +251,30 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     pub console: ConsoleConfig,
     pub notifications: NotificationsConfig,
+    pub vault: VaultConfig,
+}
+
+/// Where the vault key is read from unless `[vault]` says otherwise.
+pub const DEFAULT_VAULT_KEY_ENV: &str = "TOLLGATE_VAULT_KEY";
+/// The id of the one key `vault.key_env` names (what a later `keys = [...]` list must call it to keep
+/// opening what it sealed).
+pub const DEFAULT_VAULT_KEY_ID: &str = "k1";
+
+/// `[vault]`, checked. The keys' values are checked (base64 of 32 bytes) by `vault::Vault::from_config`,
+/// which `serve` and `check-config` run.
+#[derive(Debug, Clone)]
+pub struct VaultConfig {
+    pub enabled: bool,
+    /// The first seals; all open.
+    pub keys: Vec<VaultKeyConfig>,
+    pub pass_through_labels: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VaultKeyConfig {
+    pub id: String,
+    pub env: String,
+    pub secret: Option<SecretString>,
 }
 
 /// The reviewer console (`console.rs`).
@@ -803,6 +851,8 @@ impl Config {
         if max_pending_per_agent == 0 || max_pending_per_agent > 10_000 {
             errors.push("approvals.max_pending_per_agent must be between 1 and 10000".to_string());
         }
+        let vault = check_vault(raw.vault, env, &mut errors);
+
         let session_hours = raw.console.session_hours.unwrap_or(8);
         if session_hours == 0 || session_hours > 7 * 24 {
             errors.push("console.session_hours must be between 1 and 168 (a week)".to_string());
@@ -871,6 +921,7 @@ impl Config {
                     .map(|(scheme, authority)| format!("{scheme}://{authority}")),
             },
             notifications,
+            vault,
         })
     }
 
@@ -906,6 +957,54 @@ impl Config {
         } else {
             Err(ConfigErrors(errors))
         }
+    }
+}
+
+/// Checks `[vault]`: one of `key_env` or `keys`, unique key ids, labels written `key=value`.
+fn check_vault(
+    raw: RawVault,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<String>,
+) -> VaultConfig {
+    let keys = match (raw.key_env, raw.keys) {
+        (Some(_), Some(_)) => {
+            errors.push("vault: set either key_env or keys, not both".to_string());
+            Vec::new()
+        }
+        (_, Some(keys)) => keys.into_iter().map(|k| (k.id, k.env)).collect::<Vec<_>>(),
+        (key_env, None) => vec![(
+            DEFAULT_VAULT_KEY_ID.to_string(),
+            key_env.unwrap_or_else(|| DEFAULT_VAULT_KEY_ENV.to_string()),
+        )],
+    };
+    let mut ids = std::collections::BTreeSet::new();
+    for (id, _) in &keys {
+        if id.is_empty() || !ids.insert(id.clone()) {
+            errors.push(format!("vault.keys: key id '{id}' is empty or repeated"));
+        }
+    }
+    let mut pass_through_labels = Vec::new();
+    for label in raw.pass_through_labels.unwrap_or_default() {
+        match label.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                pass_through_labels.push((k.to_string(), v.to_string()))
+            }
+            _ => errors.push(format!(
+                "vault.pass_through_labels: '{label}' is not written key=value"
+            )),
+        }
+    }
+    VaultConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        keys: keys
+            .into_iter()
+            .map(|(id, var)| VaultKeyConfig {
+                secret: env(&var).filter(|v| !v.is_empty()).map(SecretString::from),
+                id,
+                env: var,
+            })
+            .collect(),
+        pass_through_labels,
     }
 }
 
@@ -1403,6 +1502,48 @@ mod tests {
         );
         let e = c.check_serveable().unwrap_err().to_string();
         assert!(e.contains("SIEM_URL") && e.contains("SIEM_SECRET"), "{e}");
+    }
+
+    #[test]
+    fn vault_keys_and_pass_through_labels() {
+        // Default: one key from TOLLGATE_VAULT_KEY, id k1, vault mode on.
+        let c = load("", &[("TOLLGATE_VAULT_KEY", "a2V5")]).unwrap();
+        assert!(c.vault.enabled);
+        assert_eq!(c.vault.keys.len(), 1);
+        assert_eq!(
+            (c.vault.keys[0].id.as_str(), c.vault.keys[0].env.as_str()),
+            ("k1", "TOLLGATE_VAULT_KEY")
+        );
+        assert!(c.vault.keys[0].secret.is_some());
+        // A rotation list: order kept, first seals.
+        let c = load(
+            "[vault]\nkeys = [{ id = \"k2\", env = \"V2\" }, { id = \"k1\", env = \"V1\" }]\npass_through_labels = [\"ci=true\"]\n",
+            &[],
+        )
+        .unwrap();
+        let ids: Vec<&str> = c.vault.keys.iter().map(|k| k.id.as_str()).collect();
+        assert_eq!(ids, ["k2", "k1"]);
+        assert!(c.vault.keys.iter().all(|k| k.secret.is_none()));
+        assert_eq!(
+            c.vault.pass_through_labels,
+            vec![("ci".to_string(), "true".to_string())]
+        );
+        // The vault names the missing variable; vault mode off needs none.
+        let errors = crate::vault::Vault::from_config(&c.vault)
+            .err()
+            .unwrap()
+            .join("\n");
+        assert!(errors.contains("V2") && errors.contains("V1"), "{errors}");
+        let off = load("[vault]\nenabled = false\n", &[]).unwrap();
+        assert!(crate::vault::Vault::from_config(&off.vault).is_ok());
+        for bad in [
+            "[vault]\nkey_env = \"A\"\nkeys = [{ id = \"k1\", env = \"B\" }]\n",
+            "[vault]\nkeys = [{ id = \"k1\", env = \"A\" }, { id = \"k1\", env = \"B\" }]\n",
+            "[vault]\npass_through_labels = [\"ci\"]\n",
+            "[vault]\npass_through = true\n",
+        ] {
+            assert!(load(bad, &[]).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -63,6 +63,15 @@ pub struct Permit {
     query: Option<String>,
 }
 
+/// The credential a forwarded request carries upstream.
+pub enum Credential {
+    /// tollgate's own, from `providers.<p>.credential`.
+    Provider,
+    /// A token minted through tollgate and kept in its vault (the request came with its handle): the
+    /// provider enforces the token's own permissions too. Marked sensitive.
+    Minted(HeaderValue),
+}
+
 /// Where a permitted request goes.
 pub struct Target<'a> {
     pub provider: &'a str,
@@ -184,6 +193,7 @@ impl Forwarder {
     pub async fn forward(
         &self,
         permit: &Permit,
+        credential: Credential,
         method: Method,
         headers: &HeaderMap,
         body: Bytes,
@@ -192,9 +202,13 @@ impl Forwarder {
         let Some(upstream) = self.upstreams.get(&permit.provider) else {
             return Err((UpstreamFailure::Connect, started.elapsed()));
         };
-        if upstream.authorization.is_none() {
-            return Err((UpstreamFailure::NoCredential, started.elapsed()));
-        }
+        let authorization = match credential {
+            Credential::Minted(value) => value,
+            Credential::Provider => match &upstream.authorization {
+                Some(value) => value.clone(),
+                None => return Err((UpstreamFailure::NoCredential, started.elapsed())),
+            },
+        };
         let uri = match target_uri(&upstream.base, &permit.path, permit.query.as_deref()) {
             Some(u) => u,
             None => return Err((UpstreamFailure::Connect, started.elapsed())),
@@ -203,11 +217,9 @@ impl Forwarder {
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = upstream_request_headers(headers);
-        if let Some(auth) = &upstream.authorization {
-            request
-                .headers_mut()
-                .insert(header::AUTHORIZATION, auth.clone());
-        }
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, authorization);
         match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Err(_) => Err((UpstreamFailure::Timeout, started.elapsed())),
             Ok(Err(e)) if e.is_connect() => {
@@ -272,6 +284,14 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
         .map(|t| t.trim().to_ascii_lowercase())
         .filter(|t| !t.is_empty())
         .collect()
+}
+
+/// The forwarded headers of a request whose answer tollgate must read (a token action's): without
+/// `Accept-Encoding`, so the provider answers in plain bytes.
+pub fn identity_encoded(headers: &HeaderMap) -> HeaderMap {
+    let mut out = headers.clone();
+    out.remove(header::ACCEPT_ENCODING);
+    out
 }
 
 /// Removes hop-by-hop headers from an upstream response before it goes back to the agent.

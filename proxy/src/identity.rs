@@ -18,7 +18,8 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::store::{AgentRow, Store, StoreError};
+use crate::store::{AgentRow, MintedStatus, Store, StoreError};
+use crate::vault::Minted;
 
 pub const KEY_PREFIX: &str = "tg_";
 /// 40 base62 characters: about 238 bits of randomness.
@@ -41,6 +42,9 @@ pub struct Agent {
     pub labels: BTreeMap<String, String>,
     #[serde(skip)]
     pub expires_at: Option<DateTime<Utc>>,
+    /// For a handle (vault mode): the minted token it stands for, and who minted it.
+    #[serde(skip)]
+    pub minted: Option<Arc<Minted>>,
 }
 
 /// A freshly generated agent key. Shown once to the operator, then only its hash exists.
@@ -167,7 +171,7 @@ pub fn presented_key(headers: &http::HeaderMap) -> Option<String> {
 }
 
 impl Agent {
-    fn from_row(row: AgentRow) -> Agent {
+    fn from_row(row: AgentRow, minted: Option<Arc<Minted>>) -> Agent {
         let labels = match row.labels {
             serde_json::Value::Object(map) => map
                 .into_iter()
@@ -182,6 +186,7 @@ impl Agent {
             scopes: row.scopes,
             labels,
             expires_at: row.expires_at,
+            minted,
         }
     }
 
@@ -222,9 +227,14 @@ impl Identity {
             Some(entry) => entry,
             None => {
                 let row = self.store.agent_by_key_hash(&hash).await?;
-                let agent = row
-                    .filter(|r| r.status == "active")
-                    .map(|r| Arc::new(Agent::from_row(r)));
+                let agent = match row.filter(|r| r.status == "active") {
+                    None => None,
+                    Some(r) if r.minted_by.is_some() => self
+                        .minted_of(&r)
+                        .await?
+                        .map(|m| Arc::new(Agent::from_row(r, Some(Arc::new(m))))),
+                    Some(r) => Some(Arc::new(Agent::from_row(r, None))),
+                };
                 let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
                 cache.admit(generation, hash, agent.clone());
                 agent
@@ -234,6 +244,39 @@ impl Identity {
             Some(a) if a.is_live(Utc::now()) => Ok(a),
             _ => Err(AuthError::Unauthenticated),
         }
+    }
+
+    /// The live minted token a handle's agent stands for; `None` (not authenticated) when its token was
+    /// deleted, tollgate no longer holds its secret, or its minter is revoked or expired. Revocation on roll
+    /// and delete (and the minter's) goes through the agents table, so the cache drops a handle as it drops
+    /// any revoked agent.
+    async fn minted_of(&self, row: &AgentRow) -> Result<Option<Minted>, StoreError> {
+        let minter_live = match row.minted_by {
+            Some(minter) => self.store.agent_by_id(minter).await?.is_some_and(|m| {
+                m.status == "active" && m.expires_at.is_none_or(|t| t > Utc::now())
+            }),
+            None => false,
+        };
+        if !minter_live {
+            return Ok(None);
+        }
+        let Some(token) = self.store.minted_token_by_handle(row.id).await? else {
+            return Ok(None);
+        };
+        if !matches!(token.status, MintedStatus::Active | MintedStatus::Rolled) {
+            return Ok(None);
+        }
+        let Some(sealed) = token.sealed else {
+            return Ok(None);
+        };
+        Ok(Some(Minted {
+            provider: token.provider,
+            token_id: token.token_id,
+            policies: token.policies,
+            minted_by: row.minted_by.unwrap_or(token.minted_by),
+            minted_by_name: token.minted_by_name,
+            sealed,
+        }))
     }
 
     /// Checks the agents table's version and drops the cache when anything changed.
@@ -325,6 +368,8 @@ pub async fn create_agent(
         expires_at: new.expires_at,
         revoked_at: None,
         created_by: new.created_by,
+        minted_by: None,
+        minted_token_id: None,
     };
     store.insert_agent(&row).await?;
     Ok((row, key))
@@ -411,6 +456,7 @@ mod tests {
             scopes: vec![],
             labels: BTreeMap::new(),
             expires_at: None,
+            minted: None,
         }));
         // A lookup reads the store (the agent still active), a refresh then drops the cache because the
         // agent was revoked meanwhile: the stale row must not be cached.

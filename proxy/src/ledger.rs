@@ -356,6 +356,7 @@ mod tests {
             scopes: vec![],
             labels: Default::default(),
             expires_at: None,
+            minted: None,
         }
     }
 

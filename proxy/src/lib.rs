@@ -31,6 +31,7 @@ pub mod remote;
 pub mod reviewers;
 pub mod store;
 pub mod throttle;
+pub mod vault;
 
 /// The response header naming the decision record of every request.
 pub const DECISION_HEADER: http::HeaderName = http::HeaderName::from_static("tollgate-decision");

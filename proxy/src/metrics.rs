@@ -42,6 +42,8 @@ pub struct Metrics {
     pub policy_engine_checks_total: IntCounterVec,
     pub upstream_duration_seconds: HistogramVec,
     pub upstream_errors_total: IntCounterVec,
+    pub minted_tokens_total: IntCounterVec,
+    pub vault_handles_used_total: IntCounterVec,
     pub audit_queue_depth: IntGauge,
     pub audit_batch_size: Histogram,
     pub audit_commit_duration_seconds: Histogram,
@@ -138,6 +140,20 @@ impl Metrics {
                 "Upstream failures by kind (connect, timeout, io)",
             ),
             &["provider", "kind"],
+        )?;
+        let minted_tokens_total = IntCounterVec::new(
+            Opts::new(
+                "minted_tokens_total",
+                "Provider tokens created, rolled or deleted through tollgate, by who keeps the secret (vault, pass_through)",
+            ),
+            &["provider", "event", "custody"],
+        )?;
+        let vault_handles_used_total = IntCounterVec::new(
+            Opts::new(
+                "vault_handles_used_total",
+                "Requests forwarded with a minted token's secret because they came with its handle",
+            ),
+            &["provider"],
         )?;
         let audit_queue_depth =
             IntGauge::new("audit_queue_depth", "Records waiting for the audit writer")?;
@@ -244,6 +260,8 @@ impl Metrics {
         registry.register(Box::new(policy_engine_checks_total.clone()))?;
         registry.register(Box::new(upstream_duration_seconds.clone()))?;
         registry.register(Box::new(upstream_errors_total.clone()))?;
+        registry.register(Box::new(minted_tokens_total.clone()))?;
+        registry.register(Box::new(vault_handles_used_total.clone()))?;
         registry.register(Box::new(audit_queue_depth.clone()))?;
         registry.register(Box::new(audit_batch_size.clone()))?;
         registry.register(Box::new(audit_commit_duration_seconds.clone()))?;
@@ -284,6 +302,8 @@ impl Metrics {
             policy_engine_checks_total,
             upstream_duration_seconds,
             upstream_errors_total,
+            minted_tokens_total,
+            vault_handles_used_total,
             audit_queue_depth,
             audit_batch_size,
             audit_commit_duration_seconds,

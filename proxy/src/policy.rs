@@ -1067,14 +1067,26 @@ pub fn build_input(
     approval: Option<Value>,
     now: DateTime<Utc>,
 ) -> Value {
+    let mut agent_input = json!({
+        "id": agent.id.to_string(),
+        "name": agent.name,
+        "team": agent.team,
+        "scopes": agent.scopes,
+        "labels": agent.labels,
+    });
+    // A handle (vault mode) is judged as the agent that minted its token, with the token's own grant beside.
+    if let (Some(minted), Some(fields)) = (&agent.minted, agent_input.as_object_mut()) {
+        fields.insert(
+            "minted_by".into(),
+            Value::from(minted.minted_by_name.clone()),
+        );
+        fields.insert(
+            "token".into(),
+            json!({"id": minted.token_id, "policies": minted.policies}),
+        );
+    }
     json!({
-        "agent": {
-            "id": agent.id.to_string(),
-            "name": agent.name,
-            "team": agent.team,
-            "scopes": agent.scopes,
-            "labels": agent.labels,
-        },
+        "agent": agent_input,
         "run": {"id": run.id, "on_behalf_of": run.on_behalf_of},
         "request": request,
         "action": action,

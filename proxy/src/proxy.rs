@@ -27,14 +27,18 @@ use crate::canon;
 use crate::classify::{Action, Risk, WriteQuery};
 use crate::config::{Config, ProviderConfig};
 use crate::error::{Envelope, Refusal, RefusalCode};
-use crate::forward::{Forwarder, Permit, Target, UpstreamFailure};
+use crate::forward::{Credential, Forwarder, Permit, Target, UpstreamFailure};
 use crate::identity::{Agent, AuthError, Identity, presented_key};
 use crate::ledger::{self, Ledger, Settlement};
 use crate::metrics::{Metrics, status_class};
 use crate::policy::{
     Decision, Live, Outcome, PolicyError, PolicyHandle, RequestFacts, RunFacts, build_input,
 };
-use crate::store::{Idempotency, NewReservation, OutcomeRow, Reservation};
+use crate::store::{
+    AgentRow, Idempotency, MintedStatus, MintedTokenRow, NewReservation, OutcomeRow, Reservation,
+    Store, TokenRoll,
+};
+use crate::vault::{Custody, MintedResponse, TOKEN_RESPONSE_LIMIT, TokenEvent, Vault};
 
 /// Request headers that carry secrets: never in the policy input, never in a decision record.
 const SECRET_HEADERS: &[&str] = &[
@@ -57,6 +61,9 @@ const AGENT_DISCONNECTED: &str = "agent_disconnected";
 /// The outcome row's note for an allowed request that was not sent upstream (its agent had left); the
 /// lifecycle adds [`AGENT_DISCONNECTED`].
 const NOT_FORWARDED: &str = "not_forwarded";
+/// The outcome row's note for a token action's 2xx answer that the agent did not get, because its secret
+/// could not be kept in the vault.
+const MINTED_TOKEN_WITHHELD: &str = "minted_token_withheld";
 /// How long a refusal whose record failed waits before it is recorded again.
 const REFUSAL_RETRY_AFTER: Duration = Duration::from_millis(200);
 /// The longest a request is held open waiting for a reviewer, whatever the policy asks: agents' HTTP clients
@@ -65,6 +72,58 @@ const MAX_HOLD_SECONDS: u64 = 300;
 /// How long a policy evaluation may run on an async worker before it is handed to the blocking pool
 /// (see [`crate::policy::Bundle::evaluate_inline`]).
 const INLINE_POLICY_BUDGET: Duration = Duration::from_millis(1);
+/// The agent a handle stands for: a child of the minting agent with its scopes, team and labels, expiring
+/// with the token (or the minter, if sooner). Named `<minter>~<token id>` (a roll's adds a suffix, since
+/// the rolled-away handle keeps its name).
+fn handle_agent(
+    agent: &Agent,
+    created_by: Option<String>,
+    parent_id: Uuid,
+    parent_name: &str,
+    token_id: &str,
+    event: TokenEvent,
+    token_expires: Option<DateTime<Utc>>,
+) -> (AgentRow, crate::identity::AgentKey) {
+    let key = crate::identity::AgentKey::generate();
+    let id = Uuid::now_v7();
+    let name = match event {
+        TokenEvent::Rolled => {
+            let simple = id.simple().to_string();
+            format!("{parent_name}~{token_id}~{}", &simple[simple.len() - 8..])
+        }
+        _ => format!("{parent_name}~{token_id}"),
+    };
+    let expires_at = match (agent.expires_at, token_expires) {
+        (Some(a), Some(t)) => Some(a.min(t)),
+        (a, t) => a.or(t),
+    };
+    let row = AgentRow {
+        id,
+        name,
+        team: agent.team.clone(),
+        scopes: agent.scopes.clone(),
+        labels: serde_json::to_value(&agent.labels).unwrap_or_default(),
+        key_hash: key.hash(),
+        key_prefix: key.display_prefix(),
+        status: "active".to_string(),
+        created_at: Utc::now(),
+        expires_at,
+        revoked_at: None,
+        created_by,
+        minted_by: Some(parent_id),
+        minted_token_id: Some(token_id.to_string()),
+    };
+    (row, key)
+}
+
+fn body_text(body: &Value, field: &str) -> Option<String> {
+    body.get(field).and_then(Value::as_str).map(str::to_string)
+}
+
+fn body_time(body: &Value, field: &str) -> Option<DateTime<Utc>> {
+    body_text(body, field).and_then(|t| crate::vault::parse_time(&t))
+}
+
 /// Longest accepted `Tollgate-Run` / `Tollgate-On-Behalf-Of`.
 const ATTRIBUTION_MAX: usize = 256;
 
@@ -85,6 +144,10 @@ pub struct Gate {
     pub stored: crate::throttle::StoredBytes,
     /// Engine checks running now (at most [`ENGINE_CHECKS_AT_ONCE`]).
     pub engine_checks: Arc<tokio::sync::Semaphore>,
+    /// Minted tokens' secrets (vault mode) and who keeps them.
+    pub vault: Arc<Vault>,
+    /// Where minted tokens and their handles' agents are recorded.
+    pub store: Store,
 }
 
 /// How many requests each agent has in tollgate right now.
@@ -209,6 +272,9 @@ struct Intake<'g> {
     facts: RequestFacts,
     /// The body exactly as received, forwarded untouched.
     bytes: Bytes,
+    /// For a request that came with a handle (vault mode): the minted token's `Authorization`, sent instead
+    /// of tollgate's own credential.
+    minted_credential: Option<HeaderValue>,
 }
 
 impl Intake<'_> {
@@ -389,6 +455,33 @@ impl Gate {
             }
         };
         draft.agent = Some(agent.clone());
+        // A handle stands for a token of the provider that minted it, and for nothing else.
+        let minted_credential = match &agent.minted {
+            None => None,
+            Some(minted) if minted.provider != provider.name => {
+                return Err(Refusal::new(
+                    RefusalCode::AgentUnauthenticated,
+                    format!(
+                        "tollgate: this key is a handle of a {} token; it works only for /{}",
+                        minted.provider, minted.provider
+                    ),
+                ));
+            }
+            Some(minted) => {
+                let opened = self
+                    .vault
+                    .open(&minted.provider, &minted.token_id, &minted.sealed)
+                    .ok()
+                    .and_then(|secret| secret.bearer());
+                match opened {
+                    Some(value) => Some(value),
+                    None => {
+                        tracing::error!(token_id = %minted.token_id, "a handle's sealed secret does not open with the configured vault keys");
+                        return Err(Refusal::store_unavailable());
+                    }
+                }
+            }
+        };
         if self.frozen.load(Ordering::Acquire) {
             return Err(Refusal::new(
                 RefusalCode::Frozen,
@@ -485,6 +578,7 @@ impl Gate {
             headers,
             facts,
             bytes,
+            minted_credential,
         })
     }
 
@@ -894,14 +988,31 @@ impl Gate {
                 outcome: None,
             };
         };
-        let forwarded_headers = intake.headers.forwarded(&parts.headers);
+        let token_event = TokenEvent::of_action(&intake.action.name);
+        let mut forwarded_headers = intake.headers.forwarded(&parts.headers);
+        if token_event.is_some() {
+            // The answer is read for the token it mints: it must come in plain bytes.
+            forwarded_headers =
+                std::borrow::Cow::Owned(crate::forward::identity_encoded(&forwarded_headers));
+        }
+        let credential = match &intake.minted_credential {
+            Some(value) => {
+                self.metrics
+                    .vault_handles_used_total
+                    .with_label_values(&[&provider.name])
+                    .inc();
+                Credential::Minted(value.clone())
+            }
+            None => Credential::Provider,
+        };
         let result = self
             .forwarder
             .forward(
                 &permit,
+                credential,
                 parts.method.clone(),
                 &forwarded_headers,
-                intake.bytes,
+                intake.bytes.clone(),
             )
             .await;
         // A 4xx is a refusal only in the provider's own envelope: read it (small) before settling.
@@ -972,7 +1083,7 @@ impl Gate {
         match result {
             Ok((response, latency, _)) => {
                 let status = response.status().as_u16();
-                let outcome = OutcomeRow {
+                let mut outcome = OutcomeRow {
                     decision_id: permit.decision_id(),
                     at: Utc::now(),
                     upstream_status: Some(i32::from(status)),
@@ -985,8 +1096,19 @@ impl Gate {
                     .with_label_values(&[&draft.provider, status_class(status)])
                     .observe(latency.as_secs_f64());
                 self.count(draft, "allow", None);
+                // a token action's answer: the token recorded and, in vault mode, its secret kept
+                let mut response = match token_event {
+                    Some(event) if (200..300).contains(&status) => {
+                        self.keep_minted_token(draft, &intake, event, response)
+                            .await
+                    }
+                    _ => response,
+                };
+                if response.status().as_u16() != status {
+                    // The provider acted, but its answer was withheld (vault mode): say so in the outcome.
+                    outcome.error = Some(MINTED_TOKEN_WITHHELD.to_string());
+                }
                 // respond (the agent sees its own Idempotency-Key, not the namespaced one)
-                let mut response = response;
                 intake.headers.restore_key(response.headers_mut());
                 insert_decision_header(response.headers_mut(), draft.id);
                 Finished {
@@ -1045,6 +1167,198 @@ impl Gate {
                 Finished {
                     response: refusal.into_response(draft.envelope, draft.id),
                     outcome: Some(outcome),
+                }
+            }
+        }
+    }
+
+    /// A token action's 2xx answer: the token recorded in `minted_tokens` and, when tollgate keeps custody
+    /// (vault mode), its secret sealed and replaced by a handle, a key of a new child agent of the minter.
+    /// Only these answers are read (at most [`TOKEN_RESPONSE_LIMIT`]). When the secret cannot be kept — an
+    /// answer of another shape, a store failure — the agent gets an error, never the secret.
+    async fn keep_minted_token(
+        &self,
+        draft: &Draft,
+        intake: &Intake<'_>,
+        event: TokenEvent,
+        response: Response<Body>,
+    ) -> Response<Body> {
+        let provider = intake.provider.name.as_str();
+        let custody = self.vault.custody_for(&intake.agent.labels);
+        let withheld = |message: &str| {
+            self.metrics
+                .upstream_errors_total
+                .with_label_values(&[provider, "token_answer"])
+                .inc();
+            Refusal::new(RefusalCode::UpstreamError, format!("tollgate: {message}"))
+                .not_retryable()
+                .into_response(draft.envelope, draft.id)
+        };
+        let (mut head, body) = response.into_parts();
+        let limited = http_body_util::Limited::new(body, TOKEN_RESPONSE_LIMIT);
+        let bytes = match tokio::time::timeout(
+            self.config.server.upstream_timeout,
+            limited.collect(),
+        )
+        .await
+        {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            _ => {
+                tracing::error!(decision_id = %draft.id, action = %intake.action.name, "the provider's answer to a token action could not be read");
+                return withheld(
+                    "the provider's answer to this token action could not be read; the action may have taken effect",
+                );
+            }
+        };
+        head.headers.remove(http::header::CONTENT_LENGTH);
+        let pass = |bytes: Bytes| Response::from_parts(head.clone(), Body::from(bytes));
+        let parsed = MintedResponse::parse(event, &bytes);
+        let path_token = intake.action.params.get("token_id").cloned();
+        let now = Utc::now();
+        let (parent_id, parent_name) = match &intake.agent.minted {
+            Some(m) => (m.minted_by, m.minted_by_name.clone()),
+            None => (intake.agent.id, intake.agent.name.clone()),
+        };
+        let count = |custody: Custody| {
+            self.metrics
+                .minted_tokens_total
+                .with_label_values(&[
+                    provider,
+                    event.as_str(),
+                    match custody {
+                        Custody::Vault => "vault",
+                        Custody::PassThrough => "pass_through",
+                    },
+                ])
+                .inc();
+        };
+        match event {
+            TokenEvent::Deleted => {
+                let Some(token_id) = path_token else {
+                    return pass(bytes);
+                };
+                match self
+                    .store
+                    .delete_minted_token(provider, &token_id, draft.id, now)
+                    .await
+                {
+                    Ok(_) => count(custody),
+                    Err(e) => {
+                        tracing::error!(error = %e, %token_id, decision_id = %draft.id, "recording a deleted token failed; its handle may still work until it is revoked");
+                    }
+                }
+                pass(bytes)
+            }
+            TokenEvent::Created | TokenEvent::Rolled => {
+                let token_id = match event {
+                    TokenEvent::Created => parsed.as_ref().and_then(|p| p.token_id.clone()),
+                    _ => path_token,
+                };
+                // An answer with nothing secret in it (a create's `result` without `value`) is passed on.
+                let no_secret = parsed.as_ref().is_some_and(|p| p.secret().is_none());
+                let (Some(parsed), Some(token_id)) = (parsed, token_id) else {
+                    if custody == Custody::PassThrough || no_secret {
+                        tracing::warn!(decision_id = %draft.id, "a token action's answer is not the expected shape; passed through unrecorded");
+                        return pass(bytes);
+                    }
+                    tracing::error!(decision_id = %draft.id, action = %intake.action.name, "a token action's answer is not the expected shape; its secret is withheld");
+                    return withheld(
+                        "the provider's answer to this token action is not the expected shape, so its secret is withheld (vault mode); the token may exist",
+                    );
+                };
+                let (sealed, handle, key) = match (custody, parsed.secret()) {
+                    (Custody::Vault, Some(secret)) => {
+                        let sealed = match self.vault.seal(provider, &token_id, secret) {
+                            Ok(sealed) => sealed,
+                            Err(e) => {
+                                tracing::error!(error = %e, %token_id, "sealing a minted token's secret failed; withheld");
+                                return withheld(
+                                    "the minted token's secret could not be stored, so it is withheld (vault mode); delete the token",
+                                );
+                            }
+                        };
+                        // Separation of duties carries over: whoever created the minter may not approve
+                        // its handle's requests either.
+                        let created_by = match self.store.agent_created_by(parent_id).await {
+                            Ok(created_by) => created_by,
+                            Err(e) => {
+                                tracing::error!(error = %e, %token_id, "reading the minter failed; the secret is withheld");
+                                return withheld(
+                                    "the minted token could not be recorded, so its secret is withheld (vault mode); delete the token",
+                                );
+                            }
+                        };
+                        let (row, key) = handle_agent(
+                            &intake.agent,
+                            created_by,
+                            parent_id,
+                            &parent_name,
+                            &token_id,
+                            event,
+                            parsed
+                                .expires_on
+                                .or_else(|| body_time(&intake.facts.body, "expires_on")),
+                        );
+                        (Some(sealed), Some(row), Some(key))
+                    }
+                    _ => (None, None, None),
+                };
+                let recorded = match event {
+                    TokenEvent::Created => {
+                        let row = MintedTokenRow {
+                            provider: provider.to_string(),
+                            token_id: token_id.clone(),
+                            name: body_text(&intake.facts.body, "name").or(parsed.name.clone()),
+                            policies: intake
+                                .facts
+                                .body
+                                .get("policies")
+                                .cloned()
+                                .unwrap_or(Value::Null),
+                            expires_on: body_time(&intake.facts.body, "expires_on")
+                                .or(parsed.expires_on),
+                            status: MintedStatus::Active,
+                            custody,
+                            minted_by: parent_id,
+                            minted_by_name: parent_name.clone(),
+                            decision_id: draft.id,
+                            last_decision_id: draft.id,
+                            handle_agent_id: handle.as_ref().map(|h| h.id),
+                            sealed,
+                            rolls: 0,
+                            created_at: now,
+                            rolled_at: None,
+                            deleted_at: None,
+                        };
+                        self.store.record_minted_token(&row, handle.as_ref()).await
+                    }
+                    _ => {
+                        let roll = TokenRoll {
+                            provider,
+                            token_id: &token_id,
+                            custody,
+                            sealed,
+                            handle: handle.as_ref(),
+                            decision_id: draft.id,
+                            agent_id: parent_id,
+                            agent_name: &parent_name,
+                            at: now,
+                        };
+                        self.store.roll_minted_token(&roll).await
+                    }
+                };
+                if let Err(e) = recorded {
+                    tracing::error!(error = %e, %token_id, decision_id = %draft.id, "recording a minted token failed");
+                    if key.is_some() {
+                        return withheld(
+                            "the minted token could not be recorded, so its secret is withheld (vault mode); delete the token",
+                        );
+                    }
+                }
+                count(custody);
+                match key {
+                    Some(key) => pass(parsed.with_handle(event, key.expose())),
+                    None => pass(bytes),
                 }
             }
         }

@@ -23,6 +23,10 @@ pub const ADMIN_TOKEN: &str = "admin-test-token-51aa0c";
 pub const WEBHOOK_SECRET: &str = "webhook-test-secret-0b77d9e4";
 /// The key recorded secrets are hashed with (HMAC-SHA256) in every fixture.
 pub const REDACTION_KEY: &str = "redaction-test-key-3c9e02";
+/// The vault key (`TOLLGATE_VAULT_KEY`, base64 of 32 bytes) every fixture runs with.
+pub const VAULT_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+/// A second vault key (`TOLLGATE_VAULT_KEY_2`) for rotation tests.
+pub const VAULT_KEY_2: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
 
 /// The `tollgate` binary built for this profile.
 pub fn binary() -> anyhow::Result<PathBuf> {
@@ -294,6 +298,8 @@ fn command(dir: &Path) -> anyhow::Result<Command> {
         .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("TOLLGATE_REDACTION_KEY", REDACTION_KEY)
         .env("TOLLGATE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+        .env("TOLLGATE_VAULT_KEY", VAULT_KEY)
+        .env("TOLLGATE_VAULT_KEY_2", VAULT_KEY_2)
         .env("RUST_LOG", "info");
     Ok(cmd)
 }

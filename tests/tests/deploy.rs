@@ -169,6 +169,13 @@ fn secret_vars(config: &toml::Table) -> BTreeSet<String> {
         .and_then(|t| t.as_str())
         .expect("admin.token_env");
     out.insert(token_env.to_string());
+    // Vault mode is on by default and needs its key.
+    let vault_env = config
+        .get("vault")
+        .and_then(|v| v.get("key_env"))
+        .and_then(|k| k.as_str())
+        .expect("vault.key_env");
+    out.insert(vault_env.to_string());
     out
 }
 
@@ -286,7 +293,8 @@ fn bundle_revision(policy_dir: &Path) -> String {
         .current_dir(dir.path())
         .env("TOLLGATE_POLICY__DIR", policy_dir)
         .env("CLOUDFLARE_API_TOKEN", "x")
-        .env("STRIPE_SECRET_KEY", "y");
+        .env("STRIPE_SECRET_KEY", "y")
+        .env("TOLLGATE_VAULT_KEY", tollgate_tests::tollgate::VAULT_KEY);
     let out = output_of(check, "check-config on the repository's policies/");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -1508,6 +1516,10 @@ fn test_secrets(database_url: &str) -> BTreeMap<&'static str, String> {
         (
             "TOLLGATE_REDACTION_KEY",
             "redaction-deploy-test".to_string(),
+        ),
+        (
+            "TOLLGATE_VAULT_KEY",
+            tollgate_tests::tollgate::VAULT_KEY.to_string(),
         ),
     ])
 }

@@ -334,6 +334,7 @@ decision := {"outcome": "deny", "reasons": [{"rule": "t.malformed", "message": "
             .args(args)
             .env("CLOUDFLARE_API_TOKEN", "cf-test-credential")
             .env("STRIPE_SECRET_KEY", "sk_test_credential")
+            .env("TOLLGATE_VAULT_KEY", tollgate_tests::tollgate::VAULT_KEY)
             .output()
             .unwrap()
     };

@@ -10,9 +10,10 @@ use tollgate::audit::{AuditWriter, DecisionRecord};
 use tollgate::metrics::Metrics;
 use tollgate::store::{
     AgentRow, ApprovalRow, ConsoleSessionRow, DecisionFilter, DeliveryAttempt, Idempotency,
-    ManualSettlement, NewNotification, NewReservation, NextStep, NotificationStatus, Opened,
-    Reservation, ReviewerRow, Store, StoreError, WindowKey,
+    ManualSettlement, MintedStatus, MintedTokenRow, NewNotification, NewReservation, NextStep,
+    NotificationStatus, Opened, Reservation, ReviewerRow, Store, StoreError, TokenRoll, WindowKey,
 };
+use tollgate::vault::{Custody, SealedSecret};
 use tollgate_tests::TestDatabase;
 use uuid::Uuid;
 
@@ -77,6 +78,7 @@ conformance!(
     notifications_queue_once_and_are_claimed_under_a_lease,
     twelve_concurrent_openers_get_exactly_the_cap_of_pending_approvals,
     notification_sweeps_see_pending_and_decided_approvals_and_the_freeze,
+    minted_tokens_are_recorded_rolled_and_deleted_with_their_handles,
 );
 
 fn agent(name: &str) -> AgentRow {
@@ -93,6 +95,8 @@ fn agent(name: &str) -> AgentRow {
         expires_at: Some(Utc::now() + Days::days(1)),
         revoked_at: None,
         created_by: None,
+        minted_by: None,
+        minted_token_id: None,
     }
 }
 
@@ -1522,4 +1526,203 @@ async fn twelve_concurrent_openers_get_exactly_the_cap_of_pending_approvals(stor
             .unwrap(),
         Opened::Approval(_)
     ));
+}
+
+/// A minted token and its handle's agent are recorded together; a roll revokes the old handle and stores
+/// the new one; a delete revokes the handle and drops the sealed secret; every change bumps the agents
+/// version, so every replica drops a revoked handle.
+async fn minted_tokens_are_recorded_rolled_and_deleted_with_their_handles(store: &Store) {
+    let minter = agent("deployer");
+    store.insert_agent(&minter).await.unwrap();
+    let handle = |name: &str| AgentRow {
+        minted_by: Some(minter.id),
+        minted_token_id: Some("tok-1".into()),
+        ..agent(name)
+    };
+    let sealed = |byte: u8| SealedSecret {
+        key_id: "k1".into(),
+        nonce: vec![byte; 12],
+        ciphertext: vec![byte; 40],
+    };
+    let first = handle("deployer~tok-1");
+    let decision = Uuid::now_v7();
+    let expires = Utc::now() + Days::days(2);
+    let row = MintedTokenRow {
+        provider: "cloudflare".into(),
+        token_id: "tok-1".into(),
+        name: Some("ci-deploy".into()),
+        policies: json!([{"effect": "allow", "permission_groups": [{"id": "4755a26eedb94da69e1066d98aa820be"}]}]),
+        expires_on: Some(expires),
+        status: MintedStatus::Active,
+        custody: Custody::Vault,
+        minted_by: minter.id,
+        minted_by_name: "deployer".into(),
+        decision_id: decision,
+        last_decision_id: decision,
+        handle_agent_id: Some(first.id),
+        sealed: Some(sealed(1)),
+        rolls: 0,
+        created_at: Utc::now(),
+        rolled_at: None,
+        deleted_at: None,
+    };
+    let v0 = store.agents_version().await.unwrap();
+    store.record_minted_token(&row, Some(&first)).await.unwrap();
+    assert!(store.agents_version().await.unwrap() > v0);
+    let stored = store
+        .minted_token("cloudflare", "tok-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.name.as_deref(), Some("ci-deploy"));
+    assert_eq!(stored.policies, row.policies);
+    assert_eq!(stored.status, MintedStatus::Active);
+    assert_eq!(stored.custody, Custody::Vault);
+    assert_eq!(stored.sealed, Some(sealed(1)));
+    assert_eq!(stored.handle_agent_id, Some(first.id));
+    assert_eq!(
+        stored.expires_on.map(|t| t.timestamp()),
+        Some(expires.timestamp())
+    );
+    assert_eq!(
+        stored.status_at(expires + Days::seconds(1)),
+        MintedStatus::Expired
+    );
+    let by_handle = store
+        .minted_token_by_handle(first.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_handle.token_id, "tok-1");
+    assert_eq!(
+        store.agent_by_id(minter.id).await.unwrap().unwrap().name,
+        "deployer"
+    );
+    assert!(store.agent_by_id(Uuid::now_v7()).await.unwrap().is_none());
+    let child = store
+        .agent_by_key_hash(&first.key_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(child.minted_by, Some(minter.id));
+    assert_eq!(child.minted_token_id.as_deref(), Some("tok-1"));
+    // The same token twice is a conflict, and the handle's agent is not left behind.
+    let twice = handle("deployer~tok-1-again");
+    assert!(matches!(
+        store.record_minted_token(&row, Some(&twice)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(
+        store
+            .agent_by_key_hash(&twice.key_hash)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Roll: the old handle is revoked, the new one stored.
+    let second = handle("deployer~tok-1~r1");
+    let roll_decision = Uuid::now_v7();
+    let v1 = store.agents_version().await.unwrap();
+    store
+        .roll_minted_token(&TokenRoll {
+            provider: "cloudflare",
+            token_id: "tok-1",
+            custody: Custody::Vault,
+            sealed: Some(sealed(2)),
+            handle: Some(&second),
+            decision_id: roll_decision,
+            agent_id: minter.id,
+            agent_name: "deployer",
+            at: Utc::now(),
+        })
+        .await
+        .unwrap();
+    assert!(store.agents_version().await.unwrap() > v1);
+    let old = store
+        .agent_by_key_hash(&first.key_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.status, "revoked");
+    let rolled = store
+        .minted_token("cloudflare", "tok-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rolled.status, MintedStatus::Rolled);
+    assert_eq!(rolled.rolls, 1);
+    assert!(rolled.rolled_at.is_some());
+    assert_eq!(rolled.sealed, Some(sealed(2)));
+    assert_eq!(rolled.handle_agent_id, Some(second.id));
+    assert_eq!(rolled.decision_id, decision);
+    assert_eq!(rolled.last_decision_id, roll_decision);
+    assert!(
+        store
+            .minted_token_by_handle(first.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // A roll of a token tollgate has no row for records one, minted by the rolling agent.
+    store
+        .roll_minted_token(&TokenRoll {
+            provider: "cloudflare",
+            token_id: "tok-elsewhere",
+            custody: Custody::PassThrough,
+            sealed: None,
+            handle: None,
+            decision_id: roll_decision,
+            agent_id: minter.id,
+            agent_name: "deployer",
+            at: Utc::now(),
+        })
+        .await
+        .unwrap();
+    let elsewhere = store
+        .minted_token("cloudflare", "tok-elsewhere")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(elsewhere.custody, Custody::PassThrough);
+    assert_eq!(elsewhere.minted_by_name, "deployer");
+    assert_eq!(elsewhere.sealed, None);
+
+    // Delete: the handle revoked, the secret dropped.
+    let delete_decision = Uuid::now_v7();
+    assert!(
+        store
+            .delete_minted_token("cloudflare", "tok-1", delete_decision, Utc::now())
+            .await
+            .unwrap()
+    );
+    let deleted = store
+        .minted_token("cloudflare", "tok-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(deleted.status, MintedStatus::Deleted);
+    assert_eq!(deleted.sealed, None);
+    assert!(deleted.deleted_at.is_some());
+    assert_eq!(deleted.last_decision_id, delete_decision);
+    let revoked = store
+        .agent_by_key_hash(&second.key_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.status, "revoked");
+    assert!(
+        !store
+            .delete_minted_token("cloudflare", "tok-unknown", delete_decision, Utc::now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .minted_token("stripe", "tok-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

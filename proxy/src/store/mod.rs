@@ -112,6 +112,10 @@ impl Store {
         dispatch!(self, s => s.agent_by_key_hash(key_hash).await)
     }
 
+    pub async fn agent_by_id(&self, id: Uuid) -> Result<Option<AgentRow>, StoreError> {
+        dispatch!(self, s => s.agent_by_id(id).await)
+    }
+
     pub async fn list_agents(&self) -> Result<Vec<AgentRow>, StoreError> {
         dispatch!(self, s => s.list_agents().await)
     }
@@ -124,6 +128,49 @@ impl Store {
     /// Who created the agent with this id (`agents.created_by`); `None` when unknown or not recorded.
     pub async fn agent_created_by(&self, id: Uuid) -> Result<Option<String>, StoreError> {
         dispatch!(self, s => s.agent_created_by(id).await)
+    }
+
+    /// Records a token minted through tollgate and, in vault mode, its handle's agent, in one transaction.
+    pub async fn record_minted_token(
+        &self,
+        row: &MintedTokenRow,
+        handle: Option<&AgentRow>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.record_minted_token(row, handle).await)
+    }
+
+    /// Records a roll: the token's old handle revoked, the new secret and handle stored, `rolled_at` set and
+    /// `rolls` counted (a token tollgate has no row for gets one, minted by the rolling agent).
+    pub async fn roll_minted_token(&self, roll: &TokenRoll<'_>) -> Result<(), StoreError> {
+        dispatch!(self, s => s.roll_minted_token(roll).await)
+    }
+
+    /// Marks a token deleted, drops its sealed secret and revokes its handle; false when tollgate has no row
+    /// for it.
+    pub async fn delete_minted_token(
+        &self,
+        provider: &str,
+        token_id: &str,
+        decision_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.delete_minted_token(provider, token_id, decision_id, at).await)
+    }
+
+    pub async fn minted_token(
+        &self,
+        provider: &str,
+        token_id: &str,
+    ) -> Result<Option<MintedTokenRow>, StoreError> {
+        dispatch!(self, s => s.minted_token(provider, token_id).await)
+    }
+
+    /// The token a handle's agent stands for.
+    pub async fn minted_token_by_handle(
+        &self,
+        agent_id: Uuid,
+    ) -> Result<Option<MintedTokenRow>, StoreError> {
+        dispatch!(self, s => s.minted_token_by_handle(agent_id).await)
     }
 
     pub async fn insert_reviewer(&self, reviewer: &ReviewerRow) -> Result<(), StoreError> {
@@ -537,13 +584,127 @@ pub struct AgentRow {
     pub revoked_at: Option<DateTime<Utc>>,
     /// Who created it: a reviewer's name (admin API) or `local:<user>` (CLI); `None` for agents from before.
     pub created_by: Option<String>,
+    /// For a handle's agent (vault mode): the agent that minted the token it stands for.
+    pub minted_by: Option<Uuid>,
+    /// For a handle's agent: the provider's id of the token it stands for.
+    pub minted_token_id: Option<String>,
+}
+
+/// A state of a minted token; its text form lives in [`MintedStatus::as_str`] and [`MintedStatus::parse`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MintedStatus {
+    Active,
+    /// Live, with a secret rolled at `rolled_at`.
+    Rolled,
+    Deleted,
+    Expired,
+}
+
+impl MintedStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MintedStatus::Active => "active",
+            MintedStatus::Rolled => "rolled",
+            MintedStatus::Deleted => "deleted",
+            MintedStatus::Expired => "expired",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<MintedStatus> {
+        Some(match text {
+            "active" => MintedStatus::Active,
+            "rolled" => MintedStatus::Rolled,
+            "deleted" => MintedStatus::Deleted,
+            "expired" => MintedStatus::Expired,
+            _ => return None,
+        })
+    }
+}
+
+fn custody_text(c: crate::vault::Custody) -> &'static str {
+    match c {
+        crate::vault::Custody::Vault => "vault",
+        crate::vault::Custody::PassThrough => "pass_through",
+    }
+}
+
+fn custody_parse(text: &str) -> Result<crate::vault::Custody, StoreError> {
+    match text {
+        "vault" => Ok(crate::vault::Custody::Vault),
+        "pass_through" => Ok(crate::vault::Custody::PassThrough),
+        other => Err(StoreError::Unavailable(sqlx::Error::Decode(
+            format!("unknown custody '{other}'").into(),
+        ))),
+    }
+}
+
+fn status_parse(text: &str) -> Result<MintedStatus, StoreError> {
+    MintedStatus::parse(text).ok_or_else(|| {
+        StoreError::Unavailable(sqlx::Error::Decode(
+            format!("unknown minted token status '{text}'").into(),
+        ))
+    })
+}
+
+/// A provider token minted through tollgate (`minted_tokens`). Its secret, if tollgate keeps it, is only
+/// ever here sealed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MintedTokenRow {
+    pub provider: String,
+    pub token_id: String,
+    pub name: Option<String>,
+    /// The policies the create request granted.
+    pub policies: Value,
+    pub expires_on: Option<DateTime<Utc>>,
+    pub status: MintedStatus,
+    pub custody: crate::vault::Custody,
+    pub minted_by: Uuid,
+    pub minted_by_name: String,
+    pub decision_id: Uuid,
+    /// The decision of the latest roll or delete (the create's until then).
+    pub last_decision_id: Uuid,
+    pub handle_agent_id: Option<Uuid>,
+    pub sealed: Option<crate::vault::SealedSecret>,
+    pub rolls: i64,
+    pub created_at: DateTime<Utc>,
+    pub rolled_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+impl MintedTokenRow {
+    /// The status as of `now`: a live token past its `expires_on` is expired.
+    pub fn status_at(&self, now: DateTime<Utc>) -> MintedStatus {
+        match self.status {
+            MintedStatus::Active | MintedStatus::Rolled
+                if self.expires_on.is_some_and(|t| t <= now) =>
+            {
+                MintedStatus::Expired
+            }
+            s => s,
+        }
+    }
+}
+
+/// A roll of a token's secret: the old handle (if any) is revoked, the new one (if any) takes its place.
+#[derive(Debug, Clone)]
+pub struct TokenRoll<'a> {
+    pub provider: &'a str,
+    pub token_id: &'a str,
+    pub custody: crate::vault::Custody,
+    pub sealed: Option<crate::vault::SealedSecret>,
+    pub handle: Option<&'a AgentRow>,
+    pub decision_id: Uuid,
+    /// The agent that rolled it: recorded as the minter when tollgate has no row for the token yet.
+    pub agent_id: Uuid,
+    pub agent_name: &'a str,
+    pub at: DateTime<Utc>,
 }
 
 /// What [`Store::open_approval_capped`] did.
 #[derive(Debug, Clone)]
 pub enum Opened {
     /// The call's open approval: the one it already had, or a new pending one.
-    Approval(ApprovalRow),
+    Approval(Box<ApprovalRow>),
     /// None opened: the agent already has this many pending.
     TooMany(i64),
 }

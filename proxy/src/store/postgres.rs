@@ -107,34 +107,11 @@ impl PgStore {
     // ---- agents ----
 
     pub async fn insert_agent(&self, agent: &AgentRow) -> Result<(), StoreError> {
-        let result = sqlx::query(
-            "INSERT INTO agents (id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at,
-                created_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(agent.id)
-        .bind(&agent.name)
-        .bind(&agent.team)
-        .bind(&agent.scopes)
-        .bind(&agent.labels)
-        .bind(&agent.key_hash)
-        .bind(&agent.key_prefix)
-        .bind(&agent.status)
-        .bind(agent.created_at)
-        .bind(agent.expires_at)
-        .bind(&agent.created_by)
-        .execute(&self.pool)
-        .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                Err(StoreError::Conflict(format!("agent '{}'", agent.name)))
-            }
-            Err(e) => Err(e.into()),
-        }
+        let mut conn = self.pool.acquire().await?;
+        insert_agent_on(&mut conn, agent).await
     }
 
-    const AGENT_COLUMNS: &'static str = "id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at, revoked_at, created_by";
+    const AGENT_COLUMNS: &'static str = "id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at, revoked_at, created_by, minted_by, minted_token_id";
 
     pub async fn agent_by_key_hash(&self, key_hash: &str) -> Result<Option<AgentRow>, StoreError> {
         let sql = format!(
@@ -143,6 +120,15 @@ impl PgStore {
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| agent_from_row(&r)).transpose()
+    }
+
+    pub async fn agent_by_id(&self, id: Uuid) -> Result<Option<AgentRow>, StoreError> {
+        let sql = format!("SELECT {} FROM agents WHERE id = $1", Self::AGENT_COLUMNS);
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| agent_from_row(&r)).transpose()
@@ -166,6 +152,176 @@ impl PgStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    // ---- minted tokens ----
+
+    const MINTED_COLUMNS: &'static str =
+        "provider, token_id, name, policies, expires_on, status, custody, minted_by,
+        minted_by_name, decision_id, last_decision_id, handle_agent_id, secret_key_id, secret_nonce,
+        secret_ciphertext, rolls, created_at, rolled_at, deleted_at";
+
+    pub async fn record_minted_token(
+        &self,
+        row: &MintedTokenRow,
+        handle: Option<&AgentRow>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(handle) = handle {
+            insert_agent_on(&mut tx, handle).await?;
+        }
+        let sealed = row.sealed.as_ref();
+        let result = sqlx::query(
+            "INSERT INTO minted_tokens (provider, token_id, name, policies, expires_on, status, custody, minted_by,
+                minted_by_name, decision_id, last_decision_id, handle_agent_id, secret_key_id, secret_nonce,
+                secret_ciphertext, rolls, created_at, rolled_at, deleted_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+        )
+        .bind(&row.provider)
+        .bind(&row.token_id)
+        .bind(&row.name)
+        .bind(&row.policies)
+        .bind(row.expires_on)
+        .bind(row.status.as_str())
+        .bind(custody_text(row.custody))
+        .bind(row.minted_by)
+        .bind(&row.minted_by_name)
+        .bind(row.decision_id)
+        .bind(row.last_decision_id)
+        .bind(row.handle_agent_id)
+        .bind(sealed.map(|s| s.key_id.as_str()))
+        .bind(sealed.map(|s| s.nonce.as_slice()))
+        .bind(sealed.map(|s| s.ciphertext.as_slice()))
+        .bind(row.rolls)
+        .bind(row.created_at)
+        .bind(row.rolled_at)
+        .bind(row.deleted_at)
+        .execute(&mut *tx)
+        .await;
+        match result {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                return Err(StoreError::Conflict(format!(
+                    "minted token '{}' of {}",
+                    row.token_id, row.provider
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn roll_minted_token(&self, roll: &TokenRoll<'_>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let old: Option<Option<Uuid>> = sqlx::query_scalar(
+            "SELECT handle_agent_id FROM minted_tokens WHERE provider = $1 AND token_id = $2 FOR UPDATE",
+        )
+        .bind(roll.provider)
+        .bind(roll.token_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(Some(old_handle)) = old {
+            revoke_handle_on(&mut tx, old_handle).await?;
+        }
+        if let Some(handle) = roll.handle {
+            insert_agent_on(&mut tx, handle).await?;
+        }
+        let sealed = roll.sealed.as_ref();
+        sqlx::query(
+            "INSERT INTO minted_tokens (provider, token_id, policies, status, custody, minted_by, minted_by_name,
+                decision_id, last_decision_id, handle_agent_id, secret_key_id, secret_nonce, secret_ciphertext,
+                rolls, created_at, rolled_at)
+             VALUES ($1, $2, 'null', 'rolled', $3, $4, $5, $6, $6, $7, $8, $9, $10, 1, $11, $11)
+             ON CONFLICT (provider, token_id) DO UPDATE SET status = 'rolled', custody = EXCLUDED.custody,
+                last_decision_id = EXCLUDED.last_decision_id, handle_agent_id = EXCLUDED.handle_agent_id,
+                secret_key_id = EXCLUDED.secret_key_id, secret_nonce = EXCLUDED.secret_nonce,
+                secret_ciphertext = EXCLUDED.secret_ciphertext, rolls = minted_tokens.rolls + 1,
+                rolled_at = EXCLUDED.rolled_at",
+        )
+        .bind(roll.provider)
+        .bind(roll.token_id)
+        .bind(custody_text(roll.custody))
+        .bind(roll.agent_id)
+        .bind(roll.agent_name)
+        .bind(roll.decision_id)
+        .bind(roll.handle.map(|h| h.id))
+        .bind(sealed.map(|s| s.key_id.as_str()))
+        .bind(sealed.map(|s| s.nonce.as_slice()))
+        .bind(sealed.map(|s| s.ciphertext.as_slice()))
+        .bind(roll.at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn delete_minted_token(
+        &self,
+        provider: &str,
+        token_id: &str,
+        decision_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let old: Option<Option<Uuid>> = sqlx::query_scalar(
+            "SELECT handle_agent_id FROM minted_tokens WHERE provider = $1 AND token_id = $2 FOR UPDATE",
+        )
+        .bind(provider)
+        .bind(token_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(handle) = old else {
+            return Ok(false);
+        };
+        if let Some(handle) = handle {
+            revoke_handle_on(&mut tx, handle).await?;
+        }
+        sqlx::query(
+            "UPDATE minted_tokens SET status = 'deleted', deleted_at = $3, last_decision_id = $4,
+                secret_key_id = NULL, secret_nonce = NULL, secret_ciphertext = NULL
+             WHERE provider = $1 AND token_id = $2",
+        )
+        .bind(provider)
+        .bind(token_id)
+        .bind(at)
+        .bind(decision_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn minted_token(
+        &self,
+        provider: &str,
+        token_id: &str,
+    ) -> Result<Option<MintedTokenRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM minted_tokens WHERE provider = $1 AND token_id = $2",
+            Self::MINTED_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(provider)
+            .bind(token_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| minted_from_row(&r)).transpose()
+    }
+
+    pub async fn minted_token_by_handle(
+        &self,
+        agent_id: Uuid,
+    ) -> Result<Option<MintedTokenRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM minted_tokens WHERE handle_agent_id = $1",
+            Self::MINTED_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(agent_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| minted_from_row(&r)).transpose()
     }
 
     pub async fn agent_created_by(&self, id: Uuid) -> Result<Option<String>, StoreError> {
@@ -1064,7 +1220,7 @@ impl PgStore {
             .await?
         {
             tx.commit().await?;
-            return Ok(Opened::Approval(approval_from_row(&row)?));
+            return Ok(Opened::Approval(Box::new(approval_from_row(&row)?)));
         }
         let waiting: i64 = sqlx::query(
             "SELECT count(*) AS n FROM approvals
@@ -1104,7 +1260,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Opened::Approval(new.clone()))
+        Ok(Opened::Approval(Box::new(new.clone())))
     }
 
     const APPROVAL_COLUMNS: &'static str = "id, fingerprint, agent_id, agent_name, provider, method, path, query,
@@ -1738,7 +1894,53 @@ fn agent_from_row(r: &sqlx::postgres::PgRow) -> Result<AgentRow, StoreError> {
         expires_at: r.try_get("expires_at")?,
         revoked_at: r.try_get("revoked_at")?,
         created_by: r.try_get("created_by")?,
+        minted_by: r.try_get("minted_by")?,
+        minted_token_id: r.try_get("minted_token_id")?,
     })
+}
+
+fn minted_from_row(r: &sqlx::postgres::PgRow) -> Result<MintedTokenRow, StoreError> {
+    let key_id: Option<String> = r.try_get("secret_key_id")?;
+    let nonce: Option<Vec<u8>> = r.try_get("secret_nonce")?;
+    let ciphertext: Option<Vec<u8>> = r.try_get("secret_ciphertext")?;
+    Ok(MintedTokenRow {
+        provider: r.try_get("provider")?,
+        token_id: r.try_get("token_id")?,
+        name: r.try_get("name")?,
+        policies: r.try_get("policies")?,
+        expires_on: r.try_get("expires_on")?,
+        status: status_parse(&r.try_get::<String, _>("status")?)?,
+        custody: custody_parse(&r.try_get::<String, _>("custody")?)?,
+        minted_by: r.try_get("minted_by")?,
+        minted_by_name: r.try_get("minted_by_name")?,
+        decision_id: r.try_get("decision_id")?,
+        last_decision_id: r.try_get("last_decision_id")?,
+        handle_agent_id: r.try_get("handle_agent_id")?,
+        sealed: match (key_id, nonce, ciphertext) {
+            (Some(key_id), Some(nonce), Some(ciphertext)) => Some(crate::vault::SealedSecret {
+                key_id,
+                nonce,
+                ciphertext,
+            }),
+            _ => None,
+        },
+        rolls: r.try_get("rolls")?,
+        created_at: r.try_get("created_at")?,
+        rolled_at: r.try_get("rolled_at")?,
+        deleted_at: r.try_get("deleted_at")?,
+    })
+}
+
+/// Revokes a handle's agent (bumping the agents version every replica polls).
+async fn revoke_handle_on(conn: &mut sqlx::PgConnection, agent_id: Uuid) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE agents SET status = 'revoked', revoked_at = now(), version = nextval('agents_version_seq')
+         WHERE id = $1 AND status = 'active'",
+    )
+    .bind(agent_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 fn reviewer_from_row(r: &sqlx::postgres::PgRow) -> Result<ReviewerRow, StoreError> {
@@ -1849,4 +2051,38 @@ fn notification_from_row(r: &sqlx::postgres::PgRow) -> Result<NotificationRow, S
         last_error: r.try_get("last_error")?,
         delivered_at: r.try_get("delivered_at")?,
     })
+}
+
+/// Inserts an agent on one connection (a pool's, or a transaction's).
+async fn insert_agent_on(
+    conn: &mut sqlx::PgConnection,
+    agent: &AgentRow,
+) -> Result<(), StoreError> {
+    let result = sqlx::query(
+            "INSERT INTO agents (id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at,
+                created_by, minted_by, minted_token_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(agent.id)
+        .bind(&agent.name)
+        .bind(&agent.team)
+        .bind(&agent.scopes)
+        .bind(&agent.labels)
+        .bind(&agent.key_hash)
+        .bind(&agent.key_prefix)
+        .bind(&agent.status)
+        .bind(agent.created_at)
+        .bind(agent.expires_at)
+        .bind(&agent.created_by)
+        .bind(agent.minted_by)
+        .bind(&agent.minted_token_id)
+        .execute(&mut *conn)
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            Err(StoreError::Conflict(format!("agent '{}'", agent.name)))
+        }
+        Err(e) => Err(e.into()),
+    }
 }

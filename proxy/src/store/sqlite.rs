@@ -128,34 +128,11 @@ impl SqliteStore {
     // ---- agents ----
 
     pub async fn insert_agent(&self, a: &AgentRow) -> Result<(), StoreError> {
-        let result = sqlx::query(
-            "INSERT INTO agents (id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at,
-                created_by, version)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT coalesce(max(version), 0) + 1 FROM agents))",
-        )
-        .bind(a.id.to_string())
-        .bind(&a.name)
-        .bind(&a.team)
-        .bind(serde_json::to_string(&a.scopes).unwrap_or_else(|_| "[]".into()))
-        .bind(a.labels.to_string())
-        .bind(&a.key_hash)
-        .bind(&a.key_prefix)
-        .bind(&a.status)
-        .bind(ts(a.created_at))
-        .bind(a.expires_at.map(ts))
-        .bind(&a.created_by)
-        .execute(&self.pool)
-        .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                Err(StoreError::Conflict(format!("agent '{}'", a.name)))
-            }
-            Err(e) => Err(e.into()),
-        }
+        let mut conn = self.pool.acquire().await?;
+        insert_agent_on(&mut conn, a).await
     }
 
-    const AGENT_COLUMNS: &'static str = "id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at, revoked_at, created_by";
+    const AGENT_COLUMNS: &'static str = "id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at, revoked_at, created_by, minted_by, minted_token_id";
 
     pub async fn agent_by_key_hash(&self, key_hash: &str) -> Result<Option<AgentRow>, StoreError> {
         let sql = format!(
@@ -164,6 +141,15 @@ impl SqliteStore {
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| agent_from_row(&r)).transpose()
+    }
+
+    pub async fn agent_by_id(&self, id: Uuid) -> Result<Option<AgentRow>, StoreError> {
+        let sql = format!("SELECT {} FROM agents WHERE id = ?", Self::AGENT_COLUMNS);
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| agent_from_row(&r)).transpose()
@@ -188,6 +174,176 @@ impl SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    // ---- minted tokens ----
+
+    const MINTED_COLUMNS: &'static str =
+        "provider, token_id, name, policies, expires_on, status, custody, minted_by,
+        minted_by_name, decision_id, last_decision_id, handle_agent_id, secret_key_id, secret_nonce,
+        secret_ciphertext, rolls, created_at, rolled_at, deleted_at";
+
+    pub async fn record_minted_token(
+        &self,
+        row: &MintedTokenRow,
+        handle: Option<&AgentRow>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(handle) = handle {
+            insert_agent_on(&mut tx, handle).await?;
+        }
+        let sealed = row.sealed.as_ref();
+        let result = sqlx::query(
+            "INSERT INTO minted_tokens (provider, token_id, name, policies, expires_on, status, custody, minted_by,
+                minted_by_name, decision_id, last_decision_id, handle_agent_id, secret_key_id, secret_nonce,
+                secret_ciphertext, rolls, created_at, rolled_at, deleted_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&row.provider)
+        .bind(&row.token_id)
+        .bind(&row.name)
+        .bind(row.policies.to_string())
+        .bind(row.expires_on.map(ts))
+        .bind(row.status.as_str())
+        .bind(custody_text(row.custody))
+        .bind(row.minted_by.to_string())
+        .bind(&row.minted_by_name)
+        .bind(row.decision_id.to_string())
+        .bind(row.last_decision_id.to_string())
+        .bind(row.handle_agent_id.map(|u| u.to_string()))
+        .bind(sealed.map(|s| s.key_id.clone()))
+        .bind(sealed.map(|s| s.nonce.clone()))
+        .bind(sealed.map(|s| s.ciphertext.clone()))
+        .bind(row.rolls)
+        .bind(ts(row.created_at))
+        .bind(row.rolled_at.map(ts))
+        .bind(row.deleted_at.map(ts))
+        .execute(&mut *tx)
+        .await;
+        match result {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                return Err(StoreError::Conflict(format!(
+                    "minted token '{}' of {}",
+                    row.token_id, row.provider
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn roll_minted_token(&self, roll: &TokenRoll<'_>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let old: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT handle_agent_id FROM minted_tokens WHERE provider = ? AND token_id = ?",
+        )
+        .bind(roll.provider)
+        .bind(roll.token_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(Some(old_handle)) = old {
+            revoke_handle_on(&mut tx, uuid(&old_handle)?).await?;
+        }
+        if let Some(handle) = roll.handle {
+            insert_agent_on(&mut tx, handle).await?;
+        }
+        let sealed = roll.sealed.as_ref();
+        sqlx::query(
+            "INSERT INTO minted_tokens (provider, token_id, policies, status, custody, minted_by, minted_by_name,
+                decision_id, last_decision_id, handle_agent_id, secret_key_id, secret_nonce, secret_ciphertext,
+                rolls, created_at, rolled_at)
+             VALUES (?1, ?2, 'null', 'rolled', ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?11)
+             ON CONFLICT (provider, token_id) DO UPDATE SET status = 'rolled', custody = excluded.custody,
+                last_decision_id = excluded.last_decision_id, handle_agent_id = excluded.handle_agent_id,
+                secret_key_id = excluded.secret_key_id, secret_nonce = excluded.secret_nonce,
+                secret_ciphertext = excluded.secret_ciphertext, rolls = minted_tokens.rolls + 1,
+                rolled_at = excluded.rolled_at",
+        )
+        .bind(roll.provider)
+        .bind(roll.token_id)
+        .bind(custody_text(roll.custody))
+        .bind(roll.agent_id.to_string())
+        .bind(roll.agent_name)
+        .bind(roll.decision_id.to_string())
+        .bind(roll.handle.map(|h| h.id.to_string()))
+        .bind(sealed.map(|s| s.key_id.clone()))
+        .bind(sealed.map(|s| s.nonce.clone()))
+        .bind(sealed.map(|s| s.ciphertext.clone()))
+        .bind(ts(roll.at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn delete_minted_token(
+        &self,
+        provider: &str,
+        token_id: &str,
+        decision_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let old: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT handle_agent_id FROM minted_tokens WHERE provider = ? AND token_id = ?",
+        )
+        .bind(provider)
+        .bind(token_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(handle) = old else {
+            return Ok(false);
+        };
+        if let Some(handle) = handle {
+            revoke_handle_on(&mut tx, uuid(&handle)?).await?;
+        }
+        sqlx::query(
+            "UPDATE minted_tokens SET status = 'deleted', deleted_at = ?, last_decision_id = ?,
+                secret_key_id = NULL, secret_nonce = NULL, secret_ciphertext = NULL
+             WHERE provider = ? AND token_id = ?",
+        )
+        .bind(ts(at))
+        .bind(decision_id.to_string())
+        .bind(provider)
+        .bind(token_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn minted_token(
+        &self,
+        provider: &str,
+        token_id: &str,
+    ) -> Result<Option<MintedTokenRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM minted_tokens WHERE provider = ? AND token_id = ?",
+            Self::MINTED_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(provider)
+            .bind(token_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| minted_from_row(&r)).transpose()
+    }
+
+    pub async fn minted_token_by_handle(
+        &self,
+        agent_id: Uuid,
+    ) -> Result<Option<MintedTokenRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM minted_tokens WHERE handle_agent_id = ?",
+            Self::MINTED_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(agent_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| minted_from_row(&r)).transpose()
     }
 
     pub async fn agent_created_by(&self, id: Uuid) -> Result<Option<String>, StoreError> {
@@ -1041,7 +1197,7 @@ impl SqliteStore {
 
     pub async fn open_approval(&self, new: &ApprovalRow) -> Result<ApprovalRow, StoreError> {
         match self.open_approval_capped(new, i64::MAX).await? {
-            Opened::Approval(row) => Ok(row),
+            Opened::Approval(row) => Ok(*row),
             Opened::TooMany(n) => Err(StoreError::Conflict(format!("{n} pending approvals"))),
         }
     }
@@ -1072,7 +1228,7 @@ impl SqliteStore {
             .await?
         {
             tx.commit().await?;
-            return Ok(Opened::Approval(approval_from_row(&row)?));
+            return Ok(Opened::Approval(Box::new(approval_from_row(&row)?)));
         }
         let waiting: i64 = sqlx::query(
             "SELECT count(*) AS n FROM approvals WHERE agent_id = ? AND status = 'pending' AND expires_at > ?",
@@ -1112,7 +1268,7 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Opened::Approval(new.clone()))
+        Ok(Opened::Approval(Box::new(new.clone())))
     }
 
     pub async fn decide_approval(
@@ -1474,7 +1630,58 @@ fn agent_from_row(r: &SqliteRow) -> Result<AgentRow, StoreError> {
         expires_at: opt_ts(r.try_get("expires_at")?)?,
         revoked_at: opt_ts(r.try_get("revoked_at")?)?,
         created_by: r.try_get("created_by")?,
+        minted_by: opt_uuid(r.try_get("minted_by")?)?,
+        minted_token_id: r.try_get("minted_token_id")?,
     })
+}
+
+fn minted_from_row(r: &SqliteRow) -> Result<MintedTokenRow, StoreError> {
+    let key_id: Option<String> = r.try_get("secret_key_id")?;
+    let nonce: Option<Vec<u8>> = r.try_get("secret_nonce")?;
+    let ciphertext: Option<Vec<u8>> = r.try_get("secret_ciphertext")?;
+    Ok(MintedTokenRow {
+        provider: r.try_get("provider")?,
+        token_id: r.try_get("token_id")?,
+        name: r.try_get("name")?,
+        policies: json(&r.try_get::<String, _>("policies")?)?,
+        expires_on: opt_ts(r.try_get("expires_on")?)?,
+        status: status_parse(&r.try_get::<String, _>("status")?)?,
+        custody: custody_parse(&r.try_get::<String, _>("custody")?)?,
+        minted_by: uuid(&r.try_get::<String, _>("minted_by")?)?,
+        minted_by_name: r.try_get("minted_by_name")?,
+        decision_id: uuid(&r.try_get::<String, _>("decision_id")?)?,
+        last_decision_id: uuid(&r.try_get::<String, _>("last_decision_id")?)?,
+        handle_agent_id: opt_uuid(r.try_get("handle_agent_id")?)?,
+        sealed: match (key_id, nonce, ciphertext) {
+            (Some(key_id), Some(nonce), Some(ciphertext)) => Some(crate::vault::SealedSecret {
+                key_id,
+                nonce,
+                ciphertext,
+            }),
+            _ => None,
+        },
+        rolls: r.try_get("rolls")?,
+        created_at: parse_ts(&r.try_get::<String, _>("created_at")?)?,
+        rolled_at: opt_ts(r.try_get("rolled_at")?)?,
+        deleted_at: opt_ts(r.try_get("deleted_at")?)?,
+    })
+}
+
+/// Revokes a handle's agent (bumping the agents version every poll reads).
+async fn revoke_handle_on(
+    conn: &mut sqlx::SqliteConnection,
+    agent_id: Uuid,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE agents SET status = 'revoked', revoked_at = ?,
+            version = (SELECT coalesce(max(version), 0) + 1 FROM agents)
+         WHERE id = ? AND status = 'active'",
+    )
+    .bind(ts(Utc::now()))
+    .bind(agent_id.to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 fn reviewer_from_row(r: &SqliteRow) -> Result<ReviewerRow, StoreError> {
@@ -1600,4 +1807,38 @@ fn notification_from_row(r: &SqliteRow) -> Result<NotificationRow, StoreError> {
         last_error: r.try_get("last_error")?,
         delivered_at: opt_ts(r.try_get("delivered_at")?)?,
     })
+}
+
+/// Inserts an agent on one connection (the pool's, or a transaction's).
+async fn insert_agent_on(
+    conn: &mut sqlx::SqliteConnection,
+    a: &AgentRow,
+) -> Result<(), StoreError> {
+    let result = sqlx::query(
+            "INSERT INTO agents (id, name, team, scopes, labels, key_hash, key_prefix, status, created_at, expires_at,
+                created_by, minted_by, minted_token_id, version)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT coalesce(max(version), 0) + 1 FROM agents))",
+        )
+        .bind(a.id.to_string())
+        .bind(&a.name)
+        .bind(&a.team)
+        .bind(serde_json::to_string(&a.scopes).unwrap_or_else(|_| "[]".into()))
+        .bind(a.labels.to_string())
+        .bind(&a.key_hash)
+        .bind(&a.key_prefix)
+        .bind(&a.status)
+        .bind(ts(a.created_at))
+        .bind(a.expires_at.map(ts))
+        .bind(&a.created_by)
+        .bind(a.minted_by.map(|u| u.to_string()))
+        .bind(&a.minted_token_id)
+        .execute(&mut *conn)
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            Err(StoreError::Conflict(format!("agent '{}'", a.name)))
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -1,0 +1,382 @@
+//! The vault: secrets of the API tokens agents mint through tollgate, kept behind the gate.
+//!
+//! Owns: the vault keys (`[vault]`: base64 of 32 bytes each, read from environment variables; the first key
+//! seals, every key opens, so a key is rotated by putting a new one first), sealing and opening a minted
+//! token's secret with AES-256-GCM (`ring::aead`, a random 96-bit nonce per secret, associated data binding the
+//! ciphertext to its provider and token id so a row's ciphertext cannot be swapped into another's), reading
+//! the minted token out of a provider's token response ([`MintedResponse`]) and putting a handle where its
+//! secret was, and which agents keep custody of the secrets they mint ([`Custody`]).
+//! Must not: log, return or store a secret in the clear. A [`MintedSecret`] only leaves this module as the
+//! `Authorization` header value `forward` sends upstream; errors never carry key or secret material.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http::HeaderValue;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use crate::config::VaultConfig;
+
+/// The most of a token response read to find the minted token: Cloudflare's are about a kilobyte.
+pub const TOKEN_RESPONSE_LIMIT: usize = 256 * 1024;
+
+/// The catalog actions whose answers mint, roll or delete a provider token.
+pub const TOKEN_CREATE: &str = "cloudflare.token.create";
+pub const TOKEN_ROLL: &str = "cloudflare.token.roll";
+pub const TOKEN_DELETE: &str = "cloudflare.token.delete";
+
+/// What a token action does to the token it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenEvent {
+    Created,
+    Rolled,
+    Deleted,
+}
+
+/// Who holds a minted token's secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Custody {
+    /// tollgate: the agent got a handle.
+    Vault,
+    /// The agent: it got the secret (`vault.pass_through_labels`, or vault mode off).
+    PassThrough,
+}
+
+/// A minted token's secret sealed under a vault key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    pub key_id: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedSecret")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An opened secret: usable only as the credential header of a forwarded request.
+pub struct MintedSecret(SecretString);
+
+impl MintedSecret {
+    /// `Bearer <secret>`, marked sensitive (never logged by hyper); `None` when the secret cannot be a header.
+    pub fn bearer(&self) -> Option<HeaderValue> {
+        let mut value =
+            HeaderValue::from_str(&format!("Bearer {}", self.0.expose_secret())).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VaultError {
+    #[error("vault key '{0}' is not configured")]
+    UnknownKey(String),
+    #[error("the sealed secret does not open (wrong key, wrong token or tampered)")]
+    Unsealable,
+    #[error("the system random source failed")]
+    Random,
+}
+
+/// One vault key.
+struct VaultKey {
+    id: String,
+    key: LessSafeKey,
+}
+
+/// The vault keys of this deployment and the custody rule.
+pub struct Vault {
+    enabled: bool,
+    /// The first seals; all open.
+    keys: Vec<VaultKey>,
+    pass_through_labels: Vec<(String, String)>,
+    random: SystemRandom,
+}
+
+/// What a token action's 2xx answer said about the token.
+#[derive(Debug)]
+pub struct MintedResponse {
+    /// The parsed answer, to be re-serialized with the handle in place of the secret.
+    body: Value,
+    pub token_id: Option<String>,
+    pub name: Option<String>,
+    pub expires_on: Option<DateTime<Utc>>,
+    /// The secret, if this answer carried one (create, roll).
+    secret: Option<SecretString>,
+}
+
+impl Vault {
+    /// Builds the vault from checked config. Errors name the variable and what is wrong with it, never its
+    /// value.
+    pub fn from_config(config: &VaultConfig) -> Result<Vault, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut keys = Vec::new();
+        if config.enabled {
+            for k in &config.keys {
+                match &k.secret {
+                    None => errors.push(format!(
+                        "vault: environment variable {} (vault key '{}') is not set; vault mode needs it \
+                         (base64 of 32 random bytes, e.g. `openssl rand -base64 32`), or set [vault] enabled = false",
+                        k.env, k.id
+                    )),
+                    Some(secret) => match key_from_base64(secret.expose_secret()) {
+                        Some(key) => keys.push(VaultKey {
+                            id: k.id.clone(),
+                            key,
+                        }),
+                        None => errors.push(format!(
+                            "vault: environment variable {} (vault key '{}') is not base64 of exactly 32 bytes",
+                            k.env, k.id
+                        )),
+                    },
+                }
+            }
+            if config.keys.is_empty() {
+                errors.push("vault: vault mode is on but [vault] names no key".to_string());
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Vault {
+            enabled: config.enabled,
+            keys,
+            pass_through_labels: config.pass_through_labels.clone(),
+            random: SystemRandom::new(),
+        })
+    }
+
+    /// A vault from raw keys (id, 32 bytes), first sealing; for tests and tools.
+    pub fn with_keys(keys: &[(&str, [u8; 32])]) -> Vault {
+        Vault {
+            enabled: true,
+            keys: keys
+                .iter()
+                .filter_map(|(id, bytes)| {
+                    UnboundKey::new(&AES_256_GCM, bytes).ok().map(|k| VaultKey {
+                        id: id.to_string(),
+                        key: LessSafeKey::new(k),
+                    })
+                })
+                .collect(),
+            pass_through_labels: Vec::new(),
+            random: SystemRandom::new(),
+        }
+    }
+
+    /// Who keeps the secret of a token this agent mints: the agent, when vault mode is off or one of its
+    /// labels is listed in `vault.pass_through_labels` (a reviewer's config, not the agent's choice).
+    pub fn custody_for(&self, labels: &BTreeMap<String, String>) -> Custody {
+        if !self.enabled
+            || self
+                .pass_through_labels
+                .iter()
+                .any(|(k, v)| labels.get(k) == Some(v))
+        {
+            Custody::PassThrough
+        } else {
+            Custody::Vault
+        }
+    }
+
+    /// Seals a secret for the token (provider, token id) under the first key.
+    pub fn seal(
+        &self,
+        provider: &str,
+        token_id: &str,
+        secret: &SecretString,
+    ) -> Result<SealedSecret, VaultError> {
+        let key = self
+            .keys
+            .first()
+            .ok_or_else(|| VaultError::UnknownKey(String::new()))?;
+        let mut nonce = [0u8; NONCE_LEN];
+        self.random
+            .fill(&mut nonce)
+            .map_err(|_| VaultError::Random)?;
+        let mut in_out = secret.expose_secret().as_bytes().to_vec();
+        key.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(associated_data(provider, token_id)),
+                &mut in_out,
+            )
+            .map_err(|_| VaultError::Unsealable)?;
+        Ok(SealedSecret {
+            key_id: key.id.clone(),
+            nonce: nonce.to_vec(),
+            ciphertext: in_out,
+        })
+    }
+
+    /// Opens a sealed secret of the token (provider, token id) with the key it names.
+    pub fn open(
+        &self,
+        provider: &str,
+        token_id: &str,
+        sealed: &SealedSecret,
+    ) -> Result<MintedSecret, VaultError> {
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == sealed.key_id)
+            .ok_or_else(|| VaultError::UnknownKey(sealed.key_id.clone()))?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(&sealed.nonce).map_err(|_| VaultError::Unsealable)?;
+        let mut in_out = sealed.ciphertext.clone();
+        let plain = key
+            .key
+            .open_in_place(
+                nonce,
+                Aad::from(associated_data(provider, token_id)),
+                &mut in_out,
+            )
+            .map_err(|_| VaultError::Unsealable)?;
+        let text = String::from_utf8(plain.to_vec()).map_err(|_| VaultError::Unsealable)?;
+        Ok(MintedSecret(SecretString::from(text)))
+    }
+}
+
+/// Binds a ciphertext to its row: a ciphertext copied to another token's row does not open.
+fn associated_data(provider: &str, token_id: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(32 + provider.len() + token_id.len());
+    aad.extend_from_slice(b"tollgate minted token v1\0");
+    aad.extend_from_slice(provider.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(token_id.as_bytes());
+    aad
+}
+
+fn key_from_base64(text: &str) -> Option<LessSafeKey> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()?;
+    if bytes.len() != 32 {
+        return None;
+    }
+    UnboundKey::new(&AES_256_GCM, &bytes)
+        .ok()
+        .map(LessSafeKey::new)
+}
+
+impl TokenEvent {
+    /// The token event a catalog action's 2xx answer is, if any.
+    pub fn of_action(action: &str) -> Option<TokenEvent> {
+        match action {
+            TOKEN_CREATE => Some(TokenEvent::Created),
+            TOKEN_ROLL => Some(TokenEvent::Rolled),
+            TOKEN_DELETE => Some(TokenEvent::Deleted),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenEvent::Created => "created",
+            TokenEvent::Rolled => "rolled",
+            TokenEvent::Deleted => "deleted",
+        }
+    }
+}
+
+impl MintedResponse {
+    /// Reads a token action's 2xx answer (Cloudflare's envelope): create → `result.id`, `result.name`,
+    /// `result.expires_on` and the secret `result.value`; roll → the secret as `result` (a string); delete →
+    /// nothing needed. `None` when the body is not the JSON envelope expected.
+    pub fn parse(event: TokenEvent, body: &[u8]) -> Option<MintedResponse> {
+        let body: Value = serde_json::from_slice(body).ok()?;
+        let result = body.get("result")?;
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+        let (token_id, name, expires_on, secret) = match event {
+            // A `result` object without `value` carries no secret (nothing to keep); anything but an object
+            // is not an answer tollgate knows.
+            TokenEvent::Created => (
+                text(result.as_object()?.get("id")),
+                text(result.get("name")),
+                text(result.get("expires_on")).and_then(|t| parse_time(&t)),
+                text(result.get("value")),
+            ),
+            TokenEvent::Rolled => (None, None, None, Some(result.as_str()?.to_string())),
+            TokenEvent::Deleted => (text(result.get("id")), None, None, None),
+        };
+        Some(MintedResponse {
+            token_id,
+            name,
+            expires_on,
+            secret: secret.map(SecretString::from),
+            body,
+        })
+    }
+
+    pub fn secret(&self) -> Option<&SecretString> {
+        self.secret.as_ref()
+    }
+
+    /// The answer with `handle` where the secret was.
+    pub fn with_handle(mut self, event: TokenEvent, handle: &str) -> Bytes {
+        match event {
+            TokenEvent::Created => {
+                if let Some(result) = self.body.get_mut("result").and_then(Value::as_object_mut) {
+                    result.insert("value".into(), Value::from(handle));
+                }
+            }
+            TokenEvent::Rolled => {
+                if let Some(result) = self.body.get_mut("result") {
+                    *result = Value::from(handle);
+                }
+            }
+            TokenEvent::Deleted => {}
+        }
+        Bytes::from(serde_json::to_vec(&self.body).unwrap_or_default())
+    }
+}
+
+/// An RFC 3339 time as Cloudflare writes `expires_on`.
+pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// What a handle's agent stands for: the token it is a handle of and the agent that minted it.
+#[derive(Clone)]
+pub struct Minted {
+    pub provider: String,
+    pub token_id: String,
+    /// The policies granted at creation (the create request's `policies`).
+    pub policies: Value,
+    pub minted_by: uuid::Uuid,
+    pub minted_by_name: String,
+    pub sealed: SealedSecret,
+}
+
+impl std::fmt::Debug for Minted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Minted")
+            .field("provider", &self.provider)
+            .field("token_id", &self.token_id)
+            .field("minted_by_name", &self.minted_by_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Minted {
+    fn eq(&self, other: &Minted) -> bool {
+        self.provider == other.provider
+            && self.token_id == other.token_id
+            && self.minted_by == other.minted_by
+    }
+}
+
+impl Eq for Minted {}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,133 @@
+//! Unit tests of the vault: sealing and opening (round trip, associated data, wrong key, tampering,
+//! rotation), reading token answers, custody.
+
+use super::*;
+
+fn secret(s: &str) -> SecretString {
+    SecretString::from(s.to_string())
+}
+
+fn opened(m: MintedSecret) -> String {
+    m.0.expose_secret().to_string()
+}
+
+#[test]
+fn a_sealed_secret_opens_for_its_own_token_only() {
+    let vault = Vault::with_keys(&[("k1", [7; 32])]);
+    let sealed = vault
+        .seal("cloudflare", "tok1", &secret("cf-secret-1"))
+        .unwrap();
+    assert_eq!(sealed.key_id, "k1");
+    assert_eq!(sealed.nonce.len(), 12);
+    assert!(!sealed.ciphertext.windows(11).any(|w| w == b"cf-secret-1"));
+    assert_eq!(
+        opened(vault.open("cloudflare", "tok1", &sealed).unwrap()),
+        "cf-secret-1"
+    );
+    // Wrong associated data: another token's row, another provider.
+    assert_eq!(
+        vault.open("cloudflare", "tok2", &sealed).err(),
+        Some(VaultError::Unsealable)
+    );
+    assert_eq!(
+        vault.open("stripe", "tok1", &sealed).err(),
+        Some(VaultError::Unsealable)
+    );
+}
+
+#[test]
+fn each_secret_gets_its_own_nonce() {
+    let vault = Vault::with_keys(&[("k1", [7; 32])]);
+    let a = vault.seal("cloudflare", "t", &secret("same")).unwrap();
+    let b = vault.seal("cloudflare", "t", &secret("same")).unwrap();
+    assert_ne!(a.nonce, b.nonce);
+    assert_ne!(a.ciphertext, b.ciphertext);
+}
+
+#[test]
+fn wrong_key_and_tampering_fail() {
+    let vault = Vault::with_keys(&[("k1", [7; 32])]);
+    let sealed = vault.seal("cloudflare", "t", &secret("s3cret")).unwrap();
+    // Same id, other key bytes.
+    let other = Vault::with_keys(&[("k1", [8; 32])]);
+    assert_eq!(
+        other.open("cloudflare", "t", &sealed).err(),
+        Some(VaultError::Unsealable)
+    );
+    // A key id this deployment does not have.
+    let unknown = Vault::with_keys(&[("k9", [7; 32])]);
+    assert_eq!(
+        unknown.open("cloudflare", "t", &sealed).err(),
+        Some(VaultError::UnknownKey("k1".into()))
+    );
+    for i in 0..sealed.ciphertext.len() {
+        let mut tampered = sealed.clone();
+        tampered.ciphertext[i] ^= 1;
+        assert!(
+            vault.open("cloudflare", "t", &tampered).is_err(),
+            "byte {i}"
+        );
+    }
+    let mut tampered = sealed.clone();
+    tampered.nonce[0] ^= 1;
+    assert!(vault.open("cloudflare", "t", &tampered).is_err());
+    let mut short = sealed;
+    short.nonce.pop();
+    assert!(vault.open("cloudflare", "t", &short).is_err());
+}
+
+#[test]
+fn rotation_seals_with_the_first_key_and_opens_with_any() {
+    let old = Vault::with_keys(&[("k1", [1; 32])]);
+    let sealed_k1 = old.seal("cloudflare", "t", &secret("old")).unwrap();
+    let rotated = Vault::with_keys(&[("k2", [2; 32]), ("k1", [1; 32])]);
+    assert_eq!(
+        opened(rotated.open("cloudflare", "t", &sealed_k1).unwrap()),
+        "old"
+    );
+    let sealed_k2 = rotated.seal("cloudflare", "t", &secret("new")).unwrap();
+    assert_eq!(sealed_k2.key_id, "k2");
+}
+
+#[test]
+fn token_answers_are_read_and_the_secret_replaced() {
+    let created = br#"{"success":true,"errors":[],"messages":[],"result":{"id":"tok1","name":"ci","status":"active","expires_on":"2030-01-01T00:00:00Z","value":"cf-secret"}}"#;
+    let m = MintedResponse::parse(TokenEvent::Created, created).unwrap();
+    assert_eq!(m.token_id.as_deref(), Some("tok1"));
+    assert_eq!(m.name.as_deref(), Some("ci"));
+    assert!(m.expires_on.is_some());
+    assert_eq!(m.secret().unwrap().expose_secret(), "cf-secret");
+    let out = m.with_handle(TokenEvent::Created, "tg_handle");
+    let text = String::from_utf8(out.to_vec()).unwrap();
+    assert!(!text.contains("cf-secret"), "{text}");
+    assert!(text.contains(r#""value":"tg_handle""#), "{text}");
+    assert!(text.contains(r#""id":"tok1""#), "{text}");
+
+    let rolled = br#"{"success":true,"errors":[],"messages":[],"result":"cf-rolled"}"#;
+    let m = MintedResponse::parse(TokenEvent::Rolled, rolled).unwrap();
+    assert_eq!(m.secret().unwrap().expose_secret(), "cf-rolled");
+    let text = String::from_utf8(m.with_handle(TokenEvent::Rolled, "tg_h2").to_vec()).unwrap();
+    assert!(text.contains(r#""result":"tg_h2""#) && !text.contains("cf-rolled"));
+
+    // Not the expected shape: nothing to hand back.
+    assert!(MintedResponse::parse(TokenEvent::Created, b"not json").is_none());
+    assert!(MintedResponse::parse(TokenEvent::Created, br#"{"result":"x"}"#).is_none());
+    let no_secret =
+        MintedResponse::parse(TokenEvent::Created, br#"{"result":{"id":"x"}}"#).unwrap();
+    assert!(no_secret.secret().is_none());
+    assert!(MintedResponse::parse(TokenEvent::Rolled, br#"{"result":{"v":1}}"#).is_none());
+}
+
+#[test]
+fn custody_follows_the_reviewers_labels() {
+    let mut vault = Vault::with_keys(&[("k1", [1; 32])]);
+    vault.pass_through_labels = vec![("ci".into(), "true".into())];
+    let mut labels = BTreeMap::new();
+    assert_eq!(vault.custody_for(&labels), Custody::Vault);
+    labels.insert("ci".into(), "false".into());
+    assert_eq!(vault.custody_for(&labels), Custody::Vault);
+    labels.insert("ci".into(), "true".into());
+    assert_eq!(vault.custody_for(&labels), Custody::PassThrough);
+    vault.enabled = false;
+    assert_eq!(vault.custody_for(&BTreeMap::new()), Custody::PassThrough);
+}

@@ -1,0 +1,608 @@
+//! Vault mode end to end (issue #17): the real binary, a real Postgres database per test and a stand-in
+//! Cloudflare that answers token create, roll and delete in Cloudflare's shapes. An agent that mints a token
+//! gets a handle, never the secret; the handle's requests are judged, recorded under the handle's agent and
+//! forwarded with the minted secret; roll, delete and expiry end a handle; a labelled agent keeps custody;
+//! the vault key is required and can be rotated.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::{PgPool, Row};
+use tollgate_tests::sdk::{Reply, StandIn};
+use tollgate_tests::tollgate::{CLOUDFLARE_SECRET, Tollgate, TollgateBuilder, policy_dir_with};
+use tollgate_tests::{TestDatabase, upstream::RecordedRequest};
+
+/// Allows everything, except a read of `…/probe`, which it denies with what the policy input says about a
+/// handle (so the test can see `agent.minted_by` and `agent.token`).
+const POLICY: &str = r#"package tollgate
+
+default decision := {"outcome": "allow"}
+
+decision := {"outcome": "deny", "reasons": [{"rule": "vault.probe", "message": msg}]} if {
+    endswith(input.request.path, "/probe")
+    msg := sprintf("minted_by=%s token=%s policies=%d", [input.agent.minted_by, input.agent.token.id, count(input.agent.token.policies)])
+}
+"#;
+
+const DNS_WRITE: &str = "4755a26eedb94da69e1066d98aa820be";
+
+fn created_secret(name: &str) -> String {
+    format!("cf-minted-secret-{name}-5e1f")
+}
+
+/// Cloudflare's token routes: create answers `result.value`, roll answers the new secret as `result`,
+/// delete answers `result.id`; anything else an empty list.
+fn cloudflare_tokens(rolls: Arc<AtomicUsize>) -> impl Fn(&RecordedRequest) -> Reply + Send + Sync {
+    move |r: &RecordedRequest| {
+        let path = r.path_and_query.split('?').next().unwrap_or_default();
+        let ok = |result: Value| {
+            Reply::json(
+                200,
+                json!({"success": true, "errors": [], "messages": [], "result": result}),
+            )
+        };
+        if r.method == "POST" && path == "/client/v4/user/tokens" {
+            let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            let name = body["name"].as_str().unwrap_or("unnamed").to_string();
+            if name == "odd" {
+                // Not Cloudflare's shape: tollgate cannot tell where the secret is.
+                return Reply::json(200, json!({"token": created_secret("odd")}));
+            }
+            return ok(json!({
+                "id": format!("tok-{name}"),
+                "name": name,
+                "status": "active",
+                "issued_on": "2026-12-01T00:00:00Z",
+                "expires_on": body["expires_on"],
+                "policies": body["policies"],
+                "value": created_secret(&name),
+            }));
+        }
+        if let Some(rest) = path.strip_prefix("/client/v4/user/tokens/") {
+            if r.method == "PUT" && rest.ends_with("/value") {
+                let n = rolls.fetch_add(1, Ordering::SeqCst);
+                let id = rest.trim_end_matches("/value");
+                return ok(Value::from(format!("cf-rolled-secret-{id}-{n}-9a2c")));
+            }
+            if r.method == "DELETE" {
+                return ok(json!({"id": rest}));
+            }
+        }
+        ok(json!([]))
+    }
+}
+
+struct World {
+    _db: TestDatabase,
+    pool: PgPool,
+    stand_in: StandIn,
+    gate: Tollgate,
+    deployer: String,
+    http: reqwest::Client,
+    _policies: tempfile::TempDir,
+}
+
+async fn world(configure: impl FnOnce(TollgateBuilder) -> TollgateBuilder) -> World {
+    let db = TestDatabase::create().await.expect("database");
+    let stand_in = StandIn::start().await.expect("stand-in");
+    stand_in.answer(cloudflare_tokens(Arc::new(AtomicUsize::new(0))));
+    let policies = policy_dir_with(POLICY).expect("policies");
+    let gate = configure(
+        Tollgate::builder(db.url(), &stand_in.url())
+            .policy_dir(policies.path())
+            .server("identity_refresh_ms = 100"),
+    )
+    .start()
+    .await
+    .expect("tollgate starts");
+    let deployer = gate
+        .create_agent("deployer", &["--team", "web", "--scope", "tokens:write"])
+        .await
+        .expect("agent");
+    let pool = db.pool().await.expect("pool");
+    World {
+        _db: db,
+        pool,
+        stand_in,
+        gate,
+        deployer,
+        http: reqwest::Client::new(),
+        _policies: policies,
+    }
+}
+
+impl World {
+    async fn create_token(&self, key: &str, name: &str, expires_on: &str) -> (u16, Value) {
+        let body = json!({
+            "name": name,
+            "policies": [{"effect": "allow",
+                          "resources": {"com.cloudflare.api.account.zone.023e105f4ecef8ad9ca31a8372d0c353": "*"},
+                          "permission_groups": [{"id": DNS_WRITE, "name": "DNS Write"}]}],
+            "expires_on": expires_on,
+        });
+        let r = self
+            .http
+            .post(self.gate.url("/cloudflare/client/v4/user/tokens"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .expect("create");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("json"))
+    }
+
+    async fn roll(&self, key: &str, token_id: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .put(self.gate.url(&format!(
+                "/cloudflare/client/v4/user/tokens/{token_id}/value"
+            )))
+            .bearer_auth(key)
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("roll");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("json"))
+    }
+
+    async fn delete(&self, key: &str, token_id: &str) -> u16 {
+        self.http
+            .delete(
+                self.gate
+                    .url(&format!("/cloudflare/client/v4/user/tokens/{token_id}")),
+            )
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("delete")
+            .status()
+            .as_u16()
+    }
+
+    /// A read with `key`; returns the status and what the stand-in saw as `Authorization` (if it was reached).
+    async fn read(&self, key: &str, path: &str) -> (u16, Option<String>, String) {
+        self.stand_in.take();
+        let r = self
+            .http
+            .get(self.gate.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("read");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        let seen = self
+            .stand_in
+            .take()
+            .first()
+            .and_then(|req| req.header("authorization").map(str::to_string));
+        (status, seen, text)
+    }
+
+    /// Reads until the answer is `want` (a revocation reaches every cache within a second or so).
+    async fn read_until(&self, key: &str, want: u16) -> u16 {
+        let mut last = 0;
+        for _ in 0..40 {
+            last = self.read(key, "/cloudflare/client/v4/zones").await.0;
+            if last == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        last
+    }
+
+    async fn row(&self, token_id: &str) -> sqlx::postgres::PgRow {
+        sqlx::query(
+            "SELECT name, policies, status, custody, minted_by_name, handle_agent_id, secret_key_id,
+                    secret_ciphertext, rolls, expires_on IS NOT NULL AS has_expiry,
+                    decision_id, rolled_at IS NOT NULL AS rolled, deleted_at IS NOT NULL AS deleted
+             FROM minted_tokens WHERE provider = 'cloudflare' AND token_id = $1",
+        )
+        .bind(token_id)
+        .fetch_one(&self.pool)
+        .await
+        .expect("minted token row")
+    }
+
+    /// Every table of the database as text (`pg_dump --data-only`).
+    async fn dump(&self, url: &str) -> String {
+        let out = tokio::process::Command::new("pg_dump")
+            .args(["--data-only", url])
+            .output()
+            .await
+            .expect("pg_dump");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn handle_of(created: &Value) -> String {
+    created["result"]["value"]
+        .as_str()
+        .expect("result.value")
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_minted_token_becomes_a_handle_judged_recorded_and_forwarded_with_its_secret() {
+    let w = world(|b| b).await;
+    let (status, created) = w
+        .create_token(&w.deployer, "alpha", "2099-01-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let handle = handle_of(&created);
+    assert!(
+        handle.starts_with("tg_") && handle.len() == 43,
+        "a handle looks like an agent key: {handle}"
+    );
+    assert_eq!(
+        created["result"]["id"], "tok-alpha",
+        "the rest of the answer is kept"
+    );
+    let secret = created_secret("alpha");
+    assert!(!created.to_string().contains(&secret));
+    // The create itself went out with tollgate's own credential.
+    let seen = w.stand_in.take();
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some(format!("Bearer {CLOUDFLARE_SECRET}").as_str())
+    );
+
+    // The handle works where a Cloudflare token goes, and is forwarded with the minted secret.
+    let (status, auth, _) = w.read(&handle, "/cloudflare/client/v4/zones").await;
+    assert_eq!(status, 200);
+    assert_eq!(auth.as_deref(), Some(format!("Bearer {secret}").as_str()));
+
+    // Judged with the token and its minter in the policy input.
+    let (status, auth, text) = w.read(&handle, "/cloudflare/client/v4/zones/z/probe").await;
+    assert_eq!(status, 403, "{text}");
+    assert!(auth.is_none(), "a denial is not forwarded");
+    assert!(
+        text.contains("minted_by=deployer token=tok-alpha policies=1"),
+        "{text}"
+    );
+    // Only for the provider that minted it.
+    let (status, auth, _) = w.read(&handle, "/stripe/v1/customers").await;
+    assert_eq!(status, 401);
+    assert!(auth.is_none());
+
+    // Recorded: the token, and the handle's decisions under its child agent, attributed to the minter.
+    let row = w.row("tok-alpha").await;
+    assert_eq!(row.get::<String, _>("status"), "active");
+    assert_eq!(row.get::<String, _>("custody"), "vault");
+    assert_eq!(row.get::<String, _>("minted_by_name"), "deployer");
+    assert_eq!(
+        row.get::<Option<String>, _>("name").as_deref(),
+        Some("alpha")
+    );
+    assert_eq!(
+        row.get::<Value, _>("policies")[0]["permission_groups"][0]["id"],
+        DNS_WRITE
+    );
+    assert!(row.get::<bool, _>("has_expiry"));
+    assert_eq!(
+        row.get::<Option<String>, _>("secret_key_id").as_deref(),
+        Some("k1")
+    );
+    let child_id: uuid::Uuid = row.get::<Option<uuid::Uuid>, _>("handle_agent_id").unwrap();
+    let child = sqlx::query(
+        "SELECT c.name, c.scopes, c.team, p.name AS parent FROM agents c JOIN agents p ON p.id = c.minted_by
+         WHERE c.id = $1 AND c.minted_token_id = 'tok-alpha'",
+    )
+    .bind(child_id)
+    .fetch_one(&w.pool)
+    .await
+    .unwrap();
+    assert_eq!(child.get::<String, _>("name"), "deployer~tok-alpha");
+    assert_eq!(child.get::<String, _>("parent"), "deployer");
+    assert_eq!(child.get::<Vec<String>, _>("scopes"), vec!["tokens:write"]);
+    assert_eq!(
+        child.get::<Option<String>, _>("team").as_deref(),
+        Some("web")
+    );
+    // (the read of /stripe is refused before any policy runs: no outcome, no input)
+    let decided: Vec<(String, String, Option<String>)> = sqlx::query(
+        "SELECT agent_name, coalesce(policy_outcome, 'none') AS outcome,
+                input::jsonb #>> '{agent,minted_by}' AS minted_by
+         FROM decisions WHERE agent_id = $1 ORDER BY at",
+    )
+    .bind(child_id)
+    .fetch_all(&w.pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get("agent_name"), r.get("outcome"), r.get("minted_by")))
+    .collect();
+    let expected = |outcome: &str, minted_by: Option<&str>| {
+        (
+            "deployer~tok-alpha".to_string(),
+            outcome.to_string(),
+            minted_by.map(str::to_string),
+        )
+    };
+    assert_eq!(
+        decided,
+        vec![
+            expected("allow", Some("deployer")),
+            expected("deny", Some("deployer")),
+            expected("none", None),
+        ]
+    );
+
+    // The secret is nowhere but sealed: not in any table, not in the log.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dump = w.dump(w._db.url()).await;
+    assert!(dump.contains("tok-alpha"), "the dump has the row");
+    assert!(
+        !dump.contains(&secret),
+        "the secret is in the database dump"
+    );
+    assert!(!w.gate.log().contains(&secret), "the secret is in the log");
+    assert!(!w.gate.log().contains(&handle), "the handle is in the log");
+
+    // Metrics count the token and the handle's use.
+    let metrics = w
+        .http
+        .get(w.gate.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"tollgate_minted_tokens_total{custody="vault",event="created",provider="cloudflare"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tollgate_vault_handles_used_total{provider="cloudflare"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn roll_delete_and_expiry_end_a_handle() {
+    let w = world(|b| b).await;
+    let (_, created) = w
+        .create_token(&w.deployer, "alpha", "2099-01-01T00:00:00Z")
+        .await;
+    let first = handle_of(&created);
+    assert_eq!(w.read_until(&first, 200).await, 200);
+
+    // Roll (through the handle itself): the old handle dies, the answer carries a new one that works with the
+    // new secret.
+    let (status, rolled) = w.roll(&first, "tok-alpha").await;
+    assert_eq!(status, 200, "{rolled}");
+    let second = rolled["result"].as_str().expect("result").to_string();
+    assert!(second.starts_with("tg_") && second != first, "{rolled}");
+    assert!(!rolled.to_string().contains("cf-rolled-secret"));
+    assert_eq!(
+        w.read_until(&first, 401).await,
+        401,
+        "the rolled-away handle"
+    );
+    let (status, auth, _) = w.read(&second, "/cloudflare/client/v4/zones").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        auth.as_deref(),
+        Some("Bearer cf-rolled-secret-tok-alpha-0-9a2c")
+    );
+    let row = w.row("tok-alpha").await;
+    assert_eq!(row.get::<String, _>("status"), "rolled");
+    assert_eq!(row.get::<i64, _>("rolls"), 1);
+    assert!(row.get::<bool, _>("rolled"));
+    assert!(!w.dump(w._db.url()).await.contains("cf-rolled-secret"));
+
+    // Delete: the handle is revoked and the sealed secret dropped.
+    assert_eq!(w.delete(&w.deployer, "tok-alpha").await, 200);
+    assert_eq!(
+        w.read_until(&second, 401).await,
+        401,
+        "the deleted token's handle"
+    );
+    let row = w.row("tok-alpha").await;
+    assert_eq!(row.get::<String, _>("status"), "deleted");
+    assert!(row.get::<bool, _>("deleted"));
+    assert!(row.get::<Option<Vec<u8>>, _>("secret_ciphertext").is_none());
+
+    // Another agent's revocation leaves a handle alone.
+    let (_, created) = w
+        .create_token(&w.deployer, "kept", "2099-01-01T00:00:00Z")
+        .await;
+    let kept = handle_of(&created);
+    assert_eq!(w.read(&kept, "/cloudflare/client/v4/zones").await.0, 200);
+    let other = w.gate.create_agent("other", &[]).await.unwrap();
+    let (ok, _, err) = w.gate.cli(&["agents", "revoke", "other"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(w.read_until(&other, 401).await, 401);
+    assert_eq!(w.read(&kept, "/cloudflare/client/v4/zones").await.0, 200);
+
+    // Expiry: the handle ends with the token's `expires_on`.
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (status, created) = w.create_token(&w.deployer, "brief", &soon).await;
+    assert_eq!(status, 200, "{created}");
+    let brief = handle_of(&created);
+    assert_eq!(w.read(&brief, "/cloudflare/client/v4/zones").await.0, 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(w.read(&brief, "/cloudflare/client/v4/zones").await.0, 401);
+
+    // Revoking the minter ends its handles too.
+    let (ok, _, err) = w.gate.cli(&["agents", "revoke", "deployer"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(
+        w.read_until(&kept, 401).await,
+        401,
+        "the revoked minter's handle"
+    );
+}
+
+#[tokio::test]
+async fn a_pass_through_label_keeps_the_secret_with_the_agent_and_the_row_says_so() {
+    let w = world(|b| b.tables("[vault]\npass_through_labels = [\"ci=true\"]")).await;
+    let ci = w
+        .gate
+        .create_agent("ci-bot", &["--label", "ci=true"])
+        .await
+        .unwrap();
+    let (status, created) = w.create_token(&ci, "gamma", "2099-01-01T00:00:00Z").await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["result"]["value"], created_secret("gamma"));
+    let row = w.row("tok-gamma").await;
+    assert_eq!(row.get::<String, _>("custody"), "pass_through");
+    assert_eq!(row.get::<String, _>("minted_by_name"), "ci-bot");
+    assert!(
+        row.get::<Option<uuid::Uuid>, _>("handle_agent_id")
+            .is_none()
+    );
+    assert!(row.get::<Option<Vec<u8>>, _>("secret_ciphertext").is_none());
+    // Other agents still get handles.
+    let (_, created) = w
+        .create_token(&w.deployer, "delta", "2099-01-01T00:00:00Z")
+        .await;
+    assert!(handle_of(&created).starts_with("tg_"));
+
+    // An answer of a shape tollgate does not know: withheld in vault mode (the outcome says so), passed on to
+    // a pass-through agent.
+    let (status, refused) = w
+        .create_token(&w.deployer, "odd", "2099-01-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 502, "{refused}");
+    assert_eq!(refused["tollgate"]["code"], "upstream_error");
+    assert!(!refused.to_string().contains(&created_secret("odd")));
+    let decision = refused["tollgate"]["decision_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut note = None;
+    for _ in 0..50 {
+        note = sqlx::query_scalar::<_, Option<String>>(
+            "SELECT error FROM decision_outcomes WHERE decision_id = $1::uuid",
+        )
+        .bind(&decision)
+        .fetch_optional(&w.pool)
+        .await
+        .unwrap()
+        .flatten();
+        if note.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(note.as_deref(), Some("minted_token_withheld"));
+    let (status, passed) = w.create_token(&ci, "odd", "2099-01-01T00:00:00Z").await;
+    assert_eq!(status, 200);
+    assert_eq!(passed["token"], created_secret("odd"));
+    assert!(!w.gate.log().contains(&created_secret("odd")));
+}
+
+#[tokio::test]
+async fn vault_mode_needs_its_key() {
+    let db = TestDatabase::create().await.unwrap();
+    for (vault, expect) in [
+        (
+            "[vault]\nkey_env = \"TOLLGATE_VAULT_KEY_NOT_SET\"",
+            "environment variable TOLLGATE_VAULT_KEY_NOT_SET (vault key 'k1') is not set",
+        ),
+        (
+            "[vault]\nkey_env = \"CLOUDFLARE_API_TOKEN\"",
+            "environment variable CLOUDFLARE_API_TOKEN (vault key 'k1') is not base64 of exactly 32 bytes",
+        ),
+    ] {
+        let started = Tollgate::builder(db.url(), "http://127.0.0.1:9")
+            .tables(vault)
+            .start()
+            .await;
+        let error = format!("{:#}", started.err().expect("refused to start"));
+        assert!(error.contains(expect), "{error}");
+        assert!(
+            !error.contains(CLOUDFLARE_SECRET),
+            "the error shows no key material: {error}"
+        );
+    }
+    // Vault mode off: no key needed.
+    let off = Tollgate::builder(db.url(), "http://127.0.0.1:9")
+        .tables("[vault]\nenabled = false\nkey_env = \"TOLLGATE_VAULT_KEY_NOT_SET\"")
+        .start()
+        .await;
+    assert!(off.is_ok());
+}
+
+#[tokio::test]
+async fn secrets_sealed_under_an_old_key_open_after_rotation() {
+    let mut w = world(|b| b.tables("[vault]\nkey_env = \"TOLLGATE_VAULT_KEY\"")).await;
+    let (_, created) = w
+        .create_token(&w.deployer, "old", "2099-01-01T00:00:00Z")
+        .await;
+    let old = handle_of(&created);
+    assert_eq!(
+        w.row("tok-old")
+            .await
+            .get::<Option<String>, _>("secret_key_id")
+            .as_deref(),
+        Some("k1")
+    );
+
+    // k2 becomes first; k1 stays to open what it sealed.
+    w.gate.terminate().await.unwrap();
+    let config = w.gate.dir().join("tollgate.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "key_env = \"TOLLGATE_VAULT_KEY\"",
+        "keys = [{ id = \"k2\", env = \"TOLLGATE_VAULT_KEY_2\" }, { id = \"k1\", env = \"TOLLGATE_VAULT_KEY\" }]",
+    );
+    std::fs::write(&config, text).unwrap();
+    let World {
+        _db,
+        pool,
+        stand_in,
+        gate,
+        deployer,
+        http,
+        _policies,
+    } = w;
+    let gate = gate.restart().await.unwrap();
+    let w = World {
+        _db,
+        pool,
+        stand_in,
+        gate,
+        deployer,
+        http,
+        _policies,
+    };
+    let (status, auth, _) = w.read(&old, "/cloudflare/client/v4/zones").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        auth.as_deref(),
+        Some(format!("Bearer {}", created_secret("old")).as_str())
+    );
+    let (_, created) = w
+        .create_token(&w.deployer, "new", "2099-01-01T00:00:00Z")
+        .await;
+    assert_eq!(
+        w.row("tok-new")
+            .await
+            .get::<Option<String>, _>("secret_key_id")
+            .as_deref(),
+        Some("k2")
+    );
+    let (status, auth, _) = w
+        .read(&handle_of(&created), "/cloudflare/client/v4/zones")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        auth.as_deref(),
+        Some(format!("Bearer {}", created_secret("new")).as_str())
+    );
+}
