@@ -196,9 +196,19 @@ async fn require_role(
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
-    let vouched: Option<String> = peer
-        .filter(|ip| admin.config.admin.trusted_proxies.contains(ip))
-        .and_then(|_| request.headers().get(&admin.config.admin.identity_header))
+    let from_proxy = peer.is_some_and(|ip| admin.config.admin.trusted_proxies.contains(&ip));
+    let mut identities = request
+        .headers()
+        .get_all(&admin.config.admin.identity_header)
+        .iter();
+    let (first, second) = (identities.next(), identities.next());
+    // Two identity headers: the proxy appended its own to one the client sent. Neither can be believed.
+    if from_proxy && presented.is_none() && second.is_some() {
+        tracing::warn!("admin call refused: more than one identity header from the trusted proxy");
+        return unauthenticated();
+    }
+    let vouched: Option<String> = first
+        .filter(|_| from_proxy)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let found = match (presented, vouched) {
@@ -770,6 +780,37 @@ fn note_too_long(note: Option<&str>) -> Option<Response> {
         })
 }
 
+/// Why the body a reviewer would approve cannot be seen whole in its record, if it cannot: the body was
+/// over the stored limit (kept as its size and hash), or a string in it was shortened. Approving bytes no
+/// reviewer can inspect is refused; denying is not.
+pub fn unreviewable(input: Option<&Value>) -> Option<&'static str> {
+    fn shortened(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains("…[") && s.contains("sha256:"),
+            Value::Array(items) => items.iter().any(shortened),
+            Value::Object(map) => map
+                .iter()
+                .any(|(k, v)| shortened(&Value::String(k.clone())) || shortened(v)),
+            _ => false,
+        }
+    }
+    // No record yet: a request held open (`hold_seconds`) is recorded when it finishes. Its approval shows
+    // what the approval binds (path, query, charge, reasons, body hash); the body is judged when recorded.
+    let input = input?;
+    let body = &input["request"]["body"];
+    if body.get("omitted").is_some() && body.get("sha256").is_some() {
+        return Some(
+            "the request's body was over the recorded limit, so a reviewer cannot see what it carries",
+        );
+    }
+    if shortened(body) {
+        return Some(
+            "a value in the request's body was too long to record in full, so a reviewer cannot see it all",
+        );
+    }
+    None
+}
+
 async fn decide(
     admin: Arc<Admin>,
     me: &Reviewer,
@@ -777,6 +818,31 @@ async fn decide(
     approve: bool,
     verdict: Verdict,
 ) -> Response {
+    if approve {
+        let approval = match admin.store.approval(id).await {
+            Ok(a) => a,
+            Err(e) => return store_error(e),
+        };
+        if let Some(a) = approval {
+            let input = match admin.store.decision(a.requested_by_decision).await {
+                Ok(d) => d.and_then(|(d, _)| {
+                    d.input
+                        .as_deref()
+                        .and_then(|i| serde_json::from_str(i).ok())
+                }),
+                Err(e) => return store_error(e),
+            };
+            if let Some(why) = unreviewable(input.as_ref()) {
+                return api_error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unreviewable",
+                    &format!(
+                        "this request cannot be approved: {why}. Deny it, and have the agent send a smaller request."
+                    ),
+                );
+            }
+        }
+    }
     if let Some(refused) = note_too_long(verdict.note.as_deref()) {
         return refused;
     }

@@ -337,10 +337,18 @@ fn over_tls(admin: &Admin, headers: &HeaderMap, peer: Option<std::net::IpAddr>) 
         return true;
     }
     peer.is_some_and(|ip| admin.config.admin.trusted_proxies.contains(&ip))
-        && headers
-            .get("x-forwarded-proto")
+        && single(headers, &http::HeaderName::from_static("x-forwarded-proto"))
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
+}
+
+/// A header's value when it appears exactly once.
+fn single<'a>(headers: &'a HeaderMap, name: &http::HeaderName) -> Option<&'a HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => Some(v),
+        _ => None,
+    }
 }
 
 fn peer_ip(request: &Request) -> Option<std::net::IpAddr> {
@@ -383,7 +391,8 @@ fn vouched_email(
     peer: Option<std::net::IpAddr>,
 ) -> Option<String> {
     peer.filter(|ip| admin.config.admin.trusted_proxies.contains(ip))
-        .and_then(|_| headers.get(&admin.config.admin.identity_header))
+        // More than one (a proxy appending its own to one the client sent) vouches for no one.
+        .and_then(|_| single(headers, &admin.config.admin.identity_header))
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_ascii_lowercase())
         .filter(|v| !v.is_empty())
@@ -1033,6 +1042,7 @@ async fn approval_page(
     context["budget"] = json!(budget);
     context["period"] = json!(period);
     context["separation"] = json!(separation);
+    context["unreviewable"] = json!(admin::unreviewable(Some(&input).filter(|i| !i.is_null())));
     context["done"] = json!(done_message(done.done.as_deref()));
     render(StatusCode::OK, "approval.html", &context)
 }

@@ -936,6 +936,16 @@ async fn a_trusted_proxy_signs_a_reviewer_into_the_console() {
             ("freeze".into(), "olga".into())
         ]
     );
+    // Two identity headers vouch for no one: the session opened for olga is not honoured with them.
+    let r = http
+        .get(tollgate.admin_url("/operations"))
+        .header("cookie", format!("tollgate_session={cookie}"))
+        .header("X-Forwarded-Email", "olga@example.com")
+        .header("X-Forwarded-Email", "olga@example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
     // Someone the proxy vouches for who is no reviewer gets the sign-in form.
     let r = http
         .get(tollgate.admin_url("/operations"))
@@ -1209,4 +1219,70 @@ where
         out.push(t.await.unwrap());
     }
     out
+}
+
+#[tokio::test]
+async fn a_body_too_large_to_show_whole_cannot_be_approved() {
+    let s = Setup::start().await;
+    let token = s.reviewer("ann", "approver").await;
+    // A long value: the record keeps its start and hash only, so a reviewer could not see all it says.
+    let long = "x".repeat(3000);
+    let r = s
+        .http
+        .post(s.tollgate.url("/stripe/v1/payment_intents"))
+        .basic_auth(&s.agent_key, Some(""))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "amount=6000&currency=usd&description={long}&transfer_data[destination]=acct_ELSEWHERE"
+        ))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let id = v["tollgate"]["approval_id"].as_str().unwrap().to_string();
+    let browser = Browser::start().await.expect("a headless browser");
+    sign_in(&browser, &s, &token, None).await;
+    browser
+        .goto(&s.tollgate.admin_url(&format!("/approvals/{id}")))
+        .await
+        .unwrap();
+    let why = browser
+        .text(&browser.find("#unreviewable").await.unwrap())
+        .await
+        .unwrap();
+    assert!(why.contains("too long to record in full"), "{why}");
+    assert!(
+        browser.find_all("#approve").await.unwrap().is_empty(),
+        "no Approve"
+    );
+    assert_eq!(
+        browser.find_all("#deny").await.unwrap().len(),
+        1,
+        "Deny stays"
+    );
+    // The API refuses it too; denying works.
+    let r = s
+        .http
+        .post(
+            s.tollgate
+                .admin_url(&format!("/api/approvals/{id}/approve")),
+        )
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"note": "looks fine"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "unreviewable", "{v}");
+    assert_eq!(s.approval(&id).await["status"], "pending");
+    let r = s
+        .http
+        .post(s.tollgate.admin_url(&format!("/api/approvals/{id}/deny")))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"note": "send a smaller request"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
 }

@@ -681,6 +681,16 @@ async fn a_trusted_proxys_identity_header_signs_a_reviewer_in() {
         (status, me["name"].as_str(), me["role"].as_str()),
         (200, Some("alice"), Some("approver"))
     );
+    // Two identity headers (a proxy appending its own to one the client sent): neither is believed.
+    let r = s
+        .http
+        .get(s.replicas[0].admin_url("/api/whoami"))
+        .header("X-Auth-Email", "mallory@example.com")
+        .header("X-Auth-Email", "alice@example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
     // Unknown, revoked, or the header this tollgate does not trust: no one.
     assert_eq!(whoami("X-Auth-Email", "mallory@example.com").await.0, 401);
     assert_eq!(whoami("X-Auth-Email", "gone@example.com").await.0, 401);
