@@ -22,3 +22,6 @@ CREATE UNIQUE INDEX reviewers_name_ci ON reviewers (lower(name));
 -- The review queue: a new approval counts the agent's pending ones first (`approvals.max_pending_per_agent`),
 -- and the console lists them oldest first.
 CREATE INDEX approvals_pending_by_agent ON approvals (agent_id, created_at) WHERE status = 'pending';
+
+-- Agent names likewise: `buyer` and `BUYER` would be two agents a reviewer cannot tell apart in the queue.
+CREATE UNIQUE INDEX agents_name_ci ON agents (lower(name));

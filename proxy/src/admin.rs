@@ -302,6 +302,7 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DecisionQuery {
     agent: Option<String>,
     action: Option<String>,
@@ -455,7 +456,8 @@ async fn create_agent(
                 &me.name,
                 "agent.create",
                 Some(&row.name),
-                json!({"scopes": row.scopes, "team": row.team}),
+                json!({"scopes": row.scopes, "team": row.team, "labels": row.labels,
+                    "expires_at": row.expires_at}),
             )
             .await;
             let mut v = agent_json(&row);
@@ -475,8 +477,9 @@ async fn revoke_agent(
     Extension(me): Extension<Reviewer>,
     Path(name): Path<String>,
 ) -> Response {
-    // A name no agent can have (a NUL byte, a slash) is answered here, not sent to the store.
-    if !identity::valid_name(&name) {
+    // A name no agent can have (a NUL byte, a control character) is answered here, not sent to the store.
+    // (Handles' agents are named `<minter>~<token id>`, beyond the shape a created agent's name has.)
+    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
         return api_error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -655,8 +658,11 @@ pub(crate) async fn audit_action(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ApprovalQuery {
     status: Option<String>,
+    /// One agent's (with `status=pending`: the review queue, oldest first).
+    agent: Option<String>,
     limit: Option<i64>,
 }
 
@@ -664,14 +670,26 @@ async fn list_approvals(
     State(admin): State<Arc<Admin>>,
     Query(q): Query<ApprovalQuery>,
 ) -> Response {
-    match admin
-        .store
-        .list_approvals(
-            q.status.as_deref(),
-            q.limit.unwrap_or(100).clamp(1, MAX_PAGE),
-        )
-        .await
-    {
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    if let Some(agent) = q.agent.as_deref() {
+        // A filter that cannot be honoured is refused, never ignored: a script approving "everything pending
+        // for agent X" must not get everyone's.
+        if q.status.as_deref() != Some("pending") {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "agent= filters the pending queue only: add status=pending",
+            );
+        }
+        return match admin.store.pending_queue(Some(agent), limit).await {
+            Ok(rows) => {
+                Json(json!({"approvals": rows.iter().map(approval_json).collect::<Vec<_>>()}))
+                    .into_response()
+            }
+            Err(e) => store_error(e),
+        };
+    }
+    match admin.store.list_approvals(q.status.as_deref(), limit).await {
         Ok(rows) => Json(json!({"approvals": rows.iter().map(approval_json).collect::<Vec<_>>()}))
             .into_response(),
         Err(e) => store_error(e),

@@ -461,7 +461,11 @@ pub fn main() -> ExitCode {
         Err(e) => {
             match e.downcast_ref::<RemoteError>() {
                 // The server's own words, with its code and status: `error: <message> (<code>, HTTP 403)`.
-                Some(remote) => eprintln!("error: {remote}"),
+                // (Shown escaped: a server, or a value an agent chose that it quotes, may hold control bytes.)
+                Some(remote) => eprintln!(
+                    "error: {}",
+                    crate::display::reveal(&remote.to_string(), true)
+                ),
                 None => eprintln!("tollgate: {e:#}"),
             }
             ExitCode::FAILURE

@@ -288,9 +288,12 @@ async fn js() -> Response {
 }
 
 fn render(status: StatusCode, template: &str, context: &Value) -> Response {
+    // What an agent chose is shown as its bytes are: no invisible or direction-changing characters.
+    let mut context = context.clone();
+    crate::display::reveal_all(&mut context);
     let rendered = templates()
         .get_template(template)
-        .and_then(|t| t.render(minijinja::Value::from_serialize(context)));
+        .and_then(|t| t.render(minijinja::Value::from_serialize(&context)));
     match rendered {
         Ok(html) => (
             status,

@@ -315,7 +315,6 @@ fn looks_like_key(presented: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric())
 }
 
-/// Validates and stores a new agent; returns its row and the key, which is never stored.
 /// An agent or team name: 1-64 letters, digits, `-`, `_` or `.`. A name outside this shape names no agent.
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
@@ -324,6 +323,7 @@ pub fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+/// Validates and stores a new agent; returns its row and the key, which is never stored.
 pub async fn create_agent(
     store: &Store,
     new: NewAgent,
@@ -340,14 +340,29 @@ pub async fn create_agent(
             "team must be 1-64 characters of letters, digits, '-', '_' or '.'".into(),
         ));
     }
-    if let Some(s) = new
+    // Scopes and labels are shown to reviewers and matched by policies: printable ASCII, bounded.
+    if new
         .scopes
         .iter()
-        .find(|s| s.is_empty() || s.contains(char::is_whitespace))
+        .any(|s| s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_graphic()))
     {
-        return Err(CreateAgentError::Invalid(format!(
-            "scope '{s}' is empty or contains whitespace"
-        )));
+        return Err(CreateAgentError::Invalid(
+            "a scope must be 1-64 printable ASCII characters without spaces (like dns:write)"
+                .into(),
+        ));
+    }
+    if new.labels.iter().any(|(k, v)| {
+        k.is_empty()
+            || k.len() > 64
+            || !k.bytes().all(|b| b.is_ascii_graphic())
+            || v.len() > 256
+            || v.chars().any(char::is_control)
+    }) {
+        return Err(CreateAgentError::Invalid(
+            "a label is key=value: a key of 1-64 printable ASCII characters, a value of at most 256 characters \
+             without control characters"
+                .into(),
+        ));
     }
     if let Some(t) = new.expires_at
         && t <= Utc::now()

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod datafile;
+pub mod display;
 pub mod error;
 pub mod forward;
 pub mod identity;

@@ -267,7 +267,7 @@ fn money(cents: i64) -> String {
 /// or a mention, and cut to `max` characters (Slack refuses a field over 2,000 and a section over 3,000, and
 /// would refuse the whole message).
 fn slack_escape(text: &str, max: usize) -> String {
-    let escaped = text
+    let escaped = crate::display::reveal(text, true)
         .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;");

@@ -768,6 +768,20 @@ async fn every_page_carries_a_strict_policy_and_no_secret() {
         )
         .await;
     assert_eq!(status, 201, "{page}");
+    // Scopes and labels are printable: a terminal escape in one is refused.
+    let (status, _) = s
+        .post_form(
+            "/agents",
+            &session,
+            &[
+                ("csrf", &csrf),
+                ("name", "odd-bot"),
+                ("scopes", "dns:write,\u{1b}[31m"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
     let key_at = page.find("id=\"agent-key\">").unwrap() + 15;
     let key = &page[key_at..key_at + 20];
     assert!(key.starts_with("tg_"), "{key}");
@@ -1151,6 +1165,35 @@ async fn an_agent_may_keep_only_so_many_requests_waiting() {
         3,
         "{pending}"
     );
+    // The API's queue of one agent; a filter it cannot honour is refused, never ignored.
+    let api = |query: &'static str| {
+        s.http
+            .get(s.tollgate.admin_url(&format!("/api/approvals?{query}")))
+            .bearer_auth(tollgate_tests::tollgate::ADMIN_TOKEN)
+            .send()
+    };
+    let mine: Value = api("status=pending&agent=flooder")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agents: Vec<&str> = mine["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(agents, vec!["flooder", "flooder"], "{mine}");
+    assert_eq!(api("agent=flooder").await.unwrap().status().as_u16(), 400);
+    assert_eq!(
+        api("status=pending&agnt=flooder")
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        400
+    );
     // Once a reviewer decides one, the agent may ask again.
     let r = s
         .http
@@ -1285,4 +1328,29 @@ async fn a_body_too_large_to_show_whole_cannot_be_approved() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
+
+    // A value that would read backwards (RIGHT-TO-LEFT OVERRIDE) is shown as its bytes are.
+    let r = s
+        .http
+        .post(s.tollgate.url("/stripe/v1/payment_intents"))
+        .basic_auth(&s.agent_key, Some(""))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("amount=6000&currency=usd&description=%E2%80%AE0006")
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let id = v["tollgate"]["approval_id"].as_str().unwrap().to_string();
+    browser
+        .goto(&s.tollgate.admin_url(&format!("/approvals/{id}")))
+        .await
+        .unwrap();
+    let body = browser
+        .text(&browser.find("#body").await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        body.contains("u{202e}0006") && !body.contains('\u{202e}'),
+        "{body}"
+    );
 }

@@ -28,22 +28,10 @@ const API_PAGE: i64 = 500;
 
 /// Text an agent may have chosen (a path, a header, a policy reason quoting its body), made safe for a
 /// reviewer's terminal: control characters (ESC and the rest of C0, DEL, C1, which would move the cursor,
-/// rewrite what was printed above or retitle the window) are shown escaped, `\u{1b}`, not sent raw.
+/// rewrite what was printed above or retitle the window) and invisible or direction-changing ones are shown
+/// escaped, `\u{1b}`, not sent raw (`display::reveal`).
 pub(super) fn shown(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    std::borrow::Cow::Owned(
-        text.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_unicode().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect(),
-    )
+    crate::display::reveal(text, false)
 }
 
 /// A string field of an API object, `""` when absent; safe to print (see [`shown`]).
@@ -485,7 +473,7 @@ pub(super) async fn agents(cli: &Cli, cmd: &AgentsCommand) -> anyhow::Result<Exi
                         text(a, "status"),
                         a["team"].as_str().unwrap_or("-"),
                         text(a, "key_prefix"),
-                        scopes.join(","),
+                        shown(&scopes.join(",")),
                         a["expires_at"].as_str().unwrap_or("never")
                     );
                 }
