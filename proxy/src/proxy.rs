@@ -1102,6 +1102,12 @@ impl Gate {
                         self.keep_minted_token(draft, &intake, event, response)
                             .await
                     }
+                    // A refusal to a create or roll should carry no secret; in vault mode one that does is
+                    // withheld all the same.
+                    Some(event) if event != TokenEvent::Deleted => {
+                        self.screen_token_refusal(draft, &intake, event, response)
+                            .await
+                    }
                     _ => response,
                 };
                 if response.status().as_u16() != status {
@@ -1176,6 +1182,49 @@ impl Gate {
     /// (vault mode), its secret sealed and replaced by a handle, a key of a new child agent of the minter.
     /// Only these answers are read (at most [`TOKEN_RESPONSE_LIMIT`]). When the secret cannot be kept — an
     /// answer of another shape, a store failure — the agent gets an error, never the secret.
+    /// A non-2xx answer to a token create or roll, in vault mode: passed on unless it carries a secret where
+    /// a success would, which is withheld (the token may exist; nothing is recorded of it).
+    async fn screen_token_refusal(
+        &self,
+        draft: &Draft,
+        intake: &Intake<'_>,
+        event: TokenEvent,
+        response: Response<Body>,
+    ) -> Response<Body> {
+        if self.vault.custody_for(&intake.agent.labels) == Custody::PassThrough {
+            return response;
+        }
+        let (head, body) = response.into_parts();
+        let limited = http_body_util::Limited::new(body, TOKEN_RESPONSE_LIMIT);
+        let read =
+            tokio::time::timeout(self.config.server.upstream_timeout, limited.collect()).await;
+        let bytes = match read {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            _ => {
+                return Refusal::new(
+                    RefusalCode::UpstreamError,
+                    "tollgate: the provider's answer to this token action could not be read",
+                )
+                .not_retryable()
+                .into_response(draft.envelope, draft.id);
+            }
+        };
+        let carries_secret =
+            MintedResponse::parse(event, &bytes).is_some_and(|p| p.secret().is_some());
+        if carries_secret {
+            tracing::error!(decision_id = %draft.id, action = %intake.action.name, "a refused token action's answer carries a secret; withheld");
+            return Refusal::new(
+                RefusalCode::UpstreamError,
+                "tollgate: the provider refused this token action but its answer carries a secret, so it is withheld (vault mode)",
+            )
+            .not_retryable()
+            .into_response(draft.envelope, draft.id);
+        }
+        let mut head = head;
+        head.headers.remove(http::header::CONTENT_LENGTH);
+        Response::from_parts(head, Body::from(bytes))
+    }
+
     async fn keep_minted_token(
         &self,
         draft: &Draft,
@@ -1254,10 +1303,17 @@ impl Gate {
                     TokenEvent::Created => parsed.as_ref().and_then(|p| p.token_id.clone()),
                     _ => path_token,
                 };
-                // An answer with nothing secret in it (a create's `result` without `value`) is passed on.
+                // In vault mode an answer must be the known shape with its secret where tollgate replaces it:
+                // anything else (no id, no string `value`, the secret elsewhere) is withheld, never passed on.
                 let no_secret = parsed.as_ref().is_some_and(|p| p.secret().is_none());
+                if custody == Custody::Vault && no_secret {
+                    tracing::error!(decision_id = %draft.id, action = %intake.action.name, "a token action's answer carries no secret where expected; withheld");
+                    return withheld(
+                        "the provider's answer to this token action does not carry its secret where expected, so it is withheld (vault mode); the token may exist",
+                    );
+                }
                 let (Some(parsed), Some(token_id)) = (parsed, token_id) else {
-                    if custody == Custody::PassThrough || no_secret {
+                    if custody == Custody::PassThrough {
                         tracing::warn!(decision_id = %draft.id, "a token action's answer is not the expected shape; passed through unrecorded");
                         return pass(bytes);
                     }
@@ -1357,7 +1413,34 @@ impl Gate {
                 }
                 count(custody);
                 match key {
-                    Some(key) => pass(parsed.with_handle(event, key.expose())),
+                    Some(key) => {
+                        let secret = parsed
+                            .secret()
+                            .map(|s| secrecy::ExposeSecret::expose_secret(s).to_string())
+                            .unwrap_or_default();
+                        let answer = parsed.with_handle(event, key.expose());
+                        // The secret must not leave by another field, or a header: withheld if it would.
+                        let leaks = !secret.is_empty()
+                            && (contains(&answer, secret.as_bytes())
+                                || head
+                                    .headers
+                                    .values()
+                                    .any(|v| contains(v.as_bytes(), secret.as_bytes())));
+                        if leaks {
+                            tracing::error!(%token_id, decision_id = %draft.id, "the minted secret appears elsewhere in the provider's answer; withheld");
+                            if let Err(e) = self
+                                .store
+                                .delete_minted_token(provider, &token_id, draft.id, now)
+                                .await
+                            {
+                                tracing::error!(error = %e, %token_id, "revoking the withheld token's handle failed");
+                            }
+                            return withheld(
+                                "the minted token's secret appears elsewhere in the provider's answer, so the answer is withheld (vault mode); delete the token",
+                            );
+                        }
+                        pass(answer)
+                    }
                     None => pass(bytes),
                 }
             }
@@ -2160,6 +2243,11 @@ pub fn insert_decision_header(headers: &mut HeaderMap, id: Uuid) {
     if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
         headers.insert(crate::DECISION_HEADER, v);
     }
+}
+
+/// Whether `needle` occurs in `haystack` (a minted secret in an answer about to leave).
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]

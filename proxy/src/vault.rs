@@ -307,6 +307,15 @@ impl MintedResponse {
             TokenEvent::Rolled => (None, None, None, Some(result.as_str()?.to_string())),
             TokenEvent::Deleted => (text(result.get("id")), None, None, None),
         };
+        // A token id names a row and a handle: Cloudflare's are 32 hex characters; anything empty or odd is
+        // not an answer tollgate knows (an empty id would make a handle no delete could end).
+        let token_id = token_id.filter(|id| {
+            !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
         Some(MintedResponse {
             token_id,
             name,

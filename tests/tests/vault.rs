@@ -50,6 +50,26 @@ fn cloudflare_tokens(rolls: Arc<AtomicUsize>) -> impl Fn(&RecordedRequest) -> Re
                 // Not Cloudflare's shape: tollgate cannot tell where the secret is.
                 return Reply::json(200, json!({"token": created_secret("odd")}));
             }
+            // Shapes that would carry the secret past the handle (the attack round's findings).
+            let secret = created_secret(&name);
+            match name.as_str() {
+                "extra" => {
+                    return ok(json!({"id": "tok-extra", "name": name, "value": secret,
+                        "description": format!("your token is {secret}")}));
+                }
+                "novalue" => {
+                    return ok(json!({"id": "tok-novalue", "name": name, "secret": secret}));
+                }
+                "emptyid" => return ok(json!({"id": "", "name": name, "value": secret})),
+                "refused" => {
+                    return Reply::json(
+                        400,
+                        json!({"success": false, "errors": [{"code": 1000, "message": "no"}],
+                            "messages": [], "result": {"id": "tok-refused", "value": secret}}),
+                    );
+                }
+                _ => {}
+            }
             return ok(json!({
                 "id": format!("tok-{name}"),
                 "name": name,
@@ -605,4 +625,23 @@ async fn secrets_sealed_under_an_old_key_open_after_rotation() {
         auth.as_deref(),
         Some(format!("Bearer {}", created_secret("new")).as_str())
     );
+}
+
+/// Answers that would carry the secret past the handle — a copy in another field, the secret under another
+/// name, an empty token id, a refusal that carries one — are withheld in vault mode.
+#[tokio::test]
+async fn answers_that_would_leak_the_secret_are_withheld() {
+    let w = world(|b| b).await;
+    for name in ["extra", "novalue", "emptyid", "refused"] {
+        let (status, answer) = w
+            .create_token(&w.deployer, name, "2099-01-01T00:00:00Z")
+            .await;
+        assert_eq!(status, 502, "{name}: {answer}");
+        assert_eq!(answer["tollgate"]["code"], "upstream_error", "{name}");
+        assert!(
+            !answer.to_string().contains(&created_secret(name)),
+            "{name} leaked: {answer}"
+        );
+    }
+    assert!(!w.gate.log().contains("cf-minted-secret-"));
 }
