@@ -49,6 +49,8 @@ pub struct Admin {
     pub approvals: Approvals,
     /// Whether any decision writer can commit: none means no decision can be recorded.
     pub writers: crate::audit::WritersReady,
+    /// tollgate's own provider client, for containment's token deletions.
+    pub forwarder: Arc<crate::forward::Forwarder>,
 }
 
 /// One admin API endpoint: method, path (axum syntax) and the least role that may call it.
@@ -91,6 +93,10 @@ fn api() -> Vec<(Endpoint, MethodRouter<Arc<Admin>>)> {
         (e("GET", "/api/notifications", V), get(list_notifications)),
         (e("POST", "/api/freeze", O), post(freeze)),
         (e("DELETE", "/api/freeze", O), delete(unfreeze)),
+        (
+            e("POST", "/api/incidents/{agent}/contain", O),
+            post(contain_agent),
+        ),
         (e("GET", "/api/reviewers", A), get(list_reviewers)),
         (e("POST", "/api/reviewers", A), post(create_reviewer)),
         (
@@ -140,6 +146,21 @@ pub fn spawn_store_probe(admin: Arc<Admin>) -> tokio::task::JoinHandle<()> {
                     .map(|t| (Utc::now() - t).num_seconds().max(0))
                     .unwrap_or(0);
                 admin.metrics.approvals_oldest_pending_seconds.set(age);
+            }
+            if let Ok(live) = admin.store.minted_tokens_live(Utc::now()).await {
+                for provider in admin.config.providers.keys() {
+                    for custody in ["vault", "pass_through"] {
+                        let n = live
+                            .iter()
+                            .find(|(p, c, _)| p == provider && c == custody)
+                            .map_or(0, |(_, _, n)| *n);
+                        admin
+                            .metrics
+                            .minted_tokens_live
+                            .with_label_values(&[provider, custody])
+                            .set(n);
+                    }
+                }
             }
             if let Ok(usage) = admin
                 .store
@@ -497,6 +518,77 @@ async fn revoke_agent(
             "no active agent with that name",
         ),
         Err(e) => store_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContainRequest {
+    reason: String,
+}
+
+/// `POST /api/incidents/{agent}/contain`: see [`crate::containment`]. 200 with the report, whose `complete`
+/// is false when a token deletion failed (run it again to finish).
+async fn contain_agent(
+    State(admin): State<Arc<Admin>>,
+    Extension(me): Extension<Reviewer>,
+    Path(name): Path<String>,
+    body: Result<Json<ContainRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(request)) = body else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the body must be JSON {\"reason\": \"…\"}",
+        );
+    };
+    if request.reason.chars().count() > MAX_NOTE_CHARS {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("the reason is longer than {MAX_NOTE_CHARS} characters"),
+        );
+    }
+    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no agent with that name",
+        );
+    }
+    match crate::containment::contain(
+        &admin.store,
+        &admin.forwarder,
+        &name,
+        &request.reason,
+        &me.name,
+        "api",
+    )
+    .await
+    {
+        Ok(report) => {
+            admin
+                .metrics
+                .containments_total
+                .with_label_values(&[if report.complete {
+                    "complete"
+                } else {
+                    "incomplete"
+                }])
+                .inc();
+            Json(report).into_response()
+        }
+        Err(crate::containment::ContainError::UnknownAgent(_)) => api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no agent with that name",
+        ),
+        Err(crate::containment::ContainError::NoReason) => api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a containment needs a reason",
+        ),
+        Err(crate::containment::ContainError::Store(e)) => store_error(e),
     }
 }
 

@@ -279,7 +279,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         policy: policy.clone(),
         identity: identity.clone(),
         audit,
-        forwarder,
+        forwarder: forwarder.clone(),
         metrics: metrics.clone(),
         frozen: frozen.clone(),
         ledger: Ledger::new(store.clone()),
@@ -304,6 +304,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         approvals,
         draining: draining.clone(),
         writers,
+        forwarder: forwarder.clone(),
     });
 
     let proxy_listener = tokio::net::TcpListener::bind(config.server.listen).await?;

@@ -23,6 +23,7 @@ use crate::policy::Bundle;
 use crate::remote::{Remote, RemoteError};
 use crate::store::{DecisionFilter, Store};
 
+mod containment;
 mod review;
 
 use review::{
@@ -158,6 +159,10 @@ pub enum Command {
     /// Review approvals: list, show, approve, deny.
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
+    /// Incident response: contain an agent (revoke it and its handles, delete the tokens it minted at the
+    /// provider, deny its pending approvals).
+    #[command(subcommand)]
+    Incident(IncidentCommand),
     /// Spend per budget window (current month unless --period); `spend flagged` and `spend settle` for
     /// reservations whose upstream outcome is unknown.
     #[command(args_conflicts_with_subcommands = true)]
@@ -166,6 +171,21 @@ pub enum Command {
         command: Option<SpendCommand>,
         #[arg(long)]
         period: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IncidentCommand {
+    /// Revoke the agent and every handle of a token it minted, delete each of its live minted tokens at the
+    /// provider with tollgate's own credential, deny its pending approvals; print and record what was done
+    /// and what failed. Idempotent: running it again finishes what failed.
+    Contain {
+        agent: String,
+        /// Why (recorded with the containment and on each denied approval).
+        #[arg(long)]
+        reason: String,
         #[arg(long)]
         json: bool,
     },
@@ -747,6 +767,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Unfreeze { reason, json } => {
             set_frozen(&cli, false, reason.as_deref(), *json).await
         }
+        Command::Incident(IncidentCommand::Contain {
+            agent,
+            reason,
+            json,
+        }) => containment::contain(&cli, agent, reason, *json).await,
         Command::Whoami { json } => {
             let Some(r) = remote(&cli)? else {
                 anyhow::bail!(

@@ -4,8 +4,8 @@
 //! the [`Permit`] that every forward requires, request and response header hygiene (hop-by-hop headers per
 //! RFC 9110 §7.6.1, agent credentials and `Tollgate-*` headers stripped), and injection of the provider
 //! credential that the agent never holds.
-//! Must not: check policy. It trusts the `Permit`, whose only constructor demands an allow decision and a
-//! durably committed record. Requests are never retried here; hyper's pool re-sends only a request it
+//! Must not: check policy. It trusts the `Permit`, whose constructors demand an allow decision and a
+//! durably committed record, or (containment) an operator's recorded admin action. Requests are never retried here; hyper's pool re-sends only a request it
 //! could not start writing on a connection the server had already closed.
 
 use std::collections::BTreeMap;
@@ -122,6 +122,18 @@ impl Permit {
             path: target.path.to_string(),
             query: target.query.map(str::to_string),
         })
+    }
+
+    /// An operator's containment (`tollgate incident contain`): tollgate itself deletes, with its own
+    /// credential, a token an agent minted. Backed by the admin action recorded before any call is made
+    /// (`action_id`), not by a policy decision: no agent asked for it.
+    pub fn for_containment(action_id: Uuid, provider: &str, path: String) -> Permit {
+        Permit {
+            decision_id: action_id,
+            provider: provider.to_string(),
+            path,
+            query: None,
+        }
     }
 
     pub fn decision_id(&self) -> Uuid {
@@ -287,10 +299,14 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
 }
 
 /// The forwarded headers of a request whose answer tollgate must read (a token action's): without
-/// `Accept-Encoding`, so the provider answers in plain bytes.
+/// `Accept-Encoding: identity` in place of the agent's, so the provider answers in plain bytes (an absent
+/// header would let it pick any coding).
 pub fn identity_encoded(headers: &HeaderMap) -> HeaderMap {
     let mut out = headers.clone();
-    out.remove(header::ACCEPT_ENCODING);
+    out.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     out
 }
 

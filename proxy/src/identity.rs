@@ -171,6 +171,20 @@ pub fn presented_key(headers: &http::HeaderMap) -> Option<String> {
 }
 
 impl Agent {
+    /// Whom this agent acts for: itself, or for a handle (vault mode) the agent that minted its token. A
+    /// handle is judged, charged and rate-limited as its minter, so minting a token never opens a second
+    /// budget, a second token ceiling or a second rate.
+    pub fn principal_id(&self) -> Uuid {
+        self.minted.as_ref().map_or(self.id, |m| m.minted_by)
+    }
+
+    /// The name policies look the agent up by: its own, or for a handle its minter's.
+    pub fn principal_name(&self) -> &str {
+        self.minted
+            .as_ref()
+            .map_or(self.name.as_str(), |m| m.minted_by_name.as_str())
+    }
+
     fn from_row(row: AgentRow, minted: Option<Arc<Minted>>) -> Agent {
         let labels = match row.labels {
             serde_json::Value::Object(map) => map

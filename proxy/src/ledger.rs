@@ -135,7 +135,7 @@ pub fn window(
     now: DateTime<Utc>,
 ) -> Result<WindowKey, String> {
     let subject = match budget {
-        AGENT_PROVIDER_MONTH => format!("agent:{}/{provider}", agent.id),
+        AGENT_PROVIDER_MONTH => format!("agent:{}/{provider}", agent.principal_id()),
         TEAM_PROVIDER_MONTH => match &agent.team {
             Some(team) => format!("team:{team}/{provider}"),
             None => return Err(format!("budget '{budget}' needs an agent with a team")),

@@ -15,6 +15,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod containment;
 pub mod datafile;
 pub mod display;
 pub mod error;

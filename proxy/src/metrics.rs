@@ -44,6 +44,8 @@ pub struct Metrics {
     pub upstream_errors_total: IntCounterVec,
     pub minted_tokens_total: IntCounterVec,
     pub vault_handles_used_total: IntCounterVec,
+    pub minted_tokens_live: IntGaugeVec,
+    pub containments_total: IntCounterVec,
     pub audit_queue_depth: IntGauge,
     pub audit_batch_size: Histogram,
     pub audit_commit_duration_seconds: Histogram,
@@ -155,6 +157,20 @@ impl Metrics {
             ),
             &["provider"],
         )?;
+        let minted_tokens_live = IntGaugeVec::new(
+            Opts::new(
+                "minted_tokens_live",
+                "Tokens minted through tollgate that are live (not deleted, not expired), by who keeps the secret; from the store, every replica reports the same",
+            ),
+            &["provider", "custody"],
+        )?;
+        let containments_total = IntCounterVec::new(
+            Opts::new(
+                "containments_total",
+                "Incident containments run through this replica's admin API, by result (complete, incomplete: a token deletion failed)",
+            ),
+            &["result"],
+        )?;
         let audit_queue_depth =
             IntGauge::new("audit_queue_depth", "Records waiting for the audit writer")?;
         let audit_batch_size = Histogram::with_opts(
@@ -262,6 +278,11 @@ impl Metrics {
         registry.register(Box::new(upstream_errors_total.clone()))?;
         registry.register(Box::new(minted_tokens_total.clone()))?;
         registry.register(Box::new(vault_handles_used_total.clone()))?;
+        registry.register(Box::new(minted_tokens_live.clone()))?;
+        registry.register(Box::new(containments_total.clone()))?;
+        for result in ["complete", "incomplete"] {
+            containments_total.with_label_values(&[result]);
+        }
         registry.register(Box::new(audit_queue_depth.clone()))?;
         registry.register(Box::new(audit_batch_size.clone()))?;
         registry.register(Box::new(audit_commit_duration_seconds.clone()))?;
@@ -304,6 +325,8 @@ impl Metrics {
             upstream_errors_total,
             minted_tokens_total,
             vault_handles_used_total,
+            minted_tokens_live,
+            containments_total,
             audit_queue_depth,
             audit_batch_size,
             audit_commit_duration_seconds,

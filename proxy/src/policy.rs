@@ -1067,18 +1067,24 @@ pub fn build_input(
     approval: Option<Value>,
     now: DateTime<Utc>,
 ) -> Value {
+    // A handle (vault mode) is judged as the agent that minted its token: `id` and `name` are the minter's,
+    // so per-agent data (budgets, token ceilings) applies to it unchanged; the handle itself and the token's
+    // own grant are beside them.
     let mut agent_input = json!({
-        "id": agent.id.to_string(),
-        "name": agent.name,
+        "id": agent.principal_id().to_string(),
+        "name": agent.principal_name(),
         "team": agent.team,
         "scopes": agent.scopes,
         "labels": agent.labels,
     });
-    // A handle (vault mode) is judged as the agent that minted its token, with the token's own grant beside.
     if let (Some(minted), Some(fields)) = (&agent.minted, agent_input.as_object_mut()) {
         fields.insert(
             "minted_by".into(),
             Value::from(minted.minted_by_name.clone()),
+        );
+        fields.insert(
+            "handle".into(),
+            json!({"id": agent.id.to_string(), "name": agent.name}),
         );
         fields.insert(
             "token".into(),

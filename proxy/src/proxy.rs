@@ -502,7 +502,7 @@ impl Gate {
 
         // One agent's slow or numerous requests cannot hold what every other agent needs.
         let limit = self.config.server.max_requests_per_agent;
-        let Some(slot) = self.in_flight.take(agent.id, limit) else {
+        let Some(slot) = self.in_flight.take(agent.principal_id(), limit) else {
             return Err(Refusal::new(
                 RefusalCode::Overloaded,
                 format!(
@@ -513,7 +513,7 @@ impl Gate {
 
         // One agent cannot fill the append-only log: past its rate of stored bytes it waits, before its
         // body is read or judged (this refusal's own record is small: it stores no input).
-        if let Some(wait) = self.stored.check(agent.id) {
+        if let Some(wait) = self.stored.check(agent.principal_id()) {
             return Err(Refusal::new(
                 RefusalCode::RateLimited,
                 "tollgate: this agent's requests have added more to the decision log than its rate allows; retry later",
@@ -619,7 +619,8 @@ impl Gate {
         });
         let approval_header = approval_header(&parts.headers)?;
         let approval_input = approval_header.map(|id| json!({"id": id.to_string()}));
-        let input = build_input(
+        let minted_token = self.token_in_question(intake, now).await?;
+        let mut input = build_input(
             &intake.agent,
             &draft.run,
             &intake.facts,
@@ -628,6 +629,9 @@ impl Gate {
             approval_input,
             now,
         );
+        if let (Some(token), Some(fields)) = (minted_token, input.as_object_mut()) {
+            fields.insert("minted_token".into(), token);
+        }
         let decision = self.decide(draft, intake.live.clone(), input).await?;
         let charge = decision
             .charge
@@ -642,6 +646,68 @@ impl Gate {
             approval_header,
             on_behalf_of: draft.run.on_behalf_of.clone(),
         })
+    }
+
+    /// For a call about one Cloudflare token (read, update, roll, delete): what tollgate recorded of it, as
+    /// the policy input's `minted_token` (`null` when tollgate never saw it minted). A token minted through
+    /// tollgate is rewritten, rolled or deleted only by the agent that minted it (or that agent's handles):
+    /// anyone else rolling it would take its secret over, and deleting or rewriting it would break another
+    /// agent's work, so that is refused here whatever the policy says. A store failure refuses (fails closed).
+    async fn token_in_question(
+        &self,
+        intake: &Intake<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Value>, Refusal> {
+        let action: &str = &intake.action.name;
+        if !action.starts_with("cloudflare.token.") {
+            return Ok(None);
+        }
+        let Some(token_id) = intake.action.params.get("token_id") else {
+            return Ok(None);
+        };
+        let row = match self
+            .store
+            .minted_token(&intake.provider.name, token_id)
+            .await
+        {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::error!(error = %e, "minted token lookup failed");
+                return Err(Refusal::store_unavailable());
+            }
+        };
+        let Some(row) = row else {
+            return Ok(Some(Value::Null));
+        };
+        let status = row.status_at(now);
+        let mine = row.minted_by == intake.agent.principal_id();
+        let live = matches!(status, MintedStatus::Active | MintedStatus::Rolled);
+        let changes = matches!(
+            action,
+            "cloudflare.token.update" | "cloudflare.token.roll" | "cloudflare.token.delete"
+        );
+        if changes && live && !mine {
+            return Err(Refusal::new(
+                RefusalCode::PolicyDenied,
+                format!(
+                    "tollgate: token {token_id} was minted through tollgate by agent '{}'; only that agent (or its \
+                     handles) may rewrite, roll or delete it. An operator contains it with `tollgate incident contain`",
+                    row.minted_by_name
+                ),
+            )
+            .with_rule("tollgate.token_owner"));
+        }
+        Ok(Some(json!({
+            "id": row.token_id,
+            "minted_by": row.minted_by_name,
+            "minted_by_this_agent": mine,
+            "status": status.as_str(),
+            "custody": match row.custody {
+                Custody::Vault => "vault",
+                Custody::PassThrough => "pass_through",
+            },
+            "policies": row.policies,
+        })))
     }
 
     /// Authorize: a deny is refused; an approve opens (or reuses) an approval and refuses, or holds the
@@ -1385,6 +1451,7 @@ impl Gate {
                             created_at: now,
                             rolled_at: None,
                             deleted_at: None,
+                            account_id: intake.action.params.get("account_id").cloned(),
                         };
                         self.store.record_minted_token(&row, handle.as_ref()).await
                     }
@@ -1399,6 +1466,7 @@ impl Gate {
                             agent_id: parent_id,
                             agent_name: &parent_name,
                             at: now,
+                            account_id: intake.action.params.get("account_id").map(String::as_str),
                         };
                         self.store.roll_minted_token(&roll).await
                     }
@@ -1654,7 +1722,10 @@ impl Gate {
         let reasons = match (refusal, draft.decision.is_some()) {
             // Refusals that did not come from the policy still say why, in the record's reasons.
             (Some(r), false) => {
-                json!([{"rule": format!("tollgate.{}", r.code().as_str()), "message": r.message()}])
+                let rule = r
+                    .rule()
+                    .map_or_else(|| format!("tollgate.{}", r.code().as_str()), str::to_string);
+                json!([{"rule": rule, "message": r.message()}])
             }
             _ => reasons,
         };
@@ -1709,7 +1780,10 @@ impl Gate {
             + path.len()
             + query.as_ref().map_or(0, String::len)
             + reasons_text.len();
-        let bucket = draft.agent.as_ref().map_or(Uuid::nil(), |a| a.id);
+        let bucket = draft
+            .agent
+            .as_ref()
+            .map_or(Uuid::nil(), |a| a.principal_id());
         let (path, query, reasons) = if draft.agent.is_none() && self.stored.check(bucket).is_some()
         {
             let code = refusal.map_or("refused", |r| r.code().as_str());

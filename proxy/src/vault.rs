@@ -128,12 +128,12 @@ impl Vault {
                         k.env, k.id
                     )),
                     Some(secret) => match key_from_base64(secret.expose_secret()) {
-                        Some(key) => keys.push(VaultKey {
+                        Ok(key) => keys.push(VaultKey {
                             id: k.id.clone(),
                             key,
                         }),
-                        None => errors.push(format!(
-                            "vault: environment variable {} (vault key '{}') is not base64 of exactly 32 bytes",
+                        Err(problem) => errors.push(format!(
+                            "vault: environment variable {} (vault key '{}') {problem}",
                             k.env, k.id
                         )),
                     },
@@ -255,16 +255,28 @@ fn associated_data(provider: &str, token_id: &str) -> Vec<u8> {
     aad
 }
 
-fn key_from_base64(text: &str) -> Option<LessSafeKey> {
+/// A vault key from its base64 text, or what is wrong with it. A key that is not random (all zeros, a
+/// repeated pattern: fewer than 12 distinct byte values, which 32 random bytes practically never have) is
+/// refused, since such a key is guessable.
+fn key_from_base64(text: &str) -> Result<LessSafeKey, &'static str> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text.trim())
-        .ok()?;
+        .map_err(|_| "is not base64 of exactly 32 bytes")?;
     if bytes.len() != 32 {
-        return None;
+        return Err("is not base64 of exactly 32 bytes");
+    }
+    let distinct = bytes
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if distinct < 12 {
+        return Err(
+            "is not 32 random bytes (too few distinct byte values: all zeros or a pattern); generate one with `openssl rand -base64 32`",
+        );
     }
     UnboundKey::new(&AES_256_GCM, &bytes)
-        .ok()
         .map(LessSafeKey::new)
+        .map_err(|_| "is not a usable AES-256 key")
 }
 
 impl TokenEvent {

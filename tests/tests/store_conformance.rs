@@ -1565,6 +1565,7 @@ async fn minted_tokens_are_recorded_rolled_and_deleted_with_their_handles(store:
         created_at: Utc::now(),
         rolled_at: None,
         deleted_at: None,
+        account_id: Some("acct-1".into()),
     };
     let v0 = store.agents_version().await.unwrap();
     store.record_minted_token(&row, Some(&first)).await.unwrap();
@@ -1635,6 +1636,7 @@ async fn minted_tokens_are_recorded_rolled_and_deleted_with_their_handles(store:
             agent_id: minter.id,
             agent_name: "deployer",
             at: Utc::now(),
+            account_id: None,
         })
         .await
         .unwrap();
@@ -1657,6 +1659,11 @@ async fn minted_tokens_are_recorded_rolled_and_deleted_with_their_handles(store:
     assert_eq!(rolled.handle_agent_id, Some(second.id));
     assert_eq!(rolled.decision_id, decision);
     assert_eq!(rolled.last_decision_id, roll_decision);
+    assert_eq!(
+        rolled.account_id.as_deref(),
+        Some("acct-1"),
+        "a roll keeps the account the create recorded"
+    );
     assert!(
         store
             .minted_token_by_handle(first.id)
@@ -1677,6 +1684,7 @@ async fn minted_tokens_are_recorded_rolled_and_deleted_with_their_handles(store:
             agent_id: minter.id,
             agent_name: "deployer",
             at: Utc::now(),
+            account_id: Some("acct-2"),
         })
         .await
         .unwrap();
@@ -1688,6 +1696,23 @@ async fn minted_tokens_are_recorded_rolled_and_deleted_with_their_handles(store:
     assert_eq!(elsewhere.custody, Custody::PassThrough);
     assert_eq!(elsewhere.minted_by_name, "deployer");
     assert_eq!(elsewhere.sealed, None);
+    assert_eq!(elsewhere.account_id.as_deref(), Some("acct-2"));
+    // Every token the minter holds, oldest first; none of another agent's.
+    let minted: Vec<String> = store
+        .minted_tokens_by(minter.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.token_id)
+        .collect();
+    assert_eq!(minted, ["tok-1", "tok-elsewhere"]);
+    assert!(
+        store
+            .minted_tokens_by(Uuid::now_v7())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Delete: the handle revoked, the secret dropped.
     let delete_decision = Uuid::now_v7();

@@ -22,7 +22,18 @@ default decision := {"outcome": "allow"}
 
 decision := {"outcome": "deny", "reasons": [{"rule": "vault.probe", "message": msg}]} if {
     endswith(input.request.path, "/probe")
-    msg := sprintf("minted_by=%s token=%s policies=%d", [input.agent.minted_by, input.agent.token.id, count(input.agent.token.policies)])
+    msg := sprintf("name=%s handle=%s minted_by=%s token=%s policies=%d", [input.agent.name, input.agent.handle.name, input.agent.minted_by, input.agent.token.id, count(input.agent.token.policies)])
+}
+
+# A DNS record costs $60 of the agent's $100 a month: a handle spends from its minter's budget.
+decision := {"outcome": "allow", "charge": {"cents": 6000, "budget": "agent-provider-month", "cap_cents": 10000}} if {
+    input.request.method == "POST"
+    endswith(input.request.path, "/dns_records")
+}
+
+# A read of `…/hold` waits for a reviewer.
+decision := {"outcome": "approve", "reasons": [{"rule": "vault.hold", "message": "a human looks first"}]} if {
+    endswith(input.request.path, "/hold")
 }
 "#;
 
@@ -32,11 +43,23 @@ fn created_secret(name: &str) -> String {
     format!("cf-minted-secret-{name}-5e1f")
 }
 
-/// Cloudflare's token routes: create answers `result.value`, roll answers the new secret as `result`,
-/// delete answers `result.id`; anything else an empty list.
-fn cloudflare_tokens(rolls: Arc<AtomicUsize>) -> impl Fn(&RecordedRequest) -> Reply + Send + Sync {
+/// Cloudflare's token routes (user tokens, and account tokens under `/accounts/{id}`): create answers
+/// `result.value`, roll answers the new secret as `result`, delete answers `result.id`; anything else an
+/// empty list. While `failing` is above zero, a delete of a token whose id contains `flaky` answers 500
+/// (and counts one down).
+fn cloudflare_tokens(
+    rolls: Arc<AtomicUsize>,
+    failing: Arc<AtomicUsize>,
+) -> impl Fn(&RecordedRequest) -> Reply + Send + Sync {
     move |r: &RecordedRequest| {
-        let path = r.path_and_query.split('?').next().unwrap_or_default();
+        let full = r.path_and_query.split('?').next().unwrap_or_default();
+        // An account token's route, as the user token's.
+        let account_route = full.strip_prefix("/client/v4/accounts/").and_then(|rest| {
+            let (_, tail) = rest.split_once('/')?;
+            tail.starts_with("tokens")
+                .then(|| format!("/client/v4/user/{tail}"))
+        });
+        let path = account_route.as_deref().unwrap_or(full);
         let ok = |result: Value| {
             Reply::json(
                 200,
@@ -87,6 +110,17 @@ fn cloudflare_tokens(rolls: Arc<AtomicUsize>) -> impl Fn(&RecordedRequest) -> Re
                 return ok(Value::from(format!("cf-rolled-secret-{id}-{n}-9a2c")));
             }
             if r.method == "DELETE" {
+                if rest.contains("flaky")
+                    && failing
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                {
+                    return Reply::json(
+                        500,
+                        json!({"success": false, "errors": [{"code": 10000, "message": "internal error"}],
+                               "messages": [], "result": null}),
+                    );
+                }
                 return ok(json!({"id": rest}));
             }
         }
@@ -107,7 +141,10 @@ struct World {
 async fn world(configure: impl FnOnce(TollgateBuilder) -> TollgateBuilder) -> World {
     let db = TestDatabase::create().await.expect("database");
     let stand_in = StandIn::start().await.expect("stand-in");
-    stand_in.answer(cloudflare_tokens(Arc::new(AtomicUsize::new(0))));
+    stand_in.answer(cloudflare_tokens(
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    ));
     let policies = policy_dir_with(POLICY).expect("policies");
     let gate = configure(
         Tollgate::builder(db.url(), &stand_in.url())
@@ -287,7 +324,9 @@ async fn a_minted_token_becomes_a_handle_judged_recorded_and_forwarded_with_its_
     assert_eq!(status, 403, "{text}");
     assert!(auth.is_none(), "a denial is not forwarded");
     assert!(
-        text.contains("minted_by=deployer token=tok-alpha policies=1"),
+        text.contains(
+            "name=deployer handle=deployer~tok-alpha minted_by=deployer token=tok-alpha policies=1"
+        ),
         "{text}"
     );
     // Only for the provider that minted it.
@@ -644,4 +683,373 @@ async fn answers_that_would_leak_the_secret_are_withheld() {
         );
     }
     assert!(!w.gate.log().contains("cf-minted-secret-"));
+}
+
+/// A token minted through tollgate is rolled, rewritten or deleted only by its minter (or the minter's
+/// handles): another agent allowed to manage tokens cannot take its secret over or break it. A handle is
+/// judged and charged as its minter: it spends from the minter's budget, not one of its own.
+#[tokio::test]
+async fn tokens_belong_to_their_minter_and_handles_spend_its_budget() {
+    let w = world(|b| b.tables("[vault]\npass_through_labels = [\"ci=true\"]")).await;
+    let (status, created) = w
+        .create_token(&w.deployer, "alpha", "2099-01-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let handle = handle_of(&created);
+    let intruder = w
+        .gate
+        .create_agent(
+            "intruder",
+            &["--scope", "tokens:write", "--label", "ci=true"],
+        )
+        .await
+        .unwrap();
+    w.stand_in.take();
+
+    // Another agent (even one that would receive secrets in clear) may not roll, rewrite or delete it.
+    let (status, answer) = w.roll(&intruder, "tok-alpha").await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(
+        answer["tollgate"]["rule"], "tollgate.token_owner",
+        "{answer}"
+    );
+    assert!(answer.to_string().contains("deployer"), "{answer}");
+    assert_eq!(w.delete(&intruder, "tok-alpha").await, 403);
+    let r = w
+        .http
+        .put(w.gate.url("/cloudflare/client/v4/user/tokens/tok-alpha"))
+        .bearer_auth(&intruder)
+        .json(&json!({"name": "mine now", "policies": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(
+        w.stand_in.take().is_empty(),
+        "nothing of the intruder's reached the provider"
+    );
+    let row = w.row("tok-alpha").await;
+    assert_eq!(row.get::<String, _>("status"), "active");
+    assert_eq!(row.get::<String, _>("custody"), "vault");
+    assert_eq!(row.get::<String, _>("minted_by_name"), "deployer");
+    assert_eq!(w.read(&handle, "/cloudflare/client/v4/zones").await.0, 200);
+    let refusals: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM decisions WHERE agent_name = 'intruder' AND reasons::text LIKE '%tollgate.token_owner%'",
+    )
+    .fetch_one(&w.pool)
+    .await
+    .unwrap();
+    assert_eq!(refusals, 3, "each refusal is recorded");
+
+    // A token tollgate never saw minted is not anyone's: the policy input says so (null), and the call goes on.
+    let (status, _) = w.roll(&intruder, "tok-from-elsewhere").await;
+    assert_eq!(status, 200);
+
+    // The minter spends $60 of its $100; its handle cannot spend another $60.
+    let dns =
+        |key: &str| {
+            w.http
+                .post(w.gate.url(
+                    "/cloudflare/client/v4/zones/023e105f4ecef8ad9ca31a8372d0c353/dns_records",
+                ))
+                .bearer_auth(key.to_string())
+                .json(&json!({"type": "A", "name": "www.example.com", "content": "198.51.100.4"}))
+                .send()
+        };
+    let first = dns(&w.deployer).await.unwrap();
+    assert_eq!(first.status().as_u16(), 200);
+    let second = dns(&handle).await.unwrap();
+    let status = second.status().as_u16();
+    let body: Value = second.json().await.unwrap();
+    assert_eq!(
+        body["tollgate"]["code"], "budget_exceeded",
+        "{status}: {body}"
+    );
+    let windows: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT subject FROM spend_windows ORDER BY 1")
+            .fetch_all(&w.pool)
+            .await
+            .unwrap();
+    assert_eq!(windows.len(), 1, "one budget window: {windows:?}");
+}
+
+/// `tollgate incident contain`: the agent and its handles are revoked on every replica, its live tokens
+/// deleted at the provider with tollgate's own credential, its pending approvals denied, everything
+/// recorded; a deletion the provider fails is retried, reported, and finished by a second run.
+#[tokio::test]
+async fn incident_contain_revokes_deletes_and_finishes_what_failed() {
+    let w = world(|b| b).await;
+    let failing = Arc::new(AtomicUsize::new(0));
+    w.stand_in.answer(cloudflare_tokens(
+        Arc::new(AtomicUsize::new(0)),
+        failing.clone(),
+    ));
+    let (_, created) = w
+        .create_token(&w.deployer, "alpha", "2099-01-01T00:00:00Z")
+        .await;
+    let alpha = handle_of(&created);
+    let (_, created) = w
+        .create_token(&w.deployer, "flaky", "2099-01-01T00:00:00Z")
+        .await;
+    let flaky = handle_of(&created);
+    // An account token, deleted under its account's route.
+    let r = w
+        .http
+        .post(w.gate.url("/cloudflare/client/v4/accounts/acc1/tokens"))
+        .bearer_auth(&w.deployer)
+        .json(&json!({"name": "acct", "policies": [], "expires_on": "2099-01-01T00:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // Another agent's token is not touched.
+    let bystander = w
+        .gate
+        .create_agent("bystander", &["--scope", "tokens:write"])
+        .await
+        .unwrap();
+    let (_, created) = w
+        .create_token(&bystander, "spare", "2099-01-01T00:00:00Z")
+        .await;
+    let spare = handle_of(&created);
+    // A request waiting for a reviewer.
+    let (status, _, _) = w
+        .read(&w.deployer, "/cloudflare/client/v4/zones/z/hold")
+        .await;
+    assert_eq!(status, 403);
+    // A second replica, with every handle cached.
+    let replica = Tollgate::builder(w._db.url(), &w.stand_in.url())
+        .policy_dir(w._policies.path())
+        .server("identity_refresh_ms = 100")
+        .start()
+        .await
+        .unwrap();
+    for key in [&w.deployer, &alpha, &flaky] {
+        let r = w
+            .http
+            .get(replica.url("/cloudflare/client/v4/zones"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    w.stand_in.take();
+
+    // The provider fails every attempt at deleting `tok-flaky` during the first run.
+    failing.store(3, Ordering::SeqCst);
+    let (ok, out, err) = w
+        .gate
+        .cli(&["incident", "contain", "deployer", "--reason", "leaked key"])
+        .await
+        .unwrap();
+    assert!(!ok, "a failed deletion fails the run: {out}{err}");
+    assert!(out.contains("token tok-alpha"), "{out}");
+    assert!(out.contains("FAILED after 3 attempt(s)"), "{out}");
+    assert!(out.contains("500"), "{out}");
+    assert!(out.contains("run the same command again"), "{out}");
+    let deletes: Vec<(String, Option<String>)> = w
+        .stand_in
+        .take()
+        .into_iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| {
+            (
+                r.path_and_query.clone(),
+                r.header("authorization").map(str::to_string),
+            )
+        })
+        .collect();
+    let paths: Vec<&str> = deletes.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/client/v4/user/tokens/tok-alpha",
+            "/client/v4/user/tokens/tok-flaky",
+            "/client/v4/user/tokens/tok-flaky",
+            "/client/v4/user/tokens/tok-flaky",
+            "/client/v4/accounts/acc1/tokens/tok-acct",
+        ]
+    );
+    for (_, auth) in &deletes {
+        assert_eq!(
+            auth.as_deref(),
+            Some(format!("Bearer {CLOUDFLARE_SECRET}").as_str()),
+            "deleted with tollgate's own credential"
+        );
+    }
+    // Revoked on both replicas; the bystander's handle still works.
+    for key in [&w.deployer, &alpha, &flaky] {
+        assert_eq!(w.read_until(key, 401).await, 401);
+        let mut status = 0;
+        for _ in 0..40 {
+            status = w
+                .http
+                .get(replica.url("/cloudflare/client/v4/zones"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+            if status == 401 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, 401, "revoked on the other replica too");
+    }
+    assert_eq!(w.read(&spare, "/cloudflare/client/v4/zones").await.0, 200);
+    assert_eq!(
+        w.row("tok-alpha").await.get::<String, _>("status"),
+        "deleted"
+    );
+    assert_eq!(
+        w.row("tok-acct").await.get::<String, _>("status"),
+        "deleted"
+    );
+    assert_eq!(
+        w.row("tok-flaky").await.get::<String, _>("status"),
+        "active"
+    );
+    assert_eq!(
+        w.row("tok-spare").await.get::<String, _>("status"),
+        "active"
+    );
+    let approvals: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT status, note FROM approvals")
+            .fetch_all(&w.pool)
+            .await
+            .unwrap();
+    assert_eq!(approvals.len(), 1);
+    assert_eq!(approvals[0].0, "denied");
+    assert!(
+        approvals[0]
+            .1
+            .as_deref()
+            .unwrap_or_default()
+            .contains("leaked key"),
+        "{approvals:?}"
+    );
+
+    // The second run, through the admin API, finishes the job and says what was already done.
+    let r = w
+        .http
+        .post(w.gate.admin_url("/api/incidents/deployer/contain"))
+        .bearer_auth(tollgate_tests::tollgate::ADMIN_TOKEN)
+        .json(&json!({"reason": "leaked key, second run"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(report["revoked"], json!([]), "{report}");
+    let tokens = report["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 1, "only what was left: {report}");
+    assert_eq!(tokens[0]["token_id"], "tok-flaky");
+    assert_eq!(tokens[0]["result"], "deleted");
+    assert_eq!(
+        w.row("tok-flaky").await.get::<String, _>("status"),
+        "deleted"
+    );
+    // A third run has nothing left to do.
+    let (ok, out, err) = w
+        .gate
+        .cli(&[
+            "incident", "contain", "deployer", "--reason", "check", "--json",
+        ])
+        .await
+        .unwrap();
+    assert!(ok, "{out}{err}");
+    let third: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(third["tokens"], json!([]));
+
+    // Recorded: each run's start and result.
+    let actions: Vec<(String, String)> = sqlx::query_as(
+        "SELECT action, actor FROM admin_actions WHERE action LIKE 'incident.%' ORDER BY id",
+    )
+    .fetch_all(&w.pool)
+    .await
+    .unwrap();
+    let names: Vec<&str> = actions.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "incident.contain",
+            "incident.contain.result",
+            "incident.contain",
+            "incident.contain.result",
+            "incident.contain",
+            "incident.contain.result"
+        ]
+    );
+    assert_eq!(
+        actions[2].1, "bootstrap-admin",
+        "the API run is the reviewer's"
+    );
+    assert!(
+        actions[0].1.starts_with("local:"),
+        "the CLI run is the local operator's"
+    );
+    // A viewer may not contain; an unknown agent is 404; a reason is required.
+    let r = w
+        .http
+        .post(w.gate.admin_url("/api/incidents/nobody/contain"))
+        .bearer_auth(tollgate_tests::tollgate::ADMIN_TOKEN)
+        .json(&json!({"reason": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let r = w
+        .http
+        .post(w.gate.admin_url("/api/incidents/deployer/contain"))
+        .bearer_auth(tollgate_tests::tollgate::ADMIN_TOKEN)
+        .json(&json!({"reason": "  "}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let metrics = w
+        .http
+        .get(w.gate.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"tollgate_containments_total{result="complete"} 1"#),
+        "{metrics}"
+    );
+    let mut live = String::new();
+    for _ in 0..30 {
+        let metrics = w
+            .http
+            .get(w.gate.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        live = metrics
+            .lines()
+            .filter(|l| l.starts_with("tollgate_minted_tokens_live{"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if live.contains(r#"tollgate_minted_tokens_live{custody="vault",provider="cloudflare"} 1"#)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        live.contains(r#"tollgate_minted_tokens_live{custody="vault",provider="cloudflare"} 1"#),
+        "only the bystander's token is live: {live}"
+    );
+    assert!(!w.gate.log().contains("cf-minted-secret-"));
+    assert!(!out.contains("cf-minted-secret-"));
 }

@@ -165,6 +165,20 @@ impl Store {
         dispatch!(self, s => s.minted_token(provider, token_id).await)
     }
 
+    /// Every token this agent minted (or rolled first through tollgate), oldest first.
+    pub async fn minted_tokens_by(&self, minter: Uuid) -> Result<Vec<MintedTokenRow>, StoreError> {
+        dispatch!(self, s => s.minted_tokens_by(minter).await)
+    }
+
+    /// How many minted tokens are live at `now` (active or rolled, not past their expiry), per provider and
+    /// custody (`vault`, `pass_through`).
+    pub async fn minted_tokens_live(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        dispatch!(self, s => s.minted_tokens_live(now).await)
+    }
+
     /// The token a handle's agent stands for.
     pub async fn minted_token_by_handle(
         &self,
@@ -487,7 +501,7 @@ impl Store {
         action: &str,
         target: Option<&str>,
         detail: &Value,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Uuid, StoreError> {
         dispatch!(self, s => s.record_admin_action(actor, action, target, detail).await)
     }
 
@@ -669,6 +683,8 @@ pub struct MintedTokenRow {
     pub created_at: DateTime<Utc>,
     pub rolled_at: Option<DateTime<Utc>>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// The Cloudflare account of an account token (`/accounts/{account_id}/tokens`); `None` for a user token.
+    pub account_id: Option<String>,
 }
 
 impl MintedTokenRow {
@@ -698,6 +714,8 @@ pub struct TokenRoll<'a> {
     pub agent_id: Uuid,
     pub agent_name: &'a str,
     pub at: DateTime<Utc>,
+    /// The account of an account token, from the route (kept when tollgate has a row already).
+    pub account_id: Option<&'a str>,
 }
 
 /// What [`Store::open_approval_capped`] did.

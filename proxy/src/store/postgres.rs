@@ -159,7 +159,7 @@ impl PgStore {
     const MINTED_COLUMNS: &'static str =
         "provider, token_id, name, policies, expires_on, status, custody, minted_by,
         minted_by_name, decision_id, last_decision_id, handle_agent_id, secret_key_id, secret_nonce,
-        secret_ciphertext, rolls, created_at, rolled_at, deleted_at";
+        secret_ciphertext, rolls, created_at, rolled_at, deleted_at, account_id";
 
     pub async fn record_minted_token(
         &self,
@@ -174,8 +174,8 @@ impl PgStore {
         let result = sqlx::query(
             "INSERT INTO minted_tokens (provider, token_id, name, policies, expires_on, status, custody, minted_by,
                 minted_by_name, decision_id, last_decision_id, handle_agent_id, secret_key_id, secret_nonce,
-                secret_ciphertext, rolls, created_at, rolled_at, deleted_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+                secret_ciphertext, rolls, created_at, rolled_at, deleted_at, account_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
         )
         .bind(&row.provider)
         .bind(&row.token_id)
@@ -196,6 +196,7 @@ impl PgStore {
         .bind(row.created_at)
         .bind(row.rolled_at)
         .bind(row.deleted_at)
+        .bind(&row.account_id)
         .execute(&mut *tx)
         .await;
         match result {
@@ -231,13 +232,14 @@ impl PgStore {
         sqlx::query(
             "INSERT INTO minted_tokens (provider, token_id, policies, status, custody, minted_by, minted_by_name,
                 decision_id, last_decision_id, handle_agent_id, secret_key_id, secret_nonce, secret_ciphertext,
-                rolls, created_at, rolled_at)
-             VALUES ($1, $2, 'null', 'rolled', $3, $4, $5, $6, $6, $7, $8, $9, $10, 1, $11, $11)
+                rolls, created_at, rolled_at, account_id)
+             VALUES ($1, $2, 'null', 'rolled', $3, $4, $5, $6, $6, $7, $8, $9, $10, 1, $11, $11, $12)
              ON CONFLICT (provider, token_id) DO UPDATE SET status = 'rolled', custody = EXCLUDED.custody,
                 last_decision_id = EXCLUDED.last_decision_id, handle_agent_id = EXCLUDED.handle_agent_id,
                 secret_key_id = EXCLUDED.secret_key_id, secret_nonce = EXCLUDED.secret_nonce,
                 secret_ciphertext = EXCLUDED.secret_ciphertext, rolls = minted_tokens.rolls + 1,
-                rolled_at = EXCLUDED.rolled_at",
+                rolled_at = EXCLUDED.rolled_at,
+                account_id = COALESCE(minted_tokens.account_id, EXCLUDED.account_id)",
         )
         .bind(roll.provider)
         .bind(roll.token_id)
@@ -250,6 +252,7 @@ impl PgStore {
         .bind(sealed.map(|s| s.nonce.as_slice()))
         .bind(sealed.map(|s| s.ciphertext.as_slice()))
         .bind(roll.at)
+        .bind(roll.account_id)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -307,6 +310,33 @@ impl PgStore {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| minted_from_row(&r)).transpose()
+    }
+
+    pub async fn minted_tokens_by(&self, minter: Uuid) -> Result<Vec<MintedTokenRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM minted_tokens WHERE minted_by = $1 ORDER BY created_at, token_id",
+            Self::MINTED_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(minter)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(minted_from_row).collect()
+    }
+
+    pub async fn minted_tokens_live(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT provider, custody, count(*) FROM minted_tokens
+             WHERE status IN ('active', 'rolled') AND (expires_on IS NULL OR expires_on > $1)
+             GROUP BY provider, custody",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
     }
 
     pub async fn minted_token_by_handle(
@@ -1467,16 +1497,17 @@ impl PgStore {
         action: &str,
         target: Option<&str>,
         detail: &Value,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Uuid, StoreError> {
+        let id = Uuid::now_v7();
         sqlx::query("INSERT INTO admin_actions (id, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5::json)")
-            .bind(Uuid::now_v7())
+            .bind(id)
             .bind(actor)
             .bind(action)
             .bind(target)
             .bind(detail.to_string())
             .execute(&self.pool)
             .await?;
-        Ok(())
+        Ok(id)
     }
 
     // ---- notifications (the webhook outbox) ----
@@ -1928,6 +1959,7 @@ fn minted_from_row(r: &sqlx::postgres::PgRow) -> Result<MintedTokenRow, StoreErr
         created_at: r.try_get("created_at")?,
         rolled_at: r.try_get("rolled_at")?,
         deleted_at: r.try_get("deleted_at")?,
+        account_id: r.try_get("account_id")?,
     })
 }
 

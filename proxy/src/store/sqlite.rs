@@ -181,7 +181,7 @@ impl SqliteStore {
     const MINTED_COLUMNS: &'static str =
         "provider, token_id, name, policies, expires_on, status, custody, minted_by,
         minted_by_name, decision_id, last_decision_id, handle_agent_id, secret_key_id, secret_nonce,
-        secret_ciphertext, rolls, created_at, rolled_at, deleted_at";
+        secret_ciphertext, rolls, created_at, rolled_at, deleted_at, account_id";
 
     pub async fn record_minted_token(
         &self,
@@ -196,8 +196,8 @@ impl SqliteStore {
         let result = sqlx::query(
             "INSERT INTO minted_tokens (provider, token_id, name, policies, expires_on, status, custody, minted_by,
                 minted_by_name, decision_id, last_decision_id, handle_agent_id, secret_key_id, secret_nonce,
-                secret_ciphertext, rolls, created_at, rolled_at, deleted_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                secret_ciphertext, rolls, created_at, rolled_at, deleted_at, account_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&row.provider)
         .bind(&row.token_id)
@@ -218,6 +218,7 @@ impl SqliteStore {
         .bind(ts(row.created_at))
         .bind(row.rolled_at.map(ts))
         .bind(row.deleted_at.map(ts))
+        .bind(&row.account_id)
         .execute(&mut *tx)
         .await;
         match result {
@@ -253,13 +254,14 @@ impl SqliteStore {
         sqlx::query(
             "INSERT INTO minted_tokens (provider, token_id, policies, status, custody, minted_by, minted_by_name,
                 decision_id, last_decision_id, handle_agent_id, secret_key_id, secret_nonce, secret_ciphertext,
-                rolls, created_at, rolled_at)
-             VALUES (?1, ?2, 'null', 'rolled', ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?11)
+                rolls, created_at, rolled_at, account_id)
+             VALUES (?1, ?2, 'null', 'rolled', ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?11, ?12)
              ON CONFLICT (provider, token_id) DO UPDATE SET status = 'rolled', custody = excluded.custody,
                 last_decision_id = excluded.last_decision_id, handle_agent_id = excluded.handle_agent_id,
                 secret_key_id = excluded.secret_key_id, secret_nonce = excluded.secret_nonce,
                 secret_ciphertext = excluded.secret_ciphertext, rolls = minted_tokens.rolls + 1,
-                rolled_at = excluded.rolled_at",
+                rolled_at = excluded.rolled_at,
+                account_id = COALESCE(minted_tokens.account_id, excluded.account_id)",
         )
         .bind(roll.provider)
         .bind(roll.token_id)
@@ -272,6 +274,7 @@ impl SqliteStore {
         .bind(sealed.map(|s| s.nonce.clone()))
         .bind(sealed.map(|s| s.ciphertext.clone()))
         .bind(ts(roll.at))
+        .bind(roll.account_id)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -329,6 +332,33 @@ impl SqliteStore {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| minted_from_row(&r)).transpose()
+    }
+
+    pub async fn minted_tokens_by(&self, minter: Uuid) -> Result<Vec<MintedTokenRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM minted_tokens WHERE minted_by = ? ORDER BY created_at, token_id",
+            Self::MINTED_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(minter.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(minted_from_row).collect()
+    }
+
+    pub async fn minted_tokens_live(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT provider, custody, count(*) FROM minted_tokens
+             WHERE status IN ('active', 'rolled') AND (expires_on IS NULL OR expires_on > ?)
+             GROUP BY provider, custody",
+        )
+        .bind(ts(now))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
     }
 
     pub async fn minted_token_by_handle(
@@ -1469,9 +1499,10 @@ impl SqliteStore {
         action: &str,
         target: Option<&str>,
         detail: &Value,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Uuid, StoreError> {
+        let id = Uuid::now_v7();
         sqlx::query("INSERT INTO admin_actions (id, at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(Uuid::now_v7().to_string())
+            .bind(id.to_string())
             .bind(ts(Utc::now()))
             .bind(actor)
             .bind(action)
@@ -1479,7 +1510,7 @@ impl SqliteStore {
             .bind(detail.to_string())
             .execute(&self.pool)
             .await?;
-        Ok(())
+        Ok(id)
     }
 
     // ---- notifications (the webhook outbox) ----
@@ -1664,6 +1695,7 @@ fn minted_from_row(r: &SqliteRow) -> Result<MintedTokenRow, StoreError> {
         created_at: parse_ts(&r.try_get::<String, _>("created_at")?)?,
         rolled_at: opt_ts(r.try_get("rolled_at")?)?,
         deleted_at: opt_ts(r.try_get("deleted_at")?)?,
+        account_id: r.try_get("account_id")?,
     })
 }
 

@@ -131,3 +131,20 @@ fn custody_follows_the_reviewers_labels() {
     vault.enabled = false;
     assert_eq!(vault.custody_for(&BTreeMap::new()), Custody::PassThrough);
 }
+
+#[test]
+fn keys_that_are_not_random_are_refused() {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    assert!(key_from_base64(&b64(&[0; 32])).is_err(), "all zeros");
+    assert!(
+        key_from_base64(&b64(&[1, 2, 3, 4].repeat(8))).is_err(),
+        "a repeated pattern"
+    );
+    assert!(key_from_base64(&b64(&[9; 16])).is_err(), "16 bytes");
+    assert!(key_from_base64("not base64!").is_err());
+    let random: Vec<u8> = (0u8..32)
+        .map(|i| i.wrapping_mul(37).wrapping_add(11))
+        .collect();
+    assert!(key_from_base64(&b64(&random)).is_ok(), "32 distinct bytes");
+}
