@@ -363,6 +363,14 @@ impl Metrics {
             self.refusals_total
                 .with_label_values(&[provider, code.as_str()]);
         }
+        // Handles and minted tokens start at zero, so their panels show 0 rather than "No data".
+        self.vault_handles_used_total.with_label_values(&[provider]);
+        for event in ["created", "rolled", "deleted"] {
+            for custody in ["vault", "pass_through"] {
+                self.minted_tokens_total
+                    .with_label_values(&[provider, event, custody]);
+            }
+        }
     }
 
     pub fn new() -> Metrics {

@@ -116,6 +116,44 @@ fn handle_agent(
     (row, key)
 }
 
+/// The `minted_tokens` row of a token just created (no handle, no secret yet): its name, policies and expiry
+/// as the create request asked (the answer's where the request is silent), its account from the route.
+fn created_token_row(
+    intake: &Intake<'_>,
+    decision_id: Uuid,
+    token_id: &str,
+    parsed: &MintedResponse,
+    custody: Custody,
+    (minted_by, minted_by_name): (Uuid, &str),
+    now: DateTime<Utc>,
+) -> MintedTokenRow {
+    MintedTokenRow {
+        provider: intake.provider.name.clone(),
+        token_id: token_id.to_string(),
+        name: body_text(&intake.facts.body, "name").or(parsed.name.clone()),
+        policies: intake
+            .facts
+            .body
+            .get("policies")
+            .cloned()
+            .unwrap_or(Value::Null),
+        expires_on: body_time(&intake.facts.body, "expires_on").or(parsed.expires_on),
+        status: MintedStatus::Active,
+        custody,
+        minted_by,
+        minted_by_name: minted_by_name.to_string(),
+        decision_id,
+        last_decision_id: decision_id,
+        handle_agent_id: None,
+        sealed: None,
+        rolls: 0,
+        created_at: now,
+        rolled_at: None,
+        deleted_at: None,
+        account_id: intake.action.params.get("account_id").cloned(),
+    }
+}
+
 fn body_text(body: &Value, field: &str) -> Option<String> {
     body.get(field).and_then(Value::as_str).map(str::to_string)
 }
@@ -1374,6 +1412,24 @@ impl Gate {
                 let no_secret = parsed.as_ref().is_some_and(|p| p.secret().is_none());
                 if custody == Custody::Vault && no_secret {
                     tracing::error!(decision_id = %draft.id, action = %intake.action.name, "a token action's answer carries no secret where expected; withheld");
+                    // A created token whose id is known is recorded all the same (no secret, no handle), so
+                    // `incident contain` and the report know it exists.
+                    if let (TokenEvent::Created, Some(p), Some(id)) =
+                        (event, parsed.as_ref(), token_id.as_deref())
+                    {
+                        let row = created_token_row(
+                            intake,
+                            draft.id,
+                            id,
+                            p,
+                            custody,
+                            (parent_id, &parent_name),
+                            now,
+                        );
+                        if let Err(e) = self.store.record_minted_token(&row, None).await {
+                            tracing::error!(error = %e, token_id = %id, "recording a withheld token failed");
+                        }
+                    }
                     return withheld(
                         "the provider's answer to this token action does not carry its secret where expected, so it is withheld (vault mode); the token may exist",
                     );
@@ -1427,32 +1483,17 @@ impl Gate {
                 };
                 let recorded = match event {
                     TokenEvent::Created => {
-                        let row = MintedTokenRow {
-                            provider: provider.to_string(),
-                            token_id: token_id.clone(),
-                            name: body_text(&intake.facts.body, "name").or(parsed.name.clone()),
-                            policies: intake
-                                .facts
-                                .body
-                                .get("policies")
-                                .cloned()
-                                .unwrap_or(Value::Null),
-                            expires_on: body_time(&intake.facts.body, "expires_on")
-                                .or(parsed.expires_on),
-                            status: MintedStatus::Active,
+                        let mut row = created_token_row(
+                            intake,
+                            draft.id,
+                            &token_id,
+                            &parsed,
                             custody,
-                            minted_by: parent_id,
-                            minted_by_name: parent_name.clone(),
-                            decision_id: draft.id,
-                            last_decision_id: draft.id,
-                            handle_agent_id: handle.as_ref().map(|h| h.id),
-                            sealed,
-                            rolls: 0,
-                            created_at: now,
-                            rolled_at: None,
-                            deleted_at: None,
-                            account_id: intake.action.params.get("account_id").cloned(),
-                        };
+                            (parent_id, &parent_name),
+                            now,
+                        );
+                        row.handle_agent_id = handle.as_ref().map(|h| h.id);
+                        row.sealed = sealed;
                         self.store.record_minted_token(&row, handle.as_ref()).await
                     }
                     _ => {
@@ -1496,10 +1537,10 @@ impl Gate {
                                     .any(|v| contains(v.as_bytes(), secret.as_bytes())));
                         if leaks {
                             tracing::error!(%token_id, decision_id = %draft.id, "the minted secret appears elsewhere in the provider's answer; withheld");
-                            if let Err(e) = self
-                                .store
-                                .delete_minted_token(provider, &token_id, draft.id, now)
-                                .await
+                            // The handle was never handed out; it is revoked all the same. The token stays
+                            // recorded as live (it is, at the provider) for `incident contain` to delete.
+                            if let Some(handle) = &handle
+                                && let Err(e) = self.store.revoke_agent(&handle.name).await
                             {
                                 tracing::error!(error = %e, %token_id, "revoking the withheld token's handle failed");
                             }

@@ -683,6 +683,53 @@ async fn answers_that_would_leak_the_secret_are_withheld() {
         );
     }
     assert!(!w.gate.log().contains("cf-minted-secret-"));
+    // The tokens whose id is known exist at the provider: they stay recorded as live, with no usable handle,
+    // so that containment deletes them.
+    let rows: Vec<(String, String, Option<uuid::Uuid>)> = sqlx::query_as(
+        "SELECT token_id, status, handle_agent_id FROM minted_tokens ORDER BY token_id",
+    )
+    .fetch_all(&w.pool)
+    .await
+    .unwrap();
+    let ids: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|(id, status, _)| (id.as_str(), status.as_str()))
+        .collect();
+    assert_eq!(ids, [("tok-extra", "active"), ("tok-novalue", "active")]);
+    let live_handles: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM agents WHERE minted_by IS NOT NULL AND status = 'active'",
+    )
+    .fetch_one(&w.pool)
+    .await
+    .unwrap();
+    assert_eq!(live_handles, 0, "no withheld token has a working handle");
+    w.stand_in.take();
+    let (ok, out, err) = w
+        .gate
+        .cli(&[
+            "incident",
+            "contain",
+            "deployer",
+            "--reason",
+            "withheld tokens",
+        ])
+        .await
+        .unwrap();
+    assert!(ok, "{out}{err}");
+    let deleted: Vec<String> = w
+        .stand_in
+        .take()
+        .into_iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| r.path_and_query)
+        .collect();
+    assert_eq!(
+        deleted,
+        [
+            "/client/v4/user/tokens/tok-extra",
+            "/client/v4/user/tokens/tok-novalue"
+        ]
+    );
 }
 
 /// A token minted through tollgate is rolled, rewritten or deleted only by its minter (or the minter's
