@@ -348,12 +348,18 @@ approve contains {"rule": "tokens.roll", "message": msg} if {
 # Rewriting a token changes what whatever holds it can do: narrowing, expiring or disabling it cuts that off
 # (like deleting it), re-enabling or widening it (within the ceiling) hands out more — and the token may be
 # another agent's, or the very credential tollgate forwards with (`GET …/tokens/verify` shows its id).
-# tollgate does not yet record which tokens an agent minted, so a human approves every update; the ceiling
-# checks above still deny what no human may approve.
+# tollgate records the tokens minted through it (`input.minted_token`, null for a token it never saw minted,
+# and it refuses by itself to rewrite a token another agent minted: `tollgate.token_owner`). An agent may
+# rewrite a token it minted within the ceiling; any other update needs a human. The ceiling checks above still
+# deny what no human may approve, and disabling needs a human either way (below).
 approve contains {"rule": "tokens.update", "message": msg} if {
 	input.action.name == "cloudflare.token.update"
-	msg := sprintf("rewriting token %v changes or cuts off what its holder can do, and tollgate cannot tell whether this agent minted it; a human must approve it", [object.get(data.tollgate.lib.params, "token_id", "?")])
+	not own_token
+	msg := sprintf("rewriting token %v changes or cuts off what its holder can do, and tollgate has no record that this agent minted it; a human must approve it", [object.get(data.tollgate.lib.params, "token_id", "?")])
 }
+
+# The token this call is about was minted through tollgate by this agent (or one of its handles).
+own_token if lib.get(lib.get(input, "minted_token"), "minted_by_this_agent") == true
 
 # Disabling (or expiring) a token through an update cuts off whatever uses it, exactly like deleting it.
 approve contains {"rule": "tokens.disable", "message": msg} if {

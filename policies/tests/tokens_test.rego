@@ -37,6 +37,9 @@ with_policy(p) := object.union(narrow, {"policies": [p]})
 
 with_expiry(e) := object.union(narrow, {"expires_on": e})
 
+# What tollgate recorded of a token this agent minted (the input's `minted_token`).
+own_minted := {"id": "tok_1", "minted_by": "ci-bot", "minted_by_this_agent": true, "status": "active", "custody": "vault", "policies": []}
+
 cases := {
 	"narrow_token": {"input": create(narrow), "outcome": "allow", "rules": []},
 	"narrow_account_token": {
@@ -69,6 +72,26 @@ cases := {
 	},
 	"narrow_token_update": {
 		"input": fx.cf("PUT", "/user/tokens/tok_1", "cloudflare.token.update", {"token_id": "tok_1"}, narrow),
+		"outcome": "approve", "rules": ["tokens.update"],
+	},
+	"own_token_update": {
+		"input": fx.patch(fx.cf("PUT", "/user/tokens/tok_1", "cloudflare.token.update", {"token_id": "tok_1"}, narrow), {"minted_token": own_minted}),
+		"outcome": "allow", "rules": [],
+	},
+	"own_token_disable": {
+		"input": fx.patch(fx.cf("PUT", "/user/tokens/tok_1", "cloudflare.token.update", {"token_id": "tok_1"}, object.union(narrow, {"status": "disabled"})), {"minted_token": own_minted}),
+		"outcome": "approve", "rules": ["tokens.disable"],
+	},
+	"own_token_broad_update": {
+		"input": fx.patch(fx.cf("PUT", "/user/tokens/tok_1", "cloudflare.token.update", {"token_id": "tok_1"}, broad), {"minted_token": own_minted}),
+		"outcome": "deny", "rules": ["tokens.ceiling", "tokens.escalation", "tokens.resources", "tokens.expiry"],
+	},
+	"unrecorded_token_update": {
+		"input": fx.patch(fx.cf("PUT", "/user/tokens/tok_1", "cloudflare.token.update", {"token_id": "tok_1"}, narrow), {"minted_token": null}),
+		"outcome": "approve", "rules": ["tokens.update"],
+	},
+	"other_agents_token_update": {
+		"input": fx.patch(fx.cf("PUT", "/user/tokens/tok_1", "cloudflare.token.update", {"token_id": "tok_1"}, narrow), {"minted_token": object.union(own_minted, {"minted_by": "someone-else", "minted_by_this_agent": false})}),
 		"outcome": "approve", "rules": ["tokens.update"],
 	},
 	"token_needs_tokens_scope": {
