@@ -217,6 +217,45 @@ fn spawn_policy_watch(
     })
 }
 
+/// Vault mode: every configured key must be the one this database's secrets were sealed under, for its id
+/// (a check value is stored per key id by the first replica that starts with it). A replica given another
+/// key under the same id refuses to start, naming the id and its variable, instead of sealing secrets the
+/// other replicas cannot open.
+async fn check_vault_keys(
+    vault: &crate::vault::Vault,
+    config: &crate::config::VaultConfig,
+    store: &Store,
+) -> anyhow::Result<()> {
+    if !config.enabled {
+        return Ok(());
+    }
+    let mine = vault
+        .key_checks()
+        .map_err(|e| anyhow::anyhow!("vault: {e}"))?;
+    let stored = store
+        .vault_key_checks(&mine)
+        .await
+        .map_err(|e| anyhow::anyhow!("vault: the key checks could not be read or stored: {e}"))?;
+    for check in stored
+        .iter()
+        .filter(|c| mine.iter().any(|m| m.key_id == c.key_id))
+    {
+        if vault.verify_key_check(check).is_err() {
+            let env = config
+                .keys
+                .iter()
+                .find(|k| k.id == check.key_id)
+                .map_or("?", |k| k.env.as_str());
+            anyhow::bail!(
+                "vault: key '{}' (environment variable {env}) is not the key this database's secrets were sealed \
+                 under with that id; every replica needs the same key for an id (to rotate, add a new key id first)",
+                check.key_id
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Wires everything and binds both listeners.
 pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
     let config = Arc::new(config);
@@ -237,6 +276,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         crate::vault::Vault::from_config(&config.vault)
             .map_err(|errors| anyhow::anyhow!(errors.join("\n")))?,
     );
+    check_vault_keys(&vault, &config.vault, &store).await?;
     let metrics = Arc::new(Metrics::new());
     let policy = Arc::new(load_policy(&config).map_err(anyhow::Error::msg)?);
     // Every configured provider has a usage series from the start; the store probe keeps it current.

@@ -22,6 +22,10 @@ use serde_json::Value;
 
 use crate::config::VaultConfig;
 
+/// What a key check seals (see [`Vault::key_checks`]), under this provider name no real provider has.
+const KEY_CHECK_TEXT: &str = "tollgate vault key check v1";
+const KEY_CHECK_PROVIDER: &str = "tollgate-vault-key-check";
+
 /// The most of a token response read to find the minted token: Cloudflare's are about a kilobyte.
 pub const TOKEN_RESPONSE_LIMIT: usize = 256 * 1024;
 
@@ -198,6 +202,37 @@ impl Vault {
             .keys
             .first()
             .ok_or_else(|| VaultError::UnknownKey(String::new()))?;
+        self.seal_with(key, provider, token_id, secret)
+    }
+
+    /// One key check per configured key: a known text sealed under that key, which the store keeps once per
+    /// key id. A replica started with a different key under the same id cannot open the stored check, and
+    /// [`Vault::verify_key_check`] says so before it seals or opens anything.
+    pub fn key_checks(&self) -> Result<Vec<SealedSecret>, VaultError> {
+        let text = SecretString::from(KEY_CHECK_TEXT);
+        self.keys
+            .iter()
+            .map(|k| self.seal_with(k, KEY_CHECK_PROVIDER, &k.id, &text))
+            .collect()
+    }
+
+    /// Whether the stored key check of `sealed.key_id` opens with this vault's key of that id.
+    pub fn verify_key_check(&self, sealed: &SealedSecret) -> Result<(), VaultError> {
+        let opened = self.open(KEY_CHECK_PROVIDER, &sealed.key_id, sealed)?;
+        if opened.0.expose_secret() == KEY_CHECK_TEXT {
+            Ok(())
+        } else {
+            Err(VaultError::Unsealable)
+        }
+    }
+
+    fn seal_with(
+        &self,
+        key: &VaultKey,
+        provider: &str,
+        token_id: &str,
+        secret: &SecretString,
+    ) -> Result<SealedSecret, VaultError> {
         let mut nonce = [0u8; NONCE_LEN];
         self.random
             .fill(&mut nonce)

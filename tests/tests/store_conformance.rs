@@ -79,6 +79,7 @@ conformance!(
     twelve_concurrent_openers_get_exactly_the_cap_of_pending_approvals,
     notification_sweeps_see_pending_and_decided_approvals_and_the_freeze,
     minted_tokens_are_recorded_rolled_and_deleted_with_their_handles,
+    vault_key_checks_keep_the_first_per_id,
 );
 
 fn agent(name: &str) -> AgentRow {
@@ -1749,5 +1750,25 @@ async fn minted_tokens_are_recorded_rolled_and_deleted_with_their_handles(store:
             .await
             .unwrap()
             .is_none()
+    );
+}
+
+/// The first key check stored for a key id is kept; a later one for the same id does not replace it.
+async fn vault_key_checks_keep_the_first_per_id(store: &Store) {
+    let check = |id: &str, byte: u8| SealedSecret {
+        key_id: id.into(),
+        nonce: vec![byte; 12],
+        ciphertext: vec![byte; 43],
+    };
+    let stored = store.vault_key_checks(&[check("k1", 1)]).await.unwrap();
+    assert_eq!(stored, [check("k1", 1)]);
+    let stored = store
+        .vault_key_checks(&[check("k2", 2), check("k1", 9)])
+        .await
+        .unwrap();
+    assert_eq!(stored, [check("k1", 1), check("k2", 2)]);
+    assert_eq!(
+        store.vault_key_checks(&[]).await.unwrap(),
+        [check("k1", 1), check("k2", 2)]
     );
 }

@@ -590,6 +590,22 @@ async fn vault_mode_needs_its_key() {
             "the error shows no key material: {error}"
         );
     }
+    // Replicas must agree on the key of an id: the first start stores a check value for 'k1'; a replica given
+    // another key under that id refuses to start, naming the id and the variable.
+    let first = Tollgate::builder(db.url(), "http://127.0.0.1:9")
+        .start()
+        .await
+        .unwrap();
+    let other = Tollgate::builder(db.url(), "http://127.0.0.1:9")
+        .tables("[vault]\nkey_env = \"TOLLGATE_VAULT_KEY_2\"")
+        .start()
+        .await;
+    let error = format!("{:#}", other.err().expect("refused to start"));
+    assert!(
+        error.contains("key 'k1' (environment variable TOLLGATE_VAULT_KEY_2) is not the key"),
+        "{error}"
+    );
+    drop(first);
     // Vault mode off: no key needed.
     let off = Tollgate::builder(db.url(), "http://127.0.0.1:9")
         .tables("[vault]\nenabled = false\nkey_env = \"TOLLGATE_VAULT_KEY_NOT_SET\"")

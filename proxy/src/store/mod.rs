@@ -165,6 +165,15 @@ impl Store {
         dispatch!(self, s => s.minted_token(provider, token_id).await)
     }
 
+    /// The stored key check of each key id: the first one stored for an id is kept (a replica's own check is
+    /// inserted only where none is), and all of them are returned.
+    pub async fn vault_key_checks(
+        &self,
+        mine: &[crate::vault::SealedSecret],
+    ) -> Result<Vec<crate::vault::SealedSecret>, StoreError> {
+        dispatch!(self, s => s.vault_key_checks(mine).await)
+    }
+
     /// Every token this agent minted (or rolled first through tollgate), oldest first.
     pub async fn minted_tokens_by(&self, minter: Uuid) -> Result<Vec<MintedTokenRow>, StoreError> {
         dispatch!(self, s => s.minted_tokens_by(minter).await)

@@ -312,6 +312,36 @@ impl PgStore {
         row.map(|r| minted_from_row(&r)).transpose()
     }
 
+    pub async fn vault_key_checks(
+        &self,
+        mine: &[crate::vault::SealedSecret],
+    ) -> Result<Vec<crate::vault::SealedSecret>, StoreError> {
+        for check in mine {
+            sqlx::query(
+                "INSERT INTO vault_key_checks (key_id, nonce, ciphertext) VALUES ($1, $2, $3)
+                 ON CONFLICT (key_id) DO NOTHING",
+            )
+            .bind(&check.key_id)
+            .bind(&check.nonce)
+            .bind(&check.ciphertext)
+            .execute(&self.pool)
+            .await?;
+        }
+        let rows: Vec<(String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT key_id, nonce, ciphertext FROM vault_key_checks ORDER BY key_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(key_id, nonce, ciphertext)| crate::vault::SealedSecret {
+                key_id,
+                nonce,
+                ciphertext,
+            })
+            .collect())
+    }
+
     pub async fn minted_tokens_by(&self, minter: Uuid) -> Result<Vec<MintedTokenRow>, StoreError> {
         let sql = format!(
             "SELECT {} FROM minted_tokens WHERE minted_by = $1 ORDER BY created_at, token_id",

@@ -148,3 +148,22 @@ fn keys_that_are_not_random_are_refused() {
         .collect();
     assert!(key_from_base64(&b64(&random)).is_ok(), "32 distinct bytes");
 }
+
+#[test]
+fn a_key_check_opens_only_under_the_key_that_sealed_it() {
+    let vault = Vault::with_keys(&[("k2", [2; 32]), ("k1", [1; 32])]);
+    let checks = vault.key_checks().unwrap();
+    assert_eq!(
+        checks.iter().map(|c| c.key_id.as_str()).collect::<Vec<_>>(),
+        ["k2", "k1"]
+    );
+    for check in &checks {
+        vault.verify_key_check(check).unwrap();
+    }
+    // Another key under the same id (a replica given a different TOLLGATE_VAULT_KEY) fails the check.
+    let other = Vault::with_keys(&[("k1", [9; 32])]);
+    assert!(other.verify_key_check(&checks[1]).is_err());
+    // A check cannot pass for a token's secret (associated data differs).
+    let sealed = vault.seal("cloudflare", "k2", &secret("x")).unwrap();
+    assert!(vault.verify_key_check(&sealed).is_err());
+}
