@@ -47,6 +47,7 @@ const EXPECTED: &[(&str, &str, Role)] = &[
     ("GET", "/api/notifications", Role::Viewer),
     ("POST", "/api/freeze", Role::Operator),
     ("DELETE", "/api/freeze", Role::Operator),
+    ("POST", "/api/incidents/{agent}/contain", Role::Operator),
     ("GET", "/api/reviewers", Role::Admin),
     ("POST", "/api/reviewers", Role::Admin),
     ("POST", "/api/reviewers/{name}/revoke", Role::Admin),
@@ -205,7 +206,8 @@ async fn every_endpoint_requires_its_role() {
     for (method, path, required) in EXPECTED {
         let concrete = path
             .replace("{id}", "0190f1e2-0000-7000-8000-000000000000")
-            .replace("{name}", "nobody");
+            .replace("{name}", "nobody")
+            .replace("{agent}", "nobody");
         for (who, token, role) in &callers {
             let body = (*method != "GET" && *method != "DELETE").then(|| json!({}));
             let (status, answer) = s
