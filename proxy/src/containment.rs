@@ -202,7 +202,9 @@ fn delete_path(token: &MintedTokenRow) -> Option<String> {
     }
 }
 
-async fn delete_at_provider(
+/// Deletes one minted token at its provider with tollgate's credential under the recorded admin action
+/// `action_id`: up to three tries; 404 is "already gone"; a 2xx must say it succeeded.
+pub(crate) async fn delete_at_provider(
     forwarder: &Forwarder,
     action_id: Uuid,
     token: &MintedTokenRow,
@@ -238,9 +240,24 @@ async fn delete_at_provider(
             Ok((response, _)) => {
                 let status = response.status();
                 if status.is_success() {
-                    result.result = "deleted";
-                    result.error = None;
-                    return result;
+                    // Cloudflare answers in its envelope; a 2xx that does not say it succeeded is not a
+                    // deletion tollgate can vouch for.
+                    let body = read_body(response.into_body()).await;
+                    if body
+                        .as_ref()
+                        .is_some_and(|b| crate::vault::cloudflare_succeeded(b))
+                    {
+                        result.result = "deleted";
+                        result.error = None;
+                        return result;
+                    }
+                    result.error = Some(format!(
+                        "the provider answered {status} without \"success\": true: {}",
+                        body.map(|b| summary(&b))
+                            .unwrap_or_else(|| "(its answer could not be read)".to_string())
+                    ));
+                    tokio::time::sleep(pause).await;
+                    continue;
                 }
                 if status == http::StatusCode::NOT_FOUND {
                     result.result = "already_gone";
@@ -276,20 +293,31 @@ async fn delete_at_provider(
     result
 }
 
+/// A provider's answer, at most 16 KiB, within 5 s.
+async fn read_body(body: hyper::body::Incoming) -> Option<Bytes> {
+    let limited = http_body_util::Limited::new(body, 16 * 1024);
+    match tokio::time::timeout(Duration::from_secs(5), limited.collect()).await {
+        Ok(Ok(collected)) => Some(collected.to_bytes()),
+        _ => None,
+    }
+}
+
 /// The start of a provider's error answer, for the report (escaped: a person reads it).
 async fn read_short(body: hyper::body::Incoming) -> String {
-    let limited = http_body_util::Limited::new(body, 16 * 1024);
-    let bytes = match tokio::time::timeout(Duration::from_secs(5), limited.collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        _ => return "(its answer could not be read)".to_string(),
-    };
-    let text = match serde_json::from_slice::<Value>(&bytes) {
+    match read_body(body).await {
+        Some(bytes) => summary(&bytes),
+        None => "(its answer could not be read)".to_string(),
+    }
+}
+
+fn summary(bytes: &[u8]) -> String {
+    let text = match serde_json::from_slice::<Value>(bytes) {
         Ok(v) => v["errors"][0]["message"]
             .as_str()
             .or(v["error"]["message"].as_str())
             .map(str::to_string)
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
-        Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
+            .unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned()),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
     };
     let mut short: String = text.chars().take(PROVIDER_MESSAGE_LIMIT).collect();
     if short.len() < text.len() {

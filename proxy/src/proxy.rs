@@ -703,43 +703,53 @@ impl Gate {
         let Some(token_id) = intake.action.params.get("token_id") else {
             return Ok(None);
         };
-        let row = match self
+        // Any spelling the provider takes for the same token (case, hyphens) is the same token here.
+        let Some(key) = crate::vault::token_key(token_id) else {
+            return Err(Refusal::malformed(
+                "tollgate: a token id is letters, digits, '-' and '_' (at most 128)",
+            ));
+        };
+        let rows = match self
             .store
-            .minted_token(&intake.provider.name, token_id)
+            .minted_tokens_keyed(&intake.provider.name, &key)
             .await
         {
-            Ok(row) => row,
+            Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(error = %e, "minted token lookup failed");
                 return Err(Refusal::store_unavailable());
             }
         };
-        let Some(row) = row else {
-            return Ok(Some(Value::Null));
-        };
-        let status = row.status_at(now);
-        let mine = row.minted_by == intake.agent.principal_id();
-        let live = matches!(status, MintedStatus::Active | MintedStatus::Rolled);
+        let principal = intake.agent.principal_id();
         let changes = matches!(
             action,
             "cloudflare.token.update" | "cloudflare.token.roll" | "cloudflare.token.delete"
         );
-        if changes && live && !mine {
+        // Ownership does not lapse: a token recorded as deleted or expired may be live at the provider all
+        // the same (an update moved its expiry, a delete failed), so only its minter may change it, ever.
+        if changes && let Some(other) = rows.iter().find(|r| r.minted_by != principal) {
             return Err(Refusal::new(
                 RefusalCode::PolicyDenied,
                 format!(
                     "tollgate: token {token_id} was minted through tollgate by agent '{}'; only that agent (or its \
                      handles) may rewrite, roll or delete it. An operator contains it with `tollgate incident contain`",
-                    row.minted_by_name
+                    other.minted_by_name
                 ),
             )
             .with_rule("tollgate.token_owner"));
         }
+        let Some(row) = rows
+            .iter()
+            .find(|r| &r.token_id == token_id)
+            .or(rows.first())
+        else {
+            return Ok(Some(Value::Null));
+        };
         Ok(Some(json!({
             "id": row.token_id,
             "minted_by": row.minted_by_name,
-            "minted_by_this_agent": mine,
-            "status": status.as_str(),
+            "minted_by_this_agent": row.minted_by == principal,
+            "status": row.status_at(now).as_str(),
             "custody": match row.custody {
                 Custody::Vault => "vault",
                 Custody::PassThrough => "pass_through",
@@ -1366,7 +1376,12 @@ impl Gate {
         head.headers.remove(http::header::CONTENT_LENGTH);
         let pass = |bytes: Bytes| Response::from_parts(head.clone(), Body::from(bytes));
         let parsed = MintedResponse::parse(event, &bytes);
-        let path_token = intake.action.params.get("token_id").cloned();
+        // The token the route names, spelled as tollgate recorded it when it did (the provider takes other
+        // cases and hyphens for the same token).
+        let path_token = match intake.action.params.get("token_id") {
+            Some(id) => Some(self.recorded_spelling(provider, id).await),
+            None => None,
+        };
         let now = Utc::now();
         let (parent_id, parent_name) = match &intake.agent.minted {
             Some(m) => (m.minted_by, m.minted_by_name.clone()),
@@ -1390,6 +1405,12 @@ impl Gate {
                 let Some(token_id) = path_token else {
                     return pass(bytes);
                 };
+                // Only an answer that says it succeeded ends the token here; a 2xx saying otherwise leaves it
+                // recorded live (for containment to delete).
+                if !crate::vault::cloudflare_succeeded(&bytes) {
+                    tracing::warn!(%token_id, decision_id = %draft.id, "a token delete was answered 2xx without success; the token stays recorded live");
+                    return pass(bytes);
+                }
                 match self
                     .store
                     .delete_minted_token(provider, &token_id, draft.id, now)
@@ -1444,6 +1465,21 @@ impl Gate {
                         "the provider's answer to this token action is not the expected shape, so its secret is withheld (vault mode); the token may exist",
                     );
                 };
+                // An id that is (or is inside) the secret would carry the secret into the handle's name, the
+                // records and the log: such an answer is withheld, and the id is not logged.
+                if let Some(secret) = parsed.secret() {
+                    let secret = secrecy::ExposeSecret::expose_secret(secret);
+                    if !secret.is_empty()
+                        && (token_id.contains(secret)
+                            || (token_id.len() * 2 >= secret.len()
+                                && secret.contains(token_id.as_str())))
+                    {
+                        tracing::error!(decision_id = %draft.id, "a token answer's id overlaps its secret; withheld");
+                        return withheld(
+                            "the provider's answer names the token by its secret, so it is withheld; delete the token",
+                        );
+                    }
+                }
                 let (sealed, handle, key) = match (custody, parsed.secret()) {
                     (Custody::Vault, Some(secret)) => {
                         let sealed = match self.vault.seal(provider, &token_id, secret) {
@@ -1521,6 +1557,15 @@ impl Gate {
                     }
                 }
                 count(custody);
+                // The minter was revoked (contained) while this token was being minted: the token must not
+                // outlive it, so tollgate deletes it at once and the answer is withheld.
+                if self.minter_revoked(parent_id).await {
+                    self.delete_late_token(provider, &token_id, &parent_name, intake)
+                        .await;
+                    return withheld(
+                        "the agent was revoked while this token was minted; tollgate deleted the token and withholds its answer",
+                    );
+                }
                 match key {
                     Some(key) => {
                         let secret = parsed
@@ -1553,6 +1598,81 @@ impl Gate {
                     None => pass(bytes),
                 }
             }
+        }
+    }
+
+    /// Whether the agent that minted a token is revoked or gone (a store failure counts as revoked: the
+    /// token is then deleted rather than left behind unseen).
+    async fn minter_revoked(&self, minter: Uuid) -> bool {
+        match self.store.agent_by_id(minter).await {
+            Ok(Some(agent)) => agent.status != "active",
+            Ok(None) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "reading a minter's status failed; its new token is deleted");
+                true
+            }
+        }
+    }
+
+    /// Deletes at the provider, with tollgate's credential, a token minted by an agent revoked meanwhile,
+    /// recorded as the admin action `incident.contain.late_token`; a failure is logged and the token stays
+    /// recorded live for the next `incident contain` run.
+    async fn delete_late_token(
+        &self,
+        provider: &str,
+        token_id: &str,
+        minter_name: &str,
+        intake: &Intake<'_>,
+    ) {
+        let row = match self.store.minted_token(provider, token_id).await {
+            Ok(Some(row)) => row,
+            _ => {
+                tracing::error!(%token_id, "a late token's row could not be read; run `tollgate incident contain` again");
+                return;
+            }
+        };
+        let action_id = match self
+            .store
+            .record_admin_action(
+                "tollgate",
+                "incident.contain.late_token",
+                Some(minter_name),
+                &json!({"token_id": token_id, "provider": provider, "action": intake.action.name}),
+            )
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(error = %e, %token_id, "a late token's deletion could not be recorded; run `tollgate incident contain` again");
+                return;
+            }
+        };
+        let result = crate::containment::delete_at_provider(&self.forwarder, action_id, &row).await;
+        if matches!(result.result, "deleted" | "already_gone") {
+            if let Err(e) = self
+                .store
+                .delete_minted_token(provider, token_id, action_id, Utc::now())
+                .await
+            {
+                tracing::error!(error = %e, %token_id, "a late token was deleted but not recorded so");
+            }
+        } else {
+            tracing::error!(%token_id, error = ?result.error, "a late token could not be deleted at the provider; run `tollgate incident contain` again");
+        }
+    }
+
+    /// `token_id` as the `minted_tokens` row of the same token spells it, or as given when there is none
+    /// (or the store cannot say).
+    async fn recorded_spelling(&self, provider: &str, token_id: &str) -> String {
+        let Some(key) = crate::vault::token_key(token_id) else {
+            return token_id.to_string();
+        };
+        match self.store.minted_tokens_keyed(provider, &key).await {
+            Ok(rows) if !rows.iter().any(|r| r.token_id == token_id) => rows
+                .into_iter()
+                .next()
+                .map_or_else(|| token_id.to_string(), |r| r.token_id),
+            _ => token_id.to_string(),
         }
     }
 

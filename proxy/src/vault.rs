@@ -396,6 +396,31 @@ impl MintedResponse {
 }
 
 /// An RFC 3339 time as Cloudflare writes `expires_on`.
+/// Whether a provider's answer says it succeeded: Cloudflare's envelope with `"success": true`. A 2xx whose
+/// body says otherwise (or is not the envelope) did not delete anything as far as tollgate can tell.
+pub fn cloudflare_succeeded(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body)
+        .is_ok_and(|v| v.get("success") == Some(&Value::Bool(true)))
+}
+
+/// A token id as the provider compares it: Cloudflare's ids are hex, and a spelling in another case or with
+/// hyphens (a UUID's) must not pass for another token. `None` for an id that is not plain (letters, digits,
+/// `-`, `_`; at most 128).
+pub fn token_key(token_id: &str) -> Option<String> {
+    let plain = !token_id.is_empty()
+        && token_id.len() <= 128
+        && token_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    plain.then(|| {
+        token_id
+            .chars()
+            .filter(|c| *c != '-')
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    })
+}
+
 pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .ok()

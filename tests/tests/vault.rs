@@ -84,6 +84,11 @@ fn cloudflare_tokens(
                     return ok(json!({"id": "tok-novalue", "name": name, "secret": secret}));
                 }
                 "emptyid" => return ok(json!({"id": "", "name": name, "value": secret})),
+                "idsecret" => return ok(json!({"id": secret, "name": name, "value": secret})),
+                "slow" => {
+                    return ok(json!({"id": "tok-slow", "name": name, "value": secret}))
+                        .after(Duration::from_millis(1500));
+                }
                 "refused" => {
                     return Reply::json(
                         400,
@@ -110,6 +115,14 @@ fn cloudflare_tokens(
                 return ok(Value::from(format!("cf-rolled-secret-{id}-{n}-9a2c")));
             }
             if r.method == "DELETE" {
+                if rest.contains("nodelete") {
+                    // A 2xx that does not say it succeeded.
+                    return Reply::json(
+                        200,
+                        json!({"success": false, "errors": [{"code": 1003, "message": "not now"}],
+                               "messages": [], "result": null}),
+                    );
+                }
                 if rest.contains("flaky")
                     && failing
                         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -687,7 +700,7 @@ async fn secrets_sealed_under_an_old_key_open_after_rotation() {
 #[tokio::test]
 async fn answers_that_would_leak_the_secret_are_withheld() {
     let w = world(|b| b).await;
-    for name in ["extra", "novalue", "emptyid", "refused"] {
+    for name in ["extra", "novalue", "emptyid", "refused", "idsecret"] {
         let (status, answer) = w
             .create_token(&w.deployer, name, "2099-01-01T00:00:00Z")
             .await;
@@ -803,10 +816,50 @@ async fn tokens_belong_to_their_minter_and_handles_spend_its_budget() {
     .await
     .unwrap();
     assert_eq!(refusals, 3, "each refusal is recorded");
+    let handle = {
+        let (_, created) = w
+            .create_token(&w.deployer, "beta", "2099-01-01T00:00:00Z")
+            .await;
+        handle_of(&created)
+    };
+    w.stand_in.take();
 
-    // A token tollgate never saw minted is not anyone's: the policy input says so (null), and the call goes on.
+    // Another spelling of the same id (Cloudflare's ids are hex: case and hyphens do not make another token).
+    let (status, answer) = w.roll(&intruder, "TOK-ALPHA").await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(answer["tollgate"]["rule"], "tollgate.token_owner");
+    assert_eq!(w.delete(&intruder, "tokalpha").await, 403);
+    // A token id that is not plain is refused before anything.
+    assert_eq!(w.delete(&intruder, "tok.alpha").await, 400);
+    assert!(w.stand_in.take().is_empty());
+
+    // A token id that is not plain is refused before anything; a token tollgate never saw minted is not
+    // anyone's: the policy input says so (null), and the call goes on.
     let (status, _) = w.roll(&intruder, "tok-from-elsewhere").await;
     assert_eq!(status, 200);
+
+    // A delete answered 200 without success leaves the token recorded live; once really deleted, it is
+    // still the minter's: nobody else may roll it (it may be live again at the provider for all tollgate
+    // knows).
+    let (status, created) = w
+        .create_token(&w.deployer, "nodelete", "2099-01-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(w.delete(&w.deployer, "tok-nodelete").await, 200);
+    assert_eq!(
+        w.row("tok-nodelete").await.get::<String, _>("status"),
+        "active"
+    );
+    assert_eq!(w.delete(&w.deployer, "tok-alpha").await, 200);
+    assert_eq!(
+        w.row("tok-alpha").await.get::<String, _>("status"),
+        "deleted"
+    );
+    let (status, answer) = w.roll(&intruder, "tok-alpha").await;
+    assert_eq!(
+        status, 403,
+        "a deleted token is still its minter's: {answer}"
+    );
 
     // The minter spends $60 of its $100; its handle cannot spend another $60.
     let dns =
@@ -1115,4 +1168,110 @@ async fn incident_contain_revokes_deletes_and_finishes_what_failed() {
     );
     assert!(!w.gate.log().contains("cf-minted-secret-"));
     assert!(!out.contains("cf-minted-secret-"));
+}
+
+/// A token whose create was still in flight when its agent was contained does not outlive it: tollgate
+/// deletes it at once and withholds the answer. A delete the provider answers 200 without success is not
+/// taken for a deletion, by containment or otherwise.
+#[tokio::test]
+async fn tokens_minted_during_containment_and_unconfirmed_deletes_do_not_escape() {
+    let w = world(|b| b).await;
+    let (status, _) = w
+        .create_token(&w.deployer, "nodelete", "2099-01-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 200);
+    // The stand-in answers this create after 1.5 s; the containment runs meanwhile.
+    let slow = {
+        let http = w.http.clone();
+        let url = w.gate.url("/cloudflare/client/v4/user/tokens");
+        let key = w.deployer.clone();
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .json(
+                    &json!({"name": "slow", "policies": [], "expires_on": "2099-01-01T00:00:00Z"}),
+                )
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = w
+        .http
+        .post(w.gate.admin_url("/api/incidents/deployer/contain"))
+        .bearer_auth(tollgate_tests::tollgate::ADMIN_TOKEN)
+        .json(&json!({"reason": "runaway"}))
+        .send()
+        .await
+        .unwrap();
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(report["complete"], false, "{report}");
+    let tokens = report["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 1, "{report}");
+    assert_eq!(tokens[0]["token_id"], "tok-nodelete");
+    assert_eq!(tokens[0]["result"], "failed");
+    assert!(
+        tokens[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("without \"success\": true"),
+        "{report}"
+    );
+    assert_eq!(
+        w.row("tok-nodelete").await.get::<String, _>("status"),
+        "active"
+    );
+
+    let (status, text) = slow.await.unwrap();
+    assert_eq!(status, 502, "{text}");
+    assert!(
+        text.contains("revoked while this token was minted"),
+        "{text}"
+    );
+    assert!(!text.contains("cf-minted-secret-slow"), "{text}");
+    assert_eq!(
+        w.row("tok-slow").await.get::<String, _>("status"),
+        "deleted"
+    );
+    let deletes: Vec<(String, Option<String>)> = w
+        .stand_in
+        .take()
+        .into_iter()
+        .filter(|r| r.method == "DELETE" && r.path_and_query.contains("tok-slow"))
+        .map(|r| {
+            (
+                r.path_and_query.clone(),
+                r.header("authorization").map(str::to_string),
+            )
+        })
+        .collect();
+    assert_eq!(
+        deletes,
+        [(
+            "/client/v4/user/tokens/tok-slow".to_string(),
+            Some(format!("Bearer {CLOUDFLARE_SECRET}"))
+        )]
+    );
+    let late: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM admin_actions WHERE action = 'incident.contain.late_token' AND target = 'deployer'",
+    )
+    .fetch_one(&w.pool)
+    .await
+    .unwrap();
+    assert_eq!(late, 1);
+    let live_handles: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM agents WHERE minted_by IS NOT NULL AND status = 'active'
+           AND minted_by IN (SELECT id FROM agents WHERE name = 'deployer')",
+    )
+    .fetch_one(&w.pool)
+    .await
+    .unwrap();
+    // The late token's handle row was written with the token; its minter is revoked, so it never works.
+    assert!(live_handles <= 1);
+    let (status, _, _) = w.read(&w.deployer, "/cloudflare/client/v4/zones").await;
+    assert_eq!(status, 401);
 }

@@ -174,6 +174,16 @@ impl Store {
         dispatch!(self, s => s.vault_key_checks(mine).await)
     }
 
+    /// The tokens recorded under any spelling of `token_id` that the provider takes for the same token
+    /// (ignoring case and hyphens: [`crate::vault::token_key`]).
+    pub async fn minted_tokens_keyed(
+        &self,
+        provider: &str,
+        token_key: &str,
+    ) -> Result<Vec<MintedTokenRow>, StoreError> {
+        dispatch!(self, s => s.minted_tokens_keyed(provider, token_key).await)
+    }
+
     /// Every token this agent minted (or rolled first through tollgate), oldest first.
     pub async fn minted_tokens_by(&self, minter: Uuid) -> Result<Vec<MintedTokenRow>, StoreError> {
         dispatch!(self, s => s.minted_tokens_by(minter).await)

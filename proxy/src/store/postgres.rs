@@ -342,6 +342,24 @@ impl PgStore {
             .collect())
     }
 
+    pub async fn minted_tokens_keyed(
+        &self,
+        provider: &str,
+        token_key: &str,
+    ) -> Result<Vec<MintedTokenRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM minted_tokens WHERE provider = $1 AND lower(replace(token_id, '-', '')) = $2
+             ORDER BY created_at, token_id",
+            Self::MINTED_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(provider)
+            .bind(token_key)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(minted_from_row).collect()
+    }
+
     pub async fn minted_tokens_by(&self, minter: Uuid) -> Result<Vec<MintedTokenRow>, StoreError> {
         let sql = format!(
             "SELECT {} FROM minted_tokens WHERE minted_by = $1 ORDER BY created_at, token_id",

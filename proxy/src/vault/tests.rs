@@ -167,3 +167,23 @@ fn a_key_check_opens_only_under_the_key_that_sealed_it() {
     let sealed = vault.seal("cloudflare", "k2", &secret("x")).unwrap();
     assert!(vault.verify_key_check(&sealed).is_err());
 }
+
+#[test]
+fn token_ids_compare_as_the_provider_compares_them() {
+    assert_eq!(
+        token_key("98B3D0CB-1A50-42e0-8000-00000000ABCD").as_deref(),
+        Some("98b3d0cb1a5042e0800000000000abcd")
+    );
+    assert_eq!(token_key("tok-alpha").as_deref(), Some("tokalpha"));
+    for odd in ["", " ab", "a b", "a/b", "a%20", "a.b", &"x".repeat(129)] {
+        assert_eq!(token_key(odd), None, "{odd:?}");
+    }
+    assert!(cloudflare_succeeded(
+        br#"{"success":true,"result":{"id":"x"}}"#
+    ));
+    assert!(!cloudflare_succeeded(
+        br#"{"success":false,"errors":[{"code":1}]}"#
+    ));
+    assert!(!cloudflare_succeeded(br#"{"result":{"id":"x"}}"#));
+    assert!(!cloudflare_succeeded(b"ok"));
+}
