@@ -38,7 +38,7 @@ use crate::store::{
     AgentRow, Idempotency, MintedStatus, MintedTokenRow, NewReservation, OutcomeRow, Reservation,
     Store, TokenRoll,
 };
-use crate::vault::{Custody, MintedResponse, TOKEN_RESPONSE_LIMIT, TokenEvent, Vault};
+use crate::vault::{Custody, MintedResponse, TOKEN_RESPONSE_LIMIT, TokenEvent, Vault, contains};
 
 /// Request headers that carry secrets: never in the policy input, never in a decision record.
 const SECRET_HEADERS: &[&str] = &[
@@ -1104,8 +1104,9 @@ impl Gate {
         };
         let token_event = TokenEvent::of_action(&intake.action.name);
         let mut forwarded_headers = intake.headers.forwarded(&parts.headers);
-        if token_event.is_some() {
-            // The answer is read for the token it mints: it must come in plain bytes.
+        if token_event.is_some() || intake.minted_credential.is_some() {
+            // The answer is read for the token it mints, or screened for the minted secret a handle's
+            // request went out with: it must come in plain bytes.
             forwarded_headers =
                 std::borrow::Cow::Owned(crate::forward::identity_encoded(&forwarded_headers));
         }
@@ -1224,6 +1225,25 @@ impl Gate {
                     }
                     _ => response,
                 };
+                // A handle's request went out with the minted secret: the answer must not bring it back.
+                if let Some(secret) = intake
+                    .minted_credential
+                    .as_ref()
+                    .and_then(crate::vault::screen::secret_of)
+                {
+                    if crate::vault::screen::headers_carry(response.headers(), &secret) {
+                        tracing::error!(decision_id = %draft.id, "a handle's answer carries its minted secret in a header; withheld");
+                        response = Refusal::new(
+                            RefusalCode::UpstreamError,
+                            "tollgate: the provider's answer carries the minted token's secret, so it is withheld (vault mode)",
+                        )
+                        .not_retryable()
+                        .into_response(draft.envelope, draft.id);
+                    } else {
+                        response =
+                            response.map(|body| crate::vault::screen::screened(body, secret));
+                    }
+                }
                 if response.status().as_u16() != status {
                     // The provider acted, but its answer was withheld (vault mode): say so in the outcome.
                     outcome.error = Some(MINTED_TOKEN_WITHHELD.to_string());
@@ -2478,11 +2498,6 @@ pub fn insert_decision_header(headers: &mut HeaderMap, id: Uuid) {
     if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
         headers.insert(crate::DECISION_HEADER, v);
     }
-}
-
-/// Whether `needle` occurs in `haystack` (a minted secret in an answer about to leave).
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]

@@ -421,6 +421,11 @@ pub fn token_key(token_id: &str) -> Option<String> {
     })
 }
 
+/// Whether `needle` occurs in `haystack` (a minted secret in an answer about to leave).
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .ok()
@@ -458,6 +463,8 @@ impl PartialEq for Minted {
 }
 
 impl Eq for Minted {}
+
+pub mod screen;
 
 #[cfg(test)]
 mod tests;

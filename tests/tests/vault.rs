@@ -108,6 +108,14 @@ fn cloudflare_tokens(
                 "value": created_secret(&name),
             }));
         }
+        // A provider that echoes the credential it was called with, in the body or a header.
+        let seen = r.header("authorization").unwrap_or_default().to_string();
+        if path.ends_with("/echo") {
+            return ok(json!({"you_sent": seen, "padding": "x".repeat(70_000)}));
+        }
+        if path.ends_with("/echo-header") {
+            return ok(json!([])).header("x-debug-auth", &seen);
+        }
         if let Some(rest) = path.strip_prefix("/client/v4/user/tokens/") {
             if r.method == "PUT" && rest.ends_with("/value") {
                 let n = rolls.fetch_add(1, Ordering::SeqCst);
@@ -1274,4 +1282,67 @@ async fn tokens_minted_during_containment_and_unconfirmed_deletes_do_not_escape(
     assert!(live_handles <= 1);
     let (status, _, _) = w.read(&w.deployer, "/cloudflare/client/v4/zones").await;
     assert_eq!(status, 401);
+}
+
+/// A provider that echoes the credential a handle's request went out with never hands the minted secret to
+/// the agent: an echo in a header withholds the answer, one in the body cuts it off before the secret.
+#[tokio::test]
+async fn a_provider_echoing_the_minted_credential_does_not_reveal_it() {
+    let w = world(|b| b).await;
+    let (_, created) = w
+        .create_token(&w.deployer, "alpha", "2099-01-01T00:00:00Z")
+        .await;
+    let handle = handle_of(&created);
+    let secret = created_secret("alpha");
+
+    let r = w
+        .http
+        .get(w.gate.url("/cloudflare/client/v4/zones/z/echo-header"))
+        .bearer_auth(&handle)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 502);
+    let headers = format!("{:?}", r.headers());
+    let text = r.text().await.unwrap();
+    assert!(
+        !headers.contains(&secret) && !text.contains(&secret),
+        "{headers} {text}"
+    );
+
+    let r = w
+        .http
+        .get(w.gate.url("/cloudflare/client/v4/zones/z/echo"))
+        .bearer_auth(&handle)
+        .send()
+        .await
+        .unwrap();
+    // Cut off before the secret: the body never arrives whole.
+    if let Ok(bytes) = r.bytes().await {
+        panic!(
+            "the answer arrived whole ({} bytes, secret inside: {})",
+            bytes.len(),
+            String::from_utf8_lossy(&bytes).contains(&secret)
+        );
+    }
+    // The stand-in was asked without compression, so the screen reads plain bytes.
+    let asked: Vec<Option<String>> = w
+        .stand_in
+        .take()
+        .iter()
+        .filter(|r| r.path_and_query.contains("echo"))
+        .map(|r| r.header("accept-encoding").map(str::to_string))
+        .collect();
+    assert!(!asked.is_empty());
+    assert!(
+        asked.iter().all(|a| a.as_deref() == Some("identity")),
+        "{asked:?}"
+    );
+    // The minter's own requests (tollgate's credential) are not screened for a secret they do not carry.
+    let (status, _, _) = w
+        .read(&w.deployer, "/cloudflare/client/v4/zones/z/echo")
+        .await;
+    assert_eq!(status, 200);
+    assert!(!w.gate.log().contains(&secret));
 }
