@@ -365,7 +365,7 @@ impl Metrics {
         }
         // Handles and minted tokens start at zero, so their panels show 0 rather than "No data".
         self.vault_handles_used_total.with_label_values(&[provider]);
-        for event in ["created", "rolled", "deleted"] {
+        for event in ["created", "rolled", "updated", "deleted"] {
             for custody in ["vault", "pass_through"] {
                 self.minted_tokens_total
                     .with_label_values(&[provider, event, custody]);

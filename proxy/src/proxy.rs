@@ -36,7 +36,7 @@ use crate::policy::{
 };
 use crate::store::{
     AgentRow, Idempotency, MintedStatus, MintedTokenRow, NewReservation, OutcomeRow, Reservation,
-    Store, TokenRoll,
+    Store, TokenRoll, TokenUpdate,
 };
 use crate::vault::{Custody, MintedResponse, TOKEN_RESPONSE_LIMIT, TokenEvent, Vault, contains};
 
@@ -1421,6 +1421,39 @@ impl Gate {
                 .inc();
         };
         match event {
+            TokenEvent::Updated => {
+                let Some(token_id) = path_token else {
+                    return pass(bytes);
+                };
+                if custody == Custody::Vault
+                    && parsed.as_ref().is_some_and(|p| p.secret().is_some())
+                {
+                    tracing::error!(decision_id = %draft.id, "a token update's answer carries a secret; withheld");
+                    return withheld(
+                        "the provider's answer to this token update carries a secret, so it is withheld (vault mode)",
+                    );
+                }
+                if !crate::vault::cloudflare_succeeded(&bytes) {
+                    return pass(bytes);
+                }
+                let body = &intake.facts.body;
+                let update = TokenUpdate {
+                    provider,
+                    token_id: &token_id,
+                    name: body_text(body, "name"),
+                    policies: body.get("policies").cloned(),
+                    expires_on: body_time(body, "expires_on"),
+                    decision_id: draft.id,
+                };
+                match self.store.update_minted_token(&update).await {
+                    Ok(true) => count(custody),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, %token_id, decision_id = %draft.id, "recording a token update failed; its handle keeps the old expiry");
+                    }
+                }
+                pass(bytes)
+            }
             TokenEvent::Deleted => {
                 let Some(token_id) = path_token else {
                     return pass(bytes);

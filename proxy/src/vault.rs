@@ -32,6 +32,7 @@ pub const TOKEN_RESPONSE_LIMIT: usize = 256 * 1024;
 /// The catalog actions whose answers mint, roll or delete a provider token.
 pub const TOKEN_CREATE: &str = "cloudflare.token.create";
 pub const TOKEN_ROLL: &str = "cloudflare.token.roll";
+pub const TOKEN_UPDATE: &str = "cloudflare.token.update";
 pub const TOKEN_DELETE: &str = "cloudflare.token.delete";
 
 /// What a token action does to the token it names.
@@ -39,6 +40,8 @@ pub const TOKEN_DELETE: &str = "cloudflare.token.delete";
 pub enum TokenEvent {
     Created,
     Rolled,
+    /// Rewritten (name, policies, expiry, status): the row follows, and the handle's expiry with it.
+    Updated,
     Deleted,
 }
 
@@ -320,6 +323,7 @@ impl TokenEvent {
         match action {
             TOKEN_CREATE => Some(TokenEvent::Created),
             TOKEN_ROLL => Some(TokenEvent::Rolled),
+            TOKEN_UPDATE => Some(TokenEvent::Updated),
             TOKEN_DELETE => Some(TokenEvent::Deleted),
             _ => None,
         }
@@ -329,6 +333,7 @@ impl TokenEvent {
         match self {
             TokenEvent::Created => "created",
             TokenEvent::Rolled => "rolled",
+            TokenEvent::Updated => "updated",
             TokenEvent::Deleted => "deleted",
         }
     }
@@ -352,6 +357,13 @@ impl MintedResponse {
                 text(result.get("value")),
             ),
             TokenEvent::Rolled => (None, None, None, Some(result.as_str()?.to_string())),
+            // An update's answer carries no secret; one that does is withheld like any other leak.
+            TokenEvent::Updated => (
+                text(result.get("id")),
+                text(result.get("name")),
+                text(result.get("expires_on")).and_then(|t| parse_time(&t)),
+                text(result.get("value")),
+            ),
             TokenEvent::Deleted => (text(result.get("id")), None, None, None),
         };
         // A token id names a row and a handle: Cloudflare's are 32 hex characters; anything empty or odd is
@@ -389,7 +401,7 @@ impl MintedResponse {
                     *result = Value::from(handle);
                 }
             }
-            TokenEvent::Deleted => {}
+            TokenEvent::Updated | TokenEvent::Deleted => {}
         }
         Bytes::from(serde_json::to_vec(&self.body).unwrap_or_default())
     }

@@ -122,6 +122,17 @@ fn cloudflare_tokens(
                 let id = rest.trim_end_matches("/value");
                 return ok(Value::from(format!("cf-rolled-secret-{id}-{n}-9a2c")));
             }
+            if r.method == "PUT" && !rest.contains('/') {
+                let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+                if body["name"] == "leaky" {
+                    return ok(
+                        json!({"id": rest, "name": "leaky", "value": "cf-update-secret-77"}),
+                    );
+                }
+                return ok(
+                    json!({"id": rest, "name": body["name"], "expires_on": body["expires_on"]}),
+                );
+            }
             if r.method == "DELETE" {
                 if rest.contains("nodelete") {
                     // A 2xx that does not say it succeeded.
@@ -1345,4 +1356,40 @@ async fn a_provider_echoing_the_minted_credential_does_not_reveal_it() {
         .await;
     assert_eq!(status, 200);
     assert!(!w.gate.log().contains(&secret));
+}
+
+/// A token rewritten through tollgate by its minter: the row follows (name, expiry), and the handle's
+/// expiry with it, so extending a token keeps its handle working; an update answer that carries a secret
+/// is withheld.
+#[tokio::test]
+async fn an_update_moves_the_tokens_expiry_and_its_handles() {
+    let w = world(|b| b).await;
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (status, created) = w.create_token(&w.deployer, "brief", &soon).await;
+    assert_eq!(status, 200, "{created}");
+    let handle = handle_of(&created);
+    let update = |name: &str| {
+        w.http
+            .put(w.gate.url("/cloudflare/client/v4/user/tokens/tok-brief"))
+            .bearer_auth(&handle)
+            .json(&json!({"name": name, "policies": [], "expires_on": "2099-01-01T00:00:00Z"}))
+            .send()
+    };
+    let r = update("extended").await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let row = w.row("tok-brief").await;
+    assert_eq!(
+        row.get::<Option<String>, _>("name").as_deref(),
+        Some("extended")
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        w.read(&handle, "/cloudflare/client/v4/zones").await.0,
+        200,
+        "the handle follows the token's new expiry"
+    );
+    let r = update("leaky").await.unwrap();
+    assert_eq!(r.status().as_u16(), 502);
+    assert!(!r.text().await.unwrap().contains("cf-update-secret-77"));
 }

@@ -174,6 +174,12 @@ impl Store {
         dispatch!(self, s => s.vault_key_checks(mine).await)
     }
 
+    /// A token rewritten through tollgate: its name and policies (when the update gave them) and expiry
+    /// (`None`: none), and its handle's expiry with it. False when tollgate has no row for it.
+    pub async fn update_minted_token(&self, update: &TokenUpdate<'_>) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.update_minted_token(update).await)
+    }
+
     /// The tokens recorded under any spelling of `token_id` that the provider takes for the same token
     /// (ignoring case and hyphens: [`crate::vault::token_key`]).
     pub async fn minted_tokens_keyed(
@@ -735,6 +741,17 @@ pub struct TokenRoll<'a> {
     pub at: DateTime<Utc>,
     /// The account of an account token, from the route (kept when tollgate has a row already).
     pub account_id: Option<&'a str>,
+}
+
+/// A token rewritten through tollgate (`cloudflare.token.update`).
+#[derive(Debug, Clone)]
+pub struct TokenUpdate<'a> {
+    pub provider: &'a str,
+    pub token_id: &'a str,
+    pub name: Option<String>,
+    pub policies: Option<Value>,
+    pub expires_on: Option<DateTime<Utc>>,
+    pub decision_id: Uuid,
 }
 
 /// What [`Store::open_approval_capped`] did.

@@ -281,6 +281,39 @@ impl SqliteStore {
         Ok(())
     }
 
+    pub async fn update_minted_token(&self, u: &TokenUpdate<'_>) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let handle: Option<Option<String>> = sqlx::query_scalar(
+            "UPDATE minted_tokens SET name = COALESCE(?3, name), policies = COALESCE(?4, policies),
+                expires_on = ?5, last_decision_id = ?6
+             WHERE provider = ?1 AND token_id = ?2 RETURNING handle_agent_id",
+        )
+        .bind(u.provider)
+        .bind(u.token_id)
+        .bind(&u.name)
+        .bind(u.policies.as_ref().map(Value::to_string))
+        .bind(u.expires_on.map(ts))
+        .bind(u.decision_id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(handle) = handle else {
+            return Ok(false);
+        };
+        if let Some(handle) = handle {
+            sqlx::query(
+                "UPDATE agents SET expires_at = ?,
+                    version = (SELECT coalesce(max(version), 0) + 1 FROM agents)
+                 WHERE id = ? AND status = 'active'",
+            )
+            .bind(u.expires_on.map(ts))
+            .bind(handle)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     pub async fn delete_minted_token(
         &self,
         provider: &str,
