@@ -89,6 +89,14 @@ fn api() -> Vec<(Endpoint, MethodRouter<Arc<Admin>>)> {
         (e("POST", "/api/policy/reload", O), post(reload_policy)),
         (e("GET", "/api/freeze", V), get(freeze_status)),
         (e("GET", "/api/notifications", V), get(list_notifications)),
+        (
+            e("GET", "/api/incidents/{agent}/report", V),
+            get(crate::incident::api::report_endpoint),
+        ),
+        (
+            e("GET", "/api/incidents/{agent}/rollback-plan", O),
+            get(crate::incident::api::rollback_plan_endpoint),
+        ),
         (e("POST", "/api/freeze", O), post(freeze)),
         (e("DELETE", "/api/freeze", O), delete(unfreeze)),
         (e("GET", "/api/reviewers", A), get(list_reviewers)),
@@ -248,7 +256,7 @@ async fn whoami(Extension(me): Extension<Reviewer>) -> Response {
     .into_response()
 }
 
-fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
         Json(json!({"error": {"code": code, "message": message}})),
@@ -256,7 +264,7 @@ fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn store_error(e: StoreError) -> Response {
+pub(crate) fn store_error(e: StoreError) -> Response {
     match e {
         StoreError::Conflict(what) => api_error(
             StatusCode::CONFLICT,

@@ -23,6 +23,7 @@ use crate::policy::Bundle;
 use crate::remote::{Remote, RemoteError};
 use crate::store::{DecisionFilter, Store};
 
+mod incident;
 mod review;
 
 use review::{
@@ -158,6 +159,10 @@ pub enum Command {
     /// Review approvals: list, show, approve, deny.
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
+    /// Incidents: what an agent did (`incident report`) and the plan that undoes it
+    /// (`incident rollback-plan`, `--execute` to run it through the gate).
+    #[command(subcommand)]
+    Incident(incident::IncidentCommand),
     /// Spend per budget window (current month unless --period); `spend flagged` and `spend settle` for
     /// reservations whose upstream outcome is unknown.
     #[command(args_conflicts_with_subcommands = true)]
@@ -568,6 +573,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Agents(cmd) => agents(&cli, cmd).await,
+        Command::Incident(cmd) => incident::incident(&cli, cmd).await,
         Command::Reviewers(cmd) => reviewers(&cli, cmd).await,
         Command::Policy(PolicyCommand::Test {
             dir,

@@ -45,6 +45,12 @@ const EXPECTED: &[(&str, &str, Role)] = &[
     ("POST", "/api/policy/reload", Role::Operator),
     ("GET", "/api/freeze", Role::Viewer),
     ("GET", "/api/notifications", Role::Viewer),
+    ("GET", "/api/incidents/{agent}/report", Role::Viewer),
+    (
+        "GET",
+        "/api/incidents/{agent}/rollback-plan",
+        Role::Operator,
+    ),
     ("POST", "/api/freeze", Role::Operator),
     ("DELETE", "/api/freeze", Role::Operator),
     ("GET", "/api/reviewers", Role::Admin),
@@ -205,7 +211,8 @@ async fn every_endpoint_requires_its_role() {
     for (method, path, required) in EXPECTED {
         let concrete = path
             .replace("{id}", "0190f1e2-0000-7000-8000-000000000000")
-            .replace("{name}", "nobody");
+            .replace("{name}", "nobody")
+            .replace("{agent}", "nobody");
         for (who, token, role) in &callers {
             let body = (*method != "GET" && *method != "DELETE").then(|| json!({}));
             let (status, answer) = s

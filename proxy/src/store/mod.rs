@@ -14,9 +14,11 @@ use uuid::Uuid;
 
 mod nodelay;
 mod postgres;
+mod resources;
 mod sqlite;
 
 pub use postgres::{PgSink, PgStore};
+pub use resources::{AgentSpendRow, DecisionCount, ResourceRow, ResourceStatus};
 pub use sqlite::SqliteStore;
 
 /// The store behind every module: Postgres or the embedded SQLite file.

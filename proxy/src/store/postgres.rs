@@ -15,6 +15,8 @@ use uuid::Uuid;
 use super::*;
 
 /// Embedded so that the binary migrates without the source tree beside it.
+mod resources;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 /// How long a request waits for a pooled connection before the store counts as unavailable. Short: a

@@ -22,6 +22,8 @@ use uuid::Uuid;
 
 use super::*;
 
+mod resources;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// How long a statement waits for another process (the CLI) to release the file.
