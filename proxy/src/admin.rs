@@ -1251,7 +1251,9 @@ mod tests {
             assert!(axum::http::Method::from_bytes(e.method.as_bytes()).is_ok());
             // Reads are for every role (but the reviewer list, for admins); nothing that changes state is
             // open to viewers.
-            if e.method == "GET" && !e.path.starts_with("/api/reviewers") {
+            // A rollback plan is the operator's runbook for changing things back, so it is theirs to read.
+            let operators_only = e.path == "/api/incidents/{agent}/rollback-plan";
+            if e.method == "GET" && !e.path.starts_with("/api/reviewers") && !operators_only {
                 assert_eq!(e.role, Role::Viewer, "{e:?}");
             } else {
                 assert!(e.role > Role::Viewer, "{e:?}");

@@ -1498,7 +1498,7 @@ mod tests {
         let route = |extra: &str| {
             format!(
                 "provider: demo\nroutes:\n  - action: demo.thing\n    risk: write\n    methods: [POST, DELETE]\n    \
-                 paths: [/things/{{thing_id}}]\n    {extra}\n"
+                 paths: [\"/things/{{thing_id}}\"]\n    {extra}\n"
             )
         };
         for (extra, reason) in [

@@ -16,27 +16,27 @@ use chrono::{DateTime, Utc};
 
 use crate::admin::{Admin, api_error, store_error};
 
-/// `since`, the only query parameter; anything else is refused rather than silently ignored.
-fn since_of(query: &BTreeMap<String, String>) -> Result<Option<DateTime<Utc>>, Response> {
+/// `since`, the only query parameter; anything else is refused rather than silently ignored. The error is
+/// the message of a 400.
+fn since_of(query: &BTreeMap<String, String>) -> Result<Option<DateTime<Utc>>, String> {
     if let Some(other) = query.keys().find(|k| k.as_str() != "since") {
-        return Err(api_error(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            &format!("unknown query parameter {other:?}; only since is accepted"),
+        return Err(format!(
+            "unknown query parameter {other:?}; only since is accepted"
         ));
     }
     query
         .get("since")
         .map(|text| {
             crate::console::parse_when(text, Utc::now()).ok_or_else(|| {
-                api_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid",
-                    "since is neither RFC 3339, a date (YYYY-MM-DD) nor a duration like 30s, 15m, 2h, 7d",
-                )
+                "since is neither RFC 3339, a date (YYYY-MM-DD) nor a duration like 30s, 15m, 2h, 7d"
+                    .to_string()
             })
         })
         .transpose()
+}
+
+fn invalid(message: &str) -> Response {
+    api_error(StatusCode::BAD_REQUEST, "invalid", message)
 }
 
 fn no_agent() -> Response {
@@ -50,7 +50,7 @@ pub async fn report_endpoint(
 ) -> Response {
     let since = match since_of(&query) {
         Ok(since) => since,
-        Err(refused) => return refused,
+        Err(message) => return invalid(&message),
     };
     match super::report(&admin.store, &agent, since, Utc::now()).await {
         Ok(Some(report)) => Json(report).into_response(),
@@ -66,7 +66,7 @@ pub async fn rollback_plan_endpoint(
 ) -> Response {
     let since = match since_of(&query) {
         Ok(since) => since,
-        Err(refused) => return refused,
+        Err(message) => return invalid(&message),
     };
     match super::rollback_plan(&admin.store, &agent, since, Utc::now()).await {
         Ok(Some(plan)) => Json(plan).into_response(),
