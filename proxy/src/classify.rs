@@ -1422,7 +1422,7 @@ mod tests {
             ),
             (
                 ("cloudflare", "PUT", cf("/accounts/a/workers/scripts/s")),
-                creates(K::WorkersScript, param("script_name")),
+                creates(K::WorkersScript, answer("result.id")),
             ),
             (
                 ("cloudflare", "DELETE", cf("/accounts/a/workers/scripts/s")),

@@ -406,6 +406,20 @@ fn inverse(r: &ResourceRow) -> Inverse {
             format!("delete custom certificate {} of zone {}", r.resource_id, r.zone_id.as_deref().unwrap_or("?")),
             Some("visitors of the hostnames it covers fall back to another certificate, or none"),
         ),
+        ResourceKind::WorkersScript if replaced_existing(r) => Inverse::None {
+            why: format!(
+                "the agent's upload replaced Workers script {}, which exists since {}: deleting it would remove the \
+                 earlier script too",
+                r.resource_id,
+                r.detail.get("created_on").and_then(Value::as_str).unwrap_or("?")
+            ),
+            human: format!(
+                "restore the version that ran before the upload (GET /client/v4/accounts/{}/workers/scripts/{}/versions, \
+                 then POST …/deployments with it at 100 %), or delete the script if it should not exist",
+                r.account_id.as_deref().unwrap_or("{account_id}"),
+                r.resource_id
+            ),
+        },
         ResourceKind::WorkersScript => step(
             "cloudflare.worker.delete",
             "DELETE",
@@ -492,6 +506,20 @@ fn inverse(r: &ResourceRow) -> Inverse {
         ),
     }
 }
+
+/// Whether a Workers upload replaced a script that existed before it: the answer's `created_on` is more than
+/// [`REPLACED_AFTER`] older than the upload.
+fn replaced_existing(r: &ResourceRow) -> bool {
+    r.detail
+        .get("created_on")
+        .and_then(Value::as_str)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .is_some_and(|created| created.with_timezone(&Utc) < r.created_at - REPLACED_AFTER)
+}
+
+/// How much older than the upload a script's `created_on` must be for the upload to count as a replacement
+/// (the provider's clock and tollgate's differ a little).
+const REPLACED_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 #[cfg(test)]
 mod tests;

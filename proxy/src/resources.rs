@@ -40,7 +40,16 @@ const RECORD_PERSISTENCE: Duration = Duration::from_secs(60);
 /// Fields of the created object (Cloudflare's `result`, Stripe's top level) kept beside the id: what the
 /// report shows and the rollback plan needs (a payment intent's status). Strings and numbers only, each at
 /// most [`DETAIL_MAX`] characters.
-const DETAIL_FIELDS: &[&str] = &["name", "type", "status", "amount", "currency", "livemode"];
+/// (`created_on` tells a Workers upload that replaced an existing script from one that created it.)
+const DETAIL_FIELDS: &[&str] = &[
+    "name",
+    "type",
+    "status",
+    "amount",
+    "currency",
+    "livemode",
+    "created_on",
+];
 const DETAIL_MAX: usize = 200;
 /// Longest id accepted from an answer or a path: ids are tens of characters, domain names at most 253.
 const ID_MAX: usize = 255;

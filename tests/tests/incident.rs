@@ -73,7 +73,16 @@ fn provider(
                     json!({"id": id, "name": name, "type": body["type"], "content": body["content"]}),
                 )
             }
-            "PUT" if path.starts_with(&scripts) => cf(200, json!({"id": last, "etag": "e1"})),
+            // `legacy` existed long before this upload replaced it.
+            "PUT" if path.starts_with(&scripts) && last == "legacy" => cf(
+                200,
+                json!({"id": last, "etag": "e2", "created_on": "2020-01-01T00:00:00Z",
+                       "modified_on": chrono::Utc::now().to_rfc3339()}),
+            ),
+            "PUT" if path.starts_with(&scripts) => cf(
+                200,
+                json!({"id": last, "etag": "e1", "created_on": chrono::Utc::now().to_rfc3339()}),
+            ),
             "POST" if path.ends_with("/registrar/registrations") => cf(
                 201,
                 json!({"domain_name": "tollgate-incident.dev", "status": "pending"}),
@@ -310,21 +319,23 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
          {{\"main_module\": \"index.js\"}}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"index.js\"; \
          filename=\"index.js\"\r\nContent-Type: application/javascript+module\r\n\r\nexport default {{}}\r\n--{boundary}--\r\n"
     );
-    let deployed = w
-        .send(
-            w.cf(
-                reqwest::Method::PUT,
-                &w.deployer,
-                &format!("/accounts/{ACCOUNT}/workers/scripts/blog"),
+    for name in ["blog", "legacy"] {
+        let deployed = w
+            .send(
+                w.cf(
+                    reqwest::Method::PUT,
+                    &w.deployer,
+                    &format!("/accounts/{ACCOUNT}/workers/scripts/{name}"),
+                )
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .body(script.clone()),
             )
-            .header(
-                "content-type",
-                format!("multipart/form-data; boundary={boundary}"),
-            )
-            .body(script),
-        )
-        .await;
-    assert_eq!(deployed.status, 200, "{}", deployed.body);
+            .await;
+        assert_eq!(deployed.status, 200, "{}", deployed.body);
+    }
 
     // A registration needs a human: approved, then retried with the approval.
     let registration = || {
@@ -381,7 +392,7 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
     assert_eq!(denied.status, 403);
 
     // Recorded, with the ids the stand-in gave and what addresses them again.
-    w.until_resources("live", 6).await;
+    w.until_resources("live", 7).await;
     let rows = w.resources().await;
     let seen: Vec<(&str, &str, &str, &str, Option<&str>)> = rows
         .iter()
@@ -409,6 +420,13 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
                 "deployer",
                 Some(CONNECTED)
             ),
+            (
+                "legacy",
+                "workers_script",
+                account.as_str(),
+                "deployer",
+                None
+            ),
             ("rec-api", "dns_record", zone.as_str(), "deployer", None),
             (
                 "rec-www",
@@ -428,10 +446,10 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
         ]
     );
     assert_eq!(
-        rows[2].6, api.decision,
+        rows[3].6, api.decision,
         "recorded under the create's decision"
     );
-    assert_eq!(rows[5].6, registered.decision);
+    assert_eq!(rows[6].6, registered.decision);
     let metrics = w
         .http
         .get(w.gate.admin_url("/metrics"))
@@ -463,8 +481,8 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
     assert_eq!(by["deny"], 1, "{by}");
     assert!(by["approve"].as_i64() >= Some(1), "{by}");
     assert_eq!(
-        by["allow"], 8,
-        "token, 2 records, script, registration, customer, subscription, product: {by}"
+        by["allow"], 9,
+        "token, 2 records, 2 scripts, registration, customer, subscription, product: {by}"
     );
     assert_eq!(report["spend"]["committed_cents"], 1500);
     assert_eq!(
@@ -473,13 +491,13 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
     );
     assert_eq!(report["tokens"][0]["token_id"], "tok-1");
     assert_eq!(report["tokens"][0]["status"], "active");
-    assert_eq!(report["resources"].as_array().unwrap().len(), 6);
+    assert_eq!(report["resources"].as_array().unwrap().len(), 7);
     assert!(!out.contains(MINTED_SECRET));
     // Text, and a `since` that leaves everything out.
     let (ok, text, err) = w.cli(&["incident", "report", "deployer"]).await;
     assert!(ok, "{err}");
     assert!(
-        text.contains("resources created: 6 (6 live)") && text.contains("committed $15.00"),
+        text.contains("resources created: 7 (7 live)") && text.contains("committed $15.00"),
         "{text}"
     );
     let (ok, out, _) = w
@@ -595,13 +613,24 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
         plan["steps"][1]["call"]["headers"]["Stripe-Account"],
         CONNECTED
     );
+    // The registration, and the upload that replaced a script older than it, are for a person.
+    let irreversible: Vec<(&str, &str)> = plan["irreversible"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["resource"]["kind"].as_str().unwrap(),
+                i["resource"]["id"].as_str().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(
-        plan["irreversible"][0]["resource"]["kind"],
-        "domain_registration"
-    );
-    assert_eq!(
-        plan["irreversible"][0]["resource"]["id"],
-        "tollgate-incident.dev"
+        irreversible,
+        [
+            ("workers_script", "legacy"),
+            ("domain_registration", "tollgate-incident.dev")
+        ]
     );
     let api_plan: Value = w
         .http
@@ -743,7 +772,7 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
     assert!(ok, "{err}");
     let after: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(after["steps"], json!([]));
-    assert_eq!(after["irreversible"].as_array().unwrap().len(), 1);
+    assert_eq!(after["irreversible"].as_array().unwrap().len(), 2);
 
     // A third run of the same plan sends nothing.
     let (ok, out, _) = execute().await;

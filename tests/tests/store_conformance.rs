@@ -1839,6 +1839,29 @@ async fn created_resources_are_recorded_once_and_marked_deleted(store: &Store) {
     assert_eq!(mine[0].deleted_by_decision, Some(by));
     assert!(mine[0].deleted_at.is_some());
     assert_eq!(mine[1].status, ResourceStatus::Live);
+
+    // The same id made again after its delete (a reused Workers script name) is a new resource.
+    let again = resource(&other, ResourceKind::DnsRecord, "rec-1", "zone:z1");
+    assert!(store.record_resource(&again).await.unwrap());
+    assert!(
+        !store
+            .record_resource(&resource(
+                &deployer,
+                ResourceKind::DnsRecord,
+                "rec-1",
+                "zone:z1"
+            ))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.resources_of(&[other.id], None).await.unwrap()[1],
+        again
+    );
+    assert_eq!(
+        store.resources_of(&[deployer.id], None).await.unwrap(),
+        vec![elsewhere]
+    );
 }
 
 /// The reads an incident report makes: the agent with every handle it (or its handles) minted, their

@@ -139,7 +139,22 @@ fn each_kind_has_its_inverse_call() {
     // Nothing left to undo, or nothing a call can undo.
     check(PaymentIntent, json!({"status": "canceled"}), None);
     check(PaymentIntent, json!({"status": "succeeded"}), None);
-    check(DomainRegistration, none, None);
+    check(DomainRegistration, none.clone(), None);
+    // An upload that replaced a script that was there before is not undone by deleting it.
+    check(
+        WorkersScript,
+        json!({"created_on": "2020-01-01T00:00:00Z"}),
+        None,
+    );
+    check(
+        WorkersScript,
+        json!({"created_on": "2026-12-01T10:00:00Z"}),
+        Some((
+            "DELETE",
+            "/client/v4/accounts/a1/workers/scripts/r%201",
+            "cloudflare.worker.delete",
+        )),
+    );
 }
 
 #[test]

@@ -115,7 +115,8 @@ macro_rules! on_backend {
 
 impl Store {
     /// Records a created resource; false (and the row unchanged) when the same resource, (provider, kind,
-    /// id, scope), is already recorded: a replayed or idempotent create.
+    /// id, scope), is already recorded live: a replayed or idempotent create. A row whose resource was deleted
+    /// is replaced: the same id made again (a Workers script name reused) is a new resource, its creator's.
     pub async fn record_resource(&self, row: &ResourceRow) -> Result<bool, StoreError> {
         on_backend!(self, s => s.record_resource(row).await)
     }

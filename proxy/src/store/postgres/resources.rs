@@ -22,7 +22,13 @@ impl PgStore {
                  detail, agent_id, agent_name, run_id, decision_id, action, created_at, status, deleted_at,
                  deleted_by_decision)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
-             ON CONFLICT (provider, kind, resource_id, scope) DO NOTHING",
+             ON CONFLICT (provider, kind, resource_id, scope) DO UPDATE SET
+                 id = excluded.id, zone_id = excluded.zone_id, account_id = excluded.account_id,
+                 stripe_account = excluded.stripe_account, detail = excluded.detail, agent_id = excluded.agent_id,
+                 agent_name = excluded.agent_name, run_id = excluded.run_id, decision_id = excluded.decision_id,
+                 action = excluded.action, created_at = excluded.created_at, status = excluded.status,
+                 deleted_at = excluded.deleted_at, deleted_by_decision = excluded.deleted_by_decision
+             WHERE resources.status = 'deleted'",
         )
         .bind(row.id)
         .bind(&row.provider)
