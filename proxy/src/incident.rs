@@ -258,7 +258,84 @@ pub async fn rollback_plan(
     };
     let ids: Vec<Uuid> = agents.iter().map(|a| a.id).collect();
     let resources = store.resources_of(&ids, since).await?;
-    Ok(Some(plan_for(&agents[0].name, ids, since, now, &resources)))
+    let later = later_payments(store, &resources).await?;
+    Ok(Some(plan_for(
+        &agents[0].name,
+        ids,
+        since,
+        now,
+        &resources,
+        &later,
+    )))
+}
+
+/// Calls through tollgate (by any agent) that moved a recorded payment intent's money after it was created:
+/// by intent id, the action (`stripe.payment.confirm` or `.capture`) and its decision.
+#[derive(Debug, Default)]
+pub struct LaterPayments(BTreeMap<String, Vec<(String, Uuid)>>);
+
+/// How many later confirm/capture decisions are read for a plan (a plan for more payment intents than this
+/// treats the rest as unknown, i.e. says so in each step's caution).
+const LATER_PAYMENTS_LIMIT: i64 = 10_000;
+
+impl LaterPayments {
+    /// Records that `action` (decision `decision_id`) moved intent `intent`'s money.
+    pub fn add(&mut self, intent: &str, action: &str, decision_id: Uuid) {
+        self.0
+            .entry(intent.to_string())
+            .or_default()
+            .push((action.to_string(), decision_id));
+    }
+
+    fn of(&self, intent: &str) -> &[(String, Uuid)] {
+        self.0.get(intent).map(Vec::as_slice).unwrap_or_default()
+    }
+}
+
+/// The allowed confirm and capture calls a provider answered 2xx, since the oldest live payment intent among
+/// `resources` was created.
+async fn later_payments(
+    store: &Store,
+    resources: &[ResourceRow],
+) -> Result<LaterPayments, StoreError> {
+    let mut later = LaterPayments::default();
+    let oldest = resources
+        .iter()
+        .filter(|r| r.kind == ResourceKind::PaymentIntent && r.status == ResourceStatus::Live)
+        .map(|r| r.created_at)
+        .min();
+    let Some(oldest) = oldest else {
+        return Ok(later);
+    };
+    for action in ["stripe.payment.capture", "stripe.payment.confirm"] {
+        let filter = crate::store::DecisionFilter {
+            action: Some(action.to_string()),
+            outcome: Some("allow".to_string()),
+            since: Some(oldest),
+            limit: LATER_PAYMENTS_LIMIT,
+            ..Default::default()
+        };
+        for (decision, outcome) in store.list_decisions(&filter).await? {
+            let answered = outcome
+                .and_then(|o| o.upstream_status)
+                .is_some_and(|s| (200..300).contains(&s));
+            // `/v1/payment_intents/{id}/…`, whose literal segments the catalog matches in any case.
+            let segments: Vec<&str> = decision.path.split('/').collect();
+            let intent = match segments.as_slice() {
+                ["", v1, intents, intent, ..]
+                    if v1.eq_ignore_ascii_case("v1")
+                        && intents.eq_ignore_ascii_case("payment_intents") =>
+                {
+                    Some(*intent)
+                }
+                _ => None,
+            };
+            if let (true, Some(intent)) = (answered, intent) {
+                later.add(intent, action, decision.id);
+            }
+        }
+    }
+    Ok(later)
 }
 
 /// The plan for these recorded resources: each live one's inverse call, or its irreversible entry.
@@ -268,6 +345,7 @@ pub fn plan_for(
     since: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
     resources: &[ResourceRow],
+    later: &LaterPayments,
 ) -> RollbackPlan {
     let mut live: Vec<&ResourceRow> = resources
         .iter()
@@ -282,7 +360,7 @@ pub fn plan_for(
     let mut steps = Vec::new();
     let mut irreversible = Vec::new();
     for r in live {
-        match inverse(r) {
+        match inverse(r, later) {
             Inverse::Call(step) => steps.push(*step),
             Inverse::None { why, human } => irreversible.push(Irreversible {
                 resource: planned(r),
@@ -356,7 +434,7 @@ fn segment(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, SEGMENT).to_string()
 }
 
-fn inverse(r: &ResourceRow) -> Inverse {
+fn inverse(r: &ResourceRow, later: &LaterPayments) -> Inverse {
     let id = segment(&r.resource_id);
     let zone = r.zone_id.as_deref().map(segment).unwrap_or_default();
     let account = r.account_id.as_deref().map(segment).unwrap_or_default();
@@ -470,12 +548,48 @@ fn inverse(r: &ResourceRow) -> Inverse {
         ),
         ResourceKind::PaymentIntent => match status {
             Some("canceled") => Inverse::Gone,
+            _ if later.of(&r.resource_id).iter().any(|(a, _)| a == "stripe.payment.capture") => {
+                let decisions: Vec<String> = later
+                    .of(&r.resource_id)
+                    .iter()
+                    .map(|(a, d)| format!("{a} {d}"))
+                    .collect();
+                Inverse::None {
+                    why: format!(
+                        "payment intent {} was captured after it was created ({}): the money moved",
+                        r.resource_id,
+                        decisions.join(", ")
+                    ),
+                    human: "decide on a refund (POST /v1/refunds with payment_intent, in the Stripe dashboard or by an \
+                            operator), and tell the customer"
+                        .to_string(),
+                }
+            }
             Some("succeeded") => Inverse::None {
                 why: format!("payment intent {} was captured when it was created: the money moved", r.resource_id),
                 human: "decide on a refund (POST /v1/refunds with payment_intent, in the Stripe dashboard or by an \
                         operator), and tell the customer"
                     .to_string(),
             },
+            _ if !later.of(&r.resource_id).is_empty() => {
+                let confirmed: Vec<String> = later
+                    .of(&r.resource_id)
+                    .iter()
+                    .map(|(_, d)| d.to_string())
+                    .collect();
+                step(
+                    "stripe.payment.cancel",
+                    "POST",
+                    format!("/v1/payment_intents/{id}/cancel"),
+                    &[],
+                    format!("cancel Stripe payment intent {} (confirmed since it was created)", r.resource_id),
+                    Some(&format!(
+                        "it was confirmed through tollgate after it was created (decision {}): if that captured it, \
+                         Stripe refuses the cancel and a refund is a person's decision",
+                        confirmed.join(", ")
+                    )),
+                )
+            }
             _ => step(
                 "stripe.payment.cancel",
                 "POST",

@@ -95,6 +95,31 @@ fn provider(
                 200,
                 json!({"id": "sub_incident1", "object": "subscription", "status": "active"}),
             ),
+            "POST" if path == "/v1/payment_intents" => {
+                let body = String::from_utf8_lossy(&r.body);
+                let id = if body.contains("description=paid") {
+                    "pi_paid"
+                } else {
+                    "pi_open"
+                };
+                Reply::json(
+                    200,
+                    json!({"id": id, "object": "payment_intent", "amount": 500, "currency": "usd",
+                           "status": "requires_confirmation"}),
+                )
+            }
+            "POST" if path.starts_with("/v1/payment_intents/") && path.ends_with("/capture") => {
+                Reply::json(
+                    200,
+                    json!({"id": "pi_paid", "object": "payment_intent", "status": "succeeded"}),
+                )
+            }
+            "POST" if path.starts_with("/v1/payment_intents/") && path.ends_with("/cancel") => {
+                Reply::json(
+                    200,
+                    json!({"id": "pi_open", "object": "payment_intent", "status": "canceled"}),
+                )
+            }
             "POST" if path == "/v1/products" => Reply::json(
                 200,
                 json!({"id": "prod_big", "object": "product", "description": "x".repeat(BIG)}),
@@ -374,6 +399,22 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
         .await;
     assert_eq!(subscription.status, 200, "{}", subscription.body);
 
+    // Two payment intents; one is captured afterwards (by a call of its own).
+    for description in ["open", "paid"] {
+        let intent = w
+            .send(w.stripe(
+                &w.deployer,
+                "/v1/payment_intents",
+                &format!("amount=500&currency=usd&description={description}"),
+            ))
+            .await;
+        assert_eq!(intent.status, 200, "{}", intent.body);
+    }
+    let captured = w
+        .send(w.stripe(&w.deployer, "/v1/payment_intents/pi_paid/capture", ""))
+        .await;
+    assert_eq!(captured.status, 200, "{}", captured.body);
+
     // An answer larger than tollgate reads is passed on whole, and its resource is counted as unrecorded.
     let product = w
         .send(w.stripe(&w.deployer, "/v1/products", "name=Big"))
@@ -392,7 +433,7 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
     assert_eq!(denied.status, 403);
 
     // Recorded, with the ids the stand-in gave and what addresses them again.
-    w.until_resources("live", 7).await;
+    w.until_resources("live", 9).await;
     let rows = w.resources().await;
     let seen: Vec<(&str, &str, &str, &str, Option<&str>)> = rows
         .iter()
@@ -427,6 +468,8 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
                 "deployer",
                 None
             ),
+            ("pi_open", "payment_intent", "", "deployer", None),
+            ("pi_paid", "payment_intent", "", "deployer", None),
             ("rec-api", "dns_record", zone.as_str(), "deployer", None),
             (
                 "rec-www",
@@ -446,10 +489,10 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
         ]
     );
     assert_eq!(
-        rows[3].6, api.decision,
+        rows[5].6, api.decision,
         "recorded under the create's decision"
     );
-    assert_eq!(rows[6].6, registered.decision);
+    assert_eq!(rows[8].6, registered.decision);
     let metrics = w
         .http
         .get(w.gate.admin_url("/metrics"))
@@ -481,8 +524,8 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
     assert_eq!(by["deny"], 1, "{by}");
     assert!(by["approve"].as_i64() >= Some(1), "{by}");
     assert_eq!(
-        by["allow"], 9,
-        "token, 2 records, 2 scripts, registration, customer, subscription, product: {by}"
+        by["allow"], 12,
+        "token, 2 records, 2 scripts, registration, customer, subscription, 2 payment intents, a capture, product: {by}"
     );
     assert_eq!(report["spend"]["committed_cents"], 1500);
     assert_eq!(
@@ -491,13 +534,13 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
     );
     assert_eq!(report["tokens"][0]["token_id"], "tok-1");
     assert_eq!(report["tokens"][0]["status"], "active");
-    assert_eq!(report["resources"].as_array().unwrap().len(), 7);
+    assert_eq!(report["resources"].as_array().unwrap().len(), 9);
     assert!(!out.contains(MINTED_SECRET));
     // Text, and a `since` that leaves everything out.
     let (ok, text, err) = w.cli(&["incident", "report", "deployer"]).await;
     assert!(ok, "{err}");
     assert!(
-        text.contains("resources created: 7 (7 live)") && text.contains("committed $15.00"),
+        text.contains("resources created: 9 (9 live)") && text.contains("committed $15.00"),
         "{text}"
     );
     let (ok, out, _) = w
@@ -580,6 +623,11 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
         .collect();
     let expected_calls: Vec<(String, String, String)> = [
         (
+            "POST",
+            "/stripe/v1/payment_intents/pi_open/cancel".to_string(),
+            "stripe.payment.cancel",
+        ),
+        (
             "DELETE",
             "/stripe/v1/subscriptions/sub_incident1".to_string(),
             "stripe.subscription.cancel",
@@ -610,7 +658,7 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
     .collect();
     assert_eq!(calls, expected_calls);
     assert_eq!(
-        plan["steps"][1]["call"]["headers"]["Stripe-Account"],
+        plan["steps"][2]["call"]["headers"]["Stripe-Account"],
         CONNECTED
     );
     // The registration, and the upload that replaced a script older than it, are for a person.
@@ -628,6 +676,7 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
     assert_eq!(
         irreversible,
         [
+            ("payment_intent", "pi_paid"),
             ("workers_script", "legacy"),
             ("domain_registration", "tollgate-incident.dev")
         ]
@@ -697,6 +746,7 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
     assert_eq!(
         sent,
         [
+            "POST /v1/payment_intents/pi_open/cancel".to_string(),
             "DELETE /v1/customers/cus_incident1".to_string(),
             format!("DELETE /client/v4/zones/{ZONE}/dns_records/rec-api"),
             format!("DELETE /client/v4/zones/{ZONE}/dns_records/rec-www"),
@@ -704,7 +754,7 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
         ]
     );
     // Forwarded as any agent's call: with the provider credential and the connected account.
-    assert_eq!(received[0].header("stripe-account"), Some(CONNECTED));
+    assert_eq!(received[1].header("stripe-account"), Some(CONNECTED));
     let basic = format!(
         "Basic {}",
         base64::Engine::encode(
@@ -712,7 +762,7 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
             format!("{STRIPE_SECRET}:")
         )
     );
-    assert_eq!(received[0].header("authorization"), Some(basic.as_str()));
+    assert_eq!(received[1].header("authorization"), Some(basic.as_str()));
 
     let pending = sqlx::query(
         "SELECT id::text AS id FROM approvals WHERE agent_name = 'incident-operator' AND status = 'pending'",
@@ -731,7 +781,7 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
     // The second run finishes the job and repeats nothing that was done.
     let (ok, out, err) = execute().await;
     assert!(ok, "{out}\n{err}");
-    assert_eq!(out.matches("skipped").count(), 3, "{out}");
+    assert_eq!(out.matches("skipped").count(), 4, "{out}");
     let sent: Vec<String> = w
         .stand_in
         .take()
@@ -750,6 +800,7 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
     for path in [
         "/v1/subscriptions/sub_incident1",
         "/v1/customers/cus_incident1",
+        "/v1/payment_intents/pi_open/cancel",
         "/dns_records/rec-api",
         "/dns_records/rec-www",
         "/workers/scripts/blog",
@@ -767,12 +818,12 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
     }
     // The deletes that went through mark the resources deleted; a new plan has nothing left but the
     // irreversible registration.
-    w.until_resources("deleted", 5).await;
+    w.until_resources("deleted", 6).await;
     let (ok, out, err) = w.cli(&["incident", "rollback-plan", "deployer"]).await;
     assert!(ok, "{err}");
     let after: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(after["steps"], json!([]));
-    assert_eq!(after["irreversible"].as_array().unwrap().len(), 2);
+    assert_eq!(after["irreversible"].as_array().unwrap().len(), 3);
 
     // A third run of the same plan sends nothing.
     let (ok, out, _) = execute().await;

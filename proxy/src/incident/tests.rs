@@ -45,6 +45,7 @@ fn check(kind: ResourceKind, detail: Value, expected: Option<(&str, &str, &str)>
         None,
         Utc::now(),
         &[row(kind, "r 1", 0, detail)],
+        &LaterPayments::default(),
     );
     match expected {
         Some((method, path, action)) => {
@@ -178,6 +179,7 @@ fn irreversible_things_say_what_a_person_must_do() {
                 json!({"status": "succeeded"}),
             ),
         ],
+        &LaterPayments::default(),
     );
     assert!(plan.steps.is_empty());
     let kinds: Vec<&str> = plan
@@ -210,6 +212,7 @@ fn dependents_go_first_and_deleted_resources_are_left_out() {
             price,
             gone,
         ],
+        &LaterPayments::default(),
     );
     let order: Vec<&str> = plan.steps.iter().map(|s| s.resource.id.as_str()).collect();
     assert_eq!(order, ["sub_1", "price_1", "cus_1", "rec2", "rec1", "z9"]);
@@ -240,6 +243,7 @@ fn a_plan_file_reads_back_and_other_versions_are_refused() {
             1,
             json!({"name": "www"}),
         )],
+        &LaterPayments::default(),
     );
     let text = serde_json::to_string_pretty(&plan).unwrap();
     assert_eq!(RollbackPlan::parse(&text).unwrap(), plan);
@@ -253,4 +257,41 @@ fn a_plan_file_reads_back_and_other_versions_are_refused() {
         RollbackPlan::parse("{}"),
         Err(PlanError::Unreadable(_))
     ));
+}
+
+#[test]
+fn a_payment_intent_captured_later_is_irreversible_and_one_confirmed_later_says_so() {
+    let intent = row(
+        ResourceKind::PaymentIntent,
+        "pi_1",
+        0,
+        json!({"status": "requires_confirmation"}),
+    );
+    let mut later = LaterPayments::default();
+    let confirm = Uuid::now_v7();
+    later.add("pi_1", "stripe.payment.confirm", confirm);
+    let plan = plan_for(
+        "deployer",
+        vec![],
+        None,
+        Utc::now(),
+        std::slice::from_ref(&intent),
+        &later,
+    );
+    assert_eq!(plan.steps.len(), 1);
+    assert!(
+        plan.steps[0]
+            .caution
+            .as_deref()
+            .unwrap()
+            .contains(&confirm.to_string())
+    );
+    later.add("pi_1", "stripe.payment.capture", Uuid::now_v7());
+    let plan = plan_for("deployer", vec![], None, Utc::now(), &[intent], &later);
+    assert!(plan.steps.is_empty());
+    assert!(
+        plan.irreversible[0]
+            .why
+            .contains("captured after it was created")
+    );
 }
