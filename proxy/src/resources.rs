@@ -8,7 +8,8 @@
 //! the answers of create routes whose id is in the answer are read, at most [`ANSWER_LIMIT`] bytes within
 //! the upstream timeout; the bytes go on to the agent unchanged whatever happens (an answer too large, too
 //! slow or unparseable is passed on as it came and counted in `tollgate_resources_unrecorded_total`). The
-//! row is written off the response path, retried for up to [`RECORD_PERSISTENCE`].
+//! row is written once while the answer waits (at most [`INLINE_WAIT`]), and if that fails, retried off the
+//! response path for up to [`RECORD_PERSISTENCE`].
 //! Must not: change an answer's bytes, refuse or delay an agent's answer beyond reading it, hold SQL or make
 //! policy decisions. Never reads a secret from an answer: only the id and the few fields in [`DETAIL_FIELDS`].
 
@@ -29,7 +30,7 @@ use uuid::Uuid;
 
 use crate::classify::Action;
 use crate::metrics::Metrics;
-use crate::store::{ResourceRow, ResourceStatus, Store};
+use crate::store::{ResourceRow, ResourceStatus, Store, StoreError};
 
 /// The most of a create action's answer that is read for the id. Provider answers to a create are a few
 /// KiB; anything larger is passed on unread (and counted as unrecorded).
@@ -37,6 +38,8 @@ pub const ANSWER_LIMIT: usize = 256 * 1024;
 /// How long a row that the store did not take is retried in the background before it is given up (logged and
 /// counted).
 const RECORD_PERSISTENCE: Duration = Duration::from_secs(60);
+/// How long the answer waits for the first attempt to write a row.
+const INLINE_WAIT: Duration = Duration::from_millis(250);
 /// Fields of the created object (Cloudflare's `result`, Stripe's top level) kept beside the id: what the
 /// report shows and the rollback plan needs (a payment intent's status). Strings and numbers only, each at
 /// most [`DETAIL_MAX`] characters.
@@ -292,10 +295,15 @@ pub async fn observe(
             let scope = scope_of(*kind, &observed.params, observed.stripe_account.as_deref());
             let (store, kind, decision_id) = (store.clone(), *kind, observed.decision_id);
             let provider = observed.provider.clone();
-            tokio::spawn(async move {
-                let started = tokio::time::Instant::now();
-                loop {
-                    match store
+            let write = move || {
+                let (store, provider, resource_id, scope) = (
+                    store.clone(),
+                    provider.clone(),
+                    resource_id.clone(),
+                    scope.clone(),
+                );
+                async move {
+                    store
                         .mark_resource_deleted(
                             &provider,
                             kind,
@@ -305,16 +313,12 @@ pub async fn observe(
                             Utc::now(),
                         )
                         .await
-                    {
-                        Ok(_) => return,
-                        Err(e) if started.elapsed() >= RECORD_PERSISTENCE => {
-                            tracing::error!(error = %e, %decision_id, kind = kind.as_str(), "a deleted resource was not marked deleted");
-                            return;
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-                    }
                 }
-            });
+            };
+            persist(write, move |e: &StoreError| {
+                tracing::error!(error = %e, %decision_id, kind = kind.as_str(), "a deleted resource was not marked deleted");
+            }, || {})
+            .await;
             response
         }
         ResourceEffect::Creates { kind, id } => {
@@ -382,33 +386,66 @@ pub async fn observe(
                 deleted_at: None,
                 deleted_by_decision: None,
             };
-            let (store, metrics) = (store.clone(), Arc::clone(metrics));
-            tokio::spawn(async move {
-                let started = tokio::time::Instant::now();
-                loop {
-                    match store.record_resource(&row).await {
-                        Ok(_) => {
-                            metrics
-                                .resources_recorded_total
-                                .with_label_values(&[&row.provider, row.kind.as_str()])
-                                .inc();
-                            return;
-                        }
-                        Err(e) if started.elapsed() >= RECORD_PERSISTENCE => {
-                            tracing::error!(error = %e, decision_id = %row.decision_id, kind = row.kind.as_str(), "a created resource was not recorded");
-                            metrics
-                                .resources_unrecorded_total
-                                .with_label_values(&[&row.provider, Unrecorded::Store.as_str()])
-                                .inc();
-                            return;
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-                    }
-                }
-            });
+            let (provider, kind_name, decision_id) =
+                (row.provider.clone(), row.kind.as_str(), row.decision_id);
+            let row = Arc::new(row);
+            let store = store.clone();
+            let write = move || {
+                let (store, row) = (store.clone(), Arc::clone(&row));
+                async move { store.record_resource(&row).await }
+            };
+            let (failed, recorded) = (Arc::clone(metrics), Arc::clone(metrics));
+            let label = provider.clone();
+            persist(
+                write,
+                move |e: &StoreError| {
+                    tracing::error!(error = %e, %decision_id, kind = kind_name, "a created resource was not recorded");
+                    failed
+                        .resources_unrecorded_total
+                        .with_label_values(&[&provider, Unrecorded::Store.as_str()])
+                        .inc();
+                },
+                move || {
+                    recorded
+                        .resources_recorded_total
+                        .with_label_values(&[&label, kind_name])
+                        .inc();
+                },
+            )
+            .await;
             response
         }
     }
+}
+
+/// Writes once while the answer waits (at most [`INLINE_WAIT`]: one indexed statement beside a provider call
+/// of tens or hundreds of milliseconds, and only for create and delete answers); if that failed or did not
+/// finish in time, again every half second on a task of its own for up to [`RECORD_PERSISTENCE`], then
+/// `gave_up`. Both writes are idempotent (the unique key; `status = 'live'`), so an attempt that timed out but
+/// committed after all does no harm.
+async fn persist<W, F>(
+    write: W,
+    gave_up: impl FnOnce(&StoreError) + Send + 'static,
+    done: impl FnOnce() + Send + 'static,
+) where
+    W: Fn() -> F + Send + 'static,
+    F: std::future::Future<Output = Result<bool, StoreError>> + Send + 'static,
+{
+    if let Ok(Ok(_)) = tokio::time::timeout(INLINE_WAIT, write()).await {
+        done();
+        return;
+    }
+    tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            match write().await {
+                Ok(_) => return done(),
+                Err(e) if started.elapsed() >= RECORD_PERSISTENCE => return gave_up(&e),
+                Err(_) => {}
+            }
+        }
+    });
 }
 
 fn unrecorded(metrics: &Metrics, observed: &Observed, why: Unrecorded) {
