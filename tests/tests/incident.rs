@@ -895,3 +895,38 @@ async fn a_plan_of_another_version_or_without_a_key_is_refused_before_any_call()
     assert!(!ok && err.contains("plain http"), "{err}");
     assert!(w.stand_in.take().is_empty());
 }
+
+/// The store cannot take the row while the answer waits: the agent's answer is not held up or changed, and
+/// the row is written once the store takes it again.
+#[tokio::test]
+async fn a_resource_the_store_cannot_take_at_once_is_recorded_later_and_the_answer_is_not_held() {
+    let w = world(0).await;
+    sqlx::query("ALTER TABLE resources RENAME TO resources_away")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let created = w.dns_create(&w.deployer, "late.example.com").await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered in {:?}",
+        started.elapsed()
+    );
+    let body: Value = serde_json::from_str(&created.body).unwrap();
+    assert_eq!(
+        body["result"]["id"], "rec-late",
+        "the answer as the provider gave it"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    sqlx::query("ALTER TABLE resources_away RENAME TO resources")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    w.until_resources("live", 1).await;
+    let rows = w.resources().await;
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].6.as_str()),
+        ("rec-late", created.decision.as_str())
+    );
+}
