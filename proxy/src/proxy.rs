@@ -1002,7 +1002,8 @@ impl Gate {
         );
         let mut forwarded_headers = intake.headers.forwarded(&parts.headers);
         if token_event.is_some() || observed.as_ref().is_some_and(|o| o.effect.reads_answer()) {
-            // The answer is read for the token it mints: it must come in plain bytes.
+            // The answer is read for the token it mints (or the id of what it creates): it must come in plain
+            // bytes.
             forwarded_headers =
                 std::borrow::Cow::Owned(crate::forward::identity_encoded(&forwarded_headers));
         }

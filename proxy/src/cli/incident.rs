@@ -162,7 +162,17 @@ async fn execute(
     let plan = RollbackPlan::parse(&text)?;
     let proxy = match proxy {
         Some(p) => p.to_string(),
-        None => format!("http://{}", load_config(cli)?.server.listen),
+        None => {
+            // The configured listener on this machine; one bound to every address is reached on loopback.
+            let mut listen = load_config(cli)?.server.listen;
+            if listen.ip().is_unspecified() {
+                listen.set_ip(match listen.ip() {
+                    std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            format!("http://{listen}")
+        }
     };
     let gateway = Gateway::from_env(&proxy, key_env, cli.insecure_http)?;
     let progress = progress_path(plan_file);

@@ -14,9 +14,9 @@ use uuid::Uuid;
 
 use super::*;
 
-/// Embedded so that the binary migrates without the source tree beside it.
 mod resources;
 
+/// Embedded so that the binary migrates without the source tree beside it.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 /// How long a request waits for a pooled connection before the store counts as unavailable. Short: a
