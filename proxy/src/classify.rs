@@ -1409,6 +1409,10 @@ mod tests {
                 creates(K::DnsRecord, answer("result.id")),
             ),
             (
+                ("cloudflare", "POST", cf("/zones/z/dns_records/batch")),
+                creates(K::DnsRecord, answer("result.posts[].id")),
+            ),
+            (
                 ("cloudflare", "DELETE", cf("/zones/z/dns_records/r")),
                 deletes(K::DnsRecord, param("dns_record_id"), None),
             ),

@@ -116,14 +116,17 @@ impl std::fmt::Display for ResourceKind {
 /// Where a resource's id is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdSource {
-    /// A field of the JSON answer, by its path from the top (`["result", "id"]`, `["id"]`).
+    /// A field of the JSON answer, by its path from the top (`["result", "id"]`, `["id"]`); a field written
+    /// `name[]` is an array each of whose elements holds one id (`result.posts[].id`: a DNS batch's new
+    /// records).
     Answer(Vec<Box<str>>),
     /// A parameter of the action (a path variable, or `domain_name` lifted from the body).
     Param(Box<str>),
 }
 
 impl IdSource {
-    /// The catalog's spelling: `{param}` or a dotted field path such as `result.id`.
+    /// The catalog's spelling: `{param}` or a dotted field path such as `result.id` (`name[]` for an array
+    /// of objects, not last).
     pub fn parse(text: &str) -> Result<IdSource, String> {
         if let Some(name) = text.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
             if !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
@@ -134,9 +137,16 @@ impl IdSource {
             ));
         }
         let fields: Vec<Box<str>> = text.split('.').map(Box::from).collect();
-        let valid = fields.iter().all(|f| {
-            !f.is_empty()
-                && f.bytes()
+        let last = fields.len() - 1;
+        let valid = fields.iter().enumerate().all(|(n, f)| {
+            let name = match f.strip_suffix("[]") {
+                Some(name) if n < last => name,
+                Some(_) => return false,
+                None => f,
+            };
+            !name.is_empty()
+                && name
+                    .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         });
         if valid {
@@ -353,46 +363,61 @@ pub async fn observe(
                     (response, serde_json::from_slice::<Value>(&read).ok())
                 }
             };
-            let resource_id = match (id, &answer) {
-                (IdSource::Param(_), _) => param_id(id, &observed.params),
-                (IdSource::Answer(path), Some(answer)) => answer_id(answer, path),
-                (IdSource::Answer(_), None) => None,
+            let empty = Value::Object(Default::default());
+            // Each id with the object it was read from (whose listed fields are kept beside it).
+            let found: Vec<(String, &Value)> = match (id, &answer) {
+                (IdSource::Param(_), _) => param_id(id, &observed.params)
+                    .map(|id| (id, &empty))
+                    .into_iter()
+                    .collect(),
+                (IdSource::Answer(path), Some(answer)) => answer_ids(answer, path),
+                (IdSource::Answer(_), None) => Vec::new(),
             };
-            let Some(resource_id) = resource_id else {
+            if found.is_empty() {
                 unrecorded(metrics, &observed, Unrecorded::NoId);
                 return response;
-            };
-            let detail = answer
-                .as_ref()
-                .map(|a| detail_of(a, id))
-                .unwrap_or_else(|| Value::Object(Default::default()));
-            let row = ResourceRow {
-                id: Uuid::now_v7(),
-                provider: observed.provider.clone(),
-                kind,
-                resource_id,
-                scope: scope_of(kind, &observed.params, observed.stripe_account.as_deref()),
-                zone_id: observed.params.get("zone_id").cloned(),
-                account_id: observed.params.get("account_id").cloned(),
-                stripe_account: observed.stripe_account.clone(),
-                detail,
-                agent_id: observed.agent_id,
-                agent_name: observed.agent_name.clone(),
-                run_id: observed.run_id.clone(),
-                decision_id: observed.decision_id,
-                action: observed.action.clone(),
-                created_at: Utc::now(),
-                status: ResourceStatus::Live,
-                deleted_at: None,
-                deleted_by_decision: None,
-            };
-            let (provider, kind_name, decision_id) =
-                (row.provider.clone(), row.kind.as_str(), row.decision_id);
-            let row = Arc::new(row);
+            }
+            let at = Utc::now();
+            let rows: Vec<ResourceRow> = found
+                .into_iter()
+                .map(|(resource_id, holder)| ResourceRow {
+                    id: Uuid::now_v7(),
+                    provider: observed.provider.clone(),
+                    kind,
+                    resource_id,
+                    scope: scope_of(kind, &observed.params, observed.stripe_account.as_deref()),
+                    zone_id: observed.params.get("zone_id").cloned(),
+                    account_id: observed.params.get("account_id").cloned(),
+                    stripe_account: observed.stripe_account.clone(),
+                    detail: detail_of(holder),
+                    agent_id: observed.agent_id,
+                    agent_name: observed.agent_name.clone(),
+                    run_id: observed.run_id.clone(),
+                    decision_id: observed.decision_id,
+                    action: observed.action.clone(),
+                    created_at: at,
+                    status: ResourceStatus::Live,
+                    deleted_at: None,
+                    deleted_by_decision: None,
+                })
+                .collect();
+            let (provider, kind_name, decision_id, count) = (
+                observed.provider.clone(),
+                kind.as_str(),
+                observed.decision_id,
+                rows.len() as u64,
+            );
+            let rows = Arc::new(rows);
             let store = store.clone();
+            // All rows each time: recording is idempotent, so a retry after a partial failure is safe.
             let write = move || {
-                let (store, row) = (store.clone(), Arc::clone(&row));
-                async move { store.record_resource(&row).await }
+                let (store, rows) = (store.clone(), Arc::clone(&rows));
+                async move {
+                    for row in rows.iter() {
+                        store.record_resource(row).await?;
+                    }
+                    Ok(true)
+                }
             };
             let (failed, recorded) = (Arc::clone(metrics), Arc::clone(metrics));
             let label = provider.clone();
@@ -409,7 +434,7 @@ pub async fn observe(
                     recorded
                         .resources_recorded_total
                         .with_label_values(&[&label, kind_name])
-                        .inc();
+                        .inc_by(count);
                 },
             )
             .await;
@@ -463,34 +488,64 @@ fn param_id(id: &IdSource, params: &BTreeMap<String, String>) -> Option<String> 
     }
 }
 
-/// The id at `path` in the answer: a non-empty printable string without spaces (or an integer, as text).
-pub fn answer_id(answer: &Value, path: &[Box<str>]) -> Option<String> {
-    let mut at = answer;
-    for field in path {
-        at = at.get(&**field)?;
+/// Most ids read from one answer (a DNS batch's new records); more are not recorded.
+const MAX_IDS_PER_ANSWER: usize = 1000;
+
+/// The ids at `path` in the answer (one, or one per element of a `name[]` array), each with the object it
+/// is a field of. An id is a non-empty printable string without spaces or `/` (or an integer, as text).
+pub fn answer_ids<'a>(answer: &'a Value, path: &[Box<str>]) -> Vec<(String, &'a Value)> {
+    fn walk<'a>(at: &'a Value, path: &[Box<str>], out: &mut Vec<(String, &'a Value)>) {
+        let Some((field, rest)) = path.split_first() else {
+            return;
+        };
+        if let Some(list) = field.strip_suffix("[]") {
+            if let Some(Value::Array(items)) = at.get(list) {
+                for item in items {
+                    if out.len() >= MAX_IDS_PER_ANSWER {
+                        return;
+                    }
+                    walk(item, rest, out);
+                }
+            }
+            return;
+        }
+        let Some(next) = at.get(&**field) else {
+            return;
+        };
+        if !rest.is_empty() {
+            return walk(next, rest, out);
+        }
+        let id = match next {
+            Value::String(s) => s.clone(),
+            Value::Number(n) if n.is_u64() => n.to_string(),
+            _ => return,
+        };
+        if usable_id(&id) {
+            out.push((id, at));
+        }
     }
-    let id = match at {
-        Value::String(s) => s.clone(),
-        Value::Number(n) if n.is_u64() => n.to_string(),
-        _ => return None,
-    };
-    usable_id(&id).then_some(id)
+    let mut out = Vec::new();
+    walk(answer, path, &mut out);
+    out
+}
+
+/// The one id at `path` (a path without arrays).
+pub fn answer_id(answer: &Value, path: &[Box<str>]) -> Option<String> {
+    answer_ids(answer, path)
+        .into_iter()
+        .next()
+        .map(|(id, _)| id)
 }
 
 fn usable_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= ID_MAX && id.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
 }
 
-/// The [`DETAIL_FIELDS`] of the object the id is in (Cloudflare's `result`, Stripe's top level).
-fn detail_of(answer: &Value, id: &IdSource) -> Value {
-    let object = match id {
-        IdSource::Answer(path) if path.len() > 1 => path[..path.len() - 1]
-            .iter()
-            .try_fold(answer, |at, field| at.get(&**field)),
-        _ => Some(answer),
-    };
+/// The [`DETAIL_FIELDS`] of the object an id is in (Cloudflare's `result`, Stripe's top level, a batch's
+/// record).
+fn detail_of(object: &Value) -> Value {
     let mut detail = serde_json::Map::new();
-    if let Some(Value::Object(fields)) = object {
+    if let Value::Object(fields) = object {
         for name in DETAIL_FIELDS {
             match fields.get(*name) {
                 Some(Value::String(s)) => {
@@ -624,7 +679,24 @@ mod tests {
             IdSource::parse("result.id"),
             Ok(IdSource::Answer(vec!["result".into(), "id".into()]))
         );
-        for bad in ["", "{}", "{Zone}", "result..id", "result.ID", "a b"] {
+        assert_eq!(
+            IdSource::parse("result.posts[].id"),
+            Ok(IdSource::Answer(vec![
+                "result".into(),
+                "posts[]".into(),
+                "id".into()
+            ]))
+        );
+        for bad in [
+            "",
+            "{}",
+            "{Zone}",
+            "result..id",
+            "result.ID",
+            "a b",
+            "result.id[]",
+            "[].id",
+        ] {
             assert!(IdSource::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -649,8 +721,21 @@ mod tests {
             assert_eq!(answer_id(&odd, &path("id")), None, "{odd}");
         }
         // Only the listed fields of the created object are kept: never `value` (a secret's place).
-        let detail = detail_of(&cf, &IdSource::parse("result.id").unwrap());
-        assert_eq!(detail, serde_json::json!({"name": "www.example.com"}));
+        let found = answer_ids(&cf, &path("result.id"));
+        assert_eq!(
+            detail_of(found[0].1),
+            serde_json::json!({"name": "www.example.com"})
+        );
+        // A DNS batch: one id per new record, each with its own fields.
+        let batch = serde_json::json!({"result": {"posts": [{"id": "r1", "name": "a.example.com", "type": "A"},
+            {"id": "r2", "name": "b.example.com"}, {"name": "no id"}], "deletes": [{"id": "r9"}]}});
+        let found = answer_ids(&batch, &path("result.posts[].id"));
+        let ids: Vec<&str> = found.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["r1", "r2"]);
+        assert_eq!(
+            detail_of(found[1].1),
+            serde_json::json!({"name": "b.example.com"})
+        );
     }
 
     #[test]

@@ -64,6 +64,12 @@ fn provider(
                 json!({"id": "tok-1", "name": "deploy", "status": "active", "value": MINTED_SECRET,
                        "expires_on": "2099-01-01T00:00:00Z", "policies": []}),
             ),
+            "POST" if path == format!("{records}/batch") => cf(
+                200,
+                json!({"posts": [{"id": "rec-b1", "name": "b1.example.com", "type": "A"},
+                                 {"id": "rec-b2", "name": "b2.example.com", "type": "AAAA"}],
+                       "patches": [], "puts": [], "deletes": []}),
+            ),
             "POST" if path == records => {
                 let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
                 let name = body["name"].as_str().unwrap_or("x").to_string();
@@ -929,4 +935,40 @@ async fn a_resource_the_store_cannot_take_at_once_is_recorded_later_and_the_answ
         (rows[0].0.as_str(), rows[0].6.as_str()),
         ("rec-late", created.decision.as_str())
     );
+}
+
+/// A DNS batch records every record it created (a batch is no way around the rollback plan).
+#[tokio::test]
+async fn records_a_dns_batch_created_are_each_recorded_and_planned() {
+    let w = world(0).await;
+    let batch = w
+        .send(
+            w.cf(
+                reqwest::Method::POST,
+                &w.deployer,
+                &format!("/zones/{ZONE}/dns_records/batch"),
+            )
+            .json(&json!({"posts": [
+                {"type": "A", "name": "b1.example.com", "content": "192.0.2.1"},
+                {"type": "AAAA", "name": "b2.example.com", "content": "2001:db8::1"},
+            ]})),
+        )
+        .await;
+    assert_eq!(batch.status, 200, "{}", batch.body);
+    w.until_resources("live", 2).await;
+    let (ok, out, err) = w.cli(&["incident", "rollback-plan", "deployer"]).await;
+    assert!(ok, "{err}");
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    let paths: Vec<&str> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["call"]["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths.len(), 2);
+    for id in ["rec-b1", "rec-b2"] {
+        let path = format!("/client/v4/zones/{ZONE}/dns_records/{id}");
+        assert!(paths.contains(&path.as_str()), "{paths:?}");
+    }
+    assert!(plan["steps"][0]["resource"]["detail"]["type"].is_string());
 }
