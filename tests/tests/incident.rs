@@ -899,6 +899,42 @@ async fn a_plan_of_another_version_or_without_a_key_is_refused_before_any_call()
         .await
         .unwrap();
     assert!(!ok && err.contains("plain http"), "{err}");
+    // A plan's step may address a connected account, nothing else: no identity rides in from the file.
+    let forged = w.dir.path().join("forged.json");
+    std::fs::write(
+        &forged,
+        json!({"format": "tollgate.rollback-plan", "version": 1, "agent": "deployer", "agent_ids": [],
+               "since": null, "generated_at": "2026-12-01T00:00:00Z", "irreversible": [],
+               "steps": [{"id": "s1", "action": "cloudflare.dns.delete", "why": "x",
+                          "resource": {"provider": "cloudflare", "kind": "dns_record", "id": "r1",
+                                       "created_by": "deployer", "created_at": "2026-12-01T00:00:00Z",
+                                       "created_by_decision": "00000000-0000-0000-0000-000000000000",
+                                       "created_with": "cloudflare.dns.create", "detail": {}},
+                          "call": {"provider": "cloudflare", "method": "DELETE",
+                                   "path": format!("/client/v4/zones/{ZONE}/dns_records/r1"),
+                                   "headers": {"Authorization": "Bearer tg_someone_else"}}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let (ok, out, _) = w
+        .gate
+        .cli_env(
+            &[
+                "incident",
+                "rollback-plan",
+                "--execute",
+                forged.to_str().unwrap(),
+                "--proxy",
+                &w.gate.url(""),
+            ],
+            &[("TOLLGATE_AGENT_KEY", w.deployer.as_str())],
+        )
+        .await
+        .unwrap();
+    assert!(
+        !ok && out.contains("is not one a rollback step may set"),
+        "{out}"
+    );
     assert!(w.stand_in.take().is_empty());
 }
 

@@ -31,6 +31,8 @@ use super::{RollbackPlan, Step};
 const STEP_TIMEOUT: Duration = Duration::from_secs(330);
 /// The most of an answer read (its status and the refusal's message are near the start).
 const ANSWER_LIMIT: usize = 1024 * 1024;
+/// The headers a plan's step may carry.
+const STEP_HEADERS: &[&str] = &["Stripe-Account", "Stripe-Context"];
 /// What `proxy::approval_required` says of an approval a reviewer already granted: the step is sent again
 /// with `Tollgate-Approval`.
 const ALREADY_APPROVED: &str = "is already approved";
@@ -255,6 +257,14 @@ impl Gateway {
                 format!("rollback:{}:{}", plan.agent, plan.generated_at.timestamp()),
             );
         for (name, value) in &step.call.headers {
+            // A plan addresses a connected account, nothing else: a header that could stand for someone
+            // (Authorization, Tollgate-*) is not taken from a file.
+            if !STEP_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+                return failed(format!(
+                    "the plan's header {name:?} is not one a rollback step may set ({})",
+                    STEP_HEADERS.join(", ")
+                ));
+            }
             builder = builder.header(name.as_str(), value.as_str());
         }
         if step.call.provider == "stripe" && method != Method::GET {
