@@ -15,7 +15,7 @@ applies if input.action.name in {
 	"cloudflare.cert.custom.upload", "cloudflare.cert.custom.change", "cloudflare.cert.origin.revoke",
 	"cloudflare.zone.delete", "cloudflare.worker.delete", "cloudflare.account.delete",
 	"cloudflare.account.subscription", "cloudflare.worker.deploy", "cloudflare.worker.rollout",
-	"stripe.customer.delete", "stripe.product.delete",
+	"stripe.customer.delete", "stripe.product.delete", "stripe.payment.cancel", "stripe.subscription.cancel",
 }
 
 # What main.rego reads. DNS record writes are judged by the record rules only, every other action by the
@@ -139,7 +139,7 @@ action_approvals contains {"rule": "impact.certificates", "message": msg} if {
 # reference); a product can be deleted only while no price uses it, and cannot be restored either.
 deletes := {
 	"cloudflare.zone.delete", "cloudflare.worker.delete", "cloudflare.account.delete",
-	"stripe.customer.delete", "stripe.product.delete",
+	"stripe.customer.delete", "stripe.product.delete", "stripe.payment.cancel",
 }
 
 action_approvals contains {"rule": "impact.delete", "message": msg} if {
@@ -155,6 +155,13 @@ action_approvals contains {"rule": "impact.subscription_cancel", "message": msg}
 	input.action.name == "cloudflare.account.subscription"
 	input.request.method == "DELETE"
 	msg := sprintf("cancelling subscription %v may take down what depends on it; a human must approve it", [object.get(data.tollgate.lib.params, "subscription_id", input.request.path)])
+}
+
+# A Stripe subscription cancelled stops what the customer pays for at once (`invoice_now` also bills what is
+# pending).
+action_approvals contains {"rule": "impact.subscription_cancel", "message": msg} if {
+	input.action.name == "stripe.subscription.cancel"
+	msg := sprintf("cancelling Stripe subscription %v stops the service it pays for at once; a human must approve it", [object.get(data.tollgate.lib.params, "subscription_id", input.request.path)])
 }
 
 # A deploy or rollout to a production script serves live traffic at once.

@@ -45,6 +45,7 @@ catalog_actions := {
 	"cloudflare.worker.deploy", "cloudflare.worker.version", "cloudflare.worker.rollout",
 	"cloudflare.worker.delete", "cloudflare.account.read", "cloudflare.account.create",
 	"cloudflare.account.delete", "stripe.payment.create", "stripe.payment.confirm", "stripe.payment.capture",
+	"stripe.payment.cancel", "stripe.subscription.cancel",
 	"stripe.subscription.create", "stripe.subscription.update", "stripe.checkout.create", "stripe.invoice.item",
 	"stripe.invoice.create", "stripe.invoice.finalize", "stripe.invoice.pay", "stripe.payment_link.create",
 	"stripe.payment_link.update", "stripe.read", "stripe.customer.create", "stripe.customer.update",

@@ -78,6 +78,7 @@ risks := {
 	"cloudflare.worker.delete": "irreversible", "cloudflare.account.read": "read",
 	"cloudflare.account.create": "high", "cloudflare.account.delete": "irreversible",
 	"stripe.payment.create": "high", "stripe.payment.confirm": "high", "stripe.payment.capture": "high",
+	"stripe.payment.cancel": "high", "stripe.subscription.cancel": "high",
 	"stripe.subscription.create": "high", "stripe.subscription.update": "high", "stripe.checkout.create": "high",
 	"stripe.invoice.item": "high", "stripe.invoice.create": "high", "stripe.invoice.finalize": "high",
 	"stripe.invoice.pay": "high", "stripe.payment_link.create": "high", "stripe.payment_link.update": "high",

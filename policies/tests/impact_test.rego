@@ -70,6 +70,14 @@ cases := {
 	# --- Deletes of whole things ---
 	"zone_delete": {"input": fx.cf("DELETE", zone_path(""), "cloudflare.zone.delete", {"zone_id": fx.z1}, null), "outcome": "approve", "rules": ["impact.delete"]},
 	"worker_delete": {"input": worker("DELETE", "blog", "", "cloudflare.worker.delete", null), "outcome": "approve", "rules": ["impact.delete"]},
+	"payment_cancel": {
+		"input": fx.stripe("POST", "/v1/payment_intents/pi_1/cancel", "stripe.payment.cancel", {"payment_intent_id": "pi_1"}, {}),
+		"outcome": "approve", "rules": ["impact.delete"],
+	},
+	"subscription_cancel_stripe": {
+		"input": fx.stripe("DELETE", "/v1/subscriptions/sub_1", "stripe.subscription.cancel", {"subscription_id": "sub_1"}, null),
+		"outcome": "approve", "rules": ["impact.subscription_cancel"],
+	},
 	"account_delete": {
 		"input": fx.cf("DELETE", concat("", ["/accounts/", fx.acc]), "cloudflare.account.delete", {"account_id": fx.acc}, null),
 		"outcome": "approve", "rules": ["impact.delete"],
@@ -132,6 +140,10 @@ test_zone_delete if check("zone_delete")
 test_worker_delete if check("worker_delete")
 
 test_account_delete if check("account_delete")
+
+test_payment_cancel if check("payment_cancel")
+
+test_subscription_cancel_stripe if check("subscription_cancel_stripe")
 
 test_worker_deploy_not_production if check("worker_deploy_not_production")
 

@@ -91,6 +91,14 @@ fn api() -> Vec<(Endpoint, MethodRouter<Arc<Admin>>)> {
         (e("POST", "/api/policy/reload", O), post(reload_policy)),
         (e("GET", "/api/freeze", V), get(freeze_status)),
         (e("GET", "/api/notifications", V), get(list_notifications)),
+        (
+            e("GET", "/api/incidents/{agent}/report", V),
+            get(crate::incident::api::report_endpoint),
+        ),
+        (
+            e("GET", "/api/incidents/{agent}/rollback-plan", O),
+            get(crate::incident::api::rollback_plan_endpoint),
+        ),
         (e("POST", "/api/freeze", O), post(freeze)),
         (e("DELETE", "/api/freeze", O), delete(unfreeze)),
         (
@@ -269,7 +277,7 @@ async fn whoami(Extension(me): Extension<Reviewer>) -> Response {
     .into_response()
 }
 
-fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
         Json(json!({"error": {"code": code, "message": message}})),
@@ -277,7 +285,7 @@ fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn store_error(e: StoreError) -> Response {
+pub(crate) fn store_error(e: StoreError) -> Response {
     match e {
         StoreError::Conflict(what) => api_error(
             StatusCode::CONFLICT,
@@ -1335,7 +1343,9 @@ mod tests {
             assert!(axum::http::Method::from_bytes(e.method.as_bytes()).is_ok());
             // Reads are for every role (but the reviewer list, for admins); nothing that changes state is
             // open to viewers.
-            if e.method == "GET" && !e.path.starts_with("/api/reviewers") {
+            // A rollback plan is the operator's runbook for changing things back, so it is theirs to read.
+            let operators_only = e.path == "/api/incidents/{agent}/rollback-plan";
+            if e.method == "GET" && !e.path.starts_with("/api/reviewers") && !operators_only {
                 assert_eq!(e.role, Role::Viewer, "{e:?}");
             } else {
                 assert!(e.role > Role::Viewer, "{e:?}");

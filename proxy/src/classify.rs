@@ -35,6 +35,7 @@ use http::Method;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::canon::Malformed;
+use crate::resources::{IdSource, ResourceEffect, ResourceKind};
 
 /// How much harm an action can do, from least to most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -67,6 +68,10 @@ pub struct Action {
     /// What the provider does with query parameters on a write, and which ones this route takes.
     #[serde(skip)]
     pub write_query: WriteQuery,
+    /// What a 2xx answer to this route does to a recorded resource (the catalog's `creates:` or
+    /// `deletes:`), if anything. Not part of the policy input.
+    #[serde(skip)]
+    pub resource: Option<Arc<ResourceEffect>>,
 }
 
 /// The media type of a request body, as the catalog states it for a provider or a route.
@@ -309,6 +314,7 @@ impl Catalog {
             params,
             body: route.body,
             write_query: route.write_query.clone(),
+            resource: route.resource.clone(),
         })
     }
 
@@ -355,6 +361,7 @@ impl Catalog {
             params: BTreeMap::new(),
             body,
             write_query,
+            resource: None,
         }
     }
 }
@@ -383,6 +390,7 @@ struct Route {
     template: Box<str>,
     body: BodyKind,
     write_query: WriteQuery,
+    resource: Option<Arc<ResourceEffect>>,
     bindings: Vec<Binding>,
 }
 
@@ -634,6 +642,23 @@ struct RawRoute {
     /// Query parameters this route's writes take (providers with `write_query: refuse`).
     #[serde(default)]
     query: Vec<String>,
+    /// The resource a 2xx answer creates, and where its id is (`result.id`, `id`, `{script_name}`).
+    #[serde(default)]
+    creates: Option<RawEffect>,
+    /// The recorded resource a 2xx answer deletes, and the parameter that names it.
+    #[serde(default)]
+    deletes: Option<RawEffect>,
+}
+
+/// A route's `creates:` or `deletes:` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEffect {
+    kind: String,
+    id: String,
+    /// For `deletes:` on a route with several methods: the one that deletes.
+    #[serde(default)]
+    method: Option<String>,
 }
 
 /// A parsed path template.
@@ -837,6 +862,13 @@ fn compile_provider(
             (false, _) => WriteQuery::Only(route.query.iter().map(|q| q.as_str().into()).collect()),
         };
         let body = route.body.unwrap_or(raw.body);
+        let resource = match resource_effect(route, &templates, &methods) {
+            Ok(effect) => effect.map(Arc::new),
+            Err(reason) => {
+                problem(reason);
+                None
+            }
+        };
         let action: Arc<str> = Arc::from(route.action.as_str());
         for template in templates {
             let index = provider.routes.len();
@@ -869,12 +901,78 @@ fn compile_provider(
                 risk,
                 body,
                 write_query: write_query.clone(),
+                resource: resource.clone(),
                 bindings: bindings(&template.segments),
                 template: template.text,
             });
         }
     }
     provider
+}
+
+/// A route's `creates:` / `deletes:`: a known kind; an id that is an answer field (creates only) or a
+/// parameter every path of the route binds (or that the action lifts from its body); a `method:` the
+/// route lists.
+fn resource_effect(
+    route: &RawRoute,
+    templates: &[Template],
+    methods: &[Method],
+) -> Result<Option<ResourceEffect>, String> {
+    let (raw, creates) = match (&route.creates, &route.deletes) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err("a route either creates or deletes a resource, not both".to_owned());
+        }
+        (Some(raw), None) => (raw, true),
+        (None, Some(raw)) => (raw, false),
+    };
+    let kind = ResourceKind::parse(&raw.kind).ok_or_else(|| {
+        let known: Vec<&str> = ResourceKind::ALL.iter().map(|k| k.as_str()).collect();
+        format!(
+            "resource kind {:?} is not one of {}",
+            raw.kind,
+            known.join(", ")
+        )
+    })?;
+    let id = IdSource::parse(&raw.id)?;
+    if let IdSource::Param(name) = &id {
+        let lifted = BODY_DOMAIN_PARAMS
+            .iter()
+            .any(|(action, _, param)| *action == route.action && *param == &**name);
+        let bound = templates.iter().all(|t| {
+            t.segments
+                .iter()
+                .any(|s| matches!(s, Segment::Variable(v) if **v == **name))
+        });
+        if !lifted && !bound {
+            return Err(format!(
+                "id {{{name}}} is not a parameter of every path of the route"
+            ));
+        }
+    } else if !creates {
+        return Err(
+            "a deleted resource is named by a path parameter, e.g. {dns_record_id}".to_owned(),
+        );
+    }
+    if creates {
+        if raw.method.is_some() {
+            return Err("method: is for deletes".to_owned());
+        }
+        return Ok(Some(ResourceEffect::Creates { kind, id }));
+    }
+    let method = match &raw.method {
+        None => None,
+        Some(text) => {
+            let method = parse_method(text)?;
+            if !methods.contains(&method) {
+                return Err(format!(
+                    "deletes method {text} is not one of the route's methods"
+                ));
+            }
+            Some(method)
+        }
+    };
+    Ok(Some(ResourceEffect::Deletes { kind, id, method }))
 }
 
 fn bindings(segments: &[Segment]) -> Vec<Binding> {
@@ -1151,6 +1249,8 @@ mod tests {
         ("stripe", "POST", "/v1/payment_intents/pi_1/capture", "stripe.payment.capture", &[("payment_intent_id", "pi_1")]),
         ("stripe", "POST", "/v1/subscriptions", "stripe.subscription.create", &[]),
         ("stripe", "POST", "/v1/subscriptions/sub_1", "stripe.subscription.update", &[("subscription_id", "sub_1")]),
+        ("stripe", "DELETE", "/v1/subscriptions/sub_1", "stripe.subscription.cancel", &[("subscription_id", "sub_1")]),
+        ("stripe", "POST", "/v1/payment_intents/pi_1/cancel", "stripe.payment.cancel", &[("payment_intent_id", "pi_1")]),
         ("stripe", "POST", "/v1/subscription_items", "stripe.subscription.update", &[]),
         ("stripe", "POST", "/v1/subscription_items/si_1", "stripe.subscription.update", &[("subscription_item_id", "si_1")]),
         ("stripe", "POST", "/v1/checkout/sessions", "stripe.checkout.create", &[]),
@@ -1278,6 +1378,170 @@ mod tests {
         for &(provider, method, path, action, params) in CASES {
             check_in(&catalog, provider, method, path, action, params);
         }
+    }
+
+    /// What the bundled catalog says each create and delete does to a recorded resource.
+    #[test]
+    fn the_bundled_catalog_says_where_created_ids_are() {
+        use crate::resources::{IdSource, ResourceEffect as E, ResourceKind as K};
+        let catalog = catalog();
+        let effect = |provider: &str, method: &str, path: &str| {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let action = catalog
+                .classify(provider, &method, &segments(path))
+                .unwrap();
+            action.resource.as_deref().cloned()
+        };
+        let answer = |path: &str| IdSource::parse(path).unwrap();
+        let param = |name: &str| IdSource::Param(name.into());
+        let creates = |kind, id| Some(E::Creates { kind, id });
+        let deletes = |kind, id, method: Option<&str>| {
+            Some(E::Deletes {
+                kind,
+                id,
+                method: method.map(|m| Method::from_bytes(m.as_bytes()).unwrap()),
+            })
+        };
+        let cf = |rest: &str| format!("/client/v4{rest}");
+        let cases = [
+            (
+                ("cloudflare", "POST", cf("/zones/z/dns_records")),
+                creates(K::DnsRecord, answer("result.id")),
+            ),
+            (
+                ("cloudflare", "POST", cf("/zones/z/dns_records/batch")),
+                creates(K::DnsRecord, answer("result.posts[].id")),
+            ),
+            (
+                ("cloudflare", "DELETE", cf("/zones/z/dns_records/r")),
+                deletes(K::DnsRecord, param("dns_record_id"), None),
+            ),
+            (
+                ("cloudflare", "POST", cf("/zones")),
+                creates(K::Zone, answer("result.id")),
+            ),
+            (
+                ("cloudflare", "DELETE", cf("/zones/z")),
+                deletes(K::Zone, param("zone_id"), None),
+            ),
+            (
+                ("cloudflare", "PUT", cf("/accounts/a/workers/scripts/s")),
+                creates(K::WorkersScript, answer("result.id")),
+            ),
+            (
+                ("cloudflare", "DELETE", cf("/accounts/a/workers/scripts/s")),
+                deletes(K::WorkersScript, param("script_name"), None),
+            ),
+            (
+                ("cloudflare", "POST", cf("/zones/z/custom_certificates")),
+                creates(K::CustomCertificate, answer("result.id")),
+            ),
+            (
+                ("cloudflare", "PATCH", cf("/zones/z/custom_certificates/c")),
+                deletes(
+                    K::CustomCertificate,
+                    param("custom_certificate_id"),
+                    Some("DELETE"),
+                ),
+            ),
+            (
+                (
+                    "cloudflare",
+                    "POST",
+                    cf("/accounts/a/registrar/registrations"),
+                ),
+                creates(K::DomainRegistration, param("domain_name")),
+            ),
+            (
+                ("stripe", "POST", "/v1/customers".into()),
+                creates(K::StripeCustomer, answer("id")),
+            ),
+            (
+                ("stripe", "DELETE", "/v1/customers/c".into()),
+                deletes(K::StripeCustomer, param("customer_id"), None),
+            ),
+            (
+                ("stripe", "POST", "/v1/subscriptions".into()),
+                creates(K::Subscription, answer("id")),
+            ),
+            (
+                ("stripe", "DELETE", "/v1/subscriptions/s".into()),
+                deletes(K::Subscription, param("subscription_id"), None),
+            ),
+            (
+                ("stripe", "POST", "/v1/payment_intents".into()),
+                creates(K::PaymentIntent, answer("id")),
+            ),
+            (
+                ("stripe", "POST", "/v1/payment_intents/p/cancel".into()),
+                deletes(K::PaymentIntent, param("payment_intent_id"), None),
+            ),
+            (
+                ("stripe", "POST", "/v1/products".into()),
+                creates(K::Product, answer("id")),
+            ),
+            (
+                ("stripe", "DELETE", "/v1/products/p".into()),
+                deletes(K::Product, param("product_id"), None),
+            ),
+            (
+                ("stripe", "POST", "/v1/prices".into()),
+                creates(K::Price, answer("id")),
+            ),
+            // Not a create: never read.
+            (("cloudflare", "POST", cf("/user/tokens")), None),
+            (("stripe", "POST", "/v1/subscriptions/s".into()), None),
+        ];
+        for ((provider, method, path), expected) in cases {
+            assert_eq!(effect(provider, method, &path), expected, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn resource_effects_are_checked_at_load() {
+        let route = |extra: &str| {
+            format!(
+                "provider: demo\nroutes:\n  - action: demo.thing\n    risk: write\n    methods: [POST, DELETE]\n    \
+                 paths: [\"/things/{{thing_id}}\"]\n    {extra}\n"
+            )
+        };
+        for (extra, reason) in [
+            ("creates: {kind: gadget, id: id}", "resource kind"),
+            (
+                "creates: {kind: zone, id: \"{zone_id}\"}",
+                "not a parameter of every path",
+            ),
+            ("creates: {kind: zone, id: \"result..id\"}", "neither"),
+            (
+                "deletes: {kind: zone, id: result.id}",
+                "named by a path parameter",
+            ),
+            (
+                "deletes: {kind: zone, id: \"{thing_id}\", method: PUT}",
+                "not one of the route's methods",
+            ),
+            (
+                "creates: {kind: zone, id: id, method: POST}",
+                "method: is for deletes",
+            ),
+        ] {
+            let text = route(extra);
+            let err = catalog_of(&[("demo.yaml", &text)]).unwrap_err().to_string();
+            assert!(err.contains(reason), "{extra}: {err}");
+        }
+        let both = format!(
+            "{}    deletes: {{kind: zone, id: \"{{thing_id}}\"}}\n",
+            route("creates: {kind: zone, id: id}")
+        );
+        let err = catalog_of(&[("demo.yaml", &both)]).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
+        assert!(
+            catalog_of(&[(
+                "demo.yaml",
+                &route("deletes: {kind: zone, id: \"{thing_id}\", method: DELETE}")
+            )])
+            .is_ok()
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::remote::{Remote, RemoteError};
 use crate::store::{DecisionFilter, Store};
 
 mod containment;
+mod incident;
 mod review;
 
 use review::{
@@ -159,10 +160,10 @@ pub enum Command {
     /// Review approvals: list, show, approve, deny.
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
-    /// Incident response: contain an agent (revoke it and its handles, delete the tokens it minted at the
-    /// provider, deny its pending approvals).
+    /// Incidents: contain an agent (`incident contain`), what it did (`incident report`) and the plan that
+    /// undoes it (`incident rollback-plan`, `--execute` to run it through the gate).
     #[command(subcommand)]
-    Incident(IncidentCommand),
+    Incident(incident::IncidentCommand),
     /// Spend per budget window (current month unless --period); `spend flagged` and `spend settle` for
     /// reservations whose upstream outcome is unknown.
     #[command(args_conflicts_with_subcommands = true)]
@@ -171,21 +172,6 @@ pub enum Command {
         command: Option<SpendCommand>,
         #[arg(long)]
         period: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum IncidentCommand {
-    /// Revoke the agent and every handle of a token it minted, delete each of its live minted tokens at the
-    /// provider with tollgate's own credential, deny its pending approvals; print and record what was done
-    /// and what failed. Idempotent: running it again finishes what failed.
-    Contain {
-        agent: String,
-        /// Why (recorded with the containment and on each denied approval).
-        #[arg(long)]
-        reason: String,
         #[arg(long)]
         json: bool,
     },
@@ -588,6 +574,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Agents(cmd) => agents(&cli, cmd).await,
+        Command::Incident(cmd) => incident::incident(&cli, cmd).await,
         Command::Reviewers(cmd) => reviewers(&cli, cmd).await,
         Command::Policy(PolicyCommand::Test {
             dir,
@@ -767,11 +754,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Unfreeze { reason, json } => {
             set_frozen(&cli, false, reason.as_deref(), *json).await
         }
-        Command::Incident(IncidentCommand::Contain {
-            agent,
-            reason,
-            json,
-        }) => containment::contain(&cli, agent, reason, *json).await,
         Command::Whoami { json } => {
             let Some(r) = remote(&cli)? else {
                 anyhow::bail!(

@@ -97,7 +97,7 @@ pub async fn contain(
         .iter()
         .filter(|a| a.id == target.id || a.minted_by == Some(target.id))
         .collect();
-    let mut tokens = store.minted_tokens_by(target.id).await?;
+    let mut tokens = store.minted_tokens_by(&[target.id]).await?;
     if target.minted_by.is_some()
         && let Some(own) = store.minted_token_by_handle(target.id).await?
         && !tokens.iter().any(|t| t.token_id == own.token_id)

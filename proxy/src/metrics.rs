@@ -64,6 +64,8 @@ pub struct Metrics {
     pub approvals_total: IntCounterVec,
     pub notifications_total: IntCounterVec,
     pub notifications_pending: IntGauge,
+    pub resources_recorded_total: IntCounterVec,
+    pub resources_unrecorded_total: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -261,6 +263,21 @@ impl Metrics {
             "notifications_pending",
             "Webhook deliveries queued or waiting for a retry (shared by all replicas)",
         )?;
+        let resources_recorded_total = IntCounterVec::new(
+            Opts::new(
+                "resources_recorded_total",
+                "Resources agents created through tollgate, recorded for incident reports, by provider and kind",
+            ),
+            &["provider", "kind"],
+        )?;
+        let resources_unrecorded_total = IntCounterVec::new(
+            Opts::new(
+                "resources_unrecorded_total",
+                "2xx answers to create actions whose resource was not recorded (answer passed on unchanged), by \
+                 provider and reason: answer_unread (too large or too slow), no_id, store",
+            ),
+            &["provider", "reason"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "Build version (value is always 1)"),
             &["version"],
@@ -302,6 +319,8 @@ impl Metrics {
         registry.register(Box::new(policy_last_reload_ok.clone()))?;
         registry.register(Box::new(notifications_total.clone()))?;
         registry.register(Box::new(notifications_pending.clone()))?;
+        registry.register(Box::new(resources_recorded_total.clone()))?;
+        registry.register(Box::new(resources_unrecorded_total.clone()))?;
 
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -345,6 +364,8 @@ impl Metrics {
             approvals_total,
             notifications_total,
             notifications_pending,
+            resources_recorded_total,
+            resources_unrecorded_total,
             build_info,
         })
     }
@@ -370,6 +391,10 @@ impl Metrics {
                 self.minted_tokens_total
                     .with_label_values(&[provider, event, custody]);
             }
+        }
+        for reason in ["answer_unread", "no_id", "store"] {
+            self.resources_unrecorded_total
+                .with_label_values(&[provider, reason]);
         }
     }
 

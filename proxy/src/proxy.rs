@@ -1103,10 +1103,24 @@ impl Gate {
             };
         };
         let token_event = TokenEvent::of_action(&intake.action.name);
+        // A create or delete of a resource tollgate records (the catalog's `creates:` / `deletes:`).
+        let observed = crate::resources::Observed::of(
+            &intake.action,
+            &parts.method,
+            &provider.name,
+            &parts.headers,
+            intake.agent.id,
+            &intake.agent.name,
+            draft.run.id.as_deref(),
+            draft.id,
+        );
         let mut forwarded_headers = intake.headers.forwarded(&parts.headers);
-        if token_event.is_some() || intake.minted_credential.is_some() {
-            // The answer is read for the token it mints, or screened for the minted secret a handle's
-            // request went out with: it must come in plain bytes.
+        if token_event.is_some()
+            || intake.minted_credential.is_some()
+            || observed.as_ref().is_some_and(|o| o.effect.reads_answer())
+        {
+            // The answer is read for the token it mints (or the id of what it creates), or screened for the
+            // minted secret a handle's request went out with: it must come in plain bytes.
             forwarded_headers =
                 std::borrow::Cow::Owned(crate::forward::identity_encoded(&forwarded_headers));
         }
@@ -1212,7 +1226,7 @@ impl Gate {
                     .observe(latency.as_secs_f64());
                 self.count(draft, "allow", None);
                 // a token action's answer: the token recorded and, in vault mode, its secret kept
-                let mut response = match token_event {
+                let response = match token_event {
                     Some(event) if (200..300).contains(&status) => {
                         self.keep_minted_token(draft, &intake, event, response)
                             .await
@@ -1222,6 +1236,21 @@ impl Gate {
                     Some(event) if event != TokenEvent::Deleted => {
                         self.screen_token_refusal(draft, &intake, event, response)
                             .await
+                    }
+                    _ => response,
+                };
+                // a create's answer: the resource recorded (its bytes passed on unchanged)
+                let mut response = match observed {
+                    Some(observed) if (200..300).contains(&status) => {
+                        let within = self.config.server.upstream_timeout;
+                        crate::resources::observe(
+                            &self.store,
+                            &self.metrics,
+                            within,
+                            observed,
+                            response,
+                        )
+                        .await
                     }
                     _ => response,
                 };

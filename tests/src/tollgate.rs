@@ -333,6 +333,25 @@ impl Tollgate {
         ))
     }
 
+    /// As [`Tollgate::cli`], with extra environment variables (an operator agent's key for `--agent-key-env`).
+    pub async fn cli_env(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<(bool, String, String)> {
+        let mut cmd = command(self.dir.path())?;
+        cmd.args(args);
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
+        let out = cmd.output().await?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
     /// Creates an agent through the CLI and returns its key.
     pub async fn create_agent(&self, name: &str, extra: &[&str]) -> anyhow::Result<String> {
         let mut args = vec!["agents", "create", name, "--json"];

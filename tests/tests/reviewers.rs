@@ -45,6 +45,12 @@ const EXPECTED: &[(&str, &str, Role)] = &[
     ("POST", "/api/policy/reload", Role::Operator),
     ("GET", "/api/freeze", Role::Viewer),
     ("GET", "/api/notifications", Role::Viewer),
+    ("GET", "/api/incidents/{agent}/report", Role::Viewer),
+    (
+        "GET",
+        "/api/incidents/{agent}/rollback-plan",
+        Role::Operator,
+    ),
     ("POST", "/api/freeze", Role::Operator),
     ("DELETE", "/api/freeze", Role::Operator),
     ("POST", "/api/incidents/{agent}/contain", Role::Operator),

@@ -8,10 +8,12 @@ use secrecy::SecretString;
 use serde_json::json;
 use tollgate::audit::{AuditWriter, DecisionRecord};
 use tollgate::metrics::Metrics;
+use tollgate::resources::ResourceKind;
 use tollgate::store::{
     AgentRow, ApprovalRow, ConsoleSessionRow, DecisionFilter, DeliveryAttempt, Idempotency,
     ManualSettlement, MintedStatus, MintedTokenRow, NewNotification, NewReservation, NextStep,
-    NotificationStatus, Opened, Reservation, ReviewerRow, Store, StoreError, TokenRoll, WindowKey,
+    NotificationStatus, Opened, Reservation, ResourceRow, ResourceStatus, ReviewerRow, Store,
+    StoreError, TokenRoll, WindowKey,
 };
 use tollgate::vault::{Custody, SealedSecret};
 use tollgate_tests::TestDatabase;
@@ -80,6 +82,8 @@ conformance!(
     notification_sweeps_see_pending_and_decided_approvals_and_the_freeze,
     minted_tokens_are_recorded_rolled_and_deleted_with_their_handles,
     vault_key_checks_keep_the_first_per_id,
+    created_resources_are_recorded_once_and_marked_deleted,
+    an_incident_report_reads_an_agent_and_its_handles,
 );
 
 fn agent(name: &str) -> AgentRow {
@@ -1700,7 +1704,7 @@ async fn minted_tokens_are_recorded_rolled_and_deleted_with_their_handles(store:
     assert_eq!(elsewhere.account_id.as_deref(), Some("acct-2"));
     // Every token the minter holds, oldest first; none of another agent's.
     let minted: Vec<String> = store
-        .minted_tokens_by(minter.id)
+        .minted_tokens_by(&[minter.id])
         .await
         .unwrap()
         .into_iter()
@@ -1709,7 +1713,7 @@ async fn minted_tokens_are_recorded_rolled_and_deleted_with_their_handles(store:
     assert_eq!(minted, ["tok-1", "tok-elsewhere"]);
     assert!(
         store
-            .minted_tokens_by(Uuid::now_v7())
+            .minted_tokens_by(&[Uuid::now_v7()])
             .await
             .unwrap()
             .is_empty()
@@ -1770,5 +1774,281 @@ async fn vault_key_checks_keep_the_first_per_id(store: &Store) {
     assert_eq!(
         store.vault_key_checks(&[]).await.unwrap(),
         [check("k1", 1), check("k2", 2)]
+    );
+}
+
+fn resource(agent: &AgentRow, kind: ResourceKind, id: &str, scope: &str) -> ResourceRow {
+    ResourceRow {
+        id: Uuid::now_v7(),
+        provider: "cloudflare".into(),
+        kind,
+        resource_id: id.into(),
+        scope: scope.into(),
+        zone_id: scope.strip_prefix("zone:").map(str::to_string),
+        account_id: None,
+        stripe_account: None,
+        detail: json!({"name": "www.example.com", "type": "A"}),
+        agent_id: agent.id,
+        agent_name: agent.name.clone(),
+        run_id: Some("run-7".into()),
+        decision_id: Uuid::now_v7(),
+        action: "cloudflare.dns.create".into(),
+        // Both stores keep microseconds.
+        created_at: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
+        status: ResourceStatus::Live,
+        deleted_at: None,
+        deleted_by_decision: None,
+    }
+}
+
+/// A created resource is one row per (provider, kind, id, scope), whatever replays it; a delete marks it
+/// once, and only in its own scope.
+async fn created_resources_are_recorded_once_and_marked_deleted(store: &Store) {
+    let deployer = agent("deployer");
+    let other = agent("other");
+    let mut first = resource(&deployer, ResourceKind::DnsRecord, "rec-1", "zone:z1");
+    first.created_at -= Days::hours(2);
+    assert!(store.record_resource(&first).await.unwrap());
+    let replay = resource(&deployer, ResourceKind::DnsRecord, "rec-1", "zone:z1");
+    assert!(
+        !store.record_resource(&replay).await.unwrap(),
+        "a replayed create is the same resource"
+    );
+    // The same id in another zone, or of another kind, is another resource.
+    let elsewhere = resource(&deployer, ResourceKind::DnsRecord, "rec-1", "zone:z2");
+    assert!(store.record_resource(&elsewhere).await.unwrap());
+    assert!(
+        store
+            .record_resource(&resource(&other, ResourceKind::Zone, "rec-1", ""))
+            .await
+            .unwrap()
+    );
+
+    let mine = store.resources_of(&[deployer.id], None).await.unwrap();
+    assert_eq!(
+        mine,
+        vec![first.clone(), elsewhere.clone()],
+        "oldest first, as stored"
+    );
+    let recent = store
+        .resources_of(&[deployer.id], Some(Utc::now() - Days::hours(1)))
+        .await
+        .unwrap();
+    assert_eq!(recent, vec![elsewhere.clone()]);
+    assert_eq!(store.resources_of(&[], None).await.unwrap(), vec![]);
+
+    let by = Uuid::now_v7();
+    let at = Utc::now();
+    assert!(
+        !store
+            .mark_resource_deleted(
+                "cloudflare",
+                ResourceKind::DnsRecord,
+                "rec-1",
+                "zone:z3",
+                by,
+                at
+            )
+            .await
+            .unwrap(),
+        "not in that zone"
+    );
+    assert!(
+        store
+            .mark_resource_deleted(
+                "cloudflare",
+                ResourceKind::DnsRecord,
+                "rec-1",
+                "zone:z1",
+                by,
+                at
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .mark_resource_deleted(
+                "cloudflare",
+                ResourceKind::DnsRecord,
+                "rec-1",
+                "zone:z1",
+                Uuid::now_v7(),
+                at
+            )
+            .await
+            .unwrap(),
+        "deleted once"
+    );
+    let mine = store.resources_of(&[deployer.id], None).await.unwrap();
+    assert_eq!(mine[0].status, ResourceStatus::Deleted);
+    assert_eq!(mine[0].deleted_by_decision, Some(by));
+    assert!(mine[0].deleted_at.is_some());
+    assert_eq!(mine[1].status, ResourceStatus::Live);
+
+    // The same id made again after its delete (a reused Workers script name) is a new resource.
+    let again = resource(&other, ResourceKind::DnsRecord, "rec-1", "zone:z1");
+    assert!(store.record_resource(&again).await.unwrap());
+    assert!(
+        !store
+            .record_resource(&resource(
+                &deployer,
+                ResourceKind::DnsRecord,
+                "rec-1",
+                "zone:z1"
+            ))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.resources_of(&[other.id], None).await.unwrap()[1],
+        again
+    );
+    assert_eq!(
+        store.resources_of(&[deployer.id], None).await.unwrap(),
+        vec![elsewhere]
+    );
+}
+
+/// The reads an incident report makes: the agent with every handle it (or its handles) minted, their
+/// decisions by outcome, their reservations by window and state, their minted tokens.
+async fn an_incident_report_reads_an_agent_and_its_handles(store: &Store) {
+    let deployer = agent("deployer");
+    let child = AgentRow {
+        minted_by: Some(deployer.id),
+        minted_token_id: Some("tok-1".into()),
+        ..agent("deployer~tok-1")
+    };
+    let grandchild = AgentRow {
+        minted_by: Some(child.id),
+        minted_token_id: Some("tok-2".into()),
+        ..agent("deployer~tok-1~tok-2")
+    };
+    let other = agent("other");
+    for a in [&deployer, &child, &grandchild, &other] {
+        store.insert_agent(a).await.unwrap();
+    }
+    let family = store.agent_family("DEPLOYER").await.unwrap();
+    assert_eq!(
+        family.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
+        ["deployer", "deployer~tok-1", "deployer~tok-1~tok-2"]
+    );
+    assert!(store.agent_family("nobody").await.unwrap().is_empty());
+    assert_eq!(store.agent_family("other").await.unwrap().len(), 1);
+    let ids: Vec<Uuid> = family.iter().map(|a| a.id).collect();
+
+    // Decisions: two allows and a deny of the family, one of another agent.
+    let metrics = Arc::new(Metrics::new());
+    let (audit, task) = AuditWriter::start(
+        store.clone(),
+        1,
+        64,
+        tollgate::audit::Checkpoints::default(),
+        metrics.clone(),
+    );
+    for (who, outcome, code) in [
+        (&deployer, "allow", None),
+        (&grandchild, "allow", None),
+        (&child, "refused", Some("budget_exceeded")),
+        (&other, "deny", None),
+    ] {
+        let mut r = record(&who.name, outcome, "cloudflare.dns.create");
+        r.agent_id = Some(who.id);
+        r.code = code.map(str::to_string);
+        audit.record(r).await.unwrap();
+    }
+    drop(audit);
+    let _ = task.await;
+    let counts = store.decision_counts(&ids, None).await.unwrap();
+    let seen: Vec<(&str, Option<&str>, i64)> = counts
+        .iter()
+        .map(|c| (c.outcome.as_str(), c.code.as_deref(), c.count))
+        .collect();
+    assert_eq!(
+        seen,
+        [("allow", None, 2), ("refused", Some("budget_exceeded"), 1)]
+    );
+    assert!(
+        store
+            .decision_counts(&ids, Some(Utc::now() + Days::hours(1)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Spend: committed, reserved (flagged) and released, summed per window and state.
+    let w = window();
+    let reserve = |agent_id: Uuid, decision: Uuid, cents: i64| NewReservation {
+        agent_id,
+        ..reservation(&w, decision, cents, None, "f")
+    };
+    let (a, b, c, d) = (
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+    );
+    store.reserve(&reserve(deployer.id, a, 1000)).await.unwrap();
+    store.reserve(&reserve(child.id, b, 250)).await.unwrap();
+    store.reserve(&reserve(deployer.id, c, 300)).await.unwrap();
+    store.reserve(&reserve(other.id, d, 999)).await.unwrap();
+    store.settle(a, true).await.unwrap();
+    store.settle(c, false).await.unwrap();
+    store.flag_reservation(b).await.unwrap();
+    let spend = store.agent_spend(&ids, None).await.unwrap();
+    let seen: Vec<(&str, i64, i64, i64)> = spend
+        .iter()
+        .map(|s| (s.state.as_str(), s.cents, s.reservations, s.flagged_cents))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("committed", 1000, 1, 0),
+            ("released", 300, 1, 0),
+            ("reserved", 250, 1, 250)
+        ]
+    );
+    assert_eq!(spend[0].period, "2026-11");
+
+    // Minted tokens: the family's, not another agent's.
+    let token = |id: &str, by: &AgentRow| MintedTokenRow {
+        provider: "cloudflare".into(),
+        token_id: id.into(),
+        name: None,
+        policies: json!([]),
+        expires_on: None,
+        status: MintedStatus::Active,
+        custody: Custody::Vault,
+        minted_by: by.id,
+        minted_by_name: by.name.clone(),
+        decision_id: Uuid::now_v7(),
+        last_decision_id: Uuid::now_v7(),
+        handle_agent_id: None,
+        sealed: None,
+        rolls: 0,
+        created_at: Utc::now(),
+        rolled_at: None,
+        deleted_at: None,
+        account_id: None,
+    };
+    store
+        .record_minted_token(&token("tok-1", &deployer), None)
+        .await
+        .unwrap();
+    store
+        .record_minted_token(&token("tok-2", &child), None)
+        .await
+        .unwrap();
+    store
+        .record_minted_token(&token("tok-9", &other), None)
+        .await
+        .unwrap();
+    let minted = store.minted_tokens_by(&ids).await.unwrap();
+    assert_eq!(
+        minted
+            .iter()
+            .map(|t| t.token_id.as_str())
+            .collect::<Vec<_>>(),
+        ["tok-1", "tok-2"]
     );
 }

@@ -14,9 +14,11 @@ use uuid::Uuid;
 
 mod nodelay;
 mod postgres;
+mod resources;
 mod sqlite;
 
 pub use postgres::{PgSink, PgStore};
+pub use resources::{AgentSpendRow, DecisionCount, ResourceRow, ResourceStatus};
 pub use sqlite::SqliteStore;
 
 /// The store behind every module: Postgres or the embedded SQLite file.
@@ -188,11 +190,6 @@ impl Store {
         token_key: &str,
     ) -> Result<Vec<MintedTokenRow>, StoreError> {
         dispatch!(self, s => s.minted_tokens_keyed(provider, token_key).await)
-    }
-
-    /// Every token this agent minted (or rolled first through tollgate), oldest first.
-    pub async fn minted_tokens_by(&self, minter: Uuid) -> Result<Vec<MintedTokenRow>, StoreError> {
-        dispatch!(self, s => s.minted_tokens_by(minter).await)
     }
 
     /// How many minted tokens are live at `now` (active or rolled, not past their expiry), per provider and

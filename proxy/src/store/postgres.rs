@@ -14,6 +14,8 @@ use uuid::Uuid;
 
 use super::*;
 
+mod resources;
+
 /// Embedded so that the binary migrates without the source tree beside it.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -387,18 +389,6 @@ impl PgStore {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(provider)
             .bind(token_key)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(minted_from_row).collect()
-    }
-
-    pub async fn minted_tokens_by(&self, minter: Uuid) -> Result<Vec<MintedTokenRow>, StoreError> {
-        let sql = format!(
-            "SELECT {} FROM minted_tokens WHERE minted_by = $1 ORDER BY created_at, token_id",
-            Self::MINTED_COLUMNS
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(minter)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(minted_from_row).collect()

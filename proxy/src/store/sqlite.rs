@@ -22,6 +22,8 @@ use uuid::Uuid;
 
 use super::*;
 
+mod resources;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// How long a statement waits for another process (the CLI) to release the file.
@@ -410,18 +412,6 @@ impl SqliteStore {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(provider)
             .bind(token_key)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(minted_from_row).collect()
-    }
-
-    pub async fn minted_tokens_by(&self, minter: Uuid) -> Result<Vec<MintedTokenRow>, StoreError> {
-        let sql = format!(
-            "SELECT {} FROM minted_tokens WHERE minted_by = ? ORDER BY created_at, token_id",
-            Self::MINTED_COLUMNS
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(minter.to_string())
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(minted_from_row).collect()

@@ -1,0 +1,211 @@
+//! Postgres SQL of created resources and the incident report's reads (see `store/resources.rs`).
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::super::resources::{kind_parse, resource_status_parse};
+use super::{PgStore, agent_from_row, minted_from_row};
+use crate::resources::ResourceKind;
+use crate::store::{
+    AgentRow, AgentSpendRow, DecisionCount, MintedTokenRow, ResourceRow, StoreError,
+};
+
+const RESOURCE_COLUMNS: &str = "id, provider, kind, resource_id, scope, zone_id, account_id, stripe_account, \
+     detail, agent_id, agent_name, run_id, decision_id, action, created_at, status, deleted_at, \
+     deleted_by_decision";
+
+impl PgStore {
+    pub async fn record_resource(&self, row: &ResourceRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO resources (id, provider, kind, resource_id, scope, zone_id, account_id, stripe_account,
+                 detail, agent_id, agent_name, run_id, decision_id, action, created_at, status, deleted_at,
+                 deleted_by_decision)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+             ON CONFLICT (provider, kind, resource_id, scope) DO UPDATE SET
+                 id = excluded.id, zone_id = excluded.zone_id, account_id = excluded.account_id,
+                 stripe_account = excluded.stripe_account, detail = excluded.detail, agent_id = excluded.agent_id,
+                 agent_name = excluded.agent_name, run_id = excluded.run_id, decision_id = excluded.decision_id,
+                 action = excluded.action, created_at = excluded.created_at, status = excluded.status,
+                 deleted_at = excluded.deleted_at, deleted_by_decision = excluded.deleted_by_decision
+             WHERE resources.status = 'deleted'",
+        )
+        .bind(row.id)
+        .bind(&row.provider)
+        .bind(row.kind.as_str())
+        .bind(&row.resource_id)
+        .bind(&row.scope)
+        .bind(&row.zone_id)
+        .bind(&row.account_id)
+        .bind(&row.stripe_account)
+        .bind(&row.detail)
+        .bind(row.agent_id)
+        .bind(&row.agent_name)
+        .bind(&row.run_id)
+        .bind(row.decision_id)
+        .bind(&row.action)
+        .bind(row.created_at)
+        .bind(row.status.as_str())
+        .bind(row.deleted_at)
+        .bind(row.deleted_by_decision)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn mark_resource_deleted(
+        &self,
+        provider: &str,
+        kind: ResourceKind,
+        resource_id: &str,
+        scope: &str,
+        decision_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE resources SET status = 'deleted', deleted_at = $5, deleted_by_decision = $6
+             WHERE provider = $1 AND kind = $2 AND resource_id = $3 AND scope = $4 AND status = 'live'",
+        )
+        .bind(provider)
+        .bind(kind.as_str())
+        .bind(resource_id)
+        .bind(scope)
+        .bind(at)
+        .bind(decision_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn resources_of(
+        &self,
+        agent_ids: &[Uuid],
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<ResourceRow>, StoreError> {
+        let sql = format!(
+            "SELECT {RESOURCE_COLUMNS} FROM resources
+             WHERE agent_id = ANY($1) AND ($2::timestamptz IS NULL OR created_at >= $2)
+             ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(agent_ids)
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(resource_from_row).collect()
+    }
+
+    pub async fn agent_family(&self, name: &str) -> Result<Vec<AgentRow>, StoreError> {
+        let sql = format!(
+            "WITH RECURSIVE family(id, depth) AS (
+                 SELECT id, 0 FROM agents WHERE lower(name) = lower($1)
+                 UNION
+                 SELECT a.id, f.depth + 1 FROM agents a JOIN family f ON a.minted_by = f.id WHERE f.depth < 64
+             )
+             SELECT {} FROM agents WHERE id IN (SELECT id FROM family)
+             ORDER BY (SELECT min(depth) FROM family f WHERE f.id = agents.id), created_at, id",
+            Self::AGENT_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    pub async fn decision_counts(
+        &self,
+        agent_ids: &[Uuid],
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<DecisionCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT outcome, code, count(*) AS n FROM decisions
+             WHERE agent_id = ANY($1) AND ($2::timestamptz IS NULL OR at >= $2)
+             GROUP BY outcome, code ORDER BY outcome, code NULLS FIRST",
+        )
+        .bind(agent_ids)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DecisionCount {
+                    outcome: r.try_get("outcome")?,
+                    code: r.try_get("code")?,
+                    count: r.try_get("n")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn agent_spend(
+        &self,
+        agent_ids: &[Uuid],
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<AgentSpendRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT budget, subject, period, provider, state, sum(cents)::bigint AS cents, count(*) AS n,
+                    coalesce(sum(cents) FILTER (WHERE flagged), 0)::bigint AS flagged_cents
+             FROM spend_reservations
+             WHERE agent_id = ANY($1) AND ($2::timestamptz IS NULL OR created_at >= $2)
+             GROUP BY budget, subject, period, provider, state
+             ORDER BY period, budget, subject, provider, state",
+        )
+        .bind(agent_ids)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AgentSpendRow {
+                    budget: r.try_get("budget")?,
+                    subject: r.try_get("subject")?,
+                    period: r.try_get("period")?,
+                    provider: r.try_get("provider")?,
+                    state: r.try_get("state")?,
+                    cents: r.try_get("cents")?,
+                    reservations: r.try_get("n")?,
+                    flagged_cents: r.try_get("flagged_cents")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn minted_tokens_by(
+        &self,
+        agent_ids: &[Uuid],
+    ) -> Result<Vec<MintedTokenRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM minted_tokens WHERE minted_by = ANY($1) ORDER BY created_at, token_id",
+            Self::MINTED_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(agent_ids)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(minted_from_row).collect()
+    }
+}
+
+fn resource_from_row(r: &sqlx::postgres::PgRow) -> Result<ResourceRow, StoreError> {
+    Ok(ResourceRow {
+        id: r.try_get("id")?,
+        provider: r.try_get("provider")?,
+        kind: kind_parse(&r.try_get::<String, _>("kind")?)?,
+        resource_id: r.try_get("resource_id")?,
+        scope: r.try_get("scope")?,
+        zone_id: r.try_get("zone_id")?,
+        account_id: r.try_get("account_id")?,
+        stripe_account: r.try_get("stripe_account")?,
+        detail: r.try_get("detail")?,
+        agent_id: r.try_get("agent_id")?,
+        agent_name: r.try_get("agent_name")?,
+        run_id: r.try_get("run_id")?,
+        decision_id: r.try_get("decision_id")?,
+        action: r.try_get("action")?,
+        created_at: r.try_get("created_at")?,
+        status: resource_status_parse(&r.try_get::<String, _>("status")?)?,
+        deleted_at: r.try_get("deleted_at")?,
+        deleted_by_decision: r.try_get("deleted_by_decision")?,
+    })
+}
