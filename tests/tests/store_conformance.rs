@@ -13,7 +13,7 @@ use tollgate::store::{
     AgentRow, ApprovalRow, ConsoleSessionRow, DecisionFilter, DeliveryAttempt, Idempotency,
     ManualSettlement, MintedStatus, MintedTokenRow, NewNotification, NewReservation, NextStep,
     NotificationStatus, Opened, Reservation, ResourceRow, ResourceStatus, ReviewerRow, Store,
-    StoreError, TokenRoll, WindowKey,
+    StoreError, TokenRoll, TokenUpdate, WindowKey,
 };
 use tollgate::vault::{Custody, SealedSecret};
 use tollgate_tests::TestDatabase;
@@ -1675,6 +1675,57 @@ async fn minted_tokens_are_recorded_rolled_and_deleted_with_their_handles(store:
             .await
             .unwrap()
             .is_none()
+    );
+
+    // An update moves the token's name, policies and expiry, and its live handle's expiry with it.
+    let later = Utc::now() + Days::days(30);
+    let v2 = store.agents_version().await.unwrap();
+    assert!(
+        store
+            .update_minted_token(&TokenUpdate {
+                provider: "cloudflare",
+                token_id: "tok-1",
+                name: Some("renamed".into()),
+                policies: None,
+                expires_on: Some(later),
+                decision_id: Uuid::now_v7(),
+            })
+            .await
+            .unwrap()
+    );
+    assert!(store.agents_version().await.unwrap() > v2);
+    let updated = store
+        .minted_token("cloudflare", "tok-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.name.as_deref(), Some("renamed"));
+    assert_eq!(updated.policies, row.policies, "policies kept when not given");
+    assert_eq!(
+        updated.expires_on.map(|t| t.timestamp()),
+        Some(later.timestamp())
+    );
+    let live_handle = store
+        .agent_by_key_hash(&second.key_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        live_handle.expires_at.map(|t| t.timestamp()),
+        Some(later.timestamp())
+    );
+    assert!(
+        !store
+            .update_minted_token(&TokenUpdate {
+                provider: "cloudflare",
+                token_id: "tok-unknown",
+                name: None,
+                policies: None,
+                expires_on: None,
+                decision_id: Uuid::now_v7(),
+            })
+            .await
+            .unwrap()
     );
 
     // A roll of a token tollgate has no row for records one, minted by the rolling agent.
