@@ -1700,7 +1700,10 @@ async fn minted_tokens_are_recorded_rolled_and_deleted_with_their_handles(store:
         .unwrap()
         .unwrap();
     assert_eq!(updated.name.as_deref(), Some("renamed"));
-    assert_eq!(updated.policies, row.policies, "policies kept when not given");
+    assert_eq!(
+        updated.policies, row.policies,
+        "policies kept when not given"
+    );
     assert_eq!(
         updated.expires_on.map(|t| t.timestamp()),
         Some(later.timestamp())
