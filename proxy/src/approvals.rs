@@ -57,6 +57,9 @@ const HOLD_POLL: Duration = Duration::from_millis(250);
 /// The exact call an approval is for.
 pub struct Call<'a> {
     pub agent_id: Uuid,
+    /// Whom the agent acts for ([`crate::identity::Agent::principal_id`]): the pending cap counts the
+    /// principal's approvals and its handles' together, so minting tokens opens no second queue.
+    pub principal_id: Uuid,
     pub agent_name: &'a str,
     pub provider: &'a str,
     pub method: &'a str,
@@ -187,7 +190,11 @@ impl Approvals {
         };
         match self
             .store
-            .open_approval_capped(&row, i64::from(self.max_pending_per_agent))
+            .open_approval_capped(
+                &row,
+                call.principal_id,
+                i64::from(self.max_pending_per_agent),
+            )
             .await?
         {
             Opened::Approval(row) => Ok(*row),
@@ -358,6 +365,7 @@ mod tests {
     fn call<'a>(path: &'a str, query: &'a str, body: &'a str) -> Call<'a> {
         Call {
             agent_id: Uuid::nil(),
+            principal_id: Uuid::nil(),
             agent_name: "a",
             provider: "stripe",
             method: "POST",

@@ -161,7 +161,22 @@ pub async fn report(
     let ids: Vec<Uuid> = agents.iter().map(|a| a.id).collect();
     let counts = store.decision_counts(&ids, since).await?;
     let spend = store.agent_spend(&ids, since).await?;
-    let tokens = store.minted_tokens_by(&ids).await?;
+    // A token still live is part of the incident whenever it was minted; one that ended is listed when it was
+    // minted, rolled or deleted within the window.
+    let touched_since = |t: &crate::store::MintedTokenRow| {
+        let Some(since) = since else { return true };
+        t.status_at(now).is_live()
+            || [Some(t.created_at), t.rolled_at, t.deleted_at]
+                .into_iter()
+                .flatten()
+                .any(|at| at >= since)
+    };
+    let tokens: Vec<_> = store
+        .minted_tokens_by(&ids)
+        .await?
+        .into_iter()
+        .filter(touched_since)
+        .collect();
     let resources = store.resources_of(&ids, since).await?;
 
     let mut by_outcome: BTreeMap<String, i64> = BTreeMap::new();
@@ -441,6 +456,8 @@ fn inverse(r: &ResourceRow, later: &LaterPayments) -> Inverse {
     let mut headers = BTreeMap::new();
     if let Some(acct) = &r.stripe_account {
         headers.insert("Stripe-Account".to_string(), acct.clone());
+    } else if let Some(context) = r.detail.get("stripe_context").and_then(Value::as_str) {
+        headers.insert("Stripe-Context".to_string(), context.to_string());
     }
     let status = r.detail.get("status").and_then(Value::as_str);
     let step = |action: &str,

@@ -363,6 +363,7 @@ impl Ruling {
     fn call<'a>(&'a self, intake: &'a Intake<'_>) -> Call<'a> {
         Call {
             agent_id: intake.agent.id,
+            principal_id: intake.agent.principal_id(),
             agent_name: &intake.agent.name,
             provider: &intake.provider.name,
             method: &intake.facts.method,

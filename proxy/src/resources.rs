@@ -187,11 +187,13 @@ impl ResourceEffect {
 }
 
 /// The part of a resource's address its id does not make unique: the zone of a DNS record or custom
-/// certificate, the account of a Workers script or registration, the Stripe connected account.
+/// certificate, the account of a Workers script or registration, the Stripe connected account (or, without
+/// one, the `Stripe-Context` the call was made in).
 pub fn scope_of(
     kind: ResourceKind,
     params: &BTreeMap<String, String>,
     stripe_account: Option<&str>,
+    stripe_context: Option<&str>,
 ) -> String {
     let param = |name: &str| params.get(name).map(String::as_str).unwrap_or("");
     match kind {
@@ -207,9 +209,10 @@ pub fn scope_of(
         | ResourceKind::Subscription
         | ResourceKind::PaymentIntent
         | ResourceKind::Product
-        | ResourceKind::Price => match stripe_account {
-            Some(account) => format!("stripe-account:{account}"),
-            None => String::new(),
+        | ResourceKind::Price => match (stripe_account, stripe_context) {
+            (Some(account), _) => format!("stripe-account:{account}"),
+            (None, Some(context)) => format!("stripe-context:{context}"),
+            (None, None) => String::new(),
         },
     }
 }
@@ -221,6 +224,9 @@ pub struct Observed {
     pub action: String,
     pub params: BTreeMap<String, String>,
     pub stripe_account: Option<String>,
+    /// `Stripe-Context` as sent: the account an organization key acted in. Kept in the row's `detail`, so
+    /// that the rollback plan addresses the object where it lives.
+    pub stripe_context: Option<String>,
     pub agent_id: Uuid,
     pub agent_name: String,
     pub run_id: Option<String>,
@@ -253,9 +259,14 @@ impl Observed {
             provider: provider.to_string(),
             action: action.name.to_string(),
             params: action.params.clone(),
-            // `canon` lets one copy of Stripe-Account through, and the policy judged it.
+            // `canon` lets one copy of Stripe-Account and of Stripe-Context through, and the policy judged
+            // them.
             stripe_account: headers
                 .get("stripe-account")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            stripe_context: headers
+                .get("stripe-context")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             agent_id,
@@ -302,7 +313,12 @@ pub async fn observe(
             let Some(resource_id) = param_id(id, &observed.params) else {
                 return response;
             };
-            let scope = scope_of(*kind, &observed.params, observed.stripe_account.as_deref());
+            let scope = scope_of(
+                *kind,
+                &observed.params,
+                observed.stripe_account.as_deref(),
+                observed.stripe_context.as_deref(),
+            );
             let (store, kind, decision_id) = (store.clone(), *kind, observed.decision_id);
             let provider = observed.provider.clone();
             let write = move || {
@@ -385,11 +401,16 @@ pub async fn observe(
                     provider: observed.provider.clone(),
                     kind,
                     resource_id,
-                    scope: scope_of(kind, &observed.params, observed.stripe_account.as_deref()),
+                    scope: scope_of(
+                        kind,
+                        &observed.params,
+                        observed.stripe_account.as_deref(),
+                        observed.stripe_context.as_deref(),
+                    ),
                     zone_id: observed.params.get("zone_id").cloned(),
                     account_id: observed.params.get("account_id").cloned(),
                     stripe_account: observed.stripe_account.clone(),
-                    detail: detail_of(holder),
+                    detail: detail_of(holder, observed.stripe_context.as_deref()),
                     agent_id: observed.agent_id,
                     agent_name: observed.agent_name.clone(),
                     run_id: observed.run_id.clone(),
@@ -543,8 +564,14 @@ fn usable_id(id: &str) -> bool {
 
 /// The [`DETAIL_FIELDS`] of the object an id is in (Cloudflare's `result`, Stripe's top level, a batch's
 /// record).
-fn detail_of(object: &Value) -> Value {
+fn detail_of(object: &Value, stripe_context: Option<&str>) -> Value {
     let mut detail = serde_json::Map::new();
+    if let Some(context) = stripe_context {
+        detail.insert(
+            "stripe_context".to_string(),
+            Value::String(context.to_string()),
+        );
+    }
     if let Value::Object(fields) = object {
         for name in DETAIL_FIELDS {
             match fields.get(*name) {
@@ -723,7 +750,7 @@ mod tests {
         // Only the listed fields of the created object are kept: never `value` (a secret's place).
         let found = answer_ids(&cf, &path("result.id"));
         assert_eq!(
-            detail_of(found[0].1),
+            detail_of(found[0].1, None),
             serde_json::json!({"name": "www.example.com"})
         );
         // A DNS batch: one id per new record, each with its own fields.
@@ -733,7 +760,7 @@ mod tests {
         let ids: Vec<&str> = found.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(ids, ["r1", "r2"]);
         assert_eq!(
-            detail_of(found[1].1),
+            detail_of(found[1].1, None),
             serde_json::json!({"name": "b.example.com"})
         );
     }
@@ -744,17 +771,29 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        assert_eq!(scope_of(ResourceKind::DnsRecord, &params, None), "zone:z1");
         assert_eq!(
-            scope_of(ResourceKind::WorkersScript, &params, None),
+            scope_of(ResourceKind::DnsRecord, &params, None, None),
+            "zone:z1"
+        );
+        assert_eq!(
+            scope_of(ResourceKind::WorkersScript, &params, None, None),
             "account:a1"
         );
-        assert_eq!(scope_of(ResourceKind::Zone, &params, None), "");
+        assert_eq!(scope_of(ResourceKind::Zone, &params, None, None), "");
         assert_eq!(
-            scope_of(ResourceKind::Subscription, &params, Some("acct_9")),
+            scope_of(ResourceKind::Subscription, &params, Some("acct_9"), None),
             "stripe-account:acct_9"
         );
-        assert_eq!(scope_of(ResourceKind::Price, &params, None), "");
+        assert_eq!(
+            scope_of(
+                ResourceKind::StripeCustomer,
+                &params,
+                None,
+                Some("acct_9/acct_7")
+            ),
+            "stripe-context:acct_9/acct_7"
+        );
+        assert_eq!(scope_of(ResourceKind::Price, &params, None, None), "");
     }
 
     #[tokio::test]

@@ -405,15 +405,18 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
         .await;
     assert_eq!(subscription.status, 200, "{}", subscription.body);
 
-    // Two payment intents; one is captured afterwards (by a call of its own).
+    // Two payment intents; one is captured afterwards (by a call of its own). The open one is made in a
+    // Stripe-Context, which its rollback step must name again.
     for description in ["open", "paid"] {
-        let intent = w
-            .send(w.stripe(
-                &w.deployer,
-                "/v1/payment_intents",
-                &format!("amount=500&currency=usd&description={description}"),
-            ))
-            .await;
+        let mut create = w.stripe(
+            &w.deployer,
+            "/v1/payment_intents",
+            &format!("amount=500&currency=usd&description={description}"),
+        );
+        if description == "open" {
+            create = create.header("stripe-context", CONNECTED);
+        }
+        let intent = w.send(create).await;
         assert_eq!(intent.status, 200, "{}", intent.body);
     }
     let captured = w
@@ -474,7 +477,13 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
                 "deployer",
                 None
             ),
-            ("pi_open", "payment_intent", "", "deployer", None),
+            (
+                "pi_open",
+                "payment_intent",
+                format!("stripe-context:{CONNECTED}").as_str(),
+                "deployer",
+                None
+            ),
             ("pi_paid", "payment_intent", "", "deployer", None),
             ("rec-api", "dns_record", zone.as_str(), "deployer", None),
             (
@@ -563,6 +572,10 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
     let later: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(later["decisions"]["total"], 0);
     assert_eq!(later["resources"], json!([]));
+    assert_eq!(
+        later["tokens"][0]["token_id"], "tok-1",
+        "a token still live stays in the report whatever --since says: {later}"
+    );
     let (ok, _, err) = w.cli(&["incident", "report", "nobody"]).await;
     assert!(!ok && err.contains("no agent named"), "{err}");
 
@@ -667,6 +680,11 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
         plan["steps"][2]["call"]["headers"]["Stripe-Account"],
         CONNECTED
     );
+    assert_eq!(
+        plan["steps"][0]["call"]["headers"],
+        json!({"Stripe-Context": CONNECTED}),
+        "made in a Stripe-Context, undone in it"
+    );
     // The registration, and the upload that replaced a script older than it, are for a person.
     let irreversible: Vec<(&str, &str)> = plan["irreversible"]
         .as_array()
@@ -761,6 +779,7 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
     );
     // Forwarded as any agent's call: with the provider credential and the connected account.
     assert_eq!(received[1].header("stripe-account"), Some(CONNECTED));
+    assert_eq!(received[0].header("stripe-context"), Some(CONNECTED));
     let basic = format!(
         "Basic {}",
         base64::Engine::encode(

@@ -1494,7 +1494,8 @@ async fn notification_sweeps_see_pending_and_decided_approvals_and_the_freeze(st
 }
 
 /// The per-agent cap on pending approvals holds under concurrency: of twelve distinct calls opened at once,
-/// exactly `cap` get an approval; a repeat of one of them still gets its own; another agent is not counted.
+/// exactly `cap` get an approval; a repeat of one of them still gets its own; another agent is not counted; a
+/// handle and its minter share one cap.
 async fn twelve_concurrent_openers_get_exactly_the_cap_of_pending_approvals(store: &Store) {
     let agent = Uuid::now_v7();
     let mut tasks = Vec::new();
@@ -1503,7 +1504,7 @@ async fn twelve_concurrent_openers_get_exactly_the_cap_of_pending_approvals(stor
         let mut row = approval(&format!("capped-{i}"));
         row.agent_id = agent;
         tasks.push(tokio::spawn(async move {
-            store.open_approval_capped(&row, 3).await.unwrap()
+            store.open_approval_capped(&row, agent, 3).await.unwrap()
         }));
     }
     let mut opened = Vec::new();
@@ -1520,16 +1521,54 @@ async fn twelve_concurrent_openers_get_exactly_the_cap_of_pending_approvals(stor
     assert_eq!((opened.len(), refused), (3, 9));
     let mut again = approval(&opened[0].fingerprint);
     again.agent_id = agent;
-    match store.open_approval_capped(&again, 3).await.unwrap() {
+    match store.open_approval_capped(&again, agent, 3).await.unwrap() {
         Opened::Approval(a) => assert_eq!(a.id, opened[0].id, "a repeat keeps its approval"),
         Opened::TooMany(_) => panic!("a repeat of a waiting call was refused"),
     }
+    let other = approval("another-agent");
     assert!(matches!(
         store
-            .open_approval_capped(&approval("another-agent"), 3)
+            .open_approval_capped(&other, other.agent_id, 3)
             .await
             .unwrap(),
         Opened::Approval(_)
+    ));
+
+    // A handle's approvals count against its minter's cap, and the minter's against the handle's.
+    let minter = self::agent("cap-minter");
+    store.insert_agent(&minter).await.unwrap();
+    let handle = AgentRow {
+        minted_by: Some(minter.id),
+        minted_token_id: Some("tok-cap".into()),
+        ..self::agent("cap-minter~tok-cap")
+    };
+    store.insert_agent(&handle).await.unwrap();
+    let mut by_minter = approval("capped-by-minter");
+    by_minter.agent_id = minter.id;
+    let mut by_handle = approval("capped-by-handle");
+    by_handle.agent_id = handle.id;
+    let mut by_handle_too = approval("capped-by-handle-too");
+    by_handle_too.agent_id = handle.id;
+    assert!(matches!(
+        store
+            .open_approval_capped(&by_minter, minter.id, 2)
+            .await
+            .unwrap(),
+        Opened::Approval(_)
+    ));
+    assert!(matches!(
+        store
+            .open_approval_capped(&by_handle, minter.id, 2)
+            .await
+            .unwrap(),
+        Opened::Approval(_)
+    ));
+    assert!(matches!(
+        store
+            .open_approval_capped(&by_handle_too, minter.id, 2)
+            .await
+            .unwrap(),
+        Opened::TooMany(2)
     ));
 }
 

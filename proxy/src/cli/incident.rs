@@ -36,7 +36,8 @@ pub enum IncidentCommand {
     Report {
         /// The agent's name.
         agent: String,
-        /// Only since this time: RFC 3339, a date (YYYY-MM-DD), or a duration ago like 2h, 7d.
+        /// Only since this time: RFC 3339, a date (YYYY-MM-DD), or a duration ago like 2h, 7d. Tokens still
+        /// live are listed whenever they were minted.
         #[arg(long)]
         since: Option<String>,
         #[arg(long)]

@@ -290,16 +290,18 @@ impl Store {
         dispatch!(self, s => s.pending_queue(agent, limit).await)
     }
 
-    /// As [`Store::open_approval`], but when the call has no open approval and its agent already has `cap`
-    /// pending ones, opens none: [`Opened::TooMany`] with the count. The count and the insert are one
-    /// transaction under a per-agent lock (Postgres; SQLite's one connection serializes them), so parallel
-    /// requests cannot pass the cap.
+    /// As [`Store::open_approval`], but when the call has no open approval and its principal (the agent, or
+    /// for a handle the agent that minted it) already has `cap` pending ones, its handles' included, opens
+    /// none: [`Opened::TooMany`] with the count. The count and the insert are one transaction under a
+    /// per-principal lock (Postgres; SQLite's one connection serializes them), so parallel requests cannot
+    /// pass the cap.
     pub async fn open_approval_capped(
         &self,
         new: &ApprovalRow,
+        principal: Uuid,
         cap: i64,
     ) -> Result<Opened, StoreError> {
-        dispatch!(self, s => s.open_approval_capped(new, cap).await)
+        dispatch!(self, s => s.open_approval_capped(new, principal, cap).await)
     }
 
     /// How many pending (unexpired) approvals each agent has, most first.
@@ -637,6 +639,11 @@ pub enum MintedStatus {
 }
 
 impl MintedStatus {
+    /// Whether a token in this state still works at the provider.
+    pub fn is_live(self) -> bool {
+        matches!(self, MintedStatus::Active | MintedStatus::Rolled)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             MintedStatus::Active => "active",

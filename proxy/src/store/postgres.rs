@@ -1295,12 +1295,13 @@ impl PgStore {
     pub async fn open_approval_capped(
         &self,
         new: &ApprovalRow,
+        principal: Uuid,
         cap: i64,
     ) -> Result<Opened, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // One opener per agent at a time: the count below cannot be passed by a request racing it.
+        // One opener per principal at a time: the count below cannot be passed by a request racing it.
         sqlx::query("SELECT pg_advisory_xact_lock(7461, hashtext($1::text))")
-            .bind(new.agent_id)
+            .bind(principal)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
@@ -1324,9 +1325,10 @@ impl PgStore {
         }
         let waiting: i64 = sqlx::query(
             "SELECT count(*) AS n FROM approvals
-             WHERE agent_id = $1 AND status = 'pending' AND expires_at > now()",
+             WHERE (agent_id = $1 OR agent_id IN (SELECT id FROM agents WHERE minted_by = $1))
+               AND status = 'pending' AND expires_at > now()",
         )
-        .bind(new.agent_id)
+        .bind(principal)
         .fetch_one(&mut *tx)
         .await?
         .try_get("n")?;

@@ -1297,7 +1297,10 @@ impl SqliteStore {
         on_behalf_of, decided_by, decided_at, note, consumed_at, consumed_by_decision";
 
     pub async fn open_approval(&self, new: &ApprovalRow) -> Result<ApprovalRow, StoreError> {
-        match self.open_approval_capped(new, i64::MAX).await? {
+        match self
+            .open_approval_capped(new, new.agent_id, i64::MAX)
+            .await?
+        {
             Opened::Approval(row) => Ok(*row),
             Opened::TooMany(n) => Err(StoreError::Conflict(format!("{n} pending approvals"))),
         }
@@ -1307,6 +1310,7 @@ impl SqliteStore {
     pub async fn open_approval_capped(
         &self,
         new: &ApprovalRow,
+        principal: Uuid,
         cap: i64,
     ) -> Result<Opened, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -1332,9 +1336,11 @@ impl SqliteStore {
             return Ok(Opened::Approval(Box::new(approval_from_row(&row)?)));
         }
         let waiting: i64 = sqlx::query(
-            "SELECT count(*) AS n FROM approvals WHERE agent_id = ? AND status = 'pending' AND expires_at > ?",
+            "SELECT count(*) AS n FROM approvals
+             WHERE (agent_id = ?1 OR agent_id IN (SELECT id FROM agents WHERE minted_by = ?1))
+               AND status = 'pending' AND expires_at > ?2",
         )
-        .bind(new.agent_id.to_string())
+        .bind(principal.to_string())
         .bind(&now)
         .fetch_one(&mut *tx)
         .await?
