@@ -1275,6 +1275,24 @@ pub(crate) async fn revoke_agent_as(admin: &Arc<Admin>, me: &Reviewer, name: &st
     .await
 }
 
+/// `POST /api/incidents/{agent}/contain` as `me`, for the console's form.
+pub(crate) async fn contain_agent_as(
+    admin: &Arc<Admin>,
+    me: &Reviewer,
+    name: &str,
+    reason: &str,
+) -> Response {
+    contain_agent(
+        State(admin.clone()),
+        Extension(me.clone()),
+        Path(name.to_string()),
+        Ok(Json(ContainRequest {
+            reason: reason.to_string(),
+        })),
+    )
+    .await
+}
+
 pub(crate) async fn set_frozen_as(
     admin: &Admin,
     me: &Reviewer,

@@ -96,6 +96,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         "operations.html",
         include_str!("console/templates/operations.html"),
     ),
+    (
+        "contained.html",
+        include_str!("console/templates/contained.html"),
+    ),
 ];
 
 /// Cents as dollars: `12345` → `$123.45`.
@@ -154,6 +158,7 @@ pub fn router(admin: Arc<Admin>) -> Router<Arc<Admin>> {
         .route("/spend", get(spend_page))
         .route("/agents", get(agents_page).post(create_agent_form))
         .route("/agents/{name}/revoke", post(revoke_agent_form))
+        .route("/incidents/contain", post(contain_form))
         .route("/operations", get(operations_page))
         .route("/operations/freeze", post(freeze_form))
         .route("/operations/unfreeze", post(unfreeze_form))
@@ -179,6 +184,11 @@ const FORMS: &[(&str, &str, &str)] = &[
     ("/approvals/{id}/deny", "POST", "/api/approvals/{id}/deny"),
     ("/agents", "POST", "/api/agents"),
     ("/agents/{name}/revoke", "POST", "/api/agents/{name}/revoke"),
+    (
+        "/incidents/contain",
+        "POST",
+        "/api/incidents/{agent}/contain",
+    ),
     ("/operations/freeze", "POST", "/api/freeze"),
     ("/operations/unfreeze", "DELETE", "/api/freeze"),
     ("/operations/reload", "POST", "/api/policy/reload"),
@@ -230,6 +240,7 @@ impl Signed {
                 "approve": self.may("/approvals/{id}/approve"),
                 "create_agent": self.may("/agents"),
                 "revoke_agent": self.may("/agents/{name}/revoke"),
+                "contain": self.may("/incidents/contain"),
                 "freeze": self.may("/operations/freeze"),
                 "reload": self.may("/operations/reload"),
                 "settle": self.may("/operations/reservations/{id}/settle"),
@@ -1453,10 +1464,19 @@ async fn agents_page(
             let mut v = admin::agent_json(a);
             v["last_seen"] = json!(seen.get(&a.name));
             v["created_by"] = json!(a.created_by);
+            v["handle"] = json!(a.minted_by.is_some());
             v
         })
         .collect();
     let mut context = signed.context("agents");
+    // Containing an agent contains the handles of the tokens it minted: only minters are offered.
+    context["containable"] = json!(
+        agents
+            .iter()
+            .filter(|a| a.minted_by.is_none())
+            .map(|a| a.name.as_str())
+            .collect::<Vec<_>>()
+    );
     context["agents"] = json!(items);
     context["done"] = json!(done_message(done.done.as_deref()));
     render(StatusCode::OK, "agents.html", &context)
@@ -1543,6 +1563,46 @@ async fn revoke_agent_form(
     let answer = admin::revoke_agent_as(&admin, &signed.reviewer, &name).await;
     match api_answer(answer).await {
         Ok(_) => see_other("/agents?done=revoked"),
+        Err(refusal) => refused_page(&signed, refusal),
+    }
+}
+
+#[derive(Deserialize)]
+struct ContainForm {
+    csrf: Option<String>,
+    agent: String,
+    reason: String,
+}
+
+/// `tollgate incident contain` from the Agents page: the admin API's handler as the signed-in reviewer, and
+/// a page of what was done and what failed, with the same form again when something is left to finish.
+async fn contain_form(
+    State(admin): State<Arc<Admin>>,
+    Extension(signed): Extension<Signed>,
+    Form(form): Form<ContainForm>,
+) -> Response {
+    if !csrf_ok(&signed, form.csrf.as_deref()) {
+        return csrf_refused(&signed);
+    }
+    if let Some(refused) = role_refused(&signed, "/incidents/contain") {
+        return refused;
+    }
+    let reason = form.reason.trim();
+    if reason.is_empty() {
+        return error_page(
+            Some(&signed),
+            StatusCode::BAD_REQUEST,
+            "A reason is required",
+            "Say why the agent is contained: it is recorded with what was done. Nothing was changed.",
+        );
+    }
+    let answer = admin::contain_agent_as(&admin, &signed.reviewer, &form.agent, reason).await;
+    match api_answer(answer).await {
+        Ok(report) => {
+            let mut context = signed.context("agents");
+            context["report"] = report;
+            render(StatusCode::OK, "contained.html", &context)
+        }
         Err(refusal) => refused_page(&signed, refusal),
     }
 }

@@ -1354,3 +1354,99 @@ async fn a_body_too_large_to_show_whole_cannot_be_approved() {
         "{body}"
     );
 }
+
+/// An operator contains an agent from the Agents page: the agent is revoked, its held request denied, and the
+/// page says what was done; an approver is neither offered the form nor let through when posting it anyway.
+#[tokio::test]
+async fn an_operator_contains_an_agent_from_the_console() {
+    let s = Setup::start().await;
+    let held = s.held().await;
+    let operator = s.reviewer("olga", "operator").await;
+    let approver = s.reviewer("amir", "approver").await;
+    let browser = Browser::start().await.expect("a headless browser");
+
+    // The approver sees the agents but not the form, and a post of it is refused.
+    sign_in(&browser, &s, &approver, None).await;
+    browser
+        .goto(&s.tollgate.admin_url("/agents"))
+        .await
+        .unwrap();
+    assert!(
+        browser.find_all("#contain-agent").await.unwrap().is_empty(),
+        "an approver is not offered containment"
+    );
+    let page = browser.source().await.unwrap();
+    let cookie = session_cookie(&browser).await;
+    let (status, _) = s
+        .post_form(
+            "/incidents/contain",
+            &cookie,
+            &[
+                ("csrf", &csrf_of(&page)),
+                ("agent", "buyer"),
+                ("reason", "not mine to do"),
+            ],
+            Some(&s.tollgate.admin_url("")),
+        )
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(s.pay(None).await.0, 403, "the agent still works");
+    assert_eq!(s.approval(&held).await["status"], "pending");
+
+    // The operator contains it.
+    browser.delete_cookies().await.unwrap();
+    sign_in(&browser, &s, &operator, None).await;
+    browser
+        .goto(&s.tollgate.admin_url("/agents"))
+        .await
+        .unwrap();
+    let reason = browser.find("#contain-reason").await.unwrap();
+    browser
+        .type_into(&reason, "key pasted in a public issue")
+        .await
+        .unwrap();
+    browser
+        .click(&browser.find("#contain").await.unwrap())
+        .await
+        .unwrap();
+    browser.accept_dialog().await.unwrap();
+    browser
+        .wait_for_url(|u| u.ends_with("/incidents/contain"))
+        .await
+        .unwrap();
+    let text = |css: &'static str| {
+        let browser = &browser;
+        async move {
+            browser
+                .text(&browser.find(css).await.unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(text("#contain-state").await, "complete");
+    assert_eq!(text("#contain-revoked").await, "buyer");
+    assert_eq!(text("#contain-approvals").await, "1");
+    assert!(
+        text("#contain-tokens")
+            .await
+            .contains("no live minted tokens")
+    );
+    browser
+        .screenshot(&screenshots().join("09-contained.png"))
+        .await
+        .unwrap();
+
+    // Done: the agent's key no longer works, its request was denied with the reason, and it is recorded.
+    assert_eq!(s.pay(None).await.0, 401);
+    let approval = s.approval(&held).await;
+    assert_eq!(approval["status"], "denied", "{approval}");
+    assert_eq!(approval["decided_by"], "olga", "{approval}");
+    let (ok, out, err) = s
+        .tollgate
+        .cli(&["incident", "report", "buyer", "--json"])
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["agent"]["status"], "revoked", "{report}");
+}
