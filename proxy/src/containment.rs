@@ -89,9 +89,16 @@ pub async fn contain(
         return Err(ContainError::NoReason);
     }
     let agents = store.list_agents().await?;
-    let Some(target) = agents.iter().find(|a| a.name == name).cloned() else {
+    // Names are unique ignoring case, as the report and the rollback plan find them.
+    let wanted = name.to_lowercase();
+    let Some(target) = agents
+        .iter()
+        .find(|a| a.name.to_lowercase() == wanted)
+        .cloned()
+    else {
         return Err(ContainError::UnknownAgent(name.to_string()));
     };
+    let name = target.name.as_str();
     // The agent and each handle of a token it minted; for a handle, the handle alone.
     let members: Vec<&AgentRow> = agents
         .iter()

@@ -328,6 +328,12 @@ impl Refusal {
         if let Ok(value) = HeaderValue::from_str(&decision_id.to_string()) {
             headers.insert(crate::DECISION_HEADER, value);
         }
+        // Marks the answer as tollgate's own refusal: the forwarder strips `Tollgate-*` from every
+        // provider answer, so a client (the rollback executor) may trust this header and nothing in a body.
+        headers.insert(
+            crate::REFUSAL_HEADER,
+            HeaderValue::from_static(self.code.as_str()),
+        );
         if self.not_retryable {
             // `x-should-retry` is read by the Stainless-generated SDKs (Cloudflare's), `Stripe-Should-Retry`
             // by Stripe's.

@@ -243,7 +243,7 @@ impl Forwarder {
                 Err((UpstreamFailure::Broken, started.elapsed()))
             }
             Ok(Ok(mut response)) => {
-                strip_hop_by_hop(response.headers_mut());
+                upstream_response_hygiene(response.headers_mut());
                 Ok((response, started.elapsed()))
             }
         }
@@ -310,8 +310,10 @@ pub fn identity_encoded(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// Removes hop-by-hop headers from an upstream response before it goes back to the agent.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes hop-by-hop headers and every `Tollgate-*` header from an upstream response before it goes back
+/// to the agent: only tollgate speaks in its own namespace, so a provider (or anything posing as one) cannot
+/// make an answer look like tollgate's refusal, approval hold or decision.
+pub fn upstream_response_hygiene(headers: &mut HeaderMap) {
     for token in connection_tokens(headers) {
         if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
             headers.remove(name);
@@ -319,6 +321,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in HOP_BY_HOP {
         headers.remove(*name);
+    }
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("tollgate-"))
+        .cloned()
+        .collect();
+    for name in ours {
+        headers.remove(name);
     }
 }
 
@@ -352,6 +362,27 @@ mod tests {
             names,
             vec!["content-type", "idempotency-key", "stripe-account"]
         );
+    }
+
+    #[test]
+    fn response_header_hygiene_keeps_tollgate_namespace_for_tollgate() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("tollgate-approval-id", "forged"),
+            ("tollgate-decision", "forged"),
+            ("tollgate-refusal", "approval_required"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "application/json"),
+            ("cf-ray", "abc"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        upstream_response_hygiene(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["cf-ray", "content-type"]);
     }
 
     #[test]

@@ -178,6 +178,7 @@ pub async fn report(
         .filter(touched_since)
         .collect();
     let resources = store.resources_of(&ids, since).await?;
+    let shared = store.resources_sharing(&ids).await?;
 
     let mut by_outcome: BTreeMap<String, i64> = BTreeMap::new();
     for c in &counts {
@@ -235,7 +236,20 @@ pub async fn report(
             "rolled_at": t.rolled_at, "deleted_at": t.deleted_at, "handle_agent_id": t.handle_agent_id,
             "decision_id": t.decision_id,
         })).collect::<Vec<_>>(),
-        "resources": resources.iter().map(resource_json).collect::<Vec<_>>(),
+        "resources": resources.iter().map(|r| {
+            let mut entry = resource_json(r);
+            // Someone else's create or upload of the same live resource (their work is in it too).
+            let also: Vec<Value> = shared
+                .iter()
+                .filter(|o| r.status == ResourceStatus::Live && address(o) == address(r))
+                .map(|o| json!({"agent": o.agent_name, "action": o.action, "created_at": o.created_at,
+                                "decision_id": o.decision_id}))
+                .collect();
+            if !also.is_empty() {
+                entry["also_by"] = Value::from(also);
+            }
+            entry
+        }).collect::<Vec<_>>(),
     })))
 }
 
@@ -273,6 +287,7 @@ pub async fn rollback_plan(
     };
     let ids: Vec<Uuid> = agents.iter().map(|a| a.id).collect();
     let resources = store.resources_of(&ids, since).await?;
+    let shared = store.resources_sharing(&ids).await?;
     let later = later_payments(store, &resources).await?;
     Ok(Some(plan_for(
         &agents[0].name,
@@ -280,6 +295,7 @@ pub async fn rollback_plan(
         since,
         now,
         &resources,
+        &shared,
         &later,
     )))
 }
@@ -353,18 +369,25 @@ async fn later_payments(
     Ok(later)
 }
 
-/// The plan for these recorded resources: each live one's inverse call, or its irreversible entry.
+/// The plan for these recorded resources: each live one's inverse call, or its irreversible entry. `shared`
+/// are other agents' live rows of the same resources ([`Store::resources_sharing`]): a resource someone else
+/// also created or uploaded to holds their work too, so it is left to a person, never deleted by the plan.
 pub fn plan_for(
     agent: &str,
     agent_ids: Vec<Uuid>,
     since: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
     resources: &[ResourceRow],
+    shared: &[ResourceRow],
     later: &LaterPayments,
 ) -> RollbackPlan {
+    // One entry per resource: the agent and its handles may each have a row of the same one (the oldest, first
+    // in `resources`, tells whether the first upload replaced an earlier script).
+    let mut seen = std::collections::BTreeSet::new();
     let mut live: Vec<&ResourceRow> = resources
         .iter()
         .filter(|r| r.status == ResourceStatus::Live)
+        .filter(|r| seen.insert(address(r)))
         .collect();
     // Dependents first; within a kind, the newest first (undo in reverse).
     live.sort_by(|a, b| {
@@ -375,6 +398,36 @@ pub fn plan_for(
     let mut steps = Vec::new();
     let mut irreversible = Vec::new();
     for r in live {
+        let others: Vec<&ResourceRow> =
+            shared.iter().filter(|o| address(o) == address(r)).collect();
+        if !others.is_empty() {
+            let who = others
+                .iter()
+                .map(|o| {
+                    format!(
+                        "{} ({} at {}, decision {})",
+                        o.agent_name,
+                        o.action,
+                        o.created_at.to_rfc3339(),
+                        o.decision_id
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            irreversible.push(Irreversible {
+                resource: planned(r),
+                why: format!(
+                    "{} {} was also created or uploaded to through tollgate by {who}: undoing it here would undo their \
+                     work too",
+                    r.kind.as_str(),
+                    r.resource_id
+                ),
+                human: "check what it holds now and whose it is: undo it by hand if it should not exist, or include \
+                        the other agent's incident too"
+                    .to_string(),
+            });
+            continue;
+        }
         match inverse(r, later) {
             Inverse::Call(step) => steps.push(*step),
             Inverse::None { why, human } => irreversible.push(Irreversible {
@@ -395,6 +448,11 @@ pub fn plan_for(
         steps,
         irreversible,
     }
+}
+
+/// What makes a recorded resource the same one at its provider.
+fn address(r: &ResourceRow) -> (&str, ResourceKind, &str, &str) {
+    (&r.provider, r.kind, &r.resource_id, &r.scope)
 }
 
 /// The order a plan undoes kinds in: what lives inside or depends on another thing goes first.

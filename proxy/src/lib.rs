@@ -39,3 +39,7 @@ pub mod vault;
 
 /// The response header naming the decision record of every request.
 pub const DECISION_HEADER: http::HeaderName = http::HeaderName::from_static("tollgate-decision");
+
+/// The response header carrying the refusal code on every answer tollgate itself refused (never on a
+/// provider's answer: `Tollgate-*` headers from upstream are stripped).
+pub const REFUSAL_HEADER: http::HeaderName = http::HeaderName::from_static("tollgate-refusal");

@@ -739,6 +739,19 @@ impl Gate {
             )
             .with_rule("tollgate.token_owner"));
         }
+        // A roll hands whoever sends it the token's new secret (or a handle to it): a token tollgate never saw
+        // minted may be another system's, or the very credential tollgate forwards with (its id is one
+        // `GET /user/tokens/verify` away), so it is never rolled here, whatever the policy says. It is rolled
+        // at Cloudflare by whoever owns it.
+        if action == "cloudflare.token.roll" && rows.is_empty() {
+            return Err(Refusal::new(
+                RefusalCode::PolicyDenied,
+                format!(
+                    "tollgate: token {token_id} was not minted through tollgate, so it is not rolled here: its new                      secret would go to this agent, and the token may belong to another system or be tollgate's own                      credential. Its owner rolls it at Cloudflare; an agent mints a token of its own through tollgate"
+                ),
+            )
+            .with_rule("tollgate.token_unknown"));
+        }
         let Some(row) = rows
             .iter()
             .find(|r| &r.token_id == token_id)
@@ -1269,6 +1282,15 @@ impl Gate {
                         )
                         .not_retryable()
                         .into_response(draft.envelope, draft.id);
+                    } else if crate::vault::screen::encoded(response.headers()) {
+                        // Asked for `identity`; a compressed answer could carry the secret past the screen.
+                        tracing::error!(decision_id = %draft.id, "a handle's answer came compressed; withheld");
+                        response = Refusal::new(
+                            RefusalCode::UpstreamError,
+                            "tollgate: the provider's answer to a handle's request came compressed, so it cannot be screened for the minted secret and is withheld (vault mode)",
+                        )
+                        .not_retryable()
+                        .into_response(draft.envelope, draft.id);
                     } else {
                         response =
                             response.map(|body| crate::vault::screen::screened(body, secret));
@@ -1358,6 +1380,15 @@ impl Gate {
         if self.vault.custody_for(&intake.agent.labels) == Custody::PassThrough {
             return response;
         }
+        if crate::vault::screen::encoded(response.headers()) {
+            tracing::error!(decision_id = %draft.id, action = %intake.action.name, "a refused token action's answer came compressed; withheld");
+            return Refusal::new(
+                RefusalCode::UpstreamError,
+                "tollgate: the provider's answer to this token action came compressed, so it cannot be screened and is withheld (vault mode)",
+            )
+            .not_retryable()
+            .into_response(draft.envelope, draft.id);
+        }
         let (head, body) = response.into_parts();
         let limited = http_body_util::Limited::new(body, TOKEN_RESPONSE_LIMIT);
         let read =
@@ -1407,6 +1438,13 @@ impl Gate {
                 .not_retryable()
                 .into_response(draft.envelope, draft.id)
         };
+        // Asked for `identity`: a compressed answer cannot be read for its token nor screened for a secret.
+        if custody == Custody::Vault && crate::vault::screen::encoded(response.headers()) {
+            tracing::error!(decision_id = %draft.id, action = %intake.action.name, "the provider's answer to a token action came compressed; withheld");
+            return withheld(
+                "the provider's answer to this token action came compressed, so it cannot be read and is withheld (vault mode); the action may have taken effect",
+            );
+        }
         let (mut head, body) = response.into_parts();
         let limited = http_body_util::Limited::new(body, TOKEN_RESPONSE_LIMIT);
         let bytes = match tokio::time::timeout(

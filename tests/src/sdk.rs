@@ -427,6 +427,8 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     /// How long to wait before answering (after recording the request).
     pub delay: Duration,
+    /// Bytes sent in place of `body` (a body no JSON serializer would write, or a compressed one).
+    pub raw: Option<Vec<u8>>,
 }
 
 impl Reply {
@@ -436,6 +438,15 @@ impl Reply {
             body,
             headers: Vec::new(),
             delay: Duration::ZERO,
+            raw: None,
+        }
+    }
+
+    /// These exact bytes as the body (still labelled `application/json` unless a header says otherwise).
+    pub fn raw(status: u16, bytes: Vec<u8>) -> Reply {
+        Reply {
+            raw: Some(bytes),
+            ..Reply::json(status, Value::Null)
         }
     }
 
@@ -561,7 +572,10 @@ async fn stand_in_answer(State(state): State<Arc<StandInState>>, request: Reques
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
-    let mut response = Response::new(Body::from(reply.body.to_string()));
+    let mut response = Response::new(match reply.raw {
+        Some(bytes) => Body::from(bytes),
+        None => Body::from(reply.body.to_string()),
+    });
     *response.status_mut() =
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();

@@ -261,6 +261,24 @@ impl World {
         self.gate.cli(args).await.expect("cli runs")
     }
 
+    /// `incident rollback-plan --execute PLAN` through this gate with `key` in `$TOLLGATE_AGENT_KEY`.
+    async fn execute(&self, plan: &str, key: &str) -> (bool, String, String) {
+        self.gate
+            .cli_env(
+                &[
+                    "incident",
+                    "rollback-plan",
+                    "--execute",
+                    plan,
+                    "--proxy",
+                    &self.gate.url(""),
+                ],
+                &[("TOLLGATE_AGENT_KEY", key)],
+            )
+            .await
+            .expect("cli runs")
+    }
+
     /// The recorded resources, by resource id: (kind, scope, agent, status, stripe account, decision).
     async fn resources(
         &self,
@@ -725,22 +743,7 @@ async fn created_resources_are_reported_and_rolled_back_through_the_gate() {
         .await
         .unwrap();
     w.stand_in.take();
-    let execute = || async {
-        w.gate
-            .cli_env(
-                &[
-                    "incident",
-                    "rollback-plan",
-                    "--execute",
-                    plan_file,
-                    "--proxy",
-                    &w.gate.url(""),
-                ],
-                &[("TOLLGATE_AGENT_KEY", operator.as_str())],
-            )
-            .await
-            .unwrap()
-    };
+    let execute = || async { w.execute(plan_file, operator.as_str()).await };
     let (ok, out, err) = execute().await;
     assert!(
         !ok,
@@ -868,21 +871,7 @@ async fn a_plan_of_another_version_or_without_a_key_is_refused_before_any_call()
     )
     .unwrap();
     let plan = plan.to_str().unwrap();
-    let (ok, _, err) = w
-        .gate
-        .cli_env(
-            &[
-                "incident",
-                "rollback-plan",
-                "--execute",
-                plan,
-                "--proxy",
-                &w.gate.url(""),
-            ],
-            &[("TOLLGATE_AGENT_KEY", "tg_x")],
-        )
-        .await
-        .unwrap();
+    let (ok, _, err) = w.execute(plan, "tg_x").await;
     assert!(!ok && err.contains("version 9"), "{err}");
     let (ok, _, err) = w
         .cli(&["incident", "rollback-plan", "deployer", "--out", plan])
@@ -936,24 +925,25 @@ async fn a_plan_of_another_version_or_without_a_key_is_refused_before_any_call()
     )
     .unwrap();
     let (ok, out, _) = w
-        .gate
-        .cli_env(
-            &[
-                "incident",
-                "rollback-plan",
-                "--execute",
-                forged.to_str().unwrap(),
-                "--proxy",
-                &w.gate.url(""),
-            ],
-            &[("TOLLGATE_AGENT_KEY", w.deployer.as_str())],
-        )
-        .await
-        .unwrap();
+        .execute(forged.to_str().unwrap(), w.deployer.as_str())
+        .await;
     assert!(
         !ok && out.contains("is not one a rollback step may set"),
         "{out}"
     );
+    // A path whose tail would be cut off (`#`) or sent as a query (`?`) is not the call a reviewer read.
+    for tail in ["r1#../../records/other", "r1?per_page=1"] {
+        let mut plan: Value =
+            serde_json::from_str(&std::fs::read_to_string(&forged).unwrap()).unwrap();
+        plan["steps"][0]["call"]["headers"] = json!({});
+        plan["steps"][0]["call"]["path"] =
+            json!(format!("/client/v4/zones/{ZONE}/dns_records/{tail}"));
+        std::fs::write(&forged, plan.to_string()).unwrap();
+        let (ok, out, _) = w
+            .execute(forged.to_str().unwrap(), w.deployer.as_str())
+            .await;
+        assert!(!ok && out.contains("is not a plain path"), "{out}");
+    }
     assert!(w.stand_in.take().is_empty());
 }
 
@@ -1026,4 +1016,124 @@ async fn records_a_dns_batch_created_are_each_recorded_and_planned() {
         assert!(paths.contains(&path.as_str()), "{paths:?}");
     }
     assert!(plan["steps"][0]["resource"]["detail"]["type"].is_string());
+}
+
+/// A provider answer dressed as tollgate's refusal (its `Tollgate-*` headers and a `tollgate` object) is the
+/// provider's answer: the agent never sees tollgate's headers on it, and the rollback executor reports a
+/// provider failure instead of waiting on an approval the provider made up.
+#[tokio::test]
+async fn a_provider_answer_cannot_pass_for_a_tollgate_refusal() {
+    let w = world(0).await;
+    let created = w.dns_create(&w.deployer, "forged.example.com").await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    w.until_resources("live", 1).await;
+    let plan = w.dir.path().join("plan.json");
+    let plan = plan.to_str().unwrap();
+    let (ok, _, err) = w
+        .cli(&["incident", "rollback-plan", "deployer", "--out", plan])
+        .await;
+    assert!(ok, "{err}");
+    w.stand_in.answer(|_: &RecordedRequest| {
+        Reply::json(
+            409,
+            json!({"success": false, "errors": [{"code": 1, "message": "held"}],
+                   "tollgate": {"code": "approval_required", "approval_id": "forged-approval"}}),
+        )
+        .header("Tollgate-Approval-Id", "forged-approval")
+        .header("Tollgate-Refusal", "approval_required")
+        .header("Tollgate-Decision", "00000000-0000-0000-0000-000000000000")
+    });
+    let probe = w
+        .send(w.cf(
+            reqwest::Method::GET,
+            &w.deployer,
+            &format!("/zones/{ZONE}/dns_records"),
+        ))
+        .await;
+    assert_eq!(probe.status, 409);
+    assert_eq!(
+        probe.approval, None,
+        "the provider's Tollgate-Approval-Id is dropped"
+    );
+    assert_ne!(
+        probe.decision, "00000000-0000-0000-0000-000000000000",
+        "the decision header is tollgate's own"
+    );
+    let operator = w
+        .gate
+        .create_agent("incident-operator", &["--team", "sre"])
+        .await
+        .unwrap();
+    let (ok, out, err) = w.execute(plan, operator.as_str()).await;
+    assert!(!ok, "{out}\n{err}");
+    assert!(
+        out.contains("FAILED") && out.contains("HTTP 409") && !out.contains("forged-approval"),
+        "{out}"
+    );
+}
+
+/// Another agent's upload to a script the first agent created is that agent's work too: each has a row, the
+/// second shows in its own report, and neither agent's rollback plan deletes the script (it is left to a
+/// person, naming the other agent).
+#[tokio::test]
+async fn a_script_two_agents_uploaded_is_in_both_reports_and_no_plan_deletes_it() {
+    let w = world(0).await;
+    let publisher = w
+        .gate
+        .create_agent("publisher", &["--scope", "dns:write"])
+        .await
+        .unwrap();
+    let boundary = "tollgateshared";
+    let script = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\n\r\n\
+         {{\"main_module\": \"index.js\"}}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"index.js\"; \
+         filename=\"index.js\"\r\nContent-Type: application/javascript+module\r\n\r\nexport default {{}}\r\n--{boundary}--\r\n"
+    );
+    for key in [&w.deployer, &publisher] {
+        let deployed = w
+            .send(
+                w.cf(
+                    reqwest::Method::PUT,
+                    key,
+                    &format!("/accounts/{ACCOUNT}/workers/scripts/shared"),
+                )
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .body(script.clone()),
+            )
+            .await;
+        assert_eq!(deployed.status, 200, "{}", deployed.body);
+    }
+    w.until_resources("live", 2).await;
+    let owners: Vec<String> = w.resources().await.into_iter().map(|r| r.3).collect();
+    assert_eq!(owners.len(), 2);
+    assert!(owners.contains(&"deployer".to_string()) && owners.contains(&"publisher".to_string()));
+
+    let (ok, out, err) = w.cli(&["incident", "report", "publisher", "--json"]).await;
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["resources"][0]["id"], "shared", "{report:#}");
+    assert_eq!(report["resources"][0]["also_by"][0]["agent"], "deployer");
+
+    for (agent, other) in [("deployer", "publisher"), ("publisher", "deployer")] {
+        let (ok, out, err) = w.cli(&["incident", "rollback-plan", agent]).await;
+        assert!(ok, "{err}");
+        let plan: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(plan["steps"], json!([]), "{agent}: {plan:#}");
+        let why = plan["irreversible"][0]["why"].as_str().unwrap();
+        assert!(why.contains(other), "{agent}: {why}");
+    }
+
+    // Once deleted through tollgate, both rows are.
+    let deleted = w
+        .send(w.cf(
+            reqwest::Method::DELETE,
+            &w.deployer,
+            &format!("/accounts/{ACCOUNT}/workers/scripts/shared"),
+        ))
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    w.until_resources("deleted", 2).await;
 }

@@ -1894,8 +1894,8 @@ fn resource(agent: &AgentRow, kind: ResourceKind, id: &str, scope: &str) -> Reso
     }
 }
 
-/// A created resource is one row per (provider, kind, id, scope), whatever replays it; a delete marks it
-/// once, and only in its own scope.
+/// A created resource is one row per (provider, kind, id, scope) and agent, whatever replays it; another
+/// agent's create of it is that agent's row; a delete marks every row of it once, and only in its own scope.
 async fn created_resources_are_recorded_once_and_marked_deleted(store: &Store) {
     let deployer = agent("deployer");
     let other = agent("other");
@@ -1982,25 +1982,78 @@ async fn created_resources_are_recorded_once_and_marked_deleted(store: &Store) {
     // The same id made again after its delete (a reused Workers script name) is a new resource.
     let again = resource(&other, ResourceKind::DnsRecord, "rec-1", "zone:z1");
     assert!(store.record_resource(&again).await.unwrap());
-    assert!(
-        !store
-            .record_resource(&resource(
-                &deployer,
-                ResourceKind::DnsRecord,
-                "rec-1",
-                "zone:z1"
-            ))
-            .await
-            .unwrap()
-    );
     assert_eq!(
         store.resources_of(&[other.id], None).await.unwrap()[1],
         again
     );
     assert_eq!(
         store.resources_of(&[deployer.id], None).await.unwrap(),
-        vec![elsewhere]
+        vec![first.clone().deleted(by, at), elsewhere.clone()]
     );
+    assert_eq!(
+        store.resources_sharing(&[other.id]).await.unwrap(),
+        vec![],
+        "nobody else's live row of it"
+    );
+    // Another agent's create or upload of a live resource is a row of its own (its work is in it too), and
+    // each sees the other's.
+    let upload = resource(&deployer, ResourceKind::DnsRecord, "rec-1", "zone:z1");
+    assert!(store.record_resource(&upload).await.unwrap());
+    assert_eq!(
+        store.resources_sharing(&[other.id]).await.unwrap(),
+        vec![upload.clone()]
+    );
+    assert_eq!(
+        store.resources_sharing(&[deployer.id]).await.unwrap(),
+        vec![again.clone()]
+    );
+    assert_eq!(
+        store
+            .resources_sharing(&[deployer.id, other.id])
+            .await
+            .unwrap(),
+        vec![],
+        "one family's own rows are not shared"
+    );
+    // A delete ends every agent's row of it.
+    let by = Uuid::now_v7();
+    assert!(
+        store
+            .mark_resource_deleted(
+                "cloudflare",
+                ResourceKind::DnsRecord,
+                "rec-1",
+                "zone:z1",
+                by,
+                at
+            )
+            .await
+            .unwrap()
+    );
+    for agent in [&deployer, &other] {
+        let rows = store.resources_of(&[agent.id], None).await.unwrap();
+        let row = rows
+            .iter()
+            .find(|r| r.scope == "zone:z1" && r.kind == ResourceKind::DnsRecord)
+            .unwrap();
+        assert_eq!(
+            (row.status, row.deleted_by_decision),
+            (ResourceStatus::Deleted, Some(by))
+        );
+    }
+}
+
+trait Deleted {
+    fn deleted(self, by: Uuid, at: chrono::DateTime<Utc>) -> Self;
+}
+
+impl Deleted for ResourceRow {
+    fn deleted(mut self, by: Uuid, at: chrono::DateTime<Utc>) -> Self {
+        self.status = ResourceStatus::Deleted;
+        self.deleted_by_decision = Some(by);
+        self.deleted_at = Some(chrono::SubsecRound::trunc_subsecs(at, 6));
+        self
+    }
 }
 
 /// The reads an incident report makes: the agent with every handle it (or its handles) minted, their

@@ -116,6 +116,23 @@ fn cloudflare_tokens(
         if path.ends_with("/echo-header") {
             return ok(json!([])).header("x-debug-auth", &seen);
         }
+        let sent_secret = seen.strip_prefix("Bearer ").unwrap_or_default();
+        // The same echo JSON-escaped, in part, or compressed (a screen reading plain bytes would miss it).
+        if path.ends_with("/echo-escaped") {
+            let escaped: String = sent_secret
+                .chars()
+                .map(|c| format!("\\u{:04x}", c as u32))
+                .collect();
+            return Reply::raw(200, format!("{{\"you_sent\":\"{escaped}\"}}").into_bytes());
+        }
+        if path.ends_with("/echo-prefix") {
+            let prefix: String = sent_secret.chars().take(14).collect();
+            return ok(json!({"you_sent": prefix}));
+        }
+        if path.ends_with("/echo-gzip") {
+            return Reply::raw(200, vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3])
+                .header("content-encoding", "gzip");
+        }
         if let Some(rest) = path.strip_prefix("/client/v4/user/tokens/") {
             if r.method == "PUT" && rest.ends_with("/value") {
                 let n = rolls.fetch_add(1, Ordering::SeqCst);
@@ -757,7 +774,8 @@ async fn answers_that_would_leak_the_secret_are_withheld() {
         .cli(&[
             "incident",
             "contain",
-            "deployer",
+            // Any case finds the agent, as the report and the rollback plan do.
+            "Deployer",
             "--reason",
             "withheld tokens",
         ])
@@ -852,10 +870,19 @@ async fn tokens_belong_to_their_minter_and_handles_spend_its_budget() {
     assert_eq!(w.delete(&intruder, "tok.alpha").await, 400);
     assert!(w.stand_in.take().is_empty());
 
-    // A token id that is not plain is refused before anything; a token tollgate never saw minted is not
-    // anyone's: the policy input says so (null), and the call goes on.
-    let (status, _) = w.roll(&intruder, "tok-from-elsewhere").await;
-    assert_eq!(status, 200);
+    // A token tollgate never saw minted (another system's, or tollgate's own credential) is never rolled
+    // here: its new secret would go to the roller, and tollgate would adopt the token as the roller's.
+    let (status, answer) = w.roll(&intruder, "tok-from-elsewhere").await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(answer["tollgate"]["rule"], "tollgate.token_unknown");
+    assert!(w.stand_in.take().is_empty());
+    let adopted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM minted_tokens WHERE token_id = 'tok-from-elsewhere'",
+    )
+    .fetch_one(&w.pool)
+    .await
+    .unwrap();
+    assert_eq!(adopted, 0, "nothing adopted");
 
     // A delete answered 200 without success leaves the token recorded live; once really deleted, it is
     // still the minter's: nobody else may roll it (it may be live again at the provider for all tollgate
@@ -1350,6 +1377,35 @@ async fn a_provider_echoing_the_minted_credential_does_not_reveal_it() {
         asked.iter().all(|a| a.as_deref() == Some("identity")),
         "{asked:?}"
     );
+    // Escaped character by character, or only its first 14 characters: cut off all the same. Compressed
+    // (never asked for): withheld, as it cannot be screened.
+    for path in ["echo-escaped", "echo-prefix"] {
+        // A short answer is cut off before even its head leaves.
+        let Ok(r) = w
+            .http
+            .get(w.gate.url(&format!("/cloudflare/client/v4/zones/z/{path}")))
+            .bearer_auth(&handle)
+            .send()
+            .await
+        else {
+            continue;
+        };
+        if let Ok(bytes) = r.bytes().await {
+            panic!(
+                "{path}: the answer arrived whole: {}",
+                String::from_utf8_lossy(&bytes).len()
+            );
+        }
+    }
+    let r = w
+        .http
+        .get(w.gate.url("/cloudflare/client/v4/zones/z/echo-gzip"))
+        .bearer_auth(&handle)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 502);
+    assert_eq!(r.headers()["tollgate-refusal"], "upstream_error");
     // The minter's own requests (tollgate's credential) are not screened for a secret they do not carry.
     let (status, _, _) = w
         .read(&w.deployer, "/cloudflare/client/v4/zones/z/echo")

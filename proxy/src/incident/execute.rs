@@ -217,6 +217,14 @@ impl Gateway {
                 step.call.method
             ));
         };
+        // A plan's path is a path: what follows a `?` or `#` would be cut off or sent as a query, so the call
+        // made would not be the call the reviewer read (a plan writes those characters percent-encoded).
+        if !step.call.path.starts_with('/') || step.call.path.contains(['?', '#']) {
+            return failed(format!(
+                "the plan's path {:?} is not a plain path ('/…' without '?' or '#'; ids are percent-encoded)",
+                step.call.path
+            ));
+        }
         let prefix = self.proxy.path().trim_end_matches('/');
         let path = format!("{prefix}/{}{}", step.call.provider, step.call.path);
         let mut parts = self.proxy.clone().into_parts();
@@ -309,14 +317,17 @@ impl Gateway {
             };
             let decision_id = header("tollgate-decision");
             let approval_header = header("tollgate-approval-id");
+            // Only tollgate's own refusals carry this header (the gate strips `Tollgate-*` from provider
+            // answers), so a body's `tollgate` object is believed only beside it.
+            let refusal = header(crate::REFUSAL_HEADER.as_str());
             let bytes = http_body_util::Limited::new(response.into_body(), ANSWER_LIMIT)
                 .collect()
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            Ok::<_, String>((status, decision_id, approval_header, bytes))
+            Ok::<_, String>((status, decision_id, approval_header, refusal, bytes))
         };
-        let (status, decision_id, approval_header, bytes) =
+        let (status, decision_id, approval_header, refusal, bytes) =
             match tokio::time::timeout(STEP_TIMEOUT, exchange).await {
                 Err(_) => return failed(format!("no answer within {} s", STEP_TIMEOUT.as_secs())),
                 Ok(Err(why)) => {
@@ -335,14 +346,10 @@ impl Gateway {
                 decision_id,
             };
         }
-        match body
-            .get("tollgate")
-            .and_then(|t| t.get("code"))
-            .and_then(Value::as_str)
-        {
+        match refusal {
             Some(code) => Answer::Refused {
                 status,
-                code: code.to_string(),
+                code,
                 approval_id: approval_header
                     .or_else(|| body["tollgate"]["approval_id"].as_str().map(str::to_string)),
                 decision_id,

@@ -45,6 +45,7 @@ fn check(kind: ResourceKind, detail: Value, expected: Option<(&str, &str, &str)>
         None,
         Utc::now(),
         &[row(kind, "r 1", 0, detail)],
+        &[],
         &LaterPayments::default(),
     );
     match expected {
@@ -179,6 +180,7 @@ fn irreversible_things_say_what_a_person_must_do() {
                 json!({"status": "succeeded"}),
             ),
         ],
+        &[],
         &LaterPayments::default(),
     );
     assert!(plan.steps.is_empty());
@@ -212,6 +214,7 @@ fn dependents_go_first_and_deleted_resources_are_left_out() {
             price,
             gone,
         ],
+        &[],
         &LaterPayments::default(),
     );
     let order: Vec<&str> = plan.steps.iter().map(|s| s.resource.id.as_str()).collect();
@@ -243,6 +246,7 @@ fn a_plan_file_reads_back_and_other_versions_are_refused() {
             1,
             json!({"name": "www"}),
         )],
+        &[],
         &LaterPayments::default(),
     );
     let text = serde_json::to_string_pretty(&plan).unwrap();
@@ -276,6 +280,7 @@ fn a_payment_intent_captured_later_is_irreversible_and_one_confirmed_later_says_
         None,
         Utc::now(),
         std::slice::from_ref(&intent),
+        &[],
         &later,
     );
     assert_eq!(plan.steps.len(), 1);
@@ -287,11 +292,55 @@ fn a_payment_intent_captured_later_is_irreversible_and_one_confirmed_later_says_
             .contains(&confirm.to_string())
     );
     later.add("pi_1", "stripe.payment.capture", Uuid::now_v7());
-    let plan = plan_for("deployer", vec![], None, Utc::now(), &[intent], &later);
+    let plan = plan_for("deployer", vec![], None, Utc::now(), &[intent], &[], &later);
     assert!(plan.steps.is_empty());
     assert!(
         plan.irreversible[0]
             .why
             .contains("captured after it was created")
+    );
+}
+
+#[test]
+fn a_resource_another_agent_also_uploaded_to_is_left_to_a_person_and_planned_once() {
+    let mine = row(ResourceKind::WorkersScript, "blog", 0, json!({}));
+    let mut handle_upload = row(ResourceKind::WorkersScript, "blog", 2, json!({}));
+    handle_upload.agent_name = "deployer~tok-1".to_string();
+    let mut theirs = row(ResourceKind::WorkersScript, "blog", 5, json!({}));
+    theirs.agent_name = "publisher".to_string();
+    theirs.action = "cloudflare.worker.deploy".to_string();
+    let record = row(ResourceKind::DnsRecord, "rec1", 1, json!({}));
+    let plan = plan_for(
+        "deployer",
+        vec![],
+        None,
+        Utc::now(),
+        &[mine.clone(), record.clone(), handle_upload],
+        &[],
+        &LaterPayments::default(),
+    );
+    let ids: Vec<&str> = plan.steps.iter().map(|s| s.resource.id.as_str()).collect();
+    assert_eq!(ids, ["rec1", "blog"], "one step per resource");
+    assert_eq!(
+        plan.steps[1].id,
+        mine.id.to_string(),
+        "the first upload's row"
+    );
+    let plan = plan_for(
+        "deployer",
+        vec![],
+        None,
+        Utc::now(),
+        &[mine, record],
+        std::slice::from_ref(&theirs),
+        &LaterPayments::default(),
+    );
+    let ids: Vec<&str> = plan.steps.iter().map(|s| s.resource.id.as_str()).collect();
+    assert_eq!(ids, ["rec1"], "never deletes the other agent's upload");
+    assert_eq!(plan.irreversible.len(), 1);
+    let why = &plan.irreversible[0].why;
+    assert!(
+        why.contains("publisher") && why.contains("cloudflare.worker.deploy"),
+        "{why}"
     );
 }

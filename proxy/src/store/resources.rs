@@ -114,14 +114,16 @@ macro_rules! on_backend {
 }
 
 impl Store {
-    /// Records a created resource; false (and the row unchanged) when the same resource, (provider, kind,
-    /// id, scope), is already recorded live: a replayed or idempotent create. A row whose resource was deleted
-    /// is replaced: the same id made again (a Workers script name reused) is a new resource, its creator's.
+    /// Records a created resource, one row per agent that made it; false (and the row unchanged) when this
+    /// agent's row of the same resource, (provider, kind, id, scope), is already live: a replayed or
+    /// idempotent create. Another agent's create or upload of a resource already recorded is a row of its own
+    /// (a second upload to a Workers script is that agent's work too). A row whose resource was deleted is
+    /// replaced: the same id made again (a Workers script name reused) is a new resource.
     pub async fn record_resource(&self, row: &ResourceRow) -> Result<bool, StoreError> {
         on_backend!(self, s => s.record_resource(row).await)
     }
 
-    /// Marks a live recorded resource deleted by `decision_id`; false when there is no such live row.
+    /// Marks every agent's live row of a resource deleted by `decision_id`; false when there is none.
     pub async fn mark_resource_deleted(
         &self,
         provider: &str,
@@ -141,6 +143,15 @@ impl Store {
         since: Option<DateTime<Utc>>,
     ) -> Result<Vec<ResourceRow>, StoreError> {
         on_backend!(self, s => s.resources_of(agent_ids, since).await)
+    }
+
+    /// Live rows of agents other than these at the same address as a live row of these: a resource someone
+    /// else also created or uploaded to, which a rollback of these agents must not simply delete.
+    pub async fn resources_sharing(
+        &self,
+        agent_ids: &[Uuid],
+    ) -> Result<Vec<ResourceRow>, StoreError> {
+        on_backend!(self, s => s.resources_sharing(agent_ids).await)
     }
 
     /// The agent named `name` (ignoring case, as names are unique) followed by every handle agent it minted,

@@ -1,7 +1,11 @@
 //! The answer to a request made with a handle, screened for the minted secret it was forwarded with: a
 //! provider that echoes the credential (a debug header, an error quoting the request) must not hand the
-//! secret to the agent. The body streams through with the last `len(secret) - 1` bytes held back, so no part
-//! of a match is ever sent; a match ends the body with an error instead (the agent sees a broken answer).
+//! secret to the agent. What counts as carrying it: any run of [`WINDOW`] consecutive characters of the
+//! secret (a prefix, a middle, the whole), each character as itself or as a JSON escape (`\u0053`, `\/`),
+//! so neither a partial echo nor an escaped one gets through. The body streams through with enough bytes
+//! held back that no part of such a run is ever sent; a match ends the body with an error instead (the agent
+//! sees a broken answer). A compressed answer cannot be screened: the caller withholds it (it asked for
+//! `identity`).
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -11,6 +15,13 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::Frame;
 
+/// How many consecutive characters of a secret make a leak (all of it, for a shorter secret). Cloudflare's
+/// secrets are 40 characters; 12 of them are still 70 bits an agent must not be handed piecemeal.
+pub const WINDOW: usize = 12;
+
+/// The longest JSON spelling of one ASCII character (`\u0053`).
+const LONGEST_ESCAPE: usize = 6;
+
 /// The secret of a `Bearer <secret>` credential, as bytes to look for.
 pub fn secret_of(credential: &http::HeaderValue) -> Option<Vec<u8>> {
     let bytes = credential.as_bytes();
@@ -18,11 +29,77 @@ pub fn secret_of(credential: &http::HeaderValue) -> Option<Vec<u8>> {
     (!secret.is_empty()).then(|| secret.to_vec())
 }
 
-/// Whether any response header carries `secret`.
+/// Whether any response header carries `secret` (see the module docs for what counts).
 pub fn headers_carry(headers: &HeaderMap, secret: &[u8]) -> bool {
+    headers.values().any(|v| carries(v.as_bytes(), secret))
+}
+
+/// Whether the answer is in a content coding other than `identity` (and so cannot be screened).
+pub fn encoded(headers: &HeaderMap) -> bool {
     headers
-        .values()
-        .any(|v| super::contains(v.as_bytes(), secret))
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| {
+            v.to_str().map_or(true, |v| {
+                v.split(',')
+                    .map(str::trim)
+                    .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+            })
+        })
+}
+
+/// Whether `hay` carries a run of [`WINDOW`] consecutive characters of `secret` (all of it if shorter), each
+/// character literal or JSON-escaped.
+pub fn carries(hay: &[u8], secret: &[u8]) -> bool {
+    let window = secret.len().min(WINDOW);
+    if window == 0 {
+        return false;
+    }
+    let mut i = 0;
+    while i < hay.len() {
+        if let Some((first, _)) = unit(hay, i) {
+            for start in 0..=secret.len() - window {
+                if secret[start] != first {
+                    continue;
+                }
+                let mut at = i;
+                let mut matched = 0;
+                while matched < window {
+                    match unit(hay, at) {
+                        Some((b, width)) if b == secret[start + matched] => {
+                            at += width;
+                            matched += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                if matched == window {
+                    return true;
+                }
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The character spelled at `hay[at..]` and how many bytes spell it: a byte as itself, or a JSON escape of
+/// an ASCII character (`\uXXXX` in either case of hex, or `\/`, `\"`, `\\`).
+fn unit(hay: &[u8], at: usize) -> Option<(u8, usize)> {
+    let b = *hay.get(at)?;
+    if b != b'\\' {
+        return Some((b, 1));
+    }
+    match hay.get(at + 1) {
+        Some(b'u') | Some(b'U') => {
+            let hex = hay.get(at + 2..at + 6)?;
+            let text = std::str::from_utf8(hex).ok()?;
+            let code = u32::from_str_radix(text, 16).ok()?;
+            (code < 0x80).then_some((code as u8, 6))
+        }
+        Some(&c @ (b'/' | b'"' | b'\\')) => Some((c, 2)),
+        _ => Some((b, 1)),
+    }
 }
 
 /// `body`, ended with an error where it would carry `secret`.
@@ -65,7 +142,7 @@ impl http_body::Body for Screened {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         this.held.extend_from_slice(&data);
-                        if super::contains(&this.held, &this.secret) {
+                        if carries(&this.held, &this.secret) {
                             this.done = true;
                             tracing::error!(
                                 "a handle's answer carries its minted secret; the answer is cut off"
@@ -74,7 +151,9 @@ impl http_body::Body for Screened {
                                 "the provider's answer carries the minted secret; withheld",
                             ))));
                         }
-                        let keep = this.secret.len().saturating_sub(1);
+                        // A run that could still complete may start no earlier than this many bytes back.
+                        let keep =
+                            (this.secret.len().min(WINDOW) * LONGEST_ESCAPE).saturating_sub(1);
                         if this.held.len() > keep {
                             let out = this.held.split_to(this.held.len() - keep).freeze();
                             return Poll::Ready(Some(Ok(Frame::data(out))));
@@ -153,6 +232,48 @@ mod tests {
             through(&["s3cr3", "x s3cr"], "s3cr3t").await.unwrap(),
             "s3cr3x s3cr"
         );
+    }
+
+    const LONG: &str = "Ab3dEf6hIj9lMn2pQr5tUv8xYz1bCd4fGh7jKl0n";
+
+    #[tokio::test]
+    async fn an_escaped_or_partial_echo_of_a_long_secret_is_cut_off() {
+        // JSON escapes, in any case of hex, split across chunks.
+        let escaped: String = LONG
+            .chars()
+            .map(|c| format!("\\u{:04X}", c as u32))
+            .collect();
+        let (a, b) = escaped.split_at(37);
+        assert!(through(&["{\"echo\":\"", a, b, "\"}"], LONG).await.is_err());
+        let mixed = format!("{}\\u0066{}", &LONG[..5], &LONG[6..14]);
+        assert!(through(&[&mixed], LONG).await.is_err());
+        // Twelve characters from the middle, or the first twelve, are a leak; eleven are not.
+        assert!(through(&["x", &LONG[20..32], "y"], LONG).await.is_err());
+        assert!(through(&[&LONG[..12]], LONG).await.is_err());
+        let eleven = format!("[{}] [{}]", &LONG[..11], &LONG[11..22]);
+        assert_eq!(through(&[&eleven], LONG).await.unwrap(), eleven);
+        // An ordinary answer passes whole, whatever its chunks.
+        let ordinary = r#"{"success":true,"result":{"id":"023e105f4ecef8ad9ca31a8372d0c353"}}"#;
+        let (a, b) = ordinary.split_at(20);
+        assert_eq!(through(&[a, b], LONG).await.unwrap(), ordinary);
+    }
+
+    #[test]
+    fn compressed_answers_are_told_apart() {
+        let mut h = HeaderMap::new();
+        assert!(!encoded(&h));
+        h.insert(
+            "content-encoding",
+            http::HeaderValue::from_static("identity"),
+        );
+        assert!(!encoded(&h));
+        h.insert("content-encoding", http::HeaderValue::from_static("gzip"));
+        assert!(encoded(&h));
+        h.insert(
+            "content-encoding",
+            http::HeaderValue::from_static("identity, br"),
+        );
+        assert!(encoded(&h));
     }
 
     #[test]

@@ -22,7 +22,7 @@ impl PgStore {
                  detail, agent_id, agent_name, run_id, decision_id, action, created_at, status, deleted_at,
                  deleted_by_decision)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
-             ON CONFLICT (provider, kind, resource_id, scope) DO UPDATE SET
+             ON CONFLICT (provider, kind, resource_id, scope, agent_id) DO UPDATE SET
                  id = excluded.id, zone_id = excluded.zone_id, account_id = excluded.account_id,
                  stripe_account = excluded.stripe_account, detail = excluded.detail, agent_id = excluded.agent_id,
                  agent_name = excluded.agent_name, run_id = excluded.run_id, decision_id = excluded.decision_id,
@@ -74,7 +74,7 @@ impl PgStore {
         .bind(decision_id)
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(done.rows_affected() >= 1)
     }
 
     pub async fn resources_of(
@@ -90,6 +90,25 @@ impl PgStore {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(agent_ids)
             .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(resource_from_row).collect()
+    }
+
+    pub async fn resources_sharing(
+        &self,
+        agent_ids: &[Uuid],
+    ) -> Result<Vec<ResourceRow>, StoreError> {
+        let sql = format!(
+            "SELECT {RESOURCE_COLUMNS} FROM resources r
+             WHERE r.status = 'live' AND NOT (r.agent_id = ANY($1))
+               AND EXISTS (SELECT 1 FROM resources m
+                           WHERE m.agent_id = ANY($1) AND m.status = 'live' AND m.provider = r.provider
+                             AND m.kind = r.kind AND m.resource_id = r.resource_id AND m.scope = r.scope)
+             ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(agent_ids)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(resource_from_row).collect()

@@ -30,7 +30,7 @@ impl SqliteStore {
                  detail, agent_id, agent_name, run_id, decision_id, action, created_at, status, deleted_at,
                  deleted_by_decision)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (provider, kind, resource_id, scope) DO UPDATE SET
+             ON CONFLICT (provider, kind, resource_id, scope, agent_id) DO UPDATE SET
                  id = excluded.id, zone_id = excluded.zone_id, account_id = excluded.account_id,
                  stripe_account = excluded.stripe_account, detail = excluded.detail, agent_id = excluded.agent_id,
                  agent_name = excluded.agent_name, run_id = excluded.run_id, decision_id = excluded.decision_id,
@@ -82,7 +82,7 @@ impl SqliteStore {
         .bind(scope)
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(done.rows_affected() >= 1)
     }
 
     pub async fn resources_of(
@@ -98,6 +98,26 @@ impl SqliteStore {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id_list(agent_ids))
             .bind(since.map(ts))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(resource_from_row).collect()
+    }
+
+    pub async fn resources_sharing(
+        &self,
+        agent_ids: &[Uuid],
+    ) -> Result<Vec<ResourceRow>, StoreError> {
+        let sql = format!(
+            "SELECT {RESOURCE_COLUMNS} FROM resources r
+             WHERE r.status = 'live' AND r.agent_id NOT IN (SELECT value FROM json_each(?1))
+               AND EXISTS (SELECT 1 FROM resources m
+                           WHERE m.agent_id IN (SELECT value FROM json_each(?1)) AND m.status = 'live'
+                             AND m.provider = r.provider AND m.kind = r.kind AND m.resource_id = r.resource_id
+                             AND m.scope = r.scope)
+             ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id_list(agent_ids))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(resource_from_row).collect()
