@@ -179,6 +179,10 @@ pub async fn report(
         .collect();
     let resources = store.resources_of(&ids, since).await?;
     let shared = store.resources_sharing(&ids).await?;
+    // One more than is shown tells whether the list is cut short.
+    let mut changes = store.agent_changes(&ids, since, REPORT_CHANGES + 1).await?;
+    let changes_truncated = changes.len() as i64 > REPORT_CHANGES;
+    changes.truncate(REPORT_CHANGES as usize);
 
     let mut by_outcome: BTreeMap<String, i64> = BTreeMap::new();
     for c in &counts {
@@ -236,6 +240,8 @@ pub async fn report(
             "rolled_at": t.rolled_at, "deleted_at": t.deleted_at, "handle_agent_id": t.handle_agent_id,
             "decision_id": t.decision_id,
         })).collect::<Vec<_>>(),
+        "changes": changes,
+        "changes_truncated": changes_truncated,
         "resources": resources.iter().map(|r| {
             let mut entry = resource_json(r);
             // Someone else's create or upload of the same live resource (their work is in it too).
@@ -274,6 +280,9 @@ fn resource_json(r: &ResourceRow) -> Value {
         "deleted_by_decision": r.deleted_by_decision,
     })
 }
+
+/// How many of an agent's allowed changing calls a report lists (newest first).
+pub const REPORT_CHANGES: i64 = 1000;
 
 /// The rollback plan for an agent (and its handles): `None` when there is no such agent.
 pub async fn rollback_plan(
@@ -594,8 +603,13 @@ fn inverse(r: &ResourceRow, later: &LaterPayments) -> Inverse {
         ),
         ResourceKind::DomainRegistration => Inverse::None {
             why: format!(
-                "domain {} was registered and paid for; registrations are non-refundable and cannot be undone by a call",
-                r.resource_id
+                "domain {} was {} and paid for; registrations are non-refundable and cannot be undone by a call",
+                r.resource_id,
+                if r.action == "cloudflare.domain.transfer_in" {
+                    "transferred in (with a year's renewal)"
+                } else {
+                    "registered"
+                }
             ),
             human: format!(
                 "decide whether to keep it. To let it lapse, turn auto-renew off (PATCH /client/v4/accounts/{}/registrar/registrations/{} \

@@ -1136,4 +1136,74 @@ async fn a_script_two_agents_uploaded_is_in_both_reports_and_no_plan_deletes_it(
         .await;
     assert_eq!(deleted.status, 200, "{}", deleted.body);
     w.until_resources("deleted", 2).await;
+    // The deployer's report lists the delete among what it did, with the provider's answer; the text form
+    // too.
+    let mut changes = Value::Null;
+    for _ in 0..50 {
+        let (ok, out, err) = w.cli(&["incident", "report", "deployer", "--json"]).await;
+        assert!(ok, "{err}");
+        let report: Value = serde_json::from_str(&out).unwrap();
+        changes = report["changes"].clone();
+        if changes[0]["upstream_status"] == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        changes[0]["action"], "cloudflare.worker.delete",
+        "{changes:#}"
+    );
+    assert_eq!(changes[0]["upstream_status"], 200, "{changes:#}");
+    assert_eq!(changes[0]["decision_id"], deleted.decision.as_str());
+    assert_eq!(
+        changes[1]["action"], "cloudflare.worker.deploy",
+        "{changes:#}"
+    );
+    assert_eq!(changes.as_array().unwrap().len(), 2, "reads are not listed");
+    let (ok, out, _) = w.cli(&["incident", "report", "deployer"]).await;
+    assert!(ok);
+    assert!(
+        out.contains("calls that could change something (allowed, newest first): 2")
+            && out.contains(&format!(
+                "DELETE /client/v4/accounts/{ACCOUNT}/workers/scripts/shared"
+            )),
+        "{out}"
+    );
+}
+
+/// A domain transferred in is paid for like a registration: recorded under the path's domain and listed as
+/// irreversible, never as a call.
+#[tokio::test]
+async fn a_domain_transferred_in_is_recorded_and_irreversible() {
+    let w = world(0).await;
+    let moved = w
+        .send(
+            w.cf(
+                reqwest::Method::POST,
+                &w.deployer,
+                &format!("/accounts/{ACCOUNT}/registrar/registrations/moved-in.dev/transfer-in"),
+            )
+            .json(&json!({"auth_code": "not-a-secret-here"})),
+        )
+        .await;
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    w.until_resources("live", 1).await;
+    let rows = w.resources().await;
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1.as_str(), rows[0].6.as_str()),
+        (
+            "moved-in.dev",
+            "domain_registration",
+            moved.decision.as_str()
+        )
+    );
+    let (ok, out, err) = w.cli(&["incident", "rollback-plan", "deployer"]).await;
+    assert!(ok, "{err}");
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["steps"], json!([]));
+    let why = plan["irreversible"][0]["why"].as_str().unwrap();
+    assert!(
+        why.contains("moved-in.dev") && why.contains("transferred in"),
+        "{why}"
+    );
 }

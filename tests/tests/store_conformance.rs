@@ -2103,8 +2103,52 @@ async fn an_incident_report_reads_an_agent_and_its_handles(store: &Store) {
         r.code = code.map(str::to_string);
         audit.record(r).await.unwrap();
     }
+    // What the family changed: allowed calls of any risk but read, newest first, with their answers.
+    let mut changed = Vec::new();
+    for (who, risk, action) in [
+        (&deployer, "write", "cloudflare.dns.delete"),
+        (&grandchild, "high", "cloudflare.worker.delete"),
+        (&deployer, "write", "cloudflare.dns.update"),
+        (&other, "write", "cloudflare.dns.delete"),
+    ] {
+        let mut r = record(&who.name, "allow", action);
+        r.agent_id = Some(who.id);
+        r.risk = risk.into();
+        r.method = "DELETE".into();
+        r.at = Utc::now() + Days::milliseconds(changed.len() as i64);
+        changed.push(audit.record(r).await.unwrap().decision_id());
+    }
+    audit.record_outcome(tollgate::store::OutcomeRow {
+        decision_id: changed[1],
+        at: Utc::now(),
+        upstream_status: Some(200),
+        latency_us: 10,
+        error: None,
+        flagged: false,
+    });
     drop(audit);
     let _ = task.await;
+    let changes = store.agent_changes(&ids, None, 2).await.unwrap();
+    let seen: Vec<(Uuid, &str, &str, Option<i32>)> = changes
+        .iter()
+        .map(|c| {
+            (
+                c.decision_id,
+                c.action.as_str(),
+                c.risk.as_str(),
+                c.upstream_status,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (changed[2], "cloudflare.dns.update", "write", None),
+            (changed[1], "cloudflare.worker.delete", "high", Some(200)),
+        ],
+        "newest first, at most the limit, reads and other agents left out"
+    );
+    assert_eq!(store.agent_changes(&ids, None, 10).await.unwrap().len(), 3);
     let counts = store.decision_counts(&ids, None).await.unwrap();
     let seen: Vec<(&str, Option<&str>, i64)> = counts
         .iter()
@@ -2112,7 +2156,7 @@ async fn an_incident_report_reads_an_agent_and_its_handles(store: &Store) {
         .collect();
     assert_eq!(
         seen,
-        [("allow", None, 2), ("refused", Some("budget_exceeded"), 1)]
+        [("allow", None, 5), ("refused", Some("budget_exceeded"), 1)]
     );
     assert!(
         store

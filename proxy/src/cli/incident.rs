@@ -328,6 +328,31 @@ fn print_report(r: &Value) {
             text(t, "minted_by")
         );
     }
+    let changes = r["changes"].as_array().cloned().unwrap_or_default();
+    println!(
+        "\ncalls that could change something (allowed, newest first): {}{}",
+        changes.len(),
+        if r["changes_truncated"] == true {
+            " (the newest only; --json and the decision log have the rest)"
+        } else {
+            ""
+        }
+    );
+    for c in &changes {
+        println!(
+            "  {} {} {} {} ({}, by {}): {}, decision {}",
+            text(c, "at"),
+            text(c, "action"),
+            text(c, "method"),
+            text(c, "path"),
+            text(c, "risk"),
+            text(c, "agent_name"),
+            c["upstream_status"]
+                .as_i64()
+                .map_or("no answer recorded".to_string(), |s| format!("HTTP {s}")),
+            text(c, "decision_id")
+        );
+    }
     let resources = r["resources"].as_array().cloned().unwrap_or_default();
     let live = resources.iter().filter(|x| x["status"] == "live").count();
     println!("\nresources created: {} ({live} live)", resources.len());

@@ -18,7 +18,7 @@ mod resources;
 mod sqlite;
 
 pub use postgres::{PgSink, PgStore};
-pub use resources::{AgentSpendRow, DecisionCount, ResourceRow, ResourceStatus};
+pub use resources::{AgentSpendRow, ChangeRow, DecisionCount, ResourceRow, ResourceStatus};
 pub use sqlite::SqliteStore;
 
 /// The store behind every module: Postgres or the embedded SQLite file.

@@ -75,6 +75,21 @@ pub struct DecisionCount {
     pub count: i64,
 }
 
+/// One call an agent was allowed that could change something (any risk but `read`), with what the provider
+/// answered: what the incident report lists as what the agent did, deletes of others' work included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChangeRow {
+    pub decision_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub agent_name: Option<String>,
+    pub action: String,
+    pub risk: String,
+    pub method: String,
+    pub path: String,
+    /// `None` when it was not answered (or the outcome is not recorded yet).
+    pub upstream_status: Option<i32>,
+}
+
 /// An agent's reservations in one budget window and state, summed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AgentSpendRow {
@@ -143,6 +158,17 @@ impl Store {
         since: Option<DateTime<Utc>>,
     ) -> Result<Vec<ResourceRow>, StoreError> {
         on_backend!(self, s => s.resources_of(agent_ids, since).await)
+    }
+
+    /// The calls these agents were allowed that could change something (risk not `read`), at or after
+    /// `since`, newest first, at most `limit`.
+    pub async fn agent_changes(
+        &self,
+        agent_ids: &[Uuid],
+        since: Option<DateTime<Utc>>,
+        limit: i64,
+    ) -> Result<Vec<ChangeRow>, StoreError> {
+        on_backend!(self, s => s.agent_changes(agent_ids, since, limit).await)
     }
 
     /// Live rows of agents other than these at the same address as a live row of these: a resource someone

@@ -8,7 +8,7 @@ use super::super::resources::{kind_parse, resource_status_parse};
 use super::{PgStore, agent_from_row, minted_from_row};
 use crate::resources::ResourceKind;
 use crate::store::{
-    AgentRow, AgentSpendRow, DecisionCount, MintedTokenRow, ResourceRow, StoreError,
+    AgentRow, AgentSpendRow, ChangeRow, DecisionCount, MintedTokenRow, ResourceRow, StoreError,
 };
 
 const RESOURCE_COLUMNS: &str = "id, provider, kind, resource_id, scope, zone_id, account_id, stripe_account, \
@@ -130,6 +130,40 @@ impl PgStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(agent_from_row).collect()
+    }
+
+    pub async fn agent_changes(
+        &self,
+        agent_ids: &[Uuid],
+        since: Option<DateTime<Utc>>,
+        limit: i64,
+    ) -> Result<Vec<ChangeRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.id, d.at, d.agent_name, d.action, d.risk, d.method, d.path, o.upstream_status
+             FROM decisions d LEFT JOIN decision_outcomes o ON o.decision_id = d.id
+             WHERE d.agent_id = ANY($1) AND d.outcome = 'allow' AND d.risk <> 'read'
+               AND ($2::timestamptz IS NULL OR d.at >= $2)
+             ORDER BY d.at DESC, d.id DESC LIMIT $3",
+        )
+        .bind(agent_ids)
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ChangeRow {
+                    decision_id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    agent_name: r.try_get("agent_name")?,
+                    action: r.try_get("action")?,
+                    risk: r.try_get("risk")?,
+                    method: r.try_get("method")?,
+                    path: r.try_get("path")?,
+                    upstream_status: r.try_get("upstream_status")?,
+                })
+            })
+            .collect()
     }
 
     pub async fn decision_counts(

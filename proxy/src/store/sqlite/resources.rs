@@ -12,7 +12,7 @@ use super::{
 };
 use crate::resources::ResourceKind;
 use crate::store::{
-    AgentRow, AgentSpendRow, DecisionCount, MintedTokenRow, ResourceRow, StoreError,
+    AgentRow, AgentSpendRow, ChangeRow, DecisionCount, MintedTokenRow, ResourceRow, StoreError,
 };
 
 const RESOURCE_COLUMNS: &str = "id, provider, kind, resource_id, scope, zone_id, account_id, stripe_account, \
@@ -139,6 +139,40 @@ impl SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(agent_from_row).collect()
+    }
+
+    pub async fn agent_changes(
+        &self,
+        agent_ids: &[Uuid],
+        since: Option<DateTime<Utc>>,
+        limit: i64,
+    ) -> Result<Vec<ChangeRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.id, d.at, d.agent_name, d.action, d.risk, d.method, d.path, o.upstream_status
+             FROM decisions d LEFT JOIN decision_outcomes o ON o.decision_id = d.id
+             WHERE d.agent_id IN (SELECT value FROM json_each(?1)) AND d.outcome = 'allow' AND d.risk <> 'read'
+               AND (?2 IS NULL OR d.at >= ?2)
+             ORDER BY d.at DESC, d.id DESC LIMIT ?3",
+        )
+        .bind(id_list(agent_ids))
+        .bind(since.map(ts))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ChangeRow {
+                    decision_id: uuid(&r.try_get::<String, _>("id")?)?,
+                    at: parse_ts(&r.try_get::<String, _>("at")?)?,
+                    agent_name: r.try_get("agent_name")?,
+                    action: r.try_get("action")?,
+                    risk: r.try_get("risk")?,
+                    method: r.try_get("method")?,
+                    path: r.try_get("path")?,
+                    upstream_status: r.try_get("upstream_status")?,
+                })
+            })
+            .collect()
     }
 
     pub async fn decision_counts(
