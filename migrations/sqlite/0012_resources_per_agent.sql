@@ -21,10 +21,14 @@ CREATE TABLE resources_new (
     status               TEXT NOT NULL DEFAULT 'live' CHECK (status IN ('live', 'deleted')),
     deleted_at           TEXT,
     deleted_by_decision  TEXT,
+    updated_at           TEXT,
+    updated_by_decision  TEXT,
     UNIQUE (provider, kind, resource_id, scope, agent_id)
 );
-INSERT INTO resources_new SELECT id, provider, kind, resource_id, scope, zone_id, account_id, stripe_account,
-    detail, agent_id, agent_name, run_id, decision_id, action, created_at, status, deleted_at, deleted_by_decision
+INSERT INTO resources_new (id, provider, kind, resource_id, scope, zone_id, account_id, stripe_account, detail,
+    agent_id, agent_name, run_id, decision_id, action, created_at, status, deleted_at, deleted_by_decision)
+    SELECT id, provider, kind, resource_id, scope, zone_id, account_id, stripe_account, detail, agent_id,
+    agent_name, run_id, decision_id, action, created_at, status, deleted_at, deleted_by_decision
     FROM resources;
 DROP TABLE resources;
 ALTER TABLE resources_new RENAME TO resources;

@@ -260,7 +260,7 @@ pub(crate) async fn delete_at_provider(
                     }
                     result.error = Some(format!(
                         "the provider answered {status} without \"success\": true: {}",
-                        body.map(|b| summary(&b))
+                        body.map(|b| summary(forwarder, &b))
                             .unwrap_or_else(|| "(its answer could not be read)".to_string())
                     ));
                     tokio::time::sleep(pause).await;
@@ -271,7 +271,7 @@ pub(crate) async fn delete_at_provider(
                     result.error = None;
                     return result;
                 }
-                let body = read_short(response.into_body()).await;
+                let body = read_short(forwarder, response.into_body()).await;
                 result.error = Some(format!("the provider answered {status}: {body}"));
                 // A refusal that will not change by asking again (no permission, a bad request) is final.
                 if status.is_client_error() && status != http::StatusCode::TOO_MANY_REQUESTS {
@@ -301,7 +301,7 @@ pub(crate) async fn delete_at_provider(
 }
 
 /// A provider's answer, at most 16 KiB, within 5 s.
-async fn read_body(body: hyper::body::Incoming) -> Option<Bytes> {
+async fn read_body(body: axum::body::Body) -> Option<Bytes> {
     let limited = http_body_util::Limited::new(body, 16 * 1024);
     match tokio::time::timeout(Duration::from_secs(5), limited.collect()).await {
         Ok(Ok(collected)) => Some(collected.to_bytes()),
@@ -310,14 +310,19 @@ async fn read_body(body: hyper::body::Incoming) -> Option<Bytes> {
 }
 
 /// The start of a provider's error answer, for the report (escaped: a person reads it).
-async fn read_short(body: hyper::body::Incoming) -> String {
+async fn read_short(forwarder: &Forwarder, body: axum::body::Body) -> String {
     match read_body(body).await {
-        Some(bytes) => summary(&bytes),
+        Some(bytes) => summary(forwarder, &bytes),
         None => "(its answer could not be read)".to_string(),
     }
 }
 
-fn summary(bytes: &[u8]) -> String {
+/// The provider's error message, cut short; withheld whole when it quotes tollgate's own credential (a
+/// provider echoing the request), since the report is printed, stored and shown in the console.
+fn summary(forwarder: &Forwarder, bytes: &[u8]) -> String {
+    if forwarder.quotes_own_credential(bytes) {
+        return "(the provider's message quotes tollgate's credential; withheld)".to_string();
+    }
     let text = match serde_json::from_slice::<Value>(bytes) {
         Ok(v) => v["errors"][0]["message"]
             .as_str()

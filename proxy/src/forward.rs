@@ -3,7 +3,9 @@
 //! Owns: the upstream HTTP client (hyper over rustls, pooled keep-alive connections, HTTP/1.1 and HTTP/2),
 //! the [`Permit`] that every forward requires, request and response header hygiene (hop-by-hop headers per
 //! RFC 9110 §7.6.1, agent credentials and `Tollgate-*` headers stripped), and injection of the provider
-//! credential that the agent never holds.
+//! credential that the agent never holds. A provider's answer reaches the caller as its status, headers and
+//! body only: no reason phrase, no trailers, no other extension, so nothing rides past the checks on headers
+//! and body (a minted secret echoed in a trailer or a status line).
 //! Must not: check policy. It trusts the `Permit`, whose constructors demand an allow decision and a
 //! durably committed record, or (containment) an operator's recorded admin action. Requests are never retried here; hyper's pool re-sends only a request it
 //! could not start writing on a connection the server had already closed.
@@ -11,12 +13,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
+use http_body::Frame;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -95,6 +98,9 @@ pub enum UpstreamFailure {
 struct Upstream {
     base: Uri,
     authorization: Option<HeaderValue>,
+    /// The credential's secret and its encoded form as it goes out (Basic's base64), to know it when a
+    /// provider quotes it back.
+    spellings: Vec<secrecy::SecretString>,
 }
 
 pub struct Forwarder {
@@ -164,18 +170,22 @@ impl Forwarder {
             .build(https);
         let mut upstreams = BTreeMap::new();
         for (name, p) in &config.providers {
+            let mut spellings = Vec::new();
             let authorization = match &p.credential {
                 Some(c) => match &c.secret {
                     Some(secret) => {
+                        spellings.push(secret.clone());
                         let text = match c.scheme {
                             CredentialScheme::Bearer => {
                                 format!("Bearer {}", secret.expose_secret())
                             }
-                            CredentialScheme::Basic => format!(
-                                "Basic {}",
-                                base64::engine::general_purpose::STANDARD
-                                    .encode(format!("{}:", secret.expose_secret()))
-                            ),
+                            CredentialScheme::Basic => {
+                                let encoded = base64::engine::general_purpose::STANDARD
+                                    .encode(format!("{}:", secret.expose_secret()));
+                                let text = format!("Basic {encoded}");
+                                spellings.push(encoded.into());
+                                text
+                            }
                         };
                         let mut value = HeaderValue::from_str(&text)
                             .map_err(|_| format!("providers.{name}: the credential contains characters not allowed in a header"))?;
@@ -191,6 +201,7 @@ impl Forwarder {
                 Upstream {
                     base: p.upstream.clone(),
                     authorization,
+                    spellings,
                 },
             );
         }
@@ -201,6 +212,15 @@ impl Forwarder {
         })
     }
 
+    /// Whether `text` (a provider's message) quotes a credential tollgate forwards with, or 12 characters of
+    /// one, in any of the spellings [`crate::vault::screen::carries`] knows.
+    pub fn quotes_own_credential(&self, text: &[u8]) -> bool {
+        self.upstreams
+            .values()
+            .flat_map(|u| &u.spellings)
+            .any(|s| crate::vault::screen::carries(text, s.expose_secret().as_bytes()))
+    }
+
     /// Sends the permitted request upstream and returns the response head with its body still streaming.
     pub async fn forward(
         &self,
@@ -209,7 +229,7 @@ impl Forwarder {
         method: Method,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> Result<(Response<Incoming>, Duration), (UpstreamFailure, Duration)> {
+    ) -> Result<(Response<Body>, Duration), (UpstreamFailure, Duration)> {
         let started = Instant::now();
         let Some(upstream) = self.upstreams.get(&permit.provider) else {
             return Err((UpstreamFailure::Connect, started.elapsed()));
@@ -243,10 +263,61 @@ impl Forwarder {
                 Err((UpstreamFailure::Broken, started.elapsed()))
             }
             Ok(Ok(mut response)) => {
+                // A transfer coding other than chunked (`gzip, chunked`) would hand on a body still coded,
+                // which no check on the body can read; no provider answers so.
+                if transfer_coded(response.headers()) {
+                    tracing::warn!(provider = %permit.provider, "upstream answered with a transfer coding other than chunked");
+                    return Err((UpstreamFailure::Broken, started.elapsed()));
+                }
                 upstream_response_hygiene(response.headers_mut());
-                Ok((response, started.elapsed()))
+                // The reason phrase (hyper keeps it as an extension) and anything else beside the head.
+                response.extensions_mut().clear();
+                Ok((
+                    response.map(|body| Body::new(WithoutTrailers(body))),
+                    started.elapsed(),
+                ))
             }
         }
+    }
+}
+
+/// Whether a response's `Transfer-Encoding` names a coding other than `chunked`.
+fn transfer_coded(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TRANSFER_ENCODING).iter().any(|v| {
+        v.to_str().map_or(true, |v| {
+            v.split(',')
+                .map(str::trim)
+                .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("chunked"))
+        })
+    })
+}
+
+/// A provider's body without its trailers: no provider API sends any, and a trailer would go past the checks
+/// made on headers (a `Tollgate-*` name, a minted secret).
+struct WithoutTrailers<B>(B);
+
+impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for WithoutTrailers<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        loop {
+            match std::task::ready!(std::pin::Pin::new(&mut self.0).poll_frame(cx)) {
+                Some(Ok(frame)) if !frame.is_data() => continue,
+                other => return std::task::Poll::Ready(other),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
     }
 }
 
@@ -383,6 +454,54 @@ mod tests {
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, vec!["cf-ray", "content-type"]);
+    }
+
+    #[tokio::test]
+    async fn a_providers_trailers_are_dropped_and_its_data_kept() {
+        use http_body_util::BodyExt;
+        let mut trailers = HeaderMap::new();
+        trailers.insert(
+            "tollgate-refusal",
+            HeaderValue::from_static("approval_required"),
+        );
+        trailers.insert("x-secret", HeaderValue::from_static("s3cr3t"));
+        let frames = Frames(
+            vec![
+                Frame::data(Bytes::from_static(b"{\"a\":")),
+                Frame::trailers(trailers),
+                Frame::data(Bytes::from_static(b"1}")),
+            ]
+            .into(),
+        );
+        let collected = WithoutTrailers(frames).collect().await.unwrap();
+        assert!(collected.trailers().is_none());
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"{\"a\":1}"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        assert!(transfer_coded(&h));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(!transfer_coded(&h));
+    }
+
+    /// A body of the given frames.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(self.0.pop_front().map(Ok))
+        }
     }
 
     #[test]

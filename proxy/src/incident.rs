@@ -87,6 +87,11 @@ pub struct PlannedResource {
     pub created_with: String,
     #[serde(default)]
     pub detail: Value,
+    /// The same agent's latest create or upload of it after the first (a re-upload of its script).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_by_decision: Option<Uuid>,
 }
 
 /// An HTTP call through the gate: `{method} /{provider}{path}` on tollgate's agent listener.
@@ -277,7 +282,8 @@ fn resource_json(r: &ResourceRow) -> Value {
         "account_id": r.account_id, "stripe_account": r.stripe_account, "status": r.status.as_str(),
         "detail": r.detail, "agent": r.agent_name, "run_id": r.run_id, "decision_id": r.decision_id,
         "action": r.action, "created_at": r.created_at, "deleted_at": r.deleted_at,
-        "deleted_by_decision": r.deleted_by_decision,
+        "deleted_by_decision": r.deleted_by_decision, "updated_at": r.updated_at,
+        "updated_by_decision": r.updated_by_decision,
     })
 }
 
@@ -503,6 +509,8 @@ fn planned(r: &ResourceRow) -> PlannedResource {
         created_by_decision: r.decision_id,
         created_with: r.action.clone(),
         detail: r.detail.clone(),
+        updated_at: r.updated_at,
+        updated_by_decision: r.updated_by_decision,
     }
 }
 
@@ -568,6 +576,21 @@ fn inverse(r: &ResourceRow, later: &LaterPayments) -> Inverse {
             format!("delete custom certificate {} of zone {}", r.resource_id, r.zone_id.as_deref().unwrap_or("?")),
             Some("visitors of the hostnames it covers fall back to another certificate, or none"),
         ),
+        // A version upload or a rollout puts code into (or moves the traffic of) a script the agent did not
+        // create through tollgate: deleting the script would delete what others made.
+        ResourceKind::WorkersScript if r.action != "cloudflare.worker.deploy" => Inverse::None {
+            why: format!(
+                "the agent changed Workers script {} ({}) but did not create it through tollgate: deleting it would \
+                 remove the script itself",
+                r.resource_id, r.action
+            ),
+            human: format!(
+                "move its traffic back to the version that ran before (GET /client/v4/accounts/{acct}/workers/scripts/{id}/deployments, \
+                 then POST …/deployments with that version at 100 %)",
+                acct = r.account_id.as_deref().unwrap_or("{account_id}"),
+                id = r.resource_id
+            ),
+        },
         ResourceKind::WorkersScript if replaced_existing(r) => Inverse::None {
             why: format!(
                 "the agent's upload replaced Workers script {}, which exists since {}: deleting it would remove the \

@@ -38,7 +38,7 @@ use crate::store::{
     AgentRow, Idempotency, MintedStatus, MintedTokenRow, NewReservation, OutcomeRow, Reservation,
     Store, TokenRoll, TokenUpdate,
 };
-use crate::vault::{Custody, MintedResponse, TOKEN_RESPONSE_LIMIT, TokenEvent, Vault, contains};
+use crate::vault::{Custody, MintedResponse, TOKEN_RESPONSE_LIMIT, TokenEvent, Vault};
 
 /// Request headers that carry secrets: never in the policy input, never in a decision record.
 const SECRET_HEADERS: &[&str] = &[
@@ -1166,7 +1166,7 @@ impl Gate {
             {
                 self.read_evidence(response, latency).await
             }
-            other => other.map(|(response, latency)| (response.map(Body::new), latency, None)),
+            other => other.map(|(response, latency)| (response, latency, None)),
         };
 
         // settle: money first, then the outcome record
@@ -1292,8 +1292,8 @@ impl Gate {
                         .not_retryable()
                         .into_response(draft.envelope, draft.id);
                     } else {
-                        response =
-                            response.map(|body| crate::vault::screen::screened(body, secret));
+                        response = response
+                            .map(|body| crate::vault::screen::screened(body, secret, draft.id));
                     }
                 }
                 if response.status().as_u16() != status {
@@ -1695,12 +1695,13 @@ impl Gate {
                             .unwrap_or_default();
                         let answer = parsed.with_handle(event, key.expose());
                         // The secret must not leave by another field, or a header: withheld if it would.
+                        // (Any 12 characters of it, as the handle screen looks for.)
                         let leaks = !secret.is_empty()
-                            && (contains(&answer, secret.as_bytes())
-                                || head
-                                    .headers
-                                    .values()
-                                    .any(|v| contains(v.as_bytes(), secret.as_bytes())));
+                            && (crate::vault::screen::carries(&answer, secret.as_bytes())
+                                || crate::vault::screen::headers_carry(
+                                    &head.headers,
+                                    secret.as_bytes(),
+                                ));
                         if leaks {
                             tracing::error!(%token_id, decision_id = %draft.id, "the minted secret appears elsewhere in the provider's answer; withheld");
                             // The handle was never handed out; it is revoked all the same. The token stays
@@ -1868,7 +1869,7 @@ impl Gate {
     /// same bytes. A body that cannot be read is an unknown outcome (the refusal says so).
     async fn read_evidence(
         &self,
-        response: http::Response<hyper::body::Incoming>,
+        response: http::Response<Body>,
         latency: Duration,
     ) -> ForwardResult {
         let (head, body) = response.into_parts();

@@ -420,6 +420,8 @@ pub async fn observe(
                     status: ResourceStatus::Live,
                     deleted_at: None,
                     deleted_by_decision: None,
+                    updated_at: None,
+                    updated_by_decision: None,
                 })
                 .collect();
             let (provider, kind_name, decision_id, count) = (

@@ -429,6 +429,8 @@ pub struct Reply {
     pub delay: Duration,
     /// Bytes sent in place of `body` (a body no JSON serializer would write, or a compressed one).
     pub raw: Option<Vec<u8>>,
+    /// An HTTP/1 reason phrase in place of the status's usual one.
+    pub reason: Option<String>,
 }
 
 impl Reply {
@@ -439,7 +441,14 @@ impl Reply {
             headers: Vec::new(),
             delay: Duration::ZERO,
             raw: None,
+            reason: None,
         }
+    }
+
+    /// Answers with this reason phrase on the status line (HTTP/1).
+    pub fn reason(mut self, text: &str) -> Reply {
+        self.reason = Some(text.to_owned());
+        self
     }
 
     /// These exact bytes as the body (still labelled `application/json` unless a header says otherwise).
@@ -578,6 +587,12 @@ async fn stand_in_answer(State(state): State<Arc<StandInState>>, request: Reques
     });
     *response.status_mut() =
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Some(phrase) = reply
+        .reason
+        .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.into_bytes()).ok())
+    {
+        response.extensions_mut().insert(phrase);
+    }
     let headers = response.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,

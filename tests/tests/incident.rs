@@ -1207,3 +1207,109 @@ async fn a_domain_transferred_in_is_recorded_and_irreversible() {
         "{why}"
     );
 }
+
+/// A version uploaded to (or a rollout of) a script is recorded as that agent's upload: the script's creator's
+/// plan leaves it to a person, and the uploader's plan never deletes a script it did not create.
+#[tokio::test]
+async fn a_version_uploaded_to_a_script_counts_as_that_agents_work() {
+    let w = world(0).await;
+    let versioner = w
+        .gate
+        .create_agent("versioner", &["--scope", "dns:write"])
+        .await
+        .unwrap();
+    let boundary = "tollgateversion";
+    let form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\n\r\n\
+         {{\"main_module\": \"index.js\"}}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"index.js\"; \
+         filename=\"index.js\"\r\nContent-Type: application/javascript+module\r\n\r\nexport default {{}}\r\n--{boundary}--\r\n"
+    );
+    let multipart = |method: reqwest::Method, key: &str, path: String| {
+        w.cf(method, key, &path)
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(form.clone())
+    };
+    let scripts = format!("/accounts/{ACCOUNT}/workers/scripts");
+    let sent = [
+        multipart(
+            reqwest::Method::PUT,
+            &w.deployer,
+            format!("{scripts}/blog2"),
+        ),
+        multipart(
+            reqwest::Method::POST,
+            &versioner,
+            format!("{scripts}/blog2/versions"),
+        ),
+        w.cf(
+            reqwest::Method::POST,
+            &versioner,
+            &format!("{scripts}/blog2/deployments"),
+        )
+        .json(&json!({"strategy": "percentage",
+                      "versions": [{"version_id": "v-2", "percentage": 100}]})),
+        multipart(
+            reqwest::Method::POST,
+            &versioner,
+            format!("{scripts}/foreign/versions"),
+        ),
+    ];
+    for request in sent {
+        let answer = w.send(request).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    w.until_resources("live", 3).await;
+
+    let w = &w;
+    let plan = |agent: &'static str| async move {
+        let (ok, out, err) = w.cli(&["incident", "rollback-plan", agent]).await;
+        assert!(ok, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let deployer = plan("deployer").await;
+    assert_eq!(deployer["steps"], json!([]), "{deployer:#}");
+    assert!(
+        deployer["irreversible"][0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("versioner")
+    );
+    let theirs = plan("versioner").await;
+    assert_eq!(theirs["steps"], json!([]), "{theirs:#}");
+    let whys: Vec<&str> = theirs["irreversible"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["why"].as_str().unwrap())
+        .collect();
+    assert_eq!(whys.len(), 2, "{whys:?}");
+    assert!(
+        whys.iter()
+            .any(|w| w.contains("foreign") && w.contains("did not create it")),
+        "{whys:?}"
+    );
+    assert!(
+        whys.iter()
+            .any(|w| w.contains("blog2") && w.contains("deployer"))
+    );
+    // The rollout after the version is the same agent's upload again: one row, touched later.
+    let rows = w.resources().await;
+    let blog2: Vec<_> = rows
+        .iter()
+        .filter(|r| r.0 == "blog2" && r.3 == "versioner")
+        .collect();
+    assert_eq!(blog2.len(), 1);
+    let (ok, out, _) = w.cli(&["incident", "report", "versioner", "--json"]).await;
+    assert!(ok);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let blog2 = report["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "blog2")
+        .unwrap();
+    assert!(blog2["updated_at"].is_string(), "{blog2:#}");
+}

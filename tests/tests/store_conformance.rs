@@ -1891,6 +1891,8 @@ fn resource(agent: &AgentRow, kind: ResourceKind, id: &str, scope: &str) -> Reso
         status: ResourceStatus::Live,
         deleted_at: None,
         deleted_by_decision: None,
+        updated_at: None,
+        updated_by_decision: None,
     }
 }
 
@@ -1907,6 +1909,12 @@ async fn created_resources_are_recorded_once_and_marked_deleted(store: &Store) {
         !store.record_resource(&replay).await.unwrap(),
         "a replayed create is the same resource"
     );
+    // ... which the agent touched again: `--since` finds it by that.
+    let first = ResourceRow {
+        updated_at: Some(replay.created_at),
+        updated_by_decision: Some(replay.decision_id),
+        ..first
+    };
     // The same id in another zone, or of another kind, is another resource.
     let elsewhere = resource(&deployer, ResourceKind::DnsRecord, "rec-1", "zone:z2");
     assert!(store.record_resource(&elsewhere).await.unwrap());
@@ -1927,7 +1935,12 @@ async fn created_resources_are_recorded_once_and_marked_deleted(store: &Store) {
         .resources_of(&[deployer.id], Some(Utc::now() - Days::hours(1)))
         .await
         .unwrap();
-    assert_eq!(recent, vec![elsewhere.clone()]);
+    assert_eq!(recent, vec![first.clone(), elsewhere.clone()]);
+    let later = store
+        .resources_of(&[deployer.id], Some(Utc::now() + Days::hours(1)))
+        .await
+        .unwrap();
+    assert_eq!(later, vec![]);
     assert_eq!(store.resources_of(&[], None).await.unwrap(), vec![]);
 
     let by = Uuid::now_v7();

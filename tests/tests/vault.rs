@@ -84,6 +84,15 @@ fn cloudflare_tokens(
                     return ok(json!({"id": "tok-novalue", "name": name, "secret": secret}));
                 }
                 "emptyid" => return ok(json!({"id": "", "name": name, "value": secret})),
+                // The secret again on the status line, or 20 characters of it in a header.
+                "reason" => {
+                    return ok(json!({"id": "tok-reason", "name": name, "value": secret}))
+                        .reason(&secret);
+                }
+                "piece" => {
+                    return ok(json!({"id": "tok-piece", "name": name, "value": secret}))
+                        .header("x-echo", &secret[..20]);
+                }
                 "idsecret" => return ok(json!({"id": secret, "name": name, "value": secret})),
                 "slow" => {
                     return ok(json!({"id": "tok-slow", "name": name, "value": secret}))
@@ -129,6 +138,9 @@ fn cloudflare_tokens(
             let prefix: String = sent_secret.chars().take(14).collect();
             return ok(json!({"you_sent": prefix}));
         }
+        if path.ends_with("/echo-reason") {
+            return ok(json!([])).reason(sent_secret);
+        }
         if path.ends_with("/echo-gzip") {
             return Reply::raw(200, vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3])
                 .header("content-encoding", "gzip");
@@ -166,7 +178,9 @@ fn cloudflare_tokens(
                 {
                     return Reply::json(
                         500,
-                        json!({"success": false, "errors": [{"code": 10000, "message": "internal error"}],
+                        // Quoting the request's credential (tollgate's own, on a containment's delete).
+                        json!({"success": false, "errors": [{"code": 10000,
+                                   "message": format!("internal error handling {seen}")}],
                                "messages": [], "result": null}),
                     );
                 }
@@ -736,7 +750,9 @@ async fn secrets_sealed_under_an_old_key_open_after_rotation() {
 #[tokio::test]
 async fn answers_that_would_leak_the_secret_are_withheld() {
     let w = world(|b| b).await;
-    for name in ["extra", "novalue", "emptyid", "refused", "idsecret"] {
+    for name in [
+        "extra", "novalue", "emptyid", "refused", "idsecret", "piece",
+    ] {
         let (status, answer) = w
             .create_token(&w.deployer, name, "2099-01-01T00:00:00Z")
             .await;
@@ -760,7 +776,14 @@ async fn answers_that_would_leak_the_secret_are_withheld() {
         .iter()
         .map(|(id, status, _)| (id.as_str(), status.as_str()))
         .collect();
-    assert_eq!(ids, [("tok-extra", "active"), ("tok-novalue", "active")]);
+    assert_eq!(
+        ids,
+        [
+            ("tok-extra", "active"),
+            ("tok-novalue", "active"),
+            ("tok-piece", "active")
+        ]
+    );
     let live_handles: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM agents WHERE minted_by IS NOT NULL AND status = 'active'",
     )
@@ -793,7 +816,8 @@ async fn answers_that_would_leak_the_secret_are_withheld() {
         deleted,
         [
             "/client/v4/user/tokens/tok-extra",
-            "/client/v4/user/tokens/tok-novalue"
+            "/client/v4/user/tokens/tok-novalue",
+            "/client/v4/user/tokens/tok-piece"
         ]
     );
 }
@@ -1009,6 +1033,18 @@ async fn incident_contain_revokes_deletes_and_finishes_what_failed() {
     assert!(out.contains("token tok-alpha"), "{out}");
     assert!(out.contains("FAILED after 3 attempt(s)"), "{out}");
     assert!(out.contains("500"), "{out}");
+    // The provider's message quoted tollgate's credential: withheld from the report and its record.
+    assert!(
+        out.contains("quotes tollgate's credential; withheld") && !out.contains(CLOUDFLARE_SECRET),
+        "{out}"
+    );
+    let recorded: String = sqlx::query_scalar(
+        "SELECT string_agg(detail::text, ' ') FROM admin_actions WHERE action LIKE 'incident.contain%'",
+    )
+    .fetch_one(&w.pool)
+    .await
+    .unwrap();
+    assert!(!recorded.contains(CLOUDFLARE_SECRET) && recorded.contains("withheld"));
     assert!(out.contains("run the same command again"), "{out}");
     let deletes: Vec<(String, Option<String>)> = w
         .stand_in
@@ -1406,6 +1442,37 @@ async fn a_provider_echoing_the_minted_credential_does_not_reveal_it() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 502);
     assert_eq!(r.headers()["tollgate-refusal"], "upstream_error");
+    // On the status line (an HTTP/1 reason phrase): the agent gets the status's own phrase.
+    let raw = raw_http(
+        &w.gate.url(""),
+        &format!(
+            "GET /cloudflare/client/v4/zones/z/echo-reason HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {handle}\r\nconnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(
+        raw.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{}",
+        raw.lines().next().unwrap_or_default()
+    );
+    assert!(!raw.contains(&secret[..12]));
+    // Nor on the status line of a token create's answer (the body's secret is replaced by a handle).
+    let body = r#"{"name":"reason","policies":[]}"#;
+    let raw = raw_http(
+        &w.gate.url(""),
+        &format!(
+            "POST /cloudflare/client/v4/user/tokens HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            w.deployer,
+            body.len()
+        ),
+    )
+    .await;
+    assert!(
+        raw.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{}",
+        raw.lines().next().unwrap_or_default()
+    );
+    assert!(raw.contains("tg_") && !raw.contains(&created_secret("reason")));
     // The minter's own requests (tollgate's credential) are not screened for a secret they do not carry.
     let (status, _, _) = w
         .read(&w.deployer, "/cloudflare/client/v4/zones/z/echo")
@@ -1448,4 +1515,16 @@ async fn an_update_moves_the_tokens_expiry_and_its_handles() {
     let r = update("leaky").await.unwrap();
     assert_eq!(r.status().as_u16(), 502);
     assert!(!r.text().await.unwrap().contains("cf-update-secret-77"));
+}
+
+/// Sends `request` as written to the listener at `url` (`http://127.0.0.1:PORT`) and reads the whole answer as
+/// text: what a client sees on the wire, status line included.
+async fn raw_http(url: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
 }

@@ -369,8 +369,25 @@ fn print_report(r: &Value) {
                 .map(|v| format!(" {label} {}", crate::display::reveal(v, false)))
         })
         .collect::<String>();
+        let again = x["updated_at"]
+            .as_str()
+            .map(|at| {
+                format!(
+                    "; again {} (decision {})",
+                    crate::display::reveal(at, false),
+                    text(x, "updated_by_decision")
+                )
+            })
+            .unwrap_or_default();
+        let others = x["also_by"]
+            .as_array()
+            .map(|o| {
+                let names: Vec<String> = o.iter().map(|a| text(a, "agent").into_owned()).collect();
+                format!("; also by {}", names.join(", "))
+            })
+            .unwrap_or_default();
         println!(
-            "  {} {} {}{place}: {}, by {} ({}, decision {}, {})",
+            "  {} {} {}{place}: {}, by {} ({}, decision {}, {}{again}{others})",
             text(x, "provider"),
             text(x, "kind"),
             text(x, "id"),

@@ -35,6 +35,8 @@ fn row(kind: ResourceKind, id: &str, minute: u32, detail: Value) -> ResourceRow 
         status: ResourceStatus::Live,
         deleted_at: None,
         deleted_by_decision: None,
+        updated_at: None,
+        updated_by_decision: None,
     }
 }
 

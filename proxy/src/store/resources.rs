@@ -65,6 +65,9 @@ pub struct ResourceRow {
     pub status: ResourceStatus,
     pub deleted_at: Option<DateTime<Utc>>,
     pub deleted_by_decision: Option<Uuid>,
+    /// The same agent's latest create or upload of it while live (a re-upload of its script), if any.
+    pub updated_at: Option<DateTime<Utc>>,
+    pub updated_by_decision: Option<Uuid>,
 }
 
 /// How many of an agent's decisions had one outcome and refusal code.
@@ -151,7 +154,7 @@ impl Store {
         on_backend!(self, s => s.mark_resource_deleted(provider, kind, resource_id, scope, decision_id, at).await)
     }
 
-    /// The resources these agents created (at or after `since`), oldest first.
+    /// The resources these agents created or uploaded to again (at or after `since`), oldest first.
     pub async fn resources_of(
         &self,
         agent_ids: &[Uuid],

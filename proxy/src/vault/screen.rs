@@ -1,11 +1,14 @@
 //! The answer to a request made with a handle, screened for the minted secret it was forwarded with: a
 //! provider that echoes the credential (a debug header, an error quoting the request) must not hand the
 //! secret to the agent. What counts as carrying it: any run of [`WINDOW`] consecutive characters of the
-//! secret (a prefix, a middle, the whole), each character as itself or as a JSON escape (`\u0053`, `\/`),
-//! so neither a partial echo nor an escaped one gets through. The body streams through with enough bytes
+//! secret (a prefix, a middle, the whole), in any letter case, each character as itself or escaped the ways
+//! answers escape text — JSON (`\u0053`, `\/`), URL (`%53`), HTML (`&#83;`, `&#x53;`), C-like (`\x53`,
+//! `\U00000053`) — in a header's name or value or in the body. The body streams through with enough bytes
 //! held back that no part of such a run is ever sent; a match ends the body with an error instead (the agent
-//! sees a broken answer). A compressed answer cannot be screened: the caller withholds it (it asked for
-//! `identity`).
+//! sees a broken answer). A compressed answer cannot be screened: the caller withholds one labelled so (it
+//! asked for `identity`), and a body that starts like a gzip or zlib stream is cut off here. Not covered: a
+//! provider that transforms the credential further (base64, UTF-16, reversed) — nothing an API does by
+//! accident.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -14,13 +17,14 @@ use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::Frame;
+use uuid::Uuid;
 
 /// How many consecutive characters of a secret make a leak (all of it, for a shorter secret). Cloudflare's
 /// secrets are 40 characters; 12 of them are still 70 bits an agent must not be handed piecemeal.
 pub const WINDOW: usize = 12;
 
-/// The longest JSON spelling of one ASCII character (`\u0053`).
-const LONGEST_ESCAPE: usize = 6;
+/// The longest escaped spelling of one ASCII character (`\U00000053`, `&#x0053;`).
+const LONGEST_ESCAPE: usize = 10;
 
 /// The secret of a `Bearer <secret>` credential, as bytes to look for.
 pub fn secret_of(credential: &http::HeaderValue) -> Option<Vec<u8>> {
@@ -29,9 +33,11 @@ pub fn secret_of(credential: &http::HeaderValue) -> Option<Vec<u8>> {
     (!secret.is_empty()).then(|| secret.to_vec())
 }
 
-/// Whether any response header carries `secret` (see the module docs for what counts).
+/// Whether any response header, by its name or its value, carries `secret` (see the module docs).
 pub fn headers_carry(headers: &HeaderMap, secret: &[u8]) -> bool {
-    headers.values().any(|v| carries(v.as_bytes(), secret))
+    headers
+        .iter()
+        .any(|(n, v)| carries(n.as_str().as_bytes(), secret) || carries(v.as_bytes(), secret))
 }
 
 /// Whether the answer is in a content coding other than `identity` (and so cannot be screened).
@@ -48,68 +54,103 @@ pub fn encoded(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Whether `hay` carries a run of [`WINDOW`] consecutive characters of `secret` (all of it if shorter), each
-/// character literal or JSON-escaped.
+/// Whether a body starts like a gzip or zlib stream (compressed without saying so).
+fn compressed_start(start: &[u8]) -> bool {
+    matches!(
+        start,
+        [0x1f, 0x8b, ..] | [0x78, 0x01 | 0x5e | 0x9c | 0xda, ..]
+    )
+}
+
+/// Whether `hay` carries a run of [`WINDOW`] consecutive characters of `secret` (all of it if shorter), in
+/// any letter case, each character literal or escaped (see [`unit`]).
 pub fn carries(hay: &[u8], secret: &[u8]) -> bool {
     let window = secret.len().min(WINDOW);
     if window == 0 {
         return false;
     }
-    let mut i = 0;
-    while i < hay.len() {
-        if let Some((first, _)) = unit(hay, i) {
-            for start in 0..=secret.len() - window {
-                if secret[start] != first {
-                    continue;
-                }
-                let mut at = i;
-                let mut matched = 0;
-                while matched < window {
-                    match unit(hay, at) {
-                        Some((b, width)) if b == secret[start + matched] => {
-                            at += width;
-                            matched += 1;
-                        }
-                        _ => break,
+    for i in 0..hay.len() {
+        let Some((first, _)) = unit(hay, i) else {
+            continue;
+        };
+        for start in 0..=secret.len() - window {
+            if !secret[start].eq_ignore_ascii_case(&first) {
+                continue;
+            }
+            let mut at = i;
+            let mut matched = 0;
+            while matched < window {
+                match unit(hay, at) {
+                    Some((b, width)) if b.eq_ignore_ascii_case(&secret[start + matched]) => {
+                        at += width;
+                        matched += 1;
                     }
-                }
-                if matched == window {
-                    return true;
+                    _ => break,
                 }
             }
+            if matched == window {
+                return true;
+            }
         }
-        i += 1;
     }
     false
 }
 
-/// The character spelled at `hay[at..]` and how many bytes spell it: a byte as itself, or a JSON escape of
-/// an ASCII character (`\uXXXX` in either case of hex, or `\/`, `\"`, `\\`).
+/// The character spelled at `hay[at..]` and how many bytes spell it: a byte as itself, or an escape of an
+/// ASCII character: JSON's `\uXXXX`, `\/`, `\"`, `\\`; C's `\xHH`, `\UXXXXXXXX`; URL's `%HH`; HTML's
+/// `&#DD;` and `&#xHH;`.
 fn unit(hay: &[u8], at: usize) -> Option<(u8, usize)> {
     let b = *hay.get(at)?;
-    if b != b'\\' {
-        return Some((b, 1));
-    }
-    match hay.get(at + 1) {
-        Some(b'u') | Some(b'U') => {
-            let hex = hay.get(at + 2..at + 6)?;
-            let text = std::str::from_utf8(hex).ok()?;
-            let code = u32::from_str_radix(text, 16).ok()?;
-            (code < 0x80).then_some((code as u8, 6))
+    let ascii = |digits: &[u8], radix: u32| -> Option<u8> {
+        let code = u32::from_str_radix(std::str::from_utf8(digits).ok()?, radix).ok()?;
+        u8::try_from(code).ok().filter(u8::is_ascii)
+    };
+    let escaped = match b {
+        b'\\' => match hay.get(at + 1) {
+            Some(b'u') => hay
+                .get(at + 2..at + 6)
+                .and_then(|h| ascii(h, 16))
+                .map(|c| (c, 6)),
+            Some(b'U') => hay
+                .get(at + 2..at + 10)
+                .and_then(|h| ascii(h, 16))
+                .map(|c| (c, 10)),
+            Some(b'x') => hay
+                .get(at + 2..at + 4)
+                .and_then(|h| ascii(h, 16))
+                .map(|c| (c, 4)),
+            Some(&c @ (b'/' | b'"' | b'\\')) => Some((c, 2)),
+            _ => None,
+        },
+        b'%' => hay
+            .get(at + 1..at + 3)
+            .and_then(|h| ascii(h, 16))
+            .map(|c| (c, 3)),
+        b'&' if hay.get(at + 1) == Some(&b'#') => {
+            let (digits_at, radix) = match hay.get(at + 2) {
+                Some(b'x' | b'X') => (at + 3, 16),
+                _ => (at + 2, 10),
+            };
+            (digits_at..hay.len().min(at + LONGEST_ESCAPE))
+                .find(|&i| hay[i] == b';')
+                .and_then(|end| ascii(&hay[digits_at..end], radix).map(|c| (c, end + 1 - at)))
         }
-        Some(&c @ (b'/' | b'"' | b'\\')) => Some((c, 2)),
-        _ => Some((b, 1)),
-    }
+        _ => None,
+    };
+    // Spelled as an escape; else the byte itself.
+    escaped.or(Some((b, 1)))
 }
 
-/// `body`, ended with an error where it would carry `secret`.
-pub fn screened(body: Body, secret: Vec<u8>) -> Body {
+/// `body`, ended with an error where it would carry `secret` (or where it starts compressed). Trailers are
+/// dropped. `decision_id` names the request in the log when an answer is cut off.
+pub fn screened(body: Body, secret: Vec<u8>, decision_id: Uuid) -> Body {
     Body::new(Screened {
         inner: body,
         held: BytesMut::new(),
         secret,
-        trailers: None,
+        started: false,
         done: false,
+        decision_id,
     })
 }
 
@@ -117,8 +158,20 @@ struct Screened {
     inner: Body,
     held: BytesMut,
     secret: Vec<u8>,
-    trailers: Option<HeaderMap>,
+    /// Whether the body's first bytes were looked at.
+    started: bool,
     done: bool,
+    decision_id: Uuid,
+}
+
+impl Screened {
+    fn cut_off(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        self.done = true;
+        tracing::error!(decision_id = %self.decision_id, "a handle's answer {why}; the answer is cut off");
+        Poll::Ready(Some(Err(axum::Error::new(format!(
+            "the provider's answer {why}; withheld"
+        )))))
+    }
 }
 
 impl http_body::Body for Screened {
@@ -131,43 +184,32 @@ impl http_body::Body for Screened {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         loop {
-            if let Some(trailers) = this.trailers.take() {
-                this.done = true;
-                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-            }
             if this.done {
                 return Poll::Ready(None);
             }
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        this.held.extend_from_slice(&data);
-                        if carries(&this.held, &this.secret) {
-                            this.done = true;
-                            tracing::error!(
-                                "a handle's answer carries its minted secret; the answer is cut off"
-                            );
-                            return Poll::Ready(Some(Err(axum::Error::new(
-                                "the provider's answer carries the minted secret; withheld",
-                            ))));
-                        }
-                        // A run that could still complete may start no earlier than this many bytes back.
-                        let keep =
-                            (this.secret.len().min(WINDOW) * LONGEST_ESCAPE).saturating_sub(1);
-                        if this.held.len() > keep {
-                            let out = this.held.split_to(this.held.len() - keep).freeze();
-                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                Some(Ok(frame)) => {
+                    // Trailers are dropped (the forwarder drops a provider's already).
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    this.held.extend_from_slice(&data);
+                    if !this.started && this.held.len() >= 2 {
+                        this.started = true;
+                        if compressed_start(&this.held) {
+                            return this.cut_off("starts like a compressed stream");
                         }
                     }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            this.trailers = Some(trailers);
-                        }
-                        if !this.held.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(this.held.split().freeze()))));
-                        }
+                    if carries(&this.held, &this.secret) {
+                        return this.cut_off("carries its minted secret");
                     }
-                },
+                    // A run that could still complete may start no earlier than this many bytes back.
+                    let keep = (this.secret.len().min(WINDOW) * LONGEST_ESCAPE).saturating_sub(1);
+                    if this.held.len() > keep {
+                        let out = this.held.split_to(this.held.len() - keep).freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                }
                 Some(Err(e)) => {
                     this.done = true;
                     return Poll::Ready(Some(Err(e)));
@@ -208,7 +250,10 @@ mod tests {
         let body = Body::new(Chunks(
             chunks.iter().map(|c| Bytes::from(c.to_string())).collect(),
         ));
-        match screened(body, secret.as_bytes().to_vec()).collect().await {
+        match screened(body, secret.as_bytes().to_vec(), Uuid::nil())
+            .collect()
+            .await
+        {
             Ok(c) => Ok(String::from_utf8(c.to_bytes().to_vec()).unwrap()),
             Err(e) => Err(e.to_string()),
         }
@@ -256,6 +301,52 @@ mod tests {
         let ordinary = r#"{"success":true,"result":{"id":"023e105f4ecef8ad9ca31a8372d0c353"}}"#;
         let (a, b) = ordinary.split_at(20);
         assert_eq!(through(&[a, b], LONG).await.unwrap(), ordinary);
+    }
+
+    #[tokio::test]
+    async fn other_escapes_letter_case_and_unlabelled_compression_are_cut_off() {
+        let url: String = LONG[..16].bytes().map(|b| format!("%{b:02X}")).collect();
+        let html: String = LONG[4..20].bytes().map(|b| format!("&#{b};")).collect();
+        let html_hex: String = LONG[4..20].bytes().map(|b| format!("&#x{b:x};")).collect();
+        let c_hex: String = LONG[..13].bytes().map(|b| format!("\\x{b:02x}")).collect();
+        let c_long: String = LONG[..13]
+            .bytes()
+            .map(|b| format!("\\U{:08X}", b))
+            .collect();
+        for echo in [
+            url,
+            html,
+            html_hex,
+            c_hex,
+            c_long,
+            LONG.to_uppercase(),
+            LONG.to_lowercase(),
+        ] {
+            assert!(
+                through(&["{\"x\":\"", &echo, "\"}"], LONG).await.is_err(),
+                "{echo}"
+            );
+        }
+        let gzip = Body::from(vec![0x1f_u8, 0x8b, 8, 0, 1, 2, 3]);
+        assert!(
+            screened(gzip, LONG.as_bytes().to_vec(), Uuid::nil())
+                .collect()
+                .await
+                .is_err()
+        );
+        // Ordinary escapes of other text pass, whole.
+        let ordinary = r#"{"q":"a%20b","h":"&#38;","u":"\u00e9"}"#;
+        assert_eq!(through(&[ordinary], LONG).await.unwrap(), ordinary);
+    }
+
+    #[test]
+    fn header_names_are_screened_too() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::HeaderName::from_bytes(format!("x-{}", &LONG[..14]).as_bytes()).unwrap(),
+            http::HeaderValue::from_static("1"),
+        );
+        assert!(headers_carry(&h, LONG.as_bytes()));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::store::{
 
 const RESOURCE_COLUMNS: &str = "id, provider, kind, resource_id, scope, zone_id, account_id, stripe_account, \
      detail, agent_id, agent_name, run_id, decision_id, action, created_at, status, deleted_at, \
-     deleted_by_decision";
+     deleted_by_decision, updated_at, updated_by_decision";
 
 impl PgStore {
     pub async fn record_resource(&self, row: &ResourceRow) -> Result<bool, StoreError> {
@@ -27,7 +27,8 @@ impl PgStore {
                  stripe_account = excluded.stripe_account, detail = excluded.detail, agent_id = excluded.agent_id,
                  agent_name = excluded.agent_name, run_id = excluded.run_id, decision_id = excluded.decision_id,
                  action = excluded.action, created_at = excluded.created_at, status = excluded.status,
-                 deleted_at = excluded.deleted_at, deleted_by_decision = excluded.deleted_by_decision
+                 deleted_at = excluded.deleted_at, deleted_by_decision = excluded.deleted_by_decision,
+                 updated_at = NULL, updated_by_decision = NULL
              WHERE resources.status = 'deleted'",
         )
         .bind(row.id)
@@ -50,7 +51,25 @@ impl PgStore {
         .bind(row.deleted_by_decision)
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 1 {
+            return Ok(true);
+        }
+        // This agent's row is live: a later create or upload of the same resource by it.
+        sqlx::query(
+            "UPDATE resources SET updated_at = $6, updated_by_decision = $7
+             WHERE provider = $1 AND kind = $2 AND resource_id = $3 AND scope = $4 AND agent_id = $5
+               AND status = 'live' AND decision_id <> $7",
+        )
+        .bind(&row.provider)
+        .bind(row.kind.as_str())
+        .bind(&row.resource_id)
+        .bind(&row.scope)
+        .bind(row.agent_id)
+        .bind(row.created_at)
+        .bind(row.decision_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(false)
     }
 
     pub async fn mark_resource_deleted(
@@ -84,7 +103,8 @@ impl PgStore {
     ) -> Result<Vec<ResourceRow>, StoreError> {
         let sql = format!(
             "SELECT {RESOURCE_COLUMNS} FROM resources
-             WHERE agent_id = ANY($1) AND ($2::timestamptz IS NULL OR created_at >= $2)
+             WHERE agent_id = ANY($1)
+               AND ($2::timestamptz IS NULL OR created_at >= $2 OR updated_at >= $2)
              ORDER BY created_at, id"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -260,5 +280,7 @@ fn resource_from_row(r: &sqlx::postgres::PgRow) -> Result<ResourceRow, StoreErro
         status: resource_status_parse(&r.try_get::<String, _>("status")?)?,
         deleted_at: r.try_get("deleted_at")?,
         deleted_by_decision: r.try_get("deleted_by_decision")?,
+        updated_at: r.try_get("updated_at")?,
+        updated_by_decision: r.try_get("updated_by_decision")?,
     })
 }

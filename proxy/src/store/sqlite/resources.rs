@@ -17,7 +17,7 @@ use crate::store::{
 
 const RESOURCE_COLUMNS: &str = "id, provider, kind, resource_id, scope, zone_id, account_id, stripe_account, \
      detail, agent_id, agent_name, run_id, decision_id, action, created_at, status, deleted_at, \
-     deleted_by_decision";
+     deleted_by_decision, updated_at, updated_by_decision";
 
 fn id_list(ids: &[Uuid]) -> String {
     serde_json::Value::from(ids.iter().map(Uuid::to_string).collect::<Vec<_>>()).to_string()
@@ -35,7 +35,8 @@ impl SqliteStore {
                  stripe_account = excluded.stripe_account, detail = excluded.detail, agent_id = excluded.agent_id,
                  agent_name = excluded.agent_name, run_id = excluded.run_id, decision_id = excluded.decision_id,
                  action = excluded.action, created_at = excluded.created_at, status = excluded.status,
-                 deleted_at = excluded.deleted_at, deleted_by_decision = excluded.deleted_by_decision
+                 deleted_at = excluded.deleted_at, deleted_by_decision = excluded.deleted_by_decision,
+                 updated_at = NULL, updated_by_decision = NULL
              WHERE resources.status = 'deleted'",
         )
         .bind(row.id.to_string())
@@ -58,7 +59,25 @@ impl SqliteStore {
         .bind(row.deleted_by_decision.map(|d| d.to_string()))
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 1 {
+            return Ok(true);
+        }
+        // This agent's row is live: a later create or upload of the same resource by it.
+        sqlx::query(
+            "UPDATE resources SET updated_at = ?1, updated_by_decision = ?2
+             WHERE provider = ?3 AND kind = ?4 AND resource_id = ?5 AND scope = ?6 AND agent_id = ?7
+               AND status = 'live' AND decision_id <> ?2",
+        )
+        .bind(ts(row.created_at))
+        .bind(row.decision_id.to_string())
+        .bind(&row.provider)
+        .bind(row.kind.as_str())
+        .bind(&row.resource_id)
+        .bind(&row.scope)
+        .bind(row.agent_id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(false)
     }
 
     pub async fn mark_resource_deleted(
@@ -92,7 +111,8 @@ impl SqliteStore {
     ) -> Result<Vec<ResourceRow>, StoreError> {
         let sql = format!(
             "SELECT {RESOURCE_COLUMNS} FROM resources
-             WHERE agent_id IN (SELECT value FROM json_each(?1)) AND (?2 IS NULL OR created_at >= ?2)
+             WHERE agent_id IN (SELECT value FROM json_each(?1))
+               AND (?2 IS NULL OR created_at >= ?2 OR updated_at >= ?2)
              ORDER BY created_at, id"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -270,5 +290,7 @@ fn resource_from_row(r: &SqliteRow) -> Result<ResourceRow, StoreError> {
         status: resource_status_parse(&r.try_get::<String, _>("status")?)?,
         deleted_at: opt_ts(r.try_get("deleted_at")?)?,
         deleted_by_decision: opt_uuid(r.try_get("deleted_by_decision")?)?,
+        updated_at: opt_ts(r.try_get("updated_at")?)?,
+        updated_by_decision: opt_uuid(r.try_get("updated_by_decision")?)?,
     })
 }
