@@ -73,6 +73,9 @@ pub struct Refusal {
     message: String,
     rule: Option<String>,
     approval_id: Option<String>,
+    /// The approval's status (`pending`, `approved`) when `approval_id` is set: a client (the rollback
+    /// executor) reads it from `Tollgate-Approval-Status` rather than the message.
+    approval_status: Option<&'static str>,
     /// The provider may already have acted: tell SDKs not to retry automatically.
     not_retryable: bool,
     /// Seconds after which a retry can succeed (`Retry-After`).
@@ -196,6 +199,7 @@ impl Refusal {
             message,
             rule: None,
             approval_id: None,
+            approval_status: None,
             not_retryable: false,
             retry_after: None,
         }
@@ -222,6 +226,13 @@ impl Refusal {
 
     pub fn with_approval(mut self, approval_id: impl Into<String>) -> Self {
         self.approval_id = Some(approval_id.into());
+        self
+    }
+
+    /// The status of the approval this refusal names: `approved` tells the client to resend with
+    /// `Tollgate-Approval`.
+    pub fn with_approval_status(mut self, status: &'static str) -> Self {
+        self.approval_status = Some(status);
         self
     }
 
@@ -275,6 +286,7 @@ impl Refusal {
             "decision_id": decision_id.to_string(),
             "rule": self.rule,
             "approval_id": self.approval_id,
+            "approval_status": self.approval_status,
         });
         match envelope {
             Envelope::Cloudflare => json!({
@@ -351,6 +363,12 @@ impl Refusal {
         {
             headers.insert(http::HeaderName::from_static("tollgate-approval-id"), value);
         }
+        if let Some(status) = self.approval_status {
+            headers.insert(
+                http::HeaderName::from_static("tollgate-approval-status"),
+                HeaderValue::from_static(status),
+            );
+        }
         if let Some(secs) = self.retry_after {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -423,8 +441,11 @@ mod tests {
         assert_eq!(reused["error"]["type"], "idempotency_error");
         let held = Refusal::new(RefusalCode::ApprovalRequired, "held")
             .with_approval("a1")
+            .with_approval_status("approved")
             .into_response(Envelope::Stripe, id);
         assert_eq!(held.headers()["tollgate-approval-id"], "a1");
+        assert_eq!(held.headers()["tollgate-approval-status"], "approved");
+        assert_eq!(held.headers()["tollgate-refusal"], "approval_required");
         let ours = Refusal::store_unavailable().body(Envelope::Stripe, id);
         assert_eq!(ours["error"]["type"], "api_error");
     }

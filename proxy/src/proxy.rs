@@ -747,7 +747,9 @@ impl Gate {
             return Err(Refusal::new(
                 RefusalCode::PolicyDenied,
                 format!(
-                    "tollgate: token {token_id} was not minted through tollgate, so it is not rolled here: its new                      secret would go to this agent, and the token may belong to another system or be tollgate's own                      credential. Its owner rolls it at Cloudflare; an agent mints a token of its own through tollgate"
+                    "tollgate: token {token_id} was not minted through tollgate, so it is not rolled here: its new \
+                     secret would go to this agent, and the token may belong to another system or be tollgate's own \
+                     credential. Its owner rolls it at Cloudflare; an agent mints a token of its own through tollgate"
                 ),
             )
             .with_rule("tollgate.token_unknown"));
@@ -1128,16 +1130,10 @@ impl Gate {
             draft.run.id.as_deref(),
             draft.id,
         );
-        let mut forwarded_headers = intake.headers.forwarded(&parts.headers);
-        if token_event.is_some()
-            || intake.minted_credential.is_some()
-            || observed.as_ref().is_some_and(|o| o.effect.reads_answer())
-        {
-            // The answer is read for the token it mints (or the id of what it creates), or screened for the
-            // minted secret a handle's request went out with: it must come in plain bytes.
-            forwarded_headers =
-                std::borrow::Cow::Owned(crate::forward::identity_encoded(&forwarded_headers));
-        }
+        // Every answer is screened for the credential it went out with (and a token action's read for the
+        // token it mints, a create's for the id of what it made): it must come in plain bytes.
+        let forwarded_headers =
+            crate::forward::identity_encoded(&intake.headers.forwarded(&parts.headers));
         let credential = match &intake.minted_credential {
             Some(value) => {
                 self.metrics
@@ -1268,33 +1264,40 @@ impl Gate {
                     }
                     _ => response,
                 };
-                // A handle's request went out with the minted secret: the answer must not bring it back.
-                if let Some(secret) = intake
+                // The request went out with a credential the agent never holds (tollgate's own, or a handle's
+                // minted secret): the answer must not bring it back.
+                let needles = match intake
                     .minted_credential
                     .as_ref()
                     .and_then(crate::vault::screen::secret_of)
                 {
-                    if crate::vault::screen::headers_carry(response.headers(), &secret) {
-                        tracing::error!(decision_id = %draft.id, "a handle's answer carries its minted secret in a header; withheld");
-                        response = Refusal::new(
-                            RefusalCode::UpstreamError,
-                            "tollgate: the provider's answer carries the minted token's secret, so it is withheld (vault mode)",
-                        )
-                        .not_retryable()
-                        .into_response(draft.envelope, draft.id);
-                    } else if crate::vault::screen::encoded(response.headers()) {
-                        // Asked for `identity`; a compressed answer could carry the secret past the screen.
-                        tracing::error!(decision_id = %draft.id, "a handle's answer came compressed; withheld");
-                        response = Refusal::new(
-                            RefusalCode::UpstreamError,
-                            "tollgate: the provider's answer to a handle's request came compressed, so it cannot be screened for the minted secret and is withheld (vault mode)",
-                        )
-                        .not_retryable()
-                        .into_response(draft.envelope, draft.id);
-                    } else {
-                        response = response
-                            .map(|body| crate::vault::screen::screened(body, secret, draft.id));
+                    Some(secret) => {
+                        Arc::new(crate::vault::screen::Needles::new([secret.as_slice()]))
                     }
+                    None => self.forwarder.own_needles(),
+                };
+                if !needles.is_empty() {
+                    let withheld = if needles.headers_carry(response.headers()) {
+                        tracing::error!(decision_id = %draft.id, "an answer carries the credential it went out with in a header; withheld");
+                        Some(
+                            "tollgate: the provider's answer carries the credential the request went out with, so it is withheld",
+                        )
+                    } else if crate::vault::screen::encoded(response.headers()) {
+                        // Asked for `identity`; a compressed answer could carry the credential past the screen.
+                        tracing::error!(decision_id = %draft.id, "an answer came compressed; withheld");
+                        Some(
+                            "tollgate: the provider's answer came compressed though tollgate asked for none, so it cannot be screened for the credential the request went out with and is withheld",
+                        )
+                    } else {
+                        None
+                    };
+                    response = match withheld {
+                        Some(why) => Refusal::new(RefusalCode::UpstreamError, why)
+                            .not_retryable()
+                            .into_response(draft.envelope, draft.id),
+                        None => response
+                            .map(|body| crate::vault::screen::screened(body, needles, draft.id)),
+                    };
                 }
                 if response.status().as_u16() != status {
                     // The provider acted, but its answer was withheld (vault mode): say so in the outcome.
@@ -1695,13 +1698,10 @@ impl Gate {
                             .unwrap_or_default();
                         let answer = parsed.with_handle(event, key.expose());
                         // The secret must not leave by another field, or a header: withheld if it would.
-                        // (Any 12 characters of it, as the handle screen looks for.)
+                        // (Any 12 characters of it, as the answer screen looks for.)
+                        let needles = crate::vault::screen::Needles::new([secret.as_bytes()]);
                         let leaks = !secret.is_empty()
-                            && (crate::vault::screen::carries(&answer, secret.as_bytes())
-                                || crate::vault::screen::headers_carry(
-                                    &head.headers,
-                                    secret.as_bytes(),
-                                ));
+                            && (needles.found_in(&answer) || needles.headers_carry(&head.headers));
                         if leaks {
                             tracing::error!(%token_id, decision_id = %draft.id, "the minted secret appears elsewhere in the provider's answer; withheld");
                             // The handle was never handed out; it is revoked all the same. The token stays
@@ -2465,21 +2465,28 @@ fn approval_required(decision: &Decision, approval_id: &str, status: &str) -> Re
         .map(|r| format!("{}: {}", r.rule, r.message))
         .collect::<Vec<_>>()
         .join("; ");
-    let next = if status == "approved" {
-        format!(
-            "approval {approval_id} is already approved: retry this exact request with header Tollgate-Approval: {approval_id}"
+    let (next, status) = if status == "approved" {
+        (
+            format!(
+                "approval {approval_id} is already approved: retry this exact request with header Tollgate-Approval: {approval_id}"
+            ),
+            "approved",
         )
     } else {
-        format!(
-            "ask a reviewer to approve {approval_id} (POST /api/approvals/{approval_id}/approve on the admin API, or \
-             `tollgate approvals approve {approval_id}`), then retry this exact request with header Tollgate-Approval: {approval_id}"
+        (
+            format!(
+                "ask a reviewer to approve {approval_id} (POST /api/approvals/{approval_id}/approve on the admin API, or \
+                 `tollgate approvals approve {approval_id}`), then retry this exact request with header Tollgate-Approval: {approval_id}"
+            ),
+            "pending",
         )
     };
     let refusal = Refusal::new(
         RefusalCode::ApprovalRequired,
         format!("tollgate: this request needs human approval ({why}); {next}"),
     )
-    .with_approval(approval_id);
+    .with_approval(approval_id)
+    .with_approval_status(status);
     match decision.reasons.first() {
         Some(r) => refusal.with_rule(r.rule.clone()),
         None => refusal,

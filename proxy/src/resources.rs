@@ -33,8 +33,9 @@ use crate::metrics::Metrics;
 use crate::store::{ResourceRow, ResourceStatus, Store, StoreError};
 
 /// The most of a create action's answer that is read for the id. Provider answers to a create are a few
-/// KiB; anything larger is passed on unread (and counted as unrecorded).
-pub const ANSWER_LIMIT: usize = 256 * 1024;
+/// KiB, a DNS batch's up to a few MiB (its size follows what the agent sent, so the limit is well above any
+/// batch Cloudflare takes); anything larger is passed on unread (and counted as unrecorded).
+pub const ANSWER_LIMIT: usize = 8 * 1024 * 1024;
 /// How long a row that the store did not take is retried in the background before it is given up (logged and
 /// counted).
 const RECORD_PERSISTENCE: Duration = Duration::from_secs(60);
@@ -195,7 +196,13 @@ pub fn scope_of(
     stripe_account: Option<&str>,
     stripe_context: Option<&str>,
 ) -> String {
-    let param = |name: &str| params.get(name).map(String::as_str).unwrap_or("");
+    // Cloudflare's zone and account ids are hex: any case is the same one (see [`canonical_id`]).
+    let param = |name: &str| {
+        params
+            .get(name)
+            .map(|v| v.to_ascii_lowercase())
+            .unwrap_or_default()
+    };
     match kind {
         ResourceKind::DnsRecord | ResourceKind::CustomCertificate => {
             format!("zone:{}", param("zone_id"))
@@ -310,7 +317,8 @@ pub async fn observe(
 ) -> Response<Body> {
     match &observed.effect {
         ResourceEffect::Deletes { kind, id, .. } => {
-            let Some(resource_id) = param_id(id, &observed.params) else {
+            let Some(resource_id) = param_id(id, &observed.params).map(|i| canonical_id(*kind, i))
+            else {
                 return response;
             };
             let scope = scope_of(
@@ -400,7 +408,7 @@ pub async fn observe(
                     id: Uuid::now_v7(),
                     provider: observed.provider.clone(),
                     kind,
-                    resource_id,
+                    resource_id: canonical_id(kind, resource_id),
                     scope: scope_of(
                         kind,
                         &observed.params,
@@ -502,6 +510,24 @@ fn unrecorded(metrics: &Metrics, observed: &Observed, why: Unrecorded) {
         .resources_unrecorded_total
         .with_label_values(&[&observed.provider, why.as_str()])
         .inc();
+}
+
+/// A resource's id as recorded: Cloudflare's ids (hex), Workers script names and domain names are the same
+/// in any letter case, so they are kept lower-cased (two spellings of one script are one resource); Stripe's
+/// ids are case-sensitive and kept as given.
+pub fn canonical_id(kind: ResourceKind, id: String) -> String {
+    match kind {
+        ResourceKind::DnsRecord
+        | ResourceKind::Zone
+        | ResourceKind::WorkersScript
+        | ResourceKind::CustomCertificate
+        | ResourceKind::DomainRegistration => id.to_ascii_lowercase(),
+        ResourceKind::StripeCustomer
+        | ResourceKind::Subscription
+        | ResourceKind::PaymentIntent
+        | ResourceKind::Product
+        | ResourceKind::Price => id,
+    }
 }
 
 fn param_id(id: &IdSource, params: &BTreeMap<String, String>) -> Option<String> {

@@ -40,8 +40,8 @@ const ZONE: &str = "023e105f4ecef8ad9ca31a8372d0c353";
 const ACCOUNT: &str = "01a7362d577a6c3019a474fd6f485823";
 const CONNECTED: &str = "acct_1Connected";
 const MINTED_SECRET: &str = "cf-minted-secret-incident-77e1";
-/// Larger than what tollgate reads of a create's answer (256 KiB).
-const BIG: usize = 300 * 1024;
+/// Larger than what tollgate reads of a create's answer (8 MiB).
+const BIG: usize = 8 * 1024 * 1024 + 1024;
 
 /// Cloudflare's and Stripe's create and delete shapes. The first `dns_delete_failures` DNS deletes fail.
 fn provider(
@@ -1239,10 +1239,14 @@ async fn a_version_uploaded_to_a_script_counts_as_that_agents_work() {
             &w.deployer,
             format!("{scripts}/blog2"),
         ),
+        // Another spelling of the account and the script: the same script at Cloudflare.
         multipart(
             reqwest::Method::POST,
             &versioner,
-            format!("{scripts}/blog2/versions"),
+            format!(
+                "/accounts/{}/workers/scripts/BLOG2/versions",
+                ACCOUNT.to_uppercase()
+            ),
         ),
         w.cf(
             reqwest::Method::POST,

@@ -138,6 +138,16 @@ fn cloudflare_tokens(
             let prefix: String = sent_secret.chars().take(14).collect();
             return ok(json!({"you_sent": prefix}));
         }
+        if path.ends_with("/echo-split-headers") {
+            let mut reply = ok(json!([]));
+            for (i, piece) in seen.as_bytes().chunks(11).enumerate() {
+                reply = reply.header(
+                    &format!("x-p{i}"),
+                    std::str::from_utf8(piece).unwrap_or("?"),
+                );
+            }
+            return reply;
+        }
         if path.ends_with("/echo-reason") {
             return ok(json!([])).reason(sent_secret);
         }
@@ -1473,12 +1483,36 @@ async fn a_provider_echoing_the_minted_credential_does_not_reveal_it() {
         raw.lines().next().unwrap_or_default()
     );
     assert!(raw.contains("tg_") && !raw.contains(&created_secret("reason")));
-    // The minter's own requests (tollgate's credential) are not screened for a secret they do not carry.
-    let (status, _, _) = w
+    // The minter's own requests go out with tollgate's credential, which an echo must not bring back either:
+    // in the body the answer is cut off, in a header (even split across headers) withheld.
+    let (status, _, text) = w
         .read(&w.deployer, "/cloudflare/client/v4/zones/z/echo")
         .await;
     assert_eq!(status, 200);
+    assert!(
+        !text.contains(&CLOUDFLARE_SECRET[..12]),
+        "tollgate's credential came back: {} bytes",
+        text.len()
+    );
+    for path in ["echo-header", "echo-split-headers"] {
+        let (status, _, text) = w
+            .read(
+                &w.deployer,
+                &format!("/cloudflare/client/v4/zones/z/{path}"),
+            )
+            .await;
+        assert_eq!(status, 502, "{path}");
+        assert!(!text.contains(&CLOUDFLARE_SECRET[..12]));
+    }
+    // An ordinary answer is untouched by the screen.
+    let (status, _, text) = w.read(&w.deployer, "/cloudflare/client/v4/zones").await;
+    assert_eq!(
+        (status, text.contains("\"success\":true")),
+        (200, true),
+        "{text}"
+    );
     assert!(!w.gate.log().contains(&secret));
+    assert!(!w.gate.log().contains(CLOUDFLARE_SECRET));
 }
 
 /// A token rewritten through tollgate by its minter: the row follows (name, expiry), and the handle's

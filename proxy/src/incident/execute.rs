@@ -33,10 +33,6 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(330);
 const ANSWER_LIMIT: usize = 1024 * 1024;
 /// The headers a plan's step may carry.
 const STEP_HEADERS: &[&str] = &["Stripe-Account", "Stripe-Context"];
-/// What `proxy::approval_required` says of an approval a reviewer already granted: the step is sent again
-/// with `Tollgate-Approval`.
-const ALREADY_APPROVED: &str = "is already approved";
-
 /// Where and as which agent the steps are sent.
 pub struct Gateway {
     proxy: Uri,
@@ -196,12 +192,14 @@ impl Gateway {
     async fn send(&self, plan: &RollbackPlan, step: &Step) -> StepOutcome {
         let first = self.exchange(plan, step, None).await;
         match first {
+            // An approval a reviewer already granted (`Tollgate-Approval-Status: approved`): the step is sent
+            // again with `Tollgate-Approval`.
             Answer::Refused {
                 code,
                 approval_id: Some(approval_id),
-                message,
+                approved: true,
                 ..
-            } if code == "approval_required" && message.contains(ALREADY_APPROVED) => self
+            } if code == "approval_required" => self
                 .exchange(plan, step, Some(&approval_id))
                 .await
                 .outcome(),
@@ -320,14 +318,22 @@ impl Gateway {
             // Only tollgate's own refusals carry this header (the gate strips `Tollgate-*` from provider
             // answers), so a body's `tollgate` object is believed only beside it.
             let refusal = header(crate::REFUSAL_HEADER.as_str());
+            let approved = header("tollgate-approval-status").as_deref() == Some("approved");
             let bytes = http_body_util::Limited::new(response.into_body(), ANSWER_LIMIT)
                 .collect()
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            Ok::<_, String>((status, decision_id, approval_header, refusal, bytes))
+            Ok::<_, String>((
+                status,
+                decision_id,
+                approval_header,
+                refusal,
+                approved,
+                bytes,
+            ))
         };
-        let (status, decision_id, approval_header, refusal, bytes) =
+        let (status, decision_id, approval_header, refusal, approved, bytes) =
             match tokio::time::timeout(STEP_TIMEOUT, exchange).await {
                 Err(_) => return failed(format!("no answer within {} s", STEP_TIMEOUT.as_secs())),
                 Ok(Err(why)) => {
@@ -350,8 +356,8 @@ impl Gateway {
             Some(code) => Answer::Refused {
                 status,
                 code,
-                approval_id: approval_header
-                    .or_else(|| body["tollgate"]["approval_id"].as_str().map(str::to_string)),
+                approval_id: approval_header,
+                approved,
                 decision_id,
                 message,
             },
@@ -370,11 +376,13 @@ enum Answer {
         status: u16,
         decision_id: Option<String>,
     },
-    /// Tollgate refused it (its `tollgate` object is in the answer).
+    /// Tollgate refused it (its `Tollgate-Refusal` header says so).
     Refused {
         status: u16,
         code: String,
         approval_id: Option<String>,
+        /// The approval is already granted (`Tollgate-Approval-Status: approved`).
+        approved: bool,
         decision_id: Option<String>,
         message: String,
     },

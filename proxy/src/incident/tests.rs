@@ -30,7 +30,11 @@ fn row(kind: ResourceKind, id: &str, minute: u32, detail: Value) -> ResourceRow 
         agent_name: "deployer".to_string(),
         run_id: None,
         decision_id: Uuid::nil(),
-        action: "x".to_string(),
+        action: if kind == ResourceKind::WorkersScript {
+            "cloudflare.worker.deploy".to_string()
+        } else {
+            "x".to_string()
+        },
         created_at: Utc.with_ymd_and_hms(2026, 12, 1, 10, minute, 0).unwrap(),
         status: ResourceStatus::Live,
         deleted_at: None,
@@ -310,7 +314,7 @@ fn a_resource_another_agent_also_uploaded_to_is_left_to_a_person_and_planned_onc
     handle_upload.agent_name = "deployer~tok-1".to_string();
     let mut theirs = row(ResourceKind::WorkersScript, "blog", 5, json!({}));
     theirs.agent_name = "publisher".to_string();
-    theirs.action = "cloudflare.worker.deploy".to_string();
+    theirs.action = "cloudflare.worker.version".to_string();
     let record = row(ResourceKind::DnsRecord, "rec1", 1, json!({}));
     let plan = plan_for(
         "deployer",
@@ -342,7 +346,7 @@ fn a_resource_another_agent_also_uploaded_to_is_left_to_a_person_and_planned_onc
     assert_eq!(plan.irreversible.len(), 1);
     let why = &plan.irreversible[0].why;
     assert!(
-        why.contains("publisher") && why.contains("cloudflare.worker.deploy"),
+        why.contains("publisher") && why.contains("cloudflare.worker.version"),
         "{why}"
     );
 }

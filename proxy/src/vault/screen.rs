@@ -1,16 +1,22 @@
-//! The answer to a request made with a handle, screened for the minted secret it was forwarded with: a
-//! provider that echoes the credential (a debug header, an error quoting the request) must not hand the
-//! secret to the agent. What counts as carrying it: any run of [`WINDOW`] consecutive characters of the
-//! secret (a prefix, a middle, the whole), in any letter case, each character as itself or escaped the ways
-//! answers escape text — JSON (`\u0053`, `\/`), URL (`%53`), HTML (`&#83;`, `&#x53;`), C-like (`\x53`,
-//! `\U00000053`) — in a header's name or value or in the body. The body streams through with enough bytes
-//! held back that no part of such a run is ever sent; a match ends the body with an error instead (the agent
-//! sees a broken answer). A compressed answer cannot be screened: the caller withholds one labelled so (it
-//! asked for `identity`), and a body that starts like a gzip or zlib stream is cut off here. Not covered: a
-//! provider that transforms the credential further (base64, UTF-16, reversed) — nothing an API does by
-//! accident.
+//! Answers screened for secrets tollgate holds: the credential it forwards with (every answer), and a
+//! minted token's secret (the answer to a request made with that token's handle, and the token's own create
+//! or roll answer). A provider that echoes the request (a debug header, an error quoting the credential)
+//! must not hand either to the agent.
+//!
+//! What counts as carrying a secret: any run of [`WINDOW`] consecutive characters of it (the whole of a
+//! shorter one) — a prefix, a middle, the whole — in any letter case, each character as itself or escaped
+//! the ways answers escape text: JSON (`\u0053`, `\/`), JS (`\u{53}`), C (`\x53`, `\U00000053`), URL (`%53`)
+//! and HTML (`&#83;`, `&#x53`, any number of leading zeros, with or without `;`). Escapes are read left to
+//! right as a decoder would. Header values are read as one text in order (and names as another), so a secret
+//! split across headers is found too. The body streams through with the bytes of a possible match held back, so no
+//! part of one is ever sent; a match ends the body with an error (the agent sees a broken answer). A body
+//! that starts like a compressed stream (gzip, zlib, bzip2, xz, zstd) is cut off, and the caller withholds
+//! one labelled compressed (tollgate asks for `identity`). Not caught: a provider that transforms the secret
+//! further (base64, reversed, pieces shorter than [`WINDOW`] with other text between).
 
+use std::collections::HashSet;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use axum::body::Body;
@@ -23,21 +29,18 @@ use uuid::Uuid;
 /// secrets are 40 characters; 12 of them are still 70 bits an agent must not be handed piecemeal.
 pub const WINDOW: usize = 12;
 
-/// The longest escaped spelling of one ASCII character (`\U00000053`, `&#x0053;`).
-const LONGEST_ESCAPE: usize = 10;
+/// The longest escape read; a longer numeric character reference (`&#` and 60 zeros…) is taken as an
+/// attempt to get past the screen and cuts the answer off.
+const LONGEST_ESCAPE: usize = 64;
+
+/// Stands for a decoded character that no secret contains (non-ASCII, or a control character).
+const OTHER: u8 = 0xff;
 
 /// The secret of a `Bearer <secret>` credential, as bytes to look for.
 pub fn secret_of(credential: &http::HeaderValue) -> Option<Vec<u8>> {
     let bytes = credential.as_bytes();
     let secret = bytes.strip_prefix(b"Bearer ")?;
     (!secret.is_empty()).then(|| secret.to_vec())
-}
-
-/// Whether any response header, by its name or its value, carries `secret` (see the module docs).
-pub fn headers_carry(headers: &HeaderMap, secret: &[u8]) -> bool {
-    headers
-        .iter()
-        .any(|(n, v)| carries(n.as_str().as_bytes(), secret) || carries(v.as_bytes(), secret))
 }
 
 /// Whether the answer is in a content coding other than `identity` (and so cannot be screened).
@@ -54,110 +57,322 @@ pub fn encoded(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Whether a body starts like a gzip or zlib stream (compressed without saying so).
+/// Whether a body starts like a compressed stream (gzip, zlib, bzip2, xz, zstd) without saying so.
 fn compressed_start(start: &[u8]) -> bool {
     matches!(
         start,
-        [0x1f, 0x8b, ..] | [0x78, 0x01 | 0x5e | 0x9c | 0xda, ..]
+        [0x1f, 0x8b, ..]
+            | [0x78, 0x01 | 0x5e | 0x9c | 0xda, ..]
+            | [b'B', b'Z', b'h', ..]
+            | [0xfd, b'7', b'z', b'X', b'Z', ..]
+            | [0x28, 0xb5, 0x2f, 0xfd, ..]
     )
 }
 
-/// Whether `hay` carries a run of [`WINDOW`] consecutive characters of `secret` (all of it if shorter), in
-/// any letter case, each character literal or escaped (see [`unit`]).
-pub fn carries(hay: &[u8], secret: &[u8]) -> bool {
-    let window = secret.len().min(WINDOW);
-    if window == 0 {
-        return false;
+/// The secrets one answer is screened for, prepared once: every [`WINDOW`]-long run of each (lower-cased),
+/// and the whole of any shorter one.
+pub struct Needles {
+    windows: HashSet<[u8; WINDOW]>,
+    /// A bit per hash of a window: most positions are ruled out without a set lookup.
+    filter: Box<[u64]>,
+    short: Vec<Vec<u8>>,
+}
+
+const FILTER_BITS: u32 = 16;
+
+fn filter_slot(window: &[u8; WINDOW]) -> usize {
+    // FNV-1a, folded to FILTER_BITS.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in window {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
     }
-    for i in 0..hay.len() {
-        let Some((first, _)) = unit(hay, i) else {
-            continue;
+    ((h >> 32) ^ h) as usize & ((1 << FILTER_BITS) - 1)
+}
+
+impl Needles {
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Needles {
+        let mut needles = Needles {
+            windows: HashSet::new(),
+            filter: vec![0u64; (1 << FILTER_BITS) / 64].into_boxed_slice(),
+            short: Vec::new(),
         };
-        for start in 0..=secret.len() - window {
-            if !secret[start].eq_ignore_ascii_case(&first) {
+        for secret in secrets {
+            let lower = secret.to_ascii_lowercase();
+            if lower.is_empty() {
                 continue;
             }
-            let mut at = i;
-            let mut matched = 0;
-            while matched < window {
-                match unit(hay, at) {
-                    Some((b, width)) if b.eq_ignore_ascii_case(&secret[start + matched]) => {
-                        at += width;
-                        matched += 1;
-                    }
-                    _ => break,
-                }
+            if lower.len() < WINDOW {
+                needles.short.push(lower);
+                continue;
             }
-            if matched == window {
+            for w in lower.windows(WINDOW) {
+                let mut window = [0u8; WINDOW];
+                window.copy_from_slice(w);
+                let slot = filter_slot(&window);
+                needles.filter[slot / 64] |= 1 << (slot % 64);
+                needles.windows.insert(window);
+            }
+        }
+        needles
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty() && self.short.is_empty()
+    }
+
+    /// Whether `text` (complete) carries any of the secrets.
+    pub fn found_in(&self, text: &[u8]) -> bool {
+        let mut scan = Scan::default();
+        matches!(scan.feed(self, text, 0, true), Fed::Found | Fed::Overlong)
+    }
+
+    /// Whether the headers carry any of the secrets: their values read in order as one text, and their names
+    /// as another (a secret split across headers is found).
+    pub fn headers_carry(&self, headers: &HeaderMap) -> bool {
+        let mut values = Vec::with_capacity(512);
+        let mut names = Vec::with_capacity(256);
+        for (name, value) in headers {
+            names.extend_from_slice(name.as_str().as_bytes());
+            values.extend_from_slice(value.as_bytes());
+        }
+        self.found_in(&values) || self.found_in(&names)
+    }
+
+    fn matches(&self, tail: &[u8; WINDOW], seen: usize) -> bool {
+        if seen >= WINDOW && !self.windows.is_empty() {
+            let slot = filter_slot(tail);
+            if self.filter[slot / 64] & (1 << (slot % 64)) != 0 && self.windows.contains(tail) {
                 return true;
             }
         }
+        self.short
+            .iter()
+            .any(|s| seen >= s.len() && tail.ends_with(s))
     }
-    false
 }
 
-/// The character spelled at `hay[at..]` and how many bytes spell it: a byte as itself, or an escape of an
-/// ASCII character: JSON's `\uXXXX`, `\/`, `\"`, `\\`; C's `\xHH`, `\UXXXXXXXX`; URL's `%HH`; HTML's
-/// `&#DD;` and `&#xHH;`.
-fn unit(hay: &[u8], at: usize) -> Option<(u8, usize)> {
-    let b = *hay.get(at)?;
-    let ascii = |digits: &[u8], radix: u32| -> Option<u8> {
-        let code = u32::from_str_radix(std::str::from_utf8(digits).ok()?, radix).ok()?;
-        u8::try_from(code).ok().filter(u8::is_ascii)
-    };
-    let escaped = match b {
-        b'\\' => match hay.get(at + 1) {
-            Some(b'u') => hay
-                .get(at + 2..at + 6)
-                .and_then(|h| ascii(h, 16))
-                .map(|c| (c, 6)),
-            Some(b'U') => hay
-                .get(at + 2..at + 10)
-                .and_then(|h| ascii(h, 16))
-                .map(|c| (c, 10)),
-            Some(b'x') => hay
-                .get(at + 2..at + 4)
-                .and_then(|h| ascii(h, 16))
-                .map(|c| (c, 4)),
-            Some(&c @ (b'/' | b'"' | b'\\')) => Some((c, 2)),
-            _ => None,
-        },
-        b'%' => hay
-            .get(at + 1..at + 3)
-            .and_then(|h| ascii(h, 16))
-            .map(|c| (c, 3)),
-        b'&' if hay.get(at + 1) == Some(&b'#') => {
-            let (digits_at, radix) = match hay.get(at + 2) {
-                Some(b'x' | b'X') => (at + 3, 16),
-                _ => (at + 2, 10),
+/// What feeding bytes to a [`Scan`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Fed {
+    /// Nothing yet: bytes before `safe` (an offset in the whole text) can no longer be part of a match, and
+    /// decoding stopped at `decoded_to` (an escape cut short by the end of what was fed).
+    Clear {
+        safe: u64,
+        decoded_to: u64,
+    },
+    Found,
+    /// An escape longer than [`LONGEST_ESCAPE`].
+    Overlong,
+}
+
+/// Decodes a text left to right (across the pieces it comes in) and looks for a secret in what it spells.
+#[derive(Default)]
+struct Scan {
+    /// The last [`WINDOW`] characters decoded, lower-cased, oldest first.
+    tail: [u8; WINDOW],
+    /// How many characters were decoded.
+    seen: usize,
+    /// Where (offset in the whole text) each of the last `WINDOW - 1` decoded characters started, oldest
+    /// first.
+    starts: std::collections::VecDeque<u64>,
+}
+
+/// One step of decoding at a position.
+enum Unit {
+    Char(u8, usize),
+    /// An escape may be starting here but the text ends before it does.
+    NeedMore,
+    Overlong,
+}
+
+impl Scan {
+    /// Feeds `text`, which starts at offset `base` of the whole; `at_end` when no more follows. Returns how
+    /// far the bytes are safe to send, or a find. Bytes from the first undecoded one on are fed again with
+    /// what follows them (the caller keeps them).
+    fn feed(&mut self, needles: &Needles, text: &[u8], base: u64, at_end: bool) -> Fed {
+        let mut i = 0;
+        while i < text.len() {
+            let (c, width) = match unit(&text[i..], at_end) {
+                Unit::Char(c, width) => (c, width),
+                Unit::NeedMore => break,
+                Unit::Overlong => return Fed::Overlong,
             };
-            (digits_at..hay.len().min(at + LONGEST_ESCAPE))
-                .find(|&i| hay[i] == b';')
-                .and_then(|end| ascii(&hay[digits_at..end], radix).map(|c| (c, end + 1 - at)))
+            self.tail.copy_within(1.., 0);
+            self.tail[WINDOW - 1] = c.to_ascii_lowercase();
+            self.seen += 1;
+            if needles.matches(&self.tail, self.seen) {
+                return Fed::Found;
+            }
+            self.starts.push_back(base + i as u64);
+            if self.starts.len() > WINDOW - 1 {
+                self.starts.pop_front();
+            }
+            i += width;
         }
-        _ => None,
-    };
-    // Spelled as an escape; else the byte itself.
-    escaped.or(Some((b, 1)))
+        // The oldest of the last WINDOW - 1 characters may begin a match; everything before it may not. So
+        // may whatever was not decoded yet.
+        let decoded_to = base + i as u64;
+        Fed::Clear {
+            safe: self
+                .starts
+                .front()
+                .copied()
+                .unwrap_or(decoded_to)
+                .min(decoded_to),
+            decoded_to,
+        }
+    }
 }
 
-/// `body`, ended with an error where it would carry `secret` (or where it starts compressed). Trailers are
-/// dropped. `decision_id` names the request in the log when an answer is cut off.
-pub fn screened(body: Body, secret: Vec<u8>, decision_id: Uuid) -> Body {
+fn hex_value(digits: &[u8]) -> Option<u32> {
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+fn char_of(code: u32) -> u8 {
+    u8::try_from(code)
+        .ok()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control())
+        .unwrap_or(OTHER)
+}
+
+/// The character spelled at the start of `text` (see the module docs for the escapes read).
+fn unit(text: &[u8], at_end: bool) -> Unit {
+    let literal = Unit::Char(text[0], 1);
+    // A prefix of an escape at the very end waits for more (unless there is no more).
+    let need = |n: usize| {
+        if text.len() < n && !at_end {
+            Some(Unit::NeedMore)
+        } else {
+            None
+        }
+    };
+    match text[0] {
+        b'\\' => {
+            if let Some(wait) = need(2) {
+                return wait;
+            }
+            match text.get(1) {
+                Some(b'u') if text.get(2) == Some(&b'{') => {
+                    let Some(close) = text.iter().take(LONGEST_ESCAPE).position(|&b| b == b'}')
+                    else {
+                        return if text.len() < LONGEST_ESCAPE && !at_end {
+                            Unit::NeedMore
+                        } else {
+                            literal
+                        };
+                    };
+                    hex_value(&text[3..close])
+                        .map_or(literal, |c| Unit::Char(char_of(c), close + 1))
+                }
+                Some(b'u') | Some(b'U') | Some(b'x') => {
+                    let n = match text[1] {
+                        b'u' => 4,
+                        b'U' => 8,
+                        _ => 2,
+                    };
+                    if let Some(wait) = need(2 + n) {
+                        return wait;
+                    }
+                    text.get(2..2 + n)
+                        .and_then(hex_value)
+                        .map_or(literal, |c| Unit::Char(char_of(c), 2 + n))
+                }
+                Some(&c @ (b'/' | b'"' | b'\\' | b'\'')) => Unit::Char(c, 2),
+                Some(b'n' | b'r' | b't' | b'b' | b'f') => Unit::Char(OTHER, 2),
+                _ => literal,
+            }
+        }
+        b'%' => {
+            if let Some(wait) = need(3) {
+                return wait;
+            }
+            text.get(1..3)
+                .and_then(hex_value)
+                .map_or(literal, |c| Unit::Char(char_of(c), 3))
+        }
+        b'&' => {
+            if let Some(wait) = need(3) {
+                return wait;
+            }
+            if text.get(1) != Some(&b'#') {
+                return literal;
+            }
+            let (from, radix) = match text.get(2) {
+                Some(b'x' | b'X') => (3, 16),
+                _ => (2, 10),
+            };
+            let digits = text[from.min(text.len())..]
+                .iter()
+                .take_while(|b| {
+                    if radix == 16 {
+                        b.is_ascii_hexdigit()
+                    } else {
+                        b.is_ascii_digit()
+                    }
+                })
+                .count();
+            let end = from + digits;
+            if end >= LONGEST_ESCAPE {
+                return Unit::Overlong;
+            }
+            if end == text.len() && !at_end {
+                return Unit::NeedMore;
+            }
+            if digits == 0 {
+                return literal;
+            }
+            // Leading zeros do not change the character; only the last 8 digits can.
+            let significant = &text[from..end];
+            let significant = &significant[significant.len().saturating_sub(8)..];
+            let leading_zeros = text[from..end - significant.len()]
+                .iter()
+                .all(|&b| b == b'0');
+            let code = std::str::from_utf8(significant)
+                .ok()
+                .and_then(|d| u32::from_str_radix(d, radix).ok())
+                .filter(|_| leading_zeros);
+            let width = if text.get(end) == Some(&b';') {
+                end + 1
+            } else {
+                end
+            };
+            code.map_or(literal, |c| Unit::Char(char_of(c), width))
+        }
+        _ => literal,
+    }
+}
+
+/// `body`, ended with an error where it would carry one of `needles` (or where it starts compressed).
+/// Trailers are dropped. `decision_id` names the request in the log when an answer is cut off.
+pub fn screened(body: Body, needles: Arc<Needles>, decision_id: Uuid) -> Body {
     Body::new(Screened {
         inner: body,
         held: BytesMut::new(),
-        secret,
+        held_from: 0,
+        scanned: 0,
+        scan: Scan::default(),
+        needles,
         started: false,
         done: false,
         decision_id,
     })
 }
 
+/// What [`Screened`] answers a poll with.
+type Polled = Poll<Option<Result<Frame<Bytes>, axum::Error>>>;
+
 struct Screened {
     inner: Body,
+    /// Bytes received and not yet sent; `held[0]` is at offset `held_from` of the body.
     held: BytesMut,
-    secret: Vec<u8>,
+    held_from: u64,
+    /// How far (offset in the body) the scan has decoded.
+    scanned: u64,
+    scan: Scan,
+    needles: Arc<Needles>,
     /// Whether the body's first bytes were looked at.
     started: bool,
     done: bool,
@@ -165,12 +380,40 @@ struct Screened {
 }
 
 impl Screened {
-    fn cut_off(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    fn cut_off(&mut self, why: &'static str) -> Polled {
         self.done = true;
-        tracing::error!(decision_id = %self.decision_id, "a handle's answer {why}; the answer is cut off");
+        tracing::error!(decision_id = %self.decision_id, "an answer {why}; it is cut off");
         Poll::Ready(Some(Err(axum::Error::new(format!(
             "the provider's answer {why}; withheld"
         )))))
+    }
+
+    /// Scans what was not scanned yet and sends what can no longer be part of a match.
+    fn advance(&mut self, at_end: bool) -> Option<Polled> {
+        let from = (self.scanned - self.held_from) as usize;
+        match self
+            .scan
+            .feed(&self.needles, &self.held[from..], self.scanned, at_end)
+        {
+            Fed::Found => Some(self.cut_off("carries a secret tollgate holds")),
+            Fed::Overlong => Some(self.cut_off("carries an overlong character escape")),
+            Fed::Clear { safe, decoded_to } => {
+                // The scan resumes at the first byte it could not decode yet.
+                self.scanned = decoded_to;
+                let send = if at_end {
+                    self.held.len()
+                } else {
+                    (safe - self.held_from) as usize
+                };
+                if send == 0 {
+                    return None;
+                }
+                self.held_from += send as u64;
+                Some(Poll::Ready(Some(Ok(Frame::data(
+                    self.held.split_to(send).freeze(),
+                )))))
+            }
+        }
     }
 }
 
@@ -194,20 +437,14 @@ impl http_body::Body for Screened {
                         continue;
                     };
                     this.held.extend_from_slice(&data);
-                    if !this.started && this.held.len() >= 2 {
+                    if !this.started && this.held_from + this.held.len() as u64 >= 6 {
                         this.started = true;
-                        if compressed_start(&this.held) {
+                        if this.held_from == 0 && compressed_start(&this.held) {
                             return this.cut_off("starts like a compressed stream");
                         }
                     }
-                    if carries(&this.held, &this.secret) {
-                        return this.cut_off("carries its minted secret");
-                    }
-                    // A run that could still complete may start no earlier than this many bytes back.
-                    let keep = (this.secret.len().min(WINDOW) * LONGEST_ESCAPE).saturating_sub(1);
-                    if this.held.len() > keep {
-                        let out = this.held.split_to(this.held.len() - keep).freeze();
-                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    if let Some(ready) = this.advance(false) {
+                        return ready;
                     }
                 }
                 Some(Err(e)) => {
@@ -215,11 +452,12 @@ impl http_body::Body for Screened {
                     return Poll::Ready(Some(Err(e)));
                 }
                 None => {
-                    this.done = true;
-                    if !this.held.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(this.held.split().freeze()))));
+                    if !this.started && compressed_start(&this.held) {
+                        return this.cut_off("starts like a compressed stream");
                     }
-                    return Poll::Ready(None);
+                    let last = this.advance(true);
+                    this.done = true;
+                    return last.unwrap_or(Poll::Ready(None));
                 }
             }
         }
@@ -246,14 +484,15 @@ mod tests {
         }
     }
 
+    fn needles(secret: &str) -> Arc<Needles> {
+        Arc::new(Needles::new([secret.as_bytes()]))
+    }
+
     async fn through(chunks: &[&str], secret: &str) -> Result<String, String> {
         let body = Body::new(Chunks(
             chunks.iter().map(|c| Bytes::from(c.to_string())).collect(),
         ));
-        match screened(body, secret.as_bytes().to_vec(), Uuid::nil())
-            .collect()
-            .await
-        {
+        match screened(body, needles(secret), Uuid::nil()).collect().await {
             Ok(c) => Ok(String::from_utf8(c.to_bytes().to_vec()).unwrap()),
             Err(e) => Err(e.to_string()),
         }
@@ -329,7 +568,7 @@ mod tests {
         }
         let gzip = Body::from(vec![0x1f_u8, 0x8b, 8, 0, 1, 2, 3]);
         assert!(
-            screened(gzip, LONG.as_bytes().to_vec(), Uuid::nil())
+            screened(gzip, needles(LONG), Uuid::nil())
                 .collect()
                 .await
                 .is_err()
@@ -346,7 +585,7 @@ mod tests {
             http::HeaderName::from_bytes(format!("x-{}", &LONG[..14]).as_bytes()).unwrap(),
             http::HeaderValue::from_static("1"),
         );
-        assert!(headers_carry(&h, LONG.as_bytes()));
+        assert!(needles(LONG).headers_carry(&h));
     }
 
     #[test]
@@ -377,7 +616,75 @@ mod tests {
         );
         let mut h = HeaderMap::new();
         h.insert("x-debug", http::HeaderValue::from_static("auth=Bearer abc"));
-        assert!(headers_carry(&h, b"abc"));
-        assert!(!headers_carry(&h, b"abd"));
+        assert!(needles("abc").headers_carry(&h));
+        assert!(!needles("abd").headers_carry(&h));
+    }
+
+    #[tokio::test]
+    async fn long_numeric_references_split_headers_and_other_compressions_are_caught() {
+        let padded: String = LONG[..13]
+            .bytes()
+            .map(|b| format!("&#0000000{b};"))
+            .collect();
+        let hex_padded: String = LONG[..13]
+            .bytes()
+            .map(|b| format!("&#x000000{b:x};"))
+            .collect();
+        let bare: String = LONG[..13].bytes().map(|b| format!("&#{b} ")).collect();
+        let js: String = LONG[..13]
+            .bytes()
+            .map(|b| format!("\\u{{{b:x}}}"))
+            .collect();
+        for echo in [padded, hex_padded, js] {
+            assert!(through(&[&echo], LONG).await.is_err(), "{echo}");
+        }
+        // `&#82 ` reads as R then a space: with spaces between, no twelve characters in a row.
+        assert!(through(&[&bare], LONG).await.is_ok());
+        let bare_run: String = LONG[..13].bytes().map(|b| format!("&#{b}")).collect();
+        assert!(through(&[&bare_run], LONG).await.is_err(), "{bare_run}");
+        let overlong = format!("&#{}82;", "0".repeat(80));
+        assert!(through(&[&overlong], LONG).await.is_err());
+        // An escape split across chunks is read whole.
+        let escaped: String = LONG[..13].bytes().map(|b| format!("%{b:02x}")).collect();
+        let pieces: Vec<String> = escaped
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect();
+        let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        assert!(through(&pieces, LONG).await.is_err());
+        // A secret split across headers is found in them read together.
+        let mut h = HeaderMap::new();
+        for (i, piece) in LONG.as_bytes().chunks(11).enumerate() {
+            h.insert(
+                http::HeaderName::from_bytes(format!("x-p{i}").as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(piece).unwrap(),
+            );
+        }
+        assert!(needles(LONG).headers_carry(&h));
+        for magic in [
+            &b"BZh91AY"[..],
+            &[0xfd, b'7', b'z', b'X', b'Z', 0, 1],
+            &[0x28, 0xb5, 0x2f, 0xfd, 1, 2],
+        ] {
+            let body = Body::from(magic.to_vec());
+            assert!(
+                screened(body, needles(LONG), Uuid::nil())
+                    .collect()
+                    .await
+                    .is_err()
+            );
+        }
+        // A large ordinary answer passes whole, in many chunks.
+        let big = format!(
+            "{{\"result\":[{}]}}",
+            "{\"id\":\"023e105f4ecef8ad9ca31a8372d0c353\",\"name\":\"a&#38;b %20\"},".repeat(2000)
+        );
+        let chunks: Vec<&str> = big
+            .as_bytes()
+            .chunks(1000)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        assert_eq!(through(&chunks, LONG).await.unwrap(), big);
     }
 }
