@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-request CPU work: policy evaluation of the bundled library, classification,
-//! canonicalization and body parsing. `cargo bench -p tollgate --bench hot_path`.
+//! canonicalization, body parsing and the screen every answer passes (tollgate's credential looked for in
+//! it). `cargo bench -p tollgate --bench hot_path`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -206,10 +207,36 @@ fn canonicalization_and_body(c: &mut Criterion) {
     group.finish();
 }
 
+/// The screen on a 4 KiB Cloudflare-style answer, beside a plain pass over the same bytes (a baseline: what
+/// any copy of the answer costs).
+fn answer_screen(c: &mut Criterion) {
+    use tollgate::vault::screen::Needles;
+    let needles = Needles::new([
+        &b"cf-bench-credential-0123456789abcdefghijklmn"[..],
+        &b"sk_test_51BenchKeyAbCdEfGhIjKlMnOpQrStUvWxYz0123456789"[..],
+    ]);
+    let record = r#"{"id":"372e67954025e0ba6aaa6d586b9e0b59","type":"A","name":"www.example.com","content":"198.51.100.4","proxied":true,"ttl":1,"comment":"a&#38;b %20 é"},"#;
+    let answer = format!(
+        r#"{{"success":true,"errors":[],"messages":[],"result":[{}]}}"#,
+        record.repeat(4096 / record.len())
+    );
+    let bytes = answer.as_bytes();
+    let mut group = c.benchmark_group("answer");
+    group.throughput(criterion::Throughput::Bytes(bytes.len() as u64));
+    group.bench_function("screen_4k", |b| {
+        b.iter(|| assert!(!needles.found_in(std::hint::black_box(bytes))))
+    });
+    group.bench_function("baseline_copy_4k", |b| {
+        b.iter(|| std::hint::black_box(bytes.to_vec()))
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     policy_evaluation,
     classification,
-    canonicalization_and_body
+    canonicalization_and_body,
+    answer_screen
 );
 criterion_main!(benches);
