@@ -447,7 +447,27 @@ fn parse_before(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
 }
 
 /// Parses arguments and runs the command.
+/// A reader that stops early (`tollgate … | head`) closes stdout, and the next print fails: the command
+/// ends there quietly with 141 (what a shell reports for a writer ended by SIGPIPE), as command-line tools
+/// do, instead of a panic and a backtrace. Every other panic goes to the default hook.
+fn quiet_on_closed_stdout() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info);
+    }));
+}
+
 pub fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     // One provider for every rustls user in the process (upstream client, Postgres TLS).

@@ -374,3 +374,27 @@ decision := {"outcome": "deny", "reasons": [{"rule": "t.malformed", "message": "
         String::from_utf8_lossy(&strict.stderr)
     );
 }
+
+/// A reader that stops early (`| head`) ends a command's output quietly: no panic, no backtrace.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(tollgate_tests::tollgate::binary().unwrap())
+        // Two lines per test of the bundled library: far more than a pipe holds.
+        .args(["policy", "test"])
+        .arg(tollgate_tests::tollgate::bundled_policies())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The pipe's read end is dropped here, with most of the output still to come.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!first.is_empty());
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}

@@ -80,13 +80,28 @@ pub struct Needles {
 
 const FILTER_BITS: u32 = 16;
 
-fn filter_slot(window: &[u8; WINDOW]) -> usize {
-    // FNV-1a, folded to FILTER_BITS.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in window {
-        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+/// The base of the rolling hash over the last [`WINDOW`] characters, and its power for the one leaving.
+const BASE: u64 = 0x100_0000_01b3;
+const BASE_POW: u64 = {
+    let mut p: u64 = 1;
+    let mut i = 1;
+    while i < WINDOW {
+        p = p.wrapping_mul(BASE);
+        i += 1;
     }
-    ((h >> 32) ^ h) as usize & ((1 << FILTER_BITS) - 1)
+    p
+};
+
+/// The polynomial hash of a window, as [`Scan`] rolls it.
+fn window_hash(window: &[u8]) -> u64 {
+    window.iter().fold(0u64, |h, &c| {
+        h.wrapping_mul(BASE).wrapping_add(u64::from(c))
+    })
+}
+
+fn filter_slot(hash: u64) -> usize {
+    let mixed = hash ^ (hash >> 29) ^ (hash >> 47);
+    mixed as usize & ((1 << FILTER_BITS) - 1)
 }
 
 impl Needles {
@@ -108,7 +123,7 @@ impl Needles {
             for w in lower.windows(WINDOW) {
                 let mut window = [0u8; WINDOW];
                 window.copy_from_slice(w);
-                let slot = filter_slot(&window);
+                let slot = filter_slot(window_hash(w));
                 needles.filter[slot / 64] |= 1 << (slot % 64);
                 needles.windows.insert(window);
             }
@@ -138,16 +153,22 @@ impl Needles {
         self.found_in(&values) || self.found_in(&names)
     }
 
-    fn matches(&self, tail: &[u8; WINDOW], seen: usize) -> bool {
-        if seen >= WINDOW && !self.windows.is_empty() {
-            let slot = filter_slot(tail);
-            if self.filter[slot / 64] & (1 << (slot % 64)) != 0 && self.windows.contains(tail) {
+    /// Whether the window `scan` ends on is one of the secrets' (or ends with a short one).
+    fn matches(&self, scan: &Scan) -> bool {
+        if scan.seen >= WINDOW && !self.windows.is_empty() {
+            let slot = filter_slot(scan.hash);
+            if self.filter[slot / 64] & (1 << (slot % 64)) != 0
+                && self.windows.contains(&scan.tail())
+            {
                 return true;
             }
         }
-        self.short
-            .iter()
-            .any(|s| seen >= s.len() && tail.ends_with(s))
+        !self.short.is_empty() && {
+            let tail = scan.tail();
+            self.short
+                .iter()
+                .any(|s| scan.seen >= s.len() && tail.ends_with(s))
+        }
     }
 }
 
@@ -168,13 +189,15 @@ enum Fed {
 /// Decodes a text left to right (across the pieces it comes in) and looks for a secret in what it spells.
 #[derive(Default)]
 struct Scan {
-    /// The last [`WINDOW`] characters decoded, lower-cased, oldest first.
-    tail: [u8; WINDOW],
+    /// The last [`WINDOW`] characters decoded, lower-cased, in a ring: the next goes to `seen % WINDOW`.
+    ring: [u8; WINDOW],
+    /// The rolling hash of the last [`WINDOW`] characters.
+    hash: u64,
     /// How many characters were decoded.
     seen: usize,
-    /// Where (offset in the whole text) each of the last `WINDOW - 1` decoded characters started, oldest
-    /// first.
-    starts: std::collections::VecDeque<u64>,
+    /// Where (offset in the whole text) each of the last [`WINDOW`] decoded characters started, in a ring
+    /// like `ring`.
+    starts: [u64; WINDOW],
 }
 
 /// One step of decoding at a position.
@@ -197,30 +220,47 @@ impl Scan {
                 Unit::NeedMore => break,
                 Unit::Overlong => return Fed::Overlong,
             };
-            self.tail.copy_within(1.., 0);
-            self.tail[WINDOW - 1] = c.to_ascii_lowercase();
+            let c = c.to_ascii_lowercase();
+            let at = self.seen % WINDOW;
+            let leaving = if self.seen >= WINDOW {
+                self.ring[at]
+            } else {
+                0
+            };
+            self.hash = self
+                .hash
+                .wrapping_sub(u64::from(leaving).wrapping_mul(BASE_POW))
+                .wrapping_mul(BASE)
+                .wrapping_add(u64::from(c));
+            self.ring[at] = c;
+            self.starts[at] = base + i as u64;
             self.seen += 1;
-            if needles.matches(&self.tail, self.seen) {
+            if needles.matches(self) {
                 return Fed::Found;
-            }
-            self.starts.push_back(base + i as u64);
-            if self.starts.len() > WINDOW - 1 {
-                self.starts.pop_front();
             }
             i += width;
         }
         // The oldest of the last WINDOW - 1 characters may begin a match; everything before it may not. So
         // may whatever was not decoded yet.
         let decoded_to = base + i as u64;
+        let oldest_open = match self.seen {
+            0 => decoded_to,
+            n if n < WINDOW => self.starts[0],
+            n => self.starts[(n + 1) % WINDOW],
+        };
         Fed::Clear {
-            safe: self
-                .starts
-                .front()
-                .copied()
-                .unwrap_or(decoded_to)
-                .min(decoded_to),
+            safe: oldest_open.min(decoded_to),
             decoded_to,
         }
+    }
+
+    /// The last [`WINDOW`] characters, oldest first.
+    fn tail(&self) -> [u8; WINDOW] {
+        let mut tail = [0u8; WINDOW];
+        let at = self.seen % WINDOW;
+        tail[..WINDOW - at].copy_from_slice(&self.ring[at..]);
+        tail[WINDOW - at..].copy_from_slice(&self.ring[..at]);
+        tail
     }
 }
 
