@@ -193,6 +193,23 @@ pub fn canonicalize_path(raw: &str) -> Result<CanonicalPath, Malformed> {
     })
 }
 
+/// The methods an agent may send, spelled as HTTP spells them (methods are case-sensitive, RFC 9110 §9.1):
+/// `put` is not `PUT` to the catalog, but a provider or a framework in front of it may take it as `PUT`, so
+/// any other spelling or method is refused before classification.
+pub const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// Refuses a method that is not one of [`METHODS`] exactly.
+pub fn check_method(method: &http::Method) -> Result<(), Malformed> {
+    if METHODS.contains(&method.as_str()) {
+        return Ok(());
+    }
+    Err(Malformed::new(format!(
+        "the method {:?} is refused: tollgate forwards {}",
+        method.as_str().chars().take(32).collect::<String>(),
+        METHODS.join(", ")
+    )))
+}
+
 /// Refuse method-override headers (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override, any
 /// case), any Content-Encoding other than "identity", a `Connection` header that names anything but
 /// the hop-by-hop headers, a second copy of a header the provider or tollgate reads once
@@ -457,6 +474,19 @@ mod tests {
                 );
             }
             (got, want) => panic!("{raw:?}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn only_methods_spelled_as_http_spells_them_pass() {
+        for ok in METHODS {
+            assert!(check_method(&http::Method::from_bytes(ok.as_bytes()).unwrap()).is_ok());
+        }
+        for bad in ["put", "Put", "TRACE", "CONNECT", "PROPFIND"] {
+            assert!(
+                check_method(&http::Method::from_bytes(bad.as_bytes()).unwrap()).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -529,6 +529,7 @@ impl Gate {
         }
 
         // canonicalize
+        canon::check_method(&parts.method).map_err(|m| Refusal::malformed(m.message()))?;
         let path = canon::canonicalize_path(rest).map_err(|m| Refusal::malformed(m.message()))?;
         draft.path = path.as_str().to_string();
         let query =

@@ -895,6 +895,21 @@ async fn tokens_belong_to_their_minter_and_handles_spend_its_budget() {
     };
     w.stand_in.take();
 
+    // A method in another case is not `PUT` to the catalog but may be to a provider: refused before anything.
+    let r = w
+        .http
+        .request(
+            reqwest::Method::from_bytes(b"put").unwrap(),
+            w.gate
+                .url("/cloudflare/client/v4/user/tokens/tok-alpha/value"),
+        )
+        .bearer_auth(&intruder)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(w.stand_in.take().is_empty());
     // Another spelling of the same id (Cloudflare's ids are hex: case and hyphens do not make another token).
     let (status, answer) = w.roll(&intruder, "TOK-ALPHA").await;
     assert_eq!(status, 403, "{answer}");

@@ -5,10 +5,12 @@
 //!
 //! What counts as carrying a secret: any run of [`WINDOW`] consecutive characters of it (the whole of a
 //! shorter one) — a prefix, a middle, the whole — in any letter case, each character as itself or escaped
-//! the ways answers escape text: JSON (`\u0053`, `\/`), JS (`\u{53}`), C (`\x53`, `\U00000053`), URL (`%53`)
-//! and HTML (`&#83;`, `&#x53`, any number of leading zeros, with or without `;`). Escapes are read left to
-//! right as a decoder would. Header values are read as one text in order (and names as another), so a secret
-//! split across headers is found too. The body streams through with the bytes of a possible match held back, so no
+//! the ways answers escape text: JSON (`\u0053`, `\/`), JS (`\u{53}`, a line continuation), C (`\x53`,
+//! `\U00000053`, octal `\123`), URL (`%53`) and HTML (`&#83;`, `&#x53`), with any number of leading zeros
+//! where the form allows them, and with invisible characters (NUL, zero-width spaces, soft hyphens) between
+//! characters read as nothing. Escapes are read left to right as a decoder would. Headers are read as one text
+//! of names and values in order (and values, and names, alone), so a secret split across headers is found too
+//! (the values of a repeated name are read together). The body streams through with the bytes of a possible match held back, so no
 //! part of one is ever sent; a match ends the body with an error (the agent sees a broken answer). A body
 //! that starts like a compressed stream (gzip, zlib, bzip2, xz, zstd) is cut off, and the caller withholds
 //! one labelled compressed (tollgate asks for `identity`). Not caught: a provider that transforms the secret
@@ -141,16 +143,20 @@ impl Needles {
         matches!(scan.feed(self, text, 0, true), Fed::Found | Fed::Overlong)
     }
 
-    /// Whether the headers carry any of the secrets: their values read in order as one text, and their names
-    /// as another (a secret split across headers is found).
+    /// Whether the headers carry any of the secrets: read as one text of names and values in order, as one
+    /// of the values alone and one of the names alone (a secret split across headers, or between a name and
+    /// its value, is found). Values of a repeated name are read together, as the map keeps them.
     pub fn headers_carry(&self, headers: &HeaderMap) -> bool {
+        let mut pairs = Vec::with_capacity(768);
         let mut values = Vec::with_capacity(512);
         let mut names = Vec::with_capacity(256);
         for (name, value) in headers {
+            pairs.extend_from_slice(name.as_str().as_bytes());
+            pairs.extend_from_slice(value.as_bytes());
             names.extend_from_slice(name.as_str().as_bytes());
             values.extend_from_slice(value.as_bytes());
         }
-        self.found_in(&values) || self.found_in(&names)
+        self.found_in(&pairs) || self.found_in(&values) || self.found_in(&names)
     }
 
     /// Whether the window `scan` ends on is one of the secrets' (or ends with a short one).
@@ -203,6 +209,8 @@ struct Scan {
 /// One step of decoding at a position.
 enum Unit {
     Char(u8, usize),
+    /// Bytes that spell nothing (a line continuation, an invisible character).
+    Skip(usize),
     /// An escape may be starting here but the text ends before it does.
     NeedMore,
     Overlong,
@@ -217,6 +225,10 @@ impl Scan {
         while i < text.len() {
             let (c, width) = match unit(&text[i..], at_end) {
                 Unit::Char(c, width) => (c, width),
+                Unit::Skip(width) => {
+                    i += width;
+                    continue;
+                }
                 Unit::NeedMore => break,
                 Unit::Overlong => return Fed::Overlong,
             };
@@ -278,6 +290,47 @@ fn char_of(code: u32) -> u8 {
         .unwrap_or(OTHER)
 }
 
+/// A run of digits in `radix` at `text[from..]`, at most [`LONGEST_ESCAPE`] bytes from the escape's start:
+/// its value when it names one character (leading zeros allowed, as every reader of these escapes allows
+/// them) and where it ends; `NeedMore` when the text ends inside it, `Overlong` past the limit.
+fn digit_run(
+    text: &[u8],
+    from: usize,
+    radix: u32,
+    at_end: bool,
+) -> Result<(Option<u32>, usize), Unit> {
+    let digits = text
+        .get(from..)
+        .unwrap_or_default()
+        .iter()
+        .take_while(|b| char::from(**b).is_digit(radix))
+        .count();
+    let end = from + digits;
+    if end >= LONGEST_ESCAPE {
+        return Err(Unit::Overlong);
+    }
+    if end == text.len() && !at_end {
+        return Err(Unit::NeedMore);
+    }
+    let run = &text[from..end];
+    let significant = run
+        .iter()
+        .position(|&b| b != b'0')
+        .map_or(&run[run.len()..], |p| &run[p..]);
+    let value = if digits == 0 {
+        None
+    } else if significant.is_empty() {
+        Some(0)
+    } else if significant.len() > 8 {
+        Some(u32::MAX)
+    } else {
+        std::str::from_utf8(significant)
+            .ok()
+            .and_then(|d| u32::from_str_radix(d, radix).ok())
+    };
+    Ok((value, end))
+}
+
 /// The character spelled at the start of `text` (see the module docs for the escapes read).
 fn unit(text: &[u8], at_end: bool) -> Unit {
     let literal = Unit::Char(text[0], 1);
@@ -289,30 +342,44 @@ fn unit(text: &[u8], at_end: bool) -> Unit {
             None
         }
     };
+    let run = |from: usize, radix: u32| digit_run(text, from, radix, at_end);
     match text[0] {
+        // Invisible in most renderings: NUL, and (UTF-8) the soft hyphen, zero-width spaces and joiners and
+        // the byte-order mark are read as nothing.
+        0 => Unit::Skip(1),
+        0xc2 | 0xe2 | 0xef => {
+            let invisible: &[&[u8]] = &[
+                &[0xc2, 0xad],
+                &[0xe2, 0x80, 0x8b],
+                &[0xe2, 0x80, 0x8c],
+                &[0xe2, 0x80, 0x8d],
+                &[0xe2, 0x81, 0xa0],
+                &[0xef, 0xbb, 0xbf],
+            ];
+            if let Some(seq) = invisible.iter().find(|seq| text.starts_with(seq)) {
+                return Unit::Skip(seq.len());
+            }
+            if !at_end && text.len() < 3 && invisible.iter().any(|seq| seq.starts_with(text)) {
+                return Unit::NeedMore;
+            }
+            literal
+        }
         b'\\' => {
             if let Some(wait) = need(2) {
                 return wait;
             }
-            match text.get(1) {
-                Some(b'u') if text.get(2) == Some(&b'{') => {
-                    let Some(close) = text.iter().take(LONGEST_ESCAPE).position(|&b| b == b'}')
-                    else {
-                        return if text.len() < LONGEST_ESCAPE && !at_end {
-                            Unit::NeedMore
-                        } else {
-                            literal
-                        };
-                    };
-                    hex_value(&text[3..close])
-                        .map_or(literal, |c| Unit::Char(char_of(c), close + 1))
-                }
-                Some(b'u') | Some(b'U') | Some(b'x') => {
-                    let n = match text[1] {
-                        b'u' => 4,
-                        b'U' => 8,
-                        _ => 2,
-                    };
+            match text[1] {
+                // JS `\u{…}`: any number of leading zeros.
+                b'u' if text.get(2) == Some(&b'{') => match run(3, 16) {
+                    Err(stop) => stop,
+                    Ok((Some(c), end)) if text.get(end) == Some(&b'}') => {
+                        Unit::Char(char_of(c), end + 1)
+                    }
+                    Ok(_) if text.len() == 3 && !at_end => Unit::NeedMore,
+                    Ok(_) => literal,
+                },
+                b'u' | b'U' => {
+                    let n = if text[1] == b'u' { 4 } else { 8 };
                     if let Some(wait) = need(2 + n) {
                         return wait;
                     }
@@ -320,8 +387,39 @@ fn unit(text: &[u8], at_end: bool) -> Unit {
                         .and_then(hex_value)
                         .map_or(literal, |c| Unit::Char(char_of(c), 2 + n))
                 }
-                Some(&c @ (b'/' | b'"' | b'\\' | b'\'')) => Unit::Char(c, 2),
-                Some(b'n' | b'r' | b't' | b'b' | b'f') => Unit::Char(OTHER, 2),
+                // `\x`: JS reads two digits, C all that follow; the reading that names a character wins.
+                b'x' => match run(2, 16) {
+                    Err(stop) => stop,
+                    Ok((Some(c), end)) if char_of(c) != OTHER => Unit::Char(char_of(c), end),
+                    Ok(_) => text
+                        .get(2..4)
+                        .and_then(hex_value)
+                        .map_or(literal, |c| Unit::Char(char_of(c), 4)),
+                },
+                // Octal, one to three digits (C, and JS outside strict mode).
+                b'0'..=b'7' => {
+                    let digits = text[1..]
+                        .iter()
+                        .take(3)
+                        .take_while(|b| (b'0'..=b'7').contains(b))
+                        .count();
+                    if digits < 3 && 1 + digits == text.len() && !at_end {
+                        return Unit::NeedMore;
+                    }
+                    let value = text[1..1 + digits]
+                        .iter()
+                        .fold(0u32, |v, b| v * 8 + u32::from(b - b'0'));
+                    Unit::Char(char_of(value), 1 + digits)
+                }
+                // A line continuation: the string goes on as if it were not there.
+                b'\n' => Unit::Skip(2),
+                b'\r' => match text.get(2) {
+                    Some(b'\n') => Unit::Skip(3),
+                    None if !at_end => Unit::NeedMore,
+                    _ => Unit::Skip(2),
+                },
+                c @ (b'/' | b'"' | b'\\' | b'\'') => Unit::Char(c, 2),
+                b'n' | b'r' | b't' | b'b' | b'f' | b'v' => Unit::Char(OTHER, 2),
                 _ => literal,
             }
         }
@@ -337,49 +435,25 @@ fn unit(text: &[u8], at_end: bool) -> Unit {
             if let Some(wait) = need(3) {
                 return wait;
             }
-            if text.get(1) != Some(&b'#') {
+            if text[1] != b'#' {
                 return literal;
             }
-            let (from, radix) = match text.get(2) {
-                Some(b'x' | b'X') => (3, 16),
+            let (from, radix) = match text[2] {
+                b'x' | b'X' => (3, 16),
                 _ => (2, 10),
             };
-            let digits = text[from.min(text.len())..]
-                .iter()
-                .take_while(|b| {
-                    if radix == 16 {
-                        b.is_ascii_hexdigit()
+            match run(from, radix) {
+                Err(stop) => stop,
+                Ok((Some(c), end)) => {
+                    let width = if text.get(end) == Some(&b';') {
+                        end + 1
                     } else {
-                        b.is_ascii_digit()
-                    }
-                })
-                .count();
-            let end = from + digits;
-            if end >= LONGEST_ESCAPE {
-                return Unit::Overlong;
+                        end
+                    };
+                    Unit::Char(char_of(c), width)
+                }
+                Ok((None, _)) => literal,
             }
-            if end == text.len() && !at_end {
-                return Unit::NeedMore;
-            }
-            if digits == 0 {
-                return literal;
-            }
-            // Leading zeros do not change the character; only the last 8 digits can.
-            let significant = &text[from..end];
-            let significant = &significant[significant.len().saturating_sub(8)..];
-            let leading_zeros = text[from..end - significant.len()]
-                .iter()
-                .all(|&b| b == b'0');
-            let code = std::str::from_utf8(significant)
-                .ok()
-                .and_then(|d| u32::from_str_radix(d, radix).ok())
-                .filter(|_| leading_zeros);
-            let width = if text.get(end) == Some(&b';') {
-                end + 1
-            } else {
-                end
-            };
-            code.map_or(literal, |c| Unit::Char(char_of(c), width))
         }
         _ => literal,
     }
@@ -726,5 +800,47 @@ mod tests {
             .map(|c| std::str::from_utf8(c).unwrap())
             .collect();
         assert_eq!(through(&chunks, LONG).await.unwrap(), big);
+    }
+
+    #[tokio::test]
+    async fn padded_js_and_c_escapes_octal_continuations_and_invisible_characters_are_read() {
+        let part = &LONG[..13];
+        let js_padded: String = part.bytes().map(|b| format!("\\u{{{b:010x}}}")).collect();
+        let octal: String = part.bytes().map(|b| format!("\\{b:o}")).collect();
+        let c_padded: String = part.bytes().map(|b| format!("\\x0000{b:x}")).collect();
+        // JS reads two digits of `\x`: `\x41` then a literal hex digit.
+        let js_hex: String = part
+            .bytes()
+            .map(|b| format!("\\x{b:02x}"))
+            .collect::<String>()
+            + "f";
+        let continued: String = part.chars().map(|c| format!("{c}\\\n")).collect();
+        let nul: String = part.chars().map(|c| format!("{c}\0")).collect();
+        let zero_width: String = part.chars().map(|c| format!("{c}\u{200b}")).collect();
+        let soft: String = part.chars().map(|c| format!("{c}\u{ad}")).collect();
+        for echo in [
+            js_padded, octal, c_padded, js_hex, continued, nul, zero_width, soft,
+        ] {
+            assert!(through(&[&echo], LONG).await.is_err(), "{echo:?}");
+            // Byte by byte too: the decoder waits across every split.
+            let bytes: Vec<String> = echo.bytes().map(|b| (b as char).to_string()).collect();
+            if echo.is_ascii() {
+                let pieces: Vec<&str> = bytes.iter().map(String::as_str).collect();
+                assert!(through(&pieces, LONG).await.is_err(), "split {echo:?}");
+            }
+        }
+        let overlong = format!("\\u{{{}43}}", "0".repeat(80));
+        assert!(through(&[&overlong], LONG).await.is_err());
+        // A secret split between a header's name and its value, or across names.
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::HeaderName::from_bytes(format!("x-{}", &LONG[..7].to_lowercase()).as_bytes())
+                .unwrap(),
+            http::HeaderValue::from_str(&LONG[7..14]).unwrap(),
+        );
+        assert!(needles(LONG).headers_carry(&h));
+        // Ordinary text with backslashes and digits passes whole.
+        let ordinary = "{\"path\":\"C:\\\\temp\\\\1\",\"n\":\"\\u00e9\\n\",\"zw\":\"a\u{200B}b\"}";
+        assert_eq!(through(&[ordinary], LONG).await.unwrap(), ordinary);
     }
 }
