@@ -288,8 +288,18 @@ pub async fn handle(State(gate): State<Arc<Gate>>, request: Request<Body>) -> Re
     match answered.await {
         Ok(response) => response,
         // The lifecycle task panicked. Nothing unrecorded was forwarded (forwarding needs a Permit, which
-        // needs a committed record); the agent is told to retry.
-        Err(_) => Refusal::policy_unavailable().into_response(Envelope::Plain, Uuid::now_v7()),
+        // needs a committed record), but it may have panicked after forwarding: the agent is told not to
+        // retry blindly.
+        Err(_) => {
+            tracing::error!("a request's handling ended in a panic");
+            Refusal::new(
+                RefusalCode::UpstreamError,
+                "tollgate: an internal error ended the handling of this request, which may have reached the \
+                 provider; check the decision log (`tollgate decisions`) before retrying",
+            )
+            .not_retryable()
+            .into_response(Envelope::Plain, Uuid::now_v7())
+        }
     }
 }
 

@@ -138,6 +138,11 @@ fn cloudflare_tokens(
             let prefix: String = sent_secret.chars().take(14).collect();
             return ok(json!({"you_sent": prefix}));
         }
+        // An ordinary answer whose header and body end in the start of an escape.
+        if path.ends_with("/ends-mid-escape") {
+            return Reply::raw(200, br#"{"success":true,"result":[]} \"#.to_vec())
+                .header("x-next", "/zones?page=2&");
+        }
         if path.ends_with("/echo-split-headers") {
             let mut reply = ok(json!([]));
             for (i, piece) in seen.as_bytes().chunks(11).enumerate() {
@@ -1519,7 +1524,14 @@ async fn a_provider_echoing_the_minted_credential_does_not_reveal_it() {
         assert_eq!(status, 502, "{path}");
         assert!(!text.contains(&CLOUDFLARE_SECRET[..12]));
     }
-    // An ordinary answer is untouched by the screen.
+    // An ordinary answer is untouched by the screen, even one ending in the start of an escape.
+    let (status, _, text) = w
+        .read(&w.deployer, "/cloudflare/client/v4/zones/z/ends-mid-escape")
+        .await;
+    assert_eq!(
+        (status, text.as_str()),
+        (200, r#"{"success":true,"result":[]} \"#)
+    );
     let (status, _, text) = w.read(&w.deployer, "/cloudflare/client/v4/zones").await;
     assert_eq!(
         (status, text.contains("\"success\":true")),

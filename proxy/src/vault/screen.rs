@@ -35,9 +35,6 @@ pub const WINDOW: usize = 12;
 /// attempt to get past the screen and cuts the answer off.
 const LONGEST_ESCAPE: usize = 64;
 
-/// Stands for a decoded character that no secret contains (non-ASCII, or a control character).
-const OTHER: u8 = 0xff;
-
 /// The secret of a `Bearer <secret>` credential, as bytes to look for.
 pub fn secret_of(credential: &http::HeaderValue) -> Option<Vec<u8>> {
     let bytes = credential.as_bytes();
@@ -283,46 +280,52 @@ fn hex_value(digits: &[u8]) -> Option<u32> {
     u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
-fn char_of(code: u32) -> u8 {
-    u8::try_from(code)
-        .ok()
-        .filter(|c| c.is_ascii() && !c.is_ascii_control())
-        .unwrap_or(OTHER)
+/// What a decoded code point is to the screen: a printable ASCII character, nothing (an invisible character:
+/// NUL, soft hyphen, zero-width spaces and joiners, word joiner, byte-order mark), or `None` for anything
+/// else — the escape is then read as plain text instead, so that it cannot swallow characters of a secret
+/// (`\xcf` before `-test…` reads as `\`, `x`, `c`, `f`).
+fn decoded(code: u32, width: usize) -> Option<Unit> {
+    match code {
+        0 | 0xad | 0x200b..=0x200d | 0x2060 | 0xfeff => Some(Unit::Skip(width)),
+        0x20..=0x7e => Some(Unit::Char(code as u8, width)),
+        _ => None,
+    }
 }
 
 /// A run of digits in `radix` at `text[from..]`, at most [`LONGEST_ESCAPE`] bytes from the escape's start:
 /// its value when it names one character (leading zeros allowed, as every reader of these escapes allows
-/// them) and where it ends; `NeedMore` when the text ends inside it, `Overlong` past the limit.
+/// them) and where it ends; `NeedMore` when the text ends inside it, `Overlong` when only zeros reach the
+/// limit (padding meant to get past the screen). A longer run with other digits names no character.
 fn digit_run(
     text: &[u8],
     from: usize,
     radix: u32,
     at_end: bool,
 ) -> Result<(Option<u32>, usize), Unit> {
-    let digits = text
-        .get(from..)
-        .unwrap_or_default()
+    let run: &[u8] = text.get(from..).unwrap_or_default();
+    let digits = run
         .iter()
+        .take(LONGEST_ESCAPE)
         .take_while(|b| char::from(**b).is_digit(radix))
         .count();
-    let end = from + digits;
-    if end >= LONGEST_ESCAPE {
-        return Err(Unit::Overlong);
+    let run = &run[..digits];
+    let zeros = run.iter().take_while(|&&b| b == b'0').count();
+    if digits == LONGEST_ESCAPE {
+        return if zeros == digits {
+            Err(Unit::Overlong)
+        } else {
+            Ok((None, from + digits))
+        };
     }
+    let end = from + digits;
     if end == text.len() && !at_end {
         return Err(Unit::NeedMore);
     }
-    let run = &text[from..end];
-    let significant = run
-        .iter()
-        .position(|&b| b != b'0')
-        .map_or(&run[run.len()..], |p| &run[p..]);
-    let value = if digits == 0 {
+    let significant = &run[zeros..];
+    let value = if digits == 0 || significant.len() > 8 {
         None
     } else if significant.is_empty() {
         Some(0)
-    } else if significant.len() > 8 {
-        Some(u32::MAX)
     } else {
         std::str::from_utf8(significant)
             .ok()
@@ -331,70 +334,89 @@ fn digit_run(
     Ok((value, end))
 }
 
+/// Percent-encoded UTF-8 of the invisible characters [`decoded`] reads as nothing (upper-case hex; matched
+/// in any case).
+const INVISIBLE_PERCENT: &[&[u8]] = &[
+    b"%C2%AD",
+    b"%E2%80%8B",
+    b"%E2%80%8C",
+    b"%E2%80%8D",
+    b"%E2%81%A0",
+    b"%EF%BB%BF",
+];
+
+/// Raw UTF-8 of the same invisible characters.
+const INVISIBLE_UTF8: &[&[u8]] = &[
+    &[0xc2, 0xad],
+    &[0xe2, 0x80, 0x8b],
+    &[0xe2, 0x80, 0x8c],
+    &[0xe2, 0x80, 0x8d],
+    &[0xe2, 0x81, 0xa0],
+    &[0xef, 0xbb, 0xbf],
+];
+
+/// Raw UTF-8 of the line and paragraph separators, which end a JS line continuation like `\n`.
+const LINE_SEPARATORS: &[&[u8]] = &[&[0xe2, 0x80, 0xa8], &[0xe2, 0x80, 0xa9]];
+
+/// Where `text` starts with one of `seqs` (ASCII case ignored): `Some(Ok(len))`; `Some(Err(()))` when the
+/// text ends inside one; `None` otherwise.
+fn starts_with_any(text: &[u8], seqs: &[&[u8]], at_end: bool) -> Option<Result<usize, ()>> {
+    for seq in seqs {
+        let n = seq.len().min(text.len());
+        if text[..n].eq_ignore_ascii_case(&seq[..n]) {
+            if n == seq.len() {
+                return Some(Ok(n));
+            }
+            if !at_end {
+                return Some(Err(()));
+            }
+        }
+    }
+    None
+}
+
 /// The character spelled at the start of `text` (see the module docs for the escapes read).
 fn unit(text: &[u8], at_end: bool) -> Unit {
     let literal = Unit::Char(text[0], 1);
-    // A prefix of an escape at the very end waits for more (unless there is no more).
-    let need = |n: usize| {
-        if text.len() < n && !at_end {
-            Some(Unit::NeedMore)
-        } else {
-            None
-        }
-    };
     let run = |from: usize, radix: u32| digit_run(text, from, radix, at_end);
+    // An escape spells its character, nothing, or (anything else) is read as plain text.
+    let spelled = |code: u32, width: usize| decoded(code, width).unwrap_or(Unit::Char(text[0], 1));
     match text[0] {
-        // Invisible in most renderings: NUL, and (UTF-8) the soft hyphen, zero-width spaces and joiners and
-        // the byte-order mark are read as nothing.
         0 => Unit::Skip(1),
-        0xc2 | 0xe2 | 0xef => {
-            let invisible: &[&[u8]] = &[
-                &[0xc2, 0xad],
-                &[0xe2, 0x80, 0x8b],
-                &[0xe2, 0x80, 0x8c],
-                &[0xe2, 0x80, 0x8d],
-                &[0xe2, 0x81, 0xa0],
-                &[0xef, 0xbb, 0xbf],
-            ];
-            if let Some(seq) = invisible.iter().find(|seq| text.starts_with(seq)) {
-                return Unit::Skip(seq.len());
-            }
-            if !at_end && text.len() < 3 && invisible.iter().any(|seq| seq.starts_with(text)) {
-                return Unit::NeedMore;
-            }
-            literal
-        }
+        0xc2 | 0xe2 | 0xef => match starts_with_any(text, INVISIBLE_UTF8, at_end) {
+            Some(Ok(n)) => Unit::Skip(n),
+            Some(Err(())) => Unit::NeedMore,
+            None => literal,
+        },
         b'\\' => {
-            if let Some(wait) = need(2) {
-                return wait;
-            }
-            match text[1] {
+            let Some(&next) = text.get(1) else {
+                return if at_end { literal } else { Unit::NeedMore };
+            };
+            match next {
                 // JS `\u{…}`: any number of leading zeros.
                 b'u' if text.get(2) == Some(&b'{') => match run(3, 16) {
                     Err(stop) => stop,
-                    Ok((Some(c), end)) if text.get(end) == Some(&b'}') => {
-                        Unit::Char(char_of(c), end + 1)
-                    }
-                    Ok(_) if text.len() == 3 && !at_end => Unit::NeedMore,
+                    Ok((Some(c), end)) if text.get(end) == Some(&b'}') => spelled(c, end + 1),
+                    Ok((_, end)) if end == text.len() && !at_end => Unit::NeedMore,
                     Ok(_) => literal,
                 },
                 b'u' | b'U' => {
-                    let n = if text[1] == b'u' { 4 } else { 8 };
-                    if let Some(wait) = need(2 + n) {
-                        return wait;
+                    let n = if next == b'u' { 4 } else { 8 };
+                    if text.len() < 2 + n && !at_end {
+                        return Unit::NeedMore;
                     }
                     text.get(2..2 + n)
                         .and_then(hex_value)
-                        .map_or(literal, |c| Unit::Char(char_of(c), 2 + n))
+                        .map_or(literal, |c| spelled(c, 2 + n))
                 }
                 // `\x`: JS reads two digits, C all that follow; the reading that names a character wins.
                 b'x' => match run(2, 16) {
                     Err(stop) => stop,
-                    Ok((Some(c), end)) if char_of(c) != OTHER => Unit::Char(char_of(c), end),
+                    Ok((Some(c), end)) if decoded(c, end).is_some() => spelled(c, end),
                     Ok(_) => text
                         .get(2..4)
                         .and_then(hex_value)
-                        .map_or(literal, |c| Unit::Char(char_of(c), 4)),
+                        .map_or(literal, |c| spelled(c, 4)),
                 },
                 // Octal, one to three digits (C, and JS outside strict mode).
                 b'0'..=b'7' => {
@@ -409,7 +431,7 @@ fn unit(text: &[u8], at_end: bool) -> Unit {
                     let value = text[1..1 + digits]
                         .iter()
                         .fold(0u32, |v, b| v * 8 + u32::from(b - b'0'));
-                    Unit::Char(char_of(value), 1 + digits)
+                    spelled(value, 1 + digits)
                 }
                 // A line continuation: the string goes on as if it were not there.
                 b'\n' => Unit::Skip(2),
@@ -418,27 +440,37 @@ fn unit(text: &[u8], at_end: bool) -> Unit {
                     None if !at_end => Unit::NeedMore,
                     _ => Unit::Skip(2),
                 },
+                0xe2 => match starts_with_any(&text[1..], LINE_SEPARATORS, at_end) {
+                    Some(Ok(n)) => Unit::Skip(1 + n),
+                    Some(Err(())) => Unit::NeedMore,
+                    None => literal,
+                },
                 c @ (b'/' | b'"' | b'\\' | b'\'') => Unit::Char(c, 2),
-                b'n' | b'r' | b't' | b'b' | b'f' | b'v' => Unit::Char(OTHER, 2),
                 _ => literal,
             }
         }
         b'%' => {
-            if let Some(wait) = need(3) {
-                return wait;
+            match starts_with_any(text, INVISIBLE_PERCENT, at_end) {
+                Some(Ok(n)) => return Unit::Skip(n),
+                Some(Err(())) => return Unit::NeedMore,
+                None => {}
+            }
+            if text.len() < 3 && !at_end {
+                return Unit::NeedMore;
             }
             text.get(1..3)
                 .and_then(hex_value)
-                .map_or(literal, |c| Unit::Char(char_of(c), 3))
+                .map_or(literal, |c| spelled(c, 3))
         }
         b'&' => {
-            if let Some(wait) = need(3) {
-                return wait;
-            }
-            if text[1] != b'#' {
+            let (Some(&hash), Some(&kind)) = (text.get(1), text.get(2)) else {
+                let waits = !at_end && text.get(1).is_none_or(|&b| b == b'#');
+                return if waits { Unit::NeedMore } else { literal };
+            };
+            if hash != b'#' {
                 return literal;
             }
-            let (from, radix) = match text[2] {
+            let (from, radix) = match kind {
                 b'x' | b'X' => (3, 16),
                 _ => (2, 10),
             };
@@ -450,7 +482,7 @@ fn unit(text: &[u8], at_end: bool) -> Unit {
                     } else {
                         end
                     };
-                    Unit::Char(char_of(c), width)
+                    spelled(c, width)
                 }
                 Ok((None, _)) => literal,
             }
@@ -842,5 +874,58 @@ mod tests {
         // Ordinary text with backslashes and digits passes whole.
         let ordinary = "{\"path\":\"C:\\\\temp\\\\1\",\"n\":\"\\u00e9\\n\",\"zw\":\"a\u{200B}b\"}";
         assert_eq!(through(&[ordinary], LONG).await.unwrap(), ordinary);
+    }
+
+    #[tokio::test]
+    async fn escaped_invisible_characters_are_nothing_and_escapes_do_not_swallow_characters() {
+        let part = &LONG[..13];
+        let spaced = |sep: &str| {
+            part.chars()
+                .map(|c| format!("{c}{sep}"))
+                .collect::<String>()
+        };
+        for sep in [
+            "\\u0000",
+            "\\u200b",
+            "\\u00AD",
+            "%00",
+            "%E2%80%8B",
+            "%c2%ad",
+            "&#8203;",
+            "&#x200B;",
+            "\\x00",
+            "\\\u{2028}",
+            "\\u{FEFF}",
+        ] {
+            let echo = spaced(sep);
+            assert!(through(&[&echo], LONG).await.is_err(), "{echo:?}");
+            let bytes = echo.as_bytes();
+            let (a, b) = bytes.split_at(bytes.len() / 2 + 1);
+            if let (Ok(a), Ok(b)) = (std::str::from_utf8(a), std::str::from_utf8(b)) {
+                assert!(through(&[a, b], LONG).await.is_err(), "split {echo:?}");
+            }
+        }
+        // An escape naming no printable character is read as text: `\xAb` does not swallow `Ab`.
+        assert!(
+            through(&[&format!("\\x{}", &LONG[..12])], LONG)
+                .await
+                .is_err()
+        );
+        assert!(
+            through(&[&format!("&#x{}", &LONG[..12])], LONG)
+                .await
+                .is_err()
+        );
+        // Answers ending in the start of an escape pass whole (no panic).
+        for tail in [
+            "\\", "&", "&#", "&#x", "%", "%4", "\\u00", "\\u{", "\\x", "\u{e2}",
+        ] {
+            let text = format!("{{\"a\":1}} {tail}");
+            assert_eq!(through(&[&text], LONG).await.unwrap(), text);
+            assert!(!needles(LONG).found_in(text.as_bytes()));
+        }
+        // A long hex run (a hash) after `\x` is text, not an attack.
+        let hash = format!("\\x{}", "a3".repeat(40));
+        assert_eq!(through(&[&hash], LONG).await.unwrap(), hash);
     }
 }
