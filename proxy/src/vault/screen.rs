@@ -79,6 +79,10 @@ pub struct Needles {
 
 const FILTER_BITS: u32 = 16;
 
+/// How many leading characters of a Stripe key are public (`sk_test_51` and the account's 16): windows
+/// wholly inside them are not looked for.
+const STRIPE_PUBLIC_PREFIX: usize = 26;
+
 /// The base of the rolling hash over the last [`WINDOW`] characters, and its power for the one leaving.
 const BASE: u64 = 0x100_0000_01b3;
 const BASE_POW: u64 = {
@@ -119,7 +123,18 @@ impl Needles {
                 needles.short.push(lower);
                 continue;
             }
-            for w in lower.windows(WINDOW) {
+            // A Stripe secret or restricted key starts with what is public: `sk_test_51` and the account's
+            // own part, which its publishable key and its `acct_1…` id repeat. Windows inside that part
+            // would cut off every answer naming the account.
+            let public = if lower.starts_with(b"sk_") || lower.starts_with(b"rk_") {
+                STRIPE_PUBLIC_PREFIX
+            } else {
+                0
+            };
+            for w in lower
+                .windows(WINDOW)
+                .skip(public.saturating_sub(WINDOW - 1))
+            {
                 let mut window = [0u8; WINDOW];
                 window.copy_from_slice(w);
                 let slot = filter_slot(window_hash(w));
@@ -136,8 +151,9 @@ impl Needles {
 
     /// Whether `text` (complete) carries any of the secrets.
     pub fn found_in(&self, text: &[u8]) -> bool {
-        let mut scan = Scan::default();
-        matches!(scan.feed(self, text, 0, true), Fed::Found | Fed::Overlong)
+        [Scan::default(), Scan::literal()]
+            .iter_mut()
+            .any(|scan| matches!(scan.feed(self, text, 0, true), Fed::Found | Fed::Overlong))
     }
 
     /// Whether the headers carry any of the secrets: read as one text of names and values in order, as one
@@ -201,6 +217,19 @@ struct Scan {
     /// Where (offset in the whole text) each of the last [`WINDOW`] decoded characters started, in a ring
     /// like `ring`.
     starts: [u64; WINDOW],
+    /// Reads every byte as itself (no escapes): the text as a reader that decodes nothing sees it. An escape
+    /// that runs into a secret's first character (`%4` before `Ab3…` reads `J`) hides it from the decoding
+    /// scan only; this one sees it.
+    literal: bool,
+}
+
+impl Scan {
+    fn literal() -> Scan {
+        Scan {
+            literal: true,
+            ..Scan::default()
+        }
+    }
 }
 
 /// One step of decoding at a position.
@@ -220,7 +249,12 @@ impl Scan {
     fn feed(&mut self, needles: &Needles, text: &[u8], base: u64, at_end: bool) -> Fed {
         let mut i = 0;
         while i < text.len() {
-            let (c, width) = match unit(&text[i..], at_end) {
+            let step = if self.literal {
+                Unit::Char(text[i], 1)
+            } else {
+                unit(&text[i..], at_end)
+            };
+            let (c, width) = match step {
                 Unit::Char(c, width) => (c, width),
                 Unit::Skip(width) => {
                     i += width;
@@ -274,7 +308,7 @@ impl Scan {
 }
 
 fn hex_value(digits: &[u8]) -> Option<u32> {
-    if digits.is_empty() || digits.len() > 8 {
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
     u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
@@ -500,6 +534,8 @@ pub fn screened(body: Body, needles: Arc<Needles>, decision_id: Uuid) -> Body {
         held_from: 0,
         scanned: 0,
         scan: Scan::default(),
+        raw_scanned: 0,
+        raw: Scan::literal(),
         needles,
         started: false,
         done: false,
@@ -518,6 +554,9 @@ struct Screened {
     /// How far (offset in the body) the scan has decoded.
     scanned: u64,
     scan: Scan,
+    /// The same for the text as written, without reading escapes ([`Scan::literal`]).
+    raw_scanned: u64,
+    raw: Scan,
     needles: Arc<Needles>,
     /// Whether the body's first bytes were looked at.
     started: bool,
@@ -536,6 +575,21 @@ impl Screened {
 
     /// Scans what was not scanned yet and sends what can no longer be part of a match.
     fn advance(&mut self, at_end: bool) -> Option<Polled> {
+        // The text as written (no escapes read), then as decoded; the bytes sent are those neither reading
+        // may still need.
+        let raw_from = (self.raw_scanned - self.held_from) as usize;
+        let raw_safe = match self.raw.feed(
+            &self.needles,
+            &self.held[raw_from..],
+            self.raw_scanned,
+            at_end,
+        ) {
+            Fed::Clear { safe, decoded_to } => {
+                self.raw_scanned = decoded_to;
+                safe
+            }
+            _ => return Some(self.cut_off("carries a secret tollgate holds")),
+        };
         let from = (self.scanned - self.held_from) as usize;
         match self
             .scan
@@ -544,6 +598,7 @@ impl Screened {
             Fed::Found => Some(self.cut_off("carries a secret tollgate holds")),
             Fed::Overlong => Some(self.cut_off("carries an overlong character escape")),
             Fed::Clear { safe, decoded_to } => {
+                let safe = safe.min(raw_safe);
                 // The scan resumes at the first byte it could not decode yet.
                 self.scanned = decoded_to;
                 let send = if at_end {
@@ -927,5 +982,23 @@ mod tests {
         // A long hex run (a hash) after `\x` is text, not an attack.
         let hash = format!("\\x{}", "a3".repeat(40));
         assert_eq!(through(&[&hash], LONG).await.unwrap(), hash);
+    }
+
+    #[tokio::test]
+    async fn an_escape_running_into_a_secret_does_not_hide_it_and_stripe_account_ids_pass() {
+        // `%4A` reads `J`: decoded, only 11 characters of the piece remain; as written, all 12 are there.
+        for prefix in ["%4", "\\x4", "&#x4"] {
+            let echo = format!("{{\"debug\":\"{prefix}{}\"}}", &LONG[..12]);
+            assert!(through(&[&echo], LONG).await.is_err(), "{echo}");
+            assert!(needles(LONG).found_in(echo.as_bytes()), "{echo}");
+            let (a, b) = echo.split_at(9);
+            assert!(through(&[a, b], LONG).await.is_err(), "split {echo}");
+        }
+        // `+` is no hex digit.
+        assert!(!needles("A000000000000").found_in(b"\\u+041"));
+        let key = "sk_test_51H8GvbKbY4gXp7tollgateZZ9f3b1eQwRtYuIoPaSdFgHjKl";
+        let account = r#"{"id":"acct_1H8GvbKbY4gXp7","object":"account","publishable_key":"pk_test_51H8GvbKbY4gXp7AbCdEf"}"#;
+        assert_eq!(through(&[account], key).await.unwrap(), account);
+        assert!(through(&[&key[14..30]], key).await.is_err());
     }
 }
