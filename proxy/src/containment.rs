@@ -104,18 +104,7 @@ pub async fn contain(
         .iter()
         .filter(|a| a.id == target.id || a.minted_by == Some(target.id))
         .collect();
-    let mut tokens = store.minted_tokens_by(&[target.id]).await?;
-    if target.minted_by.is_some()
-        && let Some(own) = store.minted_token_by_handle(target.id).await?
-        && !tokens.iter().any(|t| t.token_id == own.token_id)
-    {
-        tokens.push(own);
-    }
-    let now = Utc::now();
-    let live: Vec<MintedTokenRow> = tokens
-        .into_iter()
-        .filter(|t| t.status_at(now) != MintedStatus::Deleted)
-        .collect();
+    let live = live_tokens(store, &target).await?;
 
     let action_id = store
         .record_admin_action(
@@ -141,6 +130,28 @@ pub async fn contain(
             already_revoked.push(member.name.clone());
         }
     }
+
+    // A token minted while this ran is recorded before its minter's status is read again (the mint path
+    // deletes it itself when it sees the agent revoked); so what is recorded now, after the revocation,
+    // is every token that can outlive it. Handles made meanwhile are revoked too.
+    let agents_now = store.list_agents().await?;
+    for late in agents_now
+        .iter()
+        .filter(|a| a.minted_by == Some(target.id) && !members.iter().any(|m| m.id == a.id))
+    {
+        if store.revoke_agent(&late.name).await? {
+            revoked.push(late.name.clone());
+        } else {
+            already_revoked.push(late.name.clone());
+        }
+    }
+    let mut live_after = live_tokens(store, &target).await?;
+    live_after.retain(|t| {
+        !live
+            .iter()
+            .any(|l| l.provider == t.provider && l.token_id == t.token_id)
+    });
+    let live: Vec<MintedTokenRow> = live.into_iter().chain(live_after).collect();
 
     let note = format!("denied by incident containment: {reason}");
     let mut approvals_denied = Vec::new();
@@ -186,6 +197,22 @@ pub async fn contain(
         )
         .await?;
     Ok(report)
+}
+
+/// The tokens `target` minted (or, for a handle, its own) that are not deleted.
+async fn live_tokens(store: &Store, target: &AgentRow) -> Result<Vec<MintedTokenRow>, StoreError> {
+    let mut tokens = store.minted_tokens_by(&[target.id]).await?;
+    if target.minted_by.is_some()
+        && let Some(own) = store.minted_token_by_handle(target.id).await?
+        && !tokens.iter().any(|t| t.token_id == own.token_id)
+    {
+        tokens.push(own);
+    }
+    let now = Utc::now();
+    Ok(tokens
+        .into_iter()
+        .filter(|t| t.status_at(now) != MintedStatus::Deleted)
+        .collect())
 }
 
 /// The provider route that deletes this token, when its id can be put in a path as it is.

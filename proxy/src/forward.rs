@@ -235,6 +235,17 @@ impl Forwarder {
         Arc::clone(&self.own)
     }
 
+    /// Tollgate's own credentials and one more secret (a minted token's the answer is about).
+    pub fn own_needles_with(&self, secret: &[u8]) -> Arc<Needles> {
+        Arc::new(Needles::new(
+            self.upstreams
+                .values()
+                .flat_map(|u| &u.spellings)
+                .map(|s| s.expose_secret().as_bytes())
+                .chain([secret]),
+        ))
+    }
+
     /// Sends the permitted request upstream and returns the response head with its body still streaming.
     pub async fn forward(
         &self,

@@ -204,8 +204,12 @@ impl Agent {
         }
     }
 
+    /// Not past its own expiry nor, for a handle, its minter's: a handle never outlives the key of the
+    /// agent it acts for, even while it sits in the cache (an expiry changes no row, so nothing clears it)
+    /// or after a token update moved its own expiry.
     fn is_live(&self, now: DateTime<Utc>) -> bool {
-        self.expires_at.is_none_or(|t| t > now)
+        let minter_expiry = self.minted.as_ref().and_then(|m| m.minter_expires_at);
+        self.expires_at.is_none_or(|t| t > now) && minter_expiry.is_none_or(|t| t > now)
     }
 }
 
@@ -265,15 +269,15 @@ impl Identity {
     /// and delete (and the minter's) goes through the agents table, so the cache drops a handle as it drops
     /// any revoked agent.
     async fn minted_of(&self, row: &AgentRow) -> Result<Option<Minted>, StoreError> {
-        let minter_live = match row.minted_by {
-            Some(minter) => self.store.agent_by_id(minter).await?.is_some_and(|m| {
-                m.status == "active" && m.expires_at.is_none_or(|t| t > Utc::now())
-            }),
-            None => false,
+        let minter = match row.minted_by {
+            Some(minter) => self.store.agent_by_id(minter).await?,
+            None => None,
         };
-        if !minter_live {
+        let Some(minter) =
+            minter.filter(|m| m.status == "active" && m.expires_at.is_none_or(|t| t > Utc::now()))
+        else {
             return Ok(None);
-        }
+        };
         let Some(token) = self.store.minted_token_by_handle(row.id).await? else {
             return Ok(None);
         };
@@ -289,6 +293,7 @@ impl Identity {
             policies: token.policies,
             minted_by: row.minted_by.unwrap_or(token.minted_by),
             minted_by_name: token.minted_by_name,
+            minter_expires_at: minter.expires_at,
             sealed,
         }))
     }

@@ -61,6 +61,9 @@ const AGENT_DISCONNECTED: &str = "agent_disconnected";
 /// The outcome row's note for an allowed request that was not sent upstream (its agent had left); the
 /// lifecycle adds [`AGENT_DISCONNECTED`].
 const NOT_FORWARDED: &str = "not_forwarded";
+/// The outcome row's note for an allowed request not sent upstream because its agent (or a handle's
+/// minter or token) was revoked or expired after the request arrived.
+const AGENT_REVOKED_NOT_FORWARDED: &str = "not_forwarded; agent_revoked";
 /// The outcome row's note for a token action's 2xx answer that the agent did not get, because its secret
 /// could not be kept in the vault.
 const MINTED_TOKEN_WITHHELD: &str = "minted_token_withheld";
@@ -349,6 +352,9 @@ struct Ruling {
     approval_header: Option<Uuid>,
     /// `Tollgate-On-Behalf-Of`: part of the approval fingerprint (separation of duties needs to know it).
     on_behalf_of: Option<String>,
+    /// For a call about a token tollgate holds the secret of (vault mode): that secret as `Bearer …`, which
+    /// the answer is screened for too (a read must not hand it out either).
+    token_credential: Option<HeaderValue>,
 }
 
 /// What the authorize phase secured: the approval used (if any), the money reserved, the committed record.
@@ -459,7 +465,29 @@ impl Gate {
         })??;
         let authorized = self.authorize(draft, &intake, &ruling, answer).await?;
         if answer.is_closed() {
-            return Ok(self.abandon(draft, authorized).await);
+            let refusal = Refusal::new(
+                RefusalCode::RequestTimeout,
+                "tollgate: the agent disconnected before the request was forwarded",
+            );
+            return Ok(self
+                .abandon(draft, authorized, refusal, NOT_FORWARDED)
+                .await);
+        }
+        // The key was checked when the request's head arrived; its body may have taken up to
+        // `body_timeout_ms` and an approval longer. An agent revoked or expired meanwhile (contained,
+        // say) sends nothing more upstream, whatever it started before.
+        if !self
+            .still_authenticated(&parts.headers, &intake.agent)
+            .await
+        {
+            tracing::warn!(decision_id = %draft.id, agent = %intake.agent.name, "the agent was revoked or expired before its request was forwarded; not forwarded");
+            let refusal = Refusal::new(
+                RefusalCode::AgentUnauthenticated,
+                "tollgate: this agent's key was revoked or expired before the request was forwarded; nothing was sent",
+            );
+            return Ok(self
+                .abandon(draft, authorized, refusal, AGENT_REVOKED_NOT_FORWARDED)
+                .await);
         }
         Ok(self
             .forward_and_settle(draft, parts, intake, ruling, authorized)
@@ -669,7 +697,7 @@ impl Gate {
         });
         let approval_header = approval_header(&parts.headers)?;
         let approval_input = approval_header.map(|id| json!({"id": id.to_string()}));
-        let minted_token = self.token_in_question(intake, now).await?;
+        let (minted_token, token_credential) = self.token_in_question(intake, now).await?;
         let mut input = build_input(
             &intake.agent,
             &draft.run,
@@ -695,6 +723,7 @@ impl Gate {
             charge,
             approval_header,
             on_behalf_of: draft.run.on_behalf_of.clone(),
+            token_credential,
         })
     }
 
@@ -707,13 +736,13 @@ impl Gate {
         &self,
         intake: &Intake<'_>,
         now: DateTime<Utc>,
-    ) -> Result<Option<Value>, Refusal> {
+    ) -> Result<(Option<Value>, Option<HeaderValue>), Refusal> {
         let action: &str = &intake.action.name;
         if !action.starts_with("cloudflare.token.") {
-            return Ok(None);
+            return Ok((None, None));
         }
         let Some(token_id) = intake.action.params.get("token_id") else {
-            return Ok(None);
+            return Ok((None, None));
         };
         // Any spelling the provider takes for the same token (case, hyphens) is the same token here.
         let Some(key) = crate::vault::token_key(token_id) else {
@@ -770,9 +799,20 @@ impl Gate {
             .find(|r| &r.token_id == token_id)
             .or(rows.first())
         else {
-            return Ok(Some(Value::Null));
+            return Ok((Some(Value::Null), None));
         };
-        Ok(Some(json!({
+        // Every secret tollgate holds of this token (all its recorded spellings), to screen the answer for.
+        let held = rows
+            .iter()
+            .filter_map(|r| {
+                let sealed = r.sealed.as_ref()?;
+                self.vault
+                    .open(&r.provider, &r.token_id, sealed)
+                    .ok()?
+                    .bearer()
+            })
+            .next();
+        let view = json!({
             "id": row.token_id,
             "minted_by": row.minted_by_name,
             "minted_by_this_agent": row.minted_by == principal,
@@ -782,7 +822,8 @@ impl Gate {
                 Custody::PassThrough => "pass_through",
             },
             "policies": row.policies,
-        })))
+        });
+        Ok((Some(view), held))
     }
 
     /// Authorize: a deny is refused; an approve opens (or reuses) an approval and refuses, or holds the
@@ -1073,25 +1114,43 @@ impl Gate {
     /// The agent left while its decision was being recorded: the call is not made for nobody (an agent that
     /// gave up will likely retry, and the provider would then act twice). The money reserved goes back, an
     /// approval it consumed is handed back, and the outcome row says it was not forwarded.
-    async fn abandon(&self, draft: &Draft, authorized: Authorized) -> Finished {
+    async fn abandon(
+        &self,
+        draft: &Draft,
+        authorized: Authorized,
+        refusal: Refusal,
+        note: &str,
+    ) -> Finished {
         if authorized.reserved {
             self.unreserve(draft.id, authorized.replaces).await;
         }
         self.give_back(authorized.consumed).await;
         Finished {
-            response: Refusal::new(
-                RefusalCode::RequestTimeout,
-                "tollgate: the agent disconnected before the request was forwarded",
-            )
-            .into_response(draft.envelope, draft.id),
+            response: refusal.into_response(draft.envelope, draft.id),
             outcome: Some(OutcomeRow {
                 decision_id: authorized.recorded.decision_id(),
                 at: Utc::now(),
                 upstream_status: None,
                 latency_us: 0,
-                error: Some(NOT_FORWARDED.to_string()),
+                error: Some(note.to_string()),
                 flagged: false,
             }),
+        }
+    }
+
+    /// Whether the key that opened this request still names the same live agent (and, for a handle, a
+    /// live minter and token): asked again just before forwarding. A store failure counts as no.
+    async fn still_authenticated(&self, headers: &HeaderMap, agent: &Agent) -> bool {
+        let Some(key) = presented_key(headers) else {
+            return false;
+        };
+        match self.identity.authenticate(&key).await {
+            Ok(now) => now.id == agent.id,
+            Err(AuthError::Unauthenticated) => false,
+            Err(AuthError::Store(e)) => {
+                tracing::error!(error = %e, "agent lookup before forwarding failed; not forwarded");
+                false
+            }
         }
     }
 
@@ -1254,9 +1313,8 @@ impl Gate {
                     }
                     // A refusal to a create or roll should carry no secret; in vault mode one that does is
                     // withheld all the same.
-                    Some(event) if event != TokenEvent::Deleted => {
-                        self.screen_token_refusal(draft, &intake, event, response)
-                            .await
+                    Some(TokenEvent::Created | TokenEvent::Rolled | TokenEvent::Updated) => {
+                        self.screen_token_refusal(draft, &intake, response).await
                     }
                     _ => response,
                 };
@@ -1277,15 +1335,24 @@ impl Gate {
                 };
                 // The request went out with a credential the agent never holds (tollgate's own, or a handle's
                 // minted secret): the answer must not bring it back.
-                let needles = match intake
-                    .minted_credential
+                let token_secret = ruling
+                    .token_credential
                     .as_ref()
-                    .and_then(crate::vault::screen::secret_of)
-                {
-                    Some(secret) => {
-                        Arc::new(crate::vault::screen::Needles::new([secret.as_slice()]))
-                    }
-                    None => self.forwarder.own_needles(),
+                    .and_then(crate::vault::screen::secret_of);
+                let needles = match (
+                    intake
+                        .minted_credential
+                        .as_ref()
+                        .and_then(crate::vault::screen::secret_of),
+                    token_secret,
+                ) {
+                    (Some(secret), token) => Arc::new(crate::vault::screen::Needles::new(
+                        [Some(secret.as_slice()), token.as_deref()]
+                            .into_iter()
+                            .flatten(),
+                    )),
+                    (None, Some(token)) => self.forwarder.own_needles_with(&token),
+                    (None, None) => self.forwarder.own_needles(),
                 };
                 if !needles.is_empty() {
                     let withheld = if needles.headers_carry(response.headers()) {
@@ -1382,56 +1449,50 @@ impl Gate {
     /// (vault mode), its secret sealed and replaced by a handle, a key of a new child agent of the minter.
     /// Only these answers are read (at most [`TOKEN_RESPONSE_LIMIT`]). When the secret cannot be kept — an
     /// answer of another shape, a store failure — the agent gets an error, never the secret.
-    /// A non-2xx answer to a token create or roll, in vault mode: passed on unless it carries a secret where
-    /// a success would, which is withheld (the token may exist; nothing is recorded of it).
+    /// A non-2xx answer to a token create or roll, in vault mode: rebuilt as Cloudflare's envelope with the
+    /// errors' codes and plain messages only ([`crate::vault::refusal_for_agent`]), with no provider header
+    /// but `Retry-After`. The token may have been made despite the refusal, and tollgate has no secret to
+    /// look for; nothing else of the answer can carry one to the agent.
     async fn screen_token_refusal(
         &self,
         draft: &Draft,
         intake: &Intake<'_>,
-        event: TokenEvent,
         response: Response<Body>,
     ) -> Response<Body> {
         if self.vault.custody_for(&intake.agent.labels) == Custody::PassThrough {
             return response;
         }
-        if crate::vault::screen::encoded(response.headers()) {
-            tracing::error!(decision_id = %draft.id, action = %intake.action.name, "a refused token action's answer came compressed; withheld");
-            return Refusal::new(
-                RefusalCode::UpstreamError,
-                "tollgate: the provider's answer to this token action came compressed, so it cannot be screened and is withheld (vault mode)",
-            )
-            .not_retryable()
-            .into_response(draft.envelope, draft.id);
-        }
         let (head, body) = response.into_parts();
         let limited = http_body_util::Limited::new(body, TOKEN_RESPONSE_LIMIT);
         let read =
             tokio::time::timeout(self.config.server.upstream_timeout, limited.collect()).await;
+        // A compressed or unreadable answer is rebuilt from nothing: the status and a generic error.
         let bytes = match read {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            _ => {
-                return Refusal::new(
-                    RefusalCode::UpstreamError,
-                    "tollgate: the provider's answer to this token action could not be read",
-                )
-                .not_retryable()
-                .into_response(draft.envelope, draft.id);
+            Ok(Ok(collected)) if !crate::vault::screen::encoded(&head.headers) => {
+                collected.to_bytes()
             }
+            _ => Bytes::new(),
         };
-        let carries_secret =
-            MintedResponse::parse(event, &bytes).is_some_and(|p| p.secret().is_some());
-        if carries_secret {
-            tracing::error!(decision_id = %draft.id, action = %intake.action.name, "a refused token action's answer carries a secret; withheld");
-            return Refusal::new(
-                RefusalCode::UpstreamError,
-                "tollgate: the provider refused this token action but its answer carries a secret, so it is withheld (vault mode)",
-            )
-            .not_retryable()
-            .into_response(draft.envelope, draft.id);
+        let (rebuilt, withheld) = crate::vault::refusal_for_agent(&bytes);
+        if withheld > 0 {
+            tracing::warn!(decision_id = %draft.id, action = %intake.action.name, withheld, "a refused token action's answer had messages that may carry a secret; they are withheld");
         }
-        let mut head = head;
-        head.headers.remove(http::header::CONTENT_LENGTH);
-        Response::from_parts(head, Body::from(bytes))
+        let mut response = Response::new(Body::from(rebuilt));
+        *response.status_mut() = head.status;
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(after) = head
+            .headers
+            .get(http::header::RETRY_AFTER)
+            .filter(|v| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit))
+        {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, after.clone());
+        }
+        response
     }
 
     async fn keep_minted_token(
@@ -1711,8 +1772,15 @@ impl Gate {
                         // The secret must not leave by another field, or a header: withheld if it would.
                         // (Any 12 characters of it, as the answer screen looks for.)
                         let needles = crate::vault::screen::Needles::new([secret.as_bytes()]);
-                        let leaks = !secret.is_empty()
-                            && (needles.found_in(&answer) || needles.headers_carry(&head.headers));
+                        // Nor may another credential-shaped string stand beside it: `value` may be a decoy.
+                        let leaks = secret.is_empty()
+                            || needles.found_in(&answer)
+                            || needles.headers_carry(&head.headers)
+                            || crate::vault::stray_credential(
+                                &answer,
+                                &intake.facts.body,
+                                key.expose(),
+                            );
                         if leaks {
                             tracing::error!(%token_id, decision_id = %draft.id, "the minted secret appears elsewhere in the provider's answer; withheld");
                             // The handle was never handed out; it is revoked all the same. The token stays

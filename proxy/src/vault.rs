@@ -18,7 +18,7 @@ use http::HeaderValue;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::config::VaultConfig;
 
@@ -350,13 +350,20 @@ impl MintedResponse {
         let (token_id, name, expires_on, secret) = match event {
             // A `result` object without `value` carries no secret (nothing to keep); anything but an object
             // is not an answer tollgate knows.
+            // A secret that cannot be a credential (empty, short, with spaces) is no secret where
+            // expected: the answer is withheld, as one without `value` is.
             TokenEvent::Created => (
                 text(result.as_object()?.get("id")),
                 text(result.get("name")),
                 text(result.get("expires_on")).and_then(|t| parse_time(&t)),
-                text(result.get("value")),
+                text(result.get("value")).filter(|v| plausible_secret(v)),
             ),
-            TokenEvent::Rolled => (None, None, None, Some(result.as_str()?.to_string())),
+            TokenEvent::Rolled => (
+                None,
+                None,
+                None,
+                Some(result.as_str()?.to_string()).filter(|v| plausible_secret(v)),
+            ),
             // An update's answer carries no secret; one that does is withheld like any other leak.
             TokenEvent::Updated => (
                 text(result.get("id")),
@@ -407,7 +414,117 @@ impl MintedResponse {
     }
 }
 
-/// An RFC 3339 time as Cloudflare writes `expires_on`.
+/// The shortest secret tollgate takes for a minted token's (Cloudflare's are 40 characters).
+const SHORTEST_SECRET: usize = 20;
+
+/// Whether `value` can be a minted token's secret: [`SHORTEST_SECRET`] to 512 printable ASCII characters
+/// without spaces. An empty or short decoy in `value` must not pass for the secret while the real one sits
+/// in another field.
+pub fn plausible_secret(value: &str) -> bool {
+    (SHORTEST_SECRET..=512).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Whether `text` holds something shaped like a credential: a run of at least `min_run` characters of
+/// `A-Z a-z 0-9 _ -` with an upper-case letter, a lower-case letter and a digit in it, once any character
+/// outside ASCII is taken out (an invisible one between its characters hides nothing). Ids (hex, UUIDs),
+/// words and times are not shaped so; random base62 secrets nearly always are.
+pub fn credential_like(text: &str, min_run: usize) -> bool {
+    let ascii: Vec<u8> = text.bytes().filter(u8::is_ascii).collect();
+    ascii
+        .split(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-'))
+        .any(|run| {
+            run.len() >= min_run
+                && run.iter().any(u8::is_ascii_uppercase)
+                && run.iter().any(u8::is_ascii_lowercase)
+                && run.iter().any(u8::is_ascii_digit)
+        })
+}
+
+/// Every string in `value` (object keys too).
+fn strings<'v>(value: &'v Value, out: &mut Vec<&'v str>) {
+    match value {
+        Value::String(s) => out.push(s),
+        Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+        Value::Object(map) => {
+            for (k, v) in map {
+                out.push(k);
+                strings(v, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether a token answer about to reach the agent (`answer`, with the handle in the secret's place) holds,
+/// outside the strings the agent sent itself (`request`) and the `handle`, a string shaped like a credential
+/// (see [`credential_like`]): a second secret beside a decoy `value`, which tollgate cannot tell from the
+/// real one. Not JSON counts as holding one.
+pub fn stray_credential(answer: &[u8], request: &Value, handle: &str) -> bool {
+    let Ok(answer) = serde_json::from_slice::<Value>(answer) else {
+        return true;
+    };
+    let mut sent = Vec::new();
+    strings(request, &mut sent);
+    let mut found = Vec::new();
+    strings(&answer, &mut found);
+    found
+        .into_iter()
+        .filter(|s| *s != handle && !sent.contains(s))
+        .any(|s| credential_like(s, SHORTEST_SECRET))
+}
+
+/// A provider's refusal of a token create or roll, rebuilt for the agent in vault mode: Cloudflare's
+/// envelope with `success: false`, each error's `code` and its `message` when it is plain (printable ASCII
+/// with no escape syntax and nothing shaped like a credential, see [`credential_like`]), and nothing else —
+/// no `result`, no other field. The token may have been made all the same, and tollgate does not know its
+/// secret to look for it; what the agent needs from a refusal is its code. Returns the body and how many
+/// messages were withheld.
+pub fn refusal_for_agent(body: &[u8]) -> (Vec<u8>, usize) {
+    const WITHHELD: &str =
+        "tollgate withheld the provider's message: it may carry a token's secret (vault mode)";
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let mut withheld = 0;
+    let mut plain = |m: Option<&str>| -> Option<String> {
+        let m = m?;
+        let ok = m.len() <= 1000
+            && m.bytes().all(|b| (0x20..0x7f).contains(&b))
+            && !m.contains(['\\', '%', '&'])
+            && !credential_like(m, 12);
+        if ok {
+            Some(m.to_string())
+        } else {
+            withheld += 1;
+            Some(WITHHELD.to_string())
+        }
+    };
+    let mut errors = Vec::new();
+    for e in parsed
+        .as_ref()
+        .and_then(|b| b.get("errors"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .take(20)
+    {
+        let mut out = serde_json::Map::new();
+        if let Some(code) = e.get("code").filter(|c| c.is_i64() || c.is_u64()) {
+            out.insert("code".into(), code.clone());
+        }
+        if let Some(message) = plain(e.get("message").and_then(Value::as_str)) {
+            out.insert("message".into(), Value::from(message));
+        }
+        errors.push(Value::Object(out));
+    }
+    if errors.is_empty() {
+        errors.push(json!({
+            "code": 10000,
+            "message": "the provider refused this token action; tollgate passes on only its error codes (vault mode)",
+        }));
+    }
+    let rebuilt = json!({"success": false, "errors": errors, "messages": [], "result": null});
+    (serde_json::to_vec(&rebuilt).unwrap_or_default(), withheld)
+}
+
 /// Whether a provider's answer says it succeeded: Cloudflare's envelope with `"success": true`. A 2xx whose
 /// body says otherwise (or is not the envelope) did not delete anything as far as tollgate can tell.
 pub fn cloudflare_succeeded(body: &[u8]) -> bool {
@@ -438,6 +555,7 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// An RFC 3339 time as Cloudflare writes `expires_on`.
 pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .ok()
@@ -453,6 +571,8 @@ pub struct Minted {
     pub policies: Value,
     pub minted_by: uuid::Uuid,
     pub minted_by_name: String,
+    /// The minter's own key expiry: a handle stops with it.
+    pub minter_expires_at: Option<chrono::DateTime<chrono::Utc>>,
     pub sealed: SealedSecret,
 }
 

@@ -59,7 +59,7 @@ async fn realistic_calls_get_the_outcomes_the_library_promises() {
     // token create that passes gets a handle in vault mode, and the other calls ignore the shape.
     let upstream = Upstream::builder()
         .json_body(json!({"success": true, "errors": [], "messages": [],
-                          "result": {"id": "ed17574386854bf78a67040be0a770b0", "value": "cf-minted-e2b9"}}))
+                          "result": {"id": "ed17574386854bf78a67040be0a770b0", "value": "cf-minted-e2b9-0123456789abcdef"}}))
         .start()
         .await
         .unwrap();

@@ -39,6 +39,9 @@ decision := {"outcome": "approve", "reasons": [{"rule": "vault.hold", "message":
 
 const DNS_WRITE: &str = "4755a26eedb94da69e1066d98aa820be";
 
+/// A secret shaped as Cloudflare's are (40 characters, letters of both cases and digits).
+const REALISTIC_SECRET: &str = "Xq7Lm2Pz9Rt4Vw8Kb3Nd6Hf1Jc5Gs0Ya7Ue2Io9T";
+
 fn created_secret(name: &str) -> String {
     format!("cf-minted-secret-{name}-5e1f")
 }
@@ -105,6 +108,39 @@ fn cloudflare_tokens(
                             "messages": [], "result": {"id": "tok-refused", "value": secret}}),
                     );
                 }
+                // Refusals carrying a real-looking secret in other shapes (attack round 10).
+                "refused-array" => {
+                    return Reply::json(
+                        409,
+                        json!({"success": false, "errors": [{"code": 1001, "message": "token exists"}],
+                            "messages": [{"code": 1, "message": REALISTIC_SECRET}],
+                            "result": [{"id": "tok-refused-array", "value": REALISTIC_SECRET}]}),
+                    )
+                    .header("x-token", REALISTIC_SECRET);
+                }
+                "refused-message" => {
+                    return Reply::json(
+                        400,
+                        json!({"success": false, "errors": [{"code": 1002,
+                            "message": format!("token created but policy invalid: {REALISTIC_SECRET}")}],
+                            "result": null}),
+                    );
+                }
+                // A decoy `value` with the secret in another field.
+                "decoy-empty" => {
+                    return ok(json!({"id": "tok-decoy-empty", "name": name, "value": "",
+                        "token": REALISTIC_SECRET}));
+                }
+                "decoy" => {
+                    return ok(json!({"id": "tok-decoy", "name": name, "value": secret,
+                        "token": REALISTIC_SECRET}));
+                }
+                // The secret again, with an invisible character between its letters.
+                "invisible" => {
+                    let hint: String = secret.chars().flat_map(|c| [c, '\u{200e}']).collect();
+                    return ok(json!({"id": "tok-invisible", "name": name, "value": secret,
+                        "hint": hint}));
+                }
                 _ => {}
             }
             return ok(json!({
@@ -161,6 +197,11 @@ fn cloudflare_tokens(
                 .header("content-encoding", "gzip");
         }
         if let Some(rest) = path.strip_prefix("/client/v4/user/tokens/") {
+            // A read that (unlike Cloudflare's) answers with the token's secret.
+            if r.method == "GET" && rest.starts_with("tok-readback") {
+                let name = rest.trim_start_matches("tok-");
+                return ok(json!({"id": rest, "name": name, "value": created_secret(name)}));
+            }
             if r.method == "PUT" && rest.ends_with("/value") {
                 let n = rolls.fetch_add(1, Ordering::SeqCst);
                 let id = rest.trim_end_matches("/value");
@@ -766,7 +807,14 @@ async fn secrets_sealed_under_an_old_key_open_after_rotation() {
 async fn answers_that_would_leak_the_secret_are_withheld() {
     let w = world(|b| b).await;
     for name in [
-        "extra", "novalue", "emptyid", "refused", "idsecret", "piece",
+        "extra",
+        "novalue",
+        "emptyid",
+        "idsecret",
+        "piece",
+        "decoy-empty",
+        "decoy",
+        "invisible",
     ] {
         let (status, answer) = w
             .create_token(&w.deployer, name, "2099-01-01T00:00:00Z")
@@ -774,11 +822,47 @@ async fn answers_that_would_leak_the_secret_are_withheld() {
         assert_eq!(status, 502, "{name}: {answer}");
         assert_eq!(answer["tollgate"]["code"], "upstream_error", "{name}");
         assert!(
-            !answer.to_string().contains(&created_secret(name)),
+            !answer.to_string().contains(&created_secret(name))
+                && !answer.to_string().contains(REALISTIC_SECRET),
             "{name} leaked: {answer}"
         );
     }
-    assert!(!w.gate.log().contains("cf-minted-secret-"));
+    // A refusal keeps its status and error codes; nothing else of the provider's answer reaches the agent
+    // (the token may exist, and tollgate has no secret to look for), and a message that could carry one is
+    // replaced.
+    for (name, status, code, message_kept) in [
+        ("refused", 400, 1000, true),
+        ("refused-array", 409, 1001, true),
+        ("refused-message", 400, 1002, false),
+    ] {
+        let r = w
+            .http
+            .post(w.gate.url("/cloudflare/client/v4/user/tokens"))
+            .bearer_auth(&w.deployer)
+            .json(&json!({"name": name, "policies": [], "expires_on": "2099-01-01T00:00:00Z"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{name}");
+        assert!(r.headers().get("x-token").is_none(), "{name}");
+        let text = r.text().await.unwrap();
+        assert!(
+            !text.contains(REALISTIC_SECRET) && !text.contains(&created_secret(name)),
+            "{name} leaked: {text}"
+        );
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(answer["success"], false, "{name}");
+        assert_eq!(answer["errors"][0]["code"], code, "{name}: {answer}");
+        assert_eq!(answer["result"], Value::Null, "{name}");
+        let message = answer["errors"][0]["message"].as_str().unwrap();
+        assert_eq!(
+            message.starts_with("tollgate withheld"),
+            !message_kept,
+            "{name}: {message}"
+        );
+    }
+    let log = w.gate.log();
+    assert!(!log.contains("cf-minted-secret-") && !log.contains(REALISTIC_SECRET));
     // The tokens whose id is known exist at the provider: they stay recorded as live, with no usable handle,
     // so that containment deletes them.
     let rows: Vec<(String, String, Option<uuid::Uuid>)> = sqlx::query_as(
@@ -794,7 +878,10 @@ async fn answers_that_would_leak_the_secret_are_withheld() {
     assert_eq!(
         ids,
         [
+            ("tok-decoy", "active"),
+            ("tok-decoy-empty", "active"),
             ("tok-extra", "active"),
+            ("tok-invisible", "active"),
             ("tok-novalue", "active"),
             ("tok-piece", "active")
         ]
@@ -820,17 +907,21 @@ async fn answers_that_would_leak_the_secret_are_withheld() {
         .await
         .unwrap();
     assert!(ok, "{out}{err}");
-    let deleted: Vec<String> = w
+    let mut deleted: Vec<String> = w
         .stand_in
         .take()
         .into_iter()
         .filter(|r| r.method == "DELETE")
         .map(|r| r.path_and_query)
         .collect();
+    deleted.sort();
     assert_eq!(
         deleted,
         [
+            "/client/v4/user/tokens/tok-decoy",
+            "/client/v4/user/tokens/tok-decoy-empty",
             "/client/v4/user/tokens/tok-extra",
+            "/client/v4/user/tokens/tok-invisible",
             "/client/v4/user/tokens/tok-novalue",
             "/client/v4/user/tokens/tok-piece"
         ]
@@ -1576,6 +1667,173 @@ async fn an_update_moves_the_tokens_expiry_and_its_handles() {
     let r = update("leaky").await.unwrap();
     assert_eq!(r.status().as_u16(), 502);
     assert!(!r.text().await.unwrap().contains("cf-update-secret-77"));
+}
+
+/// A read of a token tollgate holds the secret of is screened for that secret too, with the agent's key or
+/// with a handle (attack round 10).
+#[tokio::test]
+async fn a_token_read_never_hands_out_the_tokens_secret() {
+    let w = world(|b| b).await;
+    let (status, created) = w
+        .create_token(&w.deployer, "readback", "2099-01-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let handle = handle_of(&created);
+    for key in [&w.deployer, &handle] {
+        // The answer is cut off before the secret: a broken answer, whether or not its head got out.
+        let sent = w
+            .http
+            .get(w.gate.url("/cloudflare/client/v4/user/tokens/tok-readback"))
+            .bearer_auth(key)
+            .send()
+            .await;
+        let text = match sent {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => e.to_string(),
+        };
+        assert!(!text.contains(&created_secret("readback")), "{text}");
+        assert!(!text.contains("cf-minted-secret-readb"), "{text}");
+        assert!(
+            w.stand_in
+                .take()
+                .iter()
+                .any(|r| r.path_and_query.ends_with("/tok-readback"))
+        );
+    }
+    // Another token's read passes whole.
+    let (status, created) = w
+        .create_token(&w.deployer, "other", "2099-01-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let (status, _, text) = w
+        .read(&w.deployer, "/cloudflare/client/v4/user/tokens/tok-other")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["success"],
+        true
+    );
+}
+
+/// A request whose body was still arriving when its agent was contained is not forwarded: the key is
+/// asked again before anything goes upstream (attack round 10).
+#[tokio::test]
+async fn a_request_started_before_containment_is_not_forwarded_after_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world(|b| b).await;
+    let body = r#"{"type":"A","name":"late.example.com","content":"192.0.2.1"}"#;
+    let addr = w
+        .gate
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /cloudflare/client/v4/zones/023e105f4ecef8ad9ca31a8372d0c353/dns_records HTTP/1.1\r\n\
+         host: {addr}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        w.deployer,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body.as_bytes()[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, out, err) = w
+        .gate
+        .cli(&["incident", "contain", "deployer", "--reason", "in flight"])
+        .await
+        .unwrap();
+    assert!(ok, "{out}{err}");
+    // Every cache has dropped the agent by now.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    w.stand_in.take();
+    stream.write_all(&body.as_bytes()[10..]).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        answer.contains("revoked or expired before the request was forwarded"),
+        "{answer}"
+    );
+    assert!(
+        w.stand_in
+            .take()
+            .iter()
+            .all(|r| !r.path_and_query.contains("dns_records")),
+        "nothing reached the provider"
+    );
+    // Recorded: allowed when judged, not forwarded, and why.
+    let mut outcome = None;
+    for _ in 0..50 {
+        outcome = sqlx::query_scalar::<_, Option<String>>(
+            "SELECT o.error FROM decisions d JOIN decision_outcomes o ON o.decision_id = d.id
+              WHERE d.path LIKE '%/dns_records'",
+        )
+        .fetch_optional(&w.pool)
+        .await
+        .unwrap();
+        if outcome.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        outcome.flatten().as_deref(),
+        Some("not_forwarded; agent_revoked")
+    );
+}
+
+/// A handle never outlives its minter's key: not when its token's expiry is moved past the minter's by an
+/// update, nor while the handle sits in a cache (attack round 10).
+#[tokio::test]
+async fn a_handle_stops_with_its_minters_expiry_even_after_an_update() {
+    let w = world(|b| b).await;
+    let until = (chrono::Utc::now() + chrono::Duration::seconds(4))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let brief = w
+        .gate
+        .create_agent("brief", &["--scope", "tokens:write", "--expires", &until])
+        .await
+        .unwrap();
+    let (status, created) = w
+        .create_token(&brief, "outlive", "2099-01-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let handle = handle_of(&created);
+    let r = w
+        .http
+        .put(w.gate.url("/cloudflare/client/v4/user/tokens/tok-outlive"))
+        .bearer_auth(&handle)
+        .json(&json!({"name": "outlive", "policies": [], "expires_on": "2099-06-01T00:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (handle_expiry, minter_expiry): (
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    ) = sqlx::query_as(
+        "SELECT h.expires_at, m.expires_at FROM agents h JOIN agents m ON m.id = h.minted_by
+              WHERE h.name = 'brief~tok-outlive'",
+    )
+    .fetch_one(&w.pool)
+    .await
+    .unwrap();
+    assert!(minter_expiry.is_some());
+    assert_eq!(
+        handle_expiry, minter_expiry,
+        "the update kept the minter's bound"
+    );
+    // Used now (and so cached), then after the minter's expiry: refused though nothing changed in the table.
+    assert_eq!(w.read(&handle, "/cloudflare/client/v4/zones").await.0, 200);
+    let wait = (minter_expiry.unwrap() - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(300)).await;
+    assert_eq!(w.read(&brief, "/cloudflare/client/v4/zones").await.0, 401);
+    assert_eq!(w.read(&handle, "/cloudflare/client/v4/zones").await.0, 401);
 }
 
 /// Sends `request` as written to the listener at `url` (`http://127.0.0.1:PORT`) and reads the whole answer as

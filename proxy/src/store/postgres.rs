@@ -281,7 +281,10 @@ impl PgStore {
         };
         if let Some(handle) = handle {
             sqlx::query(
-                "UPDATE agents SET expires_at = $2, version = nextval('agents_version_seq')
+                // Never past the minter's own expiry (LEAST skips a NULL: no expiry on either side).
+                "UPDATE agents SET expires_at = LEAST($2::timestamptz,
+                        (SELECT p.expires_at FROM agents p WHERE p.id = agents.minted_by)),
+                    version = nextval('agents_version_seq')
                  WHERE id = $1 AND status = 'active'",
             )
             .bind(handle)

@@ -303,9 +303,14 @@ impl SqliteStore {
         };
         if let Some(handle) = handle {
             sqlx::query(
-                "UPDATE agents SET expires_at = ?,
+                // Never past the minter's own expiry (a NULL on either side is no bound).
+                "UPDATE agents SET expires_at = (SELECT CASE
+                        WHEN ?1 IS NULL THEN p.expires_at
+                        WHEN p.expires_at IS NULL THEN ?1
+                        ELSE min(?1, p.expires_at) END
+                      FROM agents p WHERE p.id = agents.minted_by),
                     version = (SELECT coalesce(max(version), 0) + 1 FROM agents)
-                 WHERE id = ? AND status = 'active'",
+                 WHERE id = ?2 AND status = 'active'",
             )
             .bind(u.expires_on.map(ts))
             .bind(handle)

@@ -68,9 +68,16 @@ fn compressed_start(start: &[u8]) -> bool {
     )
 }
 
-/// The secrets one answer is screened for, prepared once: every [`WINDOW`]-long run of each (lower-cased),
-/// and the whole of any shorter one.
+/// The secrets one answer is screened for, prepared once: the windows of each as written (lower-cased),
+/// for the readings that keep every character, and the windows of its letters and digits alone, for the
+/// readings that keep only those ([`Scan::skeleton`]).
 pub struct Needles {
+    plain: NeedleSet,
+    skeleton: NeedleSet,
+}
+
+/// Every [`WINDOW`]-long run of each secret (in one spelling), and the whole of any shorter one.
+struct NeedleSet {
     windows: HashSet<[u8; WINDOW]>,
     /// A bit per hash of a window: most positions are ruled out without a set lookup.
     filter: Box<[u64]>,
@@ -107,51 +114,100 @@ fn filter_slot(hash: u64) -> usize {
     mixed as usize & ((1 << FILTER_BITS) - 1)
 }
 
-impl Needles {
-    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Needles {
-        let mut needles = Needles {
+impl NeedleSet {
+    fn new() -> NeedleSet {
+        NeedleSet {
             windows: HashSet::new(),
             filter: vec![0u64; (1 << FILTER_BITS) / 64].into_boxed_slice(),
             short: Vec::new(),
+        }
+    }
+
+    /// Adds `spelled` (lower-cased), leaving out the windows that lie wholly inside its first `public`
+    /// characters.
+    fn add(&mut self, spelled: &[u8], public: usize) {
+        if spelled.is_empty() {
+            return;
+        }
+        if spelled.len() < WINDOW {
+            self.short.push(spelled.to_vec());
+            return;
+        }
+        for w in spelled
+            .windows(WINDOW)
+            .skip(public.saturating_sub(WINDOW - 1))
+        {
+            let mut window = [0u8; WINDOW];
+            window.copy_from_slice(w);
+            let slot = filter_slot(window_hash(w));
+            self.filter[slot / 64] |= 1 << (slot % 64);
+            self.windows.insert(window);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.windows.is_empty() && self.short.is_empty()
+    }
+
+    /// Whether the window `scan` ends on is one of the secrets' (or ends with a short one).
+    fn matches(&self, scan: &Scan) -> bool {
+        if scan.seen >= WINDOW && !self.windows.is_empty() {
+            let slot = filter_slot(scan.hash);
+            if self.filter[slot / 64] & (1 << (slot % 64)) != 0
+                && self.windows.contains(&scan.tail())
+            {
+                return true;
+            }
+        }
+        !self.short.is_empty() && {
+            let tail = scan.tail();
+            self.short
+                .iter()
+                .any(|s| scan.seen >= s.len() && tail.ends_with(s))
+        }
+    }
+}
+
+impl Needles {
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Needles {
+        let mut needles = Needles {
+            plain: NeedleSet::new(),
+            skeleton: NeedleSet::new(),
         };
         for secret in secrets {
             let lower = secret.to_ascii_lowercase();
-            if lower.is_empty() {
-                continue;
-            }
-            if lower.len() < WINDOW {
-                needles.short.push(lower);
-                continue;
-            }
             // A Stripe secret or restricted key starts with what is public: `sk_test_51` and the account's
             // own part, which its publishable key and its `acct_1…` id repeat. Windows inside that part
             // would cut off every answer naming the account.
-            let public = if lower.starts_with(b"sk_") || lower.starts_with(b"rk_") {
-                STRIPE_PUBLIC_PREFIX
+            let public = if lower.len() >= WINDOW
+                && (lower.starts_with(b"sk_") || lower.starts_with(b"rk_"))
+            {
+                STRIPE_PUBLIC_PREFIX.min(lower.len())
             } else {
                 0
             };
-            for w in lower
-                .windows(WINDOW)
-                .skip(public.saturating_sub(WINDOW - 1))
-            {
-                let mut window = [0u8; WINDOW];
-                window.copy_from_slice(w);
-                let slot = filter_slot(window_hash(w));
-                needles.filter[slot / 64] |= 1 << (slot % 64);
-                needles.windows.insert(window);
-            }
+            needles.plain.add(&lower, public);
+            let letters: Vec<u8> = lower
+                .iter()
+                .copied()
+                .filter(u8::is_ascii_alphanumeric)
+                .collect();
+            let public_letters = lower[..public]
+                .iter()
+                .filter(|b| b.is_ascii_alphanumeric())
+                .count();
+            needles.skeleton.add(&letters, public_letters);
         }
         needles
     }
 
     pub fn is_empty(&self) -> bool {
-        self.windows.is_empty() && self.short.is_empty()
+        self.plain.is_empty() && self.skeleton.is_empty()
     }
 
     /// Whether `text` (complete) carries any of the secrets.
     pub fn found_in(&self, text: &[u8]) -> bool {
-        [Scan::default(), Scan::literal()]
+        Scan::readings()
             .iter_mut()
             .any(|scan| matches!(scan.feed(self, text, 0, true), Fed::Found | Fed::Overlong))
     }
@@ -172,21 +228,12 @@ impl Needles {
         self.found_in(&pairs) || self.found_in(&values) || self.found_in(&names)
     }
 
-    /// Whether the window `scan` ends on is one of the secrets' (or ends with a short one).
+    /// Whether the window `scan` ends on is one of the secrets', in the spelling its reading keeps.
     fn matches(&self, scan: &Scan) -> bool {
-        if scan.seen >= WINDOW && !self.windows.is_empty() {
-            let slot = filter_slot(scan.hash);
-            if self.filter[slot / 64] & (1 << (slot % 64)) != 0
-                && self.windows.contains(&scan.tail())
-            {
-                return true;
-            }
-        }
-        !self.short.is_empty() && {
-            let tail = scan.tail();
-            self.short
-                .iter()
-                .any(|s| scan.seen >= s.len() && tail.ends_with(s))
+        if scan.skeleton {
+            self.skeleton.matches(scan)
+        } else {
+            self.plain.matches(scan)
         }
     }
 }
@@ -221,14 +268,31 @@ struct Scan {
     /// that runs into a secret's first character (`%4` before `Ab3…` reads `J`) hides it from the decoding
     /// scan only; this one sees it.
     literal: bool,
+    /// Keeps only letters and digits: anything else between them (spaces, dashes, any character that is
+    /// not an ASCII letter or digit, escaped or not, in any encoding) is read as nothing, so a secret broken
+    /// into groups or interleaved with invisible or foreign characters is still one run.
+    skeleton: bool,
 }
 
 impl Scan {
-    fn literal() -> Scan {
-        Scan {
-            literal: true,
-            ..Scan::default()
-        }
+    /// The four readings every text gets: decoded and as written, each whole and as its letters and digits.
+    fn readings() -> [Scan; 4] {
+        [
+            Scan::default(),
+            Scan {
+                literal: true,
+                ..Scan::default()
+            },
+            Scan {
+                skeleton: true,
+                ..Scan::default()
+            },
+            Scan {
+                literal: true,
+                skeleton: true,
+                ..Scan::default()
+            },
+        ]
     }
 }
 
@@ -247,16 +311,42 @@ impl Scan {
     /// far the bytes are safe to send, or a find. Bytes from the first undecoded one on are fed again with
     /// what follows them (the caller keeps them).
     fn feed(&mut self, needles: &Needles, text: &[u8], base: u64, at_end: bool) -> Fed {
+        // A decoding reading reads through NUL bytes (UTF-16 and UTF-32 spell ASCII with them), escapes
+        // included: it decodes the text without them, each character keeping where it was.
+        if !self.literal && text.contains(&0) {
+            let mut compact = Vec::with_capacity(text.len());
+            let mut origin = Vec::with_capacity(text.len() + 1);
+            for (i, &b) in text.iter().enumerate() {
+                if b != 0 {
+                    compact.push(b);
+                    origin.push(base + i as u64);
+                }
+            }
+            origin.push(base + text.len() as u64);
+            return self.feed_at(needles, &compact, |i| origin[i], at_end);
+        }
+        self.feed_at(needles, text, |i| base + i as u64, at_end)
+    }
+
+    /// [`Scan::feed`] over `text`, whose byte `i` is at offset `at(i)` of the whole (`at(text.len())` is
+    /// where it ends).
+    fn feed_at(
+        &mut self,
+        needles: &Needles,
+        text: &[u8],
+        at: impl Fn(usize) -> u64,
+        at_end: bool,
+    ) -> Fed {
         let mut i = 0;
         while i < text.len() {
             let step = if self.literal {
                 Unit::Char(text[i], 1)
             } else {
-                unit(&text[i..], at_end)
+                unit(&text[i..], at_end, self.skeleton)
             };
             let (c, width) = match step {
-                Unit::Char(c, width) => (c, width),
-                Unit::Skip(width) => {
+                Unit::Char(c, width) if !self.skeleton || c.is_ascii_alphanumeric() => (c, width),
+                Unit::Char(_, width) | Unit::Skip(width) => {
                     i += width;
                     continue;
                 }
@@ -264,9 +354,9 @@ impl Scan {
                 Unit::Overlong => return Fed::Overlong,
             };
             let c = c.to_ascii_lowercase();
-            let at = self.seen % WINDOW;
+            let slot = self.seen % WINDOW;
             let leaving = if self.seen >= WINDOW {
-                self.ring[at]
+                self.ring[slot]
             } else {
                 0
             };
@@ -275,8 +365,8 @@ impl Scan {
                 .wrapping_sub(u64::from(leaving).wrapping_mul(BASE_POW))
                 .wrapping_mul(BASE)
                 .wrapping_add(u64::from(c));
-            self.ring[at] = c;
-            self.starts[at] = base + i as u64;
+            self.ring[slot] = c;
+            self.starts[slot] = at(i);
             self.seen += 1;
             if needles.matches(self) {
                 return Fed::Found;
@@ -285,7 +375,7 @@ impl Scan {
         }
         // The oldest of the last WINDOW - 1 characters may begin a match; everything before it may not. So
         // may whatever was not decoded yet.
-        let decoded_to = base + i as u64;
+        let decoded_to = at(i);
         let oldest_open = match self.seen {
             0 => decoded_to,
             n if n < WINDOW => self.starts[0],
@@ -314,17 +404,103 @@ fn hex_value(digits: &[u8]) -> Option<u32> {
     u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
-/// What a decoded code point is to the screen: a printable ASCII character, nothing (an invisible character:
-/// NUL, soft hyphen, zero-width spaces and joiners, word joiner, byte-order mark), or `None` for anything
-/// else — the escape is then read as plain text instead, so that it cannot swallow characters of a secret
-/// (`\xcf` before `-test…` reads as `\`, `x`, `c`, `f`).
-fn decoded(code: u32, width: usize) -> Option<Unit> {
+/// Whether a code point is one a reader shows as nothing: Unicode's default-ignorable code points (soft
+/// hyphen, combining grapheme joiner, Hangul fillers, Mongolian and variation selectors, zero-width
+/// spaces, joiners and marks, bidirectional controls, word joiner and invisible operators, byte-order
+/// mark, tags…) and NUL.
+fn invisible(code: u32) -> bool {
+    matches!(
+        code,
+        0 | 0xad
+            | 0x34f
+            | 0x61c
+            | 0x115f..=0x1160
+            | 0x17b4..=0x17b5
+            | 0x180b..=0x180f
+            | 0x200b..=0x200f
+            | 0x202a..=0x202e
+            | 0x2060..=0x206f
+            | 0x3164
+            | 0xfe00..=0xfe0f
+            | 0xfeff
+            | 0xffa0
+            | 0xfff0..=0xfff8
+            | 0x1bca0..=0x1bca3
+            | 0x1d173..=0x1d17a
+            | 0xe0000..=0xe0fff
+    )
+}
+
+/// What a decoded code point is to the screen: a printable ASCII character, nothing (an invisible
+/// character; for a [`Scan::skeleton`] reading, any character but an ASCII letter or digit), or `None` for
+/// anything else — the escape is then read as plain text instead, so that it cannot swallow characters of a
+/// secret (`\xcf` before `-test…` reads as `\`, `x`, `c`, `f`).
+fn decoded(code: u32, width: usize, skeleton: bool) -> Option<Unit> {
     match code {
-        0 | 0xad | 0x200b..=0x200d | 0x2060 | 0xfeff => Some(Unit::Skip(width)),
-        0x20..=0x7e => Some(Unit::Char(code as u8, width)),
+        c if invisible(c) => Some(Unit::Skip(width)),
+        0x20..=0x7e if !skeleton || (code as u8).is_ascii_alphanumeric() => {
+            Some(Unit::Char(code as u8, width))
+        }
+        0x01..=0x10ffff if skeleton && !(0xd800..=0xdfff).contains(&code) => {
+            Some(Unit::Skip(width))
+        }
         _ => None,
     }
 }
+
+/// The code point a UTF-8 sequence spells and its length in bytes, reading its bytes with `byte(k)` (the
+/// `k`th byte, if the text has it): `Err(true)` when the text ends inside it, `Err(false)` when it is not
+/// UTF-8.
+fn utf8_char(byte: impl Fn(usize) -> Option<u8>) -> Result<(u32, usize), bool> {
+    let lead = byte(0).ok_or(true)?;
+    let (len, mut code) = match lead {
+        0xc2..=0xdf => (2, u32::from(lead & 0x1f)),
+        0xe0..=0xef => (3, u32::from(lead & 0x0f)),
+        0xf0..=0xf4 => (4, u32::from(lead & 0x07)),
+        _ => return Err(false),
+    };
+    for k in 1..len {
+        let b = byte(k).ok_or(true)?;
+        if b & 0xc0 != 0x80 {
+            return Err(false);
+        }
+        code = (code << 6) | u32::from(b & 0x3f);
+    }
+    let shortest = match len {
+        2 => code >= 0x80,
+        3 => code >= 0x800 && !(0xd800..=0xdfff).contains(&code),
+        _ => (0x10000..=0x10ffff).contains(&code),
+    };
+    if shortest {
+        Ok((code, len))
+    } else {
+        Err(false)
+    }
+}
+
+/// HTML's named references to invisible characters (names are case-sensitive): read as nothing.
+const INVISIBLE_NAMES: &[&[u8]] = &[
+    b"shy",
+    b"ZeroWidthSpace",
+    b"NegativeVeryThinSpace",
+    b"NegativeThinSpace",
+    b"NegativeMediumSpace",
+    b"NegativeThickSpace",
+    b"zwj",
+    b"zwnj",
+    b"lrm",
+    b"rlm",
+    b"NoBreak",
+    b"it",
+    b"InvisibleTimes",
+    b"ic",
+    b"InvisibleComma",
+    b"af",
+    b"ApplyFunction",
+];
+
+/// The longest HTML reference name read.
+const LONGEST_NAME: usize = 32;
 
 /// A run of digits in `radix` at `text[from..]`, at most [`LONGEST_ESCAPE`] bytes from the escape's start:
 /// its value when it names one character (leading zeros allowed, as every reader of these escapes allows
@@ -368,27 +544,6 @@ fn digit_run(
     Ok((value, end))
 }
 
-/// Percent-encoded UTF-8 of the invisible characters [`decoded`] reads as nothing (upper-case hex; matched
-/// in any case).
-const INVISIBLE_PERCENT: &[&[u8]] = &[
-    b"%C2%AD",
-    b"%E2%80%8B",
-    b"%E2%80%8C",
-    b"%E2%80%8D",
-    b"%E2%81%A0",
-    b"%EF%BB%BF",
-];
-
-/// Raw UTF-8 of the same invisible characters.
-const INVISIBLE_UTF8: &[&[u8]] = &[
-    &[0xc2, 0xad],
-    &[0xe2, 0x80, 0x8b],
-    &[0xe2, 0x80, 0x8c],
-    &[0xe2, 0x80, 0x8d],
-    &[0xe2, 0x81, 0xa0],
-    &[0xef, 0xbb, 0xbf],
-];
-
 /// Raw UTF-8 of the line and paragraph separators, which end a JS line continuation like `\n`.
 const LINE_SEPARATORS: &[&[u8]] = &[&[0xe2, 0x80, 0xa8], &[0xe2, 0x80, 0xa9]];
 
@@ -409,44 +564,74 @@ fn starts_with_any(text: &[u8], seqs: &[&[u8]], at_end: bool) -> Option<Result<u
     None
 }
 
-/// The character spelled at the start of `text` (see the module docs for the escapes read).
-fn unit(text: &[u8], at_end: bool) -> Unit {
+/// The character spelled at the start of `text` (see the module docs for the escapes read); `skeleton` for
+/// a [`Scan::skeleton`] reading, where every character but an ASCII letter or digit is nothing.
+fn unit(text: &[u8], at_end: bool, skeleton: bool) -> Unit {
     let literal = Unit::Char(text[0], 1);
     let run = |from: usize, radix: u32| digit_run(text, from, radix, at_end);
     // An escape spells its character, nothing, or (anything else) is read as plain text.
-    let spelled = |code: u32, width: usize| decoded(code, width).unwrap_or(Unit::Char(text[0], 1));
+    let spelled =
+        |code: u32, width: usize| decoded(code, width, skeleton).unwrap_or(Unit::Char(text[0], 1));
     match text[0] {
         0 => Unit::Skip(1),
-        0xc2 | 0xe2 | 0xef => match starts_with_any(text, INVISIBLE_UTF8, at_end) {
-            Some(Ok(n)) => Unit::Skip(n),
-            Some(Err(())) => Unit::NeedMore,
-            None => literal,
+        0x80..=0xff => match utf8_char(|k| text.get(k).copied()) {
+            Ok((code, n)) => decoded(code, n, skeleton)
+                .filter(|u| matches!(u, Unit::Skip(_)))
+                .unwrap_or(literal),
+            Err(true) if !at_end => Unit::NeedMore,
+            Err(_) => literal,
         },
         b'\\' => {
             let Some(&next) = text.get(1) else {
                 return if at_end { literal } else { Unit::NeedMore };
             };
             match next {
-                // JS `\u{…}`: any number of leading zeros.
-                b'u' if text.get(2) == Some(&b'{') => match run(3, 16) {
+                // JS `\u{…}`, Perl `\x{…}`: any number of leading zeros.
+                b'u' | b'x' if text.get(2) == Some(&b'{') => match run(3, 16) {
                     Err(stop) => stop,
                     Ok((Some(c), end)) if text.get(end) == Some(&b'}') => spelled(c, end + 1),
                     Ok((_, end)) if end == text.len() && !at_end => Unit::NeedMore,
                     Ok(_) => literal,
                 },
-                b'u' | b'U' => {
-                    let n = if next == b'u' { 4 } else { 8 };
-                    if text.len() < 2 + n && !at_end {
+                b'u' => {
+                    if text.len() < 6 && !at_end {
                         return Unit::NeedMore;
                     }
-                    text.get(2..2 + n)
+                    match text.get(2..6).and_then(hex_value) {
+                        // A UTF-16 surrogate pair, as JSON spells characters beyond the first plane.
+                        Some(high @ 0xd800..=0xdbff) => {
+                            if text.len() < 12 && !at_end {
+                                return Unit::NeedMore;
+                            }
+                            let low = text
+                                .get(6..8)
+                                .filter(|p| *p == b"\\u")
+                                .and_then(|_| text.get(8..12))
+                                .and_then(hex_value)
+                                .filter(|low| (0xdc00..=0xdfff).contains(low));
+                            match low {
+                                Some(low) => {
+                                    spelled(0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00), 12)
+                                }
+                                None => literal,
+                            }
+                        }
+                        Some(c) => spelled(c, 6),
+                        None => literal,
+                    }
+                }
+                b'U' => {
+                    if text.len() < 10 && !at_end {
+                        return Unit::NeedMore;
+                    }
+                    text.get(2..10)
                         .and_then(hex_value)
-                        .map_or(literal, |c| spelled(c, 2 + n))
+                        .map_or(literal, |c| spelled(c, 10))
                 }
                 // `\x`: JS reads two digits, C all that follow; the reading that names a character wins.
                 b'x' => match run(2, 16) {
                     Err(stop) => stop,
-                    Ok((Some(c), end)) if decoded(c, end).is_some() => spelled(c, end),
+                    Ok((Some(c), end)) if decoded(c, end, skeleton).is_some() => spelled(c, end),
                     Ok(_) => text
                         .get(2..4)
                         .and_then(hex_value)
@@ -479,29 +664,64 @@ fn unit(text: &[u8], at_end: bool) -> Unit {
                     Some(Err(())) => Unit::NeedMore,
                     None => literal,
                 },
-                c @ (b'/' | b'"' | b'\\' | b'\'') => Unit::Char(c, 2),
+                c @ (b'/' | b'"' | b'\\' | b'\'') => spelled(u32::from(c), 2),
                 _ => literal,
             }
         }
         b'%' => {
-            match starts_with_any(text, INVISIBLE_PERCENT, at_end) {
-                Some(Ok(n)) => return Unit::Skip(n),
-                Some(Err(())) => return Unit::NeedMore,
-                None => {}
-            }
             if text.len() < 3 && !at_end {
                 return Unit::NeedMore;
             }
-            text.get(1..3)
-                .and_then(hex_value)
-                .map_or(literal, |c| spelled(c, 3))
+            // `%uXXXX`, as JavaScript's `escape` writes a character beyond Latin-1.
+            if matches!(text.get(1), Some(b'u' | b'U')) {
+                if text.len() < 6 && !at_end {
+                    return Unit::NeedMore;
+                }
+                return text
+                    .get(2..6)
+                    .and_then(hex_value)
+                    .map_or(literal, |c| spelled(c, 6));
+            }
+            match text.get(1..3).and_then(hex_value) {
+                // Percent-encoded UTF-8 of one character: `%E2%80%8B`.
+                Some(lead @ 0x80..=0xff) => {
+                    let byte = |k: usize| {
+                        let at = 3 * k;
+                        if k == 0 {
+                            return Some(lead as u8);
+                        }
+                        match text.get(at) {
+                            Some(b'%') => text
+                                .get(at + 1..at + 3)
+                                .and_then(hex_value)
+                                .map(|b| b as u8),
+                            // Not a continuation: the sequence is not UTF-8 (`Err(false)` below).
+                            Some(_) => Some(0),
+                            None => None,
+                        }
+                    };
+                    match utf8_char(byte) {
+                        Ok((code, n)) => spelled(code, 3 * n),
+                        Err(true) if !at_end => Unit::NeedMore,
+                        Err(_) => literal,
+                    }
+                }
+                Some(c) => spelled(c, 3),
+                None => literal,
+            }
         }
         b'&' => {
-            let (Some(&hash), Some(&kind)) = (text.get(1), text.get(2)) else {
-                let waits = !at_end && text.get(1).is_none_or(|&b| b == b'#');
+            let (Some(&second), Some(&kind)) = (text.get(1), text.get(2)) else {
+                let waits = !at_end
+                    && text
+                        .get(1)
+                        .is_none_or(|&b| b == b'#' || b.is_ascii_alphabetic());
                 return if waits { Unit::NeedMore } else { literal };
             };
-            if hash != b'#' {
+            if second.is_ascii_alphabetic() {
+                return named_reference(text, at_end, skeleton).unwrap_or(literal);
+            }
+            if second != b'#' {
                 return literal;
             }
             let (from, radix) = match kind {
@@ -525,6 +745,30 @@ fn unit(text: &[u8], at_end: bool) -> Unit {
     }
 }
 
+/// An HTML named reference at the start of `text` (`&shy;`): nothing when it names an invisible character
+/// (`&shy` also without its `;`, as HTML reads it) or, for a skeleton reading, any character (no named
+/// reference spells an ASCII letter or digit); `None` when it is read as plain text.
+fn named_reference(text: &[u8], at_end: bool, skeleton: bool) -> Option<Unit> {
+    let name_len = text[1..]
+        .iter()
+        .take(LONGEST_NAME + 1)
+        .take_while(|b| b.is_ascii_alphanumeric())
+        .count();
+    if name_len > LONGEST_NAME {
+        return None;
+    }
+    let name = &text[1..1 + name_len];
+    let end = 1 + name_len;
+    if end == text.len() && !at_end {
+        return Some(Unit::NeedMore);
+    }
+    if text.get(end) == Some(&b';') {
+        return (skeleton || INVISIBLE_NAMES.contains(&name)).then_some(Unit::Skip(end + 1));
+    }
+    // Without `;`: HTML still reads the legacy `&shy` at the start of a longer run of letters.
+    name.starts_with(b"shy").then_some(Unit::Skip(4))
+}
+
 /// `body`, ended with an error where it would carry one of `needles` (or where it starts compressed).
 /// Trailers are dropped. `decision_id` names the request in the log when an answer is cut off.
 pub fn screened(body: Body, needles: Arc<Needles>, decision_id: Uuid) -> Body {
@@ -532,10 +776,7 @@ pub fn screened(body: Body, needles: Arc<Needles>, decision_id: Uuid) -> Body {
         inner: body,
         held: BytesMut::new(),
         held_from: 0,
-        scanned: 0,
-        scan: Scan::default(),
-        raw_scanned: 0,
-        raw: Scan::literal(),
+        readings: Scan::readings().map(|scan| (scan, 0)),
         needles,
         started: false,
         done: false,
@@ -551,12 +792,8 @@ struct Screened {
     /// Bytes received and not yet sent; `held[0]` is at offset `held_from` of the body.
     held: BytesMut,
     held_from: u64,
-    /// How far (offset in the body) the scan has decoded.
-    scanned: u64,
-    scan: Scan,
-    /// The same for the text as written, without reading escapes ([`Scan::literal`]).
-    raw_scanned: u64,
-    raw: Scan,
+    /// Each reading of the body ([`Scan::readings`]) and how far (offset in the body) it has read.
+    readings: [(Scan, u64); 4],
     needles: Arc<Needles>,
     /// Whether the body's first bytes were looked at.
     started: bool,
@@ -575,46 +812,37 @@ impl Screened {
 
     /// Scans what was not scanned yet and sends what can no longer be part of a match.
     fn advance(&mut self, at_end: bool) -> Option<Polled> {
-        // The text as written (no escapes read), then as decoded; the bytes sent are those neither reading
-        // may still need.
-        let raw_from = (self.raw_scanned - self.held_from) as usize;
-        let raw_safe = match self.raw.feed(
-            &self.needles,
-            &self.held[raw_from..],
-            self.raw_scanned,
-            at_end,
-        ) {
-            Fed::Clear { safe, decoded_to } => {
-                self.raw_scanned = decoded_to;
-                safe
-            }
-            _ => return Some(self.cut_off("carries a secret tollgate holds")),
-        };
-        let from = (self.scanned - self.held_from) as usize;
-        match self
-            .scan
-            .feed(&self.needles, &self.held[from..], self.scanned, at_end)
-        {
-            Fed::Found => Some(self.cut_off("carries a secret tollgate holds")),
-            Fed::Overlong => Some(self.cut_off("carries an overlong character escape")),
-            Fed::Clear { safe, decoded_to } => {
-                let safe = safe.min(raw_safe);
-                // The scan resumes at the first byte it could not decode yet.
-                self.scanned = decoded_to;
-                let send = if at_end {
-                    self.held.len()
-                } else {
-                    (safe - self.held_from) as usize
-                };
-                if send == 0 {
-                    return None;
+        // The bytes sent are those no reading may still need.
+        let mut safe = u64::MAX;
+        for (scan, scanned) in &mut self.readings {
+            let from = (*scanned - self.held_from) as usize;
+            match scan.feed(&self.needles, &self.held[from..], *scanned, at_end) {
+                Fed::Clear {
+                    safe: open,
+                    decoded_to,
+                } => {
+                    // The reading resumes at the first byte it could not decode yet.
+                    *scanned = decoded_to;
+                    safe = safe.min(open);
                 }
-                self.held_from += send as u64;
-                Some(Poll::Ready(Some(Ok(Frame::data(
-                    self.held.split_to(send).freeze(),
-                )))))
+                Fed::Found => return Some(self.cut_off("carries a secret tollgate holds")),
+                Fed::Overlong => {
+                    return Some(self.cut_off("carries an overlong character escape"));
+                }
             }
         }
+        let send = if at_end {
+            self.held.len()
+        } else {
+            (safe - self.held_from) as usize
+        };
+        if send == 0 {
+            return None;
+        }
+        self.held_from += send as u64;
+        Some(Poll::Ready(Some(Ok(Frame::data(
+            self.held.split_to(send).freeze(),
+        )))))
     }
 }
 
@@ -735,8 +963,11 @@ mod tests {
         // Twelve characters from the middle, or the first twelve, are a leak; eleven are not.
         assert!(through(&["x", &LONG[20..32], "y"], LONG).await.is_err());
         assert!(through(&[&LONG[..12]], LONG).await.is_err());
-        let eleven = format!("[{}] [{}]", &LONG[..11], &LONG[11..22]);
+        let eleven = format!("[{}] and [{}]", &LONG[..11], &LONG[11..22]);
         assert_eq!(through(&[&eleven], LONG).await.unwrap(), eleven);
+        // Pieces with only punctuation, spaces or other characters between them are one run.
+        let grouped = format!("[{}] [{}]", &LONG[..11], &LONG[11..22]);
+        assert!(through(&[&grouped], LONG).await.is_err());
         // An ordinary answer passes whole, whatever its chunks.
         let ordinary = r#"{"success":true,"result":{"id":"023e105f4ecef8ad9ca31a8372d0c353"}}"#;
         let (a, b) = ordinary.split_at(20);
@@ -839,8 +1070,8 @@ mod tests {
         for echo in [padded, hex_padded, js] {
             assert!(through(&[&echo], LONG).await.is_err(), "{echo}");
         }
-        // `&#82 ` reads as R then a space: with spaces between, no twelve characters in a row.
-        assert!(through(&[&bare], LONG).await.is_ok());
+        // `&#82 ` reads as R then a space: spaces between characters do not hide them.
+        assert!(through(&[&bare], LONG).await.is_err());
         let bare_run: String = LONG[..13].bytes().map(|b| format!("&#{b}")).collect();
         assert!(through(&[&bare_run], LONG).await.is_err(), "{bare_run}");
         let overlong = format!("&#{}82;", "0".repeat(80));
@@ -1000,5 +1231,153 @@ mod tests {
         let account = r#"{"id":"acct_1H8GvbKbY4gXp7","object":"account","publishable_key":"pk_test_51H8GvbKbY4gXp7AbCdEf"}"#;
         assert_eq!(through(&[account], key).await.unwrap(), account);
         assert!(through(&[&key[14..30]], key).await.is_err());
+    }
+
+    /// A body's bytes, split in two at `at` (as a provider's chunks may be), through the screen.
+    async fn bytes_through(body: &[u8], at: usize, secret: &str) -> Result<Vec<u8>, String> {
+        let (a, b) = body.split_at(at.min(body.len()));
+        let chunks = Chunks([Bytes::copy_from_slice(a), Bytes::copy_from_slice(b)].into());
+        match screened(Body::new(chunks), needles(secret), Uuid::nil())
+            .collect()
+            .await
+        {
+            Ok(c) => Ok(c.to_bytes().to_vec()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn utf16le(text: &str) -> Vec<u8> {
+        text.encode_utf16().flat_map(u16::to_le_bytes).collect()
+    }
+
+    fn utf16be(text: &str) -> Vec<u8> {
+        text.encode_utf16().flat_map(u16::to_be_bytes).collect()
+    }
+
+    fn utf32(text: &str) -> Vec<u8> {
+        text.chars()
+            .flat_map(|c| (c as u32).to_le_bytes())
+            .collect()
+    }
+
+    fn joined(text: &str, between: &str) -> String {
+        text.chars()
+            .map(String::from)
+            .collect::<Vec<_>>()
+            .join(between)
+    }
+
+    #[tokio::test]
+    async fn wide_encodings_any_invisible_character_and_grouping_do_not_hide_a_secret() {
+        let json_escaped: String = LONG
+            .chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect();
+        let percent: String = LONG.bytes().map(|b| format!("%{b:02X}")).collect();
+        let mut bodies: Vec<(Vec<u8>, &str)> = vec![
+            (
+                utf16le(&format!("{{\"e\":\"{json_escaped}\"}}")),
+                "utf-16le, JSON escapes",
+            ),
+            (
+                utf16le(&joined(LONG, "\u{200b}")),
+                "utf-16le, zero-width spaces",
+            ),
+            (utf16be(&joined(LONG, "\u{ad}")), "utf-16be, soft hyphens"),
+            (utf16le(&percent), "utf-16le, URL escapes"),
+            (
+                utf32(&joined(LONG, "\u{200b}")),
+                "utf-32, zero-width spaces",
+            ),
+            (joined(LONG, "&shy;").into_bytes(), "&shy;"),
+            (joined(LONG, "&shy").into_bytes(), "&shy without ;"),
+            (
+                joined(LONG, "&ZeroWidthSpace;").into_bytes(),
+                "&ZeroWidthSpace;",
+            ),
+            (joined(LONG, "&NoBreak;").into_bytes(), "&NoBreak;"),
+            (
+                joined(LONG, "&middot;").into_bytes(),
+                "another named reference",
+            ),
+            (joined(LONG, "\\u200e").into_bytes(), "JSON \\u200e"),
+            (
+                joined(LONG, "\\udb40\\udc20").into_bytes(),
+                "a tag character as a surrogate pair",
+            ),
+            (joined(LONG, "%E2%80%8E").into_bytes(), "URL-escaped LRM"),
+            (joined(LONG, "%u200B").into_bytes(), "%u escape"),
+            (
+                LONG.chars()
+                    .map(|c| format!("%u{:04X}", c as u32))
+                    .collect::<String>()
+                    .into_bytes(),
+                "%u letters",
+            ),
+            (
+                LONG.chars()
+                    .map(|c| format!("\\x{{{:x}}}", c as u32))
+                    .collect::<String>()
+                    .into_bytes(),
+                "Perl \\x{}",
+            ),
+            (
+                LONG.as_bytes()
+                    .chunks(4)
+                    .map(|c| std::str::from_utf8(c).unwrap())
+                    .collect::<Vec<_>>()
+                    .join("-")
+                    .into_bytes(),
+                "groups of four",
+            ),
+            (
+                LONG.as_bytes()
+                    .chunks(5)
+                    .map(|c| std::str::from_utf8(c).unwrap())
+                    .collect::<Vec<_>>()
+                    .join(" \u{b7} ")
+                    .into_bytes(),
+                "middle dots",
+            ),
+        ];
+        for invisible in [
+            '\u{200e}',
+            '\u{200f}',
+            '\u{2061}',
+            '\u{34f}',
+            '\u{fe0f}',
+            '\u{e0020}',
+            '\u{180e}',
+        ] {
+            bodies.push((
+                joined(LONG, &invisible.to_string()).into_bytes(),
+                "raw invisible",
+            ));
+        }
+        // Latin-1's soft hyphen is one byte.
+        bodies.push((
+            LONG.bytes().flat_map(|b| [b, 0xad]).collect(),
+            "latin-1 soft hyphens",
+        ));
+        for (body, what) in bodies {
+            for at in [0, 7, body.len() / 2, body.len()] {
+                assert!(
+                    bytes_through(&body, at, LONG).await.is_err(),
+                    "{what}, split at {at}"
+                );
+            }
+            assert!(needles(LONG).found_in(&body), "{what}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-debug",
+            http::HeaderValue::from_bytes(joined(LONG, "\u{200e}").as_bytes()).unwrap(),
+        );
+        assert!(needles(LONG).headers_carry(&h));
+        // Ordinary text in other scripts and encodings passes whole.
+        let ordinary = r#"{"name":"café – ünïcödé 日本語 \u00e9\ud83d\ude00 &amp; &middot;","id":"023e105f4ecef8ad9ca31a8372d0c353"}"#;
+        assert_eq!(through(&[ordinary], LONG).await.unwrap(), ordinary);
+        let wide = utf16le(ordinary);
+        assert_eq!(bytes_through(&wide, 9, LONG).await.unwrap(), wide);
     }
 }

@@ -91,21 +91,28 @@ fn rotation_seals_with_the_first_key_and_opens_with_any() {
 
 #[test]
 fn token_answers_are_read_and_the_secret_replaced() {
-    let created = br#"{"success":true,"errors":[],"messages":[],"result":{"id":"tok1","name":"ci","status":"active","expires_on":"2030-01-01T00:00:00Z","value":"cf-secret"}}"#;
+    let created = br#"{"success":true,"errors":[],"messages":[],"result":{"id":"tok1","name":"ci","status":"active","expires_on":"2030-01-01T00:00:00Z","value":"cf-secret-0123456789abcdef"}}"#;
     let m = MintedResponse::parse(TokenEvent::Created, created).unwrap();
     assert_eq!(m.token_id.as_deref(), Some("tok1"));
     assert_eq!(m.name.as_deref(), Some("ci"));
     assert!(m.expires_on.is_some());
-    assert_eq!(m.secret().unwrap().expose_secret(), "cf-secret");
+    assert_eq!(
+        m.secret().unwrap().expose_secret(),
+        "cf-secret-0123456789abcdef"
+    );
     let out = m.with_handle(TokenEvent::Created, "tg_handle");
     let text = String::from_utf8(out.to_vec()).unwrap();
     assert!(!text.contains("cf-secret"), "{text}");
     assert!(text.contains(r#""value":"tg_handle""#), "{text}");
     assert!(text.contains(r#""id":"tok1""#), "{text}");
 
-    let rolled = br#"{"success":true,"errors":[],"messages":[],"result":"cf-rolled"}"#;
+    let rolled =
+        br#"{"success":true,"errors":[],"messages":[],"result":"cf-rolled-0123456789abcdef"}"#;
     let m = MintedResponse::parse(TokenEvent::Rolled, rolled).unwrap();
-    assert_eq!(m.secret().unwrap().expose_secret(), "cf-rolled");
+    assert_eq!(
+        m.secret().unwrap().expose_secret(),
+        "cf-rolled-0123456789abcdef"
+    );
     let text = String::from_utf8(m.with_handle(TokenEvent::Rolled, "tg_h2").to_vec()).unwrap();
     assert!(text.contains(r#""result":"tg_h2""#) && !text.contains("cf-rolled"));
 
@@ -116,6 +123,12 @@ fn token_answers_are_read_and_the_secret_replaced() {
         MintedResponse::parse(TokenEvent::Created, br#"{"result":{"id":"x"}}"#).unwrap();
     assert!(no_secret.secret().is_none());
     assert!(MintedResponse::parse(TokenEvent::Rolled, br#"{"result":{"v":1}}"#).is_none());
+    // A value that cannot be a secret (a decoy) is no secret where expected.
+    let decoy =
+        MintedResponse::parse(TokenEvent::Created, br#"{"result":{"id":"x","value":""}}"#).unwrap();
+    assert!(decoy.secret().is_none());
+    let short = MintedResponse::parse(TokenEvent::Rolled, br#"{"result":"zz"}"#).unwrap();
+    assert!(short.secret().is_none());
 }
 
 #[test]
@@ -186,4 +199,91 @@ fn token_ids_compare_as_the_provider_compares_them() {
     ));
     assert!(!cloudflare_succeeded(br#"{"result":{"id":"x"}}"#));
     assert!(!cloudflare_succeeded(b"ok"));
+}
+
+const REAL_SHAPED: &str = "Xq7Lm2Pz9Rt4Vw8Kb3Nd6Hf1Jc5Gs0Ya7Ue2Io9T";
+
+#[test]
+fn a_secret_must_look_like_one_and_credential_shapes_are_told_from_ids() {
+    assert!(plausible_secret(REAL_SHAPED));
+    assert!(plausible_secret("cf-minted-secret-alpha-5e1f"));
+    for decoy in [
+        "",
+        "zz",
+        "short-one",
+        "has a space in it somewhere",
+        "é-not-ascii-ééééééééé",
+    ] {
+        assert!(!plausible_secret(decoy), "{decoy}");
+    }
+    assert!(credential_like(REAL_SHAPED, 20));
+    assert!(credential_like(&format!("token: {REAL_SHAPED}."), 20));
+    // An invisible character between its characters hides nothing.
+    let hidden: String = REAL_SHAPED.chars().flat_map(|c| [c, '\u{200e}']).collect();
+    assert!(credential_like(&hidden, 20));
+    for ordinary in [
+        "023e105f4ecef8ad9ca31a8372d0c353",
+        "3f5c8a2e-1b4d-4c6e-9f0a-2b3c4d5e6f70",
+        "com.cloudflare.api.account.zone.023e105f4ecef8ad9ca31a8372d0c353",
+        "2026-12-01T00:00:00Z",
+        "Workers Scripts Write",
+        "The token name is required.",
+    ] {
+        assert!(!credential_like(ordinary, 12), "{ordinary}");
+    }
+}
+
+#[test]
+fn a_second_credential_beside_the_value_is_found_but_the_agents_own_strings_are_not() {
+    let request = json!({"name": "Deploy2026TokenForProduction", "policies": []});
+    let handle = "tg_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCd";
+    let clean = json!({"success": true, "result": {"id": "023e105f4ecef8ad9ca31a8372d0c353",
+        "name": "Deploy2026TokenForProduction", "value": handle, "issued_on": "2026-12-01T00:00:00Z"}});
+    assert!(!stray_credential(
+        clean.to_string().as_bytes(),
+        &request,
+        handle
+    ));
+    let stray =
+        json!({"success": true, "result": {"id": "x", "value": handle, "token": REAL_SHAPED}});
+    assert!(stray_credential(
+        stray.to_string().as_bytes(),
+        &request,
+        handle
+    ));
+    assert!(stray_credential(b"not json", &request, handle));
+}
+
+#[test]
+fn a_refusal_keeps_codes_and_plain_messages_only() {
+    let body = json!({"success": false,
+        "errors": [{"code": 1000, "message": "Invalid request body"},
+                   {"code": 1001, "message": format!("made {REAL_SHAPED}")},
+                   {"code": 1002, "message": "see %58%71"},
+                   {"code": 1003, "message": "zero\u{200b}width"}],
+        "messages": [REAL_SHAPED], "result": {"value": REAL_SHAPED}});
+    let (rebuilt, withheld) = refusal_for_agent(body.to_string().as_bytes());
+    let rebuilt: Value = serde_json::from_slice(&rebuilt).unwrap();
+    assert_eq!(withheld, 3);
+    assert!(!rebuilt.to_string().contains(REAL_SHAPED));
+    assert_eq!(rebuilt["success"], false);
+    assert_eq!(rebuilt["result"], Value::Null);
+    assert_eq!(rebuilt["messages"], json!([]));
+    assert_eq!(
+        rebuilt["errors"][0],
+        json!({"code": 1000, "message": "Invalid request body"})
+    );
+    for i in 1..4 {
+        assert_eq!(rebuilt["errors"][i]["code"], 1000 + i);
+        assert!(
+            rebuilt["errors"][i]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("tollgate withheld")
+        );
+    }
+    // Not JSON: the status's own code only.
+    let (rebuilt, _) = refusal_for_agent(b"<html>oops</html>");
+    let rebuilt: Value = serde_json::from_slice(&rebuilt).unwrap();
+    assert_eq!(rebuilt["errors"][0]["code"], 10000);
 }
