@@ -1,20 +1,25 @@
-//! Answers screened for secrets tollgate holds: the credential it forwards with (every answer), and a
-//! minted token's secret (the answer to a request made with that token's handle, and the token's own create
-//! or roll answer). A provider that echoes the request (a debug header, an error quoting the credential)
-//! must not hand either to the agent.
+//! Answers screened for secrets tollgate holds: the credential it forwards with (every answer), a minted
+//! token's secret (the answer to a request made with that token's handle, a call about that token, and the
+//! token's own create or roll answer). A provider that echoes the request (a debug header, an error quoting
+//! the credential) must not hand either to the agent.
 //!
 //! What counts as carrying a secret: any run of [`WINDOW`] consecutive characters of it (the whole of a
 //! shorter one) — a prefix, a middle, the whole — in any letter case, each character as itself or escaped
-//! the ways answers escape text: JSON (`\u0053`, `\/`), JS (`\u{53}`, a line continuation), C (`\x53`,
-//! `\U00000053`, octal `\123`), URL (`%53`) and HTML (`&#83;`, `&#x53`), with any number of leading zeros
-//! where the form allows them, and with invisible characters (NUL, zero-width spaces, soft hyphens) between
-//! characters read as nothing. Escapes are read left to right as a decoder would. Headers are read as one text
-//! of names and values in order (and values, and names, alone), so a secret split across headers is found too
-//! (the values of a repeated name are read together). The body streams through with the bytes of a possible match held back, so no
-//! part of one is ever sent; a match ends the body with an error (the agent sees a broken answer). A body
-//! that starts like a compressed stream (gzip, zlib, bzip2, xz, zstd) is cut off, and the caller withholds
-//! one labelled compressed (tollgate asks for `identity`). Not caught: a provider that transforms the secret
-//! further (base64, reversed, pieces shorter than [`WINDOW`] with other text between).
+//! the ways answers escape text: JSON (`\u0053`, surrogate pairs, `\/`), JS (`\u{53}`, `%u0053`, a line
+//! continuation), C and Perl (`\x53`, `\x{53}`, `\U00000053`, octal `\123`), URL (`%53`, percent-encoded
+//! UTF-8) and HTML (`&#83;`, `&#x53`, named references), with any number of leading zeros where the form
+//! allows them. Escapes are read left to right as a decoder would. Every text is read four ways
+//! ([`Scan::readings`]): decoded and as written, each whole (invisible characters — Unicode's
+//! default-ignorable ones and NUL — between characters read as nothing) and as its ASCII letters and digits
+//! alone (anything between them read as nothing: a secret in groups, or with any character between its
+//! own, is one run). A decoding reading reads through NUL bytes, so UTF-16 and UTF-32 text is read as its
+//! ASCII. Headers are read as one text of names and values in order (and values, and names, alone), so a
+//! secret split across headers is found too (the values of a repeated name are read together). The body
+//! streams through with the bytes of a possible match held back, so no part of one is ever sent; a match
+//! ends the body with an error (the agent sees a broken answer). A body that starts like a compressed stream
+//! (gzip, zlib, bzip2, xz, zstd) is cut off, and the caller withholds one labelled compressed (tollgate asks
+//! for `identity`). Not caught: a provider that transforms the secret further (base64, reversed, other
+//! escape syntaxes or character sets, pieces shorter than [`WINDOW`] with letters or digits between).
 
 use std::collections::HashSet;
 use std::pin::Pin;
