@@ -698,6 +698,10 @@ impl Gate {
         let approval_header = approval_header(&parts.headers)?;
         let approval_input = approval_header.map(|id| json!({"id": id.to_string()}));
         let (minted_token, token_credential) = self.token_in_question(intake, now).await?;
+        let token_credential = match token_credential {
+            Some(held) => Some(held),
+            None => self.secret_of_token_in_path(intake).await?,
+        };
         let mut input = build_input(
             &intake.agent,
             &draft.run,
@@ -725,6 +729,56 @@ impl Gate {
             on_behalf_of: draft.run.on_behalf_of.clone(),
             token_credential,
         })
+    }
+
+    /// The secret tollgate holds of a token the request's path names (`…/user/tokens/{id}/…`,
+    /// `…/accounts/{a}/tokens/{id}/…`) on a route the catalog does not know as a call about that token: its
+    /// answer is screened for that secret too. A store failure refuses (fails closed).
+    async fn secret_of_token_in_path(
+        &self,
+        intake: &Intake<'_>,
+    ) -> Result<Option<HeaderValue>, Refusal> {
+        if intake.provider.name != "cloudflare" {
+            return Ok(None);
+        }
+        let segments: Vec<&str> = intake
+            .facts
+            .path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        let named = match segments.as_slice() {
+            [_, _, user, tokens, id, ..]
+                if user.eq_ignore_ascii_case("user") && tokens.eq_ignore_ascii_case("tokens") =>
+            {
+                Some(*id)
+            }
+            [_, _, accounts, _, tokens, id, ..]
+                if accounts.eq_ignore_ascii_case("accounts")
+                    && tokens.eq_ignore_ascii_case("tokens") =>
+            {
+                Some(*id)
+            }
+            _ => None,
+        };
+        let Some(key) = named.and_then(crate::vault::token_key) else {
+            return Ok(None);
+        };
+        let rows = self
+            .store
+            .minted_tokens_keyed(&intake.provider.name, &key)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "minted token lookup failed");
+                Refusal::store_unavailable()
+            })?;
+        Ok(rows.iter().find_map(|r| {
+            let sealed = r.sealed.as_ref()?;
+            self.vault
+                .open(&r.provider, &r.token_id, sealed)
+                .ok()?
+                .bearer()
+        }))
     }
 
     /// For a call about one Cloudflare token (read, update, roll, delete): what tollgate recorded of it, as
@@ -1486,7 +1540,7 @@ impl Gate {
         if let Some(after) = head
             .headers
             .get(http::header::RETRY_AFTER)
-            .filter(|v| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit))
+            .filter(|v| (1..=5).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_digit))
         {
             response
                 .headers_mut()

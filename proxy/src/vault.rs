@@ -473,6 +473,10 @@ pub fn stray_credential(answer: &[u8], request: &Value, handle: &str) -> bool {
         .any(|s| credential_like(s, SHORTEST_SECRET))
 }
 
+/// The most errors, and the largest error code, a rebuilt refusal carries.
+const MOST_ERRORS: usize = 4;
+const LARGEST_CODE: u64 = 999_999;
+
 /// A provider's refusal of a token create or roll, rebuilt for the agent in vault mode: Cloudflare's
 /// envelope with `success: false`, each error's `code` and its `message` when it is plain (printable ASCII
 /// with no escape syntax and nothing shaped like a credential, see [`credential_like`]), and nothing else —
@@ -486,10 +490,13 @@ pub fn refusal_for_agent(body: &[u8]) -> (Vec<u8>, usize) {
     let mut withheld = 0;
     let mut plain = |m: Option<&str>| -> Option<String> {
         let m = m?;
+        // Its letters and digits alone, too: a secret in short pieces with spaces between is one run.
+        let letters: String = m.chars().filter(char::is_ascii_alphanumeric).collect();
         let ok = m.len() <= 1000
             && m.bytes().all(|b| (0x20..0x7f).contains(&b))
             && !m.contains(['\\', '%', '&'])
-            && !credential_like(m, 12);
+            && !credential_like(m, 12)
+            && !credential_like(&letters, SHORTEST_SECRET);
         if ok {
             Some(m.to_string())
         } else {
@@ -504,11 +511,16 @@ pub fn refusal_for_agent(body: &[u8]) -> (Vec<u8>, usize) {
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .take(20)
+        .take(MOST_ERRORS)
     {
         let mut out = serde_json::Map::new();
-        if let Some(code) = e.get("code").filter(|c| c.is_i64() || c.is_u64()) {
-            out.insert("code".into(), code.clone());
+        // Cloudflare's codes are small numbers; a large one could spell bytes of a secret.
+        if let Some(code) = e
+            .get("code")
+            .and_then(Value::as_u64)
+            .filter(|c| *c <= LARGEST_CODE)
+        {
+            out.insert("code".into(), Value::from(code));
         }
         if let Some(message) = plain(e.get("message").and_then(Value::as_str)) {
             out.insert("message".into(), Value::from(message));

@@ -199,7 +199,7 @@ fn cloudflare_tokens(
         if let Some(rest) = path.strip_prefix("/client/v4/user/tokens/") {
             // A read that (unlike Cloudflare's) answers with the token's secret.
             if r.method == "GET" && rest.starts_with("tok-readback") {
-                let name = rest.trim_start_matches("tok-");
+                let name = rest.trim_start_matches("tok-").trim_end_matches("/value");
                 return ok(json!({"id": rest, "name": name, "value": created_secret(name)}));
             }
             if r.method == "PUT" && rest.ends_with("/value") {
@@ -1679,11 +1679,19 @@ async fn a_token_read_never_hands_out_the_tokens_secret() {
         .await;
     assert_eq!(status, 200, "{created}");
     let handle = handle_of(&created);
-    for key in [&w.deployer, &handle] {
+    // Also on a route the catalog does not know as a call about the token.
+    for (key, path) in [
+        (&w.deployer, "tok-readback"),
+        (&handle, "tok-readback"),
+        (&w.deployer, "tok-readback/value"),
+    ] {
         // The answer is cut off before the secret: a broken answer, whether or not its head got out.
         let sent = w
             .http
-            .get(w.gate.url("/cloudflare/client/v4/user/tokens/tok-readback"))
+            .get(
+                w.gate
+                    .url(&format!("/cloudflare/client/v4/user/tokens/{path}")),
+            )
             .bearer_auth(key)
             .send()
             .await;
@@ -1697,7 +1705,7 @@ async fn a_token_read_never_hands_out_the_tokens_secret() {
             w.stand_in
                 .take()
                 .iter()
-                .any(|r| r.path_and_query.ends_with("/tok-readback"))
+                .any(|r| r.path_and_query.ends_with(path))
         );
     }
     // Another token's read passes whole.

@@ -36,9 +36,18 @@ use uuid::Uuid;
 /// secrets are 40 characters; 12 of them are still 70 bits an agent must not be handed piecemeal.
 pub const WINDOW: usize = 12;
 
-/// The longest escape read; a longer numeric character reference (`&#` and 60 zeros…) is taken as an
-/// attempt to get past the screen and cuts the answer off.
+/// The most leading zeros an escape is read with; a numeric character reference or JS escape with more
+/// (`&#` and 64 zeros…) is taken as an attempt to get past the screen and cuts the answer off.
 const LONGEST_ESCAPE: usize = 64;
+
+/// The most bytes (NULs included) an escape cut short by the end of a chunk is held for before its first
+/// byte is read as itself: longer than any escape read, so an unending one cannot hold the answer back.
+const LONGEST_WAIT: u64 = 512;
+
+/// The most bytes of skipped text (invisible characters; for a letters-and-digits reading, anything but a
+/// letter or digit) between two characters of one run. Further apart, a run starts again, so a long stretch
+/// of such text is never held back whole.
+const LONGEST_GAP: u64 = 256;
 
 /// The secret of a `Bearer <secret>` credential, as bytes to look for.
 pub fn secret_of(credential: &http::HeaderValue) -> Option<Vec<u8>> {
@@ -95,28 +104,20 @@ const FILTER_BITS: u32 = 16;
 /// wholly inside them are not looked for.
 const STRIPE_PUBLIC_PREFIX: usize = 26;
 
-/// The base of the rolling hash over the last [`WINDOW`] characters, and its power for the one leaving.
-const BASE: u64 = 0x100_0000_01b3;
-const BASE_POW: u64 = {
-    let mut p: u64 = 1;
-    let mut i = 1;
-    while i < WINDOW {
-        p = p.wrapping_mul(BASE);
-        i += 1;
-    }
-    p
-};
-
-/// The polynomial hash of a window, as [`Scan`] rolls it.
-fn window_hash(window: &[u8]) -> u64 {
-    window.iter().fold(0u64, |h, &c| {
-        h.wrapping_mul(BASE).wrapping_add(u64::from(c))
-    })
+/// The last 8 characters of a window, one per byte: what the filter is indexed by. Shifting a character in
+/// is all a [`Scan`] does per character to keep it (no chain of multiplications from one to the next).
+fn gram_of(chars: &[u8]) -> u64 {
+    chars
+        .iter()
+        .rev()
+        .take(8)
+        .rev()
+        .fold(0u64, |g, &c| (g << 8) | u64::from(c))
 }
 
-fn filter_slot(hash: u64) -> usize {
-    let mixed = hash ^ (hash >> 29) ^ (hash >> 47);
-    mixed as usize & ((1 << FILTER_BITS) - 1)
+#[inline]
+fn filter_slot(gram: u64) -> usize {
+    (gram.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FILTER_BITS)) as usize
 }
 
 impl NeedleSet {
@@ -144,7 +145,7 @@ impl NeedleSet {
         {
             let mut window = [0u8; WINDOW];
             window.copy_from_slice(w);
-            let slot = filter_slot(window_hash(w));
+            let slot = filter_slot(gram_of(w));
             self.filter[slot / 64] |= 1 << (slot % 64);
             self.windows.insert(window);
         }
@@ -154,15 +155,22 @@ impl NeedleSet {
         self.windows.is_empty() && self.short.is_empty()
     }
 
+    /// Whether a window whose last 8 characters are `gram` may be one of the secrets' (the filter: most
+    /// positions are ruled out here).
+    #[inline]
+    fn may_end_here(&self, gram: u64) -> bool {
+        let slot = filter_slot(gram);
+        self.filter[slot / 64] & (1 << (slot % 64)) != 0
+    }
+
     /// Whether the window `scan` ends on is one of the secrets' (or ends with a short one).
     fn matches(&self, scan: &Scan) -> bool {
-        if scan.seen >= WINDOW && !self.windows.is_empty() {
-            let slot = filter_slot(scan.hash);
-            if self.filter[slot / 64] & (1 << (slot % 64)) != 0
-                && self.windows.contains(&scan.tail())
-            {
-                return true;
-            }
+        if scan.seen >= WINDOW
+            && !self.windows.is_empty()
+            && self.may_end_here(scan.gram)
+            && self.windows.contains(&scan.tail())
+        {
+            return true;
         }
         !self.short.is_empty() && {
             let tail = scan.tail();
@@ -232,15 +240,6 @@ impl Needles {
         }
         self.found_in(&pairs) || self.found_in(&values) || self.found_in(&names)
     }
-
-    /// Whether the window `scan` ends on is one of the secrets', in the spelling its reading keeps.
-    fn matches(&self, scan: &Scan) -> bool {
-        if scan.skeleton {
-            self.skeleton.matches(scan)
-        } else {
-            self.plain.matches(scan)
-        }
-    }
 }
 
 /// What feeding bytes to a [`Scan`] found.
@@ -262,8 +261,10 @@ enum Fed {
 struct Scan {
     /// The last [`WINDOW`] characters decoded, lower-cased, in a ring: the next goes to `seen % WINDOW`.
     ring: [u8; WINDOW],
-    /// The rolling hash of the last [`WINDOW`] characters.
-    hash: u64,
+    /// The last 8 characters decoded, lower-cased, one per byte ([`gram_of`]).
+    gram: u64,
+    /// Where (offset in the whole text) the last character kept ended.
+    kept_to: u64,
     /// How many characters were decoded.
     seen: usize,
     /// Where (offset in the whole text) each of the last [`WINDOW`] decoded characters started, in a ring
@@ -342,12 +343,31 @@ impl Scan {
         at: impl Fn(usize) -> u64,
         at_end: bool,
     ) -> Fed {
+        let set = if self.skeleton {
+            &needles.skeleton
+        } else {
+            &needles.plain
+        };
+        let (has_windows, has_short) = (!set.windows.is_empty(), !set.short.is_empty());
+        // Kept in locals while the loop runs (not in `self`, which would make each character wait on the
+        // store of the last).
+        let mut seen = self.seen;
+        let mut gram = self.gram;
+        let end = at(text.len());
         let mut i = 0;
         while i < text.len() {
-            let step = if self.literal {
-                Unit::Char(text[i], 1)
+            let b = text[i];
+            // Most bytes start no escape and no multi-byte character: read as themselves, without `unit`.
+            let plain = !matches!(b, 0 | b'\\' | b'%' | b'&' | 0x80..=0xff);
+            let step = if self.literal || plain {
+                Unit::Char(b, 1)
             } else {
-                unit(&text[i..], at_end, self.skeleton)
+                match unit(&text[i..], at_end, self.skeleton) {
+                    // No escape is this long, whatever NULs sit in it: the byte is read as itself rather
+                    // than held (and read again) while more arrives.
+                    Unit::NeedMore if end - at(i) > LONGEST_WAIT => Unit::Char(text[i], 1),
+                    step => step,
+                }
             };
             let (c, width) = match step {
                 Unit::Char(c, width) if !self.skeleton || c.is_ascii_alphanumeric() => (c, width),
@@ -359,30 +379,35 @@ impl Scan {
                 Unit::Overlong => return Fed::Overlong,
             };
             let c = c.to_ascii_lowercase();
-            let slot = self.seen % WINDOW;
-            let leaving = if self.seen >= WINDOW {
-                self.ring[slot]
-            } else {
-                0
-            };
-            self.hash = self
-                .hash
-                .wrapping_sub(u64::from(leaving).wrapping_mul(BASE_POW))
-                .wrapping_mul(BASE)
-                .wrapping_add(u64::from(c));
+            // Characters further apart than LONGEST_GAP bytes of skipped text are not one run.
+            if seen > 0 && at(i) - self.kept_to > LONGEST_GAP {
+                seen = 0;
+                gram = 0;
+            }
+            self.kept_to = at(i + width);
+            let slot = seen % WINDOW;
+            gram = (gram << 8) | u64::from(c);
             self.ring[slot] = c;
             self.starts[slot] = at(i);
-            self.seen += 1;
-            if needles.matches(self) {
-                return Fed::Found;
+            seen += 1;
+            if (has_windows && seen >= WINDOW && set.may_end_here(gram)) || has_short {
+                self.seen = seen;
+                self.gram = gram;
+                if set.matches(self) {
+                    return Fed::Found;
+                }
             }
             i += width;
         }
+        self.seen = seen;
+        self.gram = gram;
         // The oldest of the last WINDOW - 1 characters may begin a match; everything before it may not. So
         // may whatever was not decoded yet.
         let decoded_to = at(i);
         let oldest_open = match self.seen {
             0 => decoded_to,
+            // The next character starts a new run: nothing kept so far can be part of a match.
+            _ if decoded_to - self.kept_to > LONGEST_GAP => decoded_to,
             n if n < WINDOW => self.starts[0],
             n => self.starts[(n + 1) % WINDOW],
         };
@@ -504,13 +529,29 @@ const INVISIBLE_NAMES: &[&[u8]] = &[
     b"ApplyFunction",
 ];
 
+/// HTML's named references to punctuation, spaces and symbols an answer commonly carries: read as nothing
+/// by a letters-and-digits reading (no named reference spells an ASCII letter or digit). An unknown name is
+/// read as the text it is, so that `&Ab3d;` cannot hide the letters in it.
+const PUNCTUATION_NAMES: &[&[u8]] = &[
+    b"amp", b"lt", b"gt", b"quot", b"apos", b"nbsp", b"ensp", b"emsp", b"thinsp", b"hairsp",
+    b"middot", b"ndash", b"mdash", b"hellip", b"bull", b"copy", b"reg", b"trade", b"laquo",
+    b"raquo", b"lsquo", b"rsquo", b"ldquo", b"rdquo", b"sbquo", b"bdquo", b"deg", b"plusmn",
+    b"times", b"divide", b"para", b"sect", b"euro", b"pound", b"yen", b"cent", b"iexcl", b"iquest",
+    b"brvbar", b"uml", b"macr", b"acute", b"cedil", b"not", b"dagger", b"Dagger", b"permil",
+    b"lsaquo", b"rsaquo", b"prime", b"Prime", b"oline", b"frasl", b"larr", b"rarr", b"uarr",
+    b"darr", b"harr", b"colon", b"comma", b"period", b"excl", b"num", b"dollar", b"percnt",
+    b"lpar", b"rpar", b"ast", b"plus", b"sol", b"semi", b"equals", b"quest", b"commat", b"lsqb",
+    b"lbrack", b"bsol", b"rsqb", b"rbrack", b"Hat", b"lowbar", b"grave", b"lcub", b"lbrace",
+    b"verbar", b"vert", b"rcub", b"rbrace", b"tilde", b"Tab", b"NewLine", b"hyphen", b"dash",
+];
+
 /// The longest HTML reference name read.
 const LONGEST_NAME: usize = 32;
 
-/// A run of digits in `radix` at `text[from..]`, at most [`LONGEST_ESCAPE`] bytes from the escape's start:
-/// its value when it names one character (leading zeros allowed, as every reader of these escapes allows
-/// them) and where it ends; `NeedMore` when the text ends inside it, `Overlong` when only zeros reach the
-/// limit (padding meant to get past the screen). A longer run with other digits names no character.
+/// A run of digits in `radix` at `text[from..]`: its value when it names one character (up to
+/// [`LONGEST_ESCAPE`] leading zeros, as every reader of these escapes allows them, then at most 8 digits)
+/// and where it ends; `NeedMore` when the text ends inside it, `Overlong` when the zeros reach the limit
+/// (padding meant to get past the screen). A longer run names no character.
 fn digit_run(
     text: &[u8],
     from: usize,
@@ -518,31 +559,27 @@ fn digit_run(
     at_end: bool,
 ) -> Result<(Option<u32>, usize), Unit> {
     let run: &[u8] = text.get(from..).unwrap_or_default();
-    let digits = run
+    let is_digit = |b: &&u8| char::from(**b).is_digit(radix);
+    let zeros = run
         .iter()
         .take(LONGEST_ESCAPE)
-        .take_while(|b| char::from(**b).is_digit(radix))
+        .take_while(|&&b| b == b'0')
         .count();
-    let run = &run[..digits];
-    let zeros = run.iter().take_while(|&&b| b == b'0').count();
-    if digits == LONGEST_ESCAPE {
-        return if zeros == digits {
-            Err(Unit::Overlong)
-        } else {
-            Ok((None, from + digits))
-        };
+    if zeros == LONGEST_ESCAPE {
+        return Err(Unit::Overlong);
     }
-    let end = from + digits;
+    let significant = run[zeros..].iter().take(9).take_while(is_digit).count();
+    let end = from + zeros + significant;
     if end == text.len() && !at_end {
         return Err(Unit::NeedMore);
     }
-    let significant = &run[zeros..];
-    let value = if digits == 0 || significant.len() > 8 {
+    let digits = &run[zeros..zeros + significant];
+    let value = if zeros + significant == 0 || significant > 8 {
         None
-    } else if significant.is_empty() {
+    } else if significant == 0 {
         Some(0)
     } else {
-        std::str::from_utf8(significant)
+        std::str::from_utf8(digits)
             .ok()
             .and_then(|d| u32::from_str_radix(d, radix).ok())
     };
@@ -634,7 +671,9 @@ fn unit(text: &[u8], at_end: bool, skeleton: bool) -> Unit {
                         .map_or(literal, |c| spelled(c, 10))
                 }
                 // `\x`: JS reads two digits, C all that follow; the reading that names a character wins.
+                // (A run of 64 zeros is read as JS reads it: `\x00`, then zeros; no C reader takes more.)
                 b'x' => match run(2, 16) {
+                    Err(Unit::Overlong) => spelled(0, 4),
                     Err(stop) => stop,
                     Ok((Some(c), end)) if decoded(c, end, skeleton).is_some() => spelled(c, end),
                     Ok(_) => text
@@ -751,8 +790,8 @@ fn unit(text: &[u8], at_end: bool, skeleton: bool) -> Unit {
 }
 
 /// An HTML named reference at the start of `text` (`&shy;`): nothing when it names an invisible character
-/// (`&shy` also without its `;`, as HTML reads it) or, for a skeleton reading, any character (no named
-/// reference spells an ASCII letter or digit); `None` when it is read as plain text.
+/// (`&shy` also without its `;`, as HTML reads it) or, for a skeleton reading, a common punctuation or
+/// symbol ([`PUNCTUATION_NAMES`]); `None` when it is read as plain text.
 fn named_reference(text: &[u8], at_end: bool, skeleton: bool) -> Option<Unit> {
     let name_len = text[1..]
         .iter()
@@ -768,7 +807,9 @@ fn named_reference(text: &[u8], at_end: bool, skeleton: bool) -> Option<Unit> {
         return Some(Unit::NeedMore);
     }
     if text.get(end) == Some(&b';') {
-        return (skeleton || INVISIBLE_NAMES.contains(&name)).then_some(Unit::Skip(end + 1));
+        let nothing =
+            INVISIBLE_NAMES.contains(&name) || (skeleton && PUNCTUATION_NAMES.contains(&name));
+        return nothing.then_some(Unit::Skip(end + 1));
     }
     // Without `;`: HTML still reads the legacy `&shy` at the start of a longer run of letters.
     name.starts_with(b"shy").then_some(Unit::Skip(4))
@@ -1384,5 +1425,90 @@ mod tests {
         assert_eq!(through(&[ordinary], LONG).await.unwrap(), ordinary);
         let wide = utf16le(ordinary);
         assert_eq!(bytes_through(&wide, 9, LONG).await.unwrap(), wide);
+    }
+
+    /// The frames `chunks` come out of the screen in, or the error it ended with.
+    async fn frames_through(chunks: Vec<Bytes>, secret: &str) -> Result<Vec<Bytes>, String> {
+        let mut body = screened(
+            Body::new(Chunks(chunks.into())),
+            needles(secret),
+            Uuid::nil(),
+        );
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => out.extend(f.into_data().ok()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn long_stretches_of_nuls_skipped_or_unending_escapes_still_stream() {
+        // An escape's start followed by megabytes of NULs, or a few letters followed by megabytes of what a
+        // reading skips: each streams out as it comes (never held whole, never read again and again).
+        let stretches: [(&[u8], u8); 5] = [
+            (b"{\"a\":\"x&", 0),
+            (b"{\"a\":\"x\\", 0),
+            (b"{\"a\":\"x%", 0),
+            (b"abcde", b' '),
+            (b"abcde", 0),
+        ];
+        for (start, fill) in stretches {
+            let mut chunks = vec![Bytes::copy_from_slice(start)];
+            chunks.extend((0..256).map(|_| Bytes::from(vec![fill; 4096])));
+            let total: usize = chunks.iter().map(Bytes::len).sum();
+            let frames = frames_through(chunks, LONG).await.unwrap();
+            assert_eq!(frames.iter().map(Bytes::len).sum::<usize>(), total);
+            assert!(frames.len() > 200, "{start:?}: {} frames", frames.len());
+            assert!(
+                frames.iter().all(|f| f.len() <= 8192),
+                "{start:?}: held back"
+            );
+        }
+        // Characters of the secret further apart than that are not one run; closer, they are.
+        let far: String = LONG
+            .chars()
+            .map(|c| format!("{c}{}", " ".repeat(300)))
+            .collect();
+        assert!(through(&[&far], LONG).await.is_ok());
+        let near: String = LONG
+            .chars()
+            .map(|c| format!("{c}{}", " ".repeat(200)))
+            .collect();
+        assert!(through(&[&near], LONG).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn padding_up_to_the_limit_mixed_syntaxes_and_zero_bytes() {
+        // 62 zeros and the character's digits: read (64 zeros cut the answer off).
+        let html: String = LONG.bytes().map(|b| format!("&#{:0>64};", b)).collect();
+        let hex: String = LONG.bytes().map(|b| format!("&#x{:0>64x};", b)).collect();
+        let js: String = LONG
+            .bytes()
+            .map(|b| format!("\\u{{{:0>64x}}}", b))
+            .collect();
+        for echo in [html, hex, js] {
+            assert!(through(&[&echo], LONG).await.is_err(), "{echo}");
+        }
+        // Letters inside unknown named references, between JSON escapes, are not hidden.
+        let mixed: String = LONG
+            .as_bytes()
+            .chunks(4)
+            .enumerate()
+            .map(|(i, c)| {
+                let c = std::str::from_utf8(c).unwrap();
+                if i % 2 == 0 {
+                    format!("&{c};")
+                } else {
+                    c.bytes().map(|b| format!("\\u{b:04x}")).collect()
+                }
+            })
+            .collect();
+        assert!(through(&[&mixed], LONG).await.is_err(), "{mixed}");
+        // A zero value written with many digits (Postgres' bytea) is no escape to refuse.
+        let zero = format!("const ZERO = \"\\x{}\";", "0".repeat(64));
+        assert_eq!(through(&[&zero], LONG).await.unwrap(), zero);
     }
 }

@@ -282,6 +282,30 @@ fn a_refusal_keeps_codes_and_plain_messages_only() {
                 .starts_with("tollgate withheld")
         );
     }
+    // Codes too large to be Cloudflare's (they could spell bytes), a secret in short pieces, and more
+    // errors than a refusal has are dropped.
+    let spaced = REAL_SHAPED
+        .as_bytes()
+        .chunks(10)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let body = json!({"errors": [
+        {"code": 34154452997272427_u64, "message": "ok"},
+        {"code": 1004, "message": format!("value {spaced}")},
+        {"code": 1}, {"code": 2}, {"code": 3}, {"code": 4}]});
+    let (rebuilt, withheld) = refusal_for_agent(body.to_string().as_bytes());
+    let rebuilt: Value = serde_json::from_slice(&rebuilt).unwrap();
+    assert_eq!(withheld, 1);
+    let errors = rebuilt["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 4);
+    assert_eq!(errors[0], json!({"message": "ok"}));
+    assert!(
+        errors[1]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("tollgate withheld")
+    );
     // Not JSON: the status's own code only.
     let (rebuilt, _) = refusal_for_agent(b"<html>oops</html>");
     let rebuilt: Value = serde_json::from_slice(&rebuilt).unwrap();
