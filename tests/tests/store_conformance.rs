@@ -1752,9 +1752,36 @@ async fn minted_tokens_are_recorded_rolled_and_deleted_with_their_handles(store:
         .await
         .unwrap()
         .unwrap();
+    // ... but never past its minter's own expiry (the minter expires in a day, the token in thirty).
+    let minter_expiry = minter.expires_at.expect("the minter expires");
+    assert!(minter_expiry < later);
     assert_eq!(
         live_handle.expires_at.map(|t| t.timestamp()),
-        Some(later.timestamp())
+        Some(minter_expiry.timestamp())
+    );
+    // A token that ends before its minter takes the handle with it.
+    let sooner = Utc::now() + Days::hours(12);
+    assert!(
+        store
+            .update_minted_token(&TokenUpdate {
+                provider: "cloudflare",
+                token_id: "tok-1",
+                name: None,
+                policies: None,
+                expires_on: Some(sooner),
+                decision_id: Uuid::now_v7(),
+            })
+            .await
+            .unwrap()
+    );
+    let live_handle = store
+        .agent_by_key_hash(&second.key_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        live_handle.expires_at.map(|t| t.timestamp()),
+        Some(sooner.timestamp())
     );
     assert!(
         !store
