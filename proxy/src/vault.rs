@@ -470,7 +470,15 @@ pub fn stray_credential(answer: &[u8], request: &Value, handle: &str) -> bool {
     found
         .into_iter()
         .filter(|s| *s != handle && !sent.contains(s))
-        .any(|s| credential_like(s, SHORTEST_SECRET))
+        .any(|s| {
+            credential_like(s, SHORTEST_SECRET) || credential_like(&compacted(s), SHORTEST_SECRET)
+        })
+}
+
+/// `text`'s ASCII letters and digits alone: a secret written in groups (`Xq7Lm 2Pz9R …`, dots, dashes)
+/// reads whole again.
+fn compacted(text: &str) -> String {
+    text.chars().filter(char::is_ascii_alphanumeric).collect()
 }
 
 /// The most errors, and the largest error code, a rebuilt refusal carries.

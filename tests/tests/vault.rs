@@ -135,6 +135,18 @@ fn cloudflare_tokens(
                     return ok(json!({"id": "tok-decoy", "name": name, "value": secret,
                         "token": REALISTIC_SECRET}));
                 }
+                // A decoy `value` with the secret in one other string, written in groups of five.
+                "decoy-grouped" => {
+                    let groups: Vec<String> = REALISTIC_SECRET
+                        .as_bytes()
+                        .chunks(5)
+                        .map(|c| String::from_utf8_lossy(c).into_owned())
+                        .collect();
+                    return ok(
+                        json!({"id": "tok-decoy-grouped", "name": name, "value": secret,
+                        "meta": groups.join(" "), "note": groups.join(".")}),
+                    );
+                }
                 // The secret again, with an invisible character between its letters.
                 "invisible" => {
                     let hint: String = secret.chars().flat_map(|c| [c, '\u{200e}']).collect();
@@ -814,6 +826,7 @@ async fn answers_that_would_leak_the_secret_are_withheld() {
         "piece",
         "decoy-empty",
         "decoy",
+        "decoy-grouped",
         "invisible",
     ] {
         let (status, answer) = w
@@ -880,6 +893,7 @@ async fn answers_that_would_leak_the_secret_are_withheld() {
         [
             ("tok-decoy", "active"),
             ("tok-decoy-empty", "active"),
+            ("tok-decoy-grouped", "active"),
             ("tok-extra", "active"),
             ("tok-invisible", "active"),
             ("tok-novalue", "active"),
@@ -920,6 +934,7 @@ async fn answers_that_would_leak_the_secret_are_withheld() {
         [
             "/client/v4/user/tokens/tok-decoy",
             "/client/v4/user/tokens/tok-decoy-empty",
+            "/client/v4/user/tokens/tok-decoy-grouped",
             "/client/v4/user/tokens/tok-extra",
             "/client/v4/user/tokens/tok-invisible",
             "/client/v4/user/tokens/tok-novalue",

@@ -252,6 +252,35 @@ fn a_second_credential_beside_the_value_is_found_but_the_agents_own_strings_are_
         handle
     ));
     assert!(stray_credential(b"not json", &request, handle));
+    // The same secret in one string written in groups, with spaces, dots or dashes between.
+    for grouped in [
+        "Xq7Lm 2Pz9R t4Vw8 Kb3Nd 6Hf1J",
+        "Xq7Lm.2Pz9R.t4Vw8.Kb3Nd.6Hf1J",
+        "Xq7Lm - 2Pz9R - t4Vw8 - Kb3Nd",
+    ] {
+        let answer =
+            json!({"success": true, "result": {"id": "x", "value": handle, "meta": grouped}});
+        assert!(
+            stray_credential(answer.to_string().as_bytes(), &request, handle),
+            "{grouped}"
+        );
+    }
+    // Cloudflare's own answer, every field of it, holds none.
+    let full = json!({"success": true, "errors": [], "messages": [], "result": {
+        "id": "ed17574386854bf78a67040be0a770b0", "name": "Deploy2026TokenForProduction",
+        "status": "active", "issued_on": "2026-12-01T10:00:00Z", "modified_on": "2026-12-01T10:00:00Z",
+        "not_before": "2026-12-01T00:00:00Z", "expires_on": "2027-01-01T00:00:00Z", "value": handle,
+        "policies": [{"id": "f267e341f3dd4697bd3b9f71dd96247f", "effect": "allow",
+            "resources": {"com.cloudflare.api.account.zone.eb78d65290b24279ba6f44721b3ea3c4": "*"},
+            "permission_groups": [{"id": "c8fed203ed3043cba015a93ad1616f1f", "name": "Zone Read",
+                "meta": {"key": "key", "value": "value"}}]}],
+        "condition": {"request_ip": {"in": ["123.123.123.0/24", "2606:4700::/32"],
+            "not_in": ["123.123.123.100/24"]}}}});
+    assert!(!stray_credential(
+        full.to_string().as_bytes(),
+        &request,
+        handle
+    ));
 }
 
 #[test]
