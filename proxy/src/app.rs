@@ -306,6 +306,13 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         metrics.clone(),
     );
     let forwarder = Arc::new(Forwarder::new(&config).map_err(anyhow::Error::msg)?);
+    let held = Arc::new(crate::vault::held::HeldSecrets::new(
+        store.clone(),
+        vault.clone(),
+        forwarder.own_secrets(),
+        metrics.clone(),
+    ));
+    held.refresh(true).await?;
     let frozen = Arc::new(AtomicBool::new(store.frozen().await?));
     let approvals = Approvals::new(
         store.clone(),
@@ -332,6 +339,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
             crate::proxy::ENGINE_CHECKS_AT_ONCE,
         )),
         vault,
+        held: held.clone(),
         store: store.clone(),
     });
     let draining = Arc::new(AtomicBool::new(false));
@@ -354,6 +362,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
     let (shutdown, watch) = tokio::sync::watch::channel(false);
 
     let mut tasks = vec![identity.spawn_refresh(config.server.identity_refresh)];
+    tasks.push(held.spawn_refresh(config.server.identity_refresh));
     tasks.push(admin::spawn_store_probe(admin.clone()));
     tasks.push(spawn_stale_reservation_sweep(
         crate::ledger::Ledger::new(store.clone()),

@@ -230,20 +230,13 @@ impl Forwarder {
         self.own.found_in(text)
     }
 
-    /// Tollgate's own credentials, prepared for screening an answer.
-    pub fn own_needles(&self) -> Arc<Needles> {
-        Arc::clone(&self.own)
-    }
-
-    /// Tollgate's own credentials and one more secret (a minted token's the answer is about).
-    pub fn own_needles_with(&self, secret: &[u8]) -> Arc<Needles> {
-        Arc::new(Needles::new(
-            self.upstreams
-                .values()
-                .flat_map(|u| &u.spellings)
-                .map(|s| s.expose_secret().as_bytes())
-                .chain([secret]),
-        ))
+    /// Tollgate's own credentials, in every spelling they are sent in (for [`crate::vault::held`], which
+    /// screens every answer for them and for the vaulted secrets).
+    pub fn own_secrets(&self) -> Vec<secrecy::SecretString> {
+        self.upstreams
+            .values()
+            .flat_map(|u| u.spellings.iter().cloned())
+            .collect()
     }
 
     /// Sends the permitted request upstream and returns the response head with its body still streaming.

@@ -45,6 +45,9 @@ pub struct Metrics {
     pub minted_tokens_total: IntCounterVec,
     pub vault_handles_used_total: IntCounterVec,
     pub minted_tokens_live: IntGaugeVec,
+    /// Secrets every answer is screened for (tollgate's own credentials, vaulted tokens'), and vaulted
+    /// secrets that did not open (a key missing from the configuration: answers cannot be screened for them).
+    pub screened_secrets: IntGaugeVec,
     pub containments_total: IntCounterVec,
     pub audit_queue_depth: IntGauge,
     pub audit_batch_size: Histogram,
@@ -165,6 +168,13 @@ impl Metrics {
                 "Tokens minted through tollgate that are live (not deleted, not expired), by who keeps the secret; from the store, every replica reports the same",
             ),
             &["provider", "custody"],
+        )?;
+        let screened_secrets = IntGaugeVec::new(
+            Opts::new(
+                "screened_secrets",
+                "Secrets every answer is screened for on this replica (state=held: tollgate's own credentials and every vaulted token's; state=unopened: vaulted secrets the configured keys do not open, which answers cannot be screened for)",
+            ),
+            &["state"],
         )?;
         let containments_total = IntCounterVec::new(
             Opts::new(
@@ -296,6 +306,10 @@ impl Metrics {
         registry.register(Box::new(minted_tokens_total.clone()))?;
         registry.register(Box::new(vault_handles_used_total.clone()))?;
         registry.register(Box::new(minted_tokens_live.clone()))?;
+        registry.register(Box::new(screened_secrets.clone()))?;
+        for state in ["held", "unopened"] {
+            screened_secrets.with_label_values(&[state]).set(0);
+        }
         registry.register(Box::new(containments_total.clone()))?;
         for result in ["complete", "incomplete"] {
             containments_total.with_label_values(&[result]);
@@ -345,6 +359,7 @@ impl Metrics {
             minted_tokens_total,
             vault_handles_used_total,
             minted_tokens_live,
+            screened_secrets,
             containments_total,
             audit_queue_depth,
             audit_batch_size,

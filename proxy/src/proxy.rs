@@ -187,6 +187,8 @@ pub struct Gate {
     pub engine_checks: Arc<tokio::sync::Semaphore>,
     /// Minted tokens' secrets (vault mode) and who keeps them.
     pub vault: Arc<Vault>,
+    /// Every secret tollgate holds, prepared for screening answers.
+    pub held: Arc<crate::vault::held::HeldSecrets>,
     /// Where minted tokens and their handles' agents are recorded.
     pub store: Store,
 }
@@ -1393,21 +1395,19 @@ impl Gate {
                     .token_credential
                     .as_ref()
                     .and_then(crate::vault::screen::secret_of);
-                let needles = match (
+                // Screened for every secret tollgate holds (its own credentials, every vaulted token's),
+                // whoever's call this is: a provider may write a minted secret anywhere another agent reads.
+                let went_with: Vec<Vec<u8>> = [
                     intake
                         .minted_credential
                         .as_ref()
                         .and_then(crate::vault::screen::secret_of),
                     token_secret,
-                ) {
-                    (Some(secret), token) => Arc::new(crate::vault::screen::Needles::new(
-                        [Some(secret.as_slice()), token.as_deref()]
-                            .into_iter()
-                            .flatten(),
-                    )),
-                    (None, Some(token)) => self.forwarder.own_needles_with(&token),
-                    (None, None) => self.forwarder.own_needles(),
-                };
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                let needles = self.held.needles_with(&went_with);
                 if !needles.is_empty() {
                     let withheld = if needles.headers_carry(response.headers()) {
                         tracing::error!(decision_id = %draft.id, "an answer carries the credential it went out with in a header; withheld");
@@ -1807,6 +1807,13 @@ impl Gate {
                     }
                 }
                 count(custody);
+                if let (Custody::Vault, Some(secret)) = (custody, parsed.secret()) {
+                    // Every answer from now on is screened for this secret too: on this replica before this
+                    // answer leaves, on the others within their refresh.
+                    self.held
+                        .hold(secrecy::ExposeSecret::expose_secret(secret).as_bytes())
+                        .await;
+                }
                 // The minter was revoked (contained) while this token was being minted: the token must not
                 // outlive it, so tollgate deletes it at once and the answer is withheld.
                 if self.minter_revoked(parent_id).await {

@@ -616,6 +616,7 @@ impl PartialEq for Minted {
 
 impl Eq for Minted {}
 
+pub mod held;
 pub mod screen;
 
 #[cfg(test)]

@@ -1839,6 +1839,17 @@ async fn minted_tokens_are_recorded_rolled_and_deleted_with_their_handles(store:
             .is_empty()
     );
 
+    // The secrets every answer is screened for: the vaulted token's (rolled: its new one), not the
+    // pass-through token's, which has none sealed.
+    let vaulted: Vec<(String, Option<SealedSecret>)> = store
+        .vaulted_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.token_id, t.sealed))
+        .collect();
+    assert_eq!(vaulted, [("tok-1".to_string(), Some(sealed(2)))]);
+
     // Delete: the handle revoked, the secret dropped.
     let delete_decision = Uuid::now_v7();
     assert!(
@@ -1862,6 +1873,7 @@ async fn minted_tokens_are_recorded_rolled_and_deleted_with_their_handles(store:
         .unwrap()
         .unwrap();
     assert_eq!(revoked.status, "revoked");
+    assert!(store.vaulted_tokens().await.unwrap().is_empty());
     assert!(
         !store
             .delete_minted_token("cloudflare", "tok-unknown", delete_decision, Utc::now())

@@ -42,8 +42,29 @@ const DNS_WRITE: &str = "4755a26eedb94da69e1066d98aa820be";
 /// A secret shaped as Cloudflare's are (40 characters, letters of both cases and digits).
 const REALISTIC_SECRET: &str = "Xq7Lm2Pz9Rt4Vw8Kb3Nd6Hf1Jc5Gs0Ya7Ue2Io9T";
 
+/// A secret as Cloudflare makes them — 40 letters and digits — and unlike any other (so that no two share a
+/// run of characters, as real secrets do not): derived from `seed`.
+fn secret_from(seed: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut state = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (0..40)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(ALPHABET[(state % ALPHABET.len() as u64) as usize])
+        })
+        .collect()
+}
+
 fn created_secret(name: &str) -> String {
-    format!("cf-minted-secret-{name}-5e1f")
+    secret_from(&format!("created {name}"))
+}
+
+fn rolled_secret(id: &str, n: usize) -> String {
+    secret_from(&format!("rolled {id} {n}"))
 }
 
 /// Cloudflare's token routes (user tokens, and account tokens under `/accounts/{id}`): create answers
@@ -208,6 +229,23 @@ fn cloudflare_tokens(
             return Reply::raw(200, vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3])
                 .header("content-encoding", "gzip");
         }
+        // A TXT record whose content is a token's secret (a provider, or an agent, wrote it there): read by
+        // anyone with any key.
+        if let Some((_, record)) = path.split_once("/dns_records/rec-") {
+            let rolled = record
+                .strip_prefix("roll-")
+                .and_then(|r| r.rsplit_once('-'))
+                .and_then(|(id, n)| Some(rolled_secret(id, n.parse().ok()?)));
+            let content = match (record.strip_prefix("held-"), rolled) {
+                (Some(name), _) => created_secret(name),
+                (None, Some(rolled)) => rolled,
+                (None, None) => secret_from(record),
+            };
+            return ok(
+                json!({"id": format!("rec-{record}"), "type": "TXT", "name": "_verify.example.com",
+                "content": content, "ttl": 1}),
+            );
+        }
         if let Some(rest) = path.strip_prefix("/client/v4/user/tokens/") {
             // A read that (unlike Cloudflare's) answers with the token's secret.
             if r.method == "GET" && rest.starts_with("tok-readback") {
@@ -217,7 +255,7 @@ fn cloudflare_tokens(
             if r.method == "PUT" && rest.ends_with("/value") {
                 let n = rolls.fetch_add(1, Ordering::SeqCst);
                 let id = rest.trim_end_matches("/value");
-                return ok(Value::from(format!("cf-rolled-secret-{id}-{n}-9a2c")));
+                return ok(Value::from(rolled_secret(id, n)));
             }
             if r.method == "PUT" && !rest.contains('/') {
                 let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
@@ -576,7 +614,7 @@ async fn roll_delete_and_expiry_end_a_handle() {
     assert_eq!(status, 200, "{rolled}");
     let second = rolled["result"].as_str().expect("result").to_string();
     assert!(second.starts_with("tg_") && second != first, "{rolled}");
-    assert!(!rolled.to_string().contains("cf-rolled-secret"));
+    assert!(!rolled.to_string().contains(&rolled_secret("tok-alpha", 0)));
     assert_eq!(
         w.read_until(&first, 401).await,
         401,
@@ -586,13 +624,17 @@ async fn roll_delete_and_expiry_end_a_handle() {
     assert_eq!(status, 200);
     assert_eq!(
         auth.as_deref(),
-        Some("Bearer cf-rolled-secret-tok-alpha-0-9a2c")
+        Some(format!("Bearer {}", rolled_secret("tok-alpha", 0)).as_str())
     );
     let row = w.row("tok-alpha").await;
     assert_eq!(row.get::<String, _>("status"), "rolled");
     assert_eq!(row.get::<i64, _>("rolls"), 1);
     assert!(row.get::<bool, _>("rolled"));
-    assert!(!w.dump(w._db.url()).await.contains("cf-rolled-secret"));
+    assert!(
+        !w.dump(w._db.url())
+            .await
+            .contains(&rolled_secret("tok-alpha", 0))
+    );
 
     // Delete: the handle is revoked and the sealed secret dropped.
     assert_eq!(w.delete(&w.deployer, "tok-alpha").await, 200);
@@ -875,7 +917,20 @@ async fn answers_that_would_leak_the_secret_are_withheld() {
         );
     }
     let log = w.gate.log();
-    assert!(!log.contains("cf-minted-secret-") && !log.contains(REALISTIC_SECRET));
+    assert!(!log.contains(REALISTIC_SECRET));
+    for name in [
+        "extra",
+        "novalue",
+        "emptyid",
+        "idsecret",
+        "piece",
+        "decoy-empty",
+        "decoy",
+        "decoy-grouped",
+        "invisible",
+    ] {
+        assert!(!log.contains(&created_secret(name)), "{name}");
+    }
     // The tokens whose id is known exist at the provider: they stay recorded as live, with no usable handle,
     // so that containment deletes them.
     let rows: Vec<(String, String, Option<uuid::Uuid>)> = sqlx::query_as(
@@ -1384,8 +1439,10 @@ async fn incident_contain_revokes_deletes_and_finishes_what_failed() {
         live.contains(r#"tollgate_minted_tokens_live{custody="vault",provider="cloudflare"} 1"#),
         "only the bystander's token is live: {live}"
     );
-    assert!(!w.gate.log().contains("cf-minted-secret-"));
-    assert!(!out.contains("cf-minted-secret-"));
+    for name in ["alpha", "flaky", "spare"] {
+        assert!(!w.gate.log().contains(&created_secret(name)), "{name}");
+        assert!(!out.contains(&created_secret(name)), "{name}");
+    }
 }
 
 /// A token whose create was still in flight when its agent was contained does not outlive it: tollgate
@@ -1450,7 +1507,7 @@ async fn tokens_minted_during_containment_and_unconfirmed_deletes_do_not_escape(
         text.contains("revoked while this token was minted"),
         "{text}"
     );
-    assert!(!text.contains("cf-minted-secret-slow"), "{text}");
+    assert!(!text.contains(&created_secret("slow")), "{text}");
     assert_eq!(
         w.row("tok-slow").await.get::<String, _>("status"),
         "deleted"
@@ -1715,7 +1772,7 @@ async fn a_token_read_never_hands_out_the_tokens_secret() {
             Err(e) => e.to_string(),
         };
         assert!(!text.contains(&created_secret("readback")), "{text}");
-        assert!(!text.contains("cf-minted-secret-readb"), "{text}");
+        assert!(!text.contains(&created_secret("readback")[..14]), "{text}");
         assert!(
             w.stand_in
                 .take()
@@ -1861,6 +1918,108 @@ async fn a_handle_stops_with_its_minters_expiry_even_after_an_update() {
 
 /// Sends `request` as written to the listener at `url` (`http://127.0.0.1:PORT`) and reads the whole answer as
 /// text: what a client sees on the wire, status line included.
+/// Reads `url` with `key`: the answer's text if it arrived whole, `None` if it was cut off.
+async fn whole_answer(http: &reqwest::Client, url: &str, key: &str) -> Option<(u16, String)> {
+    let r = http.get(url).bearer_auth(key).send().await.ok()?;
+    let status = r.status().as_u16();
+    let text = r.text().await.ok()?;
+    Some((status, text))
+}
+
+/// A provider can write a minted secret where anyone reads it back — a TXT record's content — and the
+/// reader may hold its own key, another agent's, or another token's handle: every answer is screened for
+/// every secret the vault holds, on this replica at once and on the others within the identity refresh.
+#[tokio::test]
+async fn a_held_secret_is_cut_from_any_answer_whoever_asks() {
+    let w = world(|b| b).await;
+    let reader = w
+        .gate
+        .create_agent("reader", &["--team", "ops", "--scope", "tokens:write"])
+        .await
+        .unwrap();
+    // A second replica, running before the token exists.
+    let replica = Tollgate::builder(w._db.url(), &w.stand_in.url())
+        .policy_dir(w._policies.path())
+        .server("identity_refresh_ms = 100")
+        .start()
+        .await
+        .unwrap();
+    let record = |gate: &Tollgate, name: &str| {
+        gate.url(&format!(
+            "/cloudflare/client/v4/zones/z/dns_records/rec-{name}"
+        ))
+    };
+    // Before: a record holding what is not (yet) a held secret reads whole, on both replicas.
+    for gate in [&w.gate, &replica] {
+        let (status, text) = whole_answer(&w.http, &record(gate, "held-kept"), &reader)
+            .await
+            .expect("nothing held yet: the answer is whole");
+        assert_eq!(status, 200);
+        assert!(text.contains(&created_secret("kept")), "{text}");
+    }
+    let (status, created) = w
+        .create_token(&w.deployer, "kept", "2099-01-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let handle = handle_of(&created);
+    let (_, other) = w
+        .create_token(&reader, "others", "2099-01-01T00:00:00Z")
+        .await;
+    let other_handle = handle_of(&other);
+
+    // On the replica that minted it, at once: the minter's own key, another agent's, the token's own
+    // handle and another token's handle all get a broken answer.
+    for (who, key) in [
+        ("minter", &w.deployer),
+        ("another agent", &reader),
+        ("its handle", &handle),
+        ("another token's handle", &other_handle),
+    ] {
+        let got = whole_answer(&w.http, &record(&w.gate, "held-kept"), key).await;
+        assert!(
+            got.as_ref()
+                .is_none_or(|(_, t)| !t.contains(&created_secret("kept")[..12])),
+            "{who}: {got:?}"
+        );
+        assert!(
+            got.is_none(),
+            "{who}: the answer should be cut off: {got:?}"
+        );
+    }
+    // On the other replica within the identity refresh (100 ms here; a second by default).
+    let started = std::time::Instant::now();
+    let mut cut = false;
+    while started.elapsed() < Duration::from_secs(5) {
+        if whole_answer(&w.http, &record(&replica, "held-kept"), &reader)
+            .await
+            .is_none()
+        {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        cut,
+        "the other replica still hands the secret out after 5 s"
+    );
+    // A record of a string no one holds still reads whole (the screen cuts secrets, not everything).
+    for gate in [&w.gate, &replica] {
+        let (status, text) = whole_answer(&w.http, &record(gate, "loose"), &reader)
+            .await
+            .expect("a record of an unheld string is whole");
+        assert_eq!(status, 200);
+        assert!(text.contains(&secret_from("loose")), "{text}");
+    }
+    // The rolled-away secret is dead at the provider; the new one is held from the roll on.
+    let (status, rolled) = w.roll(&handle, "tok-kept").await;
+    assert_eq!(status, 200, "{rolled}");
+    let got = whole_answer(&w.http, &record(&w.gate, "roll-tok-kept-0"), &reader).await;
+    assert!(got.is_none(), "the rolled secret: {got:?}");
+    assert!(!w.gate.log().contains(&created_secret("kept")));
+    assert!(!replica.log().contains(&created_secret("kept")));
+}
+
 async fn raw_http(url: &str, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = url.trim_start_matches("http://").trim_end_matches('/');

@@ -201,6 +201,12 @@ impl Store {
         dispatch!(self, s => s.minted_tokens_live(now).await)
     }
 
+    /// Every token whose secret tollgate holds sealed and that is not deleted (active or rolled, expired or
+    /// not): the secrets every answer is screened for ([`crate::vault::held`]).
+    pub async fn vaulted_tokens(&self) -> Result<Vec<MintedTokenRow>, StoreError> {
+        dispatch!(self, s => s.vaulted_tokens().await)
+    }
+
     /// The token a handle's agent stands for.
     pub async fn minted_token_by_handle(
         &self,

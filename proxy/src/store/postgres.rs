@@ -412,6 +412,18 @@ impl PgStore {
         Ok(rows)
     }
 
+    pub async fn vaulted_tokens(&self) -> Result<Vec<MintedTokenRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM minted_tokens
+             WHERE secret_ciphertext IS NOT NULL AND status IN ('active', 'rolled')",
+            Self::MINTED_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(minted_from_row).collect()
+    }
+
     pub async fn minted_token_by_handle(
         &self,
         agent_id: Uuid,

@@ -91,14 +91,22 @@ pub struct Needles {
 }
 
 /// Every [`WINDOW`]-long run of each secret (in one spelling), and the whole of any shorter one.
+#[derive(Clone)]
 struct NeedleSet {
     windows: HashSet<[u8; WINDOW]>,
     /// A bit per hash of a window: most positions are ruled out without a set lookup.
     filter: Box<[u64]>,
+    /// log2 of the filter's bits.
+    filter_bits: u32,
     short: Vec<Vec<u8>>,
 }
 
-const FILTER_BITS: u32 = 16;
+/// The filter's size: at least 2^16 bits, and at least 32 bits per window (so that with every live
+/// secret of a deployment in it — a thousand tokens are 29,000 windows — most positions are still ruled
+/// out by one bit), at most 2^23 bits (1 MiB).
+const FILTER_BITS_LEAST: u32 = 16;
+const FILTER_BITS_MOST: u32 = 23;
+const FILTER_BITS_PER_WINDOW: usize = 32;
 
 /// How many leading characters of a Stripe key are public (`sk_test_51` and the account's 16): windows
 /// wholly inside them are not looked for.
@@ -115,18 +123,25 @@ fn gram_of(chars: &[u8]) -> u64 {
         .fold(0u64, |g, &c| (g << 8) | u64::from(c))
 }
 
-#[inline]
-fn filter_slot(gram: u64) -> usize {
-    (gram.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FILTER_BITS)) as usize
-}
-
 impl NeedleSet {
-    fn new() -> NeedleSet {
+    /// An empty set sized for about `windows` windows.
+    fn with_room_for(windows: usize) -> NeedleSet {
+        let wanted = windows
+            .saturating_mul(FILTER_BITS_PER_WINDOW)
+            .checked_next_power_of_two()
+            .map_or(usize::BITS, usize::trailing_zeros);
+        let filter_bits = wanted.clamp(FILTER_BITS_LEAST, FILTER_BITS_MOST);
         NeedleSet {
-            windows: HashSet::new(),
-            filter: vec![0u64; (1 << FILTER_BITS) / 64].into_boxed_slice(),
+            windows: HashSet::with_capacity(windows),
+            filter: vec![0u64; (1usize << filter_bits) / 64].into_boxed_slice(),
+            filter_bits,
             short: Vec::new(),
         }
+    }
+
+    #[inline]
+    fn filter_slot(&self, gram: u64) -> usize {
+        (gram.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - self.filter_bits)) as usize
     }
 
     /// Adds `spelled` (lower-cased), leaving out the windows that lie wholly inside its first `public`
@@ -145,7 +160,7 @@ impl NeedleSet {
         {
             let mut window = [0u8; WINDOW];
             window.copy_from_slice(w);
-            let slot = filter_slot(gram_of(w));
+            let slot = self.filter_slot(gram_of(w));
             self.filter[slot / 64] |= 1 << (slot % 64);
             self.windows.insert(window);
         }
@@ -159,7 +174,7 @@ impl NeedleSet {
     /// positions are ruled out here).
     #[inline]
     fn may_end_here(&self, gram: u64) -> bool {
-        let slot = filter_slot(gram);
+        let slot = self.filter_slot(gram);
         self.filter[slot / 64] & (1 << (slot % 64)) != 0
     }
 
@@ -183,10 +198,31 @@ impl NeedleSet {
 
 impl Needles {
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Needles {
+        let secrets: Vec<&[u8]> = secrets.into_iter().collect();
+        let room = secrets
+            .iter()
+            .map(|s| s.len().saturating_sub(WINDOW - 1))
+            .sum();
         let mut needles = Needles {
-            plain: NeedleSet::new(),
-            skeleton: NeedleSet::new(),
+            plain: NeedleSet::with_room_for(room),
+            skeleton: NeedleSet::with_room_for(room),
         };
+        needles.add(secrets);
+        needles
+    }
+
+    /// These needles and more secrets' (the set's filter keeps its size).
+    pub fn with<'a>(&self, secrets: impl IntoIterator<Item = &'a [u8]>) -> Needles {
+        let mut needles = Needles {
+            plain: self.plain.clone(),
+            skeleton: self.skeleton.clone(),
+        };
+        needles.add(secrets);
+        needles
+    }
+
+    fn add<'a>(&mut self, secrets: impl IntoIterator<Item = &'a [u8]>) {
+        let needles = self;
         for secret in secrets {
             let lower = secret.to_ascii_lowercase();
             // A Stripe secret or restricted key starts with what is public: `sk_test_51` and the account's
@@ -211,7 +247,6 @@ impl Needles {
                 .count();
             needles.skeleton.add(&letters, public_letters);
         }
-        needles
     }
 
     pub fn is_empty(&self) -> bool {
@@ -468,6 +503,7 @@ fn invisible(code: u32) -> bool {
 fn decoded(code: u32, width: usize, skeleton: bool) -> Option<Unit> {
     match code {
         c if invisible(c) => Some(Unit::Skip(width)),
+        c if lookalike(c).is_some() => lookalike(c).map(|a| Unit::Char(a, width)),
         0x20..=0x7e if !skeleton || (code as u8).is_ascii_alphanumeric() => {
             Some(Unit::Char(code as u8, width))
         }
@@ -476,6 +512,52 @@ fn decoded(code: u32, width: usize, skeleton: bool) -> Option<Unit> {
         }
         _ => None,
     }
+}
+
+/// The ASCII letter or digit a character is drawn as, for the characters that are that letter or digit in
+/// another style: fullwidth forms, mathematical alphanumerics (bold, italic, script, fraktur, double-struck,
+/// sans-serif, monospace) and the letterlike symbols that fill their gaps, circled letters and digits,
+/// superscript and subscript digits.
+fn lookalike(code: u32) -> Option<u8> {
+    let letter = |i: u32| {
+        let i = i as u8;
+        if i < 26 { b'A' + i } else { b'a' + (i - 26) }
+    };
+    let digit = |i: u32| b'0' + i as u8;
+    Some(match code {
+        0xff10..=0xff19 => digit(code - 0xff10),
+        0xff21..=0xff3a => b'A' + (code - 0xff21) as u8,
+        0xff41..=0xff5a => b'a' + (code - 0xff41) as u8,
+        0x1d400..=0x1d6a3 => letter((code - 0x1d400) % 52),
+        0x1d7ce..=0x1d7ff => digit((code - 0x1d7ce) % 10),
+        0x24b6..=0x24cf => b'A' + (code - 0x24b6) as u8,
+        0x24d0..=0x24e9 => b'a' + (code - 0x24d0) as u8,
+        0x2460..=0x2468 => digit(code - 0x2460 + 1),
+        0x24ea | 0x2070 | 0x2080 => b'0',
+        0xb9 => b'1',
+        0xb2 => b'2',
+        0xb3 => b'3',
+        0x2074..=0x2079 => digit(code - 0x2074 + 4),
+        0x2081..=0x2089 => digit(code - 0x2081 + 1),
+        0x2102 | 0x212d => b'C',
+        0x210b..=0x210d => b'H',
+        0x2110 | 0x2111 => b'I',
+        0x2112 => b'L',
+        0x2115 => b'N',
+        0x2119 => b'P',
+        0x211a => b'Q',
+        0x211b..=0x211d => b'R',
+        0x2124 | 0x2128 => b'Z',
+        0x212c => b'B',
+        0x2130 => b'E',
+        0x2131 => b'F',
+        0x2133 => b'M',
+        0x210a => b'g',
+        0x210e => b'h',
+        0x212f => b'e',
+        0x2134 => b'o',
+        _ => return None,
+    })
 }
 
 /// The code point a UTF-8 sequence spells and its length in bytes, reading its bytes with `byte(k)` (the
@@ -618,7 +700,7 @@ fn unit(text: &[u8], at_end: bool, skeleton: bool) -> Unit {
         0 => Unit::Skip(1),
         0x80..=0xff => match utf8_char(|k| text.get(k).copied()) {
             Ok((code, n)) => decoded(code, n, skeleton)
-                .filter(|u| matches!(u, Unit::Skip(_)))
+                .filter(|u| matches!(u, Unit::Skip(_)) || lookalike(code).is_some())
                 .unwrap_or(literal),
             Err(true) if !at_end => Unit::NeedMore,
             Err(_) => literal,
@@ -1399,6 +1481,30 @@ mod tests {
                 joined(LONG, &invisible.to_string()).into_bytes(),
                 "raw invisible",
             ));
+        }
+        // The same letters and digits drawn in other styles (attack round 12).
+        let styled = |upper: u32, lower: u32, digits: u32| -> String {
+            LONG.chars()
+                .map(|c| {
+                    let code = match c {
+                        'A'..='Z' => upper + (c as u32 - 'A' as u32),
+                        'a'..='z' => lower + (c as u32 - 'a' as u32),
+                        _ => digits + (c as u32 - '0' as u32),
+                    };
+                    char::from_u32(code).unwrap_or(c)
+                })
+                .collect()
+        };
+        for (text, what) in [
+            (styled(0xff21, 0xff41, 0xff10), "fullwidth"),
+            (styled(0x1d400, 0x1d41a, 0x1d7ce), "mathematical bold"),
+            (styled(0x1d5a0, 0x1d5ba, 0x1d7e2), "mathematical sans-serif"),
+            (styled(0x1d670, 0x1d68a, 0x1d7f6), "mathematical monospace"),
+            (styled(0x24b6, 0x24d0, 0xff10), "circled, fullwidth digits"),
+        ] {
+            bodies.push((format!("{{\"v\":\"{text}\"}}").into_bytes(), what));
+            let escaped: String = text.encode_utf16().map(|u| format!("\\u{u:04x}")).collect();
+            bodies.push((escaped.into_bytes(), "styled letters as JSON escapes"));
         }
         // Latin-1's soft hyphen is one byte.
         bodies.push((

@@ -1,0 +1,227 @@
+//! The secrets this deployment holds, as the needles every answer is screened for: tollgate's own provider
+//! credentials and the secret of every token held in the vault (sealed, not deleted), whoever's call the
+//! answer is to. A provider can write a minted secret anywhere an agent reads back — a DNS record's
+//! content, a KV value, an error quoting another call — and the agent reading it may hold its own key, or
+//! another token's handle, not the handle of the token whose secret it is; so no answer is screened for
+//! the credential its own request carried alone.
+//!
+//! Owns: opening the vaulted secrets from the store (every replica, when the agents table changes — every
+//! mint, roll, update and delete in vault mode changes a handle's agent — and at least every
+//! [`FULL_RELOAD`]), and the prepared [`Needles`] the proxy screens with. A token minted on this replica is
+//! screened for before its answer leaves ([`HeldSecrets::hold`]); one minted on another, within the
+//! identity refresh (a second by default). Until then the answers to its handle's own requests are screened
+//! for it still ([`HeldSecrets::needles_with`]).
+//! Must not: log a secret or keep one outside the needles (the opened secrets are dropped once prepared).
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use ring::digest::{SHA256, digest};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::Vault;
+use super::screen::{Needles, secret_of};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// The longest the secrets are kept without reading them again, agents table unchanged or not (a row
+/// written by hand, a token rolled while its handle stayed).
+pub const FULL_RELOAD: Duration = Duration::from_secs(30);
+
+/// A secret's SHA-256: how the set tells whether it already holds a secret, without keeping it.
+type Fingerprint = [u8; 32];
+
+fn fingerprint(secret: &[u8]) -> Fingerprint {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, secret).as_ref());
+    out
+}
+
+/// One prepared set.
+struct Prepared {
+    needles: Arc<Needles>,
+    held: HashSet<Fingerprint>,
+}
+
+/// The secrets every answer is screened for, kept current.
+pub struct HeldSecrets {
+    store: Store,
+    vault: Arc<Vault>,
+    /// tollgate's own credentials, in every spelling it forwards them in.
+    own: Vec<SecretString>,
+    metrics: Arc<Metrics>,
+    current: RwLock<Arc<Prepared>>,
+    /// The agents table's version and when the secrets were last read.
+    read: tokio::sync::Mutex<(i64, Option<Instant>)>,
+    wake: tokio::sync::Notify,
+}
+
+impl HeldSecrets {
+    pub fn new(
+        store: Store,
+        vault: Arc<Vault>,
+        own: Vec<SecretString>,
+        metrics: Arc<Metrics>,
+    ) -> HeldSecrets {
+        let prepared = prepare(&own, &[]);
+        metrics
+            .screened_secrets
+            .with_label_values(&["held"])
+            .set(prepared.held.len() as i64);
+        HeldSecrets {
+            store,
+            vault,
+            own,
+            metrics,
+            current: RwLock::new(Arc::new(prepared)),
+            read: tokio::sync::Mutex::new((i64::MIN, None)),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The needles for one answer: every held secret, and `extra` (the secrets the request itself went out
+    /// with) when the set does not hold them yet.
+    pub fn needles_with(&self, extra: &[Vec<u8>]) -> Arc<Needles> {
+        let current = Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()));
+        let missing: Vec<&[u8]> = extra
+            .iter()
+            .filter(|s| !s.is_empty() && !current.held.contains(&fingerprint(s)))
+            .map(Vec::as_slice)
+            .collect();
+        if missing.is_empty() {
+            Arc::clone(&current.needles)
+        } else {
+            Arc::new(current.needles.with(missing))
+        }
+    }
+
+    /// How many secrets the set holds (tollgate's own spellings included).
+    pub fn len(&self) -> usize {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .held
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Holds one more secret from now on (a token minted or rolled on this replica, before its answer
+    /// leaves), and reads the rest again soon. Waits for a reading in progress, so that one begun before
+    /// the token was recorded cannot put back a set without it.
+    pub async fn hold(&self, secret: &[u8]) {
+        let _reading = self.read.lock().await;
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let print = fingerprint(secret);
+        if !secret.is_empty() && !current.held.contains(&print) {
+            let mut held = current.held.clone();
+            held.insert(print);
+            self.set_held(held.len());
+            *current = Arc::new(Prepared {
+                needles: Arc::new(current.needles.with([secret])),
+                held,
+            });
+        }
+        drop(current);
+        self.wake.notify_one();
+    }
+
+    /// Reads the vaulted secrets again if the agents table changed since the last reading, `force`d, or
+    /// the last was [`FULL_RELOAD`] ago.
+    pub async fn refresh(&self, force: bool) -> Result<(), StoreError> {
+        let mut read = self.read.lock().await;
+        let version = self.store.agents_version().await?;
+        let stale = read.1.is_none_or(|at| at.elapsed() >= FULL_RELOAD);
+        if !force && !stale && read.0 == version {
+            return Ok(());
+        }
+        let rows = self.store.vaulted_tokens().await?;
+        let mut secrets = Vec::with_capacity(rows.len());
+        let mut unopened = 0;
+        for row in &rows {
+            let Some(sealed) = &row.sealed else { continue };
+            let opened = self
+                .vault
+                .open(&row.provider, &row.token_id, sealed)
+                .ok()
+                .and_then(|s| s.bearer())
+                .and_then(|b| secret_of(&b));
+            match opened {
+                Some(secret) => secrets.push(secret),
+                None => {
+                    unopened += 1;
+                    tracing::error!(provider = %row.provider, token_id = %row.token_id, "a vaulted secret does not open with the configured keys; answers cannot be screened for it");
+                }
+            }
+        }
+        self.metrics
+            .screened_secrets
+            .with_label_values(&["unopened"])
+            .set(unopened as i64);
+        let wanted: HashSet<Fingerprint> = self
+            .own
+            .iter()
+            .map(|s| fingerprint(s.expose_secret().as_bytes()))
+            .chain(secrets.iter().map(|s| fingerprint(s)))
+            .collect();
+        let unchanged = self.current.read().unwrap_or_else(|e| e.into_inner()).held == wanted;
+        if !unchanged {
+            let own = self.own.clone();
+            // Preparing a thousand secrets' windows takes milliseconds: off the runtime's threads.
+            match tokio::task::spawn_blocking(move || prepare(&own, &secrets)).await {
+                Ok(prepared) => {
+                    self.set_held(prepared.held.len());
+                    *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(prepared);
+                }
+                Err(e) => {
+                    // The last set stays; the next tick tries again.
+                    tracing::error!(error = %e, "preparing the held secrets failed");
+                    return Ok(());
+                }
+            }
+        }
+        *read = (version, Some(Instant::now()));
+        Ok(())
+    }
+
+    fn set_held(&self, held: usize) {
+        self.metrics
+            .screened_secrets
+            .with_label_values(&["held"])
+            .set(held as i64);
+    }
+
+    /// Runs [`HeldSecrets::refresh`] every `every`, and at once when woken, until the task is aborted.
+    pub fn spawn_refresh(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let held = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let woken = tokio::select! {
+                    _ = tick.tick() => false,
+                    () = held.wake.notified() => true,
+                };
+                if let Err(e) = held.refresh(woken).await {
+                    tracing::warn!(error = %e, "reading the vaulted secrets failed; answers are screened for those read before");
+                }
+            }
+        })
+    }
+}
+
+fn prepare(own: &[SecretString], minted: &[Vec<u8>]) -> Prepared {
+    let secrets: Vec<&[u8]> = own
+        .iter()
+        .map(|s| s.expose_secret().as_bytes())
+        .chain(minted.iter().map(Vec::as_slice))
+        .filter(|s| !s.is_empty())
+        .collect();
+    Prepared {
+        held: secrets.iter().map(|s| fingerprint(s)).collect(),
+        needles: Arc::new(Needles::new(secrets)),
+    }
+}
