@@ -1,7 +1,7 @@
-//! Answers screened for secrets tollgate holds: the credential it forwards with (every answer), a minted
-//! token's secret (the answer to a request made with that token's handle, a call about that token, and the
-//! token's own create or roll answer). A provider that echoes the request (a debug header, an error quoting
-//! the credential) must not hand either to the agent.
+//! Answers screened for secrets tollgate holds: its own provider credentials and every vaulted token's
+//! secret ([`super::held`]), in every answer whoever's call it is, and the credential the request went out
+//! with. A provider that echoes the request (a debug header, an error quoting the credential), or writes a
+//! minted secret where anyone reads it back, must not hand it to an agent.
 //!
 //! What counts as carrying a secret: any run of [`WINDOW`] consecutive characters of it (the whole of a
 //! shorter one) — a prefix, a middle, the whole — in any letter case, each character as itself or escaped
@@ -12,8 +12,9 @@
 //! ([`Scan::readings`]): decoded and as written, each whole (invisible characters — Unicode's
 //! default-ignorable ones and NUL — between characters read as nothing) and as its ASCII letters and digits
 //! alone (anything between them read as nothing: a secret in groups, or with any character between its
-//! own, is one run). A decoding reading reads through NUL bytes, so UTF-16 and UTF-32 text is read as its
-//! ASCII. Headers are read as one text of names and values in order (and values, and names, alone), so a
+//! own, is one run). A letter or digit drawn in another style (fullwidth, mathematical, circled,
+//! superscript) is read as itself. A decoding reading reads through NUL bytes, so UTF-16 and UTF-32 text is
+//! read as its ASCII. Headers are read as one text of names and values in order (and values, and names, alone), so a
 //! secret split across headers is found too (the values of a repeated name are read together). The body
 //! streams through with the bytes of a possible match held back, so no part of one is ever sent; a match
 //! ends the body with an error (the agent sees a broken answer). A body that starts like a compressed stream
