@@ -287,6 +287,13 @@ impl Forwarder {
                     tracing::warn!(provider = %permit.provider, "upstream answered with a transfer coding other than chunked");
                     return Err((UpstreamFailure::Broken, started.elapsed()));
                 }
+                // tollgate never asks to switch protocols (it forwards no `Upgrade`), so a 101, or any other
+                // informational status as the final answer, is no answer a provider gives: the exchange
+                // failed, and the agent must not be handed a connection to the provider.
+                if response.status().is_informational() {
+                    tracing::warn!(provider = %permit.provider, status = response.status().as_u16(), "upstream answered with an informational status as its final answer");
+                    return Err((UpstreamFailure::Broken, started.elapsed()));
+                }
                 upstream_response_hygiene(response.headers_mut());
                 // The reason phrase (hyper keeps it as an extension) and anything else beside the head.
                 response.extensions_mut().clear();

@@ -1378,12 +1378,14 @@ impl Gate {
                 let mut response = match observed {
                     Some(observed) if (200..300).contains(&status) => {
                         let within = self.config.server.upstream_timeout;
+                        let held = self.held.needles_with(&[]);
                         crate::resources::observe(
                             &self.store,
                             &self.metrics,
                             within,
                             observed,
                             response,
+                            |text| held.found_in(text),
                         )
                         .await
                     }
@@ -1407,7 +1409,8 @@ impl Gate {
                 .into_iter()
                 .flatten()
                 .collect();
-                let needles = self.held.needles_with(&went_with);
+                let source = self.held.for_answer(went_with);
+                let needles = source.needles();
                 if !needles.is_empty() {
                     let withheld = if needles.headers_carry(response.headers()) {
                         tracing::error!(decision_id = %draft.id, "an answer carries the credential it went out with in a header; withheld");
@@ -1427,8 +1430,9 @@ impl Gate {
                         Some(why) => Refusal::new(RefusalCode::UpstreamError, why)
                             .not_retryable()
                             .into_response(draft.envelope, draft.id),
-                        None => response
-                            .map(|body| crate::vault::screen::screened(body, needles, draft.id)),
+                        None => response.map(|body| {
+                            crate::vault::screen::screened_from(body, source, draft.id)
+                        }),
                     };
                 }
                 if response.status().as_u16() != status {
@@ -1678,6 +1682,23 @@ impl Gate {
                     TokenEvent::Created => parsed.as_ref().and_then(|p| p.token_id.clone()),
                     _ => path_token,
                 };
+                // An id that carries a secret tollgate holds (another token's, its own credential) would carry
+                // it into the records, the handle's name and the log: withheld, nothing recorded, the id not
+                // logged.
+                let held = self.held.needles_with(&[]);
+                if [
+                    token_id.as_deref(),
+                    parsed.as_ref().and_then(|p| p.name.as_deref()),
+                ]
+                .into_iter()
+                .flatten()
+                .any(|text| held.found_in(text.as_bytes()))
+                {
+                    tracing::error!(decision_id = %draft.id, action = %intake.action.name, "a token answer's id or name carries a secret tollgate holds; withheld, not recorded");
+                    return withheld(
+                        "the provider's answer names the token by a secret tollgate holds, so it is withheld and not recorded",
+                    );
+                }
                 // In vault mode an answer must be the known shape with its secret where tollgate replaces it:
                 // anything else (no id, no string `value`, the secret elsewhere) is withheld, never passed on.
                 let no_secret = parsed.as_ref().is_some_and(|p| p.secret().is_none());
@@ -1829,7 +1850,7 @@ impl Gate {
                             .secret()
                             .map(|s| secrecy::ExposeSecret::expose_secret(s).to_string())
                             .unwrap_or_default();
-                        let answer = parsed.with_handle(event, key.expose());
+                        let (answer, rebuilt) = parsed.with_handle(event, key.expose());
                         // The secret must not leave by another field, or a header: withheld if it would.
                         // (Any 12 characters of it, as the answer screen looks for.)
                         let needles = crate::vault::screen::Needles::new([secret.as_bytes()]);
@@ -1855,7 +1876,22 @@ impl Gate {
                                 "the minted token's secret appears elsewhere in the provider's answer, so the answer is withheld (vault mode); delete the token",
                             );
                         }
-                        pass(answer)
+                        // Its headers too are Cloudflare's request id alone (a decoy `value` could stand
+                        // beside a real secret in any other header, which tollgate cannot look for).
+                        let mut headers = http::HeaderMap::new();
+                        for (name, value) in &head.headers {
+                            if crate::vault::token_answer_header(name, value) {
+                                headers.append(name.clone(), value.clone());
+                            }
+                        }
+                        headers.insert(
+                            http::header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        );
+                        let mut response = Response::new(Body::from(rebuilt));
+                        *response.status_mut() = head.status;
+                        *response.headers_mut() = headers;
+                        response
                     }
                     None => pass(bytes),
                 }

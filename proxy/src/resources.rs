@@ -11,7 +11,8 @@
 //! row is written once while the answer waits (at most [`INLINE_WAIT`]), and if that fails, retried off the
 //! response path for up to [`RECORD_PERSISTENCE`].
 //! Must not: change an answer's bytes, refuse or delay an agent's answer beyond reading it, hold SQL or make
-//! policy decisions. Never reads a secret from an answer: only the id and the few fields in [`DETAIL_FIELDS`].
+//! policy decisions. Never reads a secret from an answer: only the id and the few fields in [`DETAIL_FIELDS`],
+//! and not those when they carry a secret tollgate holds (the caller's `carries_secret`).
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -314,6 +315,7 @@ pub async fn observe(
     read_within: Duration,
     observed: Observed,
     response: Response<Body>,
+    carries_secret: impl Fn(&[u8]) -> bool,
 ) -> Response<Body> {
     match &observed.effect {
         ResourceEffect::Deletes { kind, id, .. } => {
@@ -397,6 +399,25 @@ pub async fn observe(
                 (IdSource::Answer(path), Some(answer)) => answer_ids(answer, path),
                 (IdSource::Answer(_), None) => Vec::new(),
             };
+            if found.is_empty() {
+                unrecorded(metrics, &observed, Unrecorded::NoId);
+                return response;
+            }
+            // An id or kept field that carries a secret tollgate holds (a provider naming an object by a
+            // minted token's secret) is not written to the store, the report or the plan; the answer itself
+            // is cut off by the screen.
+            let found: Vec<(String, &Value)> = found
+                .into_iter()
+                .filter(|(id, holder)| {
+                    let detail = detail_of(holder, observed.stripe_context.as_deref());
+                    let clean = !carries_secret(id.as_bytes())
+                        && !carries_secret(&serde_json::to_vec(&detail).unwrap_or_default());
+                    if !clean {
+                        tracing::error!(decision_id = %observed.decision_id, kind = kind.as_str(), "a created resource's id or fields carry a secret tollgate holds; not recorded");
+                    }
+                    clean
+                })
+                .collect();
             if found.is_empty() {
                 unrecorded(metrics, &observed, Unrecorded::NoId);
                 return response;

@@ -395,8 +395,12 @@ impl MintedResponse {
         self.secret.as_ref()
     }
 
-    /// The answer with `handle` where the secret was.
-    pub fn with_handle(mut self, event: TokenEvent, handle: &str) -> Bytes {
+    /// The answer with `handle` where the secret was, twice: as the provider wrote it (every field, for
+    /// the checks that nothing else in it carries a secret), and as the agent gets it — Cloudflare's envelope
+    /// rebuilt with the token's own fields only ([`TOKEN_FIELDS`]; `errors` and `messages` empty), so a
+    /// field Cloudflare does not send, or a note in `messages`, is no way out for a second secret beside a
+    /// decoy `value`.
+    pub fn with_handle(mut self, event: TokenEvent, handle: &str) -> (Bytes, Bytes) {
         match event {
             TokenEvent::Created => {
                 if let Some(result) = self.body.get_mut("result").and_then(Value::as_object_mut) {
@@ -410,8 +414,58 @@ impl MintedResponse {
             }
             TokenEvent::Updated | TokenEvent::Deleted => {}
         }
-        Bytes::from(serde_json::to_vec(&self.body).unwrap_or_default())
+        let whole = Bytes::from(serde_json::to_vec(&self.body).unwrap_or_default());
+        let result = match event {
+            TokenEvent::Created => Value::Object(
+                self.body
+                    .get("result")
+                    .and_then(Value::as_object)
+                    .map(|r| {
+                        r.iter()
+                            .filter(|(k, _)| TOKEN_FIELDS.contains(&k.as_str()))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            ),
+            TokenEvent::Rolled => Value::from(handle),
+            TokenEvent::Updated | TokenEvent::Deleted => return (whole.clone(), whole),
+        };
+        let rebuilt = json!({"success": true, "errors": [], "messages": [], "result": result});
+        (
+            whole,
+            Bytes::from(serde_json::to_vec(&rebuilt).unwrap_or_default()),
+        )
     }
+}
+
+/// The fields of a Cloudflare API token object, the only ones a create's answer keeps in vault mode.
+pub const TOKEN_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "status",
+    "issued_on",
+    "modified_on",
+    "last_used_on",
+    "not_before",
+    "expires_on",
+    "policies",
+    "condition",
+    "value",
+];
+
+/// Whether a provider header may reach the agent with a token create or roll's answer in vault mode:
+/// Cloudflare's request id (`cf-ray`, 16 hex digits and a data centre code) and nothing else — any other
+/// header could carry a second secret beside a decoy `value`, which tollgate cannot look for.
+pub fn token_answer_header(name: &http::HeaderName, value: &HeaderValue) -> bool {
+    let Some((ray, colo)) = value.to_str().ok().and_then(|v| v.split_once('-')) else {
+        return false;
+    };
+    name.as_str() == "cf-ray"
+        && ray.len() == 16
+        && ray.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && (3..=4).contains(&colo.len())
+        && colo.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 /// The shortest secret tollgate takes for a minted token's (Cloudflare's are 40 characters).
@@ -534,6 +588,24 @@ pub fn refusal_for_agent(body: &[u8]) -> (Vec<u8>, usize) {
             out.insert("message".into(), Value::from(message));
         }
         errors.push(Value::Object(out));
+    }
+    // Judged together too: pieces of a secret, one per message, each too short to look like one, are a
+    // secret again when read in order. Then no message is passed on, only the codes.
+    let kept: String = errors
+        .iter()
+        .filter_map(|e| e.get("message").and_then(Value::as_str))
+        .filter(|m| *m != WITHHELD)
+        .flat_map(|m| m.chars().filter(char::is_ascii_alphanumeric))
+        .collect();
+    if credential_like(&kept, SHORTEST_SECRET) {
+        for e in &mut errors {
+            if let Some(message) = e.get_mut("message")
+                && message.as_str() != Some(WITHHELD)
+            {
+                *message = Value::from(WITHHELD);
+                withheld += 1;
+            }
+        }
     }
     if errors.is_empty() {
         errors.push(json!({

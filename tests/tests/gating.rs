@@ -1306,3 +1306,72 @@ async fn agent_and_upstream_connections_have_nagle_off() {
     );
     w.gate.kill().await;
 }
+
+/// A provider that answers `101 Switching Protocols` (tollgate forwards no `Upgrade`, so it never asks for
+/// one) hands the agent no connection to the provider: the exchange failed, the agent gets 502 with nothing
+/// of what followed, and the decision's outcome says so (attack round 13).
+#[tokio::test]
+async fn an_upgrade_tollgate_never_asked_for_is_an_upstream_failure() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDatabase::create().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nraw-tunnel-bytes",
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            });
+        }
+    });
+    let gate = Tollgate::builder(db.url(), &format!("http://127.0.0.1:{port}"))
+        .start()
+        .await
+        .unwrap();
+    let key = gate.create_agent("reader", &[]).await.unwrap();
+    let r = reqwest::Client::new()
+        .get(gate.url("/cloudflare/client/v4/zones"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 502);
+    let id: uuid::Uuid = r.headers()["tollgate-decision"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("raw-tunnel-bytes"), "{text}");
+    let mut outcome = None;
+    for _ in 0..100 {
+        outcome = sqlx::query("SELECT * FROM decision_outcomes WHERE decision_id = $1")
+            .bind(id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+        if outcome.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let outcome = outcome.expect("the outcome is recorded");
+    assert_eq!(outcome.get::<Option<i32>, _>("upstream_status"), None);
+    assert_eq!(
+        outcome.get::<Option<String>, _>("error").as_deref(),
+        Some("io")
+    );
+}

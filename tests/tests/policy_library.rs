@@ -3,8 +3,9 @@
 
 use chrono::{Duration as Span, SecondsFormat, Utc};
 use serde_json::{Value, json};
+use tollgate_tests::TestDatabase;
+use tollgate_tests::sdk::{Reply, StandIn};
 use tollgate_tests::tollgate::Tollgate;
-use tollgate_tests::{TestDatabase, Upstream};
 
 const ZONE: &str = "023e105f4ecef8ad9ca31a8372d0c353";
 const ACCOUNT: &str = "01a7362d577a6c3019a474fd6f485823";
@@ -55,14 +56,21 @@ fn token(groups: &[&str], resources: Value, hours: i64) -> Value {
 #[tokio::test]
 async fn realistic_calls_get_the_outcomes_the_library_promises() {
     let db = TestDatabase::create().await.unwrap();
-    // Every call is answered as Cloudflare answers a token create (an id and the secret `value`): the one
-    // token create that passes gets a handle in vault mode, and the other calls ignore the shape.
-    let upstream = Upstream::builder()
-        .json_body(json!({"success": true, "errors": [], "messages": [],
-                          "result": {"id": "ed17574386854bf78a67040be0a770b0", "value": "cf-minted-e2b9-0123456789abcdef"}}))
-        .start()
-        .await
-        .unwrap();
+    // A token create is answered as Cloudflare answers one (an id and the secret `value`): the one that
+    // passes gets a handle in vault mode. Every other call gets an empty result — not the secret again,
+    // which tollgate holds from then on and would cut out of any answer.
+    let upstream = StandIn::start().await.unwrap();
+    upstream.answer(|r| {
+        let result = if r.method == "POST" && r.path_and_query.ends_with("/user/tokens") {
+            json!({"id": "ed17574386854bf78a67040be0a770b0", "value": "cf-minted-e2b9-0123456789abcdef"})
+        } else {
+            json!({"id": "ed17574386854bf78a67040be0a770b1"})
+        };
+        Reply::json(
+            200,
+            json!({"success": true, "errors": [], "messages": [], "result": result}),
+        )
+    });
     let gate = Tollgate::builder(db.url(), &upstream.url())
         .start()
         .await
@@ -246,7 +254,7 @@ async fn realistic_calls_get_the_outcomes_the_library_promises() {
         }
     }
     assert_eq!(
-        upstream.request_count(),
+        upstream.take().len(),
         forwarded,
         "exactly the passing calls reached the provider"
     );

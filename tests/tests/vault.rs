@@ -139,6 +139,36 @@ fn cloudflare_tokens(
                     )
                     .header("x-token", REALISTIC_SECRET);
                 }
+                // The new token's secret in four pieces, one per error message (attack round 13).
+                "refused-pieces" => {
+                    let errors: Vec<Value> = secret
+                        .as_bytes()
+                        .chunks(10)
+                        .enumerate()
+                        .map(|(i, piece)| {
+                            json!({"code": 1003 + i,
+                                   "message": String::from_utf8_lossy(piece).into_owned()})
+                        })
+                        .collect();
+                    return Reply::json(
+                        400,
+                        json!({"success": false, "errors": errors, "messages": [], "result": null}),
+                    );
+                }
+                // A decoy `value` with the real secret in a header, or in a cookie (attack round 13).
+                "decoy-header" => {
+                    return ok(json!({"id": "tok-decoy-header", "name": name,
+                        "value": REALISTIC_SECRET, "extra_note": "see header"}))
+                    .header("x-request-token", &secret)
+                    .header("set-cookie", &format!("t={secret}; Path=/"))
+                    .header("cf-ray", "8c2a1b3d4e5f6789-SJC");
+                }
+                // An id that is another token's vaulted secret (attack round 13).
+                "id-is-held" => {
+                    return ok(
+                        json!({"id": created_secret("alpha"), "name": name, "value": secret}),
+                    );
+                }
                 "refused-message" => {
                     return Reply::json(
                         400,
@@ -889,6 +919,7 @@ async fn answers_that_would_leak_the_secret_are_withheld() {
         ("refused", 400, 1000, true),
         ("refused-array", 409, 1001, true),
         ("refused-message", 400, 1002, false),
+        ("refused-pieces", 400, 1003, false),
     ] {
         let r = w
             .http
@@ -914,6 +945,17 @@ async fn answers_that_would_leak_the_secret_are_withheld() {
             message.starts_with("tollgate withheld"),
             !message_kept,
             "{name}: {message}"
+        );
+        // No piece of the secret gets through: the messages are judged together.
+        let joined: String = answer["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["message"].as_str())
+            .collect();
+        assert!(
+            !joined.contains(&created_secret(name)[..10]),
+            "{name}: {answer}"
         );
     }
     let log = w.gate.log();
@@ -1918,6 +1960,75 @@ async fn a_handle_stops_with_its_minters_expiry_even_after_an_update() {
 
 /// Sends `request` as written to the listener at `url` (`http://127.0.0.1:PORT`) and reads the whole answer as
 /// text: what a client sees on the wire, status line included.
+/// A create's answer in vault mode reaches the agent as Cloudflare's token object alone: a real secret in a
+/// header beside a decoy `value` stays behind (only `cf-ray` passes), fields Cloudflare does not send are
+/// dropped, and an answer naming the token by another token's secret is withheld and not recorded.
+#[tokio::test]
+async fn a_create_answer_carries_the_token_object_and_nothing_else() {
+    let w = world(|b| b).await;
+    let (status, alpha) = w
+        .create_token(&w.deployer, "alpha", "2099-01-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 200, "{alpha}");
+
+    let r = w
+        .http
+        .post(w.gate.url("/cloudflare/client/v4/user/tokens"))
+        .bearer_auth(&w.deployer)
+        .json(
+            &json!({"name": "decoy-header", "policies": [], "expires_on": "2099-01-01T00:00:00Z"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let headers: Vec<(String, String)> = r
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_string()))
+        .collect();
+    let text = r.text().await.unwrap();
+    let real = created_secret("decoy-header");
+    assert!(
+        !text.contains(&real) && !format!("{headers:?}").contains(&real[..12]),
+        "{headers:?} {text}"
+    );
+    assert!(
+        headers
+            .iter()
+            .any(|(n, v)| n == "cf-ray" && v == "8c2a1b3d4e5f6789-SJC"),
+        "{headers:?}"
+    );
+    assert!(
+        !headers
+            .iter()
+            .any(|(n, _)| n == "x-request-token" || n == "set-cookie"),
+        "{headers:?}"
+    );
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        answer["result"]["value"]
+            .as_str()
+            .unwrap()
+            .starts_with("tg_")
+    );
+    assert_eq!(answer["result"]["id"], "tok-decoy-header");
+    assert!(answer["result"].get("extra_note").is_none(), "{answer}");
+    assert_eq!(answer["messages"], json!([]));
+
+    // The id is alpha's secret: withheld, and that secret is nowhere in the records or the log.
+    let (status, answer) = w
+        .create_token(&w.deployer, "id-is-held", "2099-01-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 502, "{answer}");
+    let alpha_secret = created_secret("alpha");
+    assert!(!answer.to_string().contains(&alpha_secret));
+    assert!(!w.gate.log().contains(&alpha_secret));
+    assert!(!w.dump(w._db.url()).await.contains(&alpha_secret));
+    let (_, agents, _) = w.gate.cli(&["agents", "list"]).await.unwrap();
+    assert!(!agents.contains(&alpha_secret));
+}
+
 /// Reads `url` with `key`: the answer's text if it arrived whole, `None` if it was cut off.
 async fn whole_answer(http: &reqwest::Client, url: &str, key: &str) -> Option<(u16, String)> {
     let r = http.get(url).bearer_auth(key).send().await.ok()?;

@@ -21,7 +21,7 @@ use ring::digest::{SHA256, digest};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::Vault;
-use super::screen::{Needles, secret_of};
+use super::screen::{NeedleSource, Needles, secret_of};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
@@ -52,6 +52,8 @@ pub struct HeldSecrets {
     own: Vec<SecretString>,
     metrics: Arc<Metrics>,
     current: RwLock<Arc<Prepared>>,
+    /// Moves whenever `current` is replaced: an answer streaming meanwhile picks the new set up.
+    generation: std::sync::atomic::AtomicU64,
     /// The agents table's version and when the secrets were last read.
     read: tokio::sync::Mutex<(i64, Option<Instant>)>,
     wake: tokio::sync::Notify,
@@ -75,6 +77,7 @@ impl HeldSecrets {
             own,
             metrics,
             current: RwLock::new(Arc::new(prepared)),
+            generation: Default::default(),
             read: tokio::sync::Mutex::new((i64::MIN, None)),
             wake: tokio::sync::Notify::new(),
         }
@@ -94,6 +97,15 @@ impl HeldSecrets {
         } else {
             Arc::new(current.needles.with(missing))
         }
+    }
+
+    /// The needles of one answer, kept current while it streams: every held secret (a token minted after
+    /// the answer began included, from then on) and `extra`, the secrets its request went out with.
+    pub fn for_answer(self: &Arc<Self>, extra: Vec<Vec<u8>>) -> Arc<dyn NeedleSource> {
+        Arc::new(AnswerNeedles {
+            held: Arc::clone(self),
+            extra,
+        })
     }
 
     /// How many secrets the set holds (tollgate's own spellings included).
@@ -124,6 +136,8 @@ impl HeldSecrets {
                 needles: Arc::new(current.needles.with([secret])),
                 held,
             });
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         drop(current);
         self.wake.notify_one();
@@ -175,6 +189,8 @@ impl HeldSecrets {
                 Ok(prepared) => {
                     self.set_held(prepared.held.len());
                     *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(prepared);
+                    self.generation
+                        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 }
                 Err(e) => {
                     // The last set stays; the next tick tries again.
@@ -223,5 +239,23 @@ fn prepare(own: &[SecretString], minted: &[Vec<u8>]) -> Prepared {
     Prepared {
         held: secrets.iter().map(|s| fingerprint(s)).collect(),
         needles: Arc::new(Needles::new(secrets)),
+    }
+}
+
+/// One answer's needles ([`HeldSecrets::for_answer`]).
+struct AnswerNeedles {
+    held: Arc<HeldSecrets>,
+    extra: Vec<Vec<u8>>,
+}
+
+impl NeedleSource for AnswerNeedles {
+    fn generation(&self) -> u64 {
+        self.held
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn needles(&self) -> Arc<Needles> {
+        self.held.needles_with(&self.extra)
     }
 }

@@ -518,7 +518,8 @@ fn decoded(code: u32, width: usize, skeleton: bool) -> Option<Unit> {
 /// The ASCII letter or digit a character is drawn as, for the characters that are that letter or digit in
 /// another style: fullwidth forms, mathematical alphanumerics (bold, italic, script, fraktur, double-struck,
 /// sans-serif, monospace) and the letterlike symbols that fill their gaps, circled letters and digits,
-/// superscript and subscript digits.
+/// superscript and subscript digits, and the Cyrillic and Greek letters that look like Latin ones (the
+/// match ignores case, so a look-alike of either case reads as the letter).
 fn lookalike(code: u32) -> Option<u8> {
     let letter = |i: u32| {
         let i = i as u8;
@@ -557,6 +558,34 @@ fn lookalike(code: u32) -> Option<u8> {
         0x210e => b'h',
         0x212f => b'e',
         0x2134 => b'o',
+        // Cyrillic and Greek letters drawn as Latin ones (the common confusables).
+        0x0410 | 0x0430 | 0x0391 | 0x03b1 => b'a',
+        0x0412 | 0x0392 | 0x0432 | 0x03b2 => b'b',
+        0x0421 | 0x0441 | 0x03f2 | 0x03f9 => b'c',
+        0x0501 => b'd',
+        0x0415 | 0x0435 | 0x0395 | 0x03b5 => b'e',
+        0x0261 => b'g',
+        0x041d | 0x04bb | 0x0397 | 0x043d => b'h',
+        0x0406 | 0x0456 | 0x0399 | 0x03b9 | 0x0131 | 0x04c0 => b'i',
+        0x0408 | 0x0458 | 0x03f3 => b'j',
+        0x041a | 0x043a | 0x039a | 0x03ba => b'k',
+        0x04cf => b'l',
+        0x041c | 0x043c | 0x039c => b'm',
+        0x039d | 0x03b7 => b'n',
+        0x041e | 0x043e | 0x039f | 0x03bf | 0x0585 | 0x03c3 => b'o',
+        0x0420 | 0x0440 | 0x03a1 | 0x03c1 => b'p',
+        0x051a | 0x051b => b'q',
+        0x0433 => b'r',
+        0x0405 | 0x0455 => b's',
+        0x0422 | 0x0442 | 0x03a4 | 0x03c4 => b't',
+        0x03c5 | 0x057d => b'u',
+        0x03bd | 0x0474 | 0x0475 => b'v',
+        0x051c | 0x051d | 0x03c9 => b'w',
+        0x0425 | 0x0445 | 0x03a7 | 0x03c7 => b'x',
+        0x0423 | 0x0443 | 0x03a5 | 0x04ae | 0x04af => b'y',
+        0x0396 => b'z',
+        0x0417 | 0x0437 => b'3',
+        0x0431 => b'6',
         _ => return None,
     })
 }
@@ -898,15 +927,45 @@ fn named_reference(text: &[u8], at_end: bool, skeleton: bool) -> Option<Unit> {
     name.starts_with(b"shy").then_some(Unit::Skip(4))
 }
 
+/// Where a screened body's needles come from, asked again while it streams: a secret held after the answer
+/// began is looked for in the rest of it.
+pub trait NeedleSource: Send + Sync + 'static {
+    /// A number that changes whenever [`NeedleSource::needles`] would answer differently.
+    fn generation(&self) -> u64;
+    fn needles(&self) -> Arc<Needles>;
+}
+
+/// Needles that never change.
+struct Fixed(Arc<Needles>);
+
+impl NeedleSource for Fixed {
+    fn generation(&self) -> u64 {
+        0
+    }
+
+    fn needles(&self) -> Arc<Needles> {
+        Arc::clone(&self.0)
+    }
+}
+
 /// `body`, ended with an error where it would carry one of `needles` (or where it starts compressed).
 /// Trailers are dropped. `decision_id` names the request in the log when an answer is cut off.
 pub fn screened(body: Body, needles: Arc<Needles>, decision_id: Uuid) -> Body {
+    screened_from(body, Arc::new(Fixed(needles)), decision_id)
+}
+
+/// [`screened`] with needles asked of `source` again whenever its generation moves.
+pub fn screened_from(body: Body, source: Arc<dyn NeedleSource>, decision_id: Uuid) -> Body {
+    let generation = source.generation();
+    let needles = source.needles();
     Body::new(Screened {
         inner: body,
         held: BytesMut::new(),
         held_from: 0,
         readings: Scan::readings().map(|scan| (scan, 0)),
         needles,
+        source,
+        generation,
         started: false,
         done: false,
         decision_id,
@@ -924,6 +983,9 @@ struct Screened {
     /// Each reading of the body ([`Scan::readings`]) and how far (offset in the body) it has read.
     readings: [(Scan, u64); 4],
     needles: Arc<Needles>,
+    source: Arc<dyn NeedleSource>,
+    /// The source's generation `needles` came from.
+    generation: u64,
     /// Whether the body's first bytes were looked at.
     started: bool,
     done: bool,
@@ -941,6 +1003,12 @@ impl Screened {
 
     /// Scans what was not scanned yet and sends what can no longer be part of a match.
     fn advance(&mut self, at_end: bool) -> Option<Polled> {
+        // A secret held since the answer began (a token minted meanwhile) is looked for from here on.
+        let generation = self.source.generation();
+        if generation != self.generation {
+            self.generation = generation;
+            self.needles = self.source.needles();
+        }
         // The bytes sent are those no reading may still need.
         let mut safe = u64::MAX;
         for (scan, scanned) in &mut self.readings {
@@ -1512,6 +1580,35 @@ mod tests {
             LONG.bytes().flat_map(|b| [b, 0xad]).collect(),
             "latin-1 soft hyphens",
         ));
+        // Cyrillic and Greek letters drawn as Latin ones, in place of every letter that has a twin.
+        let twins: String = LONG
+            .chars()
+            .map(|c| match c {
+                'A' => 'А',
+                'd' => 'ԁ',
+                'E' => 'Ε',
+                'h' => 'һ',
+                'I' => 'І',
+                'j' => 'ј',
+                'M' => 'М',
+                'n' => 'η',
+                'p' => 'р',
+                'Q' => 'Ԛ',
+                'T' => 'Т',
+                't' => 'т',
+                'x' => 'х',
+                'Y' => 'Υ',
+                'C' => 'С',
+                'K' => 'К',
+                'l' => 'ӏ',
+                'v' => 'ν',
+                other => other,
+            })
+            .collect();
+        bodies.push((
+            format!("{{\"content\":\"{twins}\"}}").into_bytes(),
+            "Cyrillic and Greek twins",
+        ));
         for (body, what) in bodies {
             for at in [0, 7, body.len() / 2, body.len()] {
                 assert!(
@@ -1532,6 +1629,57 @@ mod tests {
         assert_eq!(through(&[ordinary], LONG).await.unwrap(), ordinary);
         let wide = utf16le(ordinary);
         assert_eq!(bytes_through(&wide, 9, LONG).await.unwrap(), wide);
+    }
+
+    /// Needles that gain a secret after the first time they are asked for (a token minted while an answer
+    /// streams).
+    struct Later {
+        asked: std::sync::atomic::AtomicU64,
+        secret: &'static str,
+    }
+
+    impl NeedleSource for Later {
+        fn generation(&self) -> u64 {
+            self.asked.load(std::sync::atomic::Ordering::SeqCst).min(1)
+        }
+
+        fn needles(&self) -> Arc<Needles> {
+            let n = self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n == 0 {
+                Arc::new(Needles::new([]))
+            } else {
+                needles(self.secret)
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_secret_held_while_an_answer_streams_is_looked_for_in_the_rest() {
+        let chunks = || -> Body {
+            Body::new(Chunks(
+                [
+                    Bytes::from_static(b"{\"a\":\"before\","),
+                    Bytes::from(format!("\"b\":\"{LONG}\"}}")),
+                ]
+                .into(),
+            ))
+        };
+        let later = Arc::new(Later {
+            asked: Default::default(),
+            secret: LONG,
+        });
+        let out = screened_from(chunks(), later, Uuid::nil()).collect().await;
+        assert!(
+            out.is_err(),
+            "the secret held after the answer began passed"
+        );
+        // Needles fixed when the answer began would have let it through.
+        let out = screened(chunks(), Arc::new(Needles::new([])), Uuid::nil())
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(String::from_utf8_lossy(&out).contains(LONG));
     }
 
     /// The frames `chunks` come out of the screen in, or the error it ended with.

@@ -100,7 +100,12 @@ fn token_answers_are_read_and_the_secret_replaced() {
         m.secret().unwrap().expose_secret(),
         "cf-secret-0123456789abcdef"
     );
-    let out = m.with_handle(TokenEvent::Created, "tg_handle");
+    let (whole, out) = m.with_handle(TokenEvent::Created, "tg_handle");
+    assert!(
+        String::from_utf8(whole.to_vec())
+            .unwrap()
+            .contains("tg_handle")
+    );
     let text = String::from_utf8(out.to_vec()).unwrap();
     assert!(!text.contains("cf-secret"), "{text}");
     assert!(text.contains(r#""value":"tg_handle""#), "{text}");
@@ -113,8 +118,21 @@ fn token_answers_are_read_and_the_secret_replaced() {
         m.secret().unwrap().expose_secret(),
         "cf-rolled-0123456789abcdef"
     );
-    let text = String::from_utf8(m.with_handle(TokenEvent::Rolled, "tg_h2").to_vec()).unwrap();
+    let text = String::from_utf8(m.with_handle(TokenEvent::Rolled, "tg_h2").1.to_vec()).unwrap();
     assert!(text.contains(r#""result":"tg_h2""#) && !text.contains("cf-rolled"));
+
+    // What the agent gets is the token object alone: no other field, no provider note.
+    let noisy = br#"{"success":true,"errors":[],"messages":[{"code":1,"message":"note"}],"result":{"id":"tok1","value":"cf-secret-0123456789abcdef","debug":"x","policies":[{"effect":"allow"}]},"extra":1}"#;
+    let m = MintedResponse::parse(TokenEvent::Created, noisy).unwrap();
+    let (whole, sent) = m.with_handle(TokenEvent::Created, "tg_h3");
+    let whole: Value = serde_json::from_slice(&whole).unwrap();
+    assert_eq!(whole["result"]["debug"], "x", "the checks read every field");
+    let sent: Value = serde_json::from_slice(&sent).unwrap();
+    assert_eq!(
+        sent,
+        json!({"success": true, "errors": [], "messages": [],
+               "result": {"id": "tok1", "value": "tg_h3", "policies": [{"effect": "allow"}]}})
+    );
 
     // Not the expected shape: nothing to hand back.
     assert!(MintedResponse::parse(TokenEvent::Created, b"not json").is_none());
@@ -339,4 +357,56 @@ fn a_refusal_keeps_codes_and_plain_messages_only() {
     let (rebuilt, _) = refusal_for_agent(b"<html>oops</html>");
     let rebuilt: Value = serde_json::from_slice(&rebuilt).unwrap();
     assert_eq!(rebuilt["errors"][0]["code"], 10000);
+}
+
+#[test]
+fn a_token_answer_keeps_only_cloudflares_request_id_header() {
+    let header = |name: &str, value: &str| {
+        token_answer_header(
+            &http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            &HeaderValue::from_str(value).unwrap(),
+        )
+    };
+    assert!(header("cf-ray", "8c2a1b3d4e5f6789-SJC"));
+    assert!(!header("cf-ray", "Xq7Lm2Pz9Rt4Vw8K-SJC"));
+    assert!(!header("cf-ray", "8c2a1b3d4e5f6789-SJC-Xq7Lm2Pz9Rt4"));
+    assert!(!header("cf-ray", "8c2a1b3d4e5f6789"));
+    assert!(!header("x-request-token", "8c2a1b3d4e5f6789-SJC"));
+    assert!(!header(
+        "set-cookie",
+        "__cf_bm=Xq7Lm2Pz9Rt4Vw8Kb3Nd6Hf1Jc5Gs0Ya7Ue2Io9T"
+    ));
+}
+
+#[test]
+fn refusal_messages_are_judged_together() {
+    // Ten characters of a secret per message: none looks like a credential alone, all four do together.
+    let pieces: Vec<Value> = REAL_SHAPED
+        .as_bytes()
+        .chunks(10)
+        .enumerate()
+        .map(|(i, p)| json!({"code": 1000 + i, "message": std::str::from_utf8(p).unwrap()}))
+        .collect();
+    let body = json!({"success": false, "errors": pieces});
+    let (rebuilt, withheld) = refusal_for_agent(body.to_string().as_bytes());
+    let rebuilt: Value = serde_json::from_slice(&rebuilt).unwrap();
+    assert_eq!(withheld, 4, "{rebuilt}");
+    for (i, e) in rebuilt["errors"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(e["code"], 1000 + i);
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("tollgate withheld")
+        );
+    }
+    // Ordinary messages still pass together.
+    let body = json!({"success": false, "errors": [
+        {"code": 1001, "message": "Invalid request body"},
+        {"code": 1002, "message": "Token name must be unique"},
+    ]});
+    let (rebuilt, withheld) = refusal_for_agent(body.to_string().as_bytes());
+    let rebuilt: Value = serde_json::from_slice(&rebuilt).unwrap();
+    assert_eq!(withheld, 0);
+    assert_eq!(rebuilt["errors"][1]["message"], "Token name must be unique");
 }
