@@ -885,22 +885,25 @@ async fn secrets_sealed_under_an_old_key_open_after_rotation() {
     );
 }
 
+/// The token names the stand-in answers with a create that would leak the secret past the handle.
+const LEAKY_ANSWERS: [&str; 9] = [
+    "extra",
+    "novalue",
+    "emptyid",
+    "idsecret",
+    "piece",
+    "decoy-empty",
+    "decoy",
+    "decoy-grouped",
+    "invisible",
+];
+
 /// Answers that would carry the secret past the handle — a copy in another field, the secret under another
 /// name, an empty token id, a refusal that carries one — are withheld in vault mode.
 #[tokio::test]
 async fn answers_that_would_leak_the_secret_are_withheld() {
     let w = world(|b| b).await;
-    for name in [
-        "extra",
-        "novalue",
-        "emptyid",
-        "idsecret",
-        "piece",
-        "decoy-empty",
-        "decoy",
-        "decoy-grouped",
-        "invisible",
-    ] {
+    for name in LEAKY_ANSWERS {
         let (status, answer) = w
             .create_token(&w.deployer, name, "2099-01-01T00:00:00Z")
             .await;
@@ -960,17 +963,7 @@ async fn answers_that_would_leak_the_secret_are_withheld() {
     }
     let log = w.gate.log();
     assert!(!log.contains(REALISTIC_SECRET));
-    for name in [
-        "extra",
-        "novalue",
-        "emptyid",
-        "idsecret",
-        "piece",
-        "decoy-empty",
-        "decoy",
-        "decoy-grouped",
-        "invisible",
-    ] {
+    for name in LEAKY_ANSWERS {
         assert!(!log.contains(&created_secret(name)), "{name}");
     }
     // The tokens whose id is known exist at the provider: they stay recorded as live, with no usable handle,
