@@ -51,6 +51,8 @@ pub struct Admin {
     pub writers: crate::audit::WritersReady,
     /// tollgate's own provider client, for containment's token deletions.
     pub forwarder: Arc<crate::forward::Forwarder>,
+    /// The secrets a provider's message in a containment report is screened for.
+    pub held: Arc<crate::vault::held::HeldSecrets>,
 }
 
 /// One admin API endpoint: method, path (axum syntax) and the least role that may call it.
@@ -567,6 +569,7 @@ async fn contain_agent(
     match crate::containment::contain(
         &admin.store,
         &admin.forwarder,
+        &admin.held.needles_with(&[]),
         &name,
         &request.reason,
         &me.name,

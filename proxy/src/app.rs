@@ -353,6 +353,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         draining: draining.clone(),
         writers,
         forwarder: forwarder.clone(),
+        held: held.clone(),
     });
 
     let proxy_listener = tokio::net::TcpListener::bind(config.server.listen).await?;

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::forward::{Credential, Forwarder, Permit, UpstreamFailure};
 use crate::store::{AgentRow, MintedStatus, MintedTokenRow, Store, StoreError};
+use crate::vault::screen::Needles;
 
 /// How often a token deletion is tried before it is reported failed, and the pause after each failure.
 const DELETE_ATTEMPTS: [Duration; 3] = [
@@ -79,6 +80,7 @@ pub enum ContainError {
 pub async fn contain(
     store: &Store,
     forwarder: &Forwarder,
+    held: &Needles,
     name: &str,
     reason: &str,
     actor: &str,
@@ -169,7 +171,7 @@ pub async fn contain(
 
     let mut results = Vec::with_capacity(live.len());
     for token in &live {
-        let result = delete_at_provider(forwarder, action_id, token).await;
+        let result = delete_at_provider(forwarder, held, action_id, token).await;
         if matches!(result.result, "deleted" | "already_gone") {
             store
                 .delete_minted_token(&token.provider, &token.token_id, action_id, Utc::now())
@@ -240,6 +242,7 @@ fn delete_path(token: &MintedTokenRow) -> Option<String> {
 /// `action_id`: up to three tries; 404 is "already gone"; a 2xx must say it succeeded.
 pub(crate) async fn delete_at_provider(
     forwarder: &Forwarder,
+    held: &Needles,
     action_id: Uuid,
     token: &MintedTokenRow,
 ) -> TokenResult {
@@ -287,7 +290,7 @@ pub(crate) async fn delete_at_provider(
                     }
                     result.error = Some(format!(
                         "the provider answered {status} without \"success\": true: {}",
-                        body.map(|b| summary(forwarder, &b))
+                        body.map(|b| summary(held, &b))
                             .unwrap_or_else(|| "(its answer could not be read)".to_string())
                     ));
                     tokio::time::sleep(pause).await;
@@ -298,7 +301,7 @@ pub(crate) async fn delete_at_provider(
                     result.error = None;
                     return result;
                 }
-                let body = read_short(forwarder, response.into_body()).await;
+                let body = read_short(held, response.into_body()).await;
                 result.error = Some(format!("the provider answered {status}: {body}"));
                 // A refusal that will not change by asking again (no permission, a bad request) is final.
                 if status.is_client_error() && status != http::StatusCode::TOO_MANY_REQUESTS {
@@ -337,18 +340,24 @@ async fn read_body(body: axum::body::Body) -> Option<Bytes> {
 }
 
 /// The start of a provider's error answer, for the report (escaped: a person reads it).
-async fn read_short(forwarder: &Forwarder, body: axum::body::Body) -> String {
+async fn read_short(held: &Needles, body: axum::body::Body) -> String {
     match read_body(body).await {
-        Some(bytes) => summary(forwarder, &bytes),
+        Some(bytes) => summary(held, &bytes),
         None => "(its answer could not be read)".to_string(),
     }
 }
 
-/// The provider's error message, cut short; withheld whole when it quotes tollgate's own credential (a
-/// provider echoing the request), since the report is printed, stored and shown in the console.
-fn summary(forwarder: &Forwarder, bytes: &[u8]) -> String {
-    if forwarder.quotes_own_credential(bytes) {
-        return "(the provider's message quotes tollgate's credential; withheld)".to_string();
+/// The provider's error message, cut short; withheld whole when it quotes a secret tollgate holds
+/// (`held`: its own credentials and every vaulted token's secret, in any spelling the answer screen reads)
+/// or holds anything shaped like a credential, since the report is printed, stored, logged and shown in
+/// the console.
+fn summary(held: &Needles, bytes: &[u8]) -> String {
+    if held.found_in(bytes) {
+        return "(the provider's message quotes a secret tollgate holds; withheld)".to_string();
+    }
+    if crate::vault::credential_like(&String::from_utf8_lossy(bytes), 20) {
+        return "(the provider's message holds something shaped like a credential; withheld)"
+            .to_string();
     }
     let text = match serde_json::from_slice::<Value>(bytes) {
         Ok(v) => v["errors"][0]["message"]

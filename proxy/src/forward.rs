@@ -26,13 +26,10 @@ use hyper_util::rt::TokioExecutor;
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
-use std::sync::Arc;
-
 use crate::approvals::ConsumedApproval;
 use crate::audit::Recorded;
 use crate::config::{Config, CredentialScheme};
 use crate::policy::{Decision, Outcome};
-use crate::vault::screen::Needles;
 
 /// Idle pooled connections are kept this long; providers close theirs after about a minute.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
@@ -109,8 +106,6 @@ struct Upstream {
 pub struct Forwarder {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     upstreams: BTreeMap<String, Upstream>,
-    /// Every spelling of every provider credential, for screening answers.
-    own: Arc<Needles>,
     timeout: Duration,
 }
 
@@ -210,24 +205,11 @@ impl Forwarder {
                 },
             );
         }
-        let own = Arc::new(Needles::new(
-            upstreams
-                .values()
-                .flat_map(|u| &u.spellings)
-                .map(|s| s.expose_secret().as_bytes()),
-        ));
         Ok(Forwarder {
             client,
             upstreams,
-            own,
             timeout: config.server.upstream_timeout,
         })
-    }
-
-    /// Whether `text` (a provider's message) quotes a credential tollgate forwards with, or 12 characters of
-    /// one, in any spelling [`crate::vault::screen`] reads.
-    pub fn quotes_own_credential(&self, text: &[u8]) -> bool {
-        self.own.found_in(text)
     }
 
     /// Tollgate's own credentials, in every spelling they are sent in (for [`crate::vault::held`], which

@@ -1597,6 +1597,17 @@ impl Gate {
         head.headers.remove(http::header::CONTENT_LENGTH);
         let pass = |bytes: Bytes| Response::from_parts(head.clone(), Body::from(bytes));
         let parsed = MintedResponse::parse(event, &bytes);
+        // Every answer from now on is screened for the secret in this one (an answer streaming to another
+        // agent meanwhile included): on this replica before anything else is done with it, on the others
+        // once it is recorded, within their refresh.
+        if custody == Custody::Vault
+            && let Some(secret) = parsed.as_ref().and_then(|p| p.secret())
+            && crate::vault::plausible_secret(secrecy::ExposeSecret::expose_secret(secret))
+        {
+            self.held
+                .hold(secrecy::ExposeSecret::expose_secret(secret).as_bytes())
+                .await;
+        }
         // The token the route names, spelled as tollgate recorded it when it did (the provider takes other
         // cases and hyphens for the same token).
         let path_token = match intake.action.params.get("token_id") {
@@ -1828,13 +1839,6 @@ impl Gate {
                     }
                 }
                 count(custody);
-                if let (Custody::Vault, Some(secret)) = (custody, parsed.secret()) {
-                    // Every answer from now on is screened for this secret too: on this replica before this
-                    // answer leaves, on the others within their refresh.
-                    self.held
-                        .hold(secrecy::ExposeSecret::expose_secret(secret).as_bytes())
-                        .await;
-                }
                 // The minter was revoked (contained) while this token was being minted: the token must not
                 // outlive it, so tollgate deletes it at once and the answer is withheld.
                 if self.minter_revoked(parent_id).await {
@@ -1945,7 +1949,13 @@ impl Gate {
                 return;
             }
         };
-        let result = crate::containment::delete_at_provider(&self.forwarder, action_id, &row).await;
+        let result = crate::containment::delete_at_provider(
+            &self.forwarder,
+            &self.held.needles_with(&[]),
+            action_id,
+            &row,
+        )
+        .await;
         if matches!(result.result, "deleted" | "already_gone") {
             if let Err(e) = self
                 .store

@@ -535,6 +535,63 @@ fn compacted(text: &str) -> String {
     text.chars().filter(char::is_ascii_alphanumeric).collect()
 }
 
+/// How many characters of a refusal's messages may sit in words that prose does not write (see
+/// [`odd_characters`]). Ordinary messages (`Invalid request body`, `policies[0].effect is required`,
+/// `Token name must be unique`) have none or few; a secret with its digits written as punctuation
+/// (`Ab!dEf^h…`), or split into pieces at each capital (`Ab d Ef h Ij…`), is mostly such words.
+const MOST_ODD: usize = 12;
+
+/// How many characters of `message` sit in odd words: a letter with a digit or a symbol inside one word
+/// (`x7Q`, `Ab!d`), a capital after a small letter (`aBcD`), or a lone letter other than `a` and `I`. A
+/// word's leading and trailing punctuation is not part of it.
+fn odd_characters(message: &str) -> usize {
+    let edge = |c: char| {
+        matches!(
+            c,
+            '.' | ',' | ':' | ';' | '(' | ')' | '"' | '\'' | '[' | ']'
+        )
+    };
+    let inner = |c: char| {
+        c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | '\'' | '[' | ']')
+    };
+    message
+        .split_whitespace()
+        .map(|w| w.trim_matches(edge))
+        .filter(|w| {
+            let letters = w.chars().any(|c| c.is_ascii_alphabetic());
+            let symbol_inside = letters && !w.chars().all(inner);
+            // An index in brackets (`policies[0]`) is not a digit inside a word.
+            let unindexed: String = w
+                .split('[')
+                .map(|p| p.split_once(']').map_or(p, |(_, rest)| rest))
+                .collect();
+            let letter_and_digit = letters && unindexed.chars().any(|c| c.is_ascii_digit());
+            let camel = w
+                .as_bytes()
+                .windows(2)
+                .any(|p| p[0].is_ascii_lowercase() && p[1].is_ascii_uppercase());
+            let lone_letter = w.len() == 1 && letters && !matches!(*w, "a" | "A" | "I");
+            symbol_inside || letter_and_digit || camel || lone_letter
+        })
+        .map(str::len)
+        .sum()
+}
+
+/// The letters and digits of `message`'s short words (four letters and digits or fewer), run together: a
+/// secret cut into short pieces with spaces between (`Xq 7 Lm 2 Pz…`, each piece plain) is one run again,
+/// while prose's short words (`to`, `the`, `120`) run to nothing shaped like a credential.
+fn short_words(message: &str) -> String {
+    message
+        .split_whitespace()
+        .map(|w| {
+            w.chars()
+                .filter(char::is_ascii_alphanumeric)
+                .collect::<String>()
+        })
+        .filter(|w| w.len() <= 4)
+        .collect()
+}
+
 /// The most errors, and the largest error code, a rebuilt refusal carries.
 const MOST_ERRORS: usize = 4;
 const LARGEST_CODE: u64 = 999_999;
@@ -552,13 +609,12 @@ pub fn refusal_for_agent(body: &[u8]) -> (Vec<u8>, usize) {
     let mut withheld = 0;
     let mut plain = |m: Option<&str>| -> Option<String> {
         let m = m?;
-        // Its letters and digits alone, too: a secret in short pieces with spaces between is one run.
-        let letters: String = m.chars().filter(char::is_ascii_alphanumeric).collect();
         let ok = m.len() <= 1000
             && m.bytes().all(|b| (0x20..0x7f).contains(&b))
             && !m.contains(['\\', '%', '&'])
             && !credential_like(m, 12)
-            && !credential_like(&letters, SHORTEST_SECRET);
+            && !credential_like(&short_words(m), SHORTEST_SECRET)
+            && odd_characters(m) <= MOST_ODD;
         if ok {
             Some(m.to_string())
         } else {
@@ -595,9 +651,15 @@ pub fn refusal_for_agent(body: &[u8]) -> (Vec<u8>, usize) {
         .iter()
         .filter_map(|e| e.get("message").and_then(Value::as_str))
         .filter(|m| *m != WITHHELD)
-        .flat_map(|m| m.chars().filter(char::is_ascii_alphanumeric))
+        .map(short_words)
         .collect();
-    if credential_like(&kept, SHORTEST_SECRET) {
+    let odd: usize = errors
+        .iter()
+        .filter_map(|e| e.get("message").and_then(Value::as_str))
+        .filter(|m| *m != WITHHELD)
+        .map(odd_characters)
+        .sum();
+    if credential_like(&kept, SHORTEST_SECRET) || odd > MOST_ODD {
         for e in &mut errors {
             if let Some(message) = e.get_mut("message")
                 && message.as_str() != Some(WITHHELD)

@@ -34,10 +34,30 @@ pub(super) async fn contain(
             let config = load_config(cli)?;
             let store = connect(&config).await?;
             let forwarder = crate::forward::Forwarder::new(&config).map_err(anyhow::Error::msg)?;
-            let report =
-                crate::containment::contain(&store, &forwarder, agent, reason, &operator(), "cli")
-                    .await
-                    .with_context(|| format!("containing agent '{agent}'"))?;
+            // The provider's messages in the report are screened for every secret tollgate holds, as
+            // the running proxy screens its answers.
+            let vault = crate::vault::Vault::from_config(&config.vault)
+                .map_err(|errors| anyhow::anyhow!(errors.join("; ")))?;
+            let held = crate::vault::held::HeldSecrets::new(
+                store.clone(),
+                std::sync::Arc::new(vault),
+                forwarder.own_secrets(),
+                std::sync::Arc::new(crate::metrics::Metrics::new()),
+            );
+            held.refresh(true)
+                .await
+                .context("reading the vaulted secrets to screen the report with")?;
+            let report = crate::containment::contain(
+                &store,
+                &forwarder,
+                &held.needles_with(&[]),
+                agent,
+                reason,
+                &operator(),
+                "cli",
+            )
+            .await
+            .with_context(|| format!("containing agent '{agent}'"))?;
             serde_json::to_value(report)?
         }
     };

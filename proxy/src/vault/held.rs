@@ -11,7 +11,11 @@
 //! screened for before its answer leaves ([`HeldSecrets::hold`]); one minted on another, within the
 //! identity refresh (a second by default). Until then the answers to its handle's own requests are screened
 //! for it still ([`HeldSecrets::needles_with`]).
-//! Must not: log a secret or keep one outside the needles (the opened secrets are dropped once prepared).
+//! A secret held here is screened for from the moment its answer is read, before it is sealed and
+//! recorded; until the store has it (a reading may run between), it is kept aside, for at most
+//! [`PENDING_FOR`].
+//! Must not: log a secret or keep one outside the needles (the opened secrets are dropped once prepared;
+//! a pending one is kept zeroized-on-drop until the store has it).
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -28,6 +32,10 @@ use crate::store::{Store, StoreError};
 /// The longest the secrets are kept without reading them again, agents table unchanged or not (a row
 /// written by hand, a token rolled while its handle stayed).
 pub const FULL_RELOAD: Duration = Duration::from_secs(30);
+
+/// The longest a secret held by this replica is kept aside waiting for the store to have it (a token
+/// whose recording failed is withheld, and its secret need not be screened for long after).
+pub const PENDING_FOR: Duration = Duration::from_secs(120);
 
 /// A secret's SHA-256: how the set tells whether it already holds a secret, without keeping it.
 type Fingerprint = [u8; 32];
@@ -56,6 +64,8 @@ pub struct HeldSecrets {
     generation: std::sync::atomic::AtomicU64,
     /// The agents table's version and when the secrets were last read.
     read: tokio::sync::Mutex<(i64, Option<Instant>)>,
+    /// Secrets held by [`HeldSecrets::hold`] that the store may not have yet, with when.
+    pending: std::sync::Mutex<Vec<(secrecy::SecretSlice<u8>, Fingerprint, Instant)>>,
     wake: tokio::sync::Notify,
 }
 
@@ -79,6 +89,7 @@ impl HeldSecrets {
             current: RwLock::new(Arc::new(prepared)),
             generation: Default::default(),
             read: tokio::sync::Mutex::new((i64::MIN, None)),
+            pending: Default::default(),
             wake: tokio::sync::Notify::new(),
         }
     }
@@ -121,13 +132,19 @@ impl HeldSecrets {
         self.len() == 0
     }
 
-    /// Holds one more secret from now on (a token minted or rolled on this replica, before its answer
-    /// leaves), and reads the rest again soon. Waits for a reading in progress, so that one begun before
-    /// the token was recorded cannot put back a set without it.
+    /// Holds one more secret from now on (a token minted or rolled on this replica, as soon as its answer
+    /// is read), and reads the rest again soon. Waits for a reading in progress, and keeps the secret aside
+    /// until the store has it, so that no reading can put back a set without it.
     pub async fn hold(&self, secret: &[u8]) {
         let _reading = self.read.lock().await;
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         let print = fingerprint(secret);
+        if !secret.is_empty() {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if !pending.iter().any(|(_, p, _)| *p == print) {
+                pending.push((secret.to_vec().into(), print, Instant::now()));
+            }
+        }
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         if !secret.is_empty() && !current.held.contains(&print) {
             let mut held = current.held.clone();
             held.insert(print);
@@ -175,6 +192,14 @@ impl HeldSecrets {
             .screened_secrets
             .with_label_values(&["unopened"])
             .set(unopened as i64);
+        // Secrets held here that the store does not have yet (or no longer, when recording failed: kept
+        // for a while all the same).
+        {
+            let stored: HashSet<Fingerprint> = secrets.iter().map(|s| fingerprint(s)).collect();
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.retain(|(_, print, at)| !stored.contains(print) && at.elapsed() < PENDING_FOR);
+            secrets.extend(pending.iter().map(|(s, _, _)| s.expose_secret().to_vec()));
+        }
         let wanted: HashSet<Fingerprint> = self
             .own
             .iter()
@@ -257,5 +282,53 @@ impl NeedleSource for AnswerNeedles {
 
     fn needles(&self) -> Arc<Needles> {
         self.held.needles_with(&self.extra)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::VaultConfig;
+
+    /// A secret held before its token is recorded survives every reading until the store has it, and
+    /// one the store never gets is let go after [`PENDING_FOR`] (attack round 14: the window between an
+    /// answer being read and its token being recorded).
+    #[tokio::test]
+    async fn a_secret_held_before_it_is_recorded_survives_readings() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = SecretString::from(format!("sqlite:{}", dir.path().join("t.db").display()));
+        let store = Store::connect(&url, 1).await.unwrap();
+        store.migrate().await.unwrap();
+        let vault = Vault::from_config(&VaultConfig {
+            enabled: false,
+            keys: vec![],
+            pass_through_labels: vec![],
+        })
+        .unwrap();
+        let held = HeldSecrets::new(
+            store,
+            Arc::new(vault),
+            vec![SecretString::from("own-credential-Xq7Lm2Pz9Rt4")],
+            Arc::new(Metrics::new()),
+        );
+        let minted = b"Mn2pQr5tUv8xYz1bCd4fGh7jKl0nAb3dEf6hIj9l";
+        let answer = |text: &[u8]| held.needles_with(&[]).found_in(text);
+        assert!(!answer(minted));
+        held.hold(minted).await;
+        assert!(answer(minted));
+        assert_eq!(held.len(), 2);
+        // Readings forced while the store does not have it yet keep it.
+        held.refresh(true).await.unwrap();
+        held.refresh(true).await.unwrap();
+        assert!(
+            answer(minted),
+            "a reading dropped a secret not yet recorded"
+        );
+        assert!(answer(b"own-credential-Xq7Lm2Pz9Rt4"));
+        // Past PENDING_FOR without the store having it, it is let go.
+        held.pending.lock().unwrap()[0].2 = Instant::now() - PENDING_FOR;
+        held.refresh(true).await.unwrap();
+        assert!(!answer(minted));
+        assert!(held.pending.lock().unwrap().is_empty());
     }
 }

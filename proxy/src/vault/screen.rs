@@ -504,15 +504,73 @@ fn invisible(code: u32) -> bool {
 fn decoded(code: u32, width: usize, skeleton: bool) -> Option<Unit> {
     match code {
         c if invisible(c) => Some(Unit::Skip(width)),
-        c if lookalike(c).is_some() => lookalike(c).map(|a| Unit::Char(a, width)),
         0x20..=0x7e if !skeleton || (code as u8).is_ascii_alphanumeric() => {
             Some(Unit::Char(code as u8, width))
         }
+        c if c >= 0x80 && base_letter(c).is_some() => base_letter(c).map(|a| Unit::Char(a, width)),
         0x01..=0x10ffff if skeleton && !(0xd800..=0xdfff).contains(&code) => {
             Some(Unit::Skip(width))
         }
         _ => None,
     }
+}
+
+/// The ASCII letter or digit a character above ASCII is drawn as, if any: its look-alike (below), else
+/// what Unicode's compatibility decomposition leaves of it once accents, marks and brackets are dropped
+/// (`ñ`, `Ź`, the Kelvin sign, `⒜`, squared and modifier letters), else the letter a small capital or a
+/// barred or stroked letter is drawn from. A character that decomposes to more than one letter or digit
+/// (`㎏`, `ǆ`) is none: the screen reads one character as one.
+fn base_letter(code: u32) -> Option<u8> {
+    if let Some(a) = lookalike(code) {
+        return Some(a);
+    }
+    let c = char::from_u32(code)?;
+    let mut base = None;
+    let mut letters = 0;
+    unicode_normalization::char::decompose_compatible(c, |d| {
+        if d.is_ascii_alphanumeric() {
+            base = Some(d as u8);
+            letters += 1;
+        }
+    });
+    match (base, letters) {
+        (Some(a), 1) => Some(a),
+        (_, 0) => drawn_from(code),
+        _ => None,
+    }
+}
+
+/// The Latin letter that small capitals and letters with a bar or stroke through them (which Unicode does
+/// not decompose) are drawn from.
+fn drawn_from(code: u32) -> Option<u8> {
+    Some(match code {
+        0x1d00 => b'a',
+        0x0299 | 0x1d03 | 0x0180 | 0x0243 => b'b',
+        0x1d04 => b'c',
+        0x1d05 | 0x0110 | 0x0111 | 0x00d0 | 0x0189 => b'd',
+        0x1d07 => b'e',
+        0xa730 => b'f',
+        0x0262 | 0x01e4 | 0x01e5 => b'g',
+        0x029c | 0x0126 | 0x0127 => b'h',
+        0x026a | 0x0268 | 0x0197 => b'i',
+        0x1d0a => b'j',
+        0x1d0b => b'k',
+        0x029f | 0x1d0c | 0x0141 | 0x0142 | 0x019a => b'l',
+        0x1d0d => b'm',
+        0x0274 => b'n',
+        0x1d0f | 0x00d8 | 0x00f8 | 0x019f => b'o',
+        0x1d18 => b'p',
+        0xa7af => b'q',
+        0x0280 => b'r',
+        0xa731 => b's',
+        0x1d1b | 0x0166 | 0x0167 => b't',
+        0x1d1c | 0x0244 => b'u',
+        0x1d20 => b'v',
+        0x1d21 => b'w',
+        0x028f | 0x024e | 0x024f => b'y',
+        0x1d22 | 0x01b5 | 0x01b6 => b'z',
+        _ => return None,
+    })
 }
 
 /// The ASCII letter or digit a character is drawn as, for the characters that are that letter or digit in
@@ -730,7 +788,7 @@ fn unit(text: &[u8], at_end: bool, skeleton: bool) -> Unit {
         0 => Unit::Skip(1),
         0x80..=0xff => match utf8_char(|k| text.get(k).copied()) {
             Ok((code, n)) => decoded(code, n, skeleton)
-                .filter(|u| matches!(u, Unit::Skip(_)) || lookalike(code).is_some())
+                .filter(|u| matches!(u, Unit::Skip(_)) || base_letter(code).is_some())
                 .unwrap_or(literal),
             Err(true) if !at_end => Unit::NeedMore,
             Err(_) => literal,
@@ -1609,6 +1667,42 @@ mod tests {
             format!("{{\"content\":\"{twins}\"}}").into_bytes(),
             "Cyrillic and Greek twins",
         ));
+        // Accented, small-capital, stroked, squared and bracketed letters (attack round 14), raw and as
+        // JSON escapes.
+        let accented: String = LONG
+            .chars()
+            .map(|c| match c {
+                'n' => 'ñ',
+                'Z' | 'z' => 'Ź',
+                'K' | 'k' => '\u{212a}',
+                'a' | 'A' => 'ᴀ',
+                'o' | 'O' => 'ø',
+                'l' | 'L' => 'ł',
+                'd' | 'D' => 'đ',
+                'e' => 'é',
+                'E' => 'Ë',
+                'u' => 'ü',
+                'q' | 'Q' => '\u{1f140}',
+                'r' | 'R' => '\u{24ad}',
+                'c' => 'ç',
+                'i' => 'ï',
+                'y' => 'ý',
+                's' => 'ş',
+                other => other,
+            })
+            .collect();
+        bodies.push((
+            format!("{{\"content\":\"{accented}\"}}").into_bytes(),
+            "accented and small-capital letters",
+        ));
+        let escaped: String = accented
+            .encode_utf16()
+            .map(|u| format!("\\u{u:04x}"))
+            .collect();
+        bodies.push((escaped.into_bytes(), "accented letters as JSON escapes"));
+        // A base letter followed by combining marks.
+        let marked: String = LONG.chars().flat_map(|c| [c, '\u{301}']).collect();
+        bodies.push((marked.into_bytes(), "combining accents"));
         for (body, what) in bodies {
             for at in [0, 7, body.len() / 2, body.len()] {
                 assert!(

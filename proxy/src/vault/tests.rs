@@ -401,12 +401,57 @@ fn refusal_messages_are_judged_together() {
         );
     }
     // Ordinary messages still pass together.
-    let body = json!({"success": false, "errors": [
-        {"code": 1001, "message": "Invalid request body"},
-        {"code": 1002, "message": "Token name must be unique"},
-    ]});
+    let ordinary = [
+        "Invalid request body",
+        "Token name must be unique",
+        "policies[0].effect is required",
+        "Unable to authenticate request: check the X-Auth-Key header",
+    ];
+    let body = json!({"success": false, "errors": ordinary.iter().enumerate()
+        .map(|(i, m)| json!({"code": 1001 + i, "message": m})).collect::<Vec<_>>()});
     let (rebuilt, withheld) = refusal_for_agent(body.to_string().as_bytes());
     let rebuilt: Value = serde_json::from_slice(&rebuilt).unwrap();
-    assert_eq!(withheld, 0);
-    assert_eq!(rebuilt["errors"][1]["message"], "Token name must be unique");
+    assert_eq!(withheld, 0, "{rebuilt}");
+    for (i, m) in ordinary.iter().enumerate() {
+        assert_eq!(rebuilt["errors"][i]["message"], *m);
+    }
+    // A secret with its digits written as punctuation, or split at each capital, or spread over several
+    // messages so (attack round 14).
+    let punctuated: String = REAL_SHAPED
+        .chars()
+        .map(|c| match c {
+            '0'..='9' => b"!@#$%^&*()"[c as usize - '0' as usize] as char,
+            c => c,
+        })
+        .collect();
+    // Split into pieces at each change between letters and digits, its digits as punctuation.
+    let mut split = String::new();
+    for (i, c) in punctuated.chars().enumerate() {
+        let letter = c.is_ascii_alphabetic();
+        if i > 0 && letter != punctuated.as_bytes()[i - 1].is_ascii_alphabetic() {
+            split.push(' ');
+        }
+        split.push(c);
+    }
+    let halves = (
+        punctuated[..punctuated.len() / 2].to_string(),
+        punctuated[punctuated.len() / 2..].to_string(),
+    );
+    let pieces = "Xq 7 Lm 2 Pz 9 Rt 4 Vw 8 Kb 3 Nd 6 Hf 1 Jc 5 Gs 0 Ya 7 Ue 2 Io 9 T".to_string();
+    for messages in [
+        vec![format!("Bad token {punctuated}")],
+        vec![format!("Bad token {pieces}")],
+        vec![format!("rejected: {split}")],
+        vec![format!("one {}", halves.0), format!("two {}", halves.1)],
+    ] {
+        let body = json!({"success": false, "errors": messages.iter()
+            .map(|m| json!({"code": 1000, "message": m})).collect::<Vec<_>>()});
+        let (rebuilt, withheld) = refusal_for_agent(body.to_string().as_bytes());
+        assert_eq!(withheld, messages.len(), "{messages:?}");
+        let rebuilt = String::from_utf8(rebuilt).unwrap();
+        assert!(
+            !rebuilt.contains(&punctuated[..8]) && !rebuilt.contains(&split[..8]),
+            "{rebuilt}"
+        );
+    }
 }
