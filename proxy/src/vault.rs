@@ -571,7 +571,12 @@ fn odd_characters(message: &str) -> usize {
                 .windows(2)
                 .any(|p| p[0].is_ascii_lowercase() && p[1].is_ascii_uppercase());
             let lone_letter = w.len() == 1 && letters && !matches!(*w, "a" | "A" | "I");
-            symbol_inside || letter_and_digit || camel || lone_letter
+            // An id in lower-case hex, or a UUID (`c8fed203…`, a permission group's), is not a secret's
+            // piece: Cloudflare's secrets mix cases.
+            let id = w
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'-');
+            !id && (symbol_inside || letter_and_digit || camel || lone_letter)
         })
         .map(str::len)
         .sum()

@@ -405,15 +405,19 @@ fn refusal_messages_are_judged_together() {
         "Invalid request body",
         "Token name must be unique",
         "policies[0].effect is required",
+        "permission group c8fed203ed3043cba015a93ad1616f1f not found",
         "Unable to authenticate request: check the X-Auth-Key header",
     ];
-    let body = json!({"success": false, "errors": ordinary.iter().enumerate()
-        .map(|(i, m)| json!({"code": 1001 + i, "message": m})).collect::<Vec<_>>()});
-    let (rebuilt, withheld) = refusal_for_agent(body.to_string().as_bytes());
-    let rebuilt: Value = serde_json::from_slice(&rebuilt).unwrap();
-    assert_eq!(withheld, 0, "{rebuilt}");
-    for (i, m) in ordinary.iter().enumerate() {
-        assert_eq!(rebuilt["errors"][i]["message"], *m);
+    // (At most four errors are passed on: three to a refusal here.)
+    for group in ordinary.chunks(3) {
+        let body = json!({"success": false, "errors": group.iter().enumerate()
+            .map(|(i, m)| json!({"code": 1001 + i, "message": m})).collect::<Vec<_>>()});
+        let (rebuilt, withheld) = refusal_for_agent(body.to_string().as_bytes());
+        let rebuilt: Value = serde_json::from_slice(&rebuilt).unwrap();
+        assert_eq!(withheld, 0, "{rebuilt}");
+        for (i, m) in group.iter().enumerate() {
+            assert_eq!(rebuilt["errors"][i]["message"], *m);
+        }
     }
     // A secret with its digits written as punctuation, or split at each capital, or spread over several
     // messages so (attack round 14).
