@@ -115,6 +115,9 @@ pub struct RawVault {
     /// Agents with any of these labels (`key=value`) get the real secret (e.g. a CI system whose token must
     /// leave); the choice is recorded on the minted token's row.
     pub pass_through_labels: Option<Vec<String>>,
+    /// How many answers to one agent may carry a secret tollgate holds within an hour before its requests
+    /// are refused (default 3, at least 1).
+    pub screen_trips: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -268,6 +271,8 @@ pub struct VaultConfig {
     /// The first seals; all open.
     pub keys: Vec<VaultKeyConfig>,
     pub pass_through_labels: Vec<(String, String)>,
+    /// See `RawVault::screen_trips`.
+    pub screen_trips: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -994,7 +999,14 @@ fn check_vault(
             )),
         }
     }
+    let screen_trips = raw
+        .screen_trips
+        .unwrap_or(crate::vault::held::TRIPS_ALLOWED);
+    if screen_trips == 0 {
+        errors.push("vault.screen_trips: at least 1".to_string());
+    }
     VaultConfig {
+        screen_trips,
         enabled: raw.enabled.unwrap_or(true),
         keys: keys
             .into_iter()

@@ -367,8 +367,20 @@ fn summary(held: &Needles, bytes: &[u8]) -> String {
             .unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned()),
         Err(_) => String::from_utf8_lossy(bytes).into_owned(),
     };
-    let mut short: String = text.chars().take(PROVIDER_MESSAGE_LIMIT).collect();
-    if short.len() < text.len() {
+    // Printable ASCII only: whatever else a provider writes (tag characters, look-alikes from scripts
+    // the screen does not know) could spell what the checks above did not read.
+    let mut short: String = text
+        .chars()
+        .take(PROVIDER_MESSAGE_LIMIT)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if text.chars().count() > PROVIDER_MESSAGE_LIMIT {
         short.push('…');
     }
     crate::display::reveal(&short, false).into_owned()

@@ -48,6 +48,8 @@ pub struct Metrics {
     /// Secrets every answer is screened for (tollgate's own credentials, vaulted tokens'), and vaulted
     /// secrets that did not open (a key missing from the configuration: answers cannot be screened for them).
     pub screened_secrets: IntGaugeVec,
+    /// Answers cut off or withheld for carrying a secret tollgate holds.
+    pub screen_trips_total: IntCounter,
     pub containments_total: IntCounterVec,
     pub audit_queue_depth: IntGauge,
     pub audit_batch_size: Histogram,
@@ -175,6 +177,10 @@ impl Metrics {
                 "Secrets every answer is screened for on this replica (state=held: tollgate's own credentials and every vaulted token's; state=unopened: vaulted secrets the configured keys do not open, which answers cannot be screened for)",
             ),
             &["state"],
+        )?;
+        let screen_trips_total = IntCounter::new(
+            "screen_trips_total",
+            "Answers cut off or withheld on this replica because they carried a secret tollgate holds (its own credentials, a vaulted token's); an agent tripping it repeatedly is refused for an hour",
         )?;
         let containments_total = IntCounterVec::new(
             Opts::new(
@@ -310,6 +316,7 @@ impl Metrics {
         for state in ["held", "unopened"] {
             screened_secrets.with_label_values(&[state]).set(0);
         }
+        registry.register(Box::new(screen_trips_total.clone()))?;
         registry.register(Box::new(containments_total.clone()))?;
         for result in ["complete", "incomplete"] {
             containments_total.with_label_values(&[result]);
@@ -360,6 +367,7 @@ impl Metrics {
             vault_handles_used_total,
             minted_tokens_live,
             screened_secrets,
+            screen_trips_total,
             containments_total,
             audit_queue_depth,
             audit_batch_size,

@@ -669,6 +669,19 @@ impl Gate {
         parts: &http::request::Parts,
         intake: &Intake<'_>,
     ) -> Result<Ruling, Refusal> {
+        // Answers to this agent kept carrying a secret tollgate holds: each was an answer to "does what I
+        // wrote hold a piece of a secret?", so it asks no more for a while, whatever the policy says.
+        if self.held.tripped_out(intake.agent.principal_id()) {
+            return Err(Refusal::new(
+                RefusalCode::PolicyDenied,
+                format!(
+                    "tollgate: answers to this agent carried a secret tollgate holds {} times within the hour; its \
+                     requests are refused for the rest of that hour. tollgate's log names each of those answers' decisions",
+                    self.vault.screen_trips
+                ),
+            )
+            .with_rule("tollgate.screen_tripped"));
+        }
         let now = Utc::now();
         let agent_window = ledger::window(
             ledger::AGENT_PROVIDER_MONTH,
@@ -1409,10 +1422,12 @@ impl Gate {
                 .into_iter()
                 .flatten()
                 .collect();
-                let source = self.held.for_answer(went_with);
+                let principal = intake.agent.principal_id();
+                let source = self.held.for_answer(principal, went_with);
                 let needles = source.needles();
                 if !needles.is_empty() {
                     let withheld = if needles.headers_carry(response.headers()) {
+                        self.held.tripped(principal);
                         tracing::error!(decision_id = %draft.id, "an answer carries the credential it went out with in a header; withheld");
                         Some(
                             "tollgate: the provider's answer carries the credential the request went out with, so it is withheld",
@@ -1544,7 +1559,7 @@ impl Gate {
         if let Some(after) = head
             .headers
             .get(http::header::RETRY_AFTER)
-            .filter(|v| (1..=5).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_digit))
+            .filter(|v| (1..=3).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_digit))
         {
             response
                 .headers_mut()
@@ -1705,6 +1720,7 @@ impl Gate {
                 .flatten()
                 .any(|text| held.found_in(text.as_bytes()))
                 {
+                    self.held.tripped(intake.agent.principal_id());
                     tracing::error!(decision_id = %draft.id, action = %intake.action.name, "a token answer's id or name carries a secret tollgate holds; withheld, not recorded");
                     return withheld(
                         "the provider's answer names the token by a secret tollgate holds, so it is withheld and not recorded",

@@ -105,6 +105,8 @@ pub struct Vault {
     /// The first seals; all open.
     keys: Vec<VaultKey>,
     pass_through_labels: Vec<(String, String)>,
+    /// `[vault] screen_trips`: see [`held::TRIPS_ALLOWED`].
+    pub screen_trips: usize,
     random: SystemRandom,
 }
 
@@ -157,6 +159,7 @@ impl Vault {
             enabled: config.enabled,
             keys,
             pass_through_labels: config.pass_through_labels.clone(),
+            screen_trips: config.screen_trips,
             random: SystemRandom::new(),
         })
     }
@@ -175,6 +178,7 @@ impl Vault {
                 })
                 .collect(),
             pass_through_labels: Vec::new(),
+            screen_trips: held::TRIPS_ALLOWED,
             random: SystemRandom::new(),
         }
     }
@@ -479,11 +483,17 @@ pub fn plausible_secret(value: &str) -> bool {
 }
 
 /// Whether `text` holds something shaped like a credential: a run of at least `min_run` characters of
-/// `A-Z a-z 0-9 _ -` with an upper-case letter, a lower-case letter and a digit in it, once any character
-/// outside ASCII is taken out (an invisible one between its characters hides nothing). Ids (hex, UUIDs),
-/// words and times are not shaped so; random base62 secrets nearly always are.
+/// `A-Z a-z 0-9 _ -` with an upper-case letter, a lower-case letter and a digit in it, once every character
+/// outside ASCII is read as the ASCII one it spells or is drawn as, or else taken out (tag characters,
+/// look-alikes and invisible ones between its characters hide nothing: [`screen::ascii_reading`]). Ids
+/// (hex, UUIDs), words and times are not shaped so; random base62 secrets nearly always are.
 pub fn credential_like(text: &str, min_run: usize) -> bool {
-    let ascii: Vec<u8> = text.bytes().filter(u8::is_ascii).collect();
+    let ascii = if text.is_ascii() {
+        std::borrow::Cow::Borrowed(text)
+    } else {
+        std::borrow::Cow::Owned(screen::ascii_reading(text))
+    };
+    let ascii = ascii.as_bytes();
     ascii
         .split(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-'))
         .any(|run| {
@@ -539,7 +549,7 @@ fn compacted(text: &str) -> String {
 /// [`odd_characters`]). Ordinary messages (`Invalid request body`, `policies[0].effect is required`,
 /// `Token name must be unique`) have none or few; a secret with its digits written as punctuation
 /// (`Ab!dEf^h…`), or split into pieces at each capital (`Ab d Ef h Ij…`), is mostly such words.
-const MOST_ODD: usize = 12;
+const MOST_ODD: usize = 8;
 
 /// How many characters of `message` sit in odd words: a letter with a digit or a symbol inside one word
 /// (`x7Q`, `Ab!d`), a capital after a small letter (`aBcD`), or a lone letter other than `a` and `I`. A
@@ -599,7 +609,7 @@ fn short_words(message: &str) -> String {
 
 /// The most errors, and the largest error code, a rebuilt refusal carries.
 const MOST_ERRORS: usize = 4;
-const LARGEST_CODE: u64 = 999_999;
+const LARGEST_CODE: u64 = 99_999;
 
 /// A provider's refusal of a token create or roll, rebuilt for the agent in vault mode: Cloudflare's
 /// envelope with `success: false`, each error's `code` and its `message` when it is plain (printable ASCII

@@ -1607,7 +1607,8 @@ async fn tokens_minted_during_containment_and_unconfirmed_deletes_do_not_escape(
 /// the agent: an echo in a header withholds the answer, one in the body cuts it off before the secret.
 #[tokio::test]
 async fn a_provider_echoing_the_minted_credential_does_not_reveal_it() {
-    let w = world(|b| b).await;
+    // Many answers cut off for one agent: more than the default allows before it is refused.
+    let w = world(|b| b.tables("[vault]\nscreen_trips = 1000")).await;
     let (_, created) = w
         .create_token(&w.deployer, "alpha", "2099-01-01T00:00:00Z")
         .await;
@@ -1797,7 +1798,8 @@ async fn an_update_moves_the_tokens_expiry_and_its_handles() {
 /// with a handle (attack round 10).
 #[tokio::test]
 async fn a_token_read_never_hands_out_the_tokens_secret() {
-    let w = world(|b| b).await;
+    // Many answers cut off for one agent: more than the default allows before it is refused.
+    let w = world(|b| b.tables("[vault]\nscreen_trips = 1000")).await;
     let (status, created) = w
         .create_token(&w.deployer, "readback", "2099-01-01T00:00:00Z")
         .await;
@@ -2149,4 +2151,110 @@ async fn raw_http(url: &str, request: &str) -> String {
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).await.unwrap();
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// An answer cut off for a secret tells the agent that what it wrote held a piece of one: an agent whose
+/// answers keep tripping the screen (guessing a secret a character at a time where a provider echoes its
+/// text) is refused — its handles too — after `[vault] screen_trips` of them within the hour; other
+/// agents are not (attack round 15).
+#[tokio::test]
+async fn an_agent_whose_answers_keep_carrying_a_secret_is_refused() {
+    let w = world(|b| b).await;
+    let (_, created) = w
+        .create_token(&w.deployer, "alpha", "2099-01-01T00:00:00Z")
+        .await;
+    let alpha = handle_of(&created);
+    let bystander = w
+        .gate
+        .create_agent("bystander", &["--scope", "tokens:write"])
+        .await
+        .unwrap();
+    // The provider writes the credential the request went out with into the answer.
+    w.stand_in.answer(|r: &RecordedRequest| {
+        let seen = r
+            .header("authorization")
+            .unwrap_or_default()
+            .trim_start_matches("Bearer ")
+            .to_string();
+        if r.path_and_query.contains("echo") {
+            return Reply::json(
+                200,
+                json!({"success": true, "errors": [], "messages": [],
+                       "result": {"content": format!("you sent {seen}")}}),
+            );
+        }
+        Reply::json(
+            200,
+            json!({"success": true, "errors": [], "messages": [], "result": []}),
+        )
+    });
+    let echo = "/cloudflare/client/v4/zones/z/dns_records/echo";
+    // An answer cut off before its first byte: the agent sees the exchange break, never the secret.
+    let cut = |key: String| {
+        let http = w.http.clone();
+        let url = w.gate.url(echo);
+        async move {
+            let sent = http.get(url).bearer_auth(key).send().await;
+            match sent {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            }
+        }
+    };
+    // Two answers cut off with the agent's key, one with its handle: three for the agent.
+    for key in [&w.deployer, &alpha, &w.deployer] {
+        w.stand_in.take();
+        let text = cut(key.to_string()).await;
+        let seen = w.stand_in.take();
+        let secret = seen[0]
+            .header("authorization")
+            .unwrap()
+            .trim_start_matches("Bearer ");
+        assert!(!text.contains(&secret[..12]), "{text}");
+    }
+    // Then its requests are refused before the policy is asked, with the key or any handle, and recorded.
+    for key in [&w.deployer, &alpha] {
+        let (status, seen, text) = w.read(key, "/cloudflare/client/v4/zones").await;
+        assert_eq!(status, 403, "{text}");
+        assert!(seen.is_none(), "not forwarded");
+        assert!(text.contains("tollgate.screen_tripped"), "{text}");
+    }
+    let refused: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM decisions WHERE code = 'policy_denied' AND reasons::text LIKE '%tollgate.screen_tripped%'",
+    )
+    .fetch_one(&w.pool)
+    .await
+    .unwrap_or(-1);
+    let recorded: Vec<(String, Option<String>, String)> =
+        sqlx::query_as("SELECT outcome, code, reasons::text FROM decisions ORDER BY at")
+            .fetch_all(&w.pool)
+            .await
+            .unwrap();
+    assert_eq!(refused, 2, "{recorded:?}");
+    // Another agent is not refused, even after answers to it were cut off too.
+    for _ in 0..2 {
+        cut(bystander.clone()).await;
+    }
+    assert_eq!(
+        w.read(&bystander, "/cloudflare/client/v4/zones").await.0,
+        200
+    );
+    let metrics = w
+        .http
+        .get(w.gate.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tollgate_screen_trips_total 5"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("screen_trips"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

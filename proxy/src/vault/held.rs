@@ -37,6 +37,13 @@ pub const FULL_RELOAD: Duration = Duration::from_secs(30);
 /// whose recording failed is withheld, and its secret need not be screened for long after).
 pub const PENDING_FOR: Duration = Duration::from_secs(120);
 
+/// How many answers to one agent (with its handles) may carry a secret tollgate holds within
+/// [`TRIP_WINDOW`] before its requests are refused, on this replica, unless `[vault] screen_trips` says. An answer cut off for a secret is
+/// also an answer to "does my text hold a piece of a secret?": an agent that writes guesses where a
+/// provider echoes them could learn a secret a character at a time. Legitimate traffic never trips it.
+pub const TRIPS_ALLOWED: usize = 3;
+pub const TRIP_WINDOW: Duration = Duration::from_secs(3600);
+
 /// A secret's SHA-256: how the set tells whether it already holds a secret, without keeping it.
 type Fingerprint = [u8; 32];
 
@@ -64,6 +71,9 @@ pub struct HeldSecrets {
     generation: std::sync::atomic::AtomicU64,
     /// The agents table's version and when the secrets were last read.
     read: tokio::sync::Mutex<(i64, Option<Instant>)>,
+    /// When answers to each agent (its principal: a handle counts as its minter) carried a held secret,
+    /// within the last [`TRIP_WINDOW`].
+    trips: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, Vec<Instant>>>,
     /// Secrets held by [`HeldSecrets::hold`] that the store may not have yet, with when.
     pending: std::sync::Mutex<Vec<(secrecy::SecretSlice<u8>, Fingerprint, Instant)>>,
     wake: tokio::sync::Notify,
@@ -90,6 +100,7 @@ impl HeldSecrets {
             generation: Default::default(),
             read: tokio::sync::Mutex::new((i64::MIN, None)),
             pending: Default::default(),
+            trips: Default::default(),
             wake: tokio::sync::Notify::new(),
         }
     }
@@ -110,12 +121,39 @@ impl HeldSecrets {
         }
     }
 
-    /// The needles of one answer, kept current while it streams: every held secret (a token minted after
-    /// the answer began included, from then on) and `extra`, the secrets its request went out with.
-    pub fn for_answer(self: &Arc<Self>, extra: Vec<Vec<u8>>) -> Arc<dyn NeedleSource> {
+    /// The needles of one answer to `principal`'s request, kept current while it streams: every held
+    /// secret (a token minted after the answer began included, from then on) and `extra`, the secrets its
+    /// request went out with. An answer cut off for a secret counts as one of the agent's trips.
+    pub fn for_answer(
+        self: &Arc<Self>,
+        principal: uuid::Uuid,
+        extra: Vec<Vec<u8>>,
+    ) -> Arc<dyn NeedleSource> {
         Arc::new(AnswerNeedles {
             held: Arc::clone(self),
+            principal,
             extra,
+        })
+    }
+
+    /// Counts an answer to `principal` that carried a held secret (cut off or withheld).
+    pub fn tripped(&self, principal: uuid::Uuid) {
+        self.metrics.screen_trips_total.inc();
+        let mut trips = self.trips.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        trips.retain(|_, at| {
+            at.retain(|t| now.duration_since(*t) < TRIP_WINDOW);
+            !at.is_empty()
+        });
+        trips.entry(principal).or_default().push(now);
+    }
+
+    /// Whether answers to `principal` carried a held secret `[vault] screen_trips` times within the last
+    /// [`TRIP_WINDOW`] (on this replica): its requests are then refused until the oldest of them ages out.
+    pub fn tripped_out(&self, principal: uuid::Uuid) -> bool {
+        let trips = self.trips.lock().unwrap_or_else(|e| e.into_inner());
+        trips.get(&principal).is_some_and(|at| {
+            at.iter().filter(|t| t.elapsed() < TRIP_WINDOW).count() >= self.vault.screen_trips
         })
     }
 
@@ -270,6 +308,7 @@ fn prepare(own: &[SecretString], minted: &[Vec<u8>]) -> Prepared {
 /// One answer's needles ([`HeldSecrets::for_answer`]).
 struct AnswerNeedles {
     held: Arc<HeldSecrets>,
+    principal: uuid::Uuid,
     extra: Vec<Vec<u8>>,
 }
 
@@ -282,6 +321,10 @@ impl NeedleSource for AnswerNeedles {
 
     fn needles(&self) -> Arc<Needles> {
         self.held.needles_with(&self.extra)
+    }
+
+    fn found(&self) {
+        self.held.tripped(self.principal);
     }
 }
 
@@ -303,6 +346,7 @@ mod tests {
             enabled: false,
             keys: vec![],
             pass_through_labels: vec![],
+            screen_trips: TRIPS_ALLOWED,
         })
         .unwrap();
         let held = HeldSecrets::new(

@@ -113,6 +113,30 @@ const FILTER_BITS_PER_WINDOW: usize = 32;
 /// wholly inside them are not looked for.
 const STRIPE_PUBLIC_PREFIX: usize = 26;
 
+/// `text` with every character outside ASCII read as the ASCII character it spells or is drawn as (tag
+/// characters, look-alikes, accented and enclosed letters, other scripts' digits: see [`base_letter`]) and
+/// the rest left out: how [`crate::vault::credential_like`] reads a string for credential shapes.
+pub fn ascii_reading(text: &str) -> String {
+    text.chars()
+        .filter_map(|c| match c as u32 {
+            0..=0x7f => Some(c),
+            code @ 0xe0020..=0xe007e => char::from_u32(code - 0xe0000),
+            code => base_letter(code).map(char::from),
+        })
+        .collect()
+}
+
+/// Whether `spelled` is base64 of a Stripe secret or restricted key (the Basic form tollgate sends it in).
+fn stripe_key_in_base64(spelled: &[u8]) -> bool {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(spelled)
+        .is_ok_and(|key| {
+            key.len() >= STRIPE_PUBLIC_PREFIX
+                && (key.starts_with(b"sk_") || key.starts_with(b"rk_"))
+        })
+}
+
 /// The last 8 characters of a window, one per byte: what the filter is indexed by. Shifting a character in
 /// is all a [`Scan`] does per character to keep it (no chain of multiplications from one to the next).
 fn gram_of(chars: &[u8]) -> u64 {
@@ -155,10 +179,9 @@ impl NeedleSet {
             self.short.push(spelled.to_vec());
             return;
         }
-        for w in spelled
-            .windows(WINDOW)
-            .skip(public.saturating_sub(WINDOW - 1))
-        {
+        // Only windows wholly past the public part: one that begins inside it would let whoever knows the
+        // public part guess the next character from whether an answer echoing its guesses is cut off.
+        for w in spelled.windows(WINDOW).skip(public) {
             let mut window = [0u8; WINDOW];
             window.copy_from_slice(w);
             let slot = self.filter_slot(gram_of(w));
@@ -233,6 +256,10 @@ impl Needles {
                 && (lower.starts_with(b"sk_") || lower.starts_with(b"rk_"))
             {
                 STRIPE_PUBLIC_PREFIX.min(lower.len())
+            } else if stripe_key_in_base64(secret) {
+                // The Basic form: base64 of `key:`. Every base64 character that carries a bit of the public
+                // part is public too.
+                STRIPE_PUBLIC_PREFIX.div_ceil(3) * 4
             } else {
                 0
             };
@@ -503,6 +530,8 @@ fn invisible(code: u32) -> bool {
 /// secret (`\xcf` before `-test…` reads as `\`, `x`, `c`, `f`).
 fn decoded(code: u32, width: usize, skeleton: bool) -> Option<Unit> {
     match code {
+        // Tag characters spell ASCII one for one (`U+E0041` is an invisible `A`): read as what they spell.
+        0xe0020..=0xe007e => decoded(code - 0xe0000, width, skeleton),
         c if invisible(c) => Some(Unit::Skip(width)),
         0x20..=0x7e if !skeleton || (code as u8).is_ascii_alphanumeric() => {
             Some(Unit::Char(code as u8, width))
@@ -540,10 +569,31 @@ fn base_letter(code: u32) -> Option<u8> {
     }
 }
 
+/// The first code point of each run of ten decimal digits (Unicode's `Nd`) outside ASCII that has no
+/// compatibility decomposition: Arabic-Indic, Devanagari and the other Indic scripts, Thai, Lao, Tibetan,
+/// Myanmar, Khmer, Mongolian and the rest; a digit of any of them reads as its value.
+const DIGIT_ZEROS: &[u32] = &[
+    0x0660, 0x06f0, 0x07c0, 0x0966, 0x09e6, 0x0a66, 0x0ae6, 0x0b66, 0x0be6, 0x0c66, 0x0ce6, 0x0d66,
+    0x0de6, 0x0e50, 0x0ed0, 0x0f20, 0x1040, 0x1090, 0x17e0, 0x1810, 0x1946, 0x19d0, 0x1a80, 0x1a90,
+    0x1b50, 0x1bb0, 0x1c40, 0x1c50, 0xa620, 0xa8d0, 0xa900, 0xa9d0, 0xa9f0, 0xaa50, 0xabf0,
+    0x104a0, 0x10d30, 0x11066, 0x110f0, 0x11136, 0x111d0, 0x112f0, 0x11450, 0x114d0, 0x11650,
+    0x116c0, 0x11730, 0x118e0, 0x11950, 0x11c50, 0x11d50, 0x11da0, 0x16a60, 0x16ac0, 0x16b50,
+    0x1e140, 0x1e2f0, 0x1e4f0, 0x1e950, 0x1fbf0,
+];
+
 /// The Latin letter that small capitals and letters with a bar or stroke through them (which Unicode does
-/// not decompose) are drawn from.
+/// not decompose) are drawn from, and the digit any decimal digit or enclosed digit stands for.
 fn drawn_from(code: u32) -> Option<u8> {
+    if let Some(zero) = DIGIT_ZEROS.iter().find(|z| (**z..*z + 10).contains(&code)) {
+        return Some(b'0' + (code - zero) as u8);
+    }
     Some(match code {
+        // Dingbat and double circled digits, one to nine, and their zeros.
+        0x2776..=0x277e => b'1' + (code - 0x2776) as u8,
+        0x2780..=0x2788 => b'1' + (code - 0x2780) as u8,
+        0x278a..=0x2792 => b'1' + (code - 0x278a) as u8,
+        0x24f5..=0x24fd => b'1' + (code - 0x24f5) as u8,
+        0x24ff | 0x1f10b | 0x1f10c => b'0',
         0x1d00 => b'a',
         0x0299 | 0x1d03 | 0x0180 | 0x0243 => b'b',
         0x1d04 => b'c',
@@ -590,6 +640,10 @@ fn lookalike(code: u32) -> Option<u8> {
         0xff41..=0xff5a => b'a' + (code - 0xff41) as u8,
         0x1d400..=0x1d6a3 => letter((code - 0x1d400) % 52),
         0x1d7ce..=0x1d7ff => digit((code - 0x1d7ce) % 10),
+        // Negative circled and negative squared capitals, regional indicator symbols.
+        0x1f150..=0x1f169 => b'A' + (code - 0x1f150) as u8,
+        0x1f170..=0x1f189 => b'A' + (code - 0x1f170) as u8,
+        0x1f1e6..=0x1f1ff => b'A' + (code - 0x1f1e6) as u8,
         0x24b6..=0x24cf => b'A' + (code - 0x24b6) as u8,
         0x24d0..=0x24e9 => b'a' + (code - 0x24d0) as u8,
         0x2460..=0x2468 => digit(code - 0x2460 + 1),
@@ -788,7 +842,11 @@ fn unit(text: &[u8], at_end: bool, skeleton: bool) -> Unit {
         0 => Unit::Skip(1),
         0x80..=0xff => match utf8_char(|k| text.get(k).copied()) {
             Ok((code, n)) => decoded(code, n, skeleton)
-                .filter(|u| matches!(u, Unit::Skip(_)) || base_letter(code).is_some())
+                .filter(|u| {
+                    matches!(u, Unit::Skip(_))
+                        || base_letter(code).is_some()
+                        || (0xe0020..=0xe007e).contains(&code)
+                })
                 .unwrap_or(literal),
             Err(true) if !at_end => Unit::NeedMore,
             Err(_) => literal,
@@ -991,6 +1049,8 @@ pub trait NeedleSource: Send + Sync + 'static {
     /// A number that changes whenever [`NeedleSource::needles`] would answer differently.
     fn generation(&self) -> u64;
     fn needles(&self) -> Arc<Needles>;
+    /// Told when the answer was cut off for carrying a secret (see [`crate::vault::held`]'s trips).
+    fn found(&self) {}
 }
 
 /// Needles that never change.
@@ -1080,7 +1140,10 @@ impl Screened {
                     *scanned = decoded_to;
                     safe = safe.min(open);
                 }
-                Fed::Found => return Some(self.cut_off("carries a secret tollgate holds")),
+                Fed::Found => {
+                    self.source.found();
+                    return Some(self.cut_off("carries a secret tollgate holds"));
+                }
                 Fed::Overlong => {
                     return Some(self.cut_off("carries an overlong character escape"));
                 }
@@ -1485,7 +1548,20 @@ mod tests {
         let key = "sk_test_51H8GvbKbY4gXp7tollgateZZ9f3b1eQwRtYuIoPaSdFgHjKl";
         let account = r#"{"id":"acct_1H8GvbKbY4gXp7","object":"account","publishable_key":"pk_test_51H8GvbKbY4gXp7AbCdEf"}"#;
         assert_eq!(through(&[account], key).await.unwrap(), account);
-        assert!(through(&[&key[14..30]], key).await.is_err());
+        assert!(through(&[&key[26..38]], key).await.is_err());
+        // A window that begins in the public part is not looked for: eleven characters anyone knows and
+        // one guessed would tell, by whether the answer is cut off, whether the guess was right (attack
+        // round 15). So for the Basic form, base64 of `key:`, and every character carrying a public bit.
+        assert_eq!(through(&[&key[15..27]], key).await.unwrap(), &key[15..27]);
+        assert_eq!(through(&[&key[..30]], key).await.unwrap(), &key[..30]);
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
+        assert_eq!(
+            through(&[&basic[..47]], &basic).await.unwrap(),
+            &basic[..47]
+        );
+        assert!(through(&[&basic[36..48]], &basic).await.is_err());
+        assert!(through(&[&basic], &basic).await.is_err());
     }
 
     /// A body's bytes, split in two at `at` (as a provider's chunks may be), through the screen.
@@ -1700,6 +1776,45 @@ mod tests {
             .map(|u| format!("\\u{u:04x}"))
             .collect();
         bodies.push((escaped.into_bytes(), "accented letters as JSON escapes"));
+        // Tag characters (invisible ASCII), negative circled and squared capitals, regional indicators,
+        // other scripts' digits and dingbat digits (attack round 15).
+        let tags: String = LONG
+            .chars()
+            .map(|c| char::from_u32(0xe0000 + c as u32).unwrap())
+            .collect();
+        bodies.push((
+            format!("{{\"content\":\"x{tags}\"}}").into_bytes(),
+            "tag characters",
+        ));
+        let escaped: String = tags.encode_utf16().map(|u| format!("\\u{u:04x}")).collect();
+        bodies.push((escaped.into_bytes(), "tag characters as JSON escapes"));
+        for (upper, lower, zero) in [
+            (0x1f150, 0x1f170, 0x966),
+            (0x1f170, 0x1f1e6, 0x660),
+            (0x1f1e6, 0x1f150, 0xe50),
+        ] {
+            let drawn: String = LONG
+                .chars()
+                .map(|c| {
+                    let code = match c {
+                        'A'..='Z' => upper + (c as u32 - 'A' as u32),
+                        'a'..='z' => lower + (c as u32 - 'a' as u32),
+                        _ => zero + (c as u32 - '0' as u32),
+                    };
+                    char::from_u32(code).unwrap()
+                })
+                .collect();
+            bodies.push((drawn.into_bytes(), "enclosed letters, other digits"));
+        }
+        let dingbats: String = LONG
+            .chars()
+            .map(|c| match c {
+                '1'..='9' => char::from_u32(0x2776 + (c as u32 - '1' as u32)).unwrap(),
+                '0' => '\u{24ff}',
+                c => c,
+            })
+            .collect();
+        bodies.push((dingbats.into_bytes(), "dingbat digits"));
         // A base letter followed by combining marks.
         let marked: String = LONG.chars().flat_map(|c| [c, '\u{301}']).collect();
         bodies.push((marked.into_bytes(), "combining accents"));

@@ -459,3 +459,28 @@ fn refusal_messages_are_judged_together() {
         );
     }
 }
+
+/// A credential-shaped string written in tag characters or look-alikes is still credential-shaped (attack
+/// round 15: a create answer's `name` carried the new secret in tag characters).
+#[test]
+fn credential_shapes_are_read_through_tags_and_look_alikes() {
+    let tags: String = REAL_SHAPED
+        .chars()
+        .map(|c| char::from_u32(0xe0000 + c as u32).unwrap())
+        .collect();
+    assert!(credential_like(&format!("n{tags}"), SHORTEST_SECRET));
+    let circled: String = REAL_SHAPED
+        .chars()
+        .map(|c| match c {
+            'A'..='Z' => char::from_u32(0x1f150 + (c as u32 - 'A' as u32)).unwrap(),
+            '0'..='9' => char::from_u32(0x966 + (c as u32 - '0' as u32)).unwrap(),
+            c => c,
+        })
+        .collect();
+    assert!(credential_like(&circled, SHORTEST_SECRET));
+    // Ordinary text in other scripts is not.
+    assert!(!credential_like(
+        "café – ünïcödé 日本語 ४२",
+        SHORTEST_SECRET
+    ));
+}
