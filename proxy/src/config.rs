@@ -1546,6 +1546,14 @@ mod tests {
             .unwrap()
             .join("\n");
         assert!(errors.contains("V2") && errors.contains("V1"), "{errors}");
+        assert_eq!(c.vault.screen_trips, 3);
+        assert_eq!(
+            load("[vault]\nscreen_trips = 10\n", &[])
+                .unwrap()
+                .vault
+                .screen_trips,
+            10
+        );
         let off = load("[vault]\nenabled = false\n", &[]).unwrap();
         assert!(crate::vault::Vault::from_config(&off.vault).is_ok());
         for bad in [
@@ -1553,6 +1561,7 @@ mod tests {
             "[vault]\nkeys = [{ id = \"k1\", env = \"A\" }, { id = \"k1\", env = \"B\" }]\n",
             "[vault]\npass_through_labels = [\"ci\"]\n",
             "[vault]\npass_through = true\n",
+            "[vault]\nscreen_trips = 0\n",
         ] {
             assert!(load(bad, &[]).is_err(), "{bad}");
         }
