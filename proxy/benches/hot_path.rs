@@ -258,6 +258,15 @@ fn answer_screen(c: &mut Criterion) {
     group.bench_function("screen_4k_1000_added", |b| {
         b.iter(|| assert!(!thousand.found_in(std::hint::black_box(bytes))))
     });
+    // An answer in another script (Japanese, with accented Latin): every character is read through the
+    // look-alike tables and Unicode's decompositions.
+    let other = format!(
+        r#"{{"success":true,"result":{{"content":"{}"}}}}"#,
+        "東京の天気は晴れ、café Ünïcödé ४२ ".repeat(4096 / 52)
+    );
+    group.bench_function("screen_4k_other_script", |b| {
+        b.iter(|| assert!(!needles.found_in(std::hint::black_box(other.as_bytes()))))
+    });
     group.bench_function("baseline_copy_4k", |b| {
         b.iter(|| std::hint::black_box(bytes.to_vec()))
     });

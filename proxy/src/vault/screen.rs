@@ -581,10 +581,20 @@ const DIGIT_ZEROS: &[u32] = &[
     0x1e140, 0x1e2f0, 0x1e4f0, 0x1e950, 0x1fbf0,
 ];
 
+#[cfg(test)]
+#[test]
+fn digit_zeros_are_sorted() {
+    assert!(DIGIT_ZEROS.windows(2).all(|w| w[0] + 10 <= w[1]));
+}
+
 /// The Latin letter that small capitals and letters with a bar or stroke through them (which Unicode does
 /// not decompose) are drawn from, and the digit any decimal digit or enclosed digit stands for.
 fn drawn_from(code: u32) -> Option<u8> {
-    if let Some(zero) = DIGIT_ZEROS.iter().find(|z| (**z..*z + 10).contains(&code)) {
+    // The run whose zero is the last at or below `code` (the table is sorted).
+    let runs_below = DIGIT_ZEROS.partition_point(|z| *z <= code);
+    if let Some(zero) = runs_below.checked_sub(1).map(|i| DIGIT_ZEROS[i])
+        && code - zero < 10
+    {
         return Some(b'0' + (code - zero) as u8);
     }
     Some(match code {
