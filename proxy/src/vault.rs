@@ -766,6 +766,7 @@ impl PartialEq for Minted {
 impl Eq for Minted {}
 
 pub mod held;
+mod latin;
 pub mod screen;
 
 #[cfg(test)]

@@ -126,15 +126,35 @@ pub fn ascii_reading(text: &str) -> String {
         .collect()
 }
 
-/// Whether `spelled` is base64 of a Stripe secret or restricted key (the Basic form tollgate sends it in).
-fn stripe_key_in_base64(spelled: &[u8]) -> bool {
+/// How many leading characters of a secret are public: for a Stripe secret or restricted key of today's
+/// shape, `sk_test_51` (or `sk_live_`, `rk_…`) and the account's 16 characters, which its publishable key
+/// and its `acct_1…` id repeat (windows in them would cut off every answer naming the account); for an
+/// older or shorter Stripe key, `sk_test_` alone; for anything else, none. A window that begins in the
+/// head is not looked for either: eleven known characters and a guess would tell, by whether an echoing
+/// answer is cut off, whether the guess was right.
+fn public_head(secret: &[u8]) -> usize {
+    let lower = secret.to_ascii_lowercase();
+    let stripe = ["sk_test_", "sk_live_", "rk_test_", "rk_live_"]
+        .iter()
+        .any(|p| lower.starts_with(p.as_bytes()));
+    if !stripe {
+        return 0;
+    }
+    // Today's keys: the head, then a random tail of 80 or more; at least two windows past the head.
+    if lower[8..].starts_with(b"51") && lower.len() >= STRIPE_PUBLIC_PREFIX + 2 * WINDOW {
+        STRIPE_PUBLIC_PREFIX
+    } else {
+        8
+    }
+}
+
+/// The key `spelled` is the Basic form of (base64 of `key:`), if it is one of a Stripe key.
+fn base64_of_key(spelled: &[u8]) -> Option<Vec<u8>> {
     use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
+    let decoded = base64::engine::general_purpose::STANDARD
         .decode(spelled)
-        .is_ok_and(|key| {
-            key.len() >= STRIPE_PUBLIC_PREFIX
-                && (key.starts_with(b"sk_") || key.starts_with(b"rk_"))
-        })
+        .ok()?;
+    (public_head(&decoded) > 0).then_some(decoded)
 }
 
 /// The last 8 characters of a window, one per byte: what the filter is indexed by. Shifting a character in
@@ -249,20 +269,14 @@ impl Needles {
         let needles = self;
         for secret in secrets {
             let lower = secret.to_ascii_lowercase();
-            // A Stripe secret or restricted key starts with what is public: `sk_test_51` and the account's
-            // own part, which its publishable key and its `acct_1…` id repeat. Windows inside that part
-            // would cut off every answer naming the account.
-            let public = if lower.len() >= WINDOW
-                && (lower.starts_with(b"sk_") || lower.starts_with(b"rk_"))
-            {
-                STRIPE_PUBLIC_PREFIX.min(lower.len())
-            } else if stripe_key_in_base64(secret) {
-                // The Basic form: base64 of `key:`. Every base64 character that carries a bit of the public
-                // part is public too.
-                STRIPE_PUBLIC_PREFIX.div_ceil(3) * 4
-            } else {
-                0
-            };
+            // What of the secret anyone may know (a Stripe key's head, see [`public_head`]) is not
+            // looked for, in the key or in its Basic form (base64 of `key:`, where every character that
+            // carries a bit of the head is public too); the rest always is, at least one window of it.
+            let public = match base64_of_key(secret) {
+                Some(key) => public_head(&key).div_ceil(3) * 4,
+                None => public_head(secret),
+            }
+            .min(lower.len().saturating_sub(WINDOW));
             needles.plain.add(&lower, public);
             let letters: Vec<u8> = lower
                 .iter()
@@ -587,9 +601,13 @@ fn digit_zeros_are_sorted() {
     assert!(DIGIT_ZEROS.windows(2).all(|w| w[0] + 10 <= w[1]));
 }
 
-/// The Latin letter that small capitals and letters with a bar or stroke through them (which Unicode does
-/// not decompose) are drawn from, and the digit any decimal digit or enclosed digit stands for.
+/// The Latin letter that small capitals and letters with a hook, bar, stroke or tail (which Unicode does
+/// not decompose; [`super::latin`]) are drawn from, and the digit any decimal digit or enclosed digit
+/// stands for.
 fn drawn_from(code: u32) -> Option<u8> {
+    if let Ok(i) = super::latin::LATIN_FORMS.binary_search_by_key(&code, |(c, _)| *c) {
+        return Some(super::latin::LATIN_FORMS[i].1);
+    }
     // The run whose zero is the last at or below `code` (the table is sorted).
     let runs_below = DIGIT_ZEROS.partition_point(|z| *z <= code);
     if let Some(zero) = runs_below.checked_sub(1).map(|i| DIGIT_ZEROS[i])
@@ -1572,6 +1590,17 @@ mod tests {
         );
         assert!(through(&[&basic[36..48]], &basic).await.is_err());
         assert!(through(&[&basic], &basic).await.is_err());
+        // An older, shorter Stripe key has no account part: only `sk_test_` is public, and the rest is
+        // looked for, in both forms (attack round 16: such a key was not screened at all).
+        let old = "sk_test_4eC39HqLyjWDarjtT1zdp7dc";
+        assert!(through(&[old], old).await.is_err());
+        assert!(through(&[&old[8..20]], old).await.is_err());
+        assert_eq!(through(&[&old[..19]], old).await.unwrap(), &old[..19]);
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{old}:"));
+        assert!(through(&[&basic], &basic).await.is_err());
+        // However short a secret, at least one window of it is looked for.
+        let short = "sk_live_51Abc7Xyz9Qw";
+        assert!(through(&[short], short).await.is_err());
     }
 
     /// A body's bytes, split in two at `at` (as a provider's chunks may be), through the screen.
@@ -1825,6 +1854,43 @@ mod tests {
             })
             .collect();
         bodies.push((dingbats.into_bytes(), "dingbat digits"));
+        // Letters with a hook, stroke, bar or descender in place of one letter in every few (attack
+        // round 16), and every such letter Unicode names, read as its letter.
+        let hooked: String = LONG
+            .chars()
+            .enumerate()
+            .map(|(i, c)| match (i % 5, c) {
+                (0, 'b') => 'ɓ',
+                (0, 'E') => 'Ɇ',
+                (0, 'C') => 'Ȼ',
+                (0, 'w') => 'ⱳ',
+                (0, 'h') => 'ⱨ',
+                (0, 'p') => 'ƥ',
+                (0, 'd') => 'ɗ',
+                (0, 'f') => 'ƒ',
+                (0, 'K') => 'Ƙ',
+                (0, 'y') => 'ƴ',
+                (_, 'A') => 'Ⱥ',
+                (_, 'l') => 'ƚ',
+                (_, 'M') => 'Ɱ',
+                (_, 'n') => 'ɲ',
+                (_, 'v') => 'ʋ',
+                (_, 'z') => 'ȥ',
+                (_, 'T') => 'Ⱦ',
+                (_, 'G') => 'Ɠ',
+                (_, 'j') => 'ɉ',
+                (_, 'r') => 'ɍ',
+                (_, 'I') => 'Ɨ',
+                _ => c,
+            })
+            .collect();
+        bodies.push((
+            format!("{{\"content\":\"{hooked}\"}}").into_bytes(),
+            "hooked and stroked letters",
+        ));
+        for (code, letter) in super::super::latin::LATIN_FORMS {
+            assert_eq!(base_letter(*code), Some(*letter), "U+{code:04X}");
+        }
         // A base letter followed by combining marks.
         let marked: String = LONG.chars().flat_map(|c| [c, '\u{301}']).collect();
         bodies.push((marked.into_bytes(), "combining accents"));
