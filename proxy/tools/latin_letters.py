@@ -36,7 +36,7 @@ def main() -> None:
         "pub(super) const LATIN_FORMS: &[(u32, u8)] = &[",
     ]
     for code, letter, name in rows:
-        out.append(f"    (0x{code:04x}, b'{letter}'), // {name}")
+        out.append(f"    (0x{code:05x}, b'{letter}'), // {name}")
     out.append("];")
     target = pathlib.Path(__file__).resolve().parents[1] / "src" / "vault" / "latin.rs"
     target.write_text("\n".join(out) + "\n")
