@@ -37,7 +37,7 @@ user_tokens_write := "686d18d5ac6c441c867cbf6771e58a0a"
 
 all_scopes := [
 	"dns:write", "zones:manage", "registrar:register", "tokens:create",
-	"workers:deploy", "certs:manage", "billing:spend", "accounts:manage",
+	"workers:deploy", "certs:manage", "billing:spend", "accounts:manage", "credentials:export",
 ]
 
 # An agent with every scope, no team, one account and two zones.
@@ -62,6 +62,7 @@ risks := {
 	"cloudflare.token.read": "read", "cloudflare.token.create": "high", "cloudflare.token.update": "high",
 	"cloudflare.token.roll": "irreversible", "cloudflare.token.delete": "irreversible",
 	"cloudflare.token.verify": "read", "cloudflare.token.permission_groups": "read",
+	"cloudflare.tunnel.token": "high",
 	"cloudflare.domain.read": "read", "cloudflare.domain.search": "read", "cloudflare.domain.check": "read",
 	"cloudflare.domain.register": "irreversible", "cloudflare.domain.update": "high",
 	"cloudflare.domain.transfer_in": "irreversible", "cloudflare.domain.legacy_update": "high",

@@ -45,6 +45,14 @@ cases := {
 		"input": fx.stripe("POST", "/v1/invoices", "stripe.invoice.create", {}, {"customer": "cus_123", "auto_advance": "false"}),
 		"outcome": "allow", "rules": [], "cents": 0,
 	},
+	"tunnel_token_needs_credentials_export": {
+		"input": fx.patch(fx.cf("GET", concat("", ["/accounts/", fx.acc, "/cfd_tunnel/t1/token"]), "cloudflare.tunnel.token", {"account_id": fx.acc, "tunnel_id": "t1"}, null), {"agent": {"scopes": ["dns:write", "tokens:create", "accounts:manage"]}}),
+		"outcome": "deny", "rules": ["scopes.missing"],
+	},
+	"tunnel_token_with_credentials_export": {
+		"input": fx.cf("GET", concat("", ["/accounts/", fx.acc, "/warp_connector/t1/token"]), "cloudflare.tunnel.token", {"account_id": fx.acc, "tunnel_id": "t1"}, null),
+		"outcome": "allow", "rules": [],
+	},
 	"worker_version_needs_workers_deploy": {
 		"input": fx.patch(fx.cf("POST", concat("", ["/accounts/", fx.acc, "/workers/scripts/api/versions"]), "cloudflare.worker.version", {"account_id": fx.acc, "script_name": "api"}, {"metadata": {"main_module": "index.js"}, "parts": []}), {"agent": {"scopes": ["dns:write"]}}),
 		"outcome": "deny", "rules": ["scopes.missing"],
@@ -54,6 +62,10 @@ cases := {
 test_scope_held if check("scope_held")
 
 test_scope_missing if check("scope_missing")
+
+test_tunnel_token_needs_credentials_export if check("tunnel_token_needs_credentials_export")
+
+test_tunnel_token_with_credentials_export if check("tunnel_token_with_credentials_export")
 
 test_no_scopes_at_all if check("no_scopes_at_all")
 

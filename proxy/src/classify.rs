@@ -1171,6 +1171,8 @@ mod tests {
         ("cloudflare", "GET", "/client/v4/accounts/a1/tokens/verify", "cloudflare.token.verify", &[("account_id", "a1")]),
         ("cloudflare", "GET", "/client/v4/user/tokens/permission_groups", "cloudflare.token.permission_groups", &[]),
         ("cloudflare", "GET", "/client/v4/accounts/a1/tokens/permission_groups", "cloudflare.token.permission_groups", &[("account_id", "a1")]),
+        ("cloudflare", "GET", "/client/v4/accounts/a1/cfd_tunnel/t1/token", "cloudflare.tunnel.token", &[("account_id", "a1"), ("tunnel_id", "t1")]),
+        ("cloudflare", "GET", "/client/v4/accounts/a1/warp_connector/t1/token", "cloudflare.tunnel.token", &[("account_id", "a1"), ("tunnel_id", "t1")]),
         // Cloudflare registrar.
         ("cloudflare", "GET", "/client/v4/accounts/a1/registrar/registrations", "cloudflare.domain.read", &[("account_id", "a1")]),
         ("cloudflare", "GET", "/client/v4/accounts/a1/registrar/registrations/example.com", "cloudflare.domain.read", &[("account_id", "a1"), ("domain_name", "example.com")]),
@@ -1585,9 +1587,10 @@ mod tests {
                 );
             }
         }
-        // A GET never changes anything, so every GET route is a read.
+        // A GET never changes anything, so every GET route is a read, except one whose answer is a
+        // credential tollgate cannot vault.
         for (provider, method, route) in declared(&catalog) {
-            if method == Method::GET {
+            if method == Method::GET && &*route.action != "cloudflare.tunnel.token" {
                 assert_eq!(route.risk, Risk::Read, "{provider} GET {}", route.template);
             }
         }

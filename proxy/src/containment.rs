@@ -137,10 +137,11 @@ pub async fn contain(
     // deletes it itself when it sees the agent revoked); so what is recorded now, after the revocation,
     // is every token that can outlive it. Handles made meanwhile are revoked too.
     let agents_now = store.list_agents().await?;
-    for late in agents_now
+    let late: Vec<&AgentRow> = agents_now
         .iter()
         .filter(|a| a.minted_by == Some(target.id) && !members.iter().any(|m| m.id == a.id))
-    {
+        .collect();
+    for late in &late {
         if store.revoke_agent(&late.name).await? {
             revoked.push(late.name.clone());
         } else {
@@ -157,7 +158,8 @@ pub async fn contain(
 
     let note = format!("denied by incident containment: {reason}");
     let mut approvals_denied = Vec::new();
-    for member in &members {
+    // Late handles' approvals too: a reviewer must not be left approving for a handle that is revoked.
+    for member in members.iter().chain(&late) {
         for approval in store.pending_queue(Some(&member.name), i64::MAX).await? {
             if let Some(decided) = store
                 .decide_approval(approval.id, false, actor, Some(&note))

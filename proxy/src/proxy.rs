@@ -96,10 +96,7 @@ fn handle_agent(
         }
         _ => format!("{parent_name}~{token_id}"),
     };
-    let expires_at = match (agent.expires_at, token_expires) {
-        (Some(a), Some(t)) => Some(a.min(t)),
-        (a, t) => a.or(t),
-    };
+    let expires_at = earliest(agent.expires_at, token_expires);
     let row = AgentRow {
         id,
         name,
@@ -140,7 +137,10 @@ fn created_token_row(
             .get("policies")
             .cloned()
             .unwrap_or(Value::Null),
-        expires_on: body_time(&intake.facts.body, "expires_on").or(parsed.expires_on),
+        expires_on: earliest(
+            body_time(&intake.facts.body, "expires_on"),
+            parsed.expires_on,
+        ),
         status: MintedStatus::Active,
         custody,
         minted_by,
@@ -154,6 +154,14 @@ fn created_token_row(
         rolled_at: None,
         deleted_at: None,
         account_id: intake.action.params.get("account_id").cloned(),
+    }
+}
+
+/// The earlier of two expiries; either alone when the other is unknown.
+fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -870,6 +878,29 @@ impl Gate {
         else {
             return Ok((Some(Value::Null), None));
         };
+        // A user token is changed at `/user/tokens/…`, an account's at that account's route: the owner the
+        // route names is the one recorded. Otherwise tollgate would record a change the provider made to no
+        // token (or another), and containment would delete the token at an address where it is not.
+        let route_account = intake.action.params.get("account_id");
+        let same_owner = match (&row.account_id, route_account) {
+            (None, None) => true,
+            (Some(recorded), Some(route)) => recorded.eq_ignore_ascii_case(route),
+            _ => false,
+        };
+        if changes && !same_owner {
+            let owner = match &row.account_id {
+                Some(account) => format!("account {account}'s"),
+                None => "a user".to_string(),
+            };
+            return Err(Refusal::new(
+                RefusalCode::PolicyDenied,
+                format!(
+                    "tollgate: token {token_id} is {owner} token (as recorded when it was minted); it is rewritten, \
+                     rolled or deleted only through that owner's route"
+                ),
+            )
+            .with_rule("tollgate.token_route"));
+        }
         // Every secret tollgate holds of this token (all its recorded spellings), to screen the answer for.
         let held = rows
             .iter()
@@ -1778,6 +1809,23 @@ impl Gate {
                         );
                     }
                 }
+                // The handle expires with the token. A create's expiry is the earlier of what was asked and
+                // what the provider answered; a roll keeps the token's recorded expiry (a roll's answer is the
+                // bare secret, and whatever its body says is not judged, so it is not read).
+                let handle_expiry = match event {
+                    TokenEvent::Created => earliest(
+                        parsed.expires_on,
+                        body_time(&intake.facts.body, "expires_on"),
+                    ),
+                    _ => match self.recorded_expiry(provider, &token_id).await {
+                        Ok(expiry) => expiry,
+                        Err(()) => {
+                            return withheld(
+                                "the rolled token's record could not be read, so its new secret is withheld (vault mode); delete the token",
+                            );
+                        }
+                    },
+                };
                 let (sealed, handle, key) = match (custody, parsed.secret()) {
                     (Custody::Vault, Some(secret)) => {
                         let sealed = match self.vault.seal(provider, &token_id, secret) {
@@ -1807,9 +1855,7 @@ impl Gate {
                             &parent_name,
                             &token_id,
                             event,
-                            parsed
-                                .expires_on
-                                .or_else(|| body_time(&intake.facts.body, "expires_on")),
+                            handle_expiry,
                         );
                         (Some(sealed), Some(row), Some(key))
                     }
@@ -1917,6 +1963,27 @@ impl Gate {
                 }
             }
         }
+    }
+
+    /// The recorded expiry of a token being rolled (`None`: it has none). A token with no record (a roll of
+    /// one is refused before it is forwarded) or a store failure is `Err`: the new secret is then withheld.
+    async fn recorded_expiry(
+        &self,
+        provider: &str,
+        token_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, ()> {
+        let key = crate::vault::token_key(token_id).ok_or(())?;
+        let rows = self
+            .store
+            .minted_tokens_keyed(provider, &key)
+            .await
+            .map_err(|e| tracing::error!(error = %e, "reading a rolled token's record failed"))?;
+        let row = rows
+            .iter()
+            .find(|r| r.token_id == token_id)
+            .or(rows.first())
+            .ok_or(())?;
+        Ok(row.expires_on)
     }
 
     /// Whether the agent that minted a token is revoked or gone (a store failure counts as revoked: the

@@ -1761,6 +1761,107 @@ async fn a_provider_echoing_the_minted_credential_does_not_reveal_it() {
 /// A token rewritten through tollgate by its minter: the row follows (name, expiry), and the handle's
 /// expiry with it, so extending a token keeps its handle working; an update answer that carries a secret
 /// is withheld.
+/// A roll's new handle keeps the token's recorded expiry, whatever the roll's body says and whoever rolls
+/// it (attack round 17: a roll with the minter's key, which has no expiry, made a handle that never expired);
+/// and a user token is changed only through the user route, an account's only through its account's.
+#[tokio::test]
+async fn a_rolled_token_keeps_its_expiry_and_its_owners_route() {
+    let w = world(|b| b).await;
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(3))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (status, created) = w.create_token(&w.deployer, "brief", &soon).await;
+    assert_eq!(status, 200, "{created}");
+    let roll = |path: &str| {
+        w.http
+            .put(w.gate.url(path))
+            .bearer_auth(&w.deployer)
+            .json(&json!({"expires_on": "2099-01-01T00:00:00Z"}))
+            .send()
+    };
+
+    // Through an account's route, a user token is refused before the provider hears of it.
+    w.stand_in.take();
+    let r = roll("/cloudflare/client/v4/accounts/acc1/tokens/tok-brief/value")
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(
+        r.headers()
+            .get("tollgate-refusal")
+            .and_then(|v| v.to_str().ok()),
+        Some("policy_denied")
+    );
+    assert!(r.text().await.unwrap().contains("user token"));
+    assert!(w.stand_in.take().is_empty(), "nothing forwarded");
+
+    // Rolled with the minter's own key (no expiry) and a far expiry in the body: the new handle expires
+    // with the token all the same.
+    let r = roll("/cloudflare/client/v4/user/tokens/tok-brief/value")
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let rolled: Value = r.json().await.unwrap();
+    let handle = rolled["result"].as_str().expect("result").to_string();
+    let (token_expiry, handle_expiry): (Option<chrono::DateTime<chrono::Utc>>, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as(
+            "SELECT t.expires_on, a.expires_at FROM minted_tokens t JOIN agents a ON a.id = t.handle_agent_id
+             WHERE t.provider = 'cloudflare' AND t.token_id = 'tok-brief'",
+        )
+        .fetch_one(&w.pool)
+        .await
+        .unwrap();
+    assert!(token_expiry.is_some());
+    assert_eq!(handle_expiry, token_expiry);
+    assert_eq!(w.read(&handle, "/cloudflare/client/v4/zones").await.0, 200);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(w.read(&handle, "/cloudflare/client/v4/zones").await.0, 401);
+
+    // An account's token is not changed through the user route, nor through another account's.
+    let r = w
+        .http
+        .post(w.gate.url("/cloudflare/client/v4/accounts/acc1/tokens"))
+        .bearer_auth(&w.deployer)
+        .json(&json!({"name": "acct", "policies": [], "expires_on": "2099-01-01T00:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let id = r.json::<Value>().await.unwrap()["result"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    for path in [
+        format!("/cloudflare/client/v4/user/tokens/{id}"),
+        format!("/cloudflare/client/v4/accounts/acc2/tokens/{id}"),
+    ] {
+        w.stand_in.take();
+        let r = w
+            .http
+            .delete(w.gate.url(&path))
+            .bearer_auth(&w.deployer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{path}");
+        assert!(
+            r.text().await.unwrap().contains("account acc1's token"),
+            "{path}"
+        );
+        assert!(w.stand_in.take().is_empty(), "{path}: nothing forwarded");
+    }
+    let r = w
+        .http
+        .delete(
+            w.gate
+                .url(&format!("/cloudflare/client/v4/accounts/ACC1/tokens/{id}")),
+        )
+        .bearer_auth(&w.deployer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "the owner's route, in any case");
+}
+
 #[tokio::test]
 async fn an_update_moves_the_tokens_expiry_and_its_handles() {
     let w = world(|b| b).await;

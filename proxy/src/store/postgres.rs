@@ -240,8 +240,7 @@ impl PgStore {
                 last_decision_id = EXCLUDED.last_decision_id, handle_agent_id = EXCLUDED.handle_agent_id,
                 secret_key_id = EXCLUDED.secret_key_id, secret_nonce = EXCLUDED.secret_nonce,
                 secret_ciphertext = EXCLUDED.secret_ciphertext, rolls = minted_tokens.rolls + 1,
-                rolled_at = EXCLUDED.rolled_at,
-                account_id = COALESCE(minted_tokens.account_id, EXCLUDED.account_id)",
+                rolled_at = EXCLUDED.rolled_at",
         )
         .bind(roll.provider)
         .bind(roll.token_id)

@@ -262,8 +262,7 @@ impl SqliteStore {
                 last_decision_id = excluded.last_decision_id, handle_agent_id = excluded.handle_agent_id,
                 secret_key_id = excluded.secret_key_id, secret_nonce = excluded.secret_nonce,
                 secret_ciphertext = excluded.secret_ciphertext, rolls = minted_tokens.rolls + 1,
-                rolled_at = excluded.rolled_at,
-                account_id = COALESCE(minted_tokens.account_id, excluded.account_id)",
+                rolled_at = excluded.rolled_at",
         )
         .bind(roll.provider)
         .bind(roll.token_id)
