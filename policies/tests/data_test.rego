@@ -34,7 +34,7 @@ test_a_bad_action_entry_is_caught if {
 catalog_actions := {
 	"cloudflare.token.read", "cloudflare.token.create", "cloudflare.token.update", "cloudflare.token.roll",
 	"cloudflare.token.delete", "cloudflare.token.verify", "cloudflare.token.permission_groups",
-	"cloudflare.tunnel.token",
+	"cloudflare.credential.read",
 	"cloudflare.domain.read", "cloudflare.domain.search", "cloudflare.domain.check", "cloudflare.domain.register",
 	"cloudflare.domain.update", "cloudflare.domain.transfer_in", "cloudflare.domain.legacy_update",
 	"cloudflare.zone.read", "cloudflare.zone.create", "cloudflare.zone.delete", "cloudflare.zone.plan",

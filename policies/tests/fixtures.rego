@@ -62,7 +62,7 @@ risks := {
 	"cloudflare.token.read": "read", "cloudflare.token.create": "high", "cloudflare.token.update": "high",
 	"cloudflare.token.roll": "irreversible", "cloudflare.token.delete": "irreversible",
 	"cloudflare.token.verify": "read", "cloudflare.token.permission_groups": "read",
-	"cloudflare.tunnel.token": "high",
+	"cloudflare.credential.read": "high",
 	"cloudflare.domain.read": "read", "cloudflare.domain.search": "read", "cloudflare.domain.check": "read",
 	"cloudflare.domain.register": "irreversible", "cloudflare.domain.update": "high",
 	"cloudflare.domain.transfer_in": "irreversible", "cloudflare.domain.legacy_update": "high",

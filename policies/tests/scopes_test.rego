@@ -46,11 +46,11 @@ cases := {
 		"outcome": "allow", "rules": [], "cents": 0,
 	},
 	"tunnel_token_needs_credentials_export": {
-		"input": fx.patch(fx.cf("GET", concat("", ["/accounts/", fx.acc, "/cfd_tunnel/t1/token"]), "cloudflare.tunnel.token", {"account_id": fx.acc, "tunnel_id": "t1"}, null), {"agent": {"scopes": ["dns:write", "tokens:create", "accounts:manage"]}}),
+		"input": fx.patch(fx.cf("GET", concat("", ["/accounts/", fx.acc, "/cfd_tunnel/t1/token"]), "cloudflare.credential.read", {"account_id": fx.acc, "tunnel_id": "t1"}, null), {"agent": {"scopes": ["dns:write", "tokens:create", "accounts:manage"]}}),
 		"outcome": "deny", "rules": ["scopes.missing"],
 	},
 	"tunnel_token_with_credentials_export": {
-		"input": fx.cf("GET", concat("", ["/accounts/", fx.acc, "/warp_connector/t1/token"]), "cloudflare.tunnel.token", {"account_id": fx.acc, "tunnel_id": "t1"}, null),
+		"input": fx.cf("GET", concat("", ["/accounts/", fx.acc, "/warp_connector/t1/token"]), "cloudflare.credential.read", {"account_id": fx.acc, "tunnel_id": "t1"}, null),
 		"outcome": "allow", "rules": [],
 	},
 	"worker_version_needs_workers_deploy": {

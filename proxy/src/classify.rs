@@ -1171,8 +1171,16 @@ mod tests {
         ("cloudflare", "GET", "/client/v4/accounts/a1/tokens/verify", "cloudflare.token.verify", &[("account_id", "a1")]),
         ("cloudflare", "GET", "/client/v4/user/tokens/permission_groups", "cloudflare.token.permission_groups", &[]),
         ("cloudflare", "GET", "/client/v4/accounts/a1/tokens/permission_groups", "cloudflare.token.permission_groups", &[("account_id", "a1")]),
-        ("cloudflare", "GET", "/client/v4/accounts/a1/cfd_tunnel/t1/token", "cloudflare.tunnel.token", &[("account_id", "a1"), ("tunnel_id", "t1")]),
-        ("cloudflare", "GET", "/client/v4/accounts/a1/warp_connector/t1/token", "cloudflare.tunnel.token", &[("account_id", "a1"), ("tunnel_id", "t1")]),
+        ("cloudflare", "GET", "/client/v4/accounts/a1/cfd_tunnel/t1/token", "cloudflare.credential.read", &[("account_id", "a1"), ("tunnel_id", "t1")]),
+        ("cloudflare", "GET", "/client/v4/accounts/a1/warp_connector/t1/token", "cloudflare.credential.read", &[("account_id", "a1"), ("tunnel_id", "t1")]),
+        ("cloudflare", "GET", "/client/v4/accounts/a1/images/v1/keys", "cloudflare.credential.read", &[("account_id", "a1")]),
+        ("cloudflare", "GET", "/client/v4/accounts/a1/challenges/widgets/0x4AAA", "cloudflare.credential.read", &[("account_id", "a1"), ("sitekey", "0x4AAA")]),
+        ("cloudflare", "GET", "/client/v4/accounts/a1/stream/live_inputs/li1", "cloudflare.credential.read", &[("account_id", "a1"), ("live_input_id", "li1")]),
+        ("cloudflare", "GET", "/client/v4/accounts/a1/stream/live_inputs/li1/outputs", "cloudflare.credential.read", &[("account_id", "a1"), ("live_input_id", "li1")]),
+        ("cloudflare", "GET", "/client/v4/accounts/a1/logpush/jobs", "cloudflare.credential.read", &[("account_id", "a1")]),
+        ("cloudflare", "GET", "/client/v4/accounts/a1/logpush/jobs/7", "cloudflare.credential.read", &[("account_id", "a1"), ("job_id", "7")]),
+        ("cloudflare", "GET", "/client/v4/zones/z1/logpush/jobs", "cloudflare.credential.read", &[("zone_id", "z1")]),
+        ("cloudflare", "GET", "/client/v4/zones/z1/logpush/jobs/7", "cloudflare.credential.read", &[("zone_id", "z1"), ("job_id", "7")]),
         // Cloudflare registrar.
         ("cloudflare", "GET", "/client/v4/accounts/a1/registrar/registrations", "cloudflare.domain.read", &[("account_id", "a1")]),
         ("cloudflare", "GET", "/client/v4/accounts/a1/registrar/registrations/example.com", "cloudflare.domain.read", &[("account_id", "a1"), ("domain_name", "example.com")]),
@@ -1590,7 +1598,7 @@ mod tests {
         // A GET never changes anything, so every GET route is a read, except one whose answer is a
         // credential tollgate cannot vault.
         for (provider, method, route) in declared(&catalog) {
-            if method == Method::GET && &*route.action != "cloudflare.tunnel.token" {
+            if method == Method::GET && &*route.action != "cloudflare.credential.read" {
                 assert_eq!(route.risk, Risk::Read, "{provider} GET {}", route.template);
             }
         }

@@ -298,6 +298,16 @@ impl Identity {
         }))
     }
 
+    /// Drops every cached agent now, as a changed version would at the next refresh: after this replica
+    /// ended or changed a handle (a token deleted, rolled or updated), its next request reads the store
+    /// before the provider's answer reaches the agent. Other replicas follow within their refresh.
+    pub fn forget(&self) {
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// Checks the agents table's version and drops the cache when anything changed.
     pub async fn refresh(&self) -> Result<(), StoreError> {
         let version = self.store.agents_version().await?;

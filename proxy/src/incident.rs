@@ -132,6 +132,14 @@ pub enum PlanError {
 }
 
 impl RollbackPlan {
+    /// Whether `step` is one of this plan's steps as written: the same resource record, action and call.
+    /// `--execute` asks the plan tollgate makes from its records now about each step of the file.
+    pub fn vouches_for(&self, step: &Step) -> bool {
+        self.steps
+            .iter()
+            .any(|s| s.id == step.id && s.action == step.action && s.call == step.call)
+    }
+
     /// Reads a plan file's text, checking its format and version.
     pub fn parse(text: &str) -> Result<RollbackPlan, PlanError> {
         let plan: RollbackPlan =

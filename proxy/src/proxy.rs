@@ -1704,7 +1704,10 @@ impl Gate {
                     decision_id: draft.id,
                 };
                 match self.store.update_minted_token(&update).await {
-                    Ok(true) => count(custody),
+                    Ok(true) => {
+                        self.identity.forget();
+                        count(custody)
+                    }
                     Ok(false) => {}
                     Err(e) => {
                         tracing::error!(error = %e, %token_id, decision_id = %draft.id, "recording a token update failed; its handle keeps the old expiry");
@@ -1727,7 +1730,10 @@ impl Gate {
                     .delete_minted_token(provider, &token_id, draft.id, now)
                     .await
                 {
-                    Ok(_) => count(custody),
+                    Ok(_) => {
+                        self.identity.forget();
+                        count(custody)
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, %token_id, decision_id = %draft.id, "recording a deleted token failed; its handle may still work until it is revoked");
                     }
@@ -1899,6 +1905,10 @@ impl Gate {
                             "the minted token could not be recorded, so its secret is withheld (vault mode); delete the token",
                         );
                     }
+                }
+                // A roll revoked the old handle: this replica stops taking it before the new one is handed out.
+                if event == TokenEvent::Rolled {
+                    self.identity.forget();
                 }
                 count(custody);
                 // The minter was revoked (contained) while this token was being minted: the token must not

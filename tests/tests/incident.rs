@@ -945,6 +945,48 @@ async fn a_plan_of_another_version_or_without_a_key_is_refused_before_any_call()
         assert!(!ok && out.contains("is not a plain path"), "{out}");
     }
     assert!(w.stand_in.take().is_empty());
+
+    // A reviewed plan edited before it runs (attack round 18): a step pointed at a record the agent did not
+    // create is not sent; a plan whose agent ids are not the agent's is refused whole.
+    let created = w.dns_create(&w.deployer, "mine.example.com").await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    w.stand_in.take();
+    let reviewed = w.dir.path().join("reviewed.json");
+    let reviewed = reviewed.to_str().unwrap();
+    let (ok, _, err) = w
+        .cli(&["incident", "rollback-plan", "deployer", "--out", reviewed])
+        .await;
+    assert!(ok, "{err}");
+    let original: Value =
+        serde_json::from_str(&std::fs::read_to_string(reviewed).unwrap()).unwrap();
+    let path = original["steps"][0]["call"]["path"]
+        .as_str()
+        .expect("a step")
+        .to_string();
+    let (head, _) = path.rsplit_once('/').unwrap();
+    let mut edited = original.clone();
+    edited["steps"][0]["call"]["path"] = json!(format!("{head}/someone-elses-record"));
+    std::fs::write(reviewed, edited.to_string()).unwrap();
+    let (ok, out, _) = w.execute(reviewed, w.deployer.as_str()).await;
+    assert!(!ok && out.contains("not sent"), "{out}");
+    assert!(w.stand_in.take().is_empty(), "nothing forwarded");
+    let mut edited = original.clone();
+    edited["agent_ids"] = json!(["0190a6c2-0000-7000-8000-000000000001"]);
+    std::fs::write(reviewed, edited.to_string()).unwrap();
+    let (ok, _, err) = w.execute(reviewed, w.deployer.as_str()).await;
+    assert!(!ok && err.contains("agent ids"), "{err}");
+    assert!(w.stand_in.take().is_empty(), "nothing forwarded");
+    // As reviewed, it runs.
+    std::fs::write(reviewed, original.to_string()).unwrap();
+    let (_, out, _) = w.execute(reviewed, w.deployer.as_str()).await;
+    assert!(!out.contains("not sent"), "{out}");
+    assert!(
+        w.stand_in
+            .take()
+            .iter()
+            .any(|r| r.method == "DELETE" && r.path_and_query.ends_with(&path)),
+        "the reviewed step was sent"
+    );
 }
 
 /// The store cannot take the row while the answer waits: the agent's answer is not held up or changed, and

@@ -121,23 +121,7 @@ pub(super) async fn incident(cli: &Cli, command: &IncidentCommand) -> anyhow::Re
                 anyhow::bail!("name the agent, or give --execute PLAN");
             };
             let since = since.as_deref().map(parse_since).transpose()?;
-            let plan = match remote(cli)? {
-                Some(r) => {
-                    let value = r
-                        .get(&format!(
-                            "/api/incidents/{}/rollback-plan{}",
-                            path_segment(agent),
-                            crate::remote::query(&[("since", since.map(|t| t.to_rfc3339()))])
-                        ))
-                        .await?;
-                    Some(RollbackPlan::parse(&value.to_string())?)
-                }
-                None => {
-                    let store = connect(&load_config(cli)?).await?;
-                    rollback_plan(&store, agent, since, Utc::now()).await?
-                }
-            };
-            let Some(plan) = plan else {
+            let Some(plan) = recorded_plan(cli, agent, since).await? else {
                 anyhow::bail!("no agent named {:?}", crate::display::reveal(agent, false));
             };
             let text = serde_json::to_string_pretty(&plan)?;
@@ -161,6 +145,31 @@ pub(super) async fn incident(cli: &Cli, command: &IncidentCommand) -> anyhow::Re
     }
 }
 
+/// The rollback plan for `agent` as tollgate's records stand now: from the admin API with `--server`, else
+/// from the store this machine's config names.
+async fn recorded_plan(
+    cli: &Cli,
+    agent: &str,
+    since: Option<chrono::DateTime<Utc>>,
+) -> anyhow::Result<Option<RollbackPlan>> {
+    Ok(match remote(cli)? {
+        Some(r) => {
+            let value = r
+                .get(&format!(
+                    "/api/incidents/{}/rollback-plan{}",
+                    path_segment(agent),
+                    crate::remote::query(&[("since", since.map(|t| t.to_rfc3339()))])
+                ))
+                .await?;
+            Some(RollbackPlan::parse(&value.to_string())?)
+        }
+        None => {
+            let store = connect(&load_config(cli)?).await?;
+            rollback_plan(&store, agent, since, Utc::now()).await?
+        }
+    })
+}
+
 async fn execute(
     cli: &Cli,
     plan_file: &std::path::Path,
@@ -168,15 +177,30 @@ async fn execute(
     key_env: &str,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    if cli.server.is_some() {
-        anyhow::bail!(
-            "--execute sends the plan's calls to tollgate's agent listener (--proxy URL), not to the admin API: \
-             drop --server"
-        );
-    }
     let text = std::fs::read_to_string(plan_file)
         .with_context(|| format!("reading {}", plan_file.display()))?;
-    let plan = RollbackPlan::parse(&text)?;
+    let mut plan = RollbackPlan::parse(&text)?;
+    // A plan file is text anyone with the file can edit between review and run: each step is sent only if
+    // it is still, call for call, the inverse of something tollgate recorded this agent creating (the plan
+    // tollgate would make now; with --server, as the admin API makes it, which takes an operator).
+    let Some(recorded) = recorded_plan(cli, &plan.agent, plan.since).await? else {
+        anyhow::bail!(
+            "the plan is for agent {:?}, which tollgate does not know: make a new plan",
+            crate::display::reveal(&plan.agent, false)
+        );
+    };
+    if plan
+        .agent_ids
+        .iter()
+        .any(|id| !recorded.agent_ids.contains(id))
+    {
+        anyhow::bail!(
+            "the plan names agent ids that are not agent {:?} or its handles (another agent of that name?): make a \
+             new plan",
+            crate::display::reveal(&recorded.agent, false)
+        );
+    }
+    plan.agent = recorded.agent.clone();
     let proxy = match proxy {
         Some(p) => p.to_string(),
         None => {
@@ -193,7 +217,7 @@ async fn execute(
     };
     let gateway = Gateway::from_env(&proxy, key_env, cli.insecure_http)?;
     let progress = progress_path(plan_file);
-    let outcomes = crate::incident::execute::run(&plan, &gateway, &progress, |step, outcome| {
+    let outcomes = crate::incident::execute::run(&plan, &recorded, &gateway, &progress, |step, outcome| {
         if json {
             println!("{}", outcome.to_json(step));
             return;

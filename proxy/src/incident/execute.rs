@@ -189,8 +189,8 @@ impl Gateway {
     }
 
     /// Sends one step through the gate (again with `Tollgate-Approval` when its approval is granted).
-    async fn send(&self, plan: &RollbackPlan, step: &Step) -> StepOutcome {
-        let first = self.exchange(plan, step, None).await;
+    async fn send(&self, plan: &RollbackPlan, step: &Step, recorded: bool) -> StepOutcome {
+        let first = self.exchange(plan, step, recorded, None).await;
         match first {
             // An approval a reviewer already granted (`Tollgate-Approval-Status: approved`): the step is sent
             // again with `Tollgate-Approval`.
@@ -200,14 +200,22 @@ impl Gateway {
                 approved: true,
                 ..
             } if code == "approval_required" => self
-                .exchange(plan, step, Some(&approval_id))
+                .exchange(plan, step, recorded, Some(&approval_id))
                 .await
                 .outcome(),
             other => other.outcome(),
         }
     }
 
-    async fn exchange(&self, plan: &RollbackPlan, step: &Step, approval: Option<&str>) -> Answer {
+    /// `recorded`: whether the step is one tollgate's records vouch for; checked after the plan's own shape,
+    /// just before the call would be built.
+    async fn exchange(
+        &self,
+        plan: &RollbackPlan,
+        step: &Step,
+        recorded: bool,
+        approval: Option<&str>,
+    ) -> Answer {
         let failed = |message: String| Answer::Unanswered(message);
         let Ok(method) = Method::from_bytes(step.call.method.as_bytes()) else {
             return failed(format!(
@@ -272,6 +280,13 @@ impl Gateway {
                 ));
             }
             builder = builder.header(name.as_str(), value.as_str());
+        }
+        if !recorded {
+            return failed(format!(
+                "not sent: step {:?} is not, as written, the inverse of anything tollgate recorded agent {:?} \
+                 creating that is still live (the plan was edited, or the resource is gone since): make a new plan",
+                step.id, plan.agent
+            ));
         }
         if step.call.provider == "stripe" && method != Method::GET {
             // A retry after an unknown outcome is the same call at Stripe (the gate namespaces the key per
@@ -504,6 +519,7 @@ fn finished_earlier(progress: &Path) -> anyhow::Result<Vec<(String, Option<Strin
 /// as they finish.
 pub async fn run(
     plan: &RollbackPlan,
+    recorded: &RollbackPlan,
     gateway: &Gateway,
     progress: &Path,
     mut each: impl FnMut(&Step, &StepOutcome),
@@ -526,7 +542,7 @@ pub async fn run(
                 .and_then(|(_, d)| d.clone());
             StepOutcome::DoneEarlier { decision_id }
         } else {
-            gateway.send(plan, step).await
+            gateway.send(plan, step, recorded.vouches_for(step)).await
         };
         if matches!(
             outcome,
