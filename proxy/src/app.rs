@@ -341,6 +341,7 @@ pub async fn start(config: Config, store: Store) -> anyhow::Result<Running> {
         vault,
         held: held.clone(),
         store: store.clone(),
+        rolling: Default::default(),
     });
     let draining = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(Admin {

@@ -1181,6 +1181,11 @@ mod tests {
         ("cloudflare", "GET", "/client/v4/accounts/a1/logpush/jobs/7", "cloudflare.credential.read", &[("account_id", "a1"), ("job_id", "7")]),
         ("cloudflare", "GET", "/client/v4/zones/z1/logpush/jobs", "cloudflare.credential.read", &[("zone_id", "z1")]),
         ("cloudflare", "GET", "/client/v4/zones/z1/logpush/jobs/7", "cloudflare.credential.read", &[("zone_id", "z1"), ("job_id", "7")]),
+        ("cloudflare", "GET", "/client/v4/accounts/a1/tunnels/t1/token", "cloudflare.credential.read", &[("account_id", "a1"), ("tunnel_id", "t1")]),
+        ("cloudflare", "GET", "/client/v4/accounts/a1/logpush/datasets/audit_logs/jobs", "cloudflare.credential.read", &[("account_id", "a1"), ("dataset_id", "audit_logs")]),
+        ("cloudflare", "GET", "/client/v4/zones/z1/logpush/datasets/http_requests/jobs", "cloudflare.credential.read", &[("zone_id", "z1"), ("dataset_id", "http_requests")]),
+        ("cloudflare", "GET", "/client/v4/zones/z1/logpush/edge", "cloudflare.credential.read", &[("zone_id", "z1")]),
+        ("cloudflare", "GET", "/client/v4/zones/z1/logpush/edge/jobs", "cloudflare.credential.read", &[("zone_id", "z1")]),
         // Cloudflare registrar.
         ("cloudflare", "GET", "/client/v4/accounts/a1/registrar/registrations", "cloudflare.domain.read", &[("account_id", "a1")]),
         ("cloudflare", "GET", "/client/v4/accounts/a1/registrar/registrations/example.com", "cloudflare.domain.read", &[("account_id", "a1"), ("domain_name", "example.com")]),

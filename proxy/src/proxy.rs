@@ -67,6 +67,9 @@ const AGENT_REVOKED_NOT_FORWARDED: &str = "not_forwarded; agent_revoked";
 /// The outcome row's note for a token action's 2xx answer that the agent did not get, because its secret
 /// could not be kept in the vault.
 const MINTED_TOKEN_WITHHELD: &str = "minted_token_withheld";
+/// The outcome row's note for an answer withheld because its agent had tripped the answer screen too often
+/// (`[vault] screen_trips`) while the request was in flight.
+const ANSWER_WITHHELD_TRIPPED: &str = "answer_withheld; screen_tripped";
 /// How long a refusal whose record failed waits before it is recorded again.
 const REFUSAL_RETRY_AFTER: Duration = Duration::from_millis(200);
 /// The longest a request is held open waiting for a reviewer, whatever the policy asks: agents' HTTP clients
@@ -199,6 +202,8 @@ pub struct Gate {
     pub held: Arc<crate::vault::held::HeldSecrets>,
     /// Where minted tokens and their handles' agents are recorded.
     pub store: Store,
+    /// Token rolls in flight here.
+    pub rolling: Rolling,
 }
 
 /// How many requests each agent has in tollgate right now.
@@ -236,6 +241,39 @@ impl Drop for AgentSlot<'_> {
                 counts.remove(&self.agent);
             }
         }
+    }
+}
+
+/// Token rolls in flight on this replica, by provider and token key. Two rolls of one token answered out of
+/// order would leave the handle sealed with the secret the provider replaced (attack round 19), so a roll is
+/// refused while another of the same token is in flight here.
+#[derive(Default, Clone)]
+pub struct Rolling(Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>);
+
+/// A roll in flight ([`Rolling`]); let go when dropped, however the request ends.
+struct RollInFlight {
+    rolling: Rolling,
+    token: (String, String),
+}
+
+impl Rolling {
+    fn take(&self, provider: &str, token_key: &str) -> Option<RollInFlight> {
+        let token = (provider.to_string(), token_key.to_string());
+        let mut rolls = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !rolls.insert(token.clone()) {
+            return None;
+        }
+        Some(RollInFlight {
+            rolling: self.clone(),
+            token,
+        })
+    }
+}
+
+impl Drop for RollInFlight {
+    fn drop(&mut self) {
+        let mut rolls = self.rolling.0.lock().unwrap_or_else(|e| e.into_inner());
+        rolls.remove(&self.token);
     }
 }
 
@@ -365,6 +403,8 @@ struct Ruling {
     /// For a call about a token tollgate holds the secret of (vault mode): that secret as `Bearer …`, which
     /// the answer is screened for too (a read must not hand it out either).
     token_credential: Option<HeaderValue>,
+    /// For a roll: this replica's claim on the token until the answer is recorded.
+    _roll: Option<RollInFlight>,
 }
 
 /// What the authorize phase secured: the approval used (if any), the money reserved, the committed record.
@@ -720,7 +760,7 @@ impl Gate {
         });
         let approval_header = approval_header(&parts.headers)?;
         let approval_input = approval_header.map(|id| json!({"id": id.to_string()}));
-        let (minted_token, token_credential) = self.token_in_question(intake, now).await?;
+        let (minted_token, token_credential, roll) = self.token_in_question(intake, now).await?;
         let token_credential = match token_credential {
             Some(held) => Some(held),
             None => self.secret_of_token_in_path(intake).await?,
@@ -751,6 +791,7 @@ impl Gate {
             approval_header,
             on_behalf_of: draft.run.on_behalf_of.clone(),
             token_credential,
+            _roll: roll,
         })
     }
 
@@ -813,13 +854,13 @@ impl Gate {
         &self,
         intake: &Intake<'_>,
         now: DateTime<Utc>,
-    ) -> Result<(Option<Value>, Option<HeaderValue>), Refusal> {
+    ) -> Result<(Option<Value>, Option<HeaderValue>, Option<RollInFlight>), Refusal> {
         let action: &str = &intake.action.name;
         if !action.starts_with("cloudflare.token.") {
-            return Ok((None, None));
+            return Ok((None, None, None));
         }
         let Some(token_id) = intake.action.params.get("token_id") else {
-            return Ok((None, None));
+            return Ok((None, None, None));
         };
         // Any spelling the provider takes for the same token (case, hyphens) is the same token here.
         let Some(key) = crate::vault::token_key(token_id) else {
@@ -876,7 +917,7 @@ impl Gate {
             .find(|r| &r.token_id == token_id)
             .or(rows.first())
         else {
-            return Ok((Some(Value::Null), None));
+            return Ok((Some(Value::Null), None, None));
         };
         // A user token is changed at `/user/tokens/…`, an account's at that account's route: the owner the
         // route names is the one recorded. Otherwise tollgate would record a change the provider made to no
@@ -901,6 +942,23 @@ impl Gate {
             )
             .with_rule("tollgate.token_route"));
         }
+        let roll = if action == "cloudflare.token.roll" {
+            match self.rolling.take(&intake.provider.name, &key) {
+                Some(roll) => Some(roll),
+                None => {
+                    return Err(Refusal::new(
+                        RefusalCode::PolicyDenied,
+                        format!(
+                            "tollgate: another roll of token {token_id} is in flight; send this one again once that \
+                             one is answered (two rolls answered out of order would leave the handle with a dead secret)"
+                        ),
+                    )
+                    .with_rule("tollgate.token_rolling"));
+                }
+            }
+        } else {
+            None
+        };
         // Every secret tollgate holds of this token (all its recorded spellings), to screen the answer for.
         let held = rows
             .iter()
@@ -923,7 +981,7 @@ impl Gate {
             },
             "policies": row.policies,
         });
-        Ok((Some(view), held))
+        Ok((Some(view), held, roll))
     }
 
     /// Authorize: a deny is refused; an approve opens (or reuses) an approval and refuses, or holds the
@@ -1456,8 +1514,16 @@ impl Gate {
                 let principal = intake.agent.principal_id();
                 let source = self.held.for_answer(principal, went_with);
                 let needles = source.needles();
+                let tripped_out = !needles.is_empty() && self.held.tripped_out(principal);
                 if !needles.is_empty() {
-                    let withheld = if needles.headers_carry(response.headers()) {
+                    // Answers in flight when the agent tripped out (probes sent at once) are withheld whatever
+                    // they carry: only `screen_trips` of them can say "this held a secret".
+                    let withheld = if tripped_out {
+                        tracing::warn!(decision_id = %draft.id, "an answer to an agent refused for answers that carried secrets; withheld");
+                        Some(
+                            "tollgate: answers to this agent carried secrets tollgate holds too often; this one is withheld too, and its requests are refused for up to an hour",
+                        )
+                    } else if needles.headers_carry(response.headers()) {
                         self.held.tripped(principal);
                         tracing::error!(decision_id = %draft.id, "an answer carries the credential it went out with in a header; withheld");
                         Some(
@@ -1483,7 +1549,14 @@ impl Gate {
                 }
                 if response.status().as_u16() != status {
                     // The provider acted, but its answer was withheld (vault mode): say so in the outcome.
-                    outcome.error = Some(MINTED_TOKEN_WITHHELD.to_string());
+                    outcome.error = Some(
+                        if tripped_out {
+                            ANSWER_WITHHELD_TRIPPED
+                        } else {
+                            MINTED_TOKEN_WITHHELD
+                        }
+                        .to_string(),
+                    );
                 }
                 // respond (the agent sees its own Idempotency-Key, not the namespaced one)
                 intake.headers.restore_key(response.headers_mut());

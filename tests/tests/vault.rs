@@ -285,6 +285,10 @@ fn cloudflare_tokens(
             if r.method == "PUT" && rest.ends_with("/value") {
                 let n = rolls.fetch_add(1, Ordering::SeqCst);
                 let id = rest.trim_end_matches("/value");
+                if id.contains("slowroll") {
+                    return ok(Value::from(rolled_secret(id, n)))
+                        .after(Duration::from_millis(1000));
+                }
                 return ok(Value::from(rolled_secret(id, n)));
             }
             if r.method == "PUT" && !rest.contains('/') {
@@ -1817,6 +1821,40 @@ async fn a_rolled_token_keeps_its_expiry_and_its_owners_route() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(w.read(&handle, "/cloudflare/client/v4/zones").await.0, 401);
 
+    // Two rolls of one token at once: the second is refused while the first is in flight (attack round 19:
+    // answered out of order, they would leave the handle with the secret the provider replaced).
+    let (status, _) = w
+        .create_token(&w.deployer, "slowroll", "2099-01-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 200);
+    let first = {
+        let http = w.http.clone();
+        let url = w
+            .gate
+            .url("/cloudflare/client/v4/user/tokens/tok-slowroll/value");
+        let key = w.deployer.clone();
+        tokio::spawn(async move {
+            let r = http
+                .put(url)
+                .bearer_auth(key)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, second) = w.roll(&w.deployer, "tok-slowroll").await;
+    assert_eq!(status, 403, "{second}");
+    assert!(
+        second.to_string().contains("tollgate.token_rolling"),
+        "{second}"
+    );
+    assert_eq!(first.await.unwrap(), 200);
+    let (status, third) = w.roll(&w.deployer, "tok-slowroll").await;
+    assert_eq!(status, 200, "once the first is answered: {third}");
+
     // An account's token is not changed through the user route, nor through another account's.
     let r = w
         .http
@@ -2285,10 +2323,14 @@ async fn an_agent_whose_answers_keep_carrying_a_secret_is_refused() {
                        "result": {"content": format!("you sent {seen}")}}),
             );
         }
-        Reply::json(
+        let harmless = Reply::json(
             200,
             json!({"success": true, "errors": [], "messages": [], "result": []}),
-        )
+        );
+        if r.path_and_query.contains("slow") {
+            return harmless.after(Duration::from_millis(1500));
+        }
+        harmless
     });
     let echo = "/cloudflare/client/v4/zones/z/dns_records/echo";
     // An answer cut off before its first byte: the agent sees the exchange break, never the secret.
@@ -2359,4 +2401,20 @@ async fn an_agent_whose_answers_keep_carrying_a_secret_is_refused() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    // Probes sent at once (attack round 19): an answer still in flight when its agent trips out is
+    // withheld whatever it carries, so no more than `screen_trips` answers can say "this held a secret".
+    let slow = {
+        let http = w.http.clone();
+        let url = w.gate.url("/cloudflare/client/v4/zones/z/dns_records/slow");
+        let key = bystander.clone();
+        tokio::spawn(async move {
+            let r = http.get(url).bearer_auth(key).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cut(bystander.clone()).await;
+    let (status, text) = slow.await.unwrap();
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("too often"), "{text}");
 }

@@ -74,6 +74,9 @@ pub struct HeldSecrets {
     /// When answers to each agent (its principal: a handle counts as its minter) carried a held secret,
     /// within the last [`TRIP_WINDOW`].
     trips: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, Vec<Instant>>>,
+    /// How many agents `trips` holds: while none, [`HeldSecrets::tripped_out`] answers without the lock
+    /// (it is asked for every chunk of every answer).
+    tripping: std::sync::atomic::AtomicUsize,
     /// Secrets held by [`HeldSecrets::hold`] that the store may not have yet, with when.
     pending: std::sync::Mutex<Vec<(secrecy::SecretSlice<u8>, Fingerprint, Instant)>>,
     wake: tokio::sync::Notify,
@@ -101,6 +104,7 @@ impl HeldSecrets {
             read: tokio::sync::Mutex::new((i64::MIN, None)),
             pending: Default::default(),
             trips: Default::default(),
+            tripping: Default::default(),
             wake: tokio::sync::Notify::new(),
         }
     }
@@ -146,11 +150,16 @@ impl HeldSecrets {
             !at.is_empty()
         });
         trips.entry(principal).or_default().push(now);
+        self.tripping
+            .store(trips.len(), std::sync::atomic::Ordering::Release);
     }
 
     /// Whether answers to `principal` carried a held secret `[vault] screen_trips` times within the last
     /// [`TRIP_WINDOW`] (on this replica): its requests are then refused until the oldest of them ages out.
     pub fn tripped_out(&self, principal: uuid::Uuid) -> bool {
+        if self.tripping.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return false;
+        }
         let trips = self.trips.lock().unwrap_or_else(|e| e.into_inner());
         trips.get(&principal).is_some_and(|at| {
             at.iter().filter(|t| t.elapsed() < TRIP_WINDOW).count() >= self.vault.screen_trips
@@ -325,6 +334,10 @@ impl NeedleSource for AnswerNeedles {
 
     fn found(&self) {
         self.held.tripped(self.principal);
+    }
+
+    fn closed(&self) -> bool {
+        self.held.tripped_out(self.principal)
     }
 }
 

@@ -1079,6 +1079,12 @@ pub trait NeedleSource: Send + Sync + 'static {
     fn needles(&self) -> Arc<Needles>;
     /// Told when the answer was cut off for carrying a secret (see [`crate::vault::held`]'s trips).
     fn found(&self) {}
+    /// Whether the answer's agent is refused answers now (it tripped the screen too often, perhaps with
+    /// other answers in flight at once): the rest of this answer is cut off, whatever it carries, so a cut
+    /// tells that agent nothing.
+    fn closed(&self) -> bool {
+        false
+    }
 }
 
 /// Needles that never change.
@@ -1184,6 +1190,9 @@ impl Screened {
         };
         if send == 0 {
             return None;
+        }
+        if self.source.closed() {
+            return Some(self.cut_off("goes to an agent refused for answers that carried secrets"));
         }
         self.held_from += send as u64;
         Some(Poll::Ready(Some(Ok(Frame::data(
@@ -1965,6 +1974,49 @@ mod tests {
             .unwrap()
             .to_bytes();
         assert!(String::from_utf8_lossy(&out).contains(LONG));
+    }
+
+    /// A source whose agent is refused answers from the second time it is asked (it tripped out on other
+    /// answers while this one streamed).
+    struct Closing(std::sync::atomic::AtomicU64);
+
+    impl NeedleSource for Closing {
+        fn generation(&self) -> u64 {
+            0
+        }
+
+        fn needles(&self) -> Arc<Needles> {
+            needles(LONG)
+        }
+
+        fn closed(&self) -> bool {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_to_an_agent_that_tripped_out_meanwhile_is_cut_off_whatever_it_carries() {
+        let chunks = [
+            Bytes::from_static(b"{\"a\":\"an ordinary answer, long enough to be sent in part\","),
+            Bytes::from_static(b"\"b\":\"nothing secret in it\"}"),
+        ];
+        let closing = Arc::new(Closing(Default::default()));
+        let mut body = screened_from(
+            Body::new(Chunks(chunks.clone().into())),
+            closing,
+            Uuid::nil(),
+        );
+        let first = body.frame().await.expect("a frame");
+        assert!(first.is_ok(), "sent while the agent was not refused");
+        let rest = body.frame().await.expect("a frame");
+        assert!(rest.is_err(), "cut off once the agent is refused");
+        // The same answer to an agent not refused passes whole.
+        let out = screened(Body::new(Chunks(chunks.into())), needles(LONG), Uuid::nil())
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(String::from_utf8_lossy(&out).contains("nothing secret"));
     }
 
     /// The frames `chunks` come out of the screen in, or the error it ended with.
