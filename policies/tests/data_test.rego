@@ -49,7 +49,7 @@ catalog_actions := {
 	"stripe.payment.cancel", "stripe.subscription.cancel",
 	"stripe.subscription.create", "stripe.subscription.update", "stripe.checkout.create", "stripe.invoice.item",
 	"stripe.invoice.create", "stripe.invoice.finalize", "stripe.invoice.pay", "stripe.payment_link.create",
-	"stripe.payment_link.update", "stripe.read", "stripe.customer.create", "stripe.customer.update",
+	"stripe.payment_link.update", "stripe.read", "stripe.credential.read", "stripe.customer.create", "stripe.customer.update",
 	"stripe.customer.delete", "stripe.product.create", "stripe.product.update", "stripe.product.delete",
 	"stripe.price.create", "stripe.price.update",
 }

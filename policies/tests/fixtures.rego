@@ -86,7 +86,7 @@ risks := {
 	"stripe.customer.create": "write", "stripe.customer.update": "high", "stripe.customer.delete": "irreversible",
 	"stripe.product.create": "write", "stripe.product.update": "high", "stripe.product.delete": "irreversible",
 	"stripe.price.create": "write", "stripe.price.update": "high",
-	"stripe.read": "read",
+	"stripe.read": "read", "stripe.credential.read": "high",
 }
 
 risk_of(action, method) := r if {

@@ -53,6 +53,14 @@ cases := {
 		"input": fx.cf("GET", concat("", ["/accounts/", fx.acc, "/warp_connector/t1/token"]), "cloudflare.credential.read", {"account_id": fx.acc, "tunnel_id": "t1"}, null),
 		"outcome": "allow", "rules": [],
 	},
+	"issuing_card_needs_credentials_export": {
+		"input": fx.patch(fx.stripe("GET", "/v1/issuing/cards/ic_123", "stripe.credential.read", {"card_id": "ic_123"}, null), {"agent": {"scopes": ["billing:spend"]}}),
+		"outcome": "deny", "rules": ["scopes.missing"],
+	},
+	"apps_secret_with_credentials_export": {
+		"input": fx.stripe("GET", "/v1/apps/secrets/find", "stripe.credential.read", {}, null),
+		"outcome": "allow", "rules": [],
+	},
 	"worker_version_needs_workers_deploy": {
 		"input": fx.patch(fx.cf("POST", concat("", ["/accounts/", fx.acc, "/workers/scripts/api/versions"]), "cloudflare.worker.version", {"account_id": fx.acc, "script_name": "api"}, {"metadata": {"main_module": "index.js"}, "parts": []}), {"agent": {"scopes": ["dns:write"]}}),
 		"outcome": "deny", "rules": ["scopes.missing"],
@@ -66,6 +74,10 @@ test_scope_missing if check("scope_missing")
 test_tunnel_token_needs_credentials_export if check("tunnel_token_needs_credentials_export")
 
 test_tunnel_token_with_credentials_export if check("tunnel_token_with_credentials_export")
+
+test_issuing_card_needs_credentials_export if check("issuing_card_needs_credentials_export")
+
+test_apps_secret_with_credentials_export if check("apps_secret_with_credentials_export")
 
 test_no_scopes_at_all if check("no_scopes_at_all")
 

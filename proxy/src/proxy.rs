@@ -67,6 +67,10 @@ const AGENT_REVOKED_NOT_FORWARDED: &str = "not_forwarded; agent_revoked";
 /// The outcome row's note for a token action's 2xx answer that the agent did not get, because its secret
 /// could not be kept in the vault.
 const MINTED_TOKEN_WITHHELD: &str = "minted_token_withheld";
+/// What a decision record keeps of a request text that carried a piece of a secret tollgate holds.
+const PIECE_REDACTED: &str = "[redacted: carries a piece of a secret tollgate holds]";
+/// The recorded name of a token whose answer named it by a secret tollgate holds.
+const WITHHELD_TOKEN_NAME: &str = "(withheld: named by a secret tollgate holds)";
 /// The outcome row's note for an answer withheld because its agent had tripped the answer screen too often
 /// (`[vault] screen_trips`) while the request was in flight.
 const ANSWER_WITHHELD_TRIPPED: &str = "answer_withheld; screen_tripped";
@@ -1831,9 +1835,29 @@ impl Gate {
                 .any(|text| held.found_in(text.as_bytes()))
                 {
                     self.held.tripped(intake.agent.principal_id());
-                    tracing::error!(decision_id = %draft.id, action = %intake.action.name, "a token answer's id or name carries a secret tollgate holds; withheld, not recorded");
+                    // A created token whose id is clean is recorded all the same, under a stand-in name and
+                    // without its secret (which nobody gets), so that `incident contain` deletes it.
+                    if let (TokenEvent::Created, Some(p), Some(id)) =
+                        (event, parsed.as_ref(), token_id.as_deref())
+                        && !held.found_in(id.as_bytes())
+                    {
+                        let mut row = created_token_row(
+                            intake,
+                            draft.id,
+                            id,
+                            p,
+                            custody,
+                            (parent_id, &parent_name),
+                            now,
+                        );
+                        row.name = Some(WITHHELD_TOKEN_NAME.to_string());
+                        if let Err(e) = self.store.record_minted_token(&row, None).await {
+                            tracing::error!(error = %e, decision_id = %draft.id, "recording a withheld token failed");
+                        }
+                    }
+                    tracing::error!(decision_id = %draft.id, action = %intake.action.name, "a token answer's id or name carries a secret tollgate holds; withheld");
                     return withheld(
-                        "the provider's answer names the token by a secret tollgate holds, so it is withheld and not recorded",
+                        "the provider's answer names the token by a secret tollgate holds, so it is withheld",
                     );
                 }
                 // In vault mode an answer must be the known shape with its secret where tollgate replaces it:
@@ -2403,11 +2427,42 @@ impl Gate {
             on_behalf_of.map(own),
         );
         let input = input.map(own);
+        // Pieces of them too (12 characters or more, in any spelling the answer screen reads): an agent
+        // probing for a secret writes its guesses into requests, and a right guess must not be kept.
+        let held = self.held.needles_with(&[]);
+        let carries = |text: &str| text.len() >= 12 && held.found_in(text.as_bytes());
+        let input = input.map(|text| {
+            if carries(&text) {
+                json!({"tollgate_redacted": PIECE_REDACTED}).to_string()
+            } else {
+                text
+            }
+        });
+        let piece = |text: String| {
+            if carries(&text) {
+                PIECE_REDACTED.to_string()
+            } else {
+                text
+            }
+        };
+        let (path, query, run_id, on_behalf_of) = (
+            piece(path),
+            query.map(piece),
+            run_id.map(piece),
+            on_behalf_of.map(piece),
+        );
         let mut reasons_text = reasons.to_string();
         let reasons = if self.scrub_own_secrets(&mut reasons_text) {
             serde_json::from_str(&reasons_text).unwrap_or(reasons)
         } else {
             reasons
+        };
+        let (reasons, reasons_text) = if carries(&reasons_text) {
+            let reasons = json!([{"rule": "tollgate.redacted", "message": PIECE_REDACTED}]);
+            let text = reasons.to_string();
+            (reasons, text)
+        } else {
+            (reasons, reasons_text)
         };
         // Every record is charged to its agent's rate of stored bytes; records of requests no agent could
         // be found for share one bucket, and past its rate they keep only what identifies the refusal.

@@ -169,6 +169,12 @@ fn cloudflare_tokens(
                         json!({"id": created_secret("alpha"), "name": name, "value": secret}),
                     );
                 }
+                // A name that is another token's vaulted secret (attack round 20).
+                "name-is-held" => {
+                    return ok(
+                        json!({"id": "tok-name-is-held", "name": created_secret("alpha"), "value": secret}),
+                    );
+                }
                 "refused-message" => {
                     return Reply::json(
                         400,
@@ -2179,6 +2185,27 @@ async fn a_create_answer_carries_the_token_object_and_nothing_else() {
     assert!(!w.dump(w._db.url()).await.contains(&alpha_secret));
     let (_, agents, _) = w.gate.cli(&["agents", "list"]).await.unwrap();
     assert!(!agents.contains(&alpha_secret));
+
+    // The name is alpha's secret, the id clean: withheld, and the token recorded without its secret under a
+    // stand-in name, so that `incident contain` deletes it (attack round 20: it was left live, unrecorded).
+    let (status, answer) = w
+        .create_token(&w.deployer, "name-is-held", "2099-01-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 502, "{answer}");
+    let row = w.row("tok-name-is-held").await;
+    assert_eq!(row.get::<String, _>("status"), "active");
+    assert!(
+        row.get::<Option<String>, _>("name")
+            .unwrap()
+            .starts_with("(withheld")
+    );
+    assert!(row.get::<Option<Vec<u8>>, _>("secret_ciphertext").is_none());
+    assert!(
+        row.get::<Option<uuid::Uuid>, _>("handle_agent_id")
+            .is_none()
+    );
+    assert!(!w.dump(w._db.url()).await.contains(&alpha_secret));
+    assert!(!w.gate.log().contains(&alpha_secret));
 }
 
 /// Reads `url` with `key`: the answer's text if it arrived whole, `None` if it was cut off.
@@ -2401,6 +2428,57 @@ async fn an_agent_whose_answers_keep_carrying_a_secret_is_refused() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    // A request carrying a piece of a held secret (a probe's guess) is recorded without it (attack round 20),
+    // in the body or the query.
+    let piece = &created_secret("alpha")[4..20];
+    let recorded = |r: reqwest::Response| {
+        let pool = w.pool.clone();
+        async move {
+            let decision = r
+                .headers()
+                .get("tollgate-decision")
+                .and_then(|v| v.to_str().ok())
+                .expect("decision id")
+                .to_string();
+            let (input, query): (Option<String>, Option<String>) =
+                sqlx::query_as("SELECT input::text, query FROM decisions WHERE id = $1::uuid")
+                    .bind(&decision)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            (input.unwrap_or_default(), query.unwrap_or_default())
+        }
+    };
+    let r = w
+        .http
+        .post(w.gate.url("/cloudflare/client/v4/zones/z/dns_records"))
+        .bearer_auth(&bystander)
+        .json(&json!({"type": "TXT", "name": "probe.example.com", "content": piece}))
+        .send()
+        .await
+        .unwrap();
+    let (input, _) = recorded(r).await;
+    assert!(
+        !input.contains(piece) && input.contains("redacted"),
+        "{input}"
+    );
+    let r = w
+        .http
+        .get(w.gate.url(&format!(
+            "/cloudflare/client/v4/zones/z/dns_records?comment={piece}"
+        )))
+        .bearer_auth(&bystander)
+        .send()
+        .await
+        .unwrap();
+    let (input, query) = recorded(r).await;
+    assert!(!input.contains(piece), "{input}");
+    assert!(
+        !query.contains(piece) && query.contains("redacted"),
+        "{query}"
+    );
+    assert!(!w.dump(w._db.url()).await.contains(piece));
+
     // Probes sent at once (attack round 19): an answer still in flight when its agent trips out is
     // withheld whatever it carries, so no more than `screen_trips` answers can say "this held a secret".
     let slow = {

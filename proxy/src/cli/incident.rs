@@ -201,6 +201,14 @@ async fn execute(
         );
     }
     plan.agent = recorded.agent.clone();
+    // Whose plan this is, before anything is sent: a file swapped for another agent's plan says so here.
+    eprintln!(
+        "rolling back agent {:?}: {} step(s) from the plan made {} (each checked against tollgate's records)",
+        crate::display::reveal(&plan.agent, false),
+        plan.steps.len(),
+        plan.generated_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
     let proxy = match proxy {
         Some(p) => p.to_string(),
         None => {
