@@ -220,7 +220,8 @@ export DATABASE_URL="$BENCH_DB_URL" RUST_LOG=warn \
     TOLLGATE_PROVIDERS__CLOUDFLARE__UPSTREAM="http://127.0.0.1:$P_STATIC" \
     TOLLGATE_PROVIDERS__STRIPE__UPSTREAM="http://127.0.0.1:$P_STATIC" \
     CLOUDFLARE_API_TOKEN=bench-dummy-cloudflare-token STRIPE_SECRET_KEY=sk_test_bench_dummy \
-    TOLLGATE_ADMIN_TOKEN="bench-admin-$$"
+    TOLLGATE_ADMIN_TOKEN="bench-admin-$$" \
+    TOLLGATE_VAULT_KEY="$(python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())')"
 (cd "$WORK/tollgate" && exec "$BIN" serve --migrate >"$WORK/tollgate/stdout" 2>"$WORK/tollgate/log") &
 TG_PID=$!
 PIDS+=("$TG_PID")
