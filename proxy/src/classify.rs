@@ -1198,6 +1198,10 @@ mod tests {
         ("cloudflare", "GET", "/client/v4/zones/z1/healthchecks/h1", "cloudflare.credential.read", &[("zone_id", "z1"), ("healthcheck_id", "h1")]),
         ("cloudflare", "GET", "/client/v4/zones/z1/settings/zaraz/config", "cloudflare.credential.read", &[("zone_id", "z1")]),
         ("cloudflare", "GET", "/client/v4/zones/z1/settings/zaraz/export", "cloudflare.credential.read", &[("zone_id", "z1")]),
+        ("cloudflare", "GET", "/client/v4/zones/z1/settings/zaraz/history/configs", "cloudflare.credential.read", &[("zone_id", "z1")]),
+        ("cloudflare", "GET", "/client/v4/zones/z1/settings/zaraz/v2/config", "cloudflare.credential.read", &[("zone_id", "z1")]),
+        ("cloudflare", "GET", "/client/v4/zones/z1/settings/zaraz/v2/export", "cloudflare.credential.read", &[("zone_id", "z1")]),
+        ("cloudflare", "GET", "/client/v4/zones/z1/healthchecks/preview/h1", "cloudflare.credential.read", &[("zone_id", "z1"), ("healthcheck_id", "h1")]),
         // Cloudflare registrar.
         ("cloudflare", "GET", "/client/v4/accounts/a1/registrar/registrations", "cloudflare.domain.read", &[("account_id", "a1")]),
         ("cloudflare", "GET", "/client/v4/accounts/a1/registrar/registrations/example.com", "cloudflare.domain.read", &[("account_id", "a1"), ("domain_name", "example.com")]),

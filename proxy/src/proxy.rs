@@ -734,6 +734,31 @@ impl Gate {
             )
             .with_rule("tollgate.screen_tripped"));
         }
+        // A request that carries a piece of a secret tollgate holds (12 characters or more, in any spelling
+        // the answer screen reads) is a probe: no agent ever holds those secrets. It is refused before the
+        // policy, an approval, the provider or a resource record sees it, and counts as a trip (the refusal
+        // answers the same question a cut answer does).
+        let facts = &intake.facts;
+        let texts = json!([
+            facts.method,
+            facts.path,
+            facts.query,
+            facts.headers,
+            facts.body,
+            draft.run.id,
+            draft.run.on_behalf_of
+        ])
+        .to_string();
+        if self.held.needles_with(&[]).found_in(texts.as_bytes()) {
+            self.held.tripped(intake.agent.principal_id());
+            tracing::warn!(decision_id = %draft.id, "a request carries a piece of a secret tollgate holds; refused");
+            return Err(Refusal::new(
+                RefusalCode::PolicyDenied,
+                "tollgate: this request carries a piece of a secret tollgate holds, so it is refused; no agent holds \
+                 those secrets",
+            )
+            .with_rule("tollgate.carries_held_secret"));
+        }
         let now = Utc::now();
         let agent_window = ledger::window(
             ledger::AGENT_PROVIDER_MONTH,
@@ -2438,12 +2463,30 @@ impl Gate {
                 text
             }
         });
+        // Split across fields (a path ending in one half, a query holding the other): read together.
+        let together = [
+            Some(draft.method.as_str()),
+            Some(path.as_str()),
+            query.as_deref(),
+            run_id.as_deref(),
+            on_behalf_of.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("\n");
+        let split = carries(&together);
         let piece = |text: String| {
-            if carries(&text) {
+            if split || carries(&text) {
                 PIECE_REDACTED.to_string()
             } else {
                 text
             }
+        };
+        let method = if carries(&draft.method) {
+            PIECE_REDACTED.to_string()
+        } else {
+            draft.method.clone()
         };
         let (path, query, run_id, on_behalf_of) = (
             piece(path),
@@ -2495,7 +2538,7 @@ impl Gate {
             run_id,
             on_behalf_of,
             provider: draft.provider.clone(),
-            method: draft.method.clone(),
+            method,
             path,
             query,
             action: draft
@@ -2550,20 +2593,33 @@ impl Gate {
             .with_label_values(&[&draft.provider, outcome])
             .observe(elapsed.as_secs_f64());
         let live = self.policy.current();
+        // Agent-written texts in the log line: a piece of a held secret in them is not written.
+        let held = self.held.needles_with(&[]);
+        fn scrubbed<'a>(
+            held: &crate::vault::screen::Needles,
+            text: std::borrow::Cow<'a, str>,
+        ) -> std::borrow::Cow<'a, str> {
+            if text.len() >= 12 && held.found_in(text.as_bytes()) {
+                std::borrow::Cow::Borrowed(PIECE_REDACTED)
+            } else {
+                text
+            }
+        }
         let run = draft
             .run
             .id
             .as_deref()
             .map_or(std::borrow::Cow::Borrowed("-"), |r| {
-                live.bundle.redactor().redact_text(r)
+                scrubbed(&held, live.bundle.redactor().redact_text(r))
             });
+        let method = scrubbed(&held, std::borrow::Cow::Borrowed(draft.method.as_str()));
         tracing::info!(
             target: "tollgate::decision",
             decision_id = %draft.id,
             agent = draft.agent.as_ref().map(|a| a.name.as_str()).unwrap_or("-"),
             run = %run,
             provider = %draft.provider,
-            method = %draft.method,
+            method = %method,
             action,
             outcome,
             code = code.unwrap_or("-"),

@@ -2428,56 +2428,79 @@ async fn an_agent_whose_answers_keep_carrying_a_secret_is_refused() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    // A request carrying a piece of a held secret (a probe's guess) is recorded without it (attack round 20),
-    // in the body or the query.
-    let piece = &created_secret("alpha")[4..20];
+    // A request carrying a piece of a held secret (a probe's guess) is refused before the policy or the
+    // provider sees it, counts as a trip, and is recorded without the piece (attack rounds 20 and 21): in
+    // the body, the query, or split between path and query.
+    let prober = w.gate.create_agent("prober", &[]).await.unwrap();
+    let piece = created_secret("alpha")[4..20].to_string();
     let recorded = |r: reqwest::Response| {
         let pool = w.pool.clone();
         async move {
+            let status = r.status().as_u16();
+            let text_of = r
+                .headers()
+                .get("tollgate-refusal")
+                .map(|v| v.to_str().unwrap_or("").to_string());
             let decision = r
                 .headers()
                 .get("tollgate-decision")
                 .and_then(|v| v.to_str().ok())
                 .expect("decision id")
                 .to_string();
-            let (input, query): (Option<String>, Option<String>) =
-                sqlx::query_as("SELECT input::text, query FROM decisions WHERE id = $1::uuid")
-                    .bind(&decision)
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap();
-            (input.unwrap_or_default(), query.unwrap_or_default())
+            let body = r.text().await.unwrap_or_default();
+            let (input, path, query): (Option<String>, String, Option<String>) = sqlx::query_as(
+                "SELECT input::text, path, query FROM decisions WHERE id = $1::uuid",
+            )
+            .bind(&decision)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (
+                status,
+                text_of,
+                body,
+                format!(
+                    "{} {path} {}",
+                    input.unwrap_or_default(),
+                    query.unwrap_or_default()
+                ),
+            )
         }
     };
-    let r = w
-        .http
-        .post(w.gate.url("/cloudflare/client/v4/zones/z/dns_records"))
-        .bearer_auth(&bystander)
-        .json(&json!({"type": "TXT", "name": "probe.example.com", "content": piece}))
-        .send()
-        .await
-        .unwrap();
-    let (input, _) = recorded(r).await;
-    assert!(
-        !input.contains(piece) && input.contains("redacted"),
-        "{input}"
-    );
-    let r = w
-        .http
-        .get(w.gate.url(&format!(
+    w.stand_in.take();
+    let sent = [
+        w.http
+            .post(w.gate.url("/cloudflare/client/v4/zones/z/dns_records"))
+            .json(&json!({"type": "TXT", "name": "probe.example.com", "content": piece})),
+        w.http.get(w.gate.url(&format!(
             "/cloudflare/client/v4/zones/z/dns_records?comment={piece}"
-        )))
-        .bearer_auth(&bystander)
-        .send()
-        .await
-        .unwrap();
-    let (input, query) = recorded(r).await;
-    assert!(!input.contains(piece), "{input}");
+        ))),
+        w.http.get(w.gate.url(&format!(
+            "/cloudflare/client/v4/zones/z/dns_records/{}?{}",
+            &piece[..8],
+            &piece[8..]
+        ))),
+    ];
+    for (i, request) in sent.into_iter().enumerate() {
+        let r = request.bearer_auth(&prober).send().await.unwrap();
+        let (status, refusal, body, record) = recorded(r).await;
+        assert_eq!(status, 403, "{i}: {body}");
+        assert_eq!(refusal.as_deref(), Some("policy_denied"), "{i}");
+        if i < 2 {
+            assert!(body.contains("tollgate.carries_held_secret"), "{i}: {body}");
+        }
+        assert!(!record.contains(&piece), "{i}: {record}");
+        assert!(
+            !record.contains(&piece[..8]) || !record.contains(&piece[8..]),
+            "{i}: {record}"
+        );
+    }
     assert!(
-        !query.contains(piece) && query.contains("redacted"),
-        "{query}"
+        w.stand_in.take().is_empty(),
+        "no probe reached the provider"
     );
-    assert!(!w.dump(w._db.url()).await.contains(piece));
+    assert!(!w.dump(w._db.url()).await.contains(&piece));
+    assert!(!w.gate.log().contains(&piece));
 
     // Probes sent at once (attack round 19): an answer still in flight when its agent trips out is
     // withheld whatever it carries, so no more than `screen_trips` answers can say "this held a secret".
