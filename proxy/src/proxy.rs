@@ -738,18 +738,19 @@ impl Gate {
         // the answer screen reads) is a probe: no agent ever holds those secrets. It is refused before the
         // policy, an approval, the provider or a resource record sees it, and counts as a trip (the refusal
         // answers the same question a cut answer does).
+        // The body is read as sent (every part of a multipart upload, not only what was parsed of it).
         let facts = &intake.facts;
         let texts = json!([
             facts.method,
             facts.path,
             facts.query,
             facts.headers,
-            facts.body,
             draft.run.id,
             draft.run.on_behalf_of
         ])
         .to_string();
-        if self.held.needles_with(&[]).found_in(texts.as_bytes()) {
+        let held = self.held.needles_with(&[]);
+        if held.pieces_in(texts.as_bytes()) || held.pieces_in(&intake.bytes) {
             self.held.tripped(intake.agent.principal_id());
             tracing::warn!(decision_id = %draft.id, "a request carries a piece of a secret tollgate holds; refused");
             return Err(Refusal::new(

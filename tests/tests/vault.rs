@@ -2495,8 +2495,48 @@ async fn an_agent_whose_answers_keep_carrying_a_secret_is_refused() {
             "{i}: {record}"
         );
     }
+    // In a file part of a multipart upload, which only the `metadata` part of is parsed (attack round 22).
+    let uploader = w.gate.create_agent("uploader", &[]).await.unwrap();
+    let multipart = format!(
+        "--b0\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n\
+         {{\"main_module\":\"worker.js\"}}\r\n--b0\r\nContent-Disposition: form-data; name=\"worker.js\"; \
+         filename=\"worker.js\"\r\nContent-Type: application/javascript+module\r\n\r\n\
+         export default {{ fetch() {{ return new Response(\"{piece}\") }} }}\r\n--b0--\r\n"
+    );
+    let r = w
+        .http
+        .put(
+            w.gate
+                .url("/cloudflare/client/v4/accounts/acc1/workers/scripts/probe"),
+        )
+        .bearer_auth(&uploader)
+        .header("content-type", "multipart/form-data; boundary=b0")
+        .body(multipart)
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body, record) = recorded(r).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("tollgate.carries_held_secret"), "{body}");
+    assert!(!record.contains(&piece), "{record}");
+    // An escape too long to read is no piece of a secret: not refused as one (nor counted).
+    let overlong = format!("%26%23{}65%3B", "0".repeat(64));
+    let r = w
+        .http
+        .get(w.gate.url(&format!(
+            "/cloudflare/client/v4/zones/z/dns_records?comment={overlong}"
+        )))
+        .bearer_auth(&uploader)
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body, _) = recorded(r).await;
+    assert_eq!(status, 200, "{body}");
     assert!(
-        w.stand_in.take().is_empty(),
+        w.stand_in
+            .take()
+            .iter()
+            .all(|r| !String::from_utf8_lossy(&r.body).contains(&piece)),
         "no probe reached the provider"
     );
     assert!(!w.dump(w._db.url()).await.contains(&piece));

@@ -302,6 +302,15 @@ impl Needles {
             .any(|scan| matches!(scan.feed(self, text, 0, true), Fed::Found | Fed::Overlong))
     }
 
+    /// Whether a request's `text` carries a piece of any of the secrets, as the screen reads it. Unlike
+    /// [`Needles::found_in`], an escape too long to read is not a piece: it is not a guess at a secret, and
+    /// an answer echoing it is cut off anyway.
+    pub fn pieces_in(&self, text: &[u8]) -> bool {
+        Scan::readings()
+            .iter_mut()
+            .any(|scan| matches!(scan.feed(self, text, 0, true), Fed::Found))
+    }
+
     /// Whether the headers carry any of the secrets: read as one text of names and values in order, as one
     /// of the values alone and one of the names alone (a secret split across headers, or between a name and
     /// its value, is found). Values of a repeated name are read together, as the map keeps them.
